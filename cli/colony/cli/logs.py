@@ -1,0 +1,97 @@
+"""`colony logs`: the last lines of a cluster's process logs, optionally followed.
+
+Services log JSON lines; for people they are shown as
+``time level message key=value``, prefixed by node and process. `--raw`
+prints them untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.markup import escape
+
+from colony.cli.output import fail, out
+from colony.shared.statedir import StateDir
+
+LEVEL_STYLE = {"warning": "yellow", "error": "red", "critical": "bold red", "debug": "dim"}
+SKIPPED = {"ts", "level", "msg", "logger", "service", "node"}
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    files = select(StateDir(args.state_dir), args.node, args.service)
+    width = max(len(label) for label, _ in files)
+    offsets = {}
+    for label, path in files:
+        lines = path.read_text(errors="replace").splitlines()[-args.lines :] if args.lines else []
+        for line in lines:
+            show(label, width, line, args.raw)
+        offsets[path] = path.stat().st_size
+    while args.follow:
+        for label, path in files:
+            offsets[path] = follow(label, width, path, offsets[path], args.raw)
+        time.sleep(0.2)
+    return 0
+
+
+def select(state: StateDir, node: str | None, service: str | None) -> list[tuple[str, Path]]:
+    """(label, file) of every log matching the node and service asked for."""
+    nodes = state.nodes()
+    if not nodes:
+        fail(f"no cluster in {state.path}/", "start one with `colony up`")
+    if node is not None and state.find(node) is None:
+        if service is None and any(n.log(node).exists() for n in nodes):
+            node, service = None, node  # `colony logs monitor`: a service on every node
+        else:
+            known = ", ".join(n.name for n in nodes)
+            fail(f"no node {node!r} in {state.path}/", f"nodes: {known}")
+    chosen = [state.find(node)] if node else nodes
+    files = [
+        (f"{n.name} {path.stem}", path)
+        for n in chosen
+        if n is not None
+        for path in sorted(n.logs.glob("*.log"))
+        if service is None or path.stem == service
+    ]
+    if not files:
+        fail(f"no {service or ''} logs yet in {state.path}/", "has the cluster been started?")
+    return files
+
+
+def follow(label: str, width: int, path: Path, offset: int, raw: bool) -> int:
+    """Print what was appended to `path` since `offset`; return the new offset."""
+    size = path.stat().st_size if path.exists() else 0
+    if size < offset:
+        offset = 0  # the file was truncated or replaced
+    if size == offset:
+        return offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    complete = chunk[: chunk.rfind(b"\n") + 1]  # leave a half-written line for next time
+    for line in complete.decode(errors="replace").splitlines():
+        show(label, width, line, raw)
+    return offset + len(complete)
+
+
+def show(label: str, width: int, line: str, raw: bool) -> None:
+    out.print(f"[cyan]{escape(label.ljust(width))}[/] | {render(line, raw)}")
+
+
+def render(line: str, raw: bool = False) -> str:
+    """A JSON log line made readable (rich markup); anything else as it is."""
+    if raw or not line.startswith("{"):
+        return escape(line)
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return escape(line)
+    level = str(entry.get("level", ""))
+    style = LEVEL_STYLE.get(level, "")
+    text = escape(f"{entry.get('ts', '')[11:23]} {level.upper():<7} {entry.get('msg', '')}")
+    extras = " ".join(f"{k}={v}" for k, v in entry.items() if k not in SKIPPED)
+    text = f"[{style}]{text}[/]" if style else text
+    return f"{text} [dim]{escape(extras)}[/]" if extras else text

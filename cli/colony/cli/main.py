@@ -1,0 +1,253 @@
+"""`colony`: start, inspect and stop a Colony cluster.
+
+Each verb is a function `cmd_<verb>(args)`; `--help` on any verb shows an
+example. Errors say what went wrong and what to do, and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from colony.bootstrapper import cluster
+from colony.cli import logs
+from colony.cli.output import err, fail, out, print_json
+from colony.cli.status import gather, table
+from colony.shared.bus import NotConnected, connect
+from colony.shared.config import ConfigError, NatsSettings, load
+from colony.shared.statedir import DEFAULT_STATE_DIR, SUPERVISOR, StateDir
+
+EXAMPLES = {
+    "up": """examples:
+  colony up                      3 nodes on ports 4222.., in the foreground (Ctrl-C stops)
+  colony up --nodes 5 --detach   5 nodes in the background; stop with `colony down`
+  colony up --base-port 14222    move every port (clients, routes, monitoring, metrics)""",
+    "down": """examples:
+  colony down                    stop the cluster of ./.colony
+  colony down --state-dir /tmp/c stop the cluster kept in /tmp/c""",
+    "status": """examples:
+  colony status                        nodes of ./.colony, live over NATS
+  colony status --json | jq '.nodes[].metrics.free'
+  colony status --server nats://10.0.0.5:4222   any cluster, from one server URL""",
+    "logs": """examples:
+  colony logs                    the last lines of every process of every node
+  colony logs node-2 monitor -f  follow node-2's monitor
+  colony logs monitor            every node's monitor""",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        sys.exit(2)
+    try:
+        sys.exit(args.func(args) or 0)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # `colony status --json | head`: the reader has had enough
+        sys.stderr.close()
+        sys.exit(0)
+    except cluster.ClusterError as e:
+        fail(str(e))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="colony",
+        description="Colony: a self-organizing orchestrator. Run a local cluster and inspect it.",
+        epilog="Run `colony <verb> --help` for a verb's options and examples.",
+    )
+    verbs = parser.add_subparsers(title="verbs", metavar="<verb>")
+
+    def verb(name: str, summary: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=EXAMPLES.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument(
+            "--state-dir",
+            type=Path,
+            default=DEFAULT_STATE_DIR,
+            help=f"where the cluster's state and logs live (default: {DEFAULT_STATE_DIR}/)",
+        )
+        return sub
+
+    up = verb("up", "Start a local cluster of N nodes on loopback.")
+    up.add_argument("--nodes", type=int, help="how many nodes (default: 3, or as last time)")
+    up.add_argument(
+        "--base-port",
+        type=int,
+        help=f"first client port; the others follow it (default: {cluster.DEFAULT_BASE_PORT})",
+    )
+    up.add_argument("--detach", "-d", action="store_true", help="return once the cluster is ready")
+    up.add_argument("--timeout", type=float, default=60, help="seconds to wait for ready")
+    up.set_defaults(func=cmd_up)
+
+    down = verb("down", "Stop every process of the local cluster.")
+    down.set_defaults(func=cmd_down)
+
+    status = verb("status", "Show every node: state, services, free resources, age.")
+    status.add_argument(
+        "--server", action="append", help="a NATS URL to ask (repeatable); default: the state dir's"
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for a node")
+    status.set_defaults(func=cmd_status)
+
+    log = verb("logs", "Show (or follow) the logs of a cluster's processes.")
+    log.add_argument("node", nargs="?", help="node name or id (default: all nodes)")
+    log.add_argument("service", nargs="?", help="supervisor, nats, monitor ... (default: all)")
+    log.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    log.add_argument("-n", "--lines", type=int, default=20, help="lines per file (default: 20)")
+    log.add_argument("--raw", action="store_true", help="print JSON log lines as they are")
+    log.set_defaults(func=logs.cmd_logs)
+    return parser
+
+
+# --- up / down -------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state = StateDir(args.state_dir)
+    live = cluster.running(state)
+    if live:
+        out.print(
+            f"The cluster in {state.path}/ is already running "
+            f"({', '.join(n.name for n in live)}); nothing changed.\n"
+            "See it with `colony status`; stop it with `colony down`."
+        )
+        return 0
+    stray = cluster.leftovers(state)
+    if stray:
+        names = ", ".join(f"{r.name} (pid {r.pid})" for r in stray)
+        fail(f"processes of an earlier run are still alive: {names}", "run `colony down` first")
+    nodes, base_port = _cluster_shape(state, args)
+    plans = cluster.plan(nodes, base_port)
+    taken = cluster.ports_taken(plans)
+    if taken:
+        fail(
+            f"{len(taken)} port(s) already in use: {', '.join(taken)}",
+            "stop what uses them, or move the cluster with --base-port",
+        )
+    node_dirs = cluster.write_nodes(state, plans)
+    started = time.monotonic()
+    for node_dir in node_dirs:
+        cluster.start_supervisor(node_dir)
+    try:
+        with err.status(f"starting {nodes} nodes") as spinner:
+            asyncio.run(
+                cluster.wait_ready(
+                    state, node_dirs, args.timeout, lambda text: spinner.update(text)
+                )
+            )
+    except (cluster.ClusterError, NotConnected, KeyboardInterrupt) as e:
+        cluster.down(state)
+        if isinstance(e, KeyboardInterrupt):
+            fail("interrupted; stopped what had started", code=130)
+        logs_dir = state.path / "nodes" / "*" / "logs"
+        fail(f"the cluster did not become ready: {e}", f"see the logs in {logs_dir}; stopped all")
+    out.print(
+        f"[green]✓[/] {nodes} nodes ready in {time.monotonic() - started:.1f} s "
+        f"(nats://127.0.0.1:{base_port}..{base_port + nodes - 1})\n"
+        f"  state: {state.path.resolve()}/\n"
+        f"  logs:  {state.path.resolve()}/nodes/<node>/logs/  (or `colony logs`)\n"
+        "  see it: colony status"
+    )
+    if args.detach:
+        out.print("  stop it: colony down")
+        return 0
+    out.print("Running in the foreground; Ctrl-C stops the cluster (use --detach not to wait).")
+    _wait_for_interrupt()
+    out.print("\nstopping…")
+    stopped = cluster.down(state)
+    out.print(f"stopped {len(stopped)} processes")
+    return 0
+
+
+def _cluster_shape(state: StateDir, args: argparse.Namespace) -> tuple[int, int]:
+    """Node count and base port: as asked, else as this state dir had them, else defaults."""
+    previous: dict[str, int] = {}
+    if state.cluster_file.exists():
+        previous = tomllib.loads(state.cluster_file.read_text())
+    existing = len(state.nodes())
+    nodes = args.nodes or previous.get("nodes") or max(existing, 3)
+    if nodes < existing:
+        fail(
+            f"{state.path}/ holds {existing} nodes; cannot start only {nodes}",
+            f"use --nodes {existing}, or another --state-dir",
+        )
+    return nodes, args.base_port or previous.get("base_port") or cluster.DEFAULT_BASE_PORT
+
+
+def _wait_for_interrupt() -> None:
+    received: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda number, _frame: received.append(number))
+    while not received:
+        signal.pause()
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state = StateDir(args.state_dir)
+    if not cluster.leftovers(state):
+        out.print(f"Nothing is running in {state.path}/.")
+        return 0
+    with err.status("stopping"):
+        stopped = cluster.down(state)
+    supervisors = sum(r.name == SUPERVISOR for r in stopped)
+    out.print(f"[green]✓[/] stopped {supervisors} nodes ({len(stopped)} processes)")
+    return 0
+
+
+# --- status ----------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = StateDir(args.state_dir)
+    known: dict[str, tuple[str, str]] = {}
+    for node_dir in state.nodes():
+        try:
+            url = load(node_dir.config_file, env={}).nats.servers[0]
+        except (ConfigError, IndexError):
+            url = ""
+        known[node_dir.node_id] = (node_dir.name, url)
+    servers = args.server or [url for _, url in known.values() if url]
+    if not servers:
+        fail(
+            f"no cluster in {state.path}/ and no --server given",
+            "start one with `colony up`, or point at one with --server nats://HOST:PORT",
+        )
+    nodes = asyncio.run(_status(servers, known, args.timeout))
+    if nodes is None:
+        fail(
+            f"no nats server answers at {', '.join(servers)}",
+            "is the cluster running? start it with `colony up`",
+        )
+    if args.json:
+        print_json({"nodes": [n.to_json() for n in nodes]})
+    else:
+        out.print(table(nodes))
+    return 0
+
+
+async def _status(servers: list[str], known: dict[str, tuple[str, str]], timeout: float):
+    settings = NatsSettings(servers=servers, connect_timeout=max(timeout, 0.5))
+    try:
+        bus = await connect(settings, "colony-status", reconnect=False)
+    except NotConnected:
+        return None
+    try:
+        async with asyncio.timeout(timeout * 4 + 2):  # never hang, whatever the cluster does
+            return await gather(bus, known, timeout)
+    finally:
+        await bus.close()

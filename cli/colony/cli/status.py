@@ -1,0 +1,151 @@
+"""`colony status`: every node's live figures, read over NATS.
+
+Each node is asked for its latest sample directly; one that does not answer
+within the timeout is shown as unreachable, with how long ago it was last
+heard (its last sample, kept by the metrics stream). Every step has a
+deadline, so status never hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.table import Table
+
+from colony.cli.output import human_age, human_bytes
+from colony.shared import subjects
+from colony.shared.bus import Bus, BusError
+from colony.shared.messages import LatestMetricsRequest, NodeMetrics, to_builtins
+from colony.shared.statedir import natural_key
+
+DISCOVERY_WINDOW = 0.3
+"""Seconds to collect service discovery replies."""
+
+
+@dataclass
+class NodeStatus:
+    id: str
+    name: str
+    nats_url: str = ""
+    reachable: bool = False
+    services: list[str] = field(default_factory=list)
+    metrics: NodeMetrics | None = None
+    """Latest sample if reachable, else the last one heard (may be None)."""
+    last_heard: float | None = None
+    """Seconds since its newest sample was taken."""
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "id": self.id,
+            "name": self.name,
+            "nats_url": self.nats_url,
+            "state": "up" if self.reachable else "unreachable",
+            "reachable": self.reachable,
+            "services": self.services,
+            "last_heard_seconds": _round(self.last_heard),
+            "age_seconds": _round(time.time() - self.metrics.node_started)
+            if self.metrics
+            else None,
+            "metrics": to_builtins(self.metrics) if self.metrics else None,
+        }
+        return data
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+async def gather(bus: Bus, known: dict[str, tuple[str, str]], timeout: float) -> list[NodeStatus]:
+    """Status of every node in `known` (id -> (name, nats url)) and any other that answers."""
+    stored = await _stored_nodes(bus, timeout)
+    ids = list(dict.fromkeys([*known, *stored]))
+    services_task = asyncio.create_task(_services(bus))
+    results = await asyncio.gather(*(_node(bus, i, known.get(i), timeout) for i in ids))
+    services = await services_task
+    for status in results:
+        status.services = sorted(services.get(status.id, []))
+    return sorted(results, key=lambda s: natural_key(s.name))
+
+
+async def _node(
+    bus: Bus, node_id: str, known: tuple[str, str] | None, timeout: float
+) -> NodeStatus:
+    name, url = known or (node_id, "")
+    status = NodeStatus(node_id, name, url)
+    try:
+        status.metrics = await bus.request(
+            subjects.latest_metrics(node_id), LatestMetricsRequest(), timeout=timeout
+        )
+        status.reachable = True
+    except BusError:
+        with contextlib.suppress(BusError, TimeoutError, Exception):
+            async with asyncio.timeout(timeout):
+                status.metrics = await bus.last_message(
+                    subjects.METRICS_STREAM, subjects.node_metrics(node_id)
+                )
+    if status.metrics:
+        status.name = status.metrics.name
+        status.nats_url = status.nats_url or status.metrics.nats_url
+        status.last_heard = max(0.0, time.time() - status.metrics.ts)
+    return status
+
+
+async def _stored_nodes(bus: Bus, timeout: float) -> list[str]:
+    """Ids of nodes the metrics stream has heard from (to find nodes not in the state dir)."""
+    try:
+        async with asyncio.timeout(timeout):
+            names = await bus.stream_subjects(subjects.METRICS_STREAM)
+    except Exception:
+        return []  # no JetStream right now: status still shows what answers directly
+    return [name.rpartition(".")[2] for name in names]
+
+
+async def _services(bus: Bus) -> dict[str, list[str]]:
+    """Node id -> names of the Colony services answering NATS micro discovery on it."""
+    found: dict[str, list[str]] = {}
+    try:
+        replies = await bus.gather(subjects.service_info(), DISCOVERY_WINDOW)
+    except Exception:
+        return found
+    for reply in replies:
+        try:
+            info = json.loads(reply.data)
+            node = info["metadata"]["node"]
+            name = info["name"]
+        except (ValueError, KeyError, TypeError):
+            continue  # something else speaks micro on this bus; not ours to show
+        if name.startswith(subjects.SERVICE_PREFIX):
+            found.setdefault(node, []).append(name.removeprefix(subjects.SERVICE_PREFIX))
+    return found
+
+
+def table(nodes: list[NodeStatus]) -> Table:
+    grid = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("NODE", "ID", "STATE", "NATS", "SERVICES", "CPU FREE/CAP", "MEM FREE/CAP"):
+        grid.add_column(column, no_wrap=True)
+    grid.add_column("HOST CPU", justify="right")
+    grid.add_column("AGE", justify="right")
+    for node in nodes:
+        m = node.metrics
+        if node.reachable:
+            state = "[green]up[/]"
+        elif node.last_heard is not None:
+            state = f"[red]unreachable[/] (last heard {human_age(node.last_heard)} ago)"
+        else:
+            state = "[red]unreachable[/] (never heard)"
+        figures = ["-", "-", "-", "-"]
+        if m and node.reachable:
+            figures = [
+                f"{m.free.cpu:.2f}/{m.capacity.cpu:.2f}",
+                f"{human_bytes(m.free.memory)} / {human_bytes(m.capacity.memory)}",
+                f"{m.cpu_percent:.0f}%",
+                human_age(time.time() - m.node_started),
+            ]
+        services = ", ".join(node.services) or "-"
+        grid.add_row(node.name, node.id, state, node.nats_url or "-", services, *figures)
+    return grid

@@ -1,0 +1,133 @@
+"""The node supervisor: starts the node's processes, keeps them running, stops them.
+
+Each child runs in its own process group (so a signal reaches it and any
+children it has) and is recorded in the node's ``run/`` folder. The
+nats-server starts first; services start once it accepts connections. A
+child that dies is restarted after the `RestartPolicy` delay, with its exit
+reason logged. SIGTERM stops services first, then the nats-server, each
+with a grace period before SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+from colony.bootstrapper.state import RestartPolicy, describe_exit
+from colony.shared import natsd
+from colony.shared.config import Config
+from colony.shared.statedir import NATS, SUPERVISOR, NodeDir, ProcessRecord
+
+log = logging.getLogger("colony.bootstrapper")
+
+SERVICES = ["monitor"]
+"""Services every node runs. Membership, consensus, curator and snapshotter
+join this list once they do something (no idle placeholder processes)."""
+
+STOP_GRACE = 4.0
+"""Seconds a child gets to exit after SIGTERM before SIGKILL."""
+
+
+@dataclass(frozen=True)
+class Child:
+    name: str
+    argv: list[str]
+
+
+def children(node_dir: NodeDir) -> list[Child]:
+    """What a node runs, in start order."""
+    services = [
+        Child(name, [sys.executable, "-m", f"colony.{name}", "--config", str(node_dir.config_file)])
+        for name in SERVICES
+    ]
+    return [Child(NATS, [natsd.binary(), "-c", str(node_dir.nats_conf)]), *services]
+
+
+class Supervisor:
+    def __init__(self, node_dir: NodeDir, config: Config, policy: RestartPolicy | None = None):
+        self.node_dir = node_dir
+        self.config = config
+        self.policy = policy or RestartPolicy()
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Start everything, keep it running until `stopping` is set, then stop it all."""
+        self.node_dir.create()
+        me = os.getpid()
+        self.node_dir.write_record(ProcessRecord.of(SUPERVISOR, me, sys.argv))
+        log.info("supervisor started", extra={"node": self.config.node.id, "pid": me})
+        nats, *services = children(self.node_dir)
+        watchers = [asyncio.create_task(self._keep_running(nats))]
+        if await self._nats_ready():
+            watchers += [asyncio.create_task(self._keep_running(s)) for s in services]
+        await self.stopping.wait()
+        for child in [*reversed(services), nats]:
+            await self._stop(child.name)
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        self.node_dir.remove_record(SUPERVISOR)
+        log.info("supervisor stopped")
+
+    async def _nats_ready(self, timeout: float = 15.0) -> bool:
+        url = self.config.nats.servers[0]
+        host, _, port = url.rpartition("/")[2].partition(":")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not self.stopping.is_set():
+                    if natsd.port_open(host, int(port)):
+                        return True
+                    await asyncio.sleep(0.05)
+        if not self.stopping.is_set():
+            log.error("nats-server did not start; services not started", extra={"url": url})
+        return False
+
+    async def _keep_running(self, child: Child) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.stopping.is_set():
+            started = loop.time()
+            # opening a local log file does not block the loop in any way that matters
+            with open(self.node_dir.log(child.name), "ab") as out:  # noqa: ASYNC230
+                process = await asyncio.create_subprocess_exec(
+                    *child.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self.processes[child.name] = process
+            self.node_dir.write_record(ProcessRecord.of(child.name, process.pid, child.argv))
+            log.info("started", extra={"child": child.name, "pid": process.pid})
+            code = await process.wait()
+            if self.stopping.is_set():
+                return
+            delay = self.policy.next_delay(child.name, loop.time() - started)
+            log.warning(
+                "child died; restarting",
+                extra={"child": child.name, "why": describe_exit(code), "restart_in": delay},
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+
+    async def _stop(self, name: str) -> None:
+        process = self.processes.get(name)
+        if process is not None and process.returncode is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=STOP_GRACE)
+            except TimeoutError:
+                log.warning("did not stop in time; killing", extra={"child": name})
+                _signal_group(process.pid, signal.SIGKILL)
+                await process.wait()
+        self.node_dir.remove_record(name)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)

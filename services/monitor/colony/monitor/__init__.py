@@ -1,0 +1,1 @@
+"""The monitor: host metrics, node capacity, and their Prometheus endpoint."""

@@ -1,0 +1,68 @@
+"""The monitor service: sample every interval, publish, answer, export.
+
+Loop: read the host and the node's processes -> `Samples.add` (pure) ->
+publish NodeMetrics on the node's metrics subject. Requests for the latest
+sample are answered from the ring buffer; Prometheus scrapes the same.
+"""
+
+from __future__ import annotations
+
+import psutil
+
+from colony.monitor.prometheus import MetricsServer
+from colony.monitor.sampling import NodeProcesses, read_host
+from colony.monitor.state import Samples, declared_capacity
+from colony.shared import subjects
+from colony.shared.messages import LatestMetricsRequest, NodeMetrics
+from colony.shared.runner import Context
+from colony.shared.statedir import SUPERVISOR, NodeDir
+
+
+class Monitor:
+    name = "monitor"
+    description = "Host metrics, node capacity and a Prometheus endpoint for one node"
+
+    def __init__(self) -> None:
+        self.samples: Samples | None = None
+
+    async def run(self, ctx: Context) -> None:
+        node, settings = ctx.config.node, ctx.config.monitor
+        node_dir = NodeDir(node.dir)
+        node_dir.create()
+        self.samples = Samples(settings.history)
+        processes = NodeProcesses(node_dir)
+        memory = psutil.virtual_memory().total
+        capacity = declared_capacity(node, psutil.cpu_count() or 1, memory)
+        supervisor = node_dir.record(SUPERVISOR)
+        node_started = supervisor.started if supervisor else psutil.Process().create_time()
+        publish_on = subjects.node_metrics(node.id)
+
+        http = MetricsServer(lambda: self.samples.latest if self.samples else None)
+        metrics_url = await http.start(settings.http_host, settings.http_port)
+        ctx.log.info("serving prometheus metrics", extra={"url": metrics_url})
+        try:
+            next_at = ctx.clock.monotonic()
+            while True:
+                sample = self.samples.add(
+                    node=node,
+                    now=ctx.clock.time(),
+                    interval=settings.interval,
+                    node_started=node_started,
+                    host=read_host(str(node_dir.path)),
+                    processes=processes.read(),
+                    capacity=capacity,
+                    nats_url=ctx.config.nats.servers[0],
+                    metrics_url=metrics_url,
+                )
+                if sample.seq == 1:
+                    await ctx.serve(subjects.latest_metrics(node.id), self.latest)
+                if ctx.bus.connected:  # while reconnecting, a stale sample is worth nothing
+                    await ctx.bus.publish(publish_on, sample)
+                next_at += settings.interval
+                await ctx.clock.sleep(max(0.0, next_at - ctx.clock.monotonic()))
+        finally:
+            await http.close()
+
+    async def latest(self, request: LatestMetricsRequest) -> NodeMetrics:
+        assert self.samples is not None and self.samples.latest is not None
+        return self.samples.latest

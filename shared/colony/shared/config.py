@@ -1,0 +1,211 @@
+"""Node configuration: a TOML file, overridden by ``COLONY_*`` environment variables.
+
+Every key is validated; an invalid one is reported with where it came from,
+the value, and what is allowed. Unknown keys are errors too (a typo in a
+config file must not be silently ignored).
+
+Environment variables name a section and a key joined by a double
+underscore: ``COLONY_MONITOR__INTERVAL=2`` sets ``[monitor] interval = 2``.
+List values are comma-separated. ``COLONY_CONFIG`` names the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import tomli_w
+
+ENV_PREFIX = "COLONY_"
+ENV_FILE = "COLONY_CONFIG"
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535, description="a TCP port, 0-65535")]
+Positive = Annotated[float, msgspec.Meta(gt=0, description="a number > 0")]
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class NodeSettings(_Section):
+    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "node"
+    """Stable node id, also used as a subject token."""
+    name: str = ""
+    """Human name (node-1); the id when empty."""
+    dir: str = ".colony/nodes/node"
+    """This node's state directory."""
+    capacity_cpu: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """Declared cores; default: the host's cores / local_nodes."""
+    capacity_memory: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    """Declared bytes of memory; default: the host's memory / local_nodes."""
+    local_nodes: Annotated[int, msgspec.Meta(ge=1)] = 1
+    """How many nodes share this host (for the default capacity)."""
+    roles: list[str] = []
+    labels: dict[str, str] = {}
+
+
+class NatsSettings(_Section):
+    servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    """This node's own server first; services talk to their node's server."""
+    connect_timeout: Positive = 2.0
+    ping_interval: Positive = 2.0
+    """Seconds between client pings: a dead server is noticed after two missed."""
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    creds: str | None = None
+    """A NATS credentials file (JWT + nkey seed)."""
+
+
+class MonitorSettings(_Section):
+    interval: Positive = 1.0
+    """Seconds between samples."""
+    history: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 60
+    """Samples kept in the ring buffer."""
+    http_host: str = "127.0.0.1"
+    http_port: Port = 0
+    """Prometheus text endpoint (GET /metrics); 0 picks a free port."""
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Config(_Section):
+    node: NodeSettings = msgspec.field(default_factory=NodeSettings)
+    nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
+    monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+
+    @property
+    def node_name(self) -> str:
+        return self.node.name or self.node.id
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which key, value and why."""
+
+
+_PATH = re.compile(r"`\$((?:\.\w+|\[\d+\])*)`")
+
+
+def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (or $COLONY_CONFIG), apply COLONY_* variables, validate."""
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_FILE)
+    raw: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        origin = {key: f"in {path}" for key in _flat_keys(raw)}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_FILE or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{name}: [{section}] is not a section")
+        raw[section][key] = _env_value(section, key, value)
+        origin[f"{section}.{key}"] = f"from {name}"
+    return validate(raw, origin)
+
+
+def validate(raw: dict[str, Any], origin: Mapping[str, str] | None = None) -> Config:
+    """Turn plain data into a Config, or raise a ConfigError naming the bad key."""
+    try:
+        return msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as e:
+        raise ConfigError(_explain(str(e), raw, origin or {})) from None
+
+
+def dumps(config: Config) -> str:
+    """The config as TOML (what `colony up` writes for each node)."""
+    data = msgspec.to_builtins(config)
+    # TOML has no null: an unset optional key is simply left out.
+    return tomli_w.dumps(
+        {
+            section: {k: v for k, v in keys.items() if v is not None}
+            for section, keys in data.items()
+        }
+    )
+
+
+def _explain(error: str, raw: dict[str, Any], origin: Mapping[str, str]) -> str:
+    reason, _, at = error.partition(" - at ")
+    match = _PATH.search(at)
+    parts = [p for p in re.split(r"\.|\[|\]", match.group(1)) if p] if match else []
+    unknown = re.match(r"Object contains unknown field `(\w+)`", reason)
+    if unknown:
+        parts.append(unknown.group(1))
+        reason = "unknown key"
+    elif reason.startswith("Object missing required field"):
+        parts.append(reason.split("`")[1])
+        reason = "required key is missing"
+    elif reason.startswith("Invalid enum value"):
+        reason = "not an allowed value"
+    else:
+        reason = reason.replace("Expected", "expected")
+    key = ".".join(p for p in parts if not p.isdigit()) or "config"
+    value: Any = raw
+    for part in parts:
+        try:
+            value = value[int(part)] if part.isdigit() else value[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            value = None
+            break
+    where = origin.get(".".join(parts[:2]))
+    shown = f" = {value!r}" if value is not None else ""
+    place = f" ({where})" if where else ""
+    return f"invalid config {key}{shown}{place}: {reason}{_allowed(parts)}"
+
+
+def _allowed(parts: list[str]) -> str:
+    """Name what a key accepts, from the Config schema itself."""
+    kind: Any = Config
+    for part in parts:
+        fields = {f.name: f for f in msgspec.structs.fields(kind)} if _is_struct(kind) else {}
+        if part not in fields:
+            if _is_struct(kind):
+                return f" (known keys: {', '.join(sorted(fields))})"
+            return ""
+        kind = fields[part].type
+    info = msgspec.inspect.type_info(kind)
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return f" (allowed: {', '.join(map(str, info.values))})"
+    return ""
+
+
+def _is_struct(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+
+
+def _flat_keys(raw: dict[str, Any]) -> list[str]:
+    return [
+        f"{section}.{key}"
+        for section, values in raw.items()
+        if isinstance(values, dict)
+        for key in values
+    ]
+
+
+def _env_value(section: str, key: str, value: str) -> Any:
+    """Split list-typed keys on commas; leave the rest to validation's coercion."""
+    sections = {f.name: f.type for f in msgspec.structs.fields(Config)}
+    kind = sections.get(section)
+    if _is_struct(kind):
+        fields = {f.name: f.type for f in msgspec.structs.fields(kind)}
+        info = msgspec.inspect.type_info(fields.get(key, str))
+        if isinstance(info, msgspec.inspect.ListType):
+            return [item.strip() for item in value.split(",") if item.strip()]
+    return value

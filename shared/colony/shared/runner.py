@@ -1,0 +1,171 @@
+"""The service runner: what every Colony service does around its own logic.
+
+`main(service)` is a service's whole ``__main__``: it loads the config
+(clear error and exit code 2 when invalid), sets up structured logging,
+connects to the node's NATS server (retrying until it is up), registers the
+service with the NATS micro protocol (so ``$SRV.PING/INFO/STATS`` discover
+it, with its node in the metadata), runs the service, and on SIGTERM or
+SIGINT shuts down within `SHUTDOWN_GRACE` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import nats.micro
+from nats.micro.request import Request
+
+from colony.shared import __version__, logs
+from colony.shared.bus import Bus, NotConnected, connect
+from colony.shared.clock import Clock, SystemClock
+from colony.shared.config import Config, ConfigError, load
+from colony.shared.messages import DecodeError, Message, decode, encode
+from colony.shared.subjects import SERVICE_PREFIX, RequestSubject
+
+Q = TypeVar("Q", bound=Message)
+R = TypeVar("R", bound=Message)
+
+SHUTDOWN_GRACE = 5.0
+"""Seconds from SIGTERM to exit, at most."""
+
+
+class Service(Protocol):
+    name: str
+    """Short name (monitor); registered as colony-<name>."""
+    description: str
+
+    async def run(self, ctx: Context) -> None:
+        """The service's loop; runs until cancelled at shutdown."""
+        ...
+
+
+@dataclass
+class Context:
+    """What a running service gets from the runner."""
+
+    config: Config
+    bus: Bus
+    clock: Clock
+    log: logging.Logger
+    micro: nats.micro.Service
+    endpoints: list[str] = field(default_factory=list)
+
+    async def serve(
+        self, subject: RequestSubject[Q, R], handler: Callable[[Q], Awaitable[R]]
+    ) -> None:
+        """Answer requests on `subject` with `handler`, as a micro endpoint (with stats).
+
+        A request that does not decode gets a 400 error reply; a handler that
+        raises gets a 500. Either way the service keeps serving.
+        """
+
+        async def endpoint(request: Request) -> None:
+            try:
+                msg = decode(request.data, subject.payload)
+            except DecodeError as e:
+                self.log.warning(
+                    "rejected request", extra={"subject": subject.name, "reason": str(e)}
+                )
+                await request.respond_error("400", str(e))
+                return
+            try:
+                reply = await handler(msg)
+            except Exception as e:
+                self.log.exception("request failed", extra={"subject": subject.name})
+                await request.respond_error("500", f"{type(e).__name__}: {e}")
+                return
+            await request.respond(encode(reply))
+
+        name = f"e{len(self.endpoints)}"
+        await self.micro.add_endpoint(name=name, subject=subject.name, handler=endpoint)
+        self.endpoints.append(subject.name)
+
+
+def main(service: Service, argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m colony.<service>``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m colony.{service.name}", description=service.description
+    )
+    parser.add_argument(
+        "--config", help="node config file (TOML); default: $COLONY_CONFIG, then built-in defaults"
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"colony-{service.name}: {e}", file=sys.stderr)
+        sys.exit(2)
+    logs.setup(config.log.level, config.log.format, service=service.name, node=config.node.id)
+    sys.exit(asyncio.run(run(service, config, handle_signals=True)))
+
+
+async def run(
+    service: Service,
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = False,
+) -> int:
+    """Run `service` until `stop` is set (or a signal arrives); return the exit code."""
+    stop = stop or asyncio.Event()
+    log = logging.getLogger(f"colony.{service.name}")
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+    bus = await _connect_until(config, service.name, stop, log)
+    if bus is None:
+        return 0
+    micro = await nats.micro.add_service(
+        bus.nc,
+        name=SERVICE_PREFIX + service.name,
+        version=__version__,
+        description=service.description,
+        metadata={"node": config.node.id, "node_name": config.node_name},
+    )
+    ctx = Context(config, bus, clock or SystemClock(), log, micro)
+    task = asyncio.create_task(service.run(ctx), name=service.name)
+    stopping = asyncio.create_task(stop.wait())
+    log.info("started", extra={"servers": config.nats.servers})
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if task.done() and not task.cancelled() and task.exception():
+        log.error("service failed", exc_info=task.exception())
+        code = 1
+    stopping.cancel()
+    task.cancel()
+    # Shut down inside the grace period even if the service ignores cancellation.
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(task, timeout=SHUTDOWN_GRACE / 2)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(micro.stop(), timeout=1.0)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(bus.close(), timeout=1.0)
+    log.info("stopped", extra={"code": code})
+    return code
+
+
+async def _connect_until(
+    config: Config, name: str, stop: asyncio.Event, log: logging.Logger
+) -> Bus | None:
+    """Connect, retrying with backoff while the node's server is not up yet."""
+    delay = 0.1
+    while not stop.is_set():
+        try:
+            return await connect(config.nats, f"colony-{name}@{config.node.id}", logger=log)
+        except NotConnected as e:
+            log.warning("waiting for nats", extra={"reason": str(e), "retry_in": delay})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(delay * 2, 2.0)
+    return None

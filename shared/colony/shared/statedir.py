@@ -1,0 +1,162 @@
+"""The on-disk layout of a Colony state directory.
+
+::
+
+    <state>/                     default ./.colony (colony up --state-dir)
+      cluster.toml               what `colony up` formed: node count, base port
+      nodes/<name>/              one folder per node (node-1, node-2, ...)
+        node-id                  the node's stable id, made once, kept across restarts
+        node.toml                the node's config, read by its supervisor and services
+        nats.conf                its nats-server's config
+        nats/                    its nats-server's JetStream store
+        run/<process>.json       a record per running process (pid, process group, start time)
+        logs/<process>.log       each process's output (supervisor, nats, monitor, ...)
+
+Process records let `colony down` find and stop everything even after the
+CLI or a supervisor was killed with -9; the start time in each record guards
+against signalling an unrelated process that reused the pid.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import msgspec
+import psutil
+
+DEFAULT_STATE_DIR = Path(".colony")
+SUPERVISOR = "supervisor"
+NATS = "nats"
+
+
+class ProcessRecord(msgspec.Struct, frozen=True):
+    """A process the node started: enough to find it, check it and stop it."""
+
+    name: str
+    pid: int
+    pgid: int
+    """Its process group: signalling it reaches the process and its children."""
+    started: float
+    """The process's start time as the OS reports it (psutil create_time)."""
+    argv: list[str]
+
+    @classmethod
+    def of(cls, name: str, pid: int, argv: list[str]) -> ProcessRecord:
+        """Describe the running process `pid`."""
+        return cls(name, pid, os.getpgid(pid), psutil.Process(pid).create_time(), argv)
+
+    def alive(self) -> bool:
+        """True while this very process (not a later one with its pid) runs."""
+        try:
+            process = psutil.Process(self.pid)
+            return process.create_time() == self.started and process.status() != "zombie"
+        except psutil.Error:
+            return False
+
+    def group_alive(self) -> bool:
+        """True while a process of its original process group runs.
+
+        The group outlives its leader only while members remain, and Linux
+        never hands out a pid still in use as a group id; so a group with a
+        dead leader is still ours, and one whose leader pid now belongs to
+        another process is not.
+        """
+        if self.alive():
+            return True
+        if psutil.pid_exists(self.pid):
+            return False  # the pid was reused: that group is someone else's
+        try:
+            os.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return False
+        return True
+
+
+class NodeDir:
+    """One node's folder in the state directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.config_file = self.path / "node.toml"
+        self.nats_conf = self.path / "nats.conf"
+        self.nats_store = self.path / "nats"
+        self.run = self.path / "run"
+        self.logs = self.path / "logs"
+
+    def __repr__(self) -> str:
+        return f"NodeDir({str(self.path)!r})"
+
+    def create(self) -> None:
+        for folder in (self.path, self.nats_store, self.run, self.logs):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def node_id(self) -> str:
+        """The node's stable id: made on first use, then read back forever."""
+        id_file = self.path / "node-id"
+        if not id_file.exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(f"{self.name}-{secrets.token_hex(3)}\n")
+        return id_file.read_text().strip()
+
+    def log(self, process: str) -> Path:
+        return self.logs / f"{process}.log"
+
+    def record_file(self, process: str) -> Path:
+        return self.run / f"{process}.json"
+
+    def write_record(self, record: ProcessRecord) -> None:
+        path = self.record_file(record.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(record))
+        tmp.replace(path)  # atomic: a reader never sees half a record
+
+    def records(self) -> list[ProcessRecord]:
+        """Every process record of the node (the supervisor's included)."""
+        found = []
+        for path in sorted(self.run.glob("*.json")):
+            try:
+                found.append(msgspec.json.decode(path.read_bytes(), type=ProcessRecord))
+            except (OSError, msgspec.DecodeError):
+                continue  # a record being replaced or left half-written by a crash
+        return found
+
+    def record(self, process: str) -> ProcessRecord | None:
+        return next((r for r in self.records() if r.name == process), None)
+
+    def remove_record(self, process: str) -> None:
+        self.record_file(process).unlink(missing_ok=True)
+
+
+class StateDir:
+    """A state directory holding the nodes of one local cluster."""
+
+    def __init__(self, path: Path | str = DEFAULT_STATE_DIR) -> None:
+        self.path = Path(path)
+        self.cluster_file = self.path / "cluster.toml"
+        self.nodes_dir = self.path / "nodes"
+
+    def node(self, name: str) -> NodeDir:
+        return NodeDir(self.nodes_dir / name)
+
+    def nodes(self) -> list[NodeDir]:
+        """Nodes in order (node-2 before node-10)."""
+        if not self.nodes_dir.is_dir():
+            return []
+        folders = [p for p in self.nodes_dir.iterdir() if p.is_dir()]
+        return [NodeDir(p) for p in sorted(folders, key=lambda p: natural_key(p.name))]
+
+    def find(self, name_or_id: str) -> NodeDir | None:
+        return next((n for n in self.nodes() if name_or_id in (n.name, n.node_id)), None)
+
+
+def natural_key(name: str) -> tuple[str, int]:
+    """Sort key putting node-2 before node-10."""
+    stem, _, number = name.rpartition("-")
+    return (stem, int(number)) if number.isdigit() else (name, 0)

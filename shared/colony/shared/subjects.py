@@ -1,0 +1,102 @@
+"""Every NATS subject Colony uses, built here and nowhere else.
+
+Shape: ``colony.<service>.<verb>[.<id>]``. Each function returns the subject
+paired with its payload type (and reply type for requests), so publish,
+request and subscribe are typed end to end: the bus encodes and decodes with
+the type the subject carries, never with one the caller guesses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from colony.shared.messages import LatestMetricsRequest, NodeMetrics
+
+P = TypeVar("P")
+Q = TypeVar("Q")
+R = TypeVar("R")
+
+ROOT = "colony"
+ANY = "*"
+"""Wildcard for one token: subscribe to ``node_metrics(ANY)`` to hear every node."""
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class SubjectError(ValueError):
+    """A value cannot be used as a subject token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subject(Generic[P]):
+    """A publish/subscribe subject and the type of what travels on it."""
+
+    name: str
+    payload: type[P]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSubject(Generic[Q, R]):
+    """A request/reply subject: requests of type Q, replies of type R."""
+
+    name: str
+    payload: type[Q]
+    reply: type[R]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def token(value: str, what: str = "id", *, wildcard: bool = False) -> str:
+    """Check that `value` is one subject token (letters, digits, '-', '_')."""
+    if wildcard and value == ANY:
+        return value
+    if not _TOKEN.match(value):
+        raise SubjectError(
+            f"{what} {value!r} cannot be used in a subject: "
+            "use 1-64 letters, digits, '-' or '_' (no dots, spaces or wildcards)"
+        )
+    return value
+
+
+# --- monitor ---------------------------------------------------------------
+
+
+def node_metrics(node: str) -> Subject[NodeMetrics]:
+    """Where the monitor of `node` publishes one sample per interval (ANY: all nodes)."""
+    return Subject(f"{ROOT}.monitor.metrics.{token(node, 'node id', wildcard=True)}", NodeMetrics)
+
+
+def latest_metrics(node: str) -> RequestSubject[LatestMetricsRequest, NodeMetrics]:
+    """Ask the monitor of `node` for its latest sample."""
+    return RequestSubject(
+        f"{ROOT}.monitor.latest.{token(node, 'node id')}", LatestMetricsRequest, NodeMetrics
+    )
+
+
+# --- JetStream streams -------------------------------------------------------
+
+METRICS_STREAM = "COLONY_METRICS"
+"""Keeps the last sample of every node, so a node that stopped answering can
+still be shown with when it was last heard. Captures ``node_metrics(ANY)``."""
+
+
+# --- service discovery (NATS micro protocol) ---------------------------------
+
+SERVICE_PREFIX = "colony-"
+"""Colony services register with the NATS micro protocol as ``colony-<service>``."""
+
+
+def service_ping(service: str | None = None) -> str:
+    """The micro discovery subject: every service (or every `service`) answers a ping."""
+    return "$SRV.PING" if service is None else f"$SRV.PING.{token(service, 'service')}"
+
+
+def service_info(service: str | None = None) -> str:
+    """The micro info subject: endpoints, metadata (node id) of every running service."""
+    return "$SRV.INFO" if service is None else f"$SRV.INFO.{token(service, 'service')}"
