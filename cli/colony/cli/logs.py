@@ -91,7 +91,7 @@ def render(line: str, raw: bool = False) -> str:
         return escape(line)
     level = str(entry.get("level", ""))
     style = LEVEL_STYLE.get(level, "")
-    text = escape(f"{entry.get('ts', '')[11:23]} {level.upper():<7} {entry.get('msg', '')}")
+    text = escape(f"{str(entry.get('ts', ''))[11:23]} {level.upper():<7} {entry.get('msg', '')}")
     extras = " ".join(f"{k}={v}" for k, v in entry.items() if k not in SKIPPED)
     text = f"[{style}]{text}[/]" if style else text
     return f"{text} [dim]{escape(extras)}[/]" if extras else text

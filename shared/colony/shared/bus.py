@@ -82,9 +82,11 @@ async def connect(
 ) -> Bus:
     """Connect to the first reachable server of `settings.servers`.
 
-    With `reconnect`, a lost connection is retried forever (services); without,
-    the connection fails fast and stays down (one-shot CLI commands).
+    With `reconnect` (services), connecting is retried until it succeeds
+    (cancel to give up) and a lost connection is retried forever. Without
+    (one-shot CLI commands), it fails fast with NotConnected.
     """
+    waiting = False
 
     async def on_disconnect() -> None:
         if reconnect and not (nc.is_closed or nc.is_draining):
@@ -94,7 +96,12 @@ async def connect(
         logger.info("reconnected to nats", extra={"server": str(nc.connected_url.netloc)})
 
     async def on_error(e: Exception) -> None:
-        logger.debug("nats error", extra={"error": repr(e)})
+        nonlocal waiting
+        if reconnect and not nc.is_connected and not waiting:
+            waiting = True  # say it once, not at every attempt
+            logger.warning("waiting for nats", extra={"servers": settings.servers, "error": str(e)})
+        else:
+            logger.debug("nats error", extra={"error": repr(e)})
 
     nc = Client()
     try:
@@ -106,7 +113,7 @@ async def connect(
             max_outstanding_pings=2,
             allow_reconnect=reconnect,
             reconnect_time_wait=0.25,
-            max_reconnect_attempts=-1 if reconnect else 0,
+            max_reconnect_attempts=-1 if reconnect else 1,
             tls=tls_context(settings),
             user_credentials=settings.creds,
             disconnected_cb=on_disconnect,

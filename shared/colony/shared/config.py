@@ -33,7 +33,7 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class NodeSettings(_Section):
-    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "node"
+    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")] = "node"
     """Stable node id, also used as a subject token."""
     name: str = ""
     """Human name (node-1); the id when empty."""
@@ -92,7 +92,7 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message says which key, value and why."""
 
 
-_PATH = re.compile(r"`\$((?:\.\w+|\[\d+\])*)`")
+_PATH = re.compile(r"`\$((?:\.\w+|\[[^\]]*\])*)`")
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -108,7 +108,7 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-        origin = {key: f"in {path}" for key in _flat_keys(raw)}
+        origin = {key: f"in {path}" for key in [*raw, *_flat_keys(raw)]}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_FILE or "__" not in name:
             continue
@@ -117,6 +117,7 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
         if not isinstance(raw[section], dict):
             raise ConfigError(f"{name}: [{section}] is not a section")
         raw[section][key] = _env_value(section, key, value)
+        origin.setdefault(section, f"from {name}")
         origin[f"{section}.{key}"] = f"from {name}"
     return validate(raw, origin)
 
@@ -144,7 +145,9 @@ def dumps(config: Config) -> str:
 def _explain(error: str, raw: dict[str, Any], origin: Mapping[str, str]) -> str:
     reason, _, at = error.partition(" - at ")
     match = _PATH.search(at)
-    parts = [p for p in re.split(r"\.|\[|\]", match.group(1)) if p] if match else []
+    # `$.node.labels[...]` -> node, labels (a dict's key is not named in msgspec's path)
+    steps = re.findall(r"\.(\w+)|\[(\d+)\]", match.group(1)) if match else []
+    parts = [name or index for name, index in steps]
     unknown = re.match(r"Object contains unknown field `(\w+)`", reason)
     if unknown:
         parts.append(unknown.group(1))
@@ -164,7 +167,7 @@ def _explain(error: str, raw: dict[str, Any], origin: Mapping[str, str]) -> str:
         except (KeyError, IndexError, TypeError, ValueError):
             value = None
             break
-    where = origin.get(".".join(parts[:2]))
+    where = origin.get(".".join(parts[:2])) or origin.get(parts[0] if parts else "")
     shown = f" = {value!r}" if value is not None else ""
     place = f" ({where})" if where else ""
     return f"invalid config {key}{shown}{place}: {reason}{_allowed(parts)}"

@@ -24,7 +24,7 @@ import nats.micro
 from nats.micro.request import Request
 
 from colony.shared import __version__, logs
-from colony.shared.bus import Bus, NotConnected, connect
+from colony.shared.bus import Bus, connect
 from colony.shared.clock import Clock, SystemClock
 from colony.shared.config import Config, ConfigError, load
 from colony.shared.messages import DecodeError, Message, decode, encode
@@ -158,14 +158,16 @@ async def run(
 async def _connect_until(
     config: Config, name: str, stop: asyncio.Event, log: logging.Logger
 ) -> Bus | None:
-    """Connect, retrying with backoff while the node's server is not up yet."""
-    delay = 0.1
-    while not stop.is_set():
-        try:
-            return await connect(config.nats, f"colony-{name}@{config.node.id}", logger=log)
-        except NotConnected as e:
-            log.warning("waiting for nats", extra={"reason": str(e), "retry_in": delay})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-        delay = min(delay * 2, 2.0)
+    """Connect (the bus retries while the node's server is not up yet), unless stopped first."""
+    connecting = asyncio.create_task(
+        connect(config.nats, f"colony-{name}@{config.node.id}", logger=log)
+    )
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
     return None

@@ -153,7 +153,14 @@ class StateDir:
         return [NodeDir(p) for p in sorted(folders, key=lambda p: natural_key(p.name))]
 
     def find(self, name_or_id: str) -> NodeDir | None:
-        return next((n for n in self.nodes() if name_or_id in (n.name, n.node_id)), None)
+        """The node with this name or id (looking never creates an id)."""
+        for node in self.nodes():
+            id_file = node.path / "node-id"
+            if name_or_id == node.name or (
+                id_file.exists() and id_file.read_text().strip() == name_or_id
+            ):
+                return node
+        return None
 
 
 def natural_key(name: str) -> tuple[str, int]:

@@ -22,7 +22,7 @@ ROOT = "colony"
 ANY = "*"
 """Wildcard for one token: subscribe to ``node_metrics(ANY)`` to hear every node."""
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class SubjectError(ValueError):
@@ -56,7 +56,7 @@ def token(value: str, what: str = "id", *, wildcard: bool = False) -> str:
     """Check that `value` is one subject token (letters, digits, '-', '_')."""
     if wildcard and value == ANY:
         return value
-    if not _TOKEN.match(value):
+    if not _TOKEN.fullmatch(value):
         raise SubjectError(
             f"{what} {value!r} cannot be used in a subject: "
             "use 1-64 letters, digits, '-' or '_' (no dots, spaces or wildcards)"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from colony.shared import natsd
 from colony.shared.config import Config, NatsSettings, NodeSettings
+from colony.shared.messages import NodeMetrics, Resources
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 0.05):
@@ -142,3 +143,15 @@ class NatsCluster:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+def example_metrics(node: str = "n1", seq: int = 1, **fields: object) -> NodeMetrics:
+    """A valid NodeMetrics with small made-up figures, for tests."""
+    zero = Resources()
+    values: dict[str, object] = {
+        "node": node, "name": node, "seq": seq, "interval": 1.0, "node_started": 0.0,
+        "cpu_count": 2, "cpu_percent": 1.0, "load": (0.0, 0.0, 0.0), "memory_total": 1,
+        "memory_available": 1, "disk_path": "/", "disk_total": 1, "disk_free": 1,
+        "process_count": 1, "processes": [], "capacity": zero, "used": zero, "free": zero,
+    }  # fmt: skip
+    return NodeMetrics(**{**values, **fields})

@@ -27,7 +27,8 @@ class RestartPolicy:
             self.failures[child] = 0
         count = self.failures.get(child, 0)
         self.failures[child] = count + 1
-        return min(self.initial * self.factor**count, self.maximum)
+        # the exponent stops growing once the cap is reached (no overflow in long crash loops)
+        return min(self.initial * self.factor ** min(count, 64), self.maximum)
 
 
 def describe_exit(returncode: int) -> str:

@@ -1,0 +1,71 @@
+"""Fixtures: real nats-servers on free ports, stopped whatever happens.
+
+- `nats_server`: one standalone server with JetStream, per test (cheap).
+- `nats_cluster`: a routed 3-server JetStream cluster, per module (it takes
+  a moment to elect a meta leader); `cluster_bus` connects to it and deletes
+  every stream after each test, so tests sharing it start clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from colony.shared import bus as busmod
+from colony.shared.config import NatsSettings
+from colony.shared.testing import NatsCluster, NatsServer
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    server = NatsServer.standalone(tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory):
+    cluster = NatsCluster(tmp_path_factory.mktemp("cluster"), size=3).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def bus(nats_server):
+    """A client of `nats_server`."""
+    client = await busmod.connect(NatsSettings(servers=[nats_server.url]), "test")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def cluster_bus(nats_cluster):
+    """A client of `nats_cluster`; every stream is deleted after the test."""
+    client = await busmod.connect(NatsSettings(servers=nats_cluster.urls), "test")
+    yield client
+    for name in await client.js.streams_info():
+        with contextlib.suppress(Exception):
+            await client.js.delete_stream(name.config.name)
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+def free_base_port():
+    """A base port whose whole local-cluster port layout (see cluster.plan) is free now."""
+    import random
+
+    from colony.bootstrapper import cluster
+
+    def pick(nodes: int = 3) -> int:
+        for _ in range(200):
+            base = random.randrange(20000, 40000)
+            if not cluster.ports_taken(cluster.plan(nodes, base)):
+                return base
+        raise RuntimeError("no free port range found")
+
+    return pick

@@ -1,0 +1,173 @@
+"""End to end: `colony up` a real 3-node cluster, break it, watch it heal, `colony down`.
+
+Everything runs as real processes through the real CLI. To hold a node down
+long enough to observe it, its supervisor is paused (SIGSTOP) while its
+nats-server is killed, then resumed (SIGCONT) to let it repair the node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from colony.shared.statedir import NATS, SUPERVISOR, StateDir
+from colony.shared.testing import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def colony(*args: str, state: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "colony.cli", *args, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"colony {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result
+
+
+def status(state: Path) -> dict[str, dict]:
+    """Node name -> its entry in `colony status --json`."""
+    nodes = json.loads(colony("status", "--json", state=state).stdout)["nodes"]
+    return {node["name"]: node for node in nodes}
+
+
+def up(state: Path, base_port: int, nodes: int = 3) -> None:
+    colony("up", "--nodes", str(nodes), "--detach", "--base-port", str(base_port), state=state)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, free_base_port):
+    """A running 3-node cluster shared by the module's tests; stopped whatever happens."""
+    state = tmp_path_factory.mktemp("colony") / "state"
+    base = free_base_port(3)
+    up(state, base)
+    try:
+        yield state, base
+    finally:
+        colony("down", state=state, check=False)
+        for node in StateDir(state).nodes():
+            for record in node.records():
+                if record.group_alive():
+                    os.killpg(record.pgid, signal.SIGKILL)
+
+
+def record(state: Path, node: str, process: str):
+    return StateDir(state).node(node).record(process)
+
+
+def test_three_nodes_report_live_metrics(cluster):
+    state, base = cluster
+    first = status(state)
+    assert sorted(first) == ["node-1", "node-2", "node-3"]
+    for i, name in enumerate(sorted(first)):
+        node = first[name]
+        assert node["state"] == "up"
+        assert node["nats_url"] == f"nats://127.0.0.1:{base + i}"
+        assert "monitor" in node["services"]
+        assert node["metrics"]["capacity"]["cpu"] > 0
+        assert node["metrics"]["free"]["memory"] < node["metrics"]["capacity"]["memory"]
+
+    def advanced():
+        later = status(state)
+        return all(later[n]["metrics"]["ts"] > first[n]["metrics"]["ts"] for n in first)
+
+    wait_for(advanced, timeout=10, what="every node's metrics timestamp to advance")
+
+
+def test_up_on_a_running_cluster_says_so_and_changes_nothing(cluster):
+    state, _ = cluster
+    before = [r.pid for n in StateDir(state).nodes() for r in n.records()]
+    result = colony("up", "--detach", state=state)
+    assert "already running" in result.stdout
+    assert [r.pid for n in StateDir(state).nodes() for r in n.records()] == before
+
+
+def test_a_killed_nats_server_shows_unreachable_then_recovers(cluster):
+    state, _ = cluster
+    supervisor = record(state, "node-2", SUPERVISOR)
+    nats = record(state, "node-2", NATS)
+    os.kill(supervisor.pid, signal.SIGSTOP)  # hold the repair until we have looked
+    try:
+        os.kill(nats.pid, signal.SIGKILL)
+        started = time.monotonic()
+        nodes = wait_for(
+            lambda: (s := status(state))["node-2"]["state"] == "unreachable" and s,
+            timeout=15,
+            what="node-2 to show as unreachable",
+        )
+        assert time.monotonic() - started < 15  # status answered; it never hung
+        assert nodes["node-2"]["last_heard_seconds"] is not None
+        assert nodes["node-1"]["state"] == nodes["node-3"]["state"] == "up"
+    finally:
+        os.kill(supervisor.pid, signal.SIGCONT)
+    restarted = wait_for(
+        lambda: (r := record(state, "node-2", NATS)) and r.pid != nats.pid and r.alive() and r,
+        timeout=15,
+        what="node-2's nats-server to be restarted",
+    )
+    assert restarted.pgid == restarted.pid
+    wait_for(lambda: status(state)["node-2"]["state"] == "up", timeout=20, what="node-2 to recover")
+    log = colony("logs", "node-2", "supervisor", "-n", "50", state=state).stdout
+    assert "child died; restarting" in log
+    assert "killed by SIGKILL" in log
+
+
+def test_a_killed_monitor_is_restarted_and_metrics_resume(cluster):
+    state, _ = cluster
+    monitor = record(state, "node-3", "monitor")
+    os.kill(monitor.pid, signal.SIGKILL)
+    killed_at = time.time()
+    wait_for(
+        lambda: (r := record(state, "node-3", "monitor")) and r.pid != monitor.pid,
+        timeout=15,
+        what="node-3's monitor to be restarted",
+    )
+
+    def fresh_metrics():
+        node = status(state)["node-3"]
+        return node["state"] == "up" and node["metrics"]["ts"] > killed_at + 1
+
+    wait_for(fresh_metrics, timeout=20, what="node-3's metrics to resume")
+
+
+def test_up_with_taken_ports_names_them_and_starts_nothing(cluster, tmp_path):
+    _, base = cluster
+    other = tmp_path / "other"
+    result = colony("up", "--detach", "--base-port", str(base), state=other, check=False)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{base} (node-1 client)" in result.stderr
+    assert StateDir(other).nodes() == []
+
+
+def test_status_with_nothing_running_fails_clearly(tmp_path, free_base_port):
+    state = tmp_path / "c"
+    up(state, free_base_port(1), nodes=1)
+    colony("down", state=state)
+    result = colony("status", state=state, check=False)
+    assert result.returncode == 1
+    assert "no nats server answers" in result.stderr
+
+
+def test_down_leaves_nothing_even_after_a_supervisor_kill_9(tmp_path, free_base_port):
+    state = tmp_path / "c"
+    up(state, free_base_port(2), nodes=2)
+    records = [r for n in StateDir(state).nodes() for r in n.records()]
+    assert sorted({r.name for r in records}) == ["monitor", "nats", "supervisor"]
+    os.kill(record(state, "node-1", SUPERVISOR).pid, signal.SIGKILL)  # orphans its children
+    result = colony("down", state=state)
+    assert "stopped" in result.stdout
+    assert [r for r in records if r.group_alive()] == []  # no process of any recorded group
+    assert [r for n in StateDir(state).nodes() for r in n.records()] == []
+    again = colony("down", state=state)
+    assert "Nothing is running" in again.stdout

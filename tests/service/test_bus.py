@@ -1,0 +1,105 @@
+"""The bus against a real nats-server: typed, validating, and clear when nobody answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from colony.shared import subjects
+from colony.shared.bus import NoResponders, NotConnected, RequestTimeout, connect
+from colony.shared.config import NatsSettings
+from colony.shared.messages import LatestMetricsRequest, NodeMetrics, encode
+from colony.shared.testing import NatsServer
+from colony.shared.testing import example_metrics as sample
+
+
+async def test_subscriber_gets_typed_messages(bus):
+    sub = await bus.subscribe(subjects.node_metrics(subjects.ANY))
+    await bus.publish(subjects.node_metrics("n1"), sample("n1", seq=7))
+    got = await sub.next(timeout=5)
+    assert isinstance(got, NodeMetrics)
+    assert (got.node, got.seq) == ("n1", 7)
+
+
+async def test_malformed_message_is_logged_and_dropped_and_the_next_one_arrives(bus, caplog):
+    sub = await bus.subscribe(subjects.node_metrics(subjects.ANY))
+    on = subjects.node_metrics("n1").name
+    with caplog.at_level(logging.WARNING):
+        await bus.nc.publish(on, b"not json")
+        await bus.nc.publish(on, b'{"node": 5}')
+        await bus.publish(subjects.node_metrics("n1"), sample(seq=3))
+        got = await sub.next(timeout=5)
+    assert got.seq == 3
+    dropped = [r for r in caplog.records if r.getMessage() == "dropped message"]
+    assert len(dropped) == 2
+    assert all(r.subject == on for r in dropped)
+
+
+async def test_publishing_the_wrong_type_is_refused_before_sending(bus):
+    with pytest.raises(TypeError, match="carries NodeMetrics"):
+        await bus.publish(subjects.node_metrics("n1"), LatestMetricsRequest())
+
+
+async def test_request_without_responders_says_so(bus):
+    with pytest.raises(NoResponders, match=r"colony\.monitor\.latest\.ghost"):
+        await bus.request(subjects.latest_metrics("ghost"), LatestMetricsRequest())
+
+
+async def test_request_that_is_never_answered_times_out_clearly(bus):
+    silent = await bus.nc.subscribe(subjects.latest_metrics("mute").name)  # hears, never answers
+    with pytest.raises(RequestTimeout, match=r"within 0\.2 s"):
+        await bus.request(subjects.latest_metrics("mute"), LatestMetricsRequest(), timeout=0.2)
+    await silent.unsubscribe()
+
+
+async def test_request_gets_a_typed_reply(bus):
+    async def answer(msg):
+        await msg.respond(encode(sample("n9")))
+
+    await bus.nc.subscribe(subjects.latest_metrics("n9").name, cb=answer)
+    reply = await bus.request(subjects.latest_metrics("n9"), LatestMetricsRequest())
+    assert reply.node == "n9"
+
+
+async def test_gather_collects_every_reply(bus):
+    async def answer(msg):
+        await msg.respond(b"here")
+
+    for _ in range(3):
+        await bus.nc.subscribe("colony.test.roll-call", cb=answer)
+    replies = await bus.gather("colony.test.roll-call", wait=0.3)
+    assert [r.data for r in replies] == [b"here"] * 3
+
+
+async def test_connect_to_nothing_fails_fast_and_names_the_servers(tmp_path):
+    dead = NatsServer.standalone(tmp_path).url  # never started
+    with pytest.raises(NotConnected, match=dead.replace(".", r"\.")):
+        await asyncio.wait_for(
+            connect(NatsSettings(servers=[dead], connect_timeout=0.5), "t", reconnect=False), 5
+        )
+
+
+async def test_a_subscriber_survives_a_server_restart(tmp_path):
+    server = NatsServer.standalone(tmp_path).start()
+    try:
+        settings = NatsSettings(servers=[server.url], ping_interval=0.5)
+        client = await connect(settings, "t")
+        sub = await client.subscribe(subjects.node_metrics(subjects.ANY))
+        server.kill()
+        server.start()
+
+        async def publish_until_heard():
+            for seq in range(1, 200):
+                if client.connected:
+                    await client.publish(subjects.node_metrics("n1"), sample(seq=seq))
+                await asyncio.sleep(0.05)
+
+        publisher = asyncio.create_task(publish_until_heard())
+        got = await sub.next(timeout=10)
+        publisher.cancel()
+        assert got.node == "n1"
+        await client.close()
+    finally:
+        server.stop()

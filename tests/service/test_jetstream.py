@@ -1,0 +1,44 @@
+"""JetStream helpers against a real 3-server cluster (shared by the module, reset per test)."""
+
+from __future__ import annotations
+
+from colony.shared import subjects
+from colony.shared.messages import encode
+from colony.shared.testing import example_metrics as sample
+
+STREAM = subjects.METRICS_STREAM
+
+
+async def ensure_metrics_stream(bus, **options):
+    await bus.ensure_stream(
+        STREAM, [subjects.node_metrics(subjects.ANY).name], replicas=3, **options
+    )
+
+
+async def test_last_message_per_subject_is_kept(cluster_bus):
+    await ensure_metrics_stream(cluster_bus, max_msgs_per_subject=1, memory=True)
+    for seq in (1, 2, 3):
+        await cluster_bus.js.publish(subjects.node_metrics("a").name, encode(sample("a", seq)))
+    await cluster_bus.js.publish(subjects.node_metrics("b").name, encode(sample("b", 1)))
+    last = await cluster_bus.last_message(STREAM, subjects.node_metrics("a"))
+    assert last is not None and last.seq == 3
+    assert await cluster_bus.stream_subjects(STREAM) == [
+        subjects.node_metrics("a").name,
+        subjects.node_metrics("b").name,
+    ]
+
+
+async def test_ensure_stream_is_idempotent_and_updates(cluster_bus):
+    await ensure_metrics_stream(cluster_bus, max_msgs_per_subject=1)
+    await ensure_metrics_stream(cluster_bus, max_msgs_per_subject=1)
+    await ensure_metrics_stream(cluster_bus, max_msgs_per_subject=5)
+    info = await cluster_bus.js.stream_info(STREAM)
+    assert info.config.max_msgs_per_subject == 5
+    assert info.config.num_replicas == 3
+
+
+async def test_missing_stream_or_subject_reads_as_nothing(cluster_bus):
+    assert await cluster_bus.last_message(STREAM, subjects.node_metrics("a")) is None
+    assert await cluster_bus.stream_subjects(STREAM) == []
+    await ensure_metrics_stream(cluster_bus)
+    assert await cluster_bus.last_message(STREAM, subjects.node_metrics("zz")) is None

@@ -1,0 +1,165 @@
+"""The service runner: discovery, endpoints that survive bad input, config errors, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import msgspec
+import pytest
+
+from colony.shared import runner, subjects
+from colony.shared.bus import RemoteError, connect
+from colony.shared.config import dumps
+from colony.shared.messages import LatestMetricsRequest
+from colony.shared.testing import NatsServer, example_metrics, wait_for
+
+
+class Echo:
+    """A tiny service: answers latest-metrics requests for node 'echo'; 'boom' makes it fail."""
+
+    name = "echo"
+    description = "test service"
+
+    async def run(self, ctx: runner.Context) -> None:
+        async def answer(request: LatestMetricsRequest):
+            if request.cause == "boom":
+                raise ValueError("asked to fail")
+            return example_metrics("echo")
+
+        await ctx.serve(subjects.latest_metrics("echo"), answer)
+        await asyncio.Event().wait()
+
+
+@pytest.fixture
+async def echo(nats_server, bus):
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(Echo(), nats_server.node_config("node-e"), stop=stop))
+    await wait_for_async(lambda: ask(bus), timeout=10)  # answering: it is up
+    yield task
+    stop.set()
+    assert await asyncio.wait_for(task, runner.SHUTDOWN_GRACE) == 0
+
+
+async def ask(bus, **fields):
+    return await bus.request(
+        subjects.latest_metrics("echo"), LatestMetricsRequest(**fields), timeout=2
+    )
+
+
+async def test_service_is_discoverable_with_its_node(echo, bus):
+    replies = await bus.gather(subjects.service_info("colony-echo"), wait=0.3)
+    infos = [json.loads(r.data) for r in replies]
+    assert [(i["name"], i["metadata"]["node"]) for i in infos] == [("colony-echo", "node-e")]
+    assert infos[0]["endpoints"][0]["subject"] == subjects.latest_metrics("echo").name
+
+
+async def test_bad_request_gets_a_400_and_the_service_keeps_serving(echo, bus):
+    on = subjects.latest_metrics("echo").name
+    for payload, reason in ((b"{", "malformed"), (b'{"v": "x"}', "got `str` - at `$.v`")):
+        raw = await bus.nc.request(on, payload, timeout=2)
+        assert raw.headers["Nats-Service-Error-Code"] == "400"
+        assert reason in raw.headers["Nats-Service-Error"]
+    assert (await ask(bus)).node == "echo"
+
+
+async def test_failing_handler_gets_a_500_and_the_service_keeps_serving(echo, bus):
+    with pytest.raises(RemoteError, match="asked to fail") as failure:
+        await ask(bus, cause="boom")
+    assert failure.value.code == 500
+    assert (await ask(bus)).node == "echo"
+
+
+async def test_service_waits_for_a_server_that_starts_later(tmp_path):
+    server = NatsServer.standalone(tmp_path)  # not started yet
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(Echo(), server.node_config("late"), stop=stop))
+    await asyncio.sleep(0.3)  # let it try and fail at least once
+    assert not task.done()
+    server.start()
+    try:
+        bus = await connect(server.node_config().nats, "t")
+        reply = await wait_for_async(lambda: ask(bus), timeout=10)
+        assert reply.node == "echo"
+        await bus.close()
+        stop.set()
+        assert await asyncio.wait_for(task, runner.SHUTDOWN_GRACE) == 0
+    finally:
+        server.stop()
+
+
+async def test_stop_while_waiting_for_nats_returns_promptly(tmp_path):
+    stop = asyncio.Event()
+    dead = NatsServer.standalone(tmp_path).node_config("nobody")
+    task = asyncio.create_task(runner.run(Echo(), dead, stop=stop))
+    await asyncio.sleep(0.2)
+    stop.set()
+    assert await asyncio.wait_for(task, 2) == 0
+
+
+async def wait_for_async(attempt, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await attempt()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+# --- as a real process -------------------------------------------------------------
+
+
+def write_config(nats_server, tmp_path):
+    config = nats_server.node_config("node-p")
+    config = msgspec.structs.replace(
+        config, monitor=msgspec.structs.replace(config.monitor, interval=0.2)
+    )
+    path = tmp_path / "node.toml"
+    path.write_text(dumps(config))
+    return path
+
+
+def test_sigterm_stops_a_service_process_within_the_grace_period(nats_server, tmp_path):
+    config = write_config(nats_server, tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "colony.monitor", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        wait_for(
+            lambda: lines.append(process.stderr.readline()) or '"msg": "started"' in lines[-1],
+            timeout=15,
+            what="the monitor to start",
+        )
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=runner.SHUTDOWN_GRACE + 1) == 0
+        assert time.monotonic() - started < runner.SHUTDOWN_GRACE
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_invalid_config_value_exits_2_naming_key_value_and_rule(nats_server, tmp_path):
+    config = write_config(nats_server, tmp_path)
+    env = {**os.environ, "COLONY_MONITOR__INTERVAL": "soon"}
+    result = subprocess.run(
+        [sys.executable, "-m", "colony.monitor", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "monitor.interval = 'soon'" in result.stderr
+    assert "COLONY_MONITOR__INTERVAL" in result.stderr
+    assert "expected `float`" in result.stderr

@@ -1,0 +1,85 @@
+"""What the CLI shows people: log lines made readable, sizes and ages."""
+
+import json
+
+import pytest
+from rich.text import Text
+
+from colony.cli.logs import render
+from colony.cli.output import human_age, human_bytes
+
+
+def plain(markup: str) -> str:
+    return Text.from_markup(markup).plain
+
+
+def log_line(**fields) -> str:
+    return json.dumps({"ts": "2024-05-01T12:34:56.789Z", "logger": "colony", **fields})
+
+
+def test_json_line_is_shown_as_time_level_message_and_extras():
+    line = log_line(
+        level="warning", msg="child died", service="bootstrapper", node="n1", child="nats"
+    )
+    shown = render(line)
+    assert plain(shown) == "12:34:56.789 WARNING child died child=nats"
+    assert shown.startswith("[yellow]")
+
+
+def test_json_line_without_extras_or_style():
+    shown = render(log_line(level="info", msg="started"))
+    assert shown == "12:34:56.789 INFO    started"
+
+
+def test_json_line_markup_is_escaped():
+    shown = render(log_line(level="error", msg="[bold]boom", why="[red]x"))
+    assert plain(shown) == "12:34:56.789 ERROR   [bold]boom why=[red]x"
+
+
+@pytest.mark.parametrize("line", ["[123] plain [bold] line", "{not json", "", "Traceback:"])
+def test_other_lines_are_shown_as_they_are(line):
+    assert plain(render(line)) == line
+
+
+def test_raw_leaves_json_untouched():
+    line = log_line(level="info", msg="started")
+    assert plain(render(line, raw=True)) == line
+
+
+def test_json_line_with_a_numeric_timestamp_does_not_crash():
+    line = json.dumps({"ts": 1714566896.789, "level": "info", "msg": "started"})
+    assert "started" in plain(render(line))
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (5 * 2**30, "5.0 GiB"),
+        (3 * 2**50, "3072.0 TiB"),
+        (-2048, "-2.0 KiB"),
+    ],
+)
+def test_human_bytes(n, text):
+    assert human_bytes(n) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (-5, "0s"),
+        (0, "0s"),
+        (59.9, "59s"),
+        (60, "1m00s"),
+        (3599, "59m59s"),
+        (3600, "1h00m"),
+        (86399, "23h59m"),
+        (86400, "1d00h"),
+        (90061, "1d01h"),
+    ],
+)
+def test_human_age(seconds, text):
+    assert human_age(seconds) == text

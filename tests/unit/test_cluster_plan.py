@@ -1,0 +1,119 @@
+"""`colony up`'s pure parts: the port layout, taken ports, and the node files it writes."""
+
+import socket
+import tomllib
+
+import pytest
+
+from colony.bootstrapper.cluster import ClusterError, NodePlan, plan, ports_taken, write_nodes
+from colony.shared import natsd
+from colony.shared.config import load
+from colony.shared.statedir import StateDir
+
+BASE = 20000
+
+
+def test_port_layout():
+    nodes = plan(3, BASE)
+    assert [n.name for n in nodes] == ["node-1", "node-2", "node-3"]
+    assert nodes[1].ports == {
+        "client": 20001,
+        "routes": 22001,
+        "nats-http": 24001,
+        "metrics": 25001,
+    }
+    assert nodes[1].server == natsd.ServerPorts(20001, 22001, 24001)
+    every_port = [port for n in nodes for port in n.ports.values()]
+    assert len(set(every_port)) == len(every_port)
+
+
+def test_default_base_port():
+    [node] = plan(1)
+    assert node.ports["client"] == 4222
+    assert node.ports["metrics"] == 9222
+
+
+def test_port_range_edges_are_allowed():
+    assert plan(1, 1024)[0].ports["client"] == 1024
+    assert plan(1, 60535)[0].ports["metrics"] == 65535
+    assert len(plan(100, 1024)) == 100
+
+
+@pytest.mark.parametrize("nodes", [0, -1, 101])
+def test_bad_node_count(nodes):
+    with pytest.raises(ClusterError) as err:
+        plan(nodes, BASE)
+    assert str(err.value) == f"--nodes must be between 1 and 100, not {nodes}"
+
+
+@pytest.mark.parametrize(
+    ("nodes", "base", "top"), [(1, 1023, 6023), (1, 60536, 65536), (2, 60535, 65536)]
+)
+def test_bad_base_port(nodes, base, top):
+    with pytest.raises(ClusterError) as err:
+        plan(nodes, base)
+    assert str(err.value) == (
+        f"--base-port {base} puts ports outside 1024-65535 (the highest would be {top})"
+    )
+
+
+def test_ports_taken_names_a_port_in_use():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        nodes = [NodePlan("node-1", {"client": port})]
+        assert ports_taken(nodes) == [f"127.0.0.1:{port} (node-1 client)"]
+
+
+def test_write_nodes_writes_each_nodes_files(tmp_path):
+    state = StateDir(tmp_path / "state")
+    node_dirs = write_nodes(state, plan(2, BASE))
+    assert [n.name for n in node_dirs] == ["node-1", "node-2"]
+    assert tomllib.loads(state.cluster_file.read_text()) == {"nodes": 2, "base_port": BASE}
+
+    second = node_dirs[1]
+    config = load(second.config_file, env={})
+    assert config.node.id == second.node_id
+    assert config.node.name == "node-2"
+    assert config.node.local_nodes == 2
+    assert config.node.dir == str(second.path.resolve())
+    assert config.nats.servers == ["nats://127.0.0.1:20001"]
+    assert config.monitor.http_port == 25001
+
+    conf = second.nats_conf.read_text()
+    assert f'server_name: "{second.node_id}"' in conf
+    assert "listen: 127.0.0.1:20001" in conf
+    assert "http: 127.0.0.1:24001" in conf
+    assert "routes: [nats://127.0.0.1:22000, nats://127.0.0.1:22001]" in conf
+
+
+def test_write_nodes_keeps_node_ids(tmp_path):
+    state = StateDir(tmp_path)
+    ids = [n.node_id for n in write_nodes(state, plan(2, BASE))]
+    again = write_nodes(state, plan(2, BASE))
+    assert [n.node_id for n in again] == ids
+    assert [load(n.config_file, env={}).node.id for n in again] == ids
+
+
+def test_write_nodes_keeps_a_hand_edited_capacity(tmp_path):
+    state = StateDir(tmp_path)
+    [node_dir, _] = write_nodes(state, plan(2, BASE))
+    text = node_dir.config_file.read_text()
+    assert "capacity_cpu" not in text
+    node_dir.config_file.write_text(text.replace("[node]\n", "[node]\ncapacity_cpu = 1.5\n", 1))
+    write_nodes(state, plan(2, BASE + 100))  # re-planned ports are rewritten, the edit kept
+    config = load(node_dir.config_file, env={})
+    assert config.node.capacity_cpu == 1.5
+    assert config.nats.servers == [f"nats://127.0.0.1:{BASE + 100}"]
+
+
+def test_an_invalid_hand_edited_config_names_the_file(tmp_path):
+    state = StateDir(tmp_path)
+    [node_dir] = write_nodes(state, plan(1, BASE))
+    node_dir.config_file.write_text("[node]\ncapacity_cpu = -1\n")
+    with pytest.raises(ClusterError) as err:
+        write_nodes(state, plan(1, BASE))
+    message = str(err.value)
+    assert message.startswith(f"{node_dir.config_file}: invalid config node.capacity_cpu = -1")
+    assert message.endswith("(fix it or delete the file)")
