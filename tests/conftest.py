@@ -52,20 +52,3 @@ async def cluster_bus(nats_cluster):
         with contextlib.suppress(Exception):
             await client.js.delete_stream(name.config.name)
     await client.close()
-
-
-@pytest.fixture(scope="session")
-def free_base_port():
-    """A base port whose whole local-cluster port layout (see cluster.plan) is free now."""
-    import random
-
-    from colony.bootstrapper import cluster
-
-    def pick(nodes: int = 3) -> int:
-        for _ in range(200):
-            base = random.randrange(20000, 40000)
-            if not cluster.ports_taken(cluster.plan(nodes, base)):
-                return base
-        raise RuntimeError("no free port range found")
-
-    return pick

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from colony.bootstrapper.cluster import free_base_port
 from colony.shared.statedir import NATS, SUPERVISOR, StateDir
 from colony.shared.testing import wait_for
 
@@ -47,7 +48,7 @@ def up(state: Path, base_port: int, nodes: int = 3) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, free_base_port):
+def cluster(tmp_path_factory):
     """A running 3-node cluster shared by the module's tests; stopped whatever happens."""
     state = tmp_path_factory.mktemp("colony") / "state"
     base = free_base_port(3)
@@ -150,7 +151,7 @@ def test_up_with_taken_ports_names_them_and_starts_nothing(cluster, tmp_path):
     assert StateDir(other).nodes() == []
 
 
-def test_status_with_nothing_running_fails_clearly(tmp_path, free_base_port):
+def test_status_with_nothing_running_fails_clearly(tmp_path):
     state = tmp_path / "c"
     up(state, free_base_port(1), nodes=1)
     colony("down", state=state)
@@ -159,7 +160,7 @@ def test_status_with_nothing_running_fails_clearly(tmp_path, free_base_port):
     assert "no nats server answers" in result.stderr
 
 
-def test_down_leaves_nothing_even_after_a_supervisor_kill_9(tmp_path, free_base_port):
+def test_down_leaves_nothing_even_after_a_supervisor_kill_9(tmp_path):
     state = tmp_path / "c"
     up(state, free_base_port(2), nodes=2)
     records = [r for n in StateDir(state).nodes() for r in n.records()]

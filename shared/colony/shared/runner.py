@@ -47,6 +47,20 @@ class Service(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Unbuilt:
+    """A service whose behaviour is not built yet: it says so and exits.
+
+    Supervisors do not start such services (no idle placeholder processes).
+    """
+
+    name: str
+    description: str
+
+    async def run(self, ctx: Context) -> None:
+        ctx.log.warning(f"colony-{self.name} has nothing to do yet; exiting")
+
+
 @dataclass
 class Context:
     """What a running service gets from the runner."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -66,6 +67,15 @@ def plan(nodes: int, base_port: int = DEFAULT_BASE_PORT) -> list[NodePlan]:
         NodePlan(f"node-{i + 1}", {kind: base_port + off + i for kind, off in PORT_OFFSETS.items()})
         for i in range(nodes)
     ]
+
+
+def free_base_port(nodes: int, low: int = 20000, high: int = 40000, tries: int = 200) -> int:
+    """A random base port in [low, high) whose whole layout is free now (tests, benchmarks)."""
+    for _ in range(tries):
+        base = random.randrange(low, high)
+        if not ports_taken(plan(nodes, base)):
+            return base
+    raise ClusterError(f"no free port layout for {nodes} nodes between {low} and {high}")
 
 
 def ports_taken(plans: list[NodePlan], host: str = "127.0.0.1") -> list[str]:

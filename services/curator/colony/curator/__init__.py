@@ -1,0 +1,4 @@
+"""The curator service.
+
+The management role: jobs, scheduling, reconciliation, rolling updates, draining.
+"""
