@@ -86,6 +86,16 @@ def test_three_nodes_report_live_metrics(cluster):
     wait_for(advanced, timeout=10, what="every node's metrics timestamp to advance")
 
 
+def test_status_from_just_a_server_url_finds_every_node(cluster, tmp_path):
+    _, base = cluster
+    result = colony(
+        "status", "--json", "--server", f"nats://127.0.0.1:{base + 1}", state=tmp_path / "none"
+    )
+    nodes = json.loads(result.stdout)["nodes"]
+    assert sorted(n["name"] for n in nodes) == ["node-1", "node-2", "node-3"]
+    assert all(n["state"] == "up" for n in nodes)
+
+
 def test_up_on_a_running_cluster_says_so_and_changes_nothing(cluster):
     state, _ = cluster
     before = [r.pid for n in StateDir(state).nodes() for r in n.records()]
@@ -172,3 +182,28 @@ def test_down_leaves_nothing_even_after_a_supervisor_kill_9(tmp_path):
     assert [r for n in StateDir(state).nodes() for r in n.records()] == []
     again = colony("down", state=state)
     assert "Nothing is running" in again.stdout
+
+
+def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path):
+    state = tmp_path / "c"
+    base = free_base_port(1)
+    argv = [sys.executable, "-m", "colony.cli", "up", "--nodes", "1", "--base-port", str(base)]
+    process = subprocess.Popen(
+        [*argv, "--state-dir", str(state)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        lines: list[str] = []
+        wait_for(
+            lambda: lines.append(process.stdout.readline()) or "Ctrl-C stops" in lines[-1],
+            timeout=60,
+            what="colony up to say it is running",
+        )
+        records = [r for n in StateDir(state).nodes() for r in n.records()]
+        assert len(records) == 3
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert [r for r in records if r.group_alive()] == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+        colony("down", state=state, check=False)
