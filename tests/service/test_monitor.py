@@ -51,7 +51,7 @@ async def test_samples_advance_and_describe_the_node(monitor):
     assert second.seq == first.seq + 1
     assert second.ts > first.ts
     assert second.node == "node-m"
-    assert second.memory_total > 0 and 0 <= second.cpu_percent <= 100
+    assert second.host.memory_total > 0 and 0 <= second.host.cpu_percent <= 100
     assert [p.name for p in second.processes] == ["tester"]
     assert second.processes[0].pid == os.getpid()
     assert second.capacity.cpu == CAPACITY_CPU

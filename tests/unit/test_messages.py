@@ -18,26 +18,17 @@ from colony.shared.messages import (
     encode,
     to_builtins,
 )
+from colony.shared.testing import example_metrics
 
 SUBJECT = "colony.monitor.metrics.n1"
 
 
 def metrics() -> NodeMetrics:
-    return NodeMetrics(
-        node="n1",
-        name="node-1",
+    return example_metrics(
+        "n1",
         seq=7,
-        interval=1.0,
+        name="node-1",
         node_started=1_700_000_000.0,
-        cpu_count=4,
-        cpu_percent=12.5,
-        load=(0.5, 0.25, 0.125),
-        memory_total=8000,
-        memory_available=5000,
-        disk_path="/",
-        disk_total=100,
-        disk_free=40,
-        process_count=250,
         processes=[ProcessUsage("nats", 123, 4096, 12.5)],
         capacity=Resources(2.0, 1000),
         used=Resources(0.5, 400),

@@ -2,12 +2,12 @@
 
 import pytest
 
-from colony.monitor.state import HostReading, Samples, declared_capacity, used_by
+from colony.monitor.state import Samples, declared_capacity, used_by
 from colony.shared.config import NodeSettings
-from colony.shared.messages import ProcessUsage, Resources
+from colony.shared.messages import HostMetrics, ProcessUsage, Resources
 
 GIB = 2**30
-HOST = HostReading(
+HOST = HostMetrics(
     cpu_count=8,
     cpu_percent=25.0,
     load=(1.0, 0.5, 0.25),
@@ -60,9 +60,7 @@ def test_a_sample_from_the_readings():
     sample = add(samples, now=200.0)
     assert samples.latest == sample
     assert (sample.node, sample.name, sample.seq, sample.ts) == ("n1", "node-1", 1, 200.0)
-    assert sample.cpu_count == HOST.cpu_count
-    assert sample.memory_available == HOST.memory_available
-    assert sample.load == HOST.load
+    assert sample.host == HOST
     assert sample.used == Resources(2.0, 101 * 2**20)
     assert sample.free == Resources(2.0, 4 * GIB - 101 * 2**20)
     assert sample.free == sample.capacity - sample.used

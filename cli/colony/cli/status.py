@@ -143,7 +143,7 @@ def table(nodes: list[NodeStatus]) -> Table:
             figures = [
                 f"{m.free.cpu:.2f}/{m.capacity.cpu:.2f}",
                 f"{human_bytes(m.free.memory)} / {human_bytes(m.capacity.memory)}",
-                f"{m.cpu_percent:.0f}%",
+                f"{m.host.cpu_percent:.0f}%",
                 human_age(time.time() - m.node_started),
             ]
         services = ", ".join(node.services) or "-"

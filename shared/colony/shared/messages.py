@@ -115,6 +115,23 @@ class ProcessUsage(msgspec.Struct, frozen=True):
     """Percent of one core since the previous sample."""
 
 
+class HostMetrics(msgspec.Struct, frozen=True):
+    """The host a node runs on, as psutil reads it."""
+
+    cpu_count: int
+    cpu_percent: float
+    """Percent of all cores."""
+    load: tuple[float, float, float]
+    memory_total: int
+    memory_available: int
+    disk_path: str
+    """The node's state dir, whose disk is measured."""
+    disk_total: int
+    disk_free: int
+    process_count: int
+    """Processes on the host."""
+
+
 class LatestMetricsRequest(Message, kw_only=True, frozen=True):
     """Ask a monitor for its most recent sample."""
 
@@ -139,17 +156,7 @@ class NodeMetrics(Message, kw_only=True, frozen=True):
     """The node's own nats-server, which its services talk to."""
     metrics_url: str = ""
     """The monitor's Prometheus endpoint."""
-    cpu_count: int
-    cpu_percent: float
-    """Host cpu use, percent of all cores."""
-    load: tuple[float, float, float]
-    memory_total: int
-    memory_available: int
-    disk_path: str
-    disk_total: int
-    disk_free: int
-    process_count: int
-    """Processes on the host."""
+    host: HostMetrics
     processes: list[ProcessUsage]
     """The node's own processes (nats-server and services)."""
     capacity: Resources

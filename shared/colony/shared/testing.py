@@ -17,7 +17,7 @@ from pathlib import Path
 
 from colony.shared import natsd
 from colony.shared.config import Config, NatsSettings, NodeSettings
-from colony.shared.messages import NodeMetrics, Resources
+from colony.shared.messages import HostMetrics, NodeMetrics, Resources
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 0.05):
@@ -150,8 +150,10 @@ def example_metrics(node: str = "n1", seq: int = 1, **fields: object) -> NodeMet
     zero = Resources()
     values: dict[str, object] = {
         "node": node, "name": node, "seq": seq, "interval": 1.0, "node_started": 0.0,
-        "cpu_count": 2, "cpu_percent": 1.0, "load": (0.0, 0.0, 0.0), "memory_total": 1,
-        "memory_available": 1, "disk_path": "/", "disk_total": 1, "disk_free": 1,
-        "process_count": 1, "processes": [], "capacity": zero, "used": zero, "free": zero,
+        "host": HostMetrics(
+            cpu_count=2, cpu_percent=1.0, load=(0.0, 0.0, 0.0), memory_total=1,
+            memory_available=1, disk_path="/", disk_total=1, disk_free=1, process_count=1,
+        ),
+        "processes": [], "capacity": zero, "used": zero, "free": zero,
     }  # fmt: skip
     return NodeMetrics(**{**values, **fields})

@@ -35,15 +35,15 @@ class NodeCollector(Collector):
         yield gauge("sample_seq", "Sample number since the monitor started", m.seq)
         yield gauge("sample_timestamp_seconds", "When the sample was taken", m.ts)
         yield gauge("node_start_time_seconds", "When the node's agent started", m.node_started)
-        yield gauge("host_cpu_count", "Cores on the host", m.cpu_count)
-        yield gauge("host_cpu_percent", "Host cpu use, percent of all cores", m.cpu_percent)
-        for minutes, value in zip((1, 5, 15), m.load, strict=True):
+        yield gauge("host_cpu_count", "Cores on the host", m.host.cpu_count)
+        yield gauge("host_cpu_percent", "Host cpu use, percent of all cores", m.host.cpu_percent)
+        for minutes, value in zip((1, 5, 15), m.host.load, strict=True):
             yield gauge(f"host_load{minutes}", f"Load average over {minutes} min", value)
-        yield gauge("host_memory_total_bytes", "Host memory", m.memory_total)
-        yield gauge("host_memory_available_bytes", "Host memory available", m.memory_available)
-        yield gauge("host_disk_total_bytes", "Size of the state dir's disk", m.disk_total)
-        yield gauge("host_disk_free_bytes", "Free space on the state dir's disk", m.disk_free)
-        yield gauge("host_processes", "Processes on the host", m.process_count)
+        yield gauge("host_memory_total_bytes", "Host memory", m.host.memory_total)
+        yield gauge("host_memory_available_bytes", "Host memory available", m.host.memory_available)
+        yield gauge("host_disk_total_bytes", "Size of the state dir's disk", m.host.disk_total)
+        yield gauge("host_disk_free_bytes", "Free space on the state dir's disk", m.host.disk_free)
+        yield gauge("host_processes", "Processes on the host", m.host.process_count)
         for kind, amount in (("capacity", m.capacity), ("used", m.used), ("free", m.free)):
             yield gauge(f"node_{kind}_cpu_cores", f"Node cpu {kind}, cores", amount.cpu)
             yield gauge(f"node_{kind}_memory_bytes", f"Node memory {kind}, bytes", amount.memory)

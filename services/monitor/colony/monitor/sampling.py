@@ -6,15 +6,14 @@ import os
 
 import psutil
 
-from colony.monitor.state import HostReading
-from colony.shared.messages import ProcessUsage
+from colony.shared.messages import HostMetrics, ProcessUsage
 from colony.shared.statedir import NodeDir
 
 
-def read_host(disk_path: str) -> HostReading:
+def read_host(disk_path: str) -> HostMetrics:
     memory = psutil.virtual_memory()
     disk = psutil.disk_usage(disk_path)
-    return HostReading(
+    return HostMetrics(
         cpu_count=psutil.cpu_count() or 1,
         cpu_percent=psutil.cpu_percent(interval=None),
         load=tuple(round(x, 2) for x in os.getloadavg()),

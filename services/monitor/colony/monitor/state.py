@@ -7,24 +7,8 @@ from __future__ import annotations
 
 from collections import deque
 
-import msgspec
-
 from colony.shared.config import NodeSettings
-from colony.shared.messages import NodeMetrics, ProcessUsage, Resources
-
-
-class HostReading(msgspec.Struct, frozen=True):
-    """What the host looks like right now (read with psutil by the service)."""
-
-    cpu_count: int
-    cpu_percent: float
-    load: tuple[float, float, float]
-    memory_total: int
-    memory_available: int
-    disk_path: str
-    disk_total: int
-    disk_free: int
-    process_count: int
+from colony.shared.messages import HostMetrics, NodeMetrics, ProcessUsage, Resources
 
 
 def declared_capacity(node: NodeSettings, host_cpus: int, host_memory: int) -> Resources:
@@ -60,7 +44,7 @@ class Samples:
         now: float,
         interval: float,
         node_started: float,
-        host: HostReading,
+        host: HostMetrics,
         processes: list[ProcessUsage],
         capacity: Resources,
         nats_url: str,
@@ -80,7 +64,7 @@ class Samples:
             capacity=capacity,
             used=used,
             free=capacity - used,
-            **msgspec.structs.asdict(host),
+            host=host,
         )
         self.ring.append(sample)
         return sample
