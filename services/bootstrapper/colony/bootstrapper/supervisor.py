@@ -75,17 +75,19 @@ class Supervisor:
         self.node_dir.remove_record(SUPERVISOR)
         log.info("supervisor stopped")
 
-    async def _nats_ready(self, timeout: float = 15.0) -> bool:
+    async def _nats_ready(self, patience: float = 15.0) -> bool:
+        """Wait until the node's nats-server accepts connections (False if stopped first)."""
         url = self.config.nats.servers[0]
         host, _, port = url.rpartition("/")[2].partition(":")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while not self.stopping.is_set():
-                    if natsd.port_open(host, int(port)):
-                        return True
-                    await asyncio.sleep(0.05)
-        if not self.stopping.is_set():
-            log.error("nats-server did not start; services not started", extra={"url": url})
+        loop = asyncio.get_running_loop()
+        complain_at = loop.time() + patience
+        while not self.stopping.is_set():
+            if natsd.port_open(host, int(port)):
+                return True
+            if loop.time() > complain_at:
+                log.error("nats-server is not up yet; services wait for it", extra={"url": url})
+                complain_at = float("inf")
+            await asyncio.sleep(0.05)
         return False
 
     async def _keep_running(self, child: Child) -> None:
