@@ -111,14 +111,17 @@ def test_a_killed_nats_server_shows_unreachable_then_recovers(cluster):
     os.kill(supervisor.pid, signal.SIGSTOP)  # hold the repair until we have looked
     try:
         os.kill(nats.pid, signal.SIGKILL)
-        started = time.monotonic()
+        # Its last sample is read from the replicated metrics stream, which may
+        # take a few seconds to answer again if node-2 led it: poll for both.
         nodes = wait_for(
-            lambda: (s := status(state))["node-2"]["state"] == "unreachable" and s,
+            lambda: (
+                (s := status(state))["node-2"]["state"] == "unreachable"
+                and s["node-2"]["last_heard_seconds"] is not None
+                and s
+            ),
             timeout=15,
-            what="node-2 to show as unreachable",
+            what="node-2 to show as unreachable, with when it was last heard",
         )
-        assert time.monotonic() - started < 15  # status answered; it never hung
-        assert nodes["node-2"]["last_heard_seconds"] is not None
         assert nodes["node-1"]["state"] == nodes["node-3"]["state"] == "up"
     finally:
         os.kill(supervisor.pid, signal.SIGCONT)

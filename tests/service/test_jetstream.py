@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from colony.shared import subjects
+from colony.shared.bus import NoResponders
 from colony.shared.messages import encode
 from colony.shared.testing import example_metrics as sample
 
@@ -37,8 +40,9 @@ async def test_ensure_stream_is_idempotent_and_updates(cluster_bus):
     assert info.config.num_replicas == 3
 
 
-async def test_missing_stream_or_subject_reads_as_nothing(cluster_bus):
-    assert await cluster_bus.last_message(STREAM, subjects.node_metrics("a")) is None
+async def test_missing_subject_reads_as_nothing_and_missing_stream_says_so(cluster_bus):
+    with pytest.raises(NoResponders, match=STREAM):
+        await cluster_bus.last_message(STREAM, subjects.node_metrics("a"))
     assert await cluster_bus.stream_subjects(STREAM) == []
     await ensure_metrics_stream(cluster_bus)
     assert await cluster_bus.last_message(STREAM, subjects.node_metrics("zz")) is None

@@ -115,5 +115,6 @@ def test_an_invalid_hand_edited_config_names_the_file(tmp_path):
     with pytest.raises(ClusterError) as err:
         write_nodes(state, plan(1, BASE))
     message = str(err.value)
-    assert message.startswith(f"{node_dir.config_file}: invalid config node.capacity_cpu = -1")
-    assert message.endswith("(fix it or delete the file)")
+    assert message.startswith("invalid config node.capacity_cpu = -1")
+    assert f"(in {node_dir.config_file})" in message
+    assert message.endswith("(fix it, or delete the file to start over)")

@@ -57,7 +57,10 @@ def select(state: StateDir, node: str | None, service: str | None) -> list[tuple
         if service is None or path.stem == service
     ]
     if not files:
-        fail(f"no {service or ''} logs yet in {state.path}/", "has the cluster been started?")
+        there = sorted({p.stem for n in nodes for p in n.logs.glob("*.log")})
+        if service and there:
+            fail(f"no {service!r} logs in {state.path}/", f"processes: {', '.join(there)}")
+        fail(f"no logs yet in {state.path}/", "has the cluster been started? (colony up)")
     return files
 
 

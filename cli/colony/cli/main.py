@@ -18,6 +18,7 @@ from colony.bootstrapper import cluster
 from colony.cli import logs
 from colony.cli.output import err, fail, out, print_json
 from colony.cli.status import gather, table
+from colony.shared import __version__
 from colony.shared.bus import NotConnected, connect
 from colony.shared.config import ConfigError, NatsSettings, load
 from colony.shared.statedir import DEFAULT_STATE_DIR, SUPERVISOR, StateDir
@@ -62,8 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="colony",
         description="Colony: a self-organizing orchestrator. Run a local cluster and inspect it.",
-        epilog="Run `colony <verb> --help` for a verb's options and examples.",
+        epilog="examples:\n"
+        "  colony up --detach     start a local 3-node cluster in the background\n"
+        "  colony status          see its nodes\n"
+        "  colony down            stop it\n\n"
+        "Run `colony <verb> --help` for a verb's options and examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"colony {__version__}")
     verbs = parser.add_subparsers(title="verbs", metavar="<verb>")
 
     def verb(name: str, summary: str) -> argparse.ArgumentParser:
@@ -87,10 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--base-port",
         type=int,
-        help=f"first client port; the others follow it (default: {cluster.DEFAULT_BASE_PORT})",
+        help="first client port; the others follow it "
+        f"(default: {cluster.DEFAULT_BASE_PORT}, or as last time)",
     )
     up.add_argument("--detach", "-d", action="store_true", help="return once the cluster is ready")
-    up.add_argument("--timeout", type=float, default=60, help="seconds to wait for ready")
+    up.add_argument(
+        "--timeout", type=float, default=60, help="seconds to wait for ready (default: 60)"
+    )
     up.set_defaults(func=cmd_up)
 
     down = verb("down", "Stop every process of the local cluster.")
@@ -101,17 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--server", action="append", help="a NATS URL to ask (repeatable); default: the state dir's"
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for a node")
+    status.add_argument(
+        "--timeout", type=float, default=1.0, help="seconds to wait for a node (default: 1)"
+    )
     status.set_defaults(func=cmd_status)
 
     log = verb("logs", "Show (or follow) the logs of a cluster's processes.")
     log.add_argument("node", nargs="?", help="node name or id (default: all nodes)")
     log.add_argument("service", nargs="?", help="supervisor, nats, monitor ... (default: all)")
     log.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    log.add_argument("-n", "--lines", type=int, default=20, help="lines per file (default: 20)")
+    log.add_argument("-n", "--lines", type=_count, default=20, help="lines per file (default: 20)")
     log.add_argument("--raw", action="store_true", help="print JSON log lines as they are")
     log.set_defaults(func=logs.cmd_logs)
     return parser
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 # --- up / down -------------------------------------------------------------------
@@ -131,8 +150,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if stray:
         names = ", ".join(f"{r.name} (pid {r.pid})" for r in stray)
         fail(f"processes of an earlier run are still alive: {names}", "run `colony down` first")
-    nodes, base_port = _cluster_shape(state, args)
-    plans = cluster.plan(nodes, base_port)
+    plans = _cluster_plan(state, args)
+    nodes, base_port = len(plans), plans[0].ports["client"]
     taken = cluster.ports_taken(plans)
     if taken:
         fail(
@@ -174,19 +193,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cluster_shape(state: StateDir, args: argparse.Namespace) -> tuple[int, int]:
+def _cluster_plan(state: StateDir, args: argparse.Namespace) -> list[cluster.NodePlan]:
     """Node count and base port: as asked, else as this state dir had them, else defaults."""
     previous: dict[str, int] = {}
     if state.cluster_file.exists():
         previous = tomllib.loads(state.cluster_file.read_text())
     existing = len(state.nodes())
-    nodes = args.nodes or previous.get("nodes") or max(existing, 3)
+    nodes = args.nodes if args.nodes is not None else previous.get("nodes", max(existing, 3))
+    base_port = args.base_port
+    if base_port is None:
+        base_port = previous.get("base_port", cluster.DEFAULT_BASE_PORT)
+    plans = cluster.plan(nodes, base_port)  # rejects impossible counts and ports
     if nodes < existing:
         fail(
             f"{state.path}/ holds {existing} nodes; cannot start only {nodes}",
             f"use --nodes {existing}, or another --state-dir",
         )
-    return nodes, args.base_port or previous.get("base_port") or cluster.DEFAULT_BASE_PORT
+    return plans
 
 
 def _wait_for_interrupt() -> None:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 from rich.table import Table
 
 from colony.cli.output import human_age, human_bytes
@@ -25,6 +26,8 @@ from colony.shared.statedir import natural_key
 
 DISCOVERY_WINDOW = 0.3
 """Seconds to collect service discovery replies."""
+LAST_HEARD_ATTEMPT = 0.25
+"""Seconds one read of a silent node's last sample may take before it is retried."""
 
 
 @dataclass
@@ -83,16 +86,31 @@ async def _node(
         )
         status.reachable = True
     except BusError:
-        with contextlib.suppress(BusError, TimeoutError, Exception):
-            async with asyncio.timeout(timeout):
-                status.metrics = await bus.last_message(
-                    subjects.METRICS_STREAM, subjects.node_metrics(node_id)
-                )
+        status.metrics = await _last_heard(bus, node_id, timeout)
     if status.metrics:
         status.name = status.metrics.name
         status.nats_url = status.nats_url or status.metrics.nats_url
         status.last_heard = max(0.0, time.time() - status.metrics.ts)
     return status
+
+
+async def _last_heard(bus: Bus, node_id: str, timeout: float) -> NodeMetrics | None:
+    """The node's last sample kept by the metrics stream, trying for `timeout` seconds.
+
+    Right after a server dies the stream may not answer at once (a read
+    routed to the dead replica, or replicas electing a new leader for a
+    few seconds): a failed read is retried until the time is up.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        with contextlib.suppress(TimeoutError, BusError, nats.errors.Error):
+            async with asyncio.timeout(LAST_HEARD_ATTEMPT):
+                return await bus.last_message(
+                    subjects.METRICS_STREAM, subjects.node_metrics(node_id)
+                )
+        await asyncio.sleep(0.05)
+    return None
 
 
 async def _stored_nodes(bus: Bus, timeout: float) -> list[str]:
@@ -137,7 +155,7 @@ def table(nodes: list[NodeStatus]) -> Table:
         elif node.last_heard is not None:
             state = f"[red]unreachable[/] (last heard {human_age(node.last_heard)} ago)"
         else:
-            state = "[red]unreachable[/] (never heard)"
+            state = "[red]unreachable[/]"
         figures = ["-", "-", "-", "-"]
         if m and node.reachable:
             figures = [

@@ -197,6 +197,8 @@ class Bus:
             max_age=max_age,
             storage=StorageType.MEMORY if memory else StorageType.FILE,
             discard=DiscardPolicy.OLD,
+            # Every replica answers direct gets: reads work while a leader is re-elected.
+            allow_direct=True,
         )
         try:
             await self.js.add_stream(config)
@@ -204,11 +206,19 @@ class Bus:
             await self.js.update_stream(config)
 
     async def last_message(self, stream: str, subject: Subject[P]) -> P | None:
-        """The newest message the stream holds on `subject`, or None."""
+        """The newest message the stream holds on `subject`, or None if it holds none.
+
+        Read with a direct get, which any current replica answers (the stream
+        must allow it, as `ensure_stream` makes them). Raises NoResponders
+        while no replica can answer: no such stream, or its replicas are
+        electing a new leader.
+        """
         try:
-            raw = await self.js.get_last_msg(stream, subject.name)
+            raw = await self.js.get_last_msg(stream, subject.name, direct=True)
         except nats.js.errors.NotFoundError:
             return None
+        except nats.errors.NoRespondersError:
+            raise NoResponders(f"stream {stream} cannot answer right now") from None
         return decode_or_drop(raw.data or b"", subject.payload, subject.name, self.log)
 
     async def stream_subjects(self, stream: str) -> list[str]:

@@ -96,10 +96,17 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
 
 
 def port_free(host: str, port: int) -> bool:
-    """True if nothing listens on host:port (we could bind it)."""
+    """True if nothing listens on host:port.
+
+    Checked as a server would bind it, with SO_REUSEADDR (nats-server and
+    asyncio both set it): connections of a stopped cluster lingering in
+    TIME_WAIT do not make the port busy.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+            sock.listen()
         except OSError:
             return False
     return True

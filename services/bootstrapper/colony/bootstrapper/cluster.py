@@ -139,7 +139,7 @@ def _existing_config(node_dir: NodeDir) -> Config:
     try:
         return load(node_dir.config_file, env={})
     except ConfigError as e:
-        raise ClusterError(f"{node_dir.config_file}: {e} (fix it or delete the file)") from None
+        raise ClusterError(f"{e} (fix it, or delete the file to start over)") from None
 
 
 def start_supervisor(node_dir: NodeDir) -> ProcessRecord:
