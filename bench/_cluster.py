@@ -42,6 +42,13 @@ class Cluster:
     def records(self) -> list[ProcessRecord]:
         return [r for node in self.state.nodes() for r in node.records()]
 
+    def restart(self) -> float:
+        """`colony down`, then `colony up` again on the same state; return the up's seconds."""
+        colony("down", self.state)
+        started = time.monotonic()
+        colony("up", self.state, "--detach")
+        return time.monotonic() - started
+
 
 @contextlib.contextmanager
 def local_cluster(nodes: int = 3) -> Iterator[Cluster]:
