@@ -254,3 +254,14 @@ def test_wrong_label_value_names_the_key(tmp_path):
 
 def test_node_id_with_a_trailing_newline_is_rejected():
     assert "node.id" in load_error(env={"COLONY_NODE__ID": "node\n"})
+
+
+@pytest.mark.parametrize("value", ["", "localhost:4222", "http://h:1", "nats://h:1/x"])
+def test_servers_must_be_nats_urls_and_at_least_one(value):
+    with pytest.raises(ConfigError, match=r"invalid config nats\.servers"):
+        load(env={"COLONY_NATS__SERVERS": value})
+
+
+def test_an_unreadable_config_path_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load(tmp_path)

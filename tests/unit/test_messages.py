@@ -99,11 +99,16 @@ def test_malformed_json_is_rejected(data):
         decode(data, LatestMetricsRequest)
 
 
-def test_a_newer_major_version_is_refused():
-    newer = encode(LatestMetricsRequest(v=Message.VERSION + 1))
+@pytest.mark.parametrize("kind", [LatestMetricsRequest, NodeMetrics])
+def test_a_newer_major_version_is_refused_before_its_fields_are_judged(kind):
+    newer = json.dumps({"v": Message.VERSION + 1, "renamed": 1}).encode()
     with pytest.raises(DecodeError, match=f"schema version {Message.VERSION + 1}") as err:
-        decode(newer, LatestMetricsRequest)
+        decode(newer, kind)
     assert f"understands up to {Message.VERSION}" in str(err.value)
+
+
+def test_encode_stamps_the_type_version():
+    assert as_dict(LatestMetricsRequest(v=99))["v"] == LatestMetricsRequest.VERSION
 
 
 def test_the_current_version_is_accepted():

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from colony.shared.config import NatsSettings
-from colony.shared.messages import Message, decode, decode_or_drop, encode
+from colony.shared.messages import DecodeError, Message, decode, decode_or_drop, encode
 from colony.shared.subjects import RequestSubject, Subject
 
 P = TypeVar("P", bound=Message)
@@ -52,6 +52,10 @@ class NoResponders(BusError):
 
 class RequestTimeout(BusError):
     pass
+
+
+class BadReply(BusError):
+    """The reply did not decode as the subject's reply type."""
 
 
 class RemoteError(BusError):
@@ -154,10 +158,14 @@ class Bus:
             raise NotConnected(f"connection closed while asking {subject.name}") from None
         headers = reply.headers or {}
         if ERROR_CODE_HEADER in headers:
+            code = headers[ERROR_CODE_HEADER]
             raise RemoteError(
-                subject.name, int(headers[ERROR_CODE_HEADER]), headers.get(ERROR_HEADER, "")
+                subject.name, int(code) if code.isdigit() else 0, headers.get(ERROR_HEADER, "")
             )
-        return decode(reply.data, subject.reply)
+        try:
+            return decode(reply.data, subject.reply)
+        except DecodeError as e:
+            raise BadReply(f"reply on {subject.name}: {e}") from None
 
     async def subscribe(self, subject: Subject[P], queue: str = "") -> Subscription[P]:
         """Subscribe; iterate the result for decoded messages (bad ones are dropped)."""
@@ -233,7 +241,7 @@ class Bus:
         if self.nc.is_closed:
             return
         try:
-            await asyncio.wait_for(self.nc.drain(), timeout=2.0)
+            await asyncio.wait_for(self.nc.drain(), timeout=0.5)
         except (TimeoutError, nats.errors.Error):
             await self.nc.close()
 

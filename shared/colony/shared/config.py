@@ -50,7 +50,10 @@ class NodeSettings(_Section):
 
 
 class NatsSettings(_Section):
-    servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    servers: Annotated[
+        list[Annotated[str, msgspec.Meta(pattern=r"^(nats|tls)://[^\s/:]+(:\d{1,5})?\Z")]],
+        msgspec.Meta(min_length=1),
+    ] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
     """This node's own server first; services talk to their node's server."""
     connect_timeout: Positive = 2.0
     ping_interval: Positive = 2.0
@@ -106,6 +109,8 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
             raw = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         origin = {key: f"in {path}" for key in [*raw, *_flat_keys(raw)]}

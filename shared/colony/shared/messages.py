@@ -34,7 +34,8 @@ class Message(msgspec.Struct, kw_only=True, frozen=True):
     """The schema major version this code writes and understands."""
 
     v: int = 1
-    """Schema major version of this message (set from VERSION by `make`)."""
+    """Schema major version of this message; `encode` stamps the type's VERSION
+    (a type that bumps VERSION overrides this default too)."""
     cause: str = msgspec.field(default_factory=new_id)
     """Id of the stimulus this message stems from."""
     ts: float = msgspec.field(default_factory=time.time)
@@ -48,7 +49,13 @@ class DecodeError(ValueError):
 _encoder = msgspec.json.Encoder()
 
 
+class _Header(msgspec.Struct):
+    v: int = 0
+
+
 def encode(msg: Message) -> bytes:
+    if msg.v != msg.VERSION:
+        msg = msgspec.structs.replace(msg, v=msg.VERSION)
     return _encoder.encode(msg)
 
 
@@ -57,17 +64,18 @@ def decode(data: bytes, kind: type[M]) -> M:
     if len(data) > MAX_PAYLOAD:
         raise DecodeError(f"payload of {len(data)} bytes exceeds the {MAX_PAYLOAD}-byte limit")
     try:
-        msg = msgspec.json.decode(data, type=kind)
+        # The version first: a newer major version may have changed any field.
+        version = msgspec.json.decode(data, type=_Header).v
+        if version > kind.VERSION:
+            raise DecodeError(
+                f"{kind.__name__} has schema version {version}; this node understands up to "
+                f"{kind.VERSION} (upgrade it)"
+            )
+        return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as e:
         raise DecodeError(f"invalid {kind.__name__}: {e}") from None
     except msgspec.DecodeError as e:
         raise DecodeError(f"malformed {kind.__name__}: {e}") from None
-    if msg.v > kind.VERSION:
-        raise DecodeError(
-            f"{kind.__name__} has schema version {msg.v}; this node understands up to "
-            f"{kind.VERSION} (upgrade it)"
-        )
-    return msg
 
 
 def decode_or_drop(data: bytes, kind: type[M], subject: str, log: logging.Logger) -> M | None:

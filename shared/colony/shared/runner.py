@@ -58,7 +58,7 @@ class Unbuilt:
     description: str
 
     async def run(self, ctx: Context) -> None:
-        ctx.log.warning(f"colony-{self.name} has nothing to do yet; exiting")
+        """Never reached: the runner exits before connecting for an Unbuilt service."""
 
 
 @dataclass
@@ -115,7 +115,7 @@ def main(service: Service, argv: list[str] | None = None) -> None:
     try:
         config = load(args.config)
     except ConfigError as e:
-        print(f"colony-{service.name}: {e}", file=sys.stderr)
+        print(f"{SERVICE_PREFIX}{service.name}: {e}", file=sys.stderr)
         sys.exit(2)
     logs.setup(config.log.level, config.log.format, service=service.name, node=config.node.id)
     sys.exit(asyncio.run(run(service, config, handle_signals=True)))
@@ -137,6 +137,9 @@ async def run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
+    if isinstance(service, Unbuilt):
+        log.warning(f"{SERVICE_PREFIX}{service.name} has nothing to do yet; exiting")
+        return 0
     bus = await _connect_until(config, service.name, stop, log)
     if bus is None:
         return 0
@@ -159,8 +162,7 @@ async def run(
     stopping.cancel()
     task.cancel()
     # Shut down inside the grace period even if the service ignores cancellation.
-    with contextlib.suppress(BaseException):
-        await asyncio.wait_for(task, timeout=SHUTDOWN_GRACE / 2)
+    await asyncio.wait({task}, timeout=SHUTDOWN_GRACE / 2)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(micro.stop(), timeout=1.0)
     with contextlib.suppress(Exception):
@@ -174,7 +176,7 @@ async def _connect_until(
 ) -> Bus | None:
     """Connect (the bus retries while the node's server is not up yet), unless stopped first."""
     connecting = asyncio.create_task(
-        connect(config.nats, f"colony-{name}@{config.node.id}", logger=log)
+        connect(config.nats, f"{SERVICE_PREFIX}{name}@{config.node.id}", logger=log)
     )
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -182,6 +184,5 @@ async def _connect_until(
     if connecting.done():
         return connecting.result()
     connecting.cancel()
-    with contextlib.suppress(BaseException):
-        await connecting
+    await asyncio.wait({connecting}, timeout=1.0)
     return None

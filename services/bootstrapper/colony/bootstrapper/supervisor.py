@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from colony.bootstrapper.state import RestartPolicy, describe_exit
 from colony.shared import natsd
@@ -77,15 +78,17 @@ class Supervisor:
 
     async def _nats_ready(self, patience: float = 15.0) -> bool:
         """Wait until the node's nats-server accepts connections (False if stopped first)."""
-        url = self.config.nats.servers[0]
-        host, _, port = url.rpartition("/")[2].partition(":")
+        url = urlsplit(self.config.nats.servers[0])
+        host, port = url.hostname or "127.0.0.1", url.port or 4222
         loop = asyncio.get_running_loop()
         complain_at = loop.time() + patience
         while not self.stopping.is_set():
-            if natsd.port_open(host, int(port)):
+            if natsd.port_open(host, port):
                 return True
             if loop.time() > complain_at:
-                log.error("nats-server is not up yet; services wait for it", extra={"url": url})
+                log.error(
+                    "nats-server is not up yet; services wait for it", extra={"url": url.geturl()}
+                )
                 complain_at = float("inf")
             await asyncio.sleep(0.05)
         return False
