@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import signal
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 from colony.bootstrapper import cluster
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--detach", "-d", action="store_true", help="return once the cluster is ready")
     up.add_argument(
-        "--timeout", type=float, default=60, help="seconds to wait for ready (default: 60)"
+        "--timeout", type=_seconds, default=60, help="seconds to wait for ready (default: 60)"
     )
     up.set_defaults(func=cmd_up)
 
@@ -108,11 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = verb("status", "Show every node: state, services, free resources, age.")
     status.add_argument(
-        "--server", action="append", help="a NATS URL to ask (repeatable); default: the state dir's"
+        "--server",
+        action="append",
+        type=_nats_url,
+        help="a NATS URL to ask (repeatable); default: the state dir's",
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
-        "--timeout", type=float, default=1.0, help="seconds to wait for a node (default: 1)"
+        "--timeout", type=_seconds, default=1.0, help="seconds to wait for a node (default: 1)"
     )
     status.set_defaults(func=cmd_status)
 
@@ -124,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--raw", action="store_true", help="print JSON log lines as they are")
     log.set_defaults(func=logs.cmd_logs)
     return parser
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
+def _nats_url(text: str) -> str:
+    if not re.fullmatch(r"(nats|tls)://[^\s/:]+(:\d{1,5})?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a NATS URL like nats://HOST:4222")
+    return text
 
 
 def _count(text: str) -> int:
@@ -140,6 +156,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     live = cluster.running(state)
     if live:
+        down = [n.name for n in state.nodes() if n.name not in {m.name for m in live}]
+        if down:
+            fail(
+                f"the cluster in {state.path}/ is only partly running: {', '.join(down)} down",
+                "restart it whole: `colony down`, then `colony up`",
+            )
         out.print(
             f"The cluster in {state.path}/ is already running "
             f"({', '.join(n.name for n in live)}); nothing changed.\n"
@@ -158,51 +180,61 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"{len(taken)} port(s) already in use: {', '.join(taken)}",
             "stop what uses them, or move the cluster with --base-port",
         )
-    node_dirs = cluster.write_nodes(state, plans)
+    # From here on, whatever stops this command stops what it started.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     started = time.monotonic()
-    for node_dir in node_dirs:
-        cluster.start_supervisor(node_dir)
     try:
+        node_dirs = cluster.write_nodes(state, plans)
+        for node_dir in node_dirs:
+            cluster.start_supervisor(node_dir)
         with err.status(f"starting {nodes} nodes") as spinner:
             asyncio.run(
                 cluster.wait_ready(
                     state, node_dirs, args.timeout, lambda text: spinner.update(text)
                 )
             )
-    except (cluster.ClusterError, NotConnected, KeyboardInterrupt) as e:
+    except KeyboardInterrupt:
         cluster.down(state)
-        if isinstance(e, KeyboardInterrupt):
-            fail("interrupted; stopped what had started", code=130)
+        fail("interrupted; stopped what had started", code=130)
+    except (cluster.ClusterError, NotConnected) as e:
+        cluster.down(state)
         logs_dir = state.path / "nodes" / "*" / "logs"
         fail(f"the cluster did not become ready: {e}", f"see the logs in {logs_dir}; stopped all")
-    out.print(
-        f"[green]✓[/] {nodes} nodes ready in {time.monotonic() - started:.1f} s "
-        f"(nats://127.0.0.1:{base_port}..{base_port + nodes - 1})\n"
-        f"  state: {state.path.resolve()}/\n"
-        f"  logs:  {state.path.resolve()}/nodes/<node>/logs/  (or `colony logs`)\n"
-        "  see it: colony status"
-    )
-    if args.detach:
-        out.print("  stop it: colony down")
-        return 0
-    out.print("Running in the foreground; Ctrl-C stops the cluster (use --detach not to wait).")
-    _wait_for_interrupt()
-    out.print("\nstopping…")
-    stopped = cluster.down(state)
-    out.print(f"stopped {len(stopped)} processes")
+    try:
+        out.print(
+            f"[green]✓[/] {nodes} nodes ready in {time.monotonic() - started:.1f} s "
+            f"(nats://127.0.0.1:{base_port}..{base_port + nodes - 1})\n"
+            f"  state: {state.path.resolve()}/\n"
+            f"  logs:  {state.path.resolve()}/nodes/<node>/logs/  (or `colony logs`)\n"
+            "  see it: colony status"
+        )
+        if args.detach:
+            out.print("  stop it: colony down")
+            return 0
+        out.print("Running in the foreground; Ctrl-C stops the cluster (--detach not to wait).")
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        out.print("\nstopping…")
+        stopped = cluster.down(state)
+        out.print(f"stopped {len(stopped)} processes")
     return 0
+
+
+def _interrupt(_signal: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _cluster_plan(state: StateDir, args: argparse.Namespace) -> list[cluster.NodePlan]:
     """Node count and base port: as asked, else as this state dir had them, else defaults."""
-    previous: dict[str, int] = {}
-    if state.cluster_file.exists():
-        previous = tomllib.loads(state.cluster_file.read_text())
+    previous = cluster.previous_shape(state)
     existing = len(state.nodes())
-    nodes = args.nodes if args.nodes is not None else previous.get("nodes", max(existing, 3))
-    base_port = args.base_port
+    nodes, base_port = args.nodes, args.base_port
+    if nodes is None:
+        nodes = previous.nodes if previous else max(existing, 3)
     if base_port is None:
-        base_port = previous.get("base_port", cluster.DEFAULT_BASE_PORT)
+        base_port = previous.base_port if previous else cluster.DEFAULT_BASE_PORT
     plans = cluster.plan(nodes, base_port)  # rejects impossible counts and ports
     if nodes < existing:
         fail(
@@ -210,14 +242,6 @@ def _cluster_plan(state: StateDir, args: argparse.Namespace) -> list[cluster.Nod
             f"use --nodes {existing}, or another --state-dir",
         )
     return plans
-
-
-def _wait_for_interrupt() -> None:
-    received: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda number, _frame: received.append(number))
-    while not received:
-        signal.pause()
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -243,7 +267,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             url = load(node_dir.config_file, env={}).nats.servers[0]
         except (ConfigError, IndexError):
             url = ""
-        known[node_dir.node_id] = (node_dir.name, url)
+        node_id = node_dir.read_id()
+        if node_id:
+            known[node_id] = (node_dir.name, url)
     servers = args.server or [url for _, url in known.values() if url]
     if not servers:
         fail(
@@ -272,5 +298,7 @@ async def _status(servers: list[str], known: dict[str, tuple[str, str]], timeout
     try:
         async with asyncio.timeout(timeout * 4 + 2):  # never hang, whatever the cluster does
             return await gather(bus, known, timeout)
+    except TimeoutError:
+        fail(f"the cluster did not answer within {timeout * 4 + 2:g} s", "try --timeout 5")
     finally:
         await bus.close()

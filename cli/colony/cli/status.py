@@ -120,7 +120,16 @@ async def _stored_nodes(bus: Bus, timeout: float) -> list[str]:
             names = await bus.stream_subjects(subjects.METRICS_STREAM)
     except Exception:
         return []  # no JetStream right now: status still shows what answers directly
-    return [name.rpartition(".")[2] for name in names]
+    ids = [name.rpartition(".")[2] for name in names]
+    return [i for i in ids if _is_token(i)]  # whatever else was published there is not a node
+
+
+def _is_token(value: str) -> bool:
+    try:
+        subjects.token(value)
+    except subjects.SubjectError:
+        return False
+    return True
 
 
 async def _services(bus: Bus) -> dict[str, list[str]]:

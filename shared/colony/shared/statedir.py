@@ -43,9 +43,12 @@ class ProcessRecord(msgspec.Struct, frozen=True):
     argv: list[str]
 
     @classmethod
-    def of(cls, name: str, pid: int, argv: list[str]) -> ProcessRecord:
-        """Describe the running process `pid`."""
-        return cls(name, pid, os.getpgid(pid), psutil.Process(pid).create_time(), argv)
+    def of(cls, name: str, pid: int, argv: list[str]) -> ProcessRecord | None:
+        """Describe the running process `pid` (None if it has already exited)."""
+        try:
+            return cls(name, pid, os.getpgid(pid), psutil.Process(pid).create_time(), argv)
+        except (ProcessLookupError, psutil.Error):
+            return None
 
     def alive(self) -> bool:
         """True while this very process (not a later one with its pid) runs."""
@@ -94,6 +97,13 @@ class NodeDir:
     def create(self) -> None:
         for folder in (self.path, self.nats_store, self.run, self.logs):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def read_id(self) -> str | None:
+        """The node's id if it has one yet (reading never creates it)."""
+        try:
+            return (self.path / "node-id").read_text().strip() or None
+        except OSError:
+            return None
 
     @property
     def node_id(self) -> str:
@@ -154,13 +164,7 @@ class StateDir:
 
     def find(self, name_or_id: str) -> NodeDir | None:
         """The node with this name or id (looking never creates an id)."""
-        for node in self.nodes():
-            id_file = node.path / "node-id"
-            if name_or_id == node.name or (
-                id_file.exists() and id_file.read_text().strip() == name_or_id
-            ):
-                return node
-        return None
+        return next((n for n in self.nodes() if name_or_id in (n.name, n.read_id())), None)
 
 
 def natural_key(name: str) -> tuple[str, int]:

@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 import psutil
@@ -67,6 +66,25 @@ def plan(nodes: int, base_port: int = DEFAULT_BASE_PORT) -> list[NodePlan]:
         NodePlan(f"node-{i + 1}", {kind: base_port + off + i for kind, off in PORT_OFFSETS.items()})
         for i in range(nodes)
     ]
+
+
+class Shape(msgspec.Struct, forbid_unknown_fields=True):
+    """What cluster.toml records of the cluster `colony up` formed."""
+
+    nodes: int
+    base_port: int
+
+
+def previous_shape(state: StateDir) -> Shape | None:
+    """The shape the state dir's cluster had, or None for a new state dir."""
+    if not state.cluster_file.exists():
+        return None
+    try:
+        return msgspec.toml.decode(state.cluster_file.read_bytes(), type=Shape)
+    except (msgspec.DecodeError, OSError) as e:
+        raise ClusterError(
+            f"{state.cluster_file} is damaged ({e}); fix it, or delete it to start over"
+        ) from None
 
 
 def free_base_port(nodes: int, low: int = 20000, high: int = 40000, tries: int = 200) -> int:
@@ -154,6 +172,8 @@ def start_supervisor(node_dir: NodeDir) -> ProcessRecord:
             start_new_session=True,
         )
     record = ProcessRecord.of(SUPERVISOR, process.pid, argv)
+    if record is None:
+        raise ClusterError(f"{node_dir.name}'s supervisor exited at once; see {out.name}")
     node_dir.write_record(record)  # at once, so `colony down` finds it even mid-start
     return record
 
@@ -255,7 +275,8 @@ def down(state: StateDir, timeout: float = 10.0) -> list[ProcessRecord]:
     was_running = leftovers(state)
     supervisors = [r for r in was_running if r.name == SUPERVISOR and r.alive()]
     for record in supervisors:
-        os.kill(record.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have just exited
+            os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while any(r.alive() for r in supervisors) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -270,14 +291,7 @@ def down(state: StateDir, timeout: float = 10.0) -> list[ProcessRecord]:
 def _kill_group(record: ProcessRecord) -> None:
     try:
         os.killpg(record.pgid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return
     with contextlib.suppress(psutil.Error, psutil.TimeoutExpired):
         psutil.Process(record.pid).wait(timeout=2)
-
-
-def tail(path: Path, lines: int = 5) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

@@ -61,7 +61,9 @@ class Supervisor:
         """Start everything, keep it running until `stopping` is set, then stop it all."""
         self.node_dir.create()
         me = os.getpid()
-        self.node_dir.write_record(ProcessRecord.of(SUPERVISOR, me, sys.argv))
+        record = ProcessRecord.of(SUPERVISOR, me, sys.argv)
+        assert record is not None  # this very process is alive
+        self.node_dir.write_record(record)
         log.info("supervisor started", extra={"node": self.config.node.id, "pid": me})
         nats, *services = children(self.node_dir)
         watchers = [asyncio.create_task(self._keep_running(nats))]
@@ -94,31 +96,49 @@ class Supervisor:
         return False
 
     async def _keep_running(self, child: Child) -> None:
+        """Run `child`, and again each time it dies, until the supervisor stops."""
         loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
             started = loop.time()
-            # opening a local log file does not block the loop in any way that matters
-            with open(self.node_dir.log(child.name), "ab") as out:  # noqa: ASYNC230
-                process = await asyncio.create_subprocess_exec(
-                    *child.argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            self.processes[child.name] = process
-            self.node_dir.write_record(ProcessRecord.of(child.name, process.pid, child.argv))
-            log.info("started", extra={"child": child.name, "pid": process.pid})
-            code = await process.wait()
+            try:
+                why = await self._run_once(child)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a full disk, a missing binary: keep trying, say why
+                why = f"could not start: {type(e).__name__}: {e}"
             if self.stopping.is_set():
                 return
             delay = self.policy.next_delay(child.name, loop.time() - started)
             log.warning(
                 "child died; restarting",
-                extra={"child": child.name, "why": describe_exit(code), "restart_in": delay},
+                extra={"child": child.name, "why": why, "restart_in": delay},
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+
+    async def _run_once(self, child: Child) -> str:
+        """Start `child`, record it, wait for it to end; say why it ended."""
+        # opening a local log file does not block the loop in any way that matters
+        with open(self.node_dir.log(child.name), "ab") as out:  # noqa: ASYNC230
+            process = await asyncio.create_subprocess_exec(
+                *child.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes[child.name] = process
+        try:
+            if self.stopping.is_set():  # a stop arrived while it was being started
+                _signal_group(process.pid, signal.SIGTERM)
+            record = ProcessRecord.of(child.name, process.pid, child.argv)
+            if record is not None:  # None: it already exited, nothing to record
+                self.node_dir.write_record(record)
+            log.info("started", extra={"child": child.name, "pid": process.pid})
+            return describe_exit(await process.wait())
+        finally:
+            if process.returncode is None:  # cancelled mid-start: never leave it behind
+                _signal_group(process.pid, signal.SIGKILL)
 
     async def _stop(self, name: str) -> None:
         process = self.processes.get(name)
