@@ -191,16 +191,11 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path):
     state = tmp_path / "c"
     base = free_base_port(1)
     argv = [sys.executable, "-m", "colony.cli", "up", "--nodes", "1", "--base-port", str(base)]
-    process = subprocess.Popen(
-        [*argv, "--state-dir", str(state)], stdout=subprocess.PIPE, text=True
-    )
+    said = tmp_path / "up.out"
+    with open(said, "w") as out:
+        process = subprocess.Popen([*argv, "--state-dir", str(state)], stdout=out)
     try:
-        lines: list[str] = []
-        wait_for(
-            lambda: lines.append(process.stdout.readline()) or "Ctrl-C stops" in lines[-1],
-            timeout=60,
-            what="colony up to say it is running",
-        )
+        wait_for(lambda: "Ctrl-C stops" in said.read_text(), 60, "colony up to say it runs")
         records = [r for n in StateDir(state).nodes() for r in n.records()]
         assert len(records) == 3
         process.send_signal(signal.SIGINT)

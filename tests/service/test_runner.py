@@ -17,7 +17,7 @@ from colony.shared import runner, subjects
 from colony.shared.bus import RemoteError, connect
 from colony.shared.config import dumps
 from colony.shared.messages import LatestMetricsRequest
-from colony.shared.testing import NatsServer, example_metrics, wait_for
+from colony.shared.testing import NatsServer, example_metrics, poll, wait_for
 
 
 class Echo:
@@ -75,11 +75,15 @@ async def test_failing_handler_gets_a_500_and_the_service_keeps_serving(echo, bu
     assert (await ask(bus)).node == "echo"
 
 
-async def test_service_waits_for_a_server_that_starts_later(tmp_path):
+async def test_service_waits_for_a_server_that_starts_later(tmp_path, caplog):
     server = NatsServer.standalone(tmp_path)  # not started yet
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(Echo(), server.node_config("late"), stop=stop))
-    await asyncio.sleep(0.3)  # let it try and fail at least once
+    await poll(
+        lambda: any(r.getMessage() == "waiting for nats" for r in caplog.records),
+        10,
+        "the service to say it waits for nats",
+    )
     assert not task.done()
     server.start()
     try:
@@ -128,18 +132,13 @@ def write_config(nats_server, tmp_path):
 
 def test_sigterm_stops_a_service_process_within_the_grace_period(nats_server, tmp_path):
     config = write_config(nats_server, tmp_path)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "colony.monitor", "--config", str(config)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        lines = []
-        wait_for(
-            lambda: lines.append(process.stderr.readline()) or '"msg": "started"' in lines[-1],
-            timeout=15,
-            what="the monitor to start",
+    log = tmp_path / "monitor.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "colony.monitor", "--config", str(config)], stderr=out
         )
+    try:
+        wait_for(lambda: '"msg": "started"' in log.read_text(), 15, "the monitor to start")
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=runner.SHUTDOWN_GRACE + 1) == 0

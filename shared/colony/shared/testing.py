@@ -8,6 +8,7 @@ a node's server, and both stop their processes whatever happens.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -30,6 +31,16 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, every: 
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(every)
+
+
+async def poll(condition: Callable[[], object], timeout: float, what: str, every: float = 0.02):
+    """`wait_for` for async tests: poll without blocking the event loop."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (result := condition()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(every)
+    return result
 
 
 class NatsServer:

@@ -50,10 +50,18 @@ def children(node_dir: NodeDir) -> list[Child]:
 
 
 class Supervisor:
-    def __init__(self, node_dir: NodeDir, config: Config, policy: RestartPolicy | None = None):
+    def __init__(
+        self,
+        node_dir: NodeDir,
+        config: Config,
+        policy: RestartPolicy | None = None,
+        run: list[Child] | None = None,
+    ):
         self.node_dir = node_dir
         self.config = config
         self.policy = policy or RestartPolicy()
+        self.children = run or children(node_dir)
+        """What it runs, in start order: the nats-server first, then the services."""
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.stopping = asyncio.Event()
 
@@ -65,7 +73,7 @@ class Supervisor:
         assert record is not None  # this very process is alive
         self.node_dir.write_record(record)
         log.info("supervisor started", extra={"node": self.config.node.id, "pid": me})
-        nats, *services = children(self.node_dir)
+        nats, *services = self.children
         watchers = [asyncio.create_task(self._keep_running(nats))]
         if await self._nats_ready():
             watchers += [asyncio.create_task(self._keep_running(s)) for s in services]
