@@ -112,7 +112,7 @@ def figures(usages: list[Usage]) -> list[float]:
     ]
 
 
-COLUMNS = ["process", "per node", "RSS mean", "RSS max", "USS mean", "PSS mean"]
+COLUMNS = ["process", "per cluster", "RSS mean", "RSS max", "USS mean", "PSS mean"]
 COLUMNS += ["idle cpu % mean", "cpu % max", f"≤ {BAR_MIB} MiB RSS"]
 
 

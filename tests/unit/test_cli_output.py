@@ -83,3 +83,13 @@ def test_human_bytes(n, text):
 )
 def test_human_age(seconds, text):
     assert human_age(seconds) == text
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 70000])
+def test_last_lines_reads_the_tail_of_a_large_file(tmp_path, count):
+    from colony.cli.logs import last_lines
+
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"line {i}\n" for i in range(60000)))
+    expected = [f"line {i}" for i in range(60000)][-count:] if count else []
+    assert last_lines(log, count, block=1000) == expected

@@ -26,8 +26,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     width = max(len(label) for label, _ in files)
     offsets = {}
     for label, path in files:
-        lines = path.read_text(errors="replace").splitlines()[-args.lines :] if args.lines else []
-        for line in lines:
+        for line in last_lines(path, args.lines):
             show(label, width, line, args.raw)
         offsets[path] = path.stat().st_size
     while args.follow:
@@ -62,6 +61,20 @@ def select(state: StateDir, node: str | None, service: str | None) -> list[tuple
             fail(f"no {service!r} logs in {state.path}/", f"processes: {', '.join(there)}")
         fail(f"no logs yet in {state.path}/", "has the cluster been started? (colony up)")
     return files
+
+
+def last_lines(path: Path, count: int, block: int = 65536) -> list[str]:
+    """The last `count` lines of a file, read from its end (logs can be large)."""
+    if count == 0:
+        return []
+    with open(path, "rb") as f:
+        end = f.seek(0, 2)
+        start, data = end, b""
+        while start > 0 and data.count(b"\n") <= count:
+            start = max(0, start - block)
+            f.seek(start)
+            data = f.read(end - start)
+    return data.decode(errors="replace").splitlines()[-count:]
 
 
 def follow(label: str, width: int, path: Path, offset: int, raw: bool) -> int:

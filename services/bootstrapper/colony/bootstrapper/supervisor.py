@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from colony.bootstrapper.state import RestartPolicy, describe_exit
@@ -29,6 +30,9 @@ log = logging.getLogger("colony.bootstrapper")
 SERVICES = ["monitor"]
 """Services every node runs. Membership, consensus, curator and snapshotter
 join this list once they do something (no idle placeholder processes)."""
+
+LOG_ROTATE_BYTES = 16 * 2**20
+"""A child's log is rotated when it starts with a log larger than this."""
 
 STOP_GRACE = 4.0
 """Seconds a child gets to exit after SIGTERM before SIGKILL."""
@@ -126,8 +130,10 @@ class Supervisor:
 
     async def _run_once(self, child: Child) -> str:
         """Start `child`, record it, wait for it to end; say why it ended."""
+        log_file = self.node_dir.log(child.name)
+        _rotate(log_file)
         # opening a local log file does not block the loop in any way that matters
-        with open(self.node_dir.log(child.name), "ab") as out:  # noqa: ASYNC230
+        with open(log_file, "ab") as out:  # noqa: ASYNC230
             process = await asyncio.create_subprocess_exec(
                 *child.argv,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -159,6 +165,13 @@ class Supervisor:
                 _signal_group(process.pid, signal.SIGKILL)
                 await process.wait()
         self.node_dir.remove_record(name)
+
+
+def _rotate(log_file: Path) -> None:
+    """Keep one previous log, so a crash-looping child cannot fill the disk."""
+    with contextlib.suppress(FileNotFoundError):
+        if log_file.stat().st_size > LOG_ROTATE_BYTES:
+            log_file.replace(log_file.with_suffix(".log.1"))
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -7,6 +7,8 @@ sample are answered from the ring buffer; Prometheus scrapes the same.
 
 from __future__ import annotations
 
+import asyncio
+
 import psutil
 
 from colony.monitor.prometheus import MetricsServer
@@ -29,7 +31,7 @@ class Monitor:
         node, settings = ctx.config.node, ctx.config.monitor
         node_dir = NodeDir(node.dir)
         node_dir.create()
-        self.samples = Samples(settings.history)
+        self.samples = samples = Samples(settings.history)
         processes = NodeProcesses(node_dir)
         memory = psutil.virtual_memory().total
         capacity = declared_capacity(node, psutil.cpu_count() or 1, memory)
@@ -40,29 +42,38 @@ class Monitor:
         http = MetricsServer(lambda: self.samples.latest if self.samples else None)
         metrics_url = await http.start(settings.http_host, settings.http_port)
         ctx.log.info("serving prometheus metrics", extra={"url": metrics_url})
+
+        async def sample() -> NodeMetrics:
+            # psutil reads /proc: off the event loop, so requests are never kept waiting
+            host, usage = await asyncio.to_thread(
+                lambda: (read_host(str(node_dir.path)), processes.read())
+            )
+            return samples.add(
+                node=node,
+                now=ctx.clock.time(),
+                interval=settings.interval,
+                node_started=node_started,
+                host=host,
+                processes=usage,
+                capacity=capacity,
+                nats_url=ctx.config.nats.servers[0],
+                metrics_url=metrics_url,
+            )
+
         try:
             next_at = ctx.clock.monotonic()
+            latest = await sample()
+            await ctx.serve(subjects.latest_metrics(node.id), self.latest)
             while True:
-                sample = self.samples.add(
-                    node=node,
-                    now=ctx.clock.time(),
-                    interval=settings.interval,
-                    node_started=node_started,
-                    host=read_host(str(node_dir.path)),
-                    processes=processes.read(),
-                    capacity=capacity,
-                    nats_url=ctx.config.nats.servers[0],
-                    metrics_url=metrics_url,
-                )
-                if sample.seq == 1:
-                    await ctx.serve(subjects.latest_metrics(node.id), self.latest)
                 if ctx.bus.connected:  # while reconnecting, a stale sample is worth nothing
-                    await ctx.bus.publish(publish_on, sample)
+                    await ctx.bus.publish(publish_on, latest)
                 next_at += settings.interval
                 await ctx.clock.sleep(max(0.0, next_at - ctx.clock.monotonic()))
+                latest = await sample()
         finally:
             await http.close()
 
     async def latest(self, request: LatestMetricsRequest) -> NodeMetrics:
+        """The newest sample (served only once there is one)."""
         assert self.samples is not None and self.samples.latest is not None
         return self.samples.latest
