@@ -97,7 +97,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         complain_at = loop.time() + patience
         while not self.stopping.is_set():
-            if natsd.port_open(host, port):
+            if await _accepts(host, port):
                 return True
             if loop.time() > complain_at:
                 log.error(
@@ -165,6 +165,16 @@ class Supervisor:
                 _signal_group(process.pid, signal.SIGKILL)
                 await process.wait()
         self.node_dir.remove_record(name)
+
+
+async def _accepts(host: str, port: int) -> bool:
+    """True if something accepts connections on host:port."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=0.5)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 def _rotate(log_file: Path) -> None:
