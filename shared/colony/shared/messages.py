@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
@@ -173,3 +173,28 @@ class NodeMetrics(Message, kw_only=True, frozen=True):
     """What the node's own processes use now."""
     free: Resources
     """capacity - used: what scheduling and leader preference read."""
+
+
+# --- membership ------------------------------------------------------------------
+
+MemberStatus = Literal["alive", "suspect", "dead", "left"]
+
+
+class NodeMeta(msgspec.Struct, frozen=True):
+    """What a member says about itself; carried with its membership, bounded in size."""
+
+    nats_url: str = ""
+    roles: tuple[str, ...] = ()
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    version: str = ""
+    free: Resources = Resources()
+    """Free resources, from the node's monitor."""
+
+
+class MemberUpdate(msgspec.Struct, frozen=True):
+    """One piece of gossip: `node` is `status` at `incarnation` (meta rides with alive)."""
+
+    node: str
+    status: MemberStatus
+    incarnation: int
+    meta: NodeMeta | None = None

@@ -1,0 +1,307 @@
+"""The SWIM core, pure: single rules first, then whole groups on a simulated network."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from colony.membership.state import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    SUSPECT,
+    Changed,
+    Membership,
+    Ping,
+    PingReq,
+    PushPull,
+    Reply,
+    Suspicion,
+    Tell,
+    Timing,
+)
+from colony.shared.messages import MemberUpdate, NodeMeta
+
+TIMING = Timing()
+
+
+def member(name: str, now: float = 0.0, seed: int = 1) -> Membership:
+    return Membership(name, NodeMeta(nats_url=f"nats://{name}"), now, random.Random(seed))
+
+
+def changes(instructions) -> list[tuple[str, str]]:
+    return [(i.node, i.status) for i in instructions if isinstance(i, Changed)]
+
+
+# --- single rules -------------------------------------------------------------------
+
+
+def test_an_unknown_member_may_only_announce_itself():
+    a = member("a")
+    assert a.gossip_received(0, "x", [MemberUpdate("ghost", SUSPECT, 3)]) == []
+    assert a.gossip_received(0, "x", [MemberUpdate("ghost", DEAD, 3)]) == []
+    assert "ghost" not in a.members
+    joined = a.gossip_received(0, "b", [MemberUpdate("b", ALIVE, 0, NodeMeta(version="1"))])
+    assert changes(joined) == [("b", ALIVE)]
+    assert a.members["b"].meta.version == "1"
+
+
+def test_higher_incarnation_wins_and_at_equal_incarnation_dead_beats_suspect_beats_alive():
+    a = member("a")
+    a.gossip_received(0, "b", [MemberUpdate("b", ALIVE, 2)])
+    assert a.gossip_received(1, "c", [MemberUpdate("b", SUSPECT, 1)]) == []  # stale
+    assert changes(a.gossip_received(1, "c", [MemberUpdate("b", SUSPECT, 2)])) == [("b", SUSPECT)]
+    assert a.gossip_received(1, "c", [MemberUpdate("b", ALIVE, 2)]) == []  # not a refutation
+    assert changes(a.gossip_received(1, "c", [MemberUpdate("b", DEAD, 2)])) == [("b", DEAD)]
+    assert changes(a.gossip_received(2, "b", [MemberUpdate("b", ALIVE, 3)])) == [("b", ALIVE)]
+
+
+def test_a_suspected_member_refutes_with_a_higher_incarnation():
+    b = member("b")
+    b.gossip_received(0, "c", [MemberUpdate("c", ALIVE, 0)])
+    told = b.gossip_received(0, "a", [MemberUpdate("b", SUSPECT, 0)])
+    assert b.incarnation == 1
+    assert told == [Tell("c", [MemberUpdate("b", ALIVE, 1, b.members["b"].meta)])]
+    [reply] = [i for i in b.ping_received(0, "a", []) if isinstance(i, Reply)]
+    assert MemberUpdate("b", ALIVE, 1, b.members["b"].meta) in reply.updates
+
+
+def test_nobody_else_can_say_a_member_left_and_left_is_final_for_its_incarnation():
+    a = member("a")
+    a.gossip_received(0, "x", [MemberUpdate("a", LEFT, 5)])
+    assert a.members["a"].status == ALIVE
+    a.gossip_received(0, "b", [MemberUpdate("b", ALIVE, 0)])
+    assert changes(a.gossip_received(1, "b", [MemberUpdate("b", LEFT, 1)])) == [("b", LEFT)]
+    assert a.gossip_received(2, "c", [MemberUpdate("b", DEAD, 1)]) == []
+    assert a.members["b"].status == LEFT
+
+
+def test_metadata_changes_travel_with_a_new_incarnation_and_no_event():
+    a, b = member("a"), member("b")
+    b.gossip_received(0, "a", a.full_state())
+    a.gossip_received(0, "b", b.full_state())
+    news = a.update_meta(1, NodeMeta(roles=("voter",)))
+    assert news == [] and a.incarnation == 1
+    [ping] = [i for i in a.tick(1) if isinstance(i, Ping)]
+    assert b.gossip_received(1, "a", ping.updates) == []
+    assert b.members["a"].meta.roles == ("voter",)
+
+
+def test_an_unanswered_probe_asks_others_then_suspects():
+    a = member("a")
+    for peer in "bcde":
+        a.gossip_received(0, peer, [MemberUpdate(peer, ALIVE, 0)])
+    [ping] = [i for i in a.tick(0) if isinstance(i, Ping)]
+    assert a.tick(TIMING.probe_timeout / 2) == []
+    asked = [i for i in a.tick(TIMING.probe_timeout) if isinstance(i, PingReq)]
+    assert len(asked) == TIMING.indirect
+    assert {r.target for r in asked} == {ping.to} and ping.to not in {r.via for r in asked}
+    assert (ping.to, SUSPECT) in changes(a.tick(TIMING.period))
+
+
+def test_an_indirect_ack_saves_the_target():
+    a = member("a")
+    for peer in "bcd":
+        a.gossip_received(0, peer, [MemberUpdate(peer, ALIVE, 0)])
+    [ping] = [i for i in a.tick(0) if isinstance(i, Ping)]
+    a.tick(TIMING.probe_timeout)
+    a.ack_received(0.3, "c", ping.seq, [])  # relayed by a helper
+    assert changes(a.tick(TIMING.period)) == []
+    assert a.members[ping.to].status == ALIVE
+
+
+def test_suspicion_shrinks_with_independent_confirmations():
+    a = member("a")
+    for peer in "bcdefghij":
+        a.gossip_received(0, peer, [MemberUpdate(peer, ALIVE, 0)])
+    lone = Suspicion(0.0)
+    confirmed = Suspicion(0.0, {"c", "d", "e"})
+    assert a.suspicion_timeout(confirmed) < a.suspicion_timeout(lone)
+    assert a.suspicion_timeout(confirmed) == pytest.approx(
+        TIMING.suspicion_min_mult * TIMING.period
+    )
+    assert a.suspicion_timeout(lone) == pytest.approx(TIMING.suspicion_max_mult * TIMING.period)
+    a.gossip_received(0, "c", [MemberUpdate("b", SUSPECT, 0)])
+    a.gossip_received(0, "d", [MemberUpdate("b", SUSPECT, 0)])
+    assert a.members["b"].suspicion.confirmations == {"d"}
+
+
+def test_updates_are_retransmitted_a_bounded_number_of_times():
+    a = member("a")
+    a.gossip_received(0, "b", [MemberUpdate("b", ALIVE, 0)])
+    carried = 0
+    for _ in range(50):
+        [reply] = [i for i in a.ping_received(0, "b", []) if isinstance(i, Reply)]
+        carried += sum(u.node == "b" for u in reply.updates)
+    assert 1 <= carried <= TIMING.retransmit_mult * 2
+
+
+# --- whole groups on a simulated network -------------------------------------------
+
+
+class Network:
+    """Runs members in simulated time; delivers instructions instantly unless cut."""
+
+    def __init__(self, names: list[str], step: float = 0.05) -> None:
+        self.step = step
+        self.now = 0.0
+        self.members = {n: member(n, seed=i) for i, n in enumerate(names)}
+        self.down: set[str] = set()
+        self.paused: dict[str, list] = {}
+        """Members whose loop is blocked: what reaches them waits, nothing is answered."""
+        self.cut: set[frozenset[str]] = set()
+        self.events: dict[str, list[Changed]] = {n: [] for n in names}
+        seed = self.members[names[0]]
+        for m in self.members.values():
+            self._deliver(m, m.gossip_received(0, names[0], seed.full_state()))
+            self._deliver(seed, seed.gossip_received(0, m.me, m.full_state()))
+
+    def reaches(self, a: str, b: str) -> bool:
+        return b not in self.down and b not in self.paused and frozenset((a, b)) not in self.cut
+
+    def pause(self, name: str) -> None:
+        self.paused[name] = []
+
+    def resume(self, name: str) -> None:
+        """The blocked loop runs again: it handles what queued up meanwhile."""
+        m = self.members[name]
+        for sender, updates in self.paused.pop(name):
+            self._deliver(m, m.gossip_received(self.now, sender, updates))
+
+    def partition(self, left: set[str], right: set[str]) -> None:
+        self.cut = {frozenset((a, b)) for a in left for b in right}
+
+    def run(self, seconds: float) -> None:
+        for _ in range(round(seconds / self.step)):
+            self.now += self.step
+            for name, m in self.members.items():
+                if name not in self.down and name not in self.paused:
+                    self._deliver(m, m.tick(self.now))
+
+    def settle(self) -> None:
+        """Run until every member knows every other member as alive."""
+        names = list(self.members)
+        self.run_until(lambda: all(everyone_sees(self, n, ALIVE, names) for n in names), 30)
+
+    def run_until(self, condition, limit: float) -> float:
+        started = self.now
+        while not condition():
+            if self.now - started > limit:
+                raise AssertionError(f"not reached within {limit} simulated seconds")
+            self.run(self.step)
+        return self.now - started
+
+    def view(self, of: str) -> dict[str, str]:
+        return {n: m.status for n, m in self.members[of].members.items()}
+
+    def _deliver(self, sender: Membership, instructions) -> None:
+        for i in instructions:
+            if isinstance(i, Changed):
+                self.events[sender.me].append(i)
+            elif isinstance(i, Ping) and i.to in self.paused:
+                self.paused[i.to].append((sender.me, i.updates))
+            elif isinstance(i, Ping) and self.reaches(sender.me, i.to):
+                target = self.members[i.to]
+                answer = target.ping_received(self.now, sender.me, i.updates)
+                self._deliver(target, [x for x in answer if not isinstance(x, Reply)])
+                [reply] = [x for x in answer if isinstance(x, Reply)]
+                self._deliver(sender, sender.ack_received(self.now, i.to, i.seq, reply.updates))
+            elif isinstance(i, PingReq) and self.reaches(sender.me, i.via):
+                via = self.members[i.via]
+                self._deliver(via, via.gossip_received(self.now, sender.me, i.updates))
+                if self.reaches(i.via, i.target):
+                    target = self.members[i.target]
+                    answer = target.ping_received(self.now, i.via, [])
+                    [reply] = [x for x in answer if isinstance(x, Reply)]
+                    acked = sender.ack_received(self.now, i.via, i.seq, reply.updates)
+                    self._deliver(sender, acked)
+            elif isinstance(i, Tell) and self.reaches(sender.me, i.to):
+                other = self.members[i.to]
+                self._deliver(other, other.gossip_received(self.now, sender.me, i.updates))
+            elif isinstance(i, PushPull) and self.reaches(sender.me, i.to):
+                other = self.members[i.to]
+                theirs = other.full_state()
+                self._deliver(other, other.gossip_received(self.now, sender.me, i.state))
+                self._deliver(sender, sender.gossip_received(self.now, i.to, theirs))
+
+
+NAMES = [f"n{i}" for i in range(10)]
+
+
+def everyone_sees(net: Network, node: str, status: str, among: list[str]) -> bool:
+    return all(net.view(n).get(node) == status for n in among)
+
+
+def test_a_group_converges_and_stays_quiet():
+    net = Network(NAMES)
+    net.run(10)
+    for name in NAMES:
+        assert net.view(name) == dict.fromkeys(NAMES, ALIVE)
+    assert not any(e.status != ALIVE for events in net.events.values() for e in events)
+
+
+def test_a_dead_member_is_declared_dead_by_every_other_member():
+    net = Network(NAMES)
+    net.settle()
+    net.down.add("n3")
+    others = [n for n in NAMES if n != "n3"]
+    took = net.run_until(lambda: everyone_sees(net, "n3", DEAD, others), limit=30)
+    assert took < 10
+    assert all(
+        [e.status for e in net.events[n] if e.node == "n3"][-2:] in ([SUSPECT, DEAD], [DEAD])
+        for n in others
+    )
+
+
+def test_a_restarted_member_rejoins_with_a_higher_incarnation():
+    net = Network(NAMES)
+    net.settle()
+    net.down.add("n3")
+    net.run_until(lambda: everyone_sees(net, "n3", DEAD, NAMES[:3]), limit=30)
+    dead_at = net.members["n0"].members["n3"].incarnation
+    net.down.discard("n3")
+    fresh = net.members["n3"] = member("n3", net.now, seed=99)  # lost its state
+    net._deliver(fresh, fresh.gossip_received(net.now, "n0", net.members["n0"].full_state()))
+    net.run_until(lambda: everyone_sees(net, "n3", ALIVE, NAMES), limit=30)
+    assert net.members["n0"].members["n3"].incarnation > dead_at
+
+
+def test_a_leaving_member_is_left_everywhere_never_dead():
+    net = Network(NAMES)
+    net.settle()
+    net._deliver(net.members["n5"], net.members["n5"].leave(net.now))
+    net.run(1)  # it keeps gossiping for a moment before it goes
+    net.down.add("n5")
+    others = [n for n in NAMES if n != "n5"]
+    net.run_until(lambda: everyone_sees(net, "n5", LEFT, others), limit=30)
+    net.run(20)
+    assert everyone_sees(net, "n5", LEFT, others)
+    assert not any(e.node == "n5" and e.status == DEAD for n in others for e in net.events[n])
+
+
+def test_a_partition_splits_the_views_and_heals_into_one():
+    net = Network(NAMES)
+    net.settle()
+    left, right = set(NAMES[:5]), set(NAMES[5:])
+    net.partition(left, right)
+    net.run_until(
+        lambda: (
+            all(everyone_sees(net, r, DEAD, sorted(left)) for r in right)
+            and all(everyone_sees(net, x, DEAD, sorted(right)) for x in left)
+        ),
+        limit=60,
+    )
+    net.cut.clear()
+    net.run_until(lambda: all(everyone_sees(net, n, ALIVE, NAMES) for n in NAMES), limit=60)
+
+
+def test_a_slow_member_is_suspected_but_refutes_and_never_dies():
+    net = Network(NAMES)
+    net.settle()
+    net.pause("n7")  # its loop blocked for 2 s: it neither answers nor ticks
+    net.run(2)
+    net.resume("n7")
+    net.run(15)
+    assert all(net.view(n)["n7"] == ALIVE for n in NAMES)
+    assert not any(e.node == "n7" and e.status == DEAD for n in NAMES for e in net.events[n])
