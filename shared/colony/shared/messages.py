@@ -198,3 +198,50 @@ class MemberUpdate(msgspec.Struct, frozen=True):
     status: MemberStatus
     incarnation: int
     meta: NodeMeta | None = None
+
+
+class Gossip(Message, kw_only=True, frozen=True):
+    """A membership protocol message: a ping, an ack, a push-pull half or a tell."""
+
+    sender: str
+    seq: int = 0
+    """The probe this ping or ack belongs to (0 for other gossip)."""
+    updates: list[MemberUpdate] = msgspec.field(default_factory=list)
+
+
+class PingReqRequest(Message, kw_only=True, frozen=True):
+    """Ask a member to probe `target` for `sender`; it answers with the target's ack."""
+
+    sender: str
+    target: str
+    seq: int
+    updates: list[MemberUpdate] = msgspec.field(default_factory=list)
+
+
+class MemberChanged(Message, kw_only=True, frozen=True):
+    """Change event: in `observer`'s view, `node` is now `status` (cause: who said so)."""
+
+    observer: str
+    node: str
+    status: MemberStatus
+    incarnation: int
+    previous: MemberStatus | None = None
+    """None when `node` just joined."""
+
+
+class MembersRequest(Message, kw_only=True, frozen=True):
+    """Ask a member for its view of the group."""
+
+
+class MemberView(msgspec.Struct, frozen=True):
+    node: str
+    status: MemberStatus
+    incarnation: int
+    meta: NodeMeta
+    since: float
+    """Seconds since its status last changed in this view."""
+
+
+class MembersReply(Message, kw_only=True, frozen=True):
+    observer: str
+    members: list[MemberView]

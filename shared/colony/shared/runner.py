@@ -47,6 +47,14 @@ class Service(Protocol):
         ...
 
 
+class Refused(Exception):
+    """A handler's expected refusal: answered with `code`, not logged as a failure."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
 @dataclass(frozen=True)
 class Unbuilt:
     """A service whose behaviour is not built yet: it says so and exits.
@@ -92,6 +100,9 @@ class Context:
                 return
             try:
                 reply = await handler(msg)
+            except Refused as e:
+                await request.respond_error(str(e.code), str(e))
+                return
             except Exception as e:
                 self.log.exception("request failed", extra={"subject": subject.name})
                 await request.respond_error("500", f"{type(e).__name__}: {e}")

@@ -12,7 +12,15 @@ import re
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from colony.shared.messages import LatestMetricsRequest, NodeMetrics
+from colony.shared.messages import (
+    Gossip,
+    LatestMetricsRequest,
+    MemberChanged,
+    MembersReply,
+    MembersRequest,
+    NodeMetrics,
+    PingReqRequest,
+)
 
 P = TypeVar("P")
 Q = TypeVar("Q")
@@ -77,6 +85,48 @@ def latest_metrics(node: str) -> RequestSubject[LatestMetricsRequest, NodeMetric
     return RequestSubject(
         f"{ROOT}.monitor.latest.{token(node, 'node id')}", LatestMetricsRequest, NodeMetrics
     )
+
+
+# --- membership --------------------------------------------------------------
+
+
+def member_ping(node: str) -> RequestSubject[Gossip, Gossip]:
+    """Probe `node` directly; its ack carries gossip back."""
+    return RequestSubject(f"{ROOT}.membership.ping.{token(node, 'node id')}", Gossip, Gossip)
+
+
+def member_ping_req(node: str) -> RequestSubject[PingReqRequest, Gossip]:
+    """Ask `node` to probe another member on the sender's behalf."""
+    return RequestSubject(
+        f"{ROOT}.membership.pingreq.{token(node, 'node id')}", PingReqRequest, Gossip
+    )
+
+
+def member_sync(node: str) -> RequestSubject[Gossip, Gossip]:
+    """Push-pull: send `node` a full state, get its full state back."""
+    return RequestSubject(f"{ROOT}.membership.sync.{token(node, 'node id')}", Gossip, Gossip)
+
+
+def member_tell(node: str) -> Subject[Gossip]:
+    """Gossip for `node` that needs no answer (a refutation, a leave)."""
+    return Subject(f"{ROOT}.membership.tell.{token(node, 'node id')}", Gossip)
+
+
+def member_announce() -> Subject[Gossip]:
+    """Where a joining member announces itself to every member."""
+    return Subject(f"{ROOT}.membership.announce", Gossip)
+
+
+def members(node: str) -> RequestSubject[MembersRequest, MembersReply]:
+    """Ask `node` for its view of the group."""
+    return RequestSubject(
+        f"{ROOT}.membership.members.{token(node, 'node id')}", MembersRequest, MembersReply
+    )
+
+
+def member_changes(node: str) -> Subject[MemberChanged]:
+    """Change events about `node` (ANY: about every node)."""
+    return Subject(f"{ROOT}.changes.member.{token(node, 'node id', wildcard=True)}", MemberChanged)
 
 
 # --- JetStream streams -------------------------------------------------------

@@ -1,11 +1,5 @@
-"""`python -m colony.membership`: wired to the runner; its behaviour arrives with its issue."""
-
-from colony.shared.runner import Unbuilt, main
+from colony.membership.service import MembershipService
+from colony.shared.runner import main
 
 if __name__ == "__main__":
-    main(
-        Unbuilt(
-            "membership",
-            "SWIM-style gossip over NATS: who is alive, suspect, dead or left, with node metadata",
-        )
-    )
+    main(MembershipService())

@@ -1,0 +1,259 @@
+"""The membership service: the SWIM core (`state.py`) wired to NATS.
+
+Loop: every quarter period, `tick` the core and carry out its instructions.
+Pings, ping-reqs and push-pulls are NATS requests to the peer's own
+subjects; tells are plain publishes; every state change is published as a
+change event. Until it knows a peer, the member announces itself on the
+announce subject each period (that is how a node joins knowing only a NATS
+URL); members that hear it add it, and push-pull brings the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+
+from colony.membership.state import (
+    Changed,
+    Instruction,
+    Membership,
+    Ping,
+    PingReq,
+    PushPull,
+    Reply,
+    Tell,
+    Timing,
+)
+from colony.shared import __version__, subjects
+from colony.shared.bus import BusError
+from colony.shared.messages import (
+    Gossip,
+    MemberChanged,
+    MembersReply,
+    MembersRequest,
+    MemberUpdate,
+    MemberView,
+    NodeMeta,
+    NodeMetrics,
+    PingReqRequest,
+)
+from colony.shared.runner import Context, Refused
+
+MAX_UPDATES = 64
+"""Updates accepted in one message (a full state is one per member, so: members)."""
+
+
+class MembershipService:
+    name = "membership"
+    description = "SWIM-style gossip membership: who is alive, suspect, dead or left"
+
+    def __init__(self, timing: Timing | None = None, max_members: int = 1024) -> None:
+        self.timing = timing or Timing()
+        self.max_members = max_members
+        self.core: Membership | None = None
+        self.ctx: Context | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, ctx: Context) -> None:
+        self.ctx = ctx
+        node = ctx.config.node
+        meta = NodeMeta(
+            nats_url=ctx.config.nats.servers[0],
+            roles=tuple(node.roles),
+            labels=dict(node.labels),
+            version=__version__,
+        )
+        core = self.core = Membership(
+            node.id, meta, ctx.clock.monotonic(), random.Random(), self.timing
+        )
+        me = node.id
+        await ctx.serve(subjects.member_ping(me), self._on_ping)
+        await ctx.serve(subjects.member_ping_req(me), self._on_ping_req)
+        await ctx.serve(subjects.member_sync(me), self._on_sync)
+        await ctx.serve(subjects.members(me), self._on_members)
+        self._listen(subjects.member_tell(me), self._on_gossip)
+        self._listen(subjects.member_announce(), self._on_gossip)
+        self._listen(subjects.node_metrics(me), self._on_metrics)
+        try:
+            while True:
+                if not core.live_peers():
+                    await ctx.bus.publish(
+                        subjects.member_announce(), self._gossip(core.full_state())
+                    )
+                self._execute(core.tick(ctx.clock.monotonic()))
+                await ctx.clock.sleep(self.timing.period / 4)
+        finally:
+            # Leaving: tell everyone now, while the connection is still up.
+            for instruction in core.leave(ctx.clock.monotonic()):
+                if isinstance(instruction, Tell):
+                    await ctx.bus.publish(
+                        subjects.member_tell(instruction.to), self._gossip(instruction.updates)
+                    )
+            await ctx.bus.nc.flush(timeout=1)
+            for task in self.tasks:
+                task.cancel()
+
+    # --- incoming ------------------------------------------------------------------
+
+    async def _on_ping(self, ping: Gossip) -> Gossip:
+        out = self._core.ping_received(self._now(), ping.sender, self._checked(ping))
+        return self._gossip(self._execute(out), seq=ping.seq)
+
+    async def _on_ping_req(self, request: PingReqRequest) -> Gossip:
+        self._execute(self._core.gossip_received(self._now(), request.sender, request.updates))
+        ping = self._gossip([], seq=request.seq)
+        try:
+            ack = await self._bus.request(
+                subjects.member_ping(request.target), ping, timeout=self.timing.probe_timeout
+            )
+        except BusError as e:
+            raise Refused(504, f"{request.target} did not answer: {e}") from None
+        self._execute(self._core.gossip_received(self._now(), request.target, ack.updates))
+        return self._gossip([], seq=request.seq)
+
+    async def _on_sync(self, state: Gossip) -> Gossip:
+        mine = self._core.full_state()
+        self._execute(self._core.gossip_received(self._now(), state.sender, self._checked(state)))
+        return self._gossip(mine)
+
+    async def _on_gossip(self, gossip: Gossip) -> None:
+        if gossip.sender != self._core.me:
+            self._execute(
+                self._core.gossip_received(self._now(), gossip.sender, self._checked(gossip))
+            )
+
+    async def _on_members(self, _request: MembersRequest) -> MembersReply:
+        now = self._now()
+        views = [
+            MemberView(m.node, m.status, m.incarnation, m.meta, round(now - m.changed_at, 3))
+            for m in sorted(self._core.members.values(), key=lambda m: m.node)
+        ]
+        return MembersReply(observer=self._core.me, members=views)
+
+    async def _on_metrics(self, sample: NodeMetrics) -> None:
+        """The node's free resources ride with its membership, updated without flooding."""
+        me = self._core.members[self._core.me]
+        old = me.meta.free
+        changed_cpu = abs(sample.free.cpu - old.cpu) > 0.1 * max(sample.capacity.cpu, 0.01)
+        changed_memory = abs(sample.free.memory - old.memory) > 0.1 * max(sample.capacity.memory, 1)
+        if changed_cpu or changed_memory:
+            meta = NodeMeta(
+                nats_url=me.meta.nats_url,
+                roles=me.meta.roles,
+                labels=me.meta.labels,
+                version=me.meta.version,
+                free=sample.free,
+            )
+            self._execute(self._core.update_meta(self._now(), meta))
+
+    # --- carrying out instructions --------------------------------------------------
+
+    def _execute(self, instructions: list[Instruction]) -> list[MemberUpdate]:
+        """Start what the core asked for; return the updates of a Reply, if any."""
+        reply: list[MemberUpdate] = []
+        for i in instructions:
+            if isinstance(i, Reply):
+                reply = i.updates
+            elif isinstance(i, Ping):
+                self._spawn(self._ping(i))
+            elif isinstance(i, PingReq):
+                self._spawn(self._ping_req(i))
+            elif isinstance(i, PushPull):
+                self._spawn(self._push_pull(i))
+            elif isinstance(i, Tell):
+                self._spawn(self._bus.publish(subjects.member_tell(i.to), self._gossip(i.updates)))
+            elif isinstance(i, Changed):
+                self._spawn(self._changed(i))
+        return reply
+
+    async def _ping(self, ping: Ping) -> None:
+        message = self._gossip(ping.updates, seq=ping.seq)
+        ack = await self._bus.request(
+            subjects.member_ping(ping.to), message, timeout=self.timing.period
+        )
+        self._execute(self._core.ack_received(self._now(), ping.to, ping.seq, self._checked(ack)))
+
+    async def _ping_req(self, req: PingReq) -> None:
+        message = PingReqRequest(
+            sender=self._core.me, target=req.target, seq=req.seq, updates=req.updates
+        )
+        ack = await self._bus.request(
+            subjects.member_ping_req(req.via), message, timeout=self.timing.period
+        )
+        self._execute(self._core.ack_received(self._now(), req.via, req.seq, self._checked(ack)))
+
+    async def _push_pull(self, push: PushPull) -> None:
+        theirs = await self._bus.request(
+            subjects.member_sync(push.to), self._gossip(push.state), timeout=self.timing.period
+        )
+        self._execute(self._core.gossip_received(self._now(), push.to, self._checked(theirs)))
+
+    async def _changed(self, change: Changed) -> None:
+        assert self.ctx is not None
+        self.ctx.log.info(
+            "member changed",
+            extra={"member": change.node, "status": change.status, "cause": change.cause},
+        )
+        event = MemberChanged(
+            observer=self._core.me,
+            node=change.node,
+            status=change.status,
+            incarnation=change.incarnation,
+            previous=change.previous,
+            cause=change.cause,
+        )
+        await self._bus.publish(subjects.member_changes(change.node), event)
+
+    def _spawn(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(_quietly(work))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _checked(self, gossip: Gossip) -> list[MemberUpdate]:
+        """Refuse what no honest member sends: too many updates, or lies about the sender."""
+        updates = gossip.updates
+        if len(updates) > max(MAX_UPDATES, self.max_members):
+            self._log_drop(gossip.sender, f"{len(updates)} updates in one message")
+            return []
+        lies = [u for u in updates if u.node == gossip.sender and u.status in ("suspect", "dead")]
+        if lies:
+            self._log_drop(gossip.sender, "a member never suspects or buries itself")
+            return [u for u in updates if u not in lies]
+        return updates
+
+    def _log_drop(self, sender: str, why: str) -> None:
+        assert self.ctx is not None
+        self.ctx.log.warning("dropped gossip", extra={"sender": sender, "reason": why})
+
+    def _listen(self, subject, handler) -> None:
+        async def listen() -> None:
+            async for message in await self._bus.subscribe(subject):
+                await handler(message)
+
+        self._spawn(listen())
+
+    def _gossip(self, updates: list[MemberUpdate], seq: int = 0) -> Gossip:
+        return Gossip(sender=self._core.me, seq=seq, updates=updates)
+
+    def _now(self) -> float:
+        assert self.ctx is not None
+        return self.ctx.clock.monotonic()
+
+    @property
+    def _core(self) -> Membership:
+        assert self.core is not None
+        return self.core
+
+    @property
+    def _bus(self):
+        assert self.ctx is not None
+        return self.ctx.bus
+
+
+async def _quietly(work) -> None:
+    """Run one protocol exchange: an unanswered one is what the protocol expects."""
+    with contextlib.suppress(BusError, TimeoutError):
+        await work

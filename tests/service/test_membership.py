@@ -1,0 +1,123 @@
+"""Membership members against a real nats-server: join, converge, leave, crash."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from colony.membership.service import MembershipService
+from colony.shared import runner, subjects
+from colony.shared.config import dumps
+from colony.shared.messages import Gossip, MembersRequest, MemberUpdate
+from colony.shared.testing import poll
+
+
+async def view(bus, node: str) -> dict[str, str]:
+    try:
+        reply = await bus.request(subjects.members(node), MembersRequest(), timeout=1)
+    except Exception:
+        return {}
+    return {m.node: m.status for m in reply.members}
+
+
+class Group:
+    """Members running in this process, each with its own node id and stop switch."""
+
+    def __init__(self, nats_server) -> None:
+        self.server = nats_server
+        self.stops: dict[str, asyncio.Event] = {}
+        self.tasks: dict[str, asyncio.Task[int]] = {}
+
+    def start(self, node: str) -> None:
+        self.stops[node] = asyncio.Event()
+        config = self.server.node_config(node)
+        self.tasks[node] = asyncio.create_task(
+            runner.run(MembershipService(), config, stop=self.stops[node])
+        )
+
+    async def stop(self, node: str) -> None:
+        self.stops[node].set()
+        assert await asyncio.wait_for(self.tasks.pop(node), runner.SHUTDOWN_GRACE) == 0
+
+    async def stop_all(self) -> None:
+        for node in list(self.tasks):
+            await self.stop(node)
+
+
+@pytest.fixture
+async def group(nats_server):
+    members = Group(nats_server)
+    yield members
+    await members.stop_all()
+
+
+async def everyone_sees(bus, observers, expected: dict[str, str]) -> bool:
+    views = await asyncio.gather(*(view(bus, n) for n in observers))
+    return all(all(v.get(k) == s for k, s in expected.items()) for v in views)
+
+
+async def apoll(condition, timeout: float, what: str):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_members_find_each_other_from_just_a_nats_url(group, bus):
+    for node in ("m1", "m2", "m3"):
+        group.start(node)
+    alive = dict.fromkeys(["m1", "m2", "m3"], "alive")
+    await apoll(lambda: everyone_sees(bus, alive, alive), 20, "all three to see all alive")
+
+
+async def test_a_member_that_stops_is_left_everywhere(group, bus):
+    for node in ("m1", "m2", "m3"):
+        group.start(node)
+    alive = dict.fromkeys(["m1", "m2", "m3"], "alive")
+    await apoll(lambda: everyone_sees(bus, alive, alive), 20, "convergence")
+    changes = await bus.subscribe(subjects.member_changes("m3"))
+    await group.stop("m3")
+    await apoll(lambda: everyone_sees(bus, ["m1", "m2"], {"m3": "left"}), 10, "m3 left")
+    event = await changes.next(timeout=5)
+    assert (event.node, event.status) == ("m3", "left")
+
+
+async def test_a_killed_member_is_declared_dead(group, bus, nats_server, tmp_path):
+    group.start("m1")
+    group.start("m2")
+    config = tmp_path / "m9.toml"
+    config.write_text(dumps(nats_server.node_config("m9")))
+    argv = [sys.executable, "-m", "colony.membership", "--config", str(config)]
+    process = subprocess.Popen(argv)  # noqa: ASYNC220 (starting it does not block)
+    try:
+        everyone = dict.fromkeys(["m1", "m2", "m9"], "alive")
+        await apoll(lambda: everyone_sees(bus, ["m1", "m2"], everyone), 30, "m9 to join")
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        await apoll(lambda: everyone_sees(bus, ["m1", "m2"], {"m9": "dead"}), 20, "m9 dead")
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+async def test_lies_and_floods_are_dropped_and_the_view_is_unchanged(group, bus, caplog):
+    group.start("m1")
+    group.start("m2")
+    both = dict.fromkeys(["m1", "m2"], "alive")
+    await apoll(lambda: everyone_sees(bus, both, both), 20, "convergence")
+    lie = Gossip(sender="m2", updates=[MemberUpdate("m2", "dead", 99)])
+    flood = Gossip(sender="x", updates=[MemberUpdate(f"n{i}", "alive", 0) for i in range(2000)])
+    for bad in (lie, flood):
+        await bus.publish(subjects.member_tell("m1"), bad)
+    await bus.nc.publish(subjects.member_tell("m1").name, b"garbage")
+    await bus.nc.flush()
+    await poll(
+        lambda: sum(r.getMessage() == "dropped gossip" for r in caplog.records) >= 2,
+        5,
+        "both to be dropped",
+    )
+    assert await view(bus, "m1") == both
