@@ -177,7 +177,7 @@ def test_down_leaves_nothing_even_after_a_supervisor_kill_9(tmp_path):
     state = tmp_path / "c"
     up(state, free_base_port(2), nodes=2)
     records = [r for n in StateDir(state).nodes() for r in n.records()]
-    assert sorted({r.name for r in records}) == ["monitor", "nats", "supervisor"]
+    assert sorted({r.name for r in records}) == ["membership", "monitor", "nats", "supervisor"]
     os.kill(record(state, "node-1", SUPERVISOR).pid, signal.SIGKILL)  # orphans its children
     result = colony("down", state=state)
     assert "stopped" in result.stdout
@@ -197,11 +197,34 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path):
     try:
         wait_for(lambda: "Ctrl-C stops" in said.read_text(), 60, "colony up to say it runs")
         records = [r for n in StateDir(state).nodes() for r in n.records()]
-        assert len(records) == 3
+        assert len(records) == 4  # supervisor, nats, monitor, membership
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
         assert [r for r in records if r.group_alive()] == []
     finally:
         if process.poll() is None:
             process.kill()
+        colony("down", state=state, check=False)
+
+
+def test_every_other_member_marks_a_killed_node_dead(tmp_path):
+    state = tmp_path / "c"
+    up(state, free_base_port(3), nodes=3)
+    try:
+        victim = StateDir(state).node("node-3")
+        victim_id = victim.read_id()
+
+        def view(of: str) -> dict[str, str]:
+            reply = json.loads(colony("members", of, "--json", state=state).stdout)
+            return {m["node"]: m["status"] for m in reply["members"]}
+
+        wait_for(lambda: len(view("node-1")) == 3, 20, "node-1 to know all three members")
+        for process in (SUPERVISOR, NATS, "monitor", "membership"):  # supervisor first
+            os.kill(victim.record(process).pid, signal.SIGKILL)
+        wait_for(
+            lambda: view("node-1")[victim_id] == view("node-2")[victim_id] == "dead",
+            20,
+            "node-1 and node-2 to mark node-3 dead",
+        )
+    finally:
         colony("down", state=state, check=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from colony.bootstrapper import cluster
 from colony.cli import logs
+from colony.cli.members import cmd_members
 from colony.cli.output import err, fail, out, print_json
 from colony.cli.status import gather, table
 from colony.shared import __version__
@@ -35,6 +36,9 @@ EXAMPLES = {
   colony status                        nodes of ./.colony, live over NATS
   colony status --json | jq '.nodes[].metrics.free'
   colony status --server nats://10.0.0.5:4222   any cluster, from one server URL""",
+    "members": """examples:
+  colony members                 the membership view of the first node that answers
+  colony members node-3 --json   node-3's view, for scripts""",
     "logs": """examples:
   colony logs                    the last lines of every process of every node
   colony logs node-2 monitor -f  follow node-2's monitor
@@ -118,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_seconds, default=1.0, help="seconds to wait for a node (default: 1)"
     )
     status.set_defaults(func=cmd_status)
+
+    members = verb("members", "Show one node's membership view: who is alive, suspect, dead, left.")
+    members.add_argument("node", nargs="?", help="whose view (name or id; default: the first up)")
+    members.add_argument("--json", action="store_true", help="machine-readable output")
+    members.add_argument(
+        "--timeout", type=_seconds, default=1.0, help="seconds to wait for it (default: 1)"
+    )
+    members.set_defaults(func=cmd_members)
 
     log = verb("logs", "Show (or follow) the logs of a cluster's processes.")
     log.add_argument("node", nargs="?", help="node name or id (default: all nodes)")

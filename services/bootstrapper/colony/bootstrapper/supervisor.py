@@ -27,9 +27,9 @@ from colony.shared.statedir import NATS, SUPERVISOR, NodeDir, ProcessRecord
 
 log = logging.getLogger("colony.bootstrapper")
 
-SERVICES = ["monitor"]
-"""Services every node runs. Membership, consensus, curator and snapshotter
-join this list once they do something (no idle placeholder processes)."""
+SERVICES = ["monitor", "membership"]
+"""Services every node runs. Consensus, curator and snapshotter join this
+list once they do something (no idle placeholder processes)."""
 
 LOG_ROTATE_BYTES = 16 * 2**20
 """A child's log is rotated when it starts with a log larger than this."""
