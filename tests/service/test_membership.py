@@ -12,7 +12,7 @@ import pytest
 from colony.membership.service import MembershipService
 from colony.shared import runner, subjects
 from colony.shared.config import dumps
-from colony.shared.messages import Gossip, MembersRequest, MemberUpdate
+from colony.shared.messages import Gossip, MembersRequest, MemberUpdate, NodeMeta
 from colony.shared.testing import poll
 
 
@@ -111,13 +111,15 @@ async def test_lies_and_floods_are_dropped_and_the_view_is_unchanged(group, bus,
     await apoll(lambda: everyone_sees(bus, both, both), 20, "convergence")
     lie = Gossip(sender="m2", updates=[MemberUpdate("m2", "dead", 99)])
     flood = Gossip(sender="x", updates=[MemberUpdate(f"n{i}", "alive", 0) for i in range(2000)])
-    for bad in (lie, flood):
+    fat_meta = NodeMeta(labels={"junk": "x" * 5000})
+    fat = Gossip(sender="fat", updates=[MemberUpdate("fat", "alive", 0, fat_meta)])
+    for bad in (lie, flood, fat):
         await bus.publish(subjects.member_tell("m1"), bad)
     await bus.nc.publish(subjects.member_tell("m1").name, b"garbage")
     await bus.nc.flush()
     await poll(
-        lambda: sum(r.getMessage() == "dropped gossip" for r in caplog.records) >= 2,
+        lambda: sum(r.getMessage() == "dropped gossip" for r in caplog.records) >= 3,
         5,
-        "both to be dropped",
+        "all three to be dropped",
     )
     assert await view(bus, "m1") == both

@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import random
 
+import msgspec
+
 from colony.membership.state import (
     Changed,
     Instruction,
@@ -39,6 +41,9 @@ from colony.shared.messages import (
     PingReqRequest,
 )
 from colony.shared.runner import Context, Refused
+
+MAX_META_BYTES = 2048
+"""A member's metadata, encoded, at most: membership must stay cheap to gossip."""
 
 MAX_UPDATES = 64
 """Updates accepted in one message (a full state is one per member, so: members)."""
@@ -221,8 +226,10 @@ class MembershipService:
         lies = [u for u in updates if u.node == gossip.sender and u.status in ("suspect", "dead")]
         if lies:
             self._log_drop(gossip.sender, "a member never suspects or buries itself")
-            return [u for u in updates if u not in lies]
-        return updates
+        fat = [u for u in updates if u.meta and len(msgspec.json.encode(u.meta)) > MAX_META_BYTES]
+        if fat:
+            self._log_drop(gossip.sender, f"metadata over {MAX_META_BYTES} bytes")
+        return [u for u in updates if u not in lies and u not in fat]
 
     def _log_drop(self, sender: str, why: str) -> None:
         assert self.ctx is not None
