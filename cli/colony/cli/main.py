@@ -117,19 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_nats_url,
         help="a NATS URL to ask (repeatable); default: the state dir's",
     )
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument(
-        "--timeout", type=_seconds, default=1.0, help="seconds to wait for a node (default: 1)"
-    )
     status.set_defaults(func=cmd_status)
 
     members = verb("members", "Show one node's membership view: who is alive, suspect, dead, left.")
     members.add_argument("node", nargs="?", help="whose view (name or id; default: the first up)")
-    members.add_argument("--json", action="store_true", help="machine-readable output")
-    members.add_argument(
-        "--timeout", type=_seconds, default=1.0, help="seconds to wait for it (default: 1)"
-    )
     members.set_defaults(func=cmd_members)
+
+    for query in (status, members):
+        query.add_argument("--json", action="store_true", help="machine-readable output")
+        query.add_argument(
+            "--timeout", type=_seconds, default=1.0, help="seconds to wait for a node (default: 1)"
+        )
 
     log = verb("logs", "Show (or follow) the logs of a cluster's processes.")
     log.add_argument("node", nargs="?", help="node name or id (default: all nodes)")
