@@ -63,6 +63,14 @@ def cluster(tmp_path_factory):
                     os.killpg(record.pgid, signal.SIGKILL)
 
 
+@pytest.fixture
+def state(tmp_path):
+    """A state dir for a test's own cluster, brought down whatever the test did."""
+    path = tmp_path / "c"
+    yield path
+    colony("down", state=path, check=False)
+
+
 def record(state: Path, node: str, process: str):
     return StateDir(state).node(node).record(process)
 
@@ -164,8 +172,7 @@ def test_up_with_taken_ports_names_them_and_starts_nothing(cluster, tmp_path):
     assert StateDir(other).nodes() == []
 
 
-def test_status_with_nothing_running_fails_clearly(tmp_path):
-    state = tmp_path / "c"
+def test_status_with_nothing_running_fails_clearly(state):
     up(state, free_base_port(1), nodes=1)
     colony("down", state=state)
     result = colony("status", state=state, check=False)
@@ -173,8 +180,7 @@ def test_status_with_nothing_running_fails_clearly(tmp_path):
     assert "no nats server answers" in result.stderr
 
 
-def test_down_leaves_nothing_even_after_a_supervisor_kill_9(tmp_path):
-    state = tmp_path / "c"
+def test_down_leaves_nothing_even_after_a_supervisor_kill_9(state):
     up(state, free_base_port(2), nodes=2)
     records = [r for n in StateDir(state).nodes() for r in n.records()]
     assert sorted({r.name for r in records}) == ["membership", "monitor", "nats", "supervisor"]
@@ -187,8 +193,7 @@ def test_down_leaves_nothing_even_after_a_supervisor_kill_9(tmp_path):
     assert "Nothing is running" in again.stdout
 
 
-def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path):
-    state = tmp_path / "c"
+def test_up_in_the_foreground_stops_everything_on_ctrl_c(state, tmp_path):
     base = free_base_port(1)
     argv = [sys.executable, "-m", "colony.cli", "up", "--nodes", "1", "--base-port", str(base)]
     said = tmp_path / "up.out"
@@ -207,8 +212,7 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path):
         colony("down", state=state, check=False)
 
 
-def test_every_other_member_marks_a_killed_node_dead(tmp_path):
-    state = tmp_path / "c"
+def test_every_other_member_marks_a_killed_node_dead(state):
     up(state, free_base_port(3), nodes=3)
     try:
         victim = StateDir(state).node("node-3")
