@@ -230,5 +230,8 @@ def test_every_other_member_marks_a_killed_node_dead(state):
             20,
             "node-1 and node-2 to mark node-3 dead",
         )
+        nodes = status(state)
+        assert nodes["node-3"]["member"] == "dead"
+        assert nodes["node-1"]["member"] == nodes["node-2"]["member"] == "alive"
     finally:
         colony("down", state=state, check=False)

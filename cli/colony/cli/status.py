@@ -21,7 +21,7 @@ from rich.table import Table
 from colony.cli.output import human_age, human_bytes
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError
-from colony.shared.messages import LatestMetricsRequest, NodeMetrics, to_builtins
+from colony.shared.messages import LatestMetricsRequest, MembersRequest, NodeMetrics, to_builtins
 from colony.shared.statedir import natural_key
 
 DISCOVERY_WINDOW = 0.3
@@ -41,6 +41,8 @@ class NodeStatus:
     """Latest sample if reachable, else the last one heard (may be None)."""
     last_heard: float | None = None
     """Seconds since its newest sample was taken."""
+    member: str = ""
+    """Its membership status (alive, suspect, dead, left) in the first reachable node's view."""
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -50,6 +52,7 @@ class NodeStatus:
             "state": "up" if self.reachable else "unreachable",
             "reachable": self.reachable,
             "services": self.services,
+            "member": self.member or None,
             "last_heard_seconds": _round(self.last_heard),
             "age_seconds": _round(time.time() - self.metrics.node_started)
             if self.metrics
@@ -70,9 +73,22 @@ async def gather(bus: Bus, known: dict[str, tuple[str, str]], timeout: float) ->
     services_task = asyncio.create_task(_services(bus))
     results = await asyncio.gather(*(_node(bus, i, known.get(i), timeout) for i in ids))
     services = await services_task
+    view = await _membership_view(bus, [s.id for s in results if s.reachable], timeout)
     for status in results:
         status.services = sorted(services.get(status.id, []))
+        status.member = view.get(status.id, "")
     return sorted(results, key=lambda s: natural_key(s.name))
+
+
+async def _membership_view(bus: Bus, ask: list[str], timeout: float) -> dict[str, str]:
+    """Node id -> membership status, as the first reachable node's membership sees it."""
+    for node_id in ask:
+        try:
+            reply = await bus.request(subjects.members(node_id), MembersRequest(), timeout=timeout)
+        except BusError:
+            continue
+        return {m.node: m.status for m in reply.members}
+    return {}
 
 
 async def _node(
@@ -153,7 +169,8 @@ async def _services(bus: Bus) -> dict[str, list[str]]:
 
 def table(nodes: list[NodeStatus]) -> Table:
     grid = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("NODE", "ID", "STATE", "NATS", "SERVICES", "CPU FREE/CAP", "MEM FREE/CAP"):
+    columns = ["NODE", "ID", "STATE", "MEMBER", "NATS", "SERVICES", "CPU FREE/CAP", "MEM FREE/CAP"]
+    for column in columns:
         grid.add_column(column, no_wrap=True)
     grid.add_column("HOST CPU", justify="right")
     grid.add_column("AGE", justify="right")
@@ -174,5 +191,6 @@ def table(nodes: list[NodeStatus]) -> Table:
                 human_age(time.time() - m.node_started),
             ]
         services = ", ".join(node.services) or "-"
-        grid.add_row(node.name, node.id, state, node.nats_url or "-", services, *figures)
+        member = node.member or "-"
+        grid.add_row(node.name, node.id, state, member, node.nats_url or "-", services, *figures)
     return grid
