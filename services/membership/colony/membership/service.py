@@ -45,9 +45,6 @@ from colony.shared.runner import Context, Refused
 MAX_META_BYTES = 2048
 """A member's metadata, encoded, at most: membership must stay cheap to gossip."""
 
-MAX_UPDATES = 64
-"""Updates accepted in one message (a full state is one per member, so: members)."""
-
 
 class MembershipService:
     name = "membership"
@@ -102,11 +99,12 @@ class MembershipService:
     # --- incoming ------------------------------------------------------------------
 
     async def _on_ping(self, ping: Gossip) -> Gossip:
-        out = self._core.ping_received(self._now(), ping.sender, self._checked(ping))
+        out = self._core.ping_received(self._now(), ping.sender, self._heard(ping))
         return self._gossip(self._execute(out), seq=ping.seq)
 
     async def _on_ping_req(self, request: PingReqRequest) -> Gossip:
-        self._execute(self._core.gossip_received(self._now(), request.sender, request.updates))
+        updates = self._heard(request)
+        self._execute(self._core.gossip_received(self._now(), request.sender, updates))
         ping = self._gossip([], seq=request.seq)
         try:
             ack = await self._bus.request(
@@ -114,18 +112,19 @@ class MembershipService:
             )
         except BusError as e:
             raise Refused(504, f"{request.target} did not answer: {e}") from None
-        self._execute(self._core.gossip_received(self._now(), request.target, ack.updates))
+        relayed = self._heard(ack)
+        self._execute(self._core.gossip_received(self._now(), request.target, relayed))
         return self._gossip([], seq=request.seq)
 
     async def _on_sync(self, state: Gossip) -> Gossip:
         mine = self._core.full_state()
-        self._execute(self._core.gossip_received(self._now(), state.sender, self._checked(state)))
+        self._execute(self._core.gossip_received(self._now(), state.sender, self._heard(state)))
         return self._gossip(mine)
 
     async def _on_gossip(self, gossip: Gossip) -> None:
         if gossip.sender != self._core.me:
             self._execute(
-                self._core.gossip_received(self._now(), gossip.sender, self._checked(gossip))
+                self._core.gossip_received(self._now(), gossip.sender, self._heard(gossip))
             )
 
     async def _on_members(self, _request: MembersRequest) -> MembersReply:
@@ -143,13 +142,7 @@ class MembershipService:
         changed_cpu = abs(sample.free.cpu - old.cpu) > 0.1 * max(sample.capacity.cpu, 0.01)
         changed_memory = abs(sample.free.memory - old.memory) > 0.1 * max(sample.capacity.memory, 1)
         if changed_cpu or changed_memory:
-            meta = NodeMeta(
-                nats_url=me.meta.nats_url,
-                roles=me.meta.roles,
-                labels=me.meta.labels,
-                version=me.meta.version,
-                free=sample.free,
-            )
+            meta = msgspec.structs.replace(me.meta, free=sample.free)
             self._execute(self._core.update_meta(self._now(), meta))
 
     # --- carrying out instructions --------------------------------------------------
@@ -177,7 +170,7 @@ class MembershipService:
         ack = await self._bus.request(
             subjects.member_ping(ping.to), message, timeout=self.timing.period
         )
-        self._execute(self._core.ack_received(self._now(), ping.to, ping.seq, self._checked(ack)))
+        self._execute(self._core.ack_received(self._now(), ping.to, ping.seq, self._heard(ack)))
 
     async def _ping_req(self, req: PingReq) -> None:
         message = PingReqRequest(
@@ -186,13 +179,13 @@ class MembershipService:
         ack = await self._bus.request(
             subjects.member_ping_req(req.via), message, timeout=self.timing.period
         )
-        self._execute(self._core.ack_received(self._now(), req.via, req.seq, self._checked(ack)))
+        self._execute(self._core.ack_received(self._now(), req.via, req.seq, self._heard(ack)))
 
     async def _push_pull(self, push: PushPull) -> None:
         theirs = await self._bus.request(
             subjects.member_sync(push.to), self._gossip(push.state), timeout=self.timing.period
         )
-        self._execute(self._core.gossip_received(self._now(), push.to, self._checked(theirs)))
+        self._execute(self._core.gossip_received(self._now(), push.to, self._heard(theirs)))
 
     async def _changed(self, change: Changed) -> None:
         assert self.ctx is not None
@@ -217,18 +210,20 @@ class MembershipService:
 
     # --- helpers -------------------------------------------------------------------
 
-    def _checked(self, gossip: Gossip) -> list[MemberUpdate]:
-        """Refuse what no honest member sends: too many updates, or lies about the sender."""
-        updates = gossip.updates
-        if len(updates) > max(MAX_UPDATES, self.max_members):
-            self._log_drop(gossip.sender, f"{len(updates)} updates in one message")
+    def _heard(self, gossip: Gossip) -> list[MemberUpdate]:
+        return self._checked(gossip.sender, gossip.updates)
+
+    def _checked(self, sender: str, updates: list[MemberUpdate]) -> list[MemberUpdate]:
+        """Refuse what no honest member sends: a flood, lies about the sender, fat metadata."""
+        if len(updates) > self.max_members:
+            self._log_drop(sender, f"{len(updates)} updates in one message")
             return []
-        lies = [u for u in updates if u.node == gossip.sender and u.status in ("suspect", "dead")]
+        lies = [u for u in updates if u.node == sender and u.status in ("suspect", "dead")]
         if lies:
-            self._log_drop(gossip.sender, "a member never suspects or buries itself")
+            self._log_drop(sender, "a member never suspects or buries itself")
         fat = [u for u in updates if u.meta and len(msgspec.json.encode(u.meta)) > MAX_META_BYTES]
         if fat:
-            self._log_drop(gossip.sender, f"metadata over {MAX_META_BYTES} bytes")
+            self._log_drop(sender, f"metadata over {MAX_META_BYTES} bytes")
         return [u for u in updates if u not in lies and u not in fat]
 
     def _log_drop(self, sender: str, why: str) -> None:
