@@ -21,7 +21,7 @@ from colony.cli.output import err, fail, out, print_json
 from colony.cli.status import gather, table
 from colony.shared import __version__
 from colony.shared.bus import NotConnected, connect
-from colony.shared.config import ConfigError, NatsSettings, load
+from colony.shared.config import NatsSettings
 from colony.shared.statedir import DEFAULT_STATE_DIR, SUPERVISOR, StateDir
 
 EXAMPLES = {
@@ -273,13 +273,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     known: dict[str, tuple[str, str]] = {}
     for node_dir in state.nodes():
-        try:
-            url = load(node_dir.config_file, env={}).nats.servers[0]
-        except (ConfigError, IndexError):
-            url = ""
         node_id = node_dir.read_id()
         if node_id:
-            known[node_id] = (node_dir.name, url)
+            known[node_id] = (node_dir.name, node_dir.nats_url() or "")
     servers = args.server or [url for _, url in known.values() if url]
     if not servers:
         fail(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 
 from rich.table import Table
 
 from colony.cli.output import fail, human_age, human_bytes, out, print_json
 from colony.shared import subjects
 from colony.shared.bus import BusError, NotConnected, connect
-from colony.shared.config import ConfigError, NatsSettings, load
+from colony.shared.config import NatsSettings
 from colony.shared.messages import MembersReply, MembersRequest, to_builtins
-from colony.shared.statedir import StateDir
+from colony.shared.statedir import NodeDir, StateDir
 
 STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "dim"}
 
@@ -41,33 +42,25 @@ def cmd_members(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ask_first(nodes, timeout: float) -> tuple[MembersReply | None, str]:
-    """Ask each node in turn for its view (through its own server); the first answer wins."""
-    asked = []
-    for node in nodes:
-        node_id = node.read_id()
-        try:
-            url = load(node.config_file, env={}).nats.servers[0]
-        except (ConfigError, IndexError):
-            continue
-        if not node_id:
-            continue
-        asked.append(node.name)
-        try:
-            bus = await connect(
-                NatsSettings(servers=[url], connect_timeout=timeout), "colony-cli", reconnect=False
-            )
-        except NotConnected:
-            continue
-        try:
-            return await bus.request(
-                subjects.members(node_id), MembersRequest(), timeout=timeout
-            ), node.name
-        except BusError:
-            continue
-        finally:
-            await bus.close()
-    return None, ", ".join(asked) or "no node"
+async def _ask_first(nodes: list[NodeDir], timeout: float) -> tuple[MembersReply | None, str]:
+    """Ask each node in turn for its view; the first answer wins."""
+    asked = ", ".join(n.name for n in nodes)
+    urls = [url for n in nodes if (url := n.nats_url())]
+    try:
+        bus = await connect(
+            NatsSettings(servers=urls, connect_timeout=timeout), "colony-members", reconnect=False
+        )
+    except NotConnected:
+        return None, asked
+    try:
+        for node_id in filter(None, (n.read_id() for n in nodes)):
+            with contextlib.suppress(BusError):
+                return await bus.request(
+                    subjects.members(node_id), MembersRequest(), timeout
+                ), asked
+    finally:
+        await bus.close()
+    return None, asked
 
 
 def table(reply: MembersReply) -> Table:

@@ -26,6 +26,8 @@ from pathlib import Path
 import msgspec
 import psutil
 
+from colony.shared.config import ConfigError, load
+
 DEFAULT_STATE_DIR = Path(".colony")
 SUPERVISOR = "supervisor"
 NATS = "nats"
@@ -97,6 +99,13 @@ class NodeDir:
     def create(self) -> None:
         for folder in (self.path, self.nats_store, self.run, self.logs):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def nats_url(self) -> str | None:
+        """The URL of the node's own nats-server, from its config (None without a valid one)."""
+        try:
+            return load(self.config_file, env={}).nats.servers[0]
+        except ConfigError:
+            return None
 
     def read_id(self) -> str | None:
         """The node's id if it has one yet (reading never creates it)."""

@@ -180,13 +180,7 @@ def start_supervisor(node_dir: NodeDir) -> ProcessRecord:
 
 def servers(state: StateDir) -> list[str]:
     """The client URL of every node's nats-server."""
-    urls = []
-    for node_dir in state.nodes():
-        try:
-            urls += load(node_dir.config_file, env={}).nats.servers[:1]
-        except ConfigError:
-            continue
-    return urls
+    return [url for node_dir in state.nodes() if (url := node_dir.nats_url())]
 
 
 async def wait_ready(
