@@ -60,28 +60,21 @@ async def everyone_sees(bus, observers, expected: dict[str, str]) -> bool:
     return all(all(v.get(k) == s for k, s in expected.items()) for v in views)
 
 
-async def apoll(condition, timeout: float, what: str):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
 async def test_members_find_each_other_from_just_a_nats_url(group, bus):
     for node in ("m1", "m2", "m3"):
         group.start(node)
     alive = dict.fromkeys(["m1", "m2", "m3"], "alive")
-    await apoll(lambda: everyone_sees(bus, alive, alive), 20, "all three to see all alive")
+    await poll(lambda: everyone_sees(bus, alive, alive), 20, "all three to see all alive")
 
 
 async def test_a_member_that_stops_is_left_everywhere(group, bus):
     for node in ("m1", "m2", "m3"):
         group.start(node)
     alive = dict.fromkeys(["m1", "m2", "m3"], "alive")
-    await apoll(lambda: everyone_sees(bus, alive, alive), 20, "convergence")
+    await poll(lambda: everyone_sees(bus, alive, alive), 20, "convergence")
     changes = await bus.subscribe(subjects.member_changes("m3"))
     await group.stop("m3")
-    await apoll(lambda: everyone_sees(bus, ["m1", "m2"], {"m3": "left"}), 10, "m3 left")
+    await poll(lambda: everyone_sees(bus, ["m1", "m2"], {"m3": "left"}), 10, "m3 left")
     event = await changes.next(timeout=5)
     assert (event.node, event.status) == ("m3", "left")
 
@@ -95,10 +88,10 @@ async def test_a_killed_member_is_declared_dead(group, bus, nats_server, tmp_pat
     process = subprocess.Popen(argv)  # noqa: ASYNC220 (starting it does not block)
     try:
         everyone = dict.fromkeys(["m1", "m2", "m9"], "alive")
-        await apoll(lambda: everyone_sees(bus, ["m1", "m2"], everyone), 30, "m9 to join")
+        await poll(lambda: everyone_sees(bus, ["m1", "m2"], everyone), 30, "m9 to join")
         process.send_signal(signal.SIGKILL)
         process.wait()
-        await apoll(lambda: everyone_sees(bus, ["m1", "m2"], {"m9": "dead"}), 20, "m9 dead")
+        await poll(lambda: everyone_sees(bus, ["m1", "m2"], {"m9": "dead"}), 20, "m9 dead")
     finally:
         if process.poll() is None:
             process.kill()
@@ -108,7 +101,7 @@ async def test_lies_and_floods_are_dropped_and_the_view_is_unchanged(group, bus,
     group.start("m1")
     group.start("m2")
     both = dict.fromkeys(["m1", "m2"], "alive")
-    await apoll(lambda: everyone_sees(bus, both, both), 20, "convergence")
+    await poll(lambda: everyone_sees(bus, both, both), 20, "convergence")
     lie = Gossip(sender="m2", updates=[MemberUpdate("m2", "dead", 99)])
     flood = Gossip(sender="x", updates=[MemberUpdate(f"n{i}", "alive", 0) for i in range(2000)])
     fat_meta = NodeMeta(labels={"junk": "x" * 5000})

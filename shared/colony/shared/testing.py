@@ -9,6 +9,7 @@ a node's server, and both stop their processes whatever happens.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -34,13 +35,20 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, every: 
 
 
 async def poll(condition: Callable[[], object], timeout: float, what: str, every: float = 0.02):
-    """`wait_for` for async tests: poll without blocking the event loop."""
+    """`wait_for` for async tests: poll without blocking the event loop.
+
+    `condition` may be a plain function or one returning an awaitable (a query).
+    """
     deadline = asyncio.get_running_loop().time() + timeout
-    while not (result := condition()):
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(every)
-    return result
 
 
 class NatsServer:
