@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from colony.shared import subjects
-from colony.shared.bus import connect
+from colony.shared.bus import BusError, connect
 from colony.shared.config import NatsSettings, dumps
-from colony.shared.testing import NatsServer
+from colony.shared.messages import MembersRequest
+from colony.shared.testing import NatsServer, poll
 
 TITLE = "Membership"
 SIZES = (10, 50, 200)
@@ -57,6 +58,18 @@ async def observers(bus, node: str, status: str, expected: int, timeout: float) 
     return float("nan")
 
 
+async def formed(bus, size: int) -> bool:
+    """True once a member of each worker sees all `size` members alive."""
+    for worker in range(min(WORKERS, size)):
+        try:
+            view = await bus.request(subjects.members(f"w{worker}-0"), MembersRequest(), 1.0)
+        except BusError:
+            return False
+        if sum(m.status == "alive" for m in view.members) < size:
+            return False
+    return True
+
+
 async def message_rate(bus, size: int) -> float:
     """Protocol messages per member per second, sent plus received (requests and replies)."""
     count = 0
@@ -79,8 +92,7 @@ async def measure(size: int, workdir: Path) -> dict[str, list[float] | float]:
     bus = await connect(NatsSettings(servers=[server.url]), "bench")
     joins, failures = [], []
     try:
-        # everyone has joined once every worker member sees `size` alive ones
-        await asyncio.sleep(3 + size / 50)  # let the group form; convergence is timed below
+        await poll(lambda: formed(bus, size), 120, f"{size} members to know each other")
         rate = await message_rate(bus, size)
         for trial in range(TRIALS):
             name = f"victim-{trial}"
