@@ -209,29 +209,25 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(state, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-        colony("down", state=state, check=False)
 
 
 def test_every_other_member_marks_a_killed_node_dead(state):
     up(state, free_base_port(3), nodes=3)
-    try:
-        victim = StateDir(state).node("node-3")
-        victim_id = victim.read_id()
+    victim = StateDir(state).node("node-3")
+    victim_id = victim.read_id()
 
-        def view(of: str) -> dict[str, str]:
-            reply = json.loads(colony("members", of, "--json", state=state).stdout)
-            return {m["node"]: m["status"] for m in reply["members"]}
+    def view(of: str) -> dict[str, str]:
+        reply = json.loads(colony("members", of, "--json", state=state).stdout)
+        return {m["node"]: m["status"] for m in reply["members"]}
 
-        wait_for(lambda: len(view("node-1")) == 3, 20, "node-1 to know all three members")
-        for process in (SUPERVISOR, NATS, "monitor", "membership"):  # supervisor first
-            os.kill(victim.record(process).pid, signal.SIGKILL)
-        wait_for(
-            lambda: view("node-1")[victim_id] == view("node-2")[victim_id] == "dead",
-            20,
-            "node-1 and node-2 to mark node-3 dead",
-        )
-        nodes = status(state)
-        assert nodes["node-3"]["member"] == "dead"
-        assert nodes["node-1"]["member"] == nodes["node-2"]["member"] == "alive"
-    finally:
-        colony("down", state=state, check=False)
+    wait_for(lambda: len(view("node-1")) == 3, 20, "node-1 to know all three members")
+    for process in (SUPERVISOR, NATS, "monitor", "membership"):  # supervisor first
+        os.kill(victim.record(process).pid, signal.SIGKILL)
+    wait_for(
+        lambda: view("node-1")[victim_id] == view("node-2")[victim_id] == "dead",
+        20,
+        "node-1 and node-2 to mark node-3 dead",
+    )
+    nodes = status(state)
+    assert nodes["node-3"]["member"] == "dead"
+    assert nodes["node-1"]["member"] == nodes["node-2"]["member"] == "alive"

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from colony.cli.output import fail, human_age, human_bytes, out, print_json
 from colony.shared import subjects
-from colony.shared.bus import BusError, NotConnected, connect
+from colony.shared.bus import Bus, BusError, NotConnected, connect
 from colony.shared.config import NatsSettings
 from colony.shared.messages import MembersReply, MembersRequest, to_builtins
 from colony.shared.statedir import NodeDir, StateDir
@@ -53,14 +53,17 @@ async def _ask_first(nodes: list[NodeDir], timeout: float) -> tuple[MembersReply
     except NotConnected:
         return None, asked
     try:
-        for node_id in filter(None, (n.read_id() for n in nodes)):
-            with contextlib.suppress(BusError):
-                return await bus.request(
-                    subjects.members(node_id), MembersRequest(), timeout
-                ), asked
+        return await first_view(bus, [i for n in nodes if (i := n.read_id())], timeout), asked
     finally:
         await bus.close()
-    return None, asked
+
+
+async def first_view(bus: Bus, node_ids: list[str], timeout: float) -> MembersReply | None:
+    """The membership view of the first of `node_ids` that answers."""
+    for node_id in node_ids:
+        with contextlib.suppress(BusError):
+            return await bus.request(subjects.members(node_id), MembersRequest(), timeout)
+    return None
 
 
 def table(reply: MembersReply) -> Table:

@@ -18,10 +18,11 @@ from typing import Any
 import nats.errors
 from rich.table import Table
 
+from colony.cli.members import first_view
 from colony.cli.output import human_age, human_bytes
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError
-from colony.shared.messages import LatestMetricsRequest, MembersRequest, NodeMetrics, to_builtins
+from colony.shared.messages import LatestMetricsRequest, NodeMetrics, to_builtins
 from colony.shared.statedir import natural_key
 
 DISCOVERY_WINDOW = 0.3
@@ -73,22 +74,12 @@ async def gather(bus: Bus, known: dict[str, tuple[str, str]], timeout: float) ->
     services_task = asyncio.create_task(_services(bus))
     results = await asyncio.gather(*(_node(bus, i, known.get(i), timeout) for i in ids))
     services = await services_task
-    view = await _membership_view(bus, [s.id for s in results if s.reachable], timeout)
+    view = await first_view(bus, [s.id for s in results if s.reachable], timeout)
+    member = {m.node: m.status for m in view.members} if view else {}
     for status in results:
         status.services = sorted(services.get(status.id, []))
-        status.member = view.get(status.id, "")
+        status.member = member.get(status.id, "")
     return sorted(results, key=lambda s: natural_key(s.name))
-
-
-async def _membership_view(bus: Bus, ask: list[str], timeout: float) -> dict[str, str]:
-    """Node id -> membership status, as the first reachable node's membership sees it."""
-    for node_id in ask:
-        try:
-            reply = await bus.request(subjects.members(node_id), MembersRequest(), timeout=timeout)
-        except BusError:
-            continue
-        return {m.node: m.status for m in reply.members}
-    return {}
 
 
 async def _node(
