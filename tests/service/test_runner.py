@@ -97,11 +97,15 @@ async def test_service_waits_for_a_server_that_starts_later(tmp_path, caplog):
         server.stop()
 
 
-async def test_stop_while_waiting_for_nats_returns_promptly(tmp_path):
+async def test_stop_while_waiting_for_nats_returns_promptly(tmp_path, caplog):
     stop = asyncio.Event()
     dead = NatsServer.standalone(tmp_path).node_config("nobody")
     task = asyncio.create_task(runner.run(Echo(), dead, stop=stop))
-    await asyncio.sleep(0.2)
+    await poll(
+        lambda: any(r.getMessage() == "waiting for nats" for r in caplog.records),
+        10,
+        "the service to be waiting for nats",
+    )
     stop.set()
     assert await asyncio.wait_for(task, 2) == 0
 
