@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -79,22 +80,77 @@ async def test_a_member_that_stops_is_left_everywhere(group, bus):
     assert (event.node, event.status) == ("m3", "left")
 
 
-async def test_a_killed_member_is_declared_dead(group, bus, nats_server, tmp_path):
+async def incarnation(bus, observer: str, node: str) -> int:
+    reply = await bus.request(subjects.members(observer), MembersRequest(), timeout=1)
+    return next(m.incarnation for m in reply.members if m.node == node)
+
+
+@pytest.fixture
+def member_process(nats_server, tmp_path):
+    """Start a member as its own process (so it can be killed or stopped for real)."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(node: str) -> subprocess.Popen[bytes]:
+        config = tmp_path / f"{node}.toml"
+        config.write_text(dumps(nats_server.node_config(node)))
+        argv = [sys.executable, "-m", "colony.membership", "--config", str(config)]
+        processes.append(subprocess.Popen(argv))
+        return processes[-1]
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait()
+
+
+async def test_a_killed_member_is_declared_dead_and_rejoins_with_a_higher_incarnation(
+    group, bus, member_process
+):
     group.start("m1")
     group.start("m2")
-    config = tmp_path / "m9.toml"
-    config.write_text(dumps(nats_server.node_config("m9")))
-    argv = [sys.executable, "-m", "colony.membership", "--config", str(config)]
-    process = subprocess.Popen(argv)  # noqa: ASYNC220 (starting it does not block)
-    try:
-        everyone = dict.fromkeys(["m1", "m2", "m9"], "alive")
-        await poll(lambda: everyone_sees(bus, ["m1", "m2"], everyone), 30, "m9 to join")
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        await poll(lambda: everyone_sees(bus, ["m1", "m2"], {"m9": "dead"}), 20, "m9 dead")
-    finally:
-        if process.poll() is None:
-            process.kill()
+    process = member_process("m9")
+    everyone = dict.fromkeys(["m1", "m2", "m9"], "alive")
+    await poll(lambda: everyone_sees(bus, ["m1", "m2"], everyone), 30, "m9 to join")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    await poll(lambda: everyone_sees(bus, ["m1", "m2"], {"m9": "dead"}), 20, "m9 dead")
+    died_at = await incarnation(bus, "m1", "m9")
+    member_process("m9")  # the same node, back with no memory of its past life
+    await poll(lambda: everyone_sees(bus, ["m1", "m2", "m9"], everyone), 30, "m9 alive again")
+    assert await incarnation(bus, "m1", "m9") > died_at
+    assert await incarnation(bus, "m2", "m9") > died_at
+
+
+async def test_a_member_stopped_for_2_s_is_suspected_but_refutes_and_never_dies(
+    group, bus, member_process
+):
+    group.start("m1")
+    group.start("m2")
+    process = member_process("m9")
+    everyone = dict.fromkeys(["m1", "m2", "m9"], "alive")
+    await poll(lambda: everyone_sees(bus, everyone, everyone), 30, "convergence")
+    changes = await bus.subscribe(subjects.member_changes("m9"))
+    process.send_signal(signal.SIGSTOP)  # its loop blocked: it neither answers nor ticks
+    await asyncio.sleep(2)  # the fault itself lasts 2 s; nothing is awaited here
+    process.send_signal(signal.SIGCONT)
+
+    async def refuted() -> bool:
+        views_alive = await everyone_sees(bus, ["m1", "m2"], {"m9": "alive"})
+        return views_alive and min([await incarnation(bus, n, "m9") for n in ("m1", "m2")]) > 0
+
+    await poll(refuted, 20, "m9 to refute the suspicion")
+    # Any death verdict would have been at the incarnation it just outbid, so
+    # the events seen so far are all there will be about this episode.
+    seen = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            event = await changes.next(timeout=0.5)
+            seen.append((event.observer, event.status))
+    statuses = {status for _, status in seen}
+    assert "suspect" in statuses, seen
+    assert "dead" not in statuses, seen
 
 
 async def test_lies_and_floods_are_dropped_and_the_view_is_unchanged(group, bus, caplog):

@@ -198,10 +198,13 @@ class MemberUpdate(msgspec.Struct, frozen=True):
     status: MemberStatus
     incarnation: int
     meta: NodeMeta | None = None
+    by: str = ""
+    """With suspect: the member whose own probe failed (its accuser). Suspicion
+    is confirmed by distinct accusers, not by members merely passing it on."""
 
 
 class Gossip(Message, kw_only=True, frozen=True):
-    """A membership protocol message: a ping, an ack, a push-pull half or a tell."""
+    """A membership protocol message: a ping, an ack, a push-pull half, a tell or news."""
 
     sender: str
     seq: int = 0

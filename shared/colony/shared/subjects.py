@@ -112,6 +112,12 @@ def member_tell(node: str) -> Subject[Gossip]:
     return Subject(f"{ROOT}.membership.tell.{token(node, 'node id')}", Gossip)
 
 
+def member_news() -> Subject[Gossip]:
+    """News every member must hear at once (a death, a refutation, a leave): one
+    publish, fanned out by the server to every member."""
+    return Subject(f"{ROOT}.membership.news", Gossip)
+
+
 def member_announce() -> Subject[Gossip]:
     """Where a joining member announces itself to every member."""
     return Subject(f"{ROOT}.membership.announce", Gossip)

@@ -2,10 +2,12 @@
 
 Loop: every quarter period, `tick` the core and carry out its instructions.
 Pings, ping-reqs and push-pulls are NATS requests to the peer's own
-subjects; tells are plain publishes; every state change is published as a
-change event. Until it knows a peer, the member announces itself on the
-announce subject each period (that is how a node joins knowing only a NATS
-URL); members that hear it add it, and push-pull brings the rest.
+subjects; tells are plain publishes; broadcasts are one publish on the news
+subject, which the server fans out to every member; every state change is
+published as a change event. Until it knows a peer, the member announces
+itself on the announce subject each period (that is how a node joins knowing
+only a NATS URL); each member that hears it adds it and tells it who it is,
+and a push-pull brings the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import random
 import msgspec
 
 from colony.membership.state import (
+    Broadcast,
     Changed,
     Instruction,
     Membership,
@@ -28,7 +31,7 @@ from colony.membership.state import (
     Timing,
 )
 from colony.shared import __version__, subjects
-from colony.shared.bus import BusError
+from colony.shared.bus import BusError, RemoteError
 from colony.shared.messages import (
     Gossip,
     MemberChanged,
@@ -44,6 +47,8 @@ from colony.shared.runner import Context, Refused
 
 MAX_META_BYTES = 2048
 """A member's metadata, encoded, at most: membership must stay cheap to gossip."""
+NACK = 504
+"""A ping-req helper's answer when the target did not answer it either."""
 
 
 class MembershipService:
@@ -75,11 +80,12 @@ class MembershipService:
         await ctx.serve(subjects.member_sync(me), self._on_sync)
         await ctx.serve(subjects.members(me), self._on_members)
         self._listen(subjects.member_tell(me), self._on_gossip)
-        self._listen(subjects.member_announce(), self._on_gossip)
+        self._listen(subjects.member_news(), self._on_gossip)
+        self._listen(subjects.member_announce(), self._on_announce)
         self._listen(subjects.node_metrics(me), self._on_metrics)
         try:
             while True:
-                if not core.live_peers():
+                if core.lonely:
                     await ctx.bus.publish(
                         subjects.member_announce(), self._gossip(core.full_state())
                     )
@@ -88,10 +94,8 @@ class MembershipService:
         finally:
             # Leaving: tell everyone now, while the connection is still up.
             for instruction in core.leave(ctx.clock.monotonic()):
-                if isinstance(instruction, Tell):
-                    await ctx.bus.publish(
-                        subjects.member_tell(instruction.to), self._gossip(instruction.updates)
-                    )
+                if isinstance(instruction, Broadcast):
+                    await ctx.bus.publish(subjects.member_news(), self._gossip(instruction.updates))
             await ctx.bus.nc.flush(timeout=1)
             for task in self.tasks:
                 task.cancel()
@@ -111,7 +115,7 @@ class MembershipService:
                 subjects.member_ping(request.target), ping, timeout=self.timing.probe_timeout
             )
         except BusError as e:
-            raise Refused(504, f"{request.target} did not answer: {e}") from None
+            raise Refused(NACK, f"{request.target} did not answer: {e}") from None
         relayed = self._heard(ack)
         self._execute(self._core.gossip_received(self._now(), request.target, relayed))
         return self._gossip([], seq=request.seq)
@@ -125,6 +129,12 @@ class MembershipService:
         if gossip.sender != self._core.me:
             self._execute(
                 self._core.gossip_received(self._now(), gossip.sender, self._heard(gossip))
+            )
+
+    async def _on_announce(self, gossip: Gossip) -> None:
+        if gossip.sender != self._core.me:
+            self._execute(
+                self._core.announce_received(self._now(), gossip.sender, self._heard(gossip))
             )
 
     async def _on_members(self, _request: MembersRequest) -> MembersReply:
@@ -161,24 +171,29 @@ class MembershipService:
                 self._spawn(self._push_pull(i))
             elif isinstance(i, Tell):
                 self._spawn(self._bus.publish(subjects.member_tell(i.to), self._gossip(i.updates)))
+            elif isinstance(i, Broadcast):
+                self._spawn(self._bus.publish(subjects.member_news(), self._gossip(i.updates)))
             elif isinstance(i, Changed):
                 self._spawn(self._changed(i))
         return reply
 
     async def _ping(self, ping: Ping) -> None:
         message = self._gossip(ping.updates, seq=ping.seq)
-        ack = await self._bus.request(
-            subjects.member_ping(ping.to), message, timeout=self.timing.period
-        )
+        ack = await self._bus.request(subjects.member_ping(ping.to), message, timeout=ping.timeout)
         self._execute(self._core.ack_received(self._now(), ping.to, ping.seq, self._heard(ack)))
 
     async def _ping_req(self, req: PingReq) -> None:
         message = PingReqRequest(
             sender=self._core.me, target=req.target, seq=req.seq, updates=req.updates
         )
-        ack = await self._bus.request(
-            subjects.member_ping_req(req.via), message, timeout=self.timing.period
-        )
+        try:
+            ack = await self._bus.request(
+                subjects.member_ping_req(req.via), message, timeout=req.timeout
+            )
+        except RemoteError as e:
+            if e.code == NACK:
+                self._core.nack_received(req.seq)
+            return
         self._execute(self._core.ack_received(self._now(), req.via, req.seq, self._heard(ack)))
 
     async def _push_pull(self, push: PushPull) -> None:

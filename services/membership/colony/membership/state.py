@@ -1,27 +1,35 @@
-"""The membership protocol's pure core: SWIM with incarnations and Lifeguard suspicion.
+"""The membership protocol's pure core: SWIM with incarnations and Lifeguard.
 
 Events in, instructions out: the service calls `tick`, `ping_received`,
-`ack_received`, `gossip_received` and `leave` with the current monotonic
-time, and carries out what they return (`Ping`, `PingReq`, `Reply`,
-`PushPull`, `Tell`, `Changed`). No clock reads, no randomness but the injected
-`random.Random`, no I/O, so every timeout is tested instantly.
+`ack_received`, `nack_received`, `gossip_received`, `announce_received` and
+`leave` with the current monotonic time, and carries out what they return
+(`Ping`, `PingReq`, `Reply`, `PushPull`, `Tell`, `Broadcast`, `Changed`). No
+clock reads, no randomness but the injected `random.Random`, no I/O, so
+every timeout is tested instantly.
 
 The rules, in short:
 
 - Each protocol period one peer is probed, round-robin over a shuffled list.
-  No ack within `probe_timeout`: `indirect` other members are asked to probe
-  it (ping-req). No ack by the end of the period: it becomes *suspect*.
+  No ack within the probe timeout: `indirect` other members are asked to
+  probe it (ping-req); each answers with the target's ack or a nack. No ack
+  by the end of the period: the prober *accuses* it (suspect, by itself).
 - A suspect that does not refute within the suspicion timeout becomes
-  *dead*. The timeout starts long and shrinks as other members independently
-  suspect it too (Lifeguard), so a lone slow prober does not kill a peer.
-- A member that hears itself suspected (or declared dead) refutes by
-  bumping its incarnation and gossiping *alive*. Higher incarnations win;
-  at equal incarnation dead > suspect > alive. *left* is final for that
-  incarnation and never confused with dead.
+  *dead*. The timeout starts long and shrinks as other members accuse it
+  independently (Lifeguard), so one slow prober does not kill a peer.
+- A member that hears itself suspected (or declared dead, or left by a past
+  life of its own) refutes by bumping its incarnation. Higher incarnations
+  win; at equal incarnation left > dead > suspect > alive.
 - Updates ride on pings and acks, each retransmitted about
   retransmit_mult · log10(N + 1) times; a full state exchange (push-pull)
-  with a random peer (dead ones included) every `push_pull_every` seconds
-  heals what was missed, partitions included.
+  with a random peer (dead ones included, so partitions heal) every
+  `push_pull_every` seconds repairs what gossip missed. News that cannot
+  wait for gossip (a death, a refutation, a leave) is also broadcast: one
+  NATS publish that the server fans out to every member.
+- Lifeguard's self-awareness: a member that misses its own deadlines (its
+  probes fail although the helpers it asked did not nack, it has to refute,
+  or its loop stalled) raises its `health` score, which stretches its probe
+  timeout and period, so an overloaded member slows down instead of accusing
+  healthy peers. Each successful probe lowers it again.
 """
 
 from __future__ import annotations
@@ -40,22 +48,25 @@ _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}
 @dataclass(frozen=True)
 class Timing:
     period: float = 0.5
-    """Seconds per protocol period (one probe)."""
+    """Seconds per protocol period (one probe), at full health."""
     probe_timeout: float = 0.2
-    """Seconds to wait for a direct ack before asking others to probe."""
+    """Seconds to wait for a direct ack before asking others to probe, at full health."""
     indirect: int = 3
-    """Members asked to probe indirectly (k)."""
-    suspicion_min_mult: float = 6.0
-    suspicion_max_mult: float = 12.0
+    """Members asked to probe indirectly (k); also the accusers that confirm a suspicion."""
+    suspicion_min_mult: float = 5.0
+    suspicion_max_mult: float = 6.0
     """Suspicion lasts from max_mult · log10(N) · period down to min_mult · period
-    as independent confirmations arrive (expected: `indirect` of them). The
-    minimum outlasts a member blocked for 2 s, which must refute, not die;
-    it does not grow with N, so failures are confirmed fast in large groups."""
+    as independent accusations arrive (`indirect` of them bring it to the
+    minimum). The minimum outlasts a member blocked for 2 s, which must refute,
+    not die; it does not grow with N, so failures are confirmed fast in large
+    groups."""
     retransmit_mult: int = 3
     """Each update is sent about retransmit_mult · log10(N + 1) times (λ)."""
     max_piggyback: int = 8
     """Updates carried per message at most."""
     push_pull_every: float = 10.0
+    max_health: int = 8
+    """Lifeguard's awareness score at most: timeouts stretch up to (max_health + 1) times."""
 
 
 # --- instructions ------------------------------------------------------------------
@@ -68,16 +79,20 @@ class Ping:
     to: str
     seq: int
     updates: list[MemberUpdate]
+    timeout: float
+    """Seconds after which the ack no longer matters."""
 
 
 @dataclass(frozen=True)
 class PingReq:
-    """Ask `via` to probe `target` for us; its positive answer is an ack for `seq`."""
+    """Ask `via` to probe `target` for us: its ack is `ack_received(seq)`, its nack
+    `nack_received(seq)`."""
 
     via: str
     target: str
     seq: int
     updates: list[MemberUpdate]
+    timeout: float
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,13 @@ class Tell:
 
 
 @dataclass(frozen=True)
+class Broadcast:
+    """Send `updates` to every member at once (their `gossip_received`)."""
+
+    updates: list[MemberUpdate]
+
+
+@dataclass(frozen=True)
 class Changed:
     """A member's status changed in this member's view: publish it as a change event."""
 
@@ -115,7 +137,7 @@ class Changed:
     cause: str
 
 
-Instruction = Ping | PingReq | Reply | PushPull | Tell | Changed
+Instruction = Ping | PingReq | Reply | PushPull | Tell | Broadcast | Changed
 
 
 # --- state -----------------------------------------------------------------------
@@ -135,16 +157,28 @@ class Member:
 @dataclass
 class Suspicion:
     started: float
-    confirmations: set[str] = field(default_factory=set)
-    """Members other than the first who independently suspect it."""
+    accusers: list[str] = field(default_factory=list)
+    """Distinct members whose own probes failed, the first one first."""
+
+    @property
+    def confirmations(self) -> int:
+        """Accusers beyond the first."""
+        return max(len(self.accusers) - 1, 0)
 
 
 @dataclass
 class _Probe:
     target: str
     seq: int
-    sent: float
+    ask_at: float
+    """When to ask helpers if no ack came."""
+    deadline: float
+    """When to give up: no ack by then is an accusation."""
     indirect_sent: bool = False
+    helpers: int = 0
+    """Members asked to probe indirectly."""
+    nacks: int = 0
+    """Helpers that answered they could not reach the target either."""
 
 
 class Membership:
@@ -157,13 +191,20 @@ class Membership:
         self.timing = timing
         self.rng = rng
         self.members: dict[str, Member] = {me: Member(me, ALIVE, 0, meta, now)}
-        self._queue: dict[str, tuple[MemberUpdate, int]] = {}
-        """Gossip to send: node -> (its newest update, transmissions left)."""
+        self.health = 0
+        """Lifeguard's local health multiplier: 0 is healthy."""
+        self._suspects: set[str] = set()
+        self._queue: dict[tuple[str, str], tuple[MemberUpdate, int]] = {}
+        """Gossip to send: (node, accuser) -> (its newest update, transmissions left)."""
         self._order: list[str] = []
         self._probe: _Probe | None = None
         self._seq = 0
+        self._last_tick = now
+        self._patient_until = now
+        """No verdicts before this: after a stall, what arrived meanwhile is read first."""
         self._next_probe = now
         self._next_push_pull = now + timing.push_pull_every
+        self._had_peers = False
         self._enqueue(self._update(self.members[me]))
 
     # --- views ------------------------------------------------------------------
@@ -171,6 +212,13 @@ class Membership:
     @property
     def incarnation(self) -> int:
         return self.members[self.me].incarnation
+
+    @property
+    def lonely(self) -> bool:
+        """True while this member knows no peer that may answer (it must announce itself)."""
+        return not any(
+            m.status in (ALIVE, SUSPECT) for n, m in self.members.items() if n != self.me
+        )
 
     def live_peers(self) -> list[str]:
         """Peers that are alive or suspect (they may still answer)."""
@@ -181,13 +229,22 @@ class Membership:
     def full_state(self) -> list[MemberUpdate]:
         return [self._update(m) for m in self.members.values()]
 
+    @property
+    def probe_timeout(self) -> float:
+        return self.timing.probe_timeout * (self.health + 1)
+
+    @property
+    def interval(self) -> float:
+        """This member's protocol period now: longer while it is unhealthy."""
+        return self.timing.period * (self.health + 1)
+
     def suspicion_timeout(self, suspicion: Suspicion) -> float:
-        """Lifeguard: from max down to min as independent confirmations arrive."""
+        """Lifeguard: from max down to min as independent accusations arrive."""
         t = self.timing
         low = t.suspicion_min_mult * t.period
         high = max(low, t.suspicion_max_mult * math.log10(max(len(self.members), 10)) * t.period)
         expected = max(self.timing.indirect, 1)
-        done = min(len(suspicion.confirmations), expected)
+        done = min(suspicion.confirmations, expected)
         return max(low, high - (high - low) * math.log(done + 1) / math.log(expected + 1))
 
     # --- events -----------------------------------------------------------------
@@ -195,41 +252,36 @@ class Membership:
     def tick(self, now: float) -> list[Instruction]:
         """Time passed: probe, escalate unanswered probes, expire suspicions, push-pull."""
         out: list[Instruction] = []
-        probe = self._probe
-        if probe and not probe.indirect_sent and now >= probe.sent + self.timing.probe_timeout:
-            probe.indirect_sent = True
-            helpers = [p for p in self.live_peers() if p != probe.target]
-            for via in self.rng.sample(helpers, min(self.timing.indirect, len(helpers))):
-                out.append(PingReq(via, probe.target, probe.seq, self._piggyback()))
-        if probe and now >= probe.sent + self.timing.period:
+        if now - self._last_tick > self.timing.period:
+            # Our loop stalled: acks and refutations may sit unread in our socket.
+            # Judge nobody until they are read; the stall is our health's fault.
             self._probe = None
-            target = self.members.get(probe.target)
-            if target and target.status == ALIVE:
-                out += self._apply(
-                    MemberUpdate(target.node, SUSPECT, target.incarnation), now, self.me
-                )
-            elif target and target.suspicion:
-                target.suspicion.confirmations.add(self.me)
-        for member in list(self.members.values()):
-            s = member.suspicion
-            if member.status == SUSPECT and s and now >= s.started + self.suspicion_timeout(s):
-                out += self._apply(
-                    MemberUpdate(member.node, DEAD, member.incarnation), now, "suspicion-timeout"
-                )
+            self._patient_until = now + self.timing.period
+            self._next_probe = self._patient_until
+            self._adjust_health(+1)
+        self._last_tick = now
+        out += self._escalate(now)
+        if now >= self._patient_until:
+            out += self._expire_suspicions(now)
         if self._probe is None and now >= self._next_probe:
-            self._next_probe = now + self.timing.period
+            self._next_probe = now + self.interval
             target = self._next_target()
             if target:
                 self._seq += 1
-                self._probe = _Probe(target, self._seq, now)
-                out.append(Ping(target, self._seq, self._piggyback(to=target)))
+                self._probe = _Probe(
+                    target, self._seq, now + self.probe_timeout, now + self.interval
+                )
+                out.append(Ping(target, self._seq, self._piggyback(to=target), self.interval))
+        if not self._had_peers and not self.lonely:
+            self._had_peers = True
+            self._next_push_pull = now  # just joined: pull the whole member list at once
         if now >= self._next_push_pull:
             self._next_push_pull = now + self.timing.push_pull_every
             # Dead members too: that is how the two sides of a healed partition
             # find each other again (left members are gone for good).
-            peers = sorted(n for n, m in self.members.items() if n != self.me and m.status != LEFT)
+            peers = [n for n, m in self.members.items() if n != self.me and m.status != LEFT]
             if peers:
-                out.append(PushPull(self.rng.choice(peers), self.full_state()))
+                out.append(PushPull(self.rng.choice(sorted(peers)), self.full_state()))
         return out
 
     def ping_received(
@@ -246,25 +298,47 @@ class Membership:
         out = self.gossip_received(now, sender, updates)
         if self._probe and self._probe.seq == seq:
             self._probe = None
+            self._adjust_health(-1)
         return out
+
+    def nack_received(self, seq: int) -> None:
+        """A ping-req helper could not reach the target of probe `seq` either."""
+        if self._probe and self._probe.seq == seq:
+            self._probe.nacks += 1
 
     def gossip_received(
         self, now: float, sender: str, updates: list[MemberUpdate]
     ) -> list[Instruction]:
-        """Merge updates heard from `sender` (piggybacked, or a push-pull's full state)."""
+        """Merge updates heard from `sender` (piggybacked, broadcast, or a full state)."""
         out: list[Instruction] = []
         for update in updates:
             out += self._apply(update, now, sender)
         return out
 
+    def announce_received(
+        self, now: float, sender: str, updates: list[MemberUpdate]
+    ) -> list[Instruction]:
+        """`sender` announces itself (joining, or back after a restart).
+
+        Take it in, and tell it about ourselves, so it learns its peers, and
+        what we know of it, so a restarted member hears of its past life
+        (dead or left at a higher incarnation) and refutes it.
+        """
+        if sender == self.me:
+            return []
+        out = self.gossip_received(now, sender, [u for u in updates if u.node == sender])
+        known = self.members.get(sender)
+        if known is None:
+            return out
+        return [*out, Tell(sender, [self._update(self.members[self.me]), self._update(known)])]
+
     def leave(self, now: float) -> list[Instruction]:
-        """Leave gracefully: gossip `left` at a new incarnation."""
+        """Leave gracefully: broadcast `left` at a new incarnation."""
         me = self.members[self.me]
         out = self._apply(MemberUpdate(self.me, LEFT, me.incarnation + 1), now, self.me)
-        # Told to everyone at once, not left to gossip: a peer that missed it would
-        # soon find us silent and declare us dead instead.
-        news = [self._update(me)]
-        return out + [Tell(peer, news) for peer in self.live_peers()]
+        # Broadcast, not left to gossip: a peer that missed it would soon find
+        # us silent and declare us dead instead.
+        return [*out, Broadcast([self._update(me)])]
 
     def update_meta(self, now: float, meta: NodeMeta) -> list[Instruction]:
         """New metadata for this member: gossip it with a new incarnation (if it changed)."""
@@ -274,6 +348,43 @@ class Membership:
         return self._apply(MemberUpdate(self.me, ALIVE, me.incarnation + 1, meta), now, self.me)
 
     # --- the rules --------------------------------------------------------------
+
+    def _escalate(self, now: float) -> list[Instruction]:
+        """The probe under way: ask helpers after the probe timeout, accuse at the deadline."""
+        probe = self._probe
+        if probe is None:
+            return []
+        out: list[Instruction] = []
+        if not probe.indirect_sent and now >= probe.ask_at:
+            probe.indirect_sent = True
+            helpers = [p for p in self.live_peers() if p != probe.target]
+            chosen = self.rng.sample(helpers, min(self.timing.indirect, len(helpers)))
+            probe.helpers = len(chosen)
+            left = probe.deadline - now
+            out += [PingReq(v, probe.target, probe.seq, self._piggyback(), left) for v in chosen]
+        if now < probe.deadline or now < self._patient_until:
+            return out
+        self._probe = None
+        # Lifeguard: helpers that nacked were reachable and could not reach the
+        # target either, so the fault is likely its. Silence from a helper
+        # points at us. With nobody to ask, every failure counts against us.
+        self._adjust_health(probe.helpers - probe.nacks if probe.helpers else 1)
+        target = self.members.get(probe.target)
+        if target is None or target.status not in (ALIVE, SUSPECT):
+            return out
+        accusation = MemberUpdate(target.node, SUSPECT, target.incarnation, by=self.me)
+        return out + self._apply(accusation, now, self.me)
+
+    def _expire_suspicions(self, now: float) -> list[Instruction]:
+        out: list[Instruction] = []
+        for node in sorted(self._suspects):
+            member = self.members[node]
+            s = member.suspicion
+            if s and now >= s.started + self.suspicion_timeout(s):
+                death = MemberUpdate(node, DEAD, member.incarnation)
+                out += self._apply(death, now, "suspicion-timeout")
+                out.append(Broadcast([death]))
+        return out
 
     def _apply(self, update: MemberUpdate, now: float, source: str) -> list[Instruction]:
         current = self.members.get(update.node)
@@ -287,15 +398,23 @@ class Membership:
             self._enqueue(self._update(member))
             return [Changed(update.node, ALIVE, update.incarnation, None, source)]
         if not _wins(update, current):
-            if current.suspicion and update == self._update(current) and source != self.me:
-                current.suspicion.confirmations.add(source)  # someone else suspects it too
+            s = current.suspicion
+            same = update.status == SUSPECT and update.incarnation == current.incarnation
+            if s and same and update.by and update.by not in s.accusers:
+                s.accusers.append(update.by)  # an independent accusation: pass it on too
+                self._enqueue(update)
             return []
         previous = current.status
         current.incarnation = update.incarnation
         current.status = update.status
         if update.meta is not None:
             current.meta = update.meta
-        current.suspicion = Suspicion(now) if update.status == SUSPECT else None
+        if update.status == SUSPECT:
+            current.suspicion = Suspicion(now, [update.by or source])
+            self._suspects.add(current.node)
+        else:
+            current.suspicion = None
+            self._suspects.discard(current.node)
         self._enqueue(self._update(current))
         if previous == current.status:
             return []  # same status, newer incarnation or metadata: gossip it, no event
@@ -303,39 +422,49 @@ class Membership:
         return [Changed(update.node, update.status, update.incarnation, previous, source)]
 
     def _about_me(self, update: MemberUpdate, now: float) -> list[Instruction]:
-        """Others talk about me: refute suspicion or death with a higher incarnation."""
+        """Others talk about me: refute suspicion, death or a past life's leave."""
         me = self.members[self.me]
         if me.status == LEFT:
             return []
         stale = update.incarnation > me.incarnation or (
             update.incarnation == me.incarnation and update.status != ALIVE
         )
-        if not stale or update.status == LEFT:  # nobody else may say that I left
+        if not stale:
             return []
         me.incarnation = update.incarnation + 1
         self._enqueue(self._update(me))
         if update.status == ALIVE:
             return []  # only an old incarnation of mine going round: gossip will do
-        # Refuted to everyone at once: a suspicion left to gossip could expire first.
-        news = [self._update(me)]
-        return [Tell(peer, news) for peer in self.live_peers()]
+        self._adjust_health(+1)  # Lifeguard: being suspected hints that we are slow
+        # Broadcast: a refutation left to gossip could lose the race with the suspicion.
+        return [Broadcast([self._update(me)])]
+
+    def _adjust_health(self, delta: int) -> None:
+        self.health = min(max(self.health + delta, 0), self.timing.max_health)
 
     def _next_target(self) -> str | None:
         """Round-robin over a shuffled list, reshuffled each full round."""
-        live = set(self.live_peers())
-        self._order = [n for n in self._order if n in live]
-        if not self._order:
-            self._order = sorted(live)
-            self.rng.shuffle(self._order)
-        return self._order.pop(0) if self._order else None
+        while self._order:
+            node = self._order.pop()
+            if self.members[node].status in (ALIVE, SUSPECT):
+                return node
+        self._order = self.live_peers()
+        self.rng.shuffle(self._order)
+        return self._order.pop() if self._order else None
 
     def _update(self, member: Member) -> MemberUpdate:
         meta = member.meta if member.status == ALIVE else None
-        return MemberUpdate(member.node, member.status, member.incarnation, meta)
+        by = member.suspicion.accusers[0] if member.suspicion else ""
+        return MemberUpdate(member.node, member.status, member.incarnation, meta, by)
 
     def _enqueue(self, update: MemberUpdate) -> None:
+        """Queue `update` for piggybacking: it replaces older news of that node, but
+        accusations by different members travel side by side."""
+        if update.status != SUSPECT:
+            for key in [k for k in self._queue if k[0] == update.node]:
+                del self._queue[key]
         times = self.timing.retransmit_mult * math.ceil(math.log10(len(self.members) + 1))
-        self._queue[update.node] = (update, max(times, 1))
+        self._queue[(update.node, update.by)] = (update, max(times, 1))
 
     def _piggyback(self, to: str | None = None) -> list[MemberUpdate]:
         """The updates sent least so far, each counted as one more transmission.
@@ -348,11 +477,11 @@ class Membership:
         told = [self._update(buddy)] if buddy and buddy.status == SUSPECT else []
         chosen = sorted(self._queue.items(), key=lambda item: -item[1][1])
         chosen = chosen[: self.timing.max_piggyback]
-        for node, (update, left) in chosen:
+        for key, (update, left) in chosen:
             if left <= 1:
-                del self._queue[node]
+                del self._queue[key]
             else:
-                self._queue[node] = (update, left - 1)
+                self._queue[key] = (update, left - 1)
         return told + [update for _, (update, _) in chosen if update not in told]
 
 
