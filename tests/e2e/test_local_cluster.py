@@ -104,6 +104,30 @@ def test_status_from_just_a_server_url_finds_every_node(cluster, tmp_path):
     assert all(n["state"] == "up" for n in nodes)
 
 
+def test_members_from_just_a_server_url_shows_that_servers_node(cluster, tmp_path):
+    state, base = cluster
+    ids = {n.name: n.read_id() for n in StateDir(state).nodes()}
+    nowhere = tmp_path / "none"  # no state dir: everything comes from the server
+
+    def members(*args: str) -> dict:
+        return json.loads(colony("members", *args, "--json", state=nowhere).stdout)
+
+    server = f"nats://127.0.0.1:{base + 1}"  # node-2's
+    view = wait_for(
+        lambda: len((v := members("--server", server))["members"]) == 3 and v,
+        20,
+        "node-2 to know all three members",
+    )
+    assert view["observer"] == ids["node-2"]
+    assert {m["node"]: m["status"] for m in view["members"]} == dict.fromkeys(ids.values(), "alive")
+    assert members("node-3", "--server", server)["observer"] == ids["node-3"]  # by name
+    assert members(ids["node-1"], "--server", server)["observer"] == ids["node-1"]  # by id
+    missing = colony("members", "node-9", "--server", server, state=nowhere, check=False)
+    assert missing.returncode == 1
+    assert "no membership service of node 'node-9' answers" in missing.stderr
+    assert "node-1, node-2, node-3" in missing.stderr
+
+
 def test_up_on_a_running_cluster_says_so_and_changes_nothing(cluster):
     state, _ = cluster
     before = [r.pid for n in StateDir(state).nodes() for r in n.records()]

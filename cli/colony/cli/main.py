@@ -38,7 +38,8 @@ EXAMPLES = {
   colony status --server nats://10.0.0.5:4222   any cluster, from one server URL""",
     "members": """examples:
   colony members                 the membership view of the first node that answers
-  colony members node-3 --json   node-3's view, for scripts""",
+  colony members node-3 --json   node-3's view, for scripts
+  colony members --server nats://10.0.0.5:4222   the view of that server's node, no state dir""",
     "logs": """examples:
   colony logs                    the last lines of every process of every node
   colony logs node-2 monitor -f  follow node-2's monitor
@@ -120,7 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     members = verb("members", "Show one node's membership view: who is alive, suspect, dead, left.")
-    members.add_argument("node", nargs="?", help="whose view (name or id; default: the first up)")
+    members.add_argument(
+        "node",
+        nargs="?",
+        help="whose view (name or id; default: the first up, or with --server that server's node)",
+    )
+    members.add_argument(
+        "--server",
+        action="append",
+        type=_nats_url,
+        help="ask through this NATS URL instead of the state dir's nodes (repeatable)",
+    )
     members.set_defaults(func=cmd_members)
 
     for query in (status, members):

@@ -1,10 +1,17 @@
-"""`colony members`: one node's membership view (state, incarnation, age, roles, resources)."""
+"""`colony members`: one node's membership view (state, incarnation, age, roles, resources).
+
+The nodes are those of the state dir, or, with `--server`, whatever answers
+on that NATS server: membership services are found by NATS micro discovery
+(their metadata names their node), and without a NODE the view shown is
+that of the node whose own server it is.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import json
 
 from rich.table import Table
 
@@ -13,12 +20,18 @@ from colony.shared import subjects
 from colony.shared.bus import Bus, BusError, NotConnected, connect
 from colony.shared.config import NatsSettings
 from colony.shared.messages import MembersReply, MembersRequest, to_builtins
-from colony.shared.statedir import NodeDir, StateDir
+from colony.shared.statedir import NodeDir, StateDir, natural_key
 
 STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "dim"}
+DISCOVERY_WINDOW = 0.3
+"""Seconds to collect service discovery replies."""
 
 
 def cmd_members(args: argparse.Namespace) -> int:
+    if args.server:
+        reply = asyncio.run(_ask_servers(args.server, args.node, args.timeout))
+        show(reply, args.json)
+        return 0
     state = StateDir(args.state_dir)
     nodes = state.nodes()
     if args.node:
@@ -34,12 +47,16 @@ def cmd_members(args: argparse.Namespace) -> int:
     reply, asked = asyncio.run(_ask_first(nodes, args.timeout))
     if reply is None:
         fail(f"no membership service answers on {asked}", "is the node up? see `colony status`")
-    if args.json:
+    show(reply, args.json)
+    return 0
+
+
+def show(reply: MembersReply, as_json: bool) -> None:
+    if as_json:
         print_json(to_builtins(reply))
     else:
         out.print(f"membership as seen by [bold]{reply.observer}[/]")
         out.print(table(reply))
-    return 0
 
 
 async def _ask_first(nodes: list[NodeDir], timeout: float) -> tuple[MembersReply | None, str]:
@@ -64,6 +81,86 @@ async def first_view(bus: Bus, node_ids: list[str], timeout: float) -> MembersRe
         with contextlib.suppress(BusError):
             return await bus.request(subjects.members(node_id), MembersRequest(), timeout)
     return None
+
+
+async def _ask_servers(servers: list[str], node: str | None, timeout: float) -> MembersReply:
+    """The view of `node` (id or name), or of the servers' own node, asked through `servers`."""
+    where = ", ".join(servers)
+    try:
+        bus = await connect(
+            NatsSettings(servers=servers, connect_timeout=max(timeout, 0.5)),
+            "colony-members",
+            reconnect=False,
+        )
+    except NotConnected:
+        fail(f"no nats server answers at {where}", "is the cluster running? is the URL right?")
+    try:
+        async with asyncio.timeout(timeout * 3 + 2):  # never hang, whatever the cluster does
+            reply, found = await server_view(bus, servers, node, timeout)
+    except TimeoutError:
+        fail(f"the cluster did not answer within {timeout * 3 + 2:g} s", "try --timeout 5")
+    finally:
+        await bus.close()
+    if reply is None:
+        known = ", ".join(sorted(found.values(), key=natural_key)) or "none"
+        whose = f"of node {node!r} " if node else ""
+        fail(
+            f"no membership service {whose}answers at {where}",
+            f"membership services found: {known}; see `colony status --server {servers[0]}`",
+        )
+    return reply
+
+
+async def server_view(
+    bus: Bus, servers: list[str], node: str | None, timeout: float
+) -> tuple[MembersReply | None, dict[str, str]]:
+    """A view asked over `bus` without a state dir, and the membership nodes found (id -> name).
+
+    With `node`: that node's view, `node` being its id or else its name. Without:
+    every discovered node is asked, and the view of the one whose own server is
+    among `servers` wins (else the first in name order that answers).
+    """
+    if node:
+        with contextlib.suppress(BusError, subjects.SubjectError):  # an id needs no discovery
+            return await bus.request(subjects.members(node), MembersRequest(), timeout), {}
+    found = await membership_nodes(bus)
+    if node:
+        ids = [i for i, name in found.items() if node in (i, name)]
+        return await first_view(bus, ids, timeout), found
+    order = sorted(found, key=lambda i: natural_key(found[i]))
+    views = await asyncio.gather(*(first_view(bus, [i], timeout) for i in order))
+    answered = [v for v in views if v is not None]
+    mine = {_with_port(url) for url in servers}
+    own = next((v for v in answered if _with_port(own_url(v)) in mine), None)
+    return own or next(iter(answered), None), found
+
+
+async def membership_nodes(bus: Bus) -> dict[str, str]:
+    """Node id -> name of every membership service answering NATS micro discovery."""
+    found: dict[str, str] = {}
+    try:
+        replies = await bus.gather(
+            subjects.service_info(f"{subjects.SERVICE_PREFIX}membership"), DISCOVERY_WINDOW
+        )
+    except Exception:
+        return found
+    for reply in replies:
+        try:
+            meta = json.loads(reply.data)["metadata"]
+            found[meta["node"]] = meta.get("node_name") or meta["node"]
+        except (ValueError, KeyError, TypeError):
+            continue  # something else answers on this subject; not ours
+    return found
+
+
+def own_url(view: MembersReply) -> str:
+    """The NATS URL the observer gives for itself (its own server)."""
+    return next((m.meta.nats_url for m in view.members if m.node == view.observer), "")
+
+
+def _with_port(url: str) -> str:
+    """nats://host -> nats://host:4222, so the two spellings compare equal."""
+    return url if url.count(":") > 1 or not url else f"{url}:4222"
 
 
 def table(reply: MembersReply) -> Table:

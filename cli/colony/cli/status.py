@@ -18,15 +18,13 @@ from typing import Any
 import nats.errors
 from rich.table import Table
 
-from colony.cli.members import first_view
+from colony.cli.members import DISCOVERY_WINDOW, first_view
 from colony.cli.output import human_age, human_bytes
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError
 from colony.shared.messages import LatestMetricsRequest, NodeMetrics, to_builtins
 from colony.shared.statedir import natural_key
 
-DISCOVERY_WINDOW = 0.3
-"""Seconds to collect service discovery replies."""
 LAST_HEARD_ATTEMPT = 0.25
 """Seconds one read of a silent node's last sample may take before it is retried."""
 

@@ -43,8 +43,13 @@ class ServerConfig:
     name: str
     ports: ServerPorts
     store_dir: Path
-    routes: list[int] = field(default_factory=list)
+    routes: list[int | str] = field(default_factory=list)
+    """Each member's route: its cluster port on `host`, or "address:port" of a server elsewhere."""
     host: str = "127.0.0.1"
+    route_ping_interval: float | None = None
+    """Seconds between pings on an idle route; a route that misses two is closed (and
+    re-dialled). None: nats-server's default (2 min), fine where a peer that goes away
+    closes its sockets, too slow to notice a cut cable."""
 
     @property
     def url(self) -> str:
@@ -67,10 +72,17 @@ class ServerConfig:
             # no_advertise: clients are not told about the other servers, so a
             # node's services stay on their own node's server. A node whose
             # server is down must look down, not silently hop to a neighbour.
-            routes = ", ".join(f"nats://{self.host}:{port}" for port in self.routes)
+            routes = ", ".join(
+                f"nats://{route}" if isinstance(route, str) else f"nats://{self.host}:{route}"
+                for route in self.routes
+            )
+            pings = ""
+            if self.route_ping_interval is not None:
+                interval = round(self.route_ping_interval * 1000)
+                pings = f'ping_interval: "{interval}ms", ping_max: 2, '
             lines.append(
                 f"cluster {{ name: {CLUSTER_NAME}, listen: {self.host}:{self.ports.cluster}, "
-                f"no_advertise: true, routes: [{routes}] }}"
+                f"no_advertise: true, {pings}routes: [{routes}] }}"
             )
         return "\n".join(lines) + "\n"
 
