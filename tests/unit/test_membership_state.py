@@ -115,7 +115,7 @@ def test_an_indirect_ack_saves_the_target():
 
 def test_suspicion_shrinks_with_independent_accusations_not_with_relays():
     a = member("a")
-    for peer in "bcdefghij":
+    for peer in [*"bcdefghij", *(f"p{i}" for i in range(90))]:  # N = 100
         a.gossip_received(0, peer, [MemberUpdate(peer, ALIVE, 0)])
     lone = Suspicion(0.0, ["c"])
     confirmed = Suspicion(0.0, ["c", "d", "e", "f"])
@@ -123,7 +123,9 @@ def test_suspicion_shrinks_with_independent_accusations_not_with_relays():
     assert a.suspicion_timeout(confirmed) == pytest.approx(
         TIMING.suspicion_min_mult * TIMING.period
     )
-    assert a.suspicion_timeout(lone) == pytest.approx(TIMING.suspicion_max_mult * TIMING.period)
+    assert a.suspicion_timeout(lone) == pytest.approx(
+        TIMING.suspicion_max_mult * 2 * TIMING.period  # · log10(N)
+    )
     a.gossip_received(0, "c", [MemberUpdate("b", SUSPECT, 0, by="c")])
     a.gossip_received(0, "d", [MemberUpdate("b", SUSPECT, 0, by="c")])  # d only passes it on
     assert a.members["b"].suspicion.confirmations == 0
@@ -142,6 +144,30 @@ def test_updates_are_retransmitted_a_bounded_number_of_times():
         [reply] = [i for i in a.ping_received(0, "b", []) if isinstance(i, Reply)]
         carried += sum(u.node == "b" for u in reply.updates)
     assert 1 <= carried <= TIMING.retransmit_mult * 2
+
+
+def test_a_member_that_joins_mid_round_is_probed_within_that_round():
+    a = member("a")
+    peers = [f"p{i}" for i in range(50)]
+    for peer in peers:
+        a.gossip_received(0, peer, [MemberUpdate(peer, ALIVE, 0)])
+    now, probed = 0.0, []
+
+    def probe_once() -> None:
+        nonlocal now
+        while True:
+            now += TIMING.period
+            pings = [i for i in a.tick(now) if isinstance(i, Ping)]
+            if pings:
+                probed.append(pings[0].to)
+                a.ack_received(now, pings[0].to, pings[0].seq, [])
+                return
+
+    probe_once()  # a round of 50 is under way
+    a.gossip_received(now, "new", [MemberUpdate("new", ALIVE, 0)])
+    for _ in range(len(peers)):
+        probe_once()
+    assert "new" in probed  # not left unwatched until the next round (up to 50 periods)
 
 
 def test_a_death_is_broadcast_when_the_suspicion_expires():
@@ -167,7 +193,8 @@ def probe_fails(a: Membership, start: float, nacks: int) -> tuple[Ping, list[Pin
         now += 0.1
         asked = [i for i in a.tick(now) if isinstance(i, PingReq)]
     for _ in range(nacks):
-        a.nack_received(ping.seq)
+        a.nack_received(now, ping.seq)
+    after: list = []
     while a.members[ping.to].status == ALIVE:
         now += 0.1
         after = a.tick(now)
@@ -192,7 +219,8 @@ def test_lifeguard_nacks_from_every_helper_put_the_fault_on_the_target():
     a = member("a")
     for peer in "bcde":
         a.gossip_received(0, peer, [MemberUpdate(peer, ALIVE, 0)])
-    ping, _, _ = probe_fails(a, 0.0, nacks=TIMING.indirect)
+    ping, _, accused_at = probe_fails(a, 0.0, nacks=TIMING.indirect)
+    assert accused_at < TIMING.period  # at the last nack, not at the end of the period
     assert a.health == 0
     assert a.members[ping.to].status == SUSPECT
     assert a.members[ping.to].suspicion.accusers == ["a"]
@@ -247,10 +275,8 @@ class Network:
         """Members whose loop is blocked: what reaches them waits, nothing is answered."""
         self.cut: set[frozenset[str]] = set()
         self.events: dict[str, list[Changed]] = {n: [] for n in names}
-        seed = self.members[names[0]]
-        for m in self.members.values():
-            self._deliver(m, m.gossip_received(0, names[0], seed.full_state()))
-            self._deliver(seed, seed.gossip_received(0, m.me, m.full_state()))
+        for name in names:  # each joins as the service does: by announcing itself
+            self.announce(name)
 
     def reaches(self, a: str, b: str) -> bool:
         return b not in self.down and b not in self.paused and frozenset((a, b)) not in self.cut
@@ -320,7 +346,7 @@ class Network:
                     acked = sender.ack_received(self.now, i.via, i.seq, reply.updates)
                     self._deliver(sender, acked)
                 else:
-                    sender.nack_received(i.seq)
+                    self._deliver(sender, sender.nack_received(self.now, i.seq))
             elif isinstance(i, Tell):
                 self._tell(sender.me, i.to, i.updates)
             elif isinstance(i, Broadcast):

@@ -248,3 +248,6 @@ class MemberView(msgspec.Struct, frozen=True):
 class MembersReply(Message, kw_only=True, frozen=True):
     observer: str
     members: list[MemberView]
+    health: int = 0
+    """The observer's Lifeguard health score: 0 is healthy; higher means it has
+    been missing its own deadlines and has slowed its probing down."""

@@ -123,6 +123,11 @@ def member_announce() -> Subject[Gossip]:
     return Subject(f"{ROOT}.membership.announce", Gossip)
 
 
+def member_traffic() -> str:
+    """Every membership protocol subject, for counting traffic (payloads differ)."""
+    return f"{ROOT}.membership.>"
+
+
 def members(node: str) -> RequestSubject[MembersRequest, MembersReply]:
     """Ask `node` for its view of the group."""
     return RequestSubject(

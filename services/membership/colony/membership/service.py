@@ -143,7 +143,7 @@ class MembershipService:
             MemberView(m.node, m.status, m.incarnation, m.meta, round(now - m.changed_at, 3))
             for m in sorted(self._core.members.values(), key=lambda m: m.node)
         ]
-        return MembersReply(observer=self._core.me, members=views)
+        return MembersReply(observer=self._core.me, members=views, health=self._core.health)
 
     async def _on_metrics(self, sample: NodeMetrics) -> None:
         """The node's free resources ride with its membership, updated without flooding."""
@@ -192,7 +192,7 @@ class MembershipService:
             )
         except RemoteError as e:
             if e.code == NACK:
-                self._core.nack_received(req.seq)
+                self._execute(self._core.nack_received(self._now(), req.seq))
             return
         self._execute(self._core.ack_received(self._now(), req.via, req.seq, self._heard(ack)))
 

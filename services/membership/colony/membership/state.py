@@ -54,7 +54,7 @@ class Timing:
     indirect: int = 3
     """Members asked to probe indirectly (k); also the accusers that confirm a suspicion."""
     suspicion_min_mult: float = 5.0
-    suspicion_max_mult: float = 6.0
+    suspicion_max_mult: float = 4.0
     """Suspicion lasts from max_mult · log10(N) · period down to min_mult · period
     as independent accusations arrive (`indirect` of them bring it to the
     minimum). The minimum outlasts a member blocked for 2 s, which must refute,
@@ -301,10 +301,12 @@ class Membership:
             self._adjust_health(-1)
         return out
 
-    def nack_received(self, seq: int) -> None:
+    def nack_received(self, now: float, seq: int) -> list[Instruction]:
         """A ping-req helper could not reach the target of probe `seq` either."""
-        if self._probe and self._probe.seq == seq:
-            self._probe.nacks += 1
+        if not (self._probe and self._probe.seq == seq):
+            return []
+        self._probe.nacks += 1
+        return self._escalate(now)
 
     def gossip_received(
         self, now: float, sender: str, updates: list[MemberUpdate]
@@ -320,15 +322,18 @@ class Membership:
     ) -> list[Instruction]:
         """`sender` announces itself (joining, or back after a restart).
 
-        Take it in, and tell it about ourselves, so it learns its peers, and
+        Take it in; and, as one of about `indirect` members chosen at random
+        (every member hears the announcement: all answering would flood it),
+        tell it about ourselves, so it learns a peer to push-pull with, and
         what we know of it, so a restarted member hears of its past life
-        (dead or left at a higher incarnation) and refutes it.
+        (dead or left at a higher incarnation) and refutes it. A member that
+        nobody answered announces itself again next period.
         """
         if sender == self.me:
             return []
         out = self.gossip_received(now, sender, [u for u in updates if u.node == sender])
         known = self.members.get(sender)
-        if known is None:
+        if known is None or self.rng.random() * len(self.members) > self.timing.indirect:
             return out
         return [*out, Tell(sender, [self._update(self.members[self.me]), self._update(known)])]
 
@@ -350,7 +355,8 @@ class Membership:
     # --- the rules --------------------------------------------------------------
 
     def _escalate(self, now: float) -> list[Instruction]:
-        """The probe under way: ask helpers after the probe timeout, accuse at the deadline."""
+        """The probe under way: ask helpers after the probe timeout; accuse at the
+        deadline, or as soon as every helper has said it cannot reach the target."""
         probe = self._probe
         if probe is None:
             return []
@@ -362,7 +368,8 @@ class Membership:
             probe.helpers = len(chosen)
             left = probe.deadline - now
             out += [PingReq(v, probe.target, probe.seq, self._piggyback(), left) for v in chosen]
-        if now < probe.deadline or now < self._patient_until:
+        all_nacked = probe.helpers and probe.nacks == probe.helpers
+        if (now < probe.deadline and not all_nacked) or now < self._patient_until:
             return out
         self._probe = None
         # Lifeguard: helpers that nacked were reachable and could not reach the
@@ -372,8 +379,12 @@ class Membership:
         target = self.members.get(probe.target)
         if target is None or target.status not in (ALIVE, SUSPECT):
             return out
+        if target.suspicion and self.me in target.suspicion.accusers:
+            return out  # accused it already
         accusation = MemberUpdate(target.node, SUSPECT, target.incarnation, by=self.me)
-        return out + self._apply(accusation, now, self.me)
+        # Broadcast: every member's suspicion then counts every accuser at once
+        # (confirmations left to gossip would arrive after the timeout shrank).
+        return [*out, *self._apply(accusation, now, self.me), Broadcast([accusation])]
 
     def _expire_suspicions(self, now: float) -> list[Instruction]:
         out: list[Instruction] = []
@@ -396,6 +407,7 @@ class Membership:
             member = Member(update.node, ALIVE, update.incarnation, update.meta or NodeMeta(), now)
             self.members[update.node] = member
             self._enqueue(self._update(member))
+            self._add_to_round(update.node)
             return [Changed(update.node, ALIVE, update.incarnation, None, source)]
         if not _wins(update, current):
             s = current.suspicion
@@ -418,6 +430,8 @@ class Membership:
         self._enqueue(self._update(current))
         if previous == current.status:
             return []  # same status, newer incarnation or metadata: gossip it, no event
+        if previous in (DEAD, LEFT):
+            self._add_to_round(current.node)  # back: probe it this round
         current.changed_at = now
         return [Changed(update.node, update.status, update.incarnation, previous, source)]
 
@@ -451,6 +465,12 @@ class Membership:
         self._order = self.live_peers()
         self.rng.shuffle(self._order)
         return self._order.pop() if self._order else None
+
+    def _add_to_round(self, node: str) -> None:
+        """A member that joined (or came back) is probed this round, not after it:
+        at a random place, so it is not probed by everyone at once. A round
+        lasts N periods: waiting for the next one would leave it unwatched."""
+        self._order.insert(self.rng.randint(0, len(self._order)), node)
 
     def _update(self, member: Member) -> MemberUpdate:
         meta = member.meta if member.status == ALIVE else None
