@@ -55,7 +55,12 @@ def show(reply: MembersReply, as_json: bool) -> None:
     if as_json:
         print_json(to_builtins(reply))
     else:
-        out.print(f"membership as seen by [bold]{reply.observer}[/]")
+        health = (
+            "healthy"
+            if reply.health == 0
+            else f"[yellow]health {reply.health}: probing {reply.health + 1}x slower[/]"
+        )
+        out.print(f"membership as seen by [bold]{reply.observer}[/] ({health})")
         out.print(table(reply))
 
 

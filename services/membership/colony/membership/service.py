@@ -6,14 +6,13 @@ subjects; tells are plain publishes; broadcasts are one publish on the news
 subject, which the server fans out to every member; every state change is
 published as a change event. Until it knows a peer, the member announces
 itself on the announce subject each period (that is how a node joins knowing
-only a NATS URL); each member that hears it adds it and tells it who it is,
-and a push-pull brings the rest.
+only a NATS URL); every member that hears it adds it, a few tell it who they
+are, and a push-pull with the first of them brings the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 
 import msgspec
@@ -219,9 +218,19 @@ class MembershipService:
         await self._bus.publish(subjects.member_changes(change.node), event)
 
     def _spawn(self, work) -> None:
-        task = asyncio.get_running_loop().create_task(_quietly(work))
+        task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        """One protocol exchange ended: an unanswered one is what the protocol expects."""
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error and not isinstance(error, BusError | TimeoutError):
+            assert self.ctx is not None
+            self.ctx.log.error("protocol exchange failed", exc_info=error)
 
     # --- helpers -------------------------------------------------------------------
 
@@ -268,9 +277,3 @@ class MembershipService:
     def _bus(self):
         assert self.ctx is not None
         return self.ctx.bus
-
-
-async def _quietly(work) -> None:
-    """Run one protocol exchange: an unanswered one is what the protocol expects."""
-    with contextlib.suppress(BusError, TimeoutError):
-        await work
