@@ -235,23 +235,33 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(state, tmp_path):
             process.kill()
 
 
-def test_every_other_member_marks_a_killed_node_dead(state):
+def test_a_killed_node_is_dead_to_every_other_member_and_up_brings_it_back(state):
     up(state, free_base_port(3), nodes=3)
     victim = StateDir(state).node("node-3")
     victim_id = victim.read_id()
 
-    def view(of: str) -> dict[str, str]:
+    def view(of: str) -> dict[str, tuple[str, int]]:
         reply = json.loads(colony("members", of, "--json", state=state).stdout)
-        return {m["node"]: m["status"] for m in reply["members"]}
+        return {m["node"]: (m["status"], m["incarnation"]) for m in reply["members"]}
 
     wait_for(lambda: len(view("node-1")) == 3, 20, "node-1 to know all three members")
     for process in (SUPERVISOR, NATS, "monitor", "membership"):  # supervisor first
         os.kill(victim.record(process).pid, signal.SIGKILL)
     wait_for(
-        lambda: view("node-1")[victim_id] == view("node-2")[victim_id] == "dead",
+        lambda: view("node-1")[victim_id][0] == view("node-2")[victim_id][0] == "dead",
         20,
         "node-1 and node-2 to mark node-3 dead",
     )
     nodes = status(state)
     assert nodes["node-3"]["member"] == "dead"
     assert nodes["node-1"]["member"] == nodes["node-2"]["member"] == "alive"
+    _, died_at = view("node-1")[victim_id]
+
+    restarted = colony("up", state=state)  # starts the down node, leaves the rest alone
+    assert "restarted node-3" in restarted.stdout
+    wait_for(
+        lambda: all(view(n)[victim_id][0] == "alive" for n in ("node-1", "node-2", "node-3")),
+        30,
+        "every member to see node-3 alive again",
+    )
+    assert view("node-1")[victim_id][1] > died_at  # it came back outbidding its death

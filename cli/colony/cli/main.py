@@ -22,13 +22,16 @@ from colony.cli.status import gather, table
 from colony.shared import __version__
 from colony.shared.bus import NotConnected, connect
 from colony.shared.config import NatsSettings
-from colony.shared.statedir import DEFAULT_STATE_DIR, SUPERVISOR, StateDir
+from colony.shared.statedir import DEFAULT_STATE_DIR, SUPERVISOR, NodeDir, StateDir
 
 EXAMPLES = {
     "up": """examples:
   colony up                      3 nodes on ports 4222.., in the foreground (Ctrl-C stops)
   colony up --nodes 5 --detach   5 nodes in the background; stop with `colony down`
-  colony up --base-port 14222    move every port (clients, routes, monitoring, metrics)""",
+  colony up --base-port 14222    move every port (clients, routes, monitoring, metrics)
+
+On a cluster that is running but for some nodes (killed, crashed), `colony up`
+starts those nodes again on their own state and leaves the rest alone.""",
     "down": """examples:
   colony down                    stop the cluster of ./.colony
   colony down --state-dir /tmp/c stop the cluster kept in /tmp/c""",
@@ -177,12 +180,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     live = cluster.running(state)
     if live:
-        down = [n.name for n in state.nodes() if n.name not in {m.name for m in live}]
+        down = [n for n in state.nodes() if n.name not in {m.name for m in live}]
         if down:
-            fail(
-                f"the cluster in {state.path}/ is only partly running: {', '.join(down)} down",
-                "restart it whole: `colony down`, then `colony up`",
-            )
+            return _restart(state, down, args.timeout)
         out.print(
             f"The cluster in {state.path}/ is already running "
             f"({', '.join(n.name for n in live)}); nothing changed.\n"
@@ -240,6 +240,34 @@ def cmd_up(args: argparse.Namespace) -> int:
         out.print("\nstopping…")
         stopped = cluster.down(state)
         out.print(f"stopped {len(stopped)} processes")
+    return 0
+
+
+def _restart(state: StateDir, nodes: list[NodeDir], timeout: float) -> int:
+    """Start again the down nodes of a running cluster, on their own state."""
+    names = ", ".join(n.name for n in nodes)
+    stray = [r for n in nodes for r in n.records() if r.group_alive()]
+    if stray:
+        pids = ", ".join(f"{r.name} (pid {r.pid})" for r in stray)
+        fail(f"{names}: processes of its last run are still alive: {pids}", "stop them first")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    started = time.monotonic()
+    try:
+        for node_dir in nodes:
+            cluster.start_supervisor(node_dir)
+        with err.status(f"restarting {names}") as spinner:
+            asyncio.run(cluster.wait_ready(state, nodes, timeout, spinner.update))
+    except KeyboardInterrupt:
+        cluster.down(state, nodes=nodes)
+        fail(f"interrupted; stopped {names} again", code=130)
+    except (cluster.ClusterError, NotConnected) as e:
+        cluster.down(state, nodes=nodes)
+        fail(f"{names} did not become ready: {e}", f"see `colony logs {nodes[0].name}`")
+    out.print(
+        f"[green]✓[/] restarted {names} in {time.monotonic() - started:.1f} s; "
+        "the rest of the cluster was running.\n  see it: colony status"
+    )
     return 0
 
 

@@ -213,12 +213,13 @@ async def wait_ready(
 
     bus = await connect(NatsSettings(servers=servers(state)), "colony-up", reconnect=False)
     try:
-        await _ensure_metrics_stream(bus, replicas=min(3, len(node_dirs)), deadline=deadline)
+        replicas = min(3, len(state.nodes()))
+        await _ensure_metrics_stream(bus, replicas=replicas, deadline=deadline)
         expected = {n.node_id for n in node_dirs}
         seen: set[str] = set()
         sub = await bus.subscribe(subjects.node_metrics(subjects.ANY))
         progress(f"waiting for metrics from {len(expected)} nodes")
-        while seen != expected:
+        while expected - seen:  # the nodes of a running cluster publish too
             check_supervisors()
             try:
                 sample = await sub.next(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
@@ -259,14 +260,17 @@ def _nats_http(node_dir: NodeDir) -> str:
     raise ClusterError(f"{node_dir.nats_conf} has no http line")
 
 
-def down(state: StateDir, timeout: float = 10.0) -> list[ProcessRecord]:
-    """Stop every recorded process of every node; return those that were running.
+def down(
+    state: StateDir, timeout: float = 10.0, nodes: list[NodeDir] | None = None
+) -> list[ProcessRecord]:
+    """Stop every recorded process of every node (or of `nodes`); return those that were running.
 
     Supervisors get SIGTERM and stop their children in order; whatever is
     still recorded and alive after that (a supervisor killed with -9 leaves
     its children behind) is killed by process group.
     """
-    was_running = leftovers(state)
+    nodes = state.nodes() if nodes is None else nodes
+    was_running = [r for n in nodes for r in n.records() if r.group_alive()]
     supervisors = [r for r in was_running if r.name == SUPERVISOR and r.alive()]
     for record in supervisors:
         with contextlib.suppress(ProcessLookupError):  # it may have just exited
@@ -274,7 +278,7 @@ def down(state: StateDir, timeout: float = 10.0) -> list[ProcessRecord]:
     deadline = time.monotonic() + timeout
     while any(r.alive() for r in supervisors) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for node_dir in state.nodes():
+    for node_dir in nodes:
         for record in node_dir.records():
             if record.group_alive():
                 _kill_group(record)
