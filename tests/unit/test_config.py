@@ -183,7 +183,7 @@ def test_unknown_key_from_env():
 
 def test_unknown_section_lists_the_known_sections(tmp_path):
     path = write(tmp_path, "[bogus]\nx = 1\n")
-    assert "unknown key (known keys: log, monitor, nats, node)" in load_error(path)
+    assert "unknown key (known keys: consensus, log, monitor, nats, node)" in load_error(path)
 
 
 def test_a_key_where_a_section_belongs(tmp_path):

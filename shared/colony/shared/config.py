@@ -75,6 +75,15 @@ class MonitorSettings(_Section):
     """Prometheus text endpoint (GET /metrics); 0 picks a free port."""
 
 
+class ConsensusSettings(_Section):
+    voters: list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")]] = []
+    """Node ids of the Raft voters (1, 3 or 5 of them), the same list on every node."""
+    secret_file: str = ""
+    """File holding the cluster secret that signs Raft frames (kept out of this config)."""
+    propose_timeout: Positive = 5.0
+    """Seconds a proposal may wait to be committed before it is answered 'no quorum'."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -85,6 +94,7 @@ class Config(_Section):
     nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
     monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    consensus: ConsensusSettings = msgspec.field(default_factory=ConsensusSettings)
 
     @property
     def node_name(self) -> str:

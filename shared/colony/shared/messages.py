@@ -251,3 +251,106 @@ class MembersReply(Message, kw_only=True, frozen=True):
     health: int = 0
     """The observer's Lifeguard health score: 0 is healthy; higher means it has
     been missing its own deadlines and has slowed its probing down."""
+
+
+# --- consensus -------------------------------------------------------------------
+# Commands are only ever appended: a kind's tag and meaning never change, so an
+# old log entry means the same thing to every version that applies it.
+
+
+class KvPut(msgspec.Struct, tag="kv.put", frozen=True):
+    """Set `key` to `value` (the debug key-value table)."""
+
+    key: str
+    value: str
+
+
+class KvDelete(msgspec.Struct, tag="kv.delete", frozen=True):
+    key: str
+
+
+class KvCas(msgspec.Struct, tag="kv.cas", frozen=True):
+    """Set `key` to `value` only if it now holds `expected` (None: only if absent)."""
+
+    key: str
+    expected: str | None
+    value: str
+
+
+class Barrier(msgspec.Struct, tag="barrier", frozen=True):
+    """Changes nothing: once applied here, this replica has every earlier commit."""
+
+
+Command = KvPut | KvDelete | KvCas | Barrier
+
+
+class Proposal(msgspec.Struct, frozen=True):
+    id: str
+    """Idempotency key, chosen by the proposer: a retried id gets the first result
+    back and is never applied twice."""
+    command: Command
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What applying one proposal did."""
+
+    ok: bool
+    value: str | None = None
+    """For kv commands: the key's value after the command."""
+    version: int = 0
+    """For kv commands: the key's version after the command (0: absent)."""
+    error: str = ""
+    """Why it was refused (ok is False): the command was valid but did not apply."""
+
+
+class ProposeRequest(Message, kw_only=True, frozen=True):
+    """Commit these proposals, in order, in one log entry; reply once committed and applied."""
+
+    proposals: list[Proposal]
+
+
+class ProposeReply(Message, kw_only=True, frozen=True):
+    index: int
+    """The Raft log index that holds the batch."""
+    outcomes: list[Outcome]
+
+
+class QueryRequest(Message, kw_only=True, frozen=True):
+    """Read a key: linearizable by default (a barrier committed first), or this replica's copy."""
+
+    key: str
+    stale: bool = False
+
+
+class QueryReply(Message, kw_only=True, frozen=True):
+    key: str
+    value: str | None
+    version: int
+    """0 when the key is absent."""
+    index: int
+    """The log index this replica had applied when it read."""
+
+
+class ConsensusStatusRequest(Message, kw_only=True, frozen=True):
+    """Ask a voter for its view of the Raft group."""
+
+
+class VoterView(msgspec.Struct, frozen=True):
+    node: str
+    connected: bool
+    """Heard from lately (always true for the answering voter itself)."""
+    match_index: int | None = None
+    """Known only to the leader: the last index this voter has stored."""
+    lag: int | None = None
+    """Known only to the leader: commit index - match index."""
+
+
+class ConsensusStatus(Message, kw_only=True, frozen=True):
+    node: str
+    role: Literal["leader", "follower", "candidate"]
+    leader: str | None
+    term: int
+    commit_index: int
+    applied_index: int
+    has_quorum: bool
+    voters: list[VoterView]

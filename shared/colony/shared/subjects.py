@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from colony.shared.messages import (
+    ConsensusStatus,
+    ConsensusStatusRequest,
     Gossip,
     LatestMetricsRequest,
     MemberChanged,
@@ -20,6 +22,10 @@ from colony.shared.messages import (
     MembersRequest,
     NodeMetrics,
     PingReqRequest,
+    ProposeReply,
+    ProposeRequest,
+    QueryReply,
+    QueryRequest,
 )
 
 P = TypeVar("P")
@@ -138,6 +144,37 @@ def members(node: str) -> RequestSubject[MembersRequest, MembersReply]:
 def member_changes(node: str) -> Subject[MemberChanged]:
     """Change events about `node` (ANY: about every node)."""
     return Subject(f"{ROOT}.changes.member.{token(node, 'node id', wildcard=True)}", MemberChanged)
+
+
+# --- consensus ---------------------------------------------------------------
+
+
+def raft_frames(node: str) -> str:
+    """Where voter `node` receives Raft frames (signed bytes, not our structs)."""
+    return f"{ROOT}.consensus.raft.{token(node, 'node id')}"
+
+
+def propose(node: str) -> RequestSubject[ProposeRequest, ProposeReply]:
+    """Ask voter `node` to commit proposals (a follower hands them to the leader)."""
+    return RequestSubject(
+        f"{ROOT}.consensus.propose.{token(node, 'node id')}", ProposeRequest, ProposeReply
+    )
+
+
+def query(node: str) -> RequestSubject[QueryRequest, QueryReply]:
+    """Ask voter `node` to read from the management database."""
+    return RequestSubject(
+        f"{ROOT}.consensus.query.{token(node, 'node id')}", QueryRequest, QueryReply
+    )
+
+
+def consensus_status(node: str) -> RequestSubject[ConsensusStatusRequest, ConsensusStatus]:
+    """Ask voter `node` for its view of the Raft group."""
+    return RequestSubject(
+        f"{ROOT}.consensus.status.{token(node, 'node id')}",
+        ConsensusStatusRequest,
+        ConsensusStatus,
+    )
 
 
 # --- JetStream streams -------------------------------------------------------

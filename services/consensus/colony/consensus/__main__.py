@@ -1,11 +1,5 @@
-"""`python -m colony.consensus`: wired to the runner; its behaviour arrives with its issue."""
-
-from colony.shared.runner import Unbuilt, main
+from colony.consensus.service import ConsensusService
+from colony.shared.runner import main
 
 if __name__ == "__main__":
-    main(
-        Unbuilt(
-            "consensus",
-            "Raft among the voters, the replicated management database and the manager lease",
-        )
-    )
+    main(ConsensusService())

@@ -1,0 +1,181 @@
+"""A snake_case adapter over pysyncobj: one voter's Raft replica of the management database.
+
+pysyncobj stays in this module. Its tick thread applies committed entries to
+the `Machine` and calls back; `commit` turns that callback into an awaitable
+on the service's loop (`call_soon_threadsafe`). Its snapshots (log
+compaction, and catching up a voter that fell too far behind) are SQLite
+online backups of the database, not pickles of Python objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.node import Node
+
+from colony.consensus import frames
+from colony.consensus.machine import Machine
+from colony.consensus.transport import Link, NatsTransport
+from colony.shared.messages import Outcome
+
+
+@dataclass(frozen=True)
+class Timers:
+    """Raft's timers, tuned for a LAN (pysyncobj's defaults suit slow WANs)."""
+
+    append_entries: float = 0.01
+    election_min: float = 0.15
+    election_max: float = 0.4
+    leader_fallback: float = 1.0
+    """A leader cut off from its majority steps down after this (pysyncobj: 30 s)."""
+    tick: float = 0.005
+    compaction_entries: int = 20_000
+    compaction_seconds: float = 300
+
+
+class NotCommitted(Exception):
+    """The entry was not committed; `retry` says whether trying again may succeed."""
+
+    def __init__(self, reason: str, retry: bool = True) -> None:
+        super().__init__(reason)
+        self.retry = retry
+
+
+_REASONS = {
+    FAIL_REASON.QUEUE_FULL: "too many proposals waiting",
+    FAIL_REASON.MISSING_LEADER: "no leader: no quorum of voters can be reached",
+    FAIL_REASON.DISCARDED: "the leader changed before it was committed",
+    FAIL_REASON.NOT_LEADER: "this voter is not the leader",
+    FAIL_REASON.LEADER_CHANGED: "the leader changed",
+    FAIL_REASON.REQUEST_DENIED: "refused by the leader",
+}
+
+
+class _Replica(SyncObj):
+    def __init__(self, machine: Machine, me: str, peers: list[str], conf, link: Link) -> None:
+        self._machine = machine
+        transport = functools.partial(NatsTransport, link=link)
+        super().__init__(me, peers, conf, nodeClass=Node, transportClass=transport)
+
+    @replicated
+    def _apply_entry(self, entry: bytes) -> tuple[int, list[Outcome] | None]:
+        index = self.raftLastApplied + 1  # pysyncobj counts it applied after this returns
+        return index, self._machine.apply(index, entry)
+
+
+class Replica:
+    """One voter: commit entries, read its state, report the group."""
+
+    def __init__(
+        self, me: str, voters: list[str], state_dir: Path, link: Link, timers: Timers = Timers()
+    ) -> None:
+        self.me = me
+        self.machine = Machine(state_dir / "management.db")
+        self._loop = asyncio.get_running_loop()
+        conf = SyncObjConf(
+            autoTick=True,
+            autoTickPeriod=timers.tick,
+            appendEntriesPeriod=timers.append_entries,
+            raftMinTimeout=timers.election_min,
+            raftMaxTimeout=timers.election_max,
+            leaderFallbackTimeout=timers.leader_fallback,
+            journalFile=str(state_dir / "raft.journal"),
+            fullDumpFile=str(state_dir / "raft.snapshot"),
+            serializer=self._save_snapshot,
+            deserializer=self._load_snapshot,
+            useFork=False,  # never fork a threaded asyncio process
+            logCompactionMinEntries=timers.compaction_entries,
+            logCompactionMinTime=timers.compaction_seconds,
+            appendEntriesBatchSizeBytes=frames.MAX_FRAME // 2,
+        )
+        peers = [v for v in voters if v != me]
+        self._raft = _Replica(self.machine, me, peers, conf, link)
+
+    async def commit(self, entry: bytes, timeout: float) -> tuple[int, list[Outcome] | None]:
+        """Append `entry` through the leader; return (log index, outcomes) once applied here."""
+        future = self._loop.create_future()
+
+        def done(result, error) -> None:  # on pysyncobj's thread
+            self._loop.call_soon_threadsafe(_settle, future, result, error)
+
+        self._raft._apply_entry(entry, callback=done)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise NotCommitted(
+                f"not committed within {timeout:g} s (no quorum?); it may still commit"
+            ) from None
+
+    # --- views --------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self._raft._isLeader()
+
+    def status(self) -> dict:
+        """pysyncobj's status, with node objects turned into ids."""
+        raw = self._raft.getStatus()
+        leader = raw.get("leader")
+        return {
+            "role": {0: "follower", 1: "candidate", 2: "leader"}.get(raw["state"], "follower"),
+            "leader": leader.id if leader is not None else None,
+            "term": raw["raft_term"],
+            "commit_index": raw["commit_idx"],
+            "applied_index": raw["last_applied"],
+            "has_quorum": bool(raw["has_quorum"]),
+            "connected": {
+                k.removeprefix("partner_node_status_server_"): v == 2
+                for k, v in raw.items()
+                if k.startswith("partner_node_status_server_")
+            },
+            "match_index": {
+                k.removeprefix("match_idx_server_"): v
+                for k, v in raw.items()
+                if k.startswith("match_idx_server_")
+            },
+        }
+
+    def destroy(self) -> None:
+        self._raft.destroy()
+        self.machine.close()
+
+    # --- snapshots (called on pysyncobj's thread) -----------------------------------
+
+    def _save_snapshot(self, path: str, raft_state) -> None:
+        """The database copy, with pysyncobj's own bookkeeping (last entries) inside it."""
+        last_entry, previous_entry, _cluster = raft_state
+        self.machine.save(Path(path))
+        meta = frames.dumps((last_entry, previous_entry))
+        with sqlite3.connect(path) as copy:
+            copy.execute("CREATE TABLE raft_snapshot (meta BLOB NOT NULL)")
+            copy.execute("INSERT INTO raft_snapshot VALUES (?)", (meta,))
+        copy.close()
+
+    def _load_snapshot(self, path: str):
+        with sqlite3.connect(path) as copy:
+            (meta,) = copy.execute("SELECT meta FROM raft_snapshot").fetchone()
+            (snapshot_applied,) = copy.execute(
+                "SELECT value FROM meta WHERE name = 'last_applied'"
+            ).fetchone() or (0,)
+        copy.close()
+        last_entry, previous_entry = frames.loads(meta)
+        if snapshot_applied > self.machine.last_applied:  # else ours is newer: keep it
+            self.machine.load(Path(path))
+            self.machine.db.execute("DROP TABLE IF EXISTS raft_snapshot")
+        return last_entry, previous_entry, set()
+
+
+def _settle(future: asyncio.Future, result, error) -> None:
+    if future.done():
+        return
+    if error == FAIL_REASON.SUCCESS:
+        future.set_result(result)
+    else:
+        reason = _REASONS.get(error, f"pysyncobj error {error}")
+        future.set_exception(NotCommitted(reason, retry=error != FAIL_REASON.REQUEST_DENIED))

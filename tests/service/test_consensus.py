@@ -1,0 +1,138 @@
+"""Three Raft voters against a real nats-server: commit, read, idempotency, bad input, failover."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+
+from colony.consensus.service import ConsensusService
+from colony.shared import runner, subjects
+from colony.shared.bus import BusError, RemoteError
+from colony.shared.config import ConsensusSettings
+from colony.shared.messages import (
+    ConsensusStatusRequest,
+    KvCas,
+    KvPut,
+    Proposal,
+    ProposeRequest,
+    QueryRequest,
+    new_id,
+)
+from colony.shared.testing import poll
+
+VOTERS = ["v1", "v2", "v3"]
+
+
+class Voters:
+    """Voters running in this process, each stoppable on its own."""
+
+    def __init__(self, nats_server, tmp_path) -> None:
+        self.server = nats_server
+        self.secret = tmp_path / "secret"
+        self.secret.write_text("a-cluster-secret-for-tests")
+        self.stops: dict[str, asyncio.Event] = {}
+        self.tasks: dict[str, asyncio.Task[int]] = {}
+
+    def start(self, node: str) -> None:
+        config = self.server.node_config(node)
+        config.consensus = ConsensusSettings(voters=VOTERS, secret_file=str(self.secret))
+        self.stops[node] = asyncio.Event()
+        self.tasks[node] = asyncio.create_task(
+            runner.run(ConsensusService(), config, stop=self.stops[node])
+        )
+
+    async def stop(self, node: str) -> None:
+        self.stops[node].set()
+        assert await asyncio.wait_for(self.tasks.pop(node), runner.SHUTDOWN_GRACE) == 0
+
+
+@pytest.fixture
+async def voters(nats_server, tmp_path):
+    group = Voters(nats_server, tmp_path)
+    for node in VOTERS:
+        group.start(node)
+    yield group
+    for node in list(group.tasks):
+        await group.stop(node)
+
+
+async def status(bus, node: str):
+    try:
+        return await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
+    except BusError:
+        return None
+
+
+async def leader(bus, among=VOTERS) -> str | None:
+    views = [await status(bus, n) for n in among]
+    leaders = {v.leader for v in views if v is not None}
+    return leaders.pop() if len(leaders) == 1 and None not in leaders else None
+
+
+async def put(bus, via: str, key: str, value: str, id: str | None = None):
+    request = ProposeRequest(proposals=[Proposal(id or new_id(), KvPut(key, value))])
+    return await bus.request(subjects.propose(via), request, timeout=6)
+
+
+async def get(bus, via: str, key: str, stale: bool = False):
+    return await bus.request(subjects.query(via), QueryRequest(key=key, stale=stale), 6)
+
+
+async def test_a_write_through_any_voter_is_read_back_through_every_other(voters, bus):
+    await poll(lambda: leader(bus), 20, "the voters to agree on a leader")
+    chief = await leader(bus)
+    follower = next(n for n in VOTERS if n != chief)
+    reply = await put(bus, follower, "colour", "blue")
+    assert reply.outcomes[0].ok and reply.outcomes[0].version == 1 and reply.index > 0
+    for node in VOTERS:
+        read = await get(bus, node, "colour")
+        assert (read.value, read.version) == ("blue", 1)
+        assert read.index > reply.index  # the read's barrier came after the write
+    view = await status(bus, chief)
+    assert view.role == "leader" and view.has_quorum and len(view.voters) == 3
+
+
+async def test_a_retried_proposal_is_applied_once(voters, bus):
+    await poll(lambda: leader(bus), 20, "a leader")
+    first = await put(bus, "v1", "k", "one", id="req-1")
+    again = await put(bus, "v2", "k", "one", id="req-1")
+    assert again.outcomes == first.outcomes
+    assert (await get(bus, "v3", "k")).version == 1
+    cas = ProposeRequest(proposals=[Proposal(new_id(), KvCas("k", "stale", "two"))])
+    refused = (await bus.request(subjects.propose("v3"), cas, 6)).outcomes[0]
+    assert not refused.ok and refused.value == "one"
+
+
+async def test_bad_proposals_and_forged_frames_are_refused_and_nothing_applies(voters, bus):
+    await poll(lambda: leader(bus), 20, "a leader")
+    with pytest.raises(RemoteError, match="1 to 512 proposals"):
+        await bus.request(subjects.propose("v1"), ProposeRequest(proposals=[]), 6)
+    unknown = b'{"proposals": [{"id": "x", "command": {"type": "kv.explode", "key": "k"}}]}'
+    reply = await bus.nc.request(subjects.propose("v1").name, unknown, timeout=6)
+    assert reply.headers and reply.headers.get("Nats-Service-Error-Code") == "400"
+    before = (await status(bus, "v1")).commit_index
+    forged = b"\0" * 32 + msgspec.json.encode({"type": "append_entries"})
+    await bus.nc.publish(subjects.raft_frames("v1"), forged)
+    await bus.nc.flush()
+    assert (await get(bus, "v1", "kv.explode")).value is None
+    assert (await status(bus, "v1")).commit_index >= before  # still serving, still committing
+
+
+async def test_writes_survive_the_leader_stopping_and_resume_under_a_new_one(voters, bus):
+    await poll(lambda: leader(bus), 20, "a leader")
+    first = await leader(bus)
+    acknowledged = [await put(bus, first, f"k{i}", str(i)) for i in range(20)]
+    await voters.stop(first)
+    survivors = [n for n in VOTERS if n != first]
+
+    async def new_leader() -> bool:
+        return await leader(bus, survivors) in survivors
+
+    await poll(new_leader, 20, "a new leader among the survivors")
+    after = await put(bus, survivors[0], "after", "yes")
+    assert after.outcomes[0].ok
+    for node in survivors:
+        for i, reply in enumerate(acknowledged):
+            assert (await get(bus, node, f"k{i}", stale=True)).value == str(i), reply
