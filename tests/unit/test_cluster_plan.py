@@ -2,6 +2,7 @@
 
 import socket
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -70,7 +71,11 @@ def test_write_nodes_writes_each_nodes_files(tmp_path):
     state = StateDir(tmp_path / "state")
     node_dirs = write_nodes(state, plan(2, BASE))
     assert [n.name for n in node_dirs] == ["node-1", "node-2"]
-    assert tomllib.loads(state.cluster_file.read_text()) == {"nodes": 2, "base_port": BASE}
+    assert tomllib.loads(state.cluster_file.read_text()) == {
+        "nodes": 2,
+        "base_port": BASE,
+        "voters": 1,
+    }
 
     second = node_dirs[1]
     config = load(second.config_file, env={})
@@ -80,6 +85,11 @@ def test_write_nodes_writes_each_nodes_files(tmp_path):
     assert config.node.dir == str(second.path.resolve())
     assert config.nats.servers == ["nats://127.0.0.1:20001"]
     assert config.monitor.http_port == 25001
+    first = load(node_dirs[0].config_file, env={})
+    assert config.consensus.voters == first.consensus.voters == [node_dirs[0].node_id]
+    assert first.node.roles == ["voter"] and config.node.roles == []
+    secret = Path(config.consensus.secret_file)
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) == 64
 
     conf = second.nats_conf.read_text()
     assert f'server_name: "{second.node_id}"' in conf
@@ -118,3 +128,12 @@ def test_an_invalid_hand_edited_config_names_the_file(tmp_path):
     assert message.startswith("invalid config node.capacity_cpu = -1")
     assert f"(in {node_dir.config_file})" in message
     assert message.endswith("(fix it, or delete the file to start over)")
+
+
+def test_voters_are_the_first_nodes_and_an_odd_count_of_at_most_the_nodes():
+    assert [p.voter for p in plan(5, BASE)] == [True, True, True, False, False]
+    assert [p.voter for p in plan(2, BASE)] == [True, False]
+    assert all(p.voter for p in plan(5, BASE, voters=5))
+    for nodes, voters in ((5, 2), (3, 5), (5, 4), (5, 0)):
+        with pytest.raises(ClusterError, match="--voters must be 1, 3 or 5"):
+            plan(nodes, BASE, voters)

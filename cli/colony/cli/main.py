@@ -16,18 +16,21 @@ from pathlib import Path
 
 from colony.bootstrapper import cluster
 from colony.cli import logs
+from colony.cli.kv import cmd_kv
 from colony.cli.members import cmd_members
 from colony.cli.output import err, fail, out, print_json
-from colony.cli.status import gather, table
+from colony.cli.status import gather, raft, raft_line, table
 from colony.shared import __version__
 from colony.shared.bus import NotConnected, connect
 from colony.shared.config import NatsSettings
+from colony.shared.messages import to_builtins
 from colony.shared.statedir import DEFAULT_STATE_DIR, SUPERVISOR, NodeDir, StateDir
 
 EXAMPLES = {
     "up": """examples:
   colony up                      3 nodes on ports 4222.., in the foreground (Ctrl-C stops)
   colony up --nodes 5 --detach   5 nodes in the background; stop with `colony down`
+  colony up --nodes 5 --voters 5 every node a Raft voter (default: the first 3)
   colony up --base-port 14222    move every port (clients, routes, monitoring, metrics)
 
 On a cluster that is running but for some nodes (killed, crashed), `colony up`
@@ -43,6 +46,12 @@ starts those nodes again on their own state and leaves the rest alone.""",
   colony members                 the membership view of the first node that answers
   colony members node-3 --json   node-3's view, for scripts
   colony members --server nats://10.0.0.5:4222   the view of that server's node, no state dir""",
+    "kv": """examples:
+  colony kv put colour blue      commit through Raft; prints the key's version and log index
+  colony kv get colour           linearizable read (a barrier is committed first)
+  colony kv get colour --stale   one voter's copy, no round through the leader
+  colony kv delete colour
+  colony kv get colour --json    for scripts: value, version, log index""",
     "logs": """examples:
   colony logs                    the last lines of every process of every node
   colony logs node-2 monitor -f  follow node-2's monitor
@@ -105,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first client port; the others follow it "
         f"(default: {cluster.DEFAULT_BASE_PORT}, or as last time)",
     )
+    up.add_argument(
+        "--voters",
+        type=int,
+        help="how many nodes run a Raft voter: 1, 3 or 5 (default: 3, 1 below 3 nodes, "
+        "or as last time); they are the first nodes",
+    )
     up.add_argument("--detach", "-d", action="store_true", help="return once the cluster is ready")
     up.add_argument(
         "--timeout", type=_seconds, default=60, help="seconds to wait for ready (default: 60)"
@@ -142,6 +157,41 @@ def build_parser() -> argparse.ArgumentParser:
         query.add_argument(
             "--timeout", type=_seconds, default=1.0, help="seconds to wait for a node (default: 1)"
         )
+
+    kv = verb("kv", "Write and read the management database's debug key-value table.")
+    kv_verbs = kv.add_subparsers(dest="kv_verb", required=True, metavar="put|get|delete")
+    for name, summary in (
+        ("put", "set KEY to VALUE (committed through Raft before it answers)"),
+        ("get", "print KEY's value (linearizable unless --stale)"),
+        ("delete", "remove KEY"),
+    ):
+        sub = kv_verbs.add_parser(name, help=summary, description=summary)
+        sub.add_argument("key")
+        if name == "put":
+            sub.add_argument("value")
+        if name == "get":
+            sub.add_argument(
+                "--stale", action="store_true", help="read one voter's copy, without a barrier"
+            )
+        sub.add_argument(
+            "--server",
+            action="append",
+            type=_nats_url,
+            help="ask through this NATS URL instead of the state dir's nodes (repeatable)",
+        )
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        sub.add_argument(
+            "--timeout",
+            type=_seconds,
+            default=10.0,
+            help="seconds to keep retrying while no leader answers (default: 10)",
+        )
+        sub.set_defaults(func=cmd_kv)
+        # also after the verb (`colony kv get k --state-dir D`), without resetting it
+        sub.add_argument(
+            "--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+    kv.set_defaults(func=cmd_kv)
 
     log = verb("logs", "Show (or follow) the logs of a cluster's processes.")
     log.add_argument("node", nargs="?", help="node name or id (default: all nodes)")
@@ -201,27 +251,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"{len(taken)} port(s) already in use: {', '.join(taken)}",
             "stop what uses them, or move the cluster with --base-port",
         )
-    # From here on, whatever stops this command stops what it started.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
     started = time.monotonic()
-    try:
-        node_dirs = cluster.write_nodes(state, plans)
-        for node_dir in node_dirs:
-            cluster.start_supervisor(node_dir)
-        with err.status(f"starting {nodes} nodes") as spinner:
-            asyncio.run(
-                cluster.wait_ready(
-                    state, node_dirs, args.timeout, lambda text: spinner.update(text)
-                )
-            )
-    except KeyboardInterrupt:
-        cluster.down(state)
-        fail("interrupted; stopped what had started", code=130)
-    except (cluster.ClusterError, NotConnected) as e:
-        cluster.down(state)
-        logs_dir = state.path / "nodes" / "*" / "logs"
-        fail(f"the cluster did not become ready: {e}", f"see the logs in {logs_dir}; stopped all")
+    node_dirs = cluster.write_nodes(state, plans)
+    _start_and_wait(state, node_dirs, args.timeout, f"starting {nodes} nodes", state.nodes())
     try:
         out.print(
             f"[green]✓[/] {nodes} nodes ready in {time.monotonic() - started:.1f} s "
@@ -246,24 +278,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _restart(state: StateDir, nodes: list[NodeDir], timeout: float) -> int:
     """Start again the down nodes of a running cluster, on their own state."""
     names = ", ".join(n.name for n in nodes)
-    stray = [r for n in nodes for r in n.records() if r.group_alive()]
-    if stray:
-        pids = ", ".join(f"{r.name} (pid {r.pid})" for r in stray)
-        fail(f"{names}: processes of its last run are still alive: {pids}", "stop them first")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    cluster.down(state, nodes=nodes)  # what a dead supervisor left behind is an orphan
+    plans = {p.name: p for p in cluster.plan_of(state)}
+    taken = cluster.ports_taken([plans[n.name] for n in nodes if n.name in plans])
+    if taken:
+        fail(f"{names} cannot start: port(s) in use: {', '.join(taken)}", "stop what uses them")
     started = time.monotonic()
-    try:
-        for node_dir in nodes:
-            cluster.start_supervisor(node_dir)
-        with err.status(f"restarting {names}") as spinner:
-            asyncio.run(cluster.wait_ready(state, nodes, timeout, spinner.update))
-    except KeyboardInterrupt:
-        cluster.down(state, nodes=nodes)
-        fail(f"interrupted; stopped {names} again", code=130)
-    except (cluster.ClusterError, NotConnected) as e:
-        cluster.down(state, nodes=nodes)
-        fail(f"{names} did not become ready: {e}", f"see `colony logs {nodes[0].name}`")
+    _start_and_wait(state, nodes, timeout, f"restarting {names}", nodes)
     out.print(
         f"[green]✓[/] restarted {names} in {time.monotonic() - started:.1f} s; "
         "the rest of the cluster was running.\n  see it: colony status"
@@ -271,20 +292,43 @@ def _restart(state: StateDir, nodes: list[NodeDir], timeout: float) -> int:
     return 0
 
 
+def _start_and_wait(
+    state: StateDir, nodes: list[NodeDir], timeout: float, doing: str, owned: list[NodeDir]
+) -> None:
+    """Start the nodes' supervisors and wait until ready; on failure or an interrupt,
+    stop `owned` (whatever this command started) and exit saying why."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    try:
+        for node_dir in nodes:
+            cluster.start_supervisor(node_dir)
+        with err.status(doing) as spinner:
+            asyncio.run(cluster.wait_ready(state, nodes, timeout, spinner.update))
+    except KeyboardInterrupt:
+        cluster.down(state, nodes=owned)
+        fail("interrupted; stopped what had started", code=130)
+    except (cluster.ClusterError, NotConnected) as e:
+        cluster.down(state, nodes=owned)
+        logs_dir = state.path / "nodes" / "*" / "logs"
+        fail(f"not ready: {e}", f"see the logs in {logs_dir}; stopped what had started")
+
+
 def _interrupt(_signal: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def _cluster_plan(state: StateDir, args: argparse.Namespace) -> list[cluster.NodePlan]:
-    """Node count and base port: as asked, else as this state dir had them, else defaults."""
+    """Nodes, base port, voters: as asked, else as this state dir had them, else defaults."""
     previous = cluster.previous_shape(state)
     existing = len(state.nodes())
-    nodes, base_port = args.nodes, args.base_port
+    nodes, base_port, voters = args.nodes, args.base_port, args.voters
     if nodes is None:
         nodes = previous.nodes if previous else max(existing, 3)
     if base_port is None:
         base_port = previous.base_port if previous else cluster.DEFAULT_BASE_PORT
-    plans = cluster.plan(nodes, base_port)  # rejects impossible counts and ports
+    if voters is None and previous and previous.voters and previous.voters <= nodes:
+        voters = previous.voters
+    plans = cluster.plan(nodes, base_port, voters)  # rejects impossible counts and ports
     if nodes < existing:
         fail(
             f"{state.path}/ holds {existing} nodes; cannot start only {nodes}",
@@ -321,16 +365,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"no cluster in {state.path}/ and no --server given",
             "start one with `colony up`, or point at one with --server nats://HOST:PORT",
         )
-    nodes = asyncio.run(_status(servers, known, args.timeout))
-    if nodes is None:
+    found = asyncio.run(_status(servers, known, args.timeout))
+    if found is None:
         fail(
             f"no nats server answers at {', '.join(servers)}",
             "is the cluster running? start it with `colony up`",
         )
+    nodes, leader = found
     if args.json:
-        print_json({"nodes": [n.to_json() for n in nodes]})
+        consensus = to_builtins(leader) if leader else None
+        print_json({"nodes": [n.to_json() for n in nodes], "consensus": consensus})
     else:
         out.print(table(nodes))
+        out.print(raft_line(leader, nodes))
     return 0
 
 
@@ -342,7 +389,8 @@ async def _status(servers: list[str], known: dict[str, tuple[str, str]], timeout
         return None
     try:
         async with asyncio.timeout(timeout * 4 + 2):  # never hang, whatever the cluster does
-            return await gather(bus, known, timeout)
+            nodes = await gather(bus, known, timeout)
+            return nodes, await raft(bus, nodes, timeout)
     except TimeoutError:
         fail(f"the cluster did not answer within {timeout * 4 + 2:g} s", "try --timeout 5")
     finally:

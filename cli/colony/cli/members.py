@@ -128,7 +128,7 @@ async def server_view(
     if node:
         with contextlib.suppress(BusError, subjects.SubjectError):  # an id needs no discovery
             return await bus.request(subjects.members(node), MembersRequest(), timeout), {}
-    found = await membership_nodes(bus)
+    found = await service_nodes(bus)
     if node:
         ids = [i for i, name in found.items() if node in (i, name)]
         return await first_view(bus, ids, timeout), found
@@ -140,12 +140,12 @@ async def server_view(
     return own or next(iter(answered), None), found
 
 
-async def membership_nodes(bus: Bus) -> dict[str, str]:
-    """Node id -> name of every membership service answering NATS micro discovery."""
+async def service_nodes(bus: Bus, service: str = "membership") -> dict[str, str]:
+    """Node id -> name of every `service` answering NATS micro discovery."""
     found: dict[str, str] = {}
     try:
         replies = await bus.gather(
-            subjects.service_info(f"{subjects.SERVICE_PREFIX}membership"), DISCOVERY_WINDOW
+            subjects.service_info(f"{subjects.SERVICE_PREFIX}{service}"), DISCOVERY_WINDOW
         )
     except Exception:
         return found

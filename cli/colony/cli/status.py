@@ -22,7 +22,13 @@ from colony.cli.members import DISCOVERY_WINDOW, first_view
 from colony.cli.output import human_age, human_bytes
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError
-from colony.shared.messages import LatestMetricsRequest, NodeMetrics, to_builtins
+from colony.shared.messages import (
+    ConsensusStatus,
+    ConsensusStatusRequest,
+    LatestMetricsRequest,
+    NodeMetrics,
+    to_builtins,
+)
 from colony.shared.statedir import natural_key
 
 LAST_HEARD_ATTEMPT = 0.25
@@ -42,6 +48,8 @@ class NodeStatus:
     """Seconds since its newest sample was taken."""
     member: str = ""
     """Its membership status (alive, suspect, dead, left) in the first reachable node's view."""
+    raft: str = ""
+    """Its Raft role if it is a voter (leader, follower, candidate; down if silent)."""
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -52,6 +60,7 @@ class NodeStatus:
             "reachable": self.reachable,
             "services": self.services,
             "member": self.member or None,
+            "raft": self.raft or None,
             "last_heard_seconds": _round(self.last_heard),
             "age_seconds": _round(time.time() - self.metrics.node_started)
             if self.metrics
@@ -156,9 +165,63 @@ async def _services(bus: Bus) -> dict[str, list[str]]:
     return found
 
 
+async def raft(bus: Bus, nodes: list[NodeStatus], timeout: float) -> ConsensusStatus | None:
+    """Set each voter's Raft role; return the leader's view of the group (None: no leader)."""
+    voters = {n.id for n in nodes if "consensus" in n.services}
+    views = await asyncio.gather(*(_raft_view(bus, v, timeout) for v in sorted(voters)))
+    answered = {v.node: v for v in views if v is not None}
+    leader = next((v for v in answered.values() if v.role == "leader"), None)
+    everyone = {v.node for v in leader.voters} if leader else voters
+    for node in nodes:
+        if node.id in everyone:
+            node.raft = answered[node.id].role if node.id in answered else "down"
+    return leader
+
+
+async def _raft_view(bus: Bus, node_id: str, timeout: float) -> ConsensusStatus | None:
+    try:
+        return await bus.request(
+            subjects.consensus_status(node_id), ConsensusStatusRequest(), timeout=timeout
+        )
+    except BusError:
+        return None
+
+
+def raft_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> str:
+    """One line for people: who leads, the term, the commit index, each voter's lag."""
+    if not any(n.raft for n in nodes):
+        return "raft: no voters"
+    if leader is None:
+        return "[red]raft: no leader[/] (a majority of the voters must be up to elect one)"
+    names = {n.id: n.name for n in nodes}
+    voters = []
+    for v in leader.voters:
+        name = names.get(v.node, v.node)
+        if v.node == leader.node:
+            voters.append(f"{name} (leader)")
+        elif not v.connected:
+            voters.append(f"[red]{name} (unreachable)[/]")
+        else:
+            voters.append(f"{name} (lag {v.lag})" if v.lag is not None else name)
+    return (
+        f"raft: leader [bold]{names.get(leader.node, leader.node)}[/], term {leader.term}, "
+        f"commit index {leader.commit_index}; voters: {', '.join(voters)}"
+    )
+
+
 def table(nodes: list[NodeStatus]) -> Table:
     grid = Table(box=None, header_style="bold", pad_edge=False)
-    columns = ["NODE", "ID", "STATE", "MEMBER", "NATS", "SERVICES", "CPU FREE/CAP", "MEM FREE/CAP"]
+    columns = [
+        "NODE",
+        "ID",
+        "STATE",
+        "MEMBER",
+        "RAFT",
+        "NATS",
+        "SERVICES",
+        "CPU FREE/CAP",
+        "MEM FREE/CAP",
+    ]
     for column in columns:
         grid.add_column(column, no_wrap=True)
     grid.add_column("HOST CPU", justify="right")
@@ -181,5 +244,8 @@ def table(nodes: list[NodeStatus]) -> Table:
             ]
         services = ", ".join(node.services) or "-"
         member = node.member or "-"
-        grid.add_row(node.name, node.id, state, member, node.nats_url or "-", services, *figures)
+        role = {"leader": "[bold]leader[/]", "down": "[red]down[/]"}.get(node.raft, node.raft)
+        grid.add_row(
+            node.name, node.id, state, member, role or "-", node.nats_url or "-", services, *figures
+        )
     return grid

@@ -15,21 +15,24 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 import psutil
 import tomli_w
 
 from colony.shared import natsd, subjects
-from colony.shared.bus import Bus, connect
+from colony.shared.bus import Bus, BusError, connect
 from colony.shared.config import Config, ConfigError, NatsSettings, load
 from colony.shared.config import dumps as dump_config
+from colony.shared.messages import ConsensusStatusRequest
 from colony.shared.statedir import SUPERVISOR, NodeDir, ProcessRecord, StateDir
 
 DEFAULT_BASE_PORT = 4222
@@ -47,6 +50,8 @@ class ClusterError(Exception):
 class NodePlan:
     name: str
     ports: dict[str, int]
+    voter: bool = False
+    """Runs a Raft voter (consensus)."""
 
     @property
     def server(self) -> natsd.ServerPorts:
@@ -54,16 +59,33 @@ class NodePlan:
         return natsd.ServerPorts(p["client"], p["routes"], p["nats-http"])
 
 
-def plan(nodes: int, base_port: int = DEFAULT_BASE_PORT) -> list[NodePlan]:
+def default_voters(nodes: int) -> int:
+    """3 voters (a majority survives one loss), or 1 when there are fewer than 3 nodes."""
+    return 3 if nodes >= 3 else 1
+
+
+def plan(
+    nodes: int, base_port: int = DEFAULT_BASE_PORT, voters: int | None = None
+) -> list[NodePlan]:
     if not 1 <= nodes <= MAX_NODES:
         raise ClusterError(f"--nodes must be between 1 and {MAX_NODES}, not {nodes}")
+    voters = default_voters(nodes) if voters is None else voters
+    if voters not in (1, 3, 5) or voters > nodes:
+        raise ClusterError(
+            f"--voters must be 1, 3 or 5 and at most --nodes ({nodes}), not {voters}: "
+            "an odd count keeps a majority through a split"
+        )
     top = base_port + max(PORT_OFFSETS.values()) + nodes - 1
     if base_port < 1024 or top > 65535:
         raise ClusterError(
             f"--base-port {base_port} puts ports outside 1024-65535 (the highest would be {top})"
         )
     return [
-        NodePlan(f"node-{i + 1}", {kind: base_port + off + i for kind, off in PORT_OFFSETS.items()})
+        NodePlan(
+            f"node-{i + 1}",
+            {kind: base_port + off + i for kind, off in PORT_OFFSETS.items()},
+            voter=i < voters,
+        )
         for i in range(nodes)
     ]
 
@@ -73,6 +95,14 @@ class Shape(msgspec.Struct, forbid_unknown_fields=True):
 
     nodes: int
     base_port: int
+    voters: int | None = None
+    """None in a cluster.toml written before voters existed: the default then."""
+
+
+def plan_of(state: StateDir) -> list[NodePlan]:
+    """The plan of the state dir's cluster as `colony up` last formed it (none: empty)."""
+    shape = previous_shape(state)
+    return plan(shape.nodes, shape.base_port, shape.voters) if shape else []
 
 
 def previous_shape(state: StateDir) -> Shape | None:
@@ -119,10 +149,12 @@ def leftovers(state: StateDir) -> list[ProcessRecord]:
 def write_nodes(state: StateDir, plans: list[NodePlan]) -> list[NodeDir]:
     """Write each node's config and nats.conf; keep ids and hand-edited capacity/labels."""
     state.path.mkdir(parents=True, exist_ok=True)
-    state.cluster_file.write_text(
-        tomli_w.dumps({"nodes": len(plans), "base_port": plans[0].ports["client"]})
-    )
+    voters = sum(p.voter for p in plans)
+    shape = {"nodes": len(plans), "base_port": plans[0].ports["client"], "voters": voters}
+    state.cluster_file.write_text(tomli_w.dumps(shape))
     routes = [p.ports["routes"] for p in plans]
+    voter_ids = [state.node(p.name).node_id for p in plans if p.voter]
+    secret = cluster_secret(state)
     node_dirs = []
     for node in plans:
         node_dir = state.node(node.name)
@@ -141,6 +173,13 @@ def write_nodes(state: StateDir, plans: list[NodePlan]) -> list[NodeDir]:
                 config.nats, servers=[f"nats://127.0.0.1:{node.ports['client']}"]
             ),
             monitor=msgspec.structs.replace(config.monitor, http_port=node.ports["metrics"]),
+            consensus=msgspec.structs.replace(
+                config.consensus, voters=voter_ids, secret_file=str(secret.resolve())
+            ),
+        )
+        roles = [r for r in config.node.roles if r != "voter"] + (["voter"] if node.voter else [])
+        config = msgspec.structs.replace(
+            config, node=msgspec.structs.replace(config.node, roles=roles)
         )
         node_dir.config_file.write_text(dump_config(config))
         server = natsd.ServerConfig(
@@ -149,6 +188,16 @@ def write_nodes(state: StateDir, plans: list[NodePlan]) -> list[NodeDir]:
         node_dir.nats_conf.write_text(server.render())
         node_dirs.append(node_dir)
     return node_dirs
+
+
+def cluster_secret(state: StateDir) -> Path:
+    """The file of the secret that signs Raft frames: made once, readable by its owner only."""
+    path = state.path / "cluster.secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    return path
 
 
 def _existing_config(node_dir: NodeDir) -> Config:
@@ -230,8 +279,44 @@ async def wait_ready(
                     missing = ", ".join(sorted(expected - seen))
                     raise ClusterError(f"no metrics from {missing} within {timeout:g} s") from None
         await sub.stop()
+        await _wait_for_raft_leader(bus, voters_of(state), deadline, progress, check_supervisors)
     finally:
         await bus.close()
+
+
+def voters_of(state: StateDir) -> list[str]:
+    """The voter ids the state dir's nodes are configured with."""
+    for node_dir in state.nodes():
+        if node_dir.config_file.exists():
+            return _existing_config(node_dir).consensus.voters
+    return []
+
+
+async def _wait_for_raft_leader(
+    bus: Bus, voters: list[str], deadline: float, progress, check_supervisors
+) -> None:
+    """Until every voter answers and all name the same leader."""
+    if not voters:
+        return
+    progress(f"waiting for the {len(voters)} voters to elect a Raft leader")
+    while True:
+        check_supervisors()
+        leaders = set()
+        for voter in voters:
+            try:
+                view = await bus.request(
+                    subjects.consensus_status(voter), ConsensusStatusRequest(), 0.5
+                )
+                leaders.add(view.leader)
+            except BusError:
+                leaders.add(None)
+        if len(leaders) == 1 and None not in leaders:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                "the voters elected no Raft leader in time; see their consensus logs"
+            )
+        await asyncio.sleep(0.1)
 
 
 async def _ensure_metrics_stream(bus: Bus, replicas: int, deadline: float) -> None:

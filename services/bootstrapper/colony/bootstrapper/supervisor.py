@@ -28,6 +28,8 @@ from colony.shared.statedir import NATS, SUPERVISOR, NodeDir, ProcessRecord
 log = logging.getLogger("colony.bootstrapper")
 
 SERVICES = ["monitor", "membership"]
+VOTER_SERVICES = ["consensus"]
+"""Run only on the nodes listed in consensus.voters."""
 """Services every node runs. Consensus, curator and snapshotter join this
 list once they do something (no idle placeholder processes)."""
 
@@ -44,11 +46,12 @@ class Child:
     argv: list[str]
 
 
-def children(node_dir: NodeDir) -> list[Child]:
+def children(node_dir: NodeDir, config: Config) -> list[Child]:
     """What a node runs, in start order."""
+    names = SERVICES + (VOTER_SERVICES if config.node.id in config.consensus.voters else [])
     services = [
         Child(name, [sys.executable, "-m", f"colony.{name}", "--config", str(node_dir.config_file)])
-        for name in SERVICES
+        for name in names
     ]
     return [Child(NATS, [natsd.binary(), "-c", str(node_dir.nats_conf)]), *services]
 
@@ -64,7 +67,7 @@ class Supervisor:
         self.node_dir = node_dir
         self.config = config
         self.policy = policy or RestartPolicy()
-        self.children = run or children(node_dir)
+        self.children = run or children(node_dir, config)
         """What it runs, in start order: the nats-server first, then the services."""
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.stopping = asyncio.Event()

@@ -1,0 +1,65 @@
+"""`colony kv`: the management database's debug key-value table, through consensus.
+
+Exercises the whole write path (propose -> Raft commit -> apply on every
+voter) and the read path (a barrier-backed linearizable read, or `--stale`
+from one voter's copy) from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from colony.bootstrapper.cluster import voters_of
+from colony.cli.members import service_nodes
+from colony.cli.output import fail, out, print_json
+from colony.shared.bus import NotConnected, connect
+from colony.shared.config import NatsSettings
+from colony.shared.management import Management, ManagementError
+from colony.shared.messages import KvDelete, KvPut, to_builtins
+from colony.shared.statedir import StateDir
+
+
+def cmd_kv(args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(_run(args))
+    except ManagementError as e:
+        hint = "is a majority of the voters up? see `colony status`" if e.retryable else None
+        fail(str(e), hint)
+    if args.json:
+        print_json(to_builtins(result))
+    elif args.kv_verb == "get":
+        if result.value is None:
+            fail(f"{args.key!r} is not set", code=1)
+        out.print(result.value, markup=False, highlight=False)
+    else:
+        [outcome] = result.outcomes
+        out.print(f"{args.key}: version {outcome.version} (log index {result.index})")
+    return 0
+
+
+async def _run(args: argparse.Namespace):
+    state = StateDir(args.state_dir)
+    servers = args.server or [url for n in state.nodes() if (url := n.nats_url())]
+    if not servers:
+        fail(f"no cluster in {state.path}/", "start one with `colony up`, or pass --server URL")
+    try:
+        bus = await connect(
+            NatsSettings(servers=servers, connect_timeout=2.0), "colony-kv", reconnect=False
+        )
+    except NotConnected:
+        fail(f"no nats server answers at {', '.join(servers)}", "is the cluster running?")
+    try:
+        voters = (
+            voters_of(state) if not args.server else sorted(await service_nodes(bus, "consensus"))
+        )
+        if not voters:
+            fail("no Raft voters found", "is consensus running? see `colony status`")
+        client = Management(bus, voters, timeout=args.timeout)
+        if args.kv_verb == "get":
+            return await client.get(args.key, stale=args.stale)
+        if args.kv_verb == "put":
+            return await client.propose(KvPut(args.key, args.value))
+        return await client.propose(KvDelete(args.key))
+    finally:
+        await bus.close()

@@ -1,0 +1,76 @@
+"""A client of the management database: proposals and reads through any voter, retried.
+
+Any voter takes a proposal (a follower hands it to the leader). While the
+group has no leader, or the voter asked is down, the client tries the next
+voter with a short backoff until its deadline; the proposals keep their ids,
+so a retry of a proposal that did commit is answered with its first outcome,
+never applied twice. Bad input (400) is not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from colony.shared import subjects
+from colony.shared.bus import Bus, BusError, RemoteError
+from colony.shared.messages import (
+    Command,
+    Proposal,
+    ProposeReply,
+    ProposeRequest,
+    QueryReply,
+    QueryRequest,
+    new_id,
+)
+
+
+class ManagementError(Exception):
+    """The request could not be answered: the message says why (last voter's answer)."""
+
+    def __init__(self, reason: str, retryable: bool) -> None:
+        super().__init__(reason)
+        self.retryable = retryable
+
+
+class Management:
+    def __init__(self, bus: Bus, voters: list[str], timeout: float = 10.0) -> None:
+        if not voters:
+            raise ValueError("no voters to ask: is consensus configured (consensus.voters)?")
+        self.bus = bus
+        self.voters = list(voters)
+        self.timeout = timeout
+        self._next = 0
+
+    async def propose(self, *commands: Command, ids: list[str] | None = None) -> ProposeReply:
+        """Commit `commands` in one log entry, in order; ids default to fresh ones."""
+        ids = ids or [new_id() for _ in commands]
+        request = ProposeRequest(
+            proposals=[Proposal(i, c) for i, c in zip(ids, commands, strict=True)]
+        )
+        return await self._ask(subjects.propose, request)
+
+    async def get(self, key: str, stale: bool = False) -> QueryReply:
+        """Read `key`: linearizable, or (stale) whatever the voter asked holds now."""
+        return await self._ask(subjects.query, QueryRequest(key=key, stale=stale))
+
+    async def _ask(self, subject_of, request):
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
+        while True:
+            voter = self.voters[self._next % len(self.voters)]
+            left = deadline - time.monotonic()
+            try:
+                timeout = min(max(left, 0.1), 6.0)  # a hung voter must not eat it all
+                return await self.bus.request(subject_of(voter), request, timeout=timeout)
+            except RemoteError as e:
+                if e.code == 400:
+                    raise ManagementError(str(e), retryable=False) from None
+                last = e
+            except BusError as e:  # no responders, timeout: that voter is down
+                last = e
+            self._next += 1
+            if time.monotonic() + delay >= deadline:
+                raise ManagementError(f"no voter could answer: {last}", retryable=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
