@@ -51,18 +51,25 @@ def start_workers(url: str, size: int) -> list[subprocess.Popen[bytes]]:
     ]
 
 
-async def observers(bus, node: str, status: str, expected: int, timeout: float) -> float:
-    """Seconds until `expected` distinct members have reported `node` as `status`."""
+async def observers(
+    bus, node: str, status: str, expected: int, timeout: float, ready: asyncio.Event
+) -> float:
+    """When (monotonic) `expected` distinct members have reported `node` as `status`.
+
+    Sets `ready` once the server has the subscription: from then on no report
+    can be missed, so the caller may start (or kill) the member.
+    """
     seen: set[str] = set()
     sub = await bus.subscribe(subjects.member_changes(node))
-    started = time.monotonic()
+    await bus.nc.flush()
+    ready.set()
     try:
         async with asyncio.timeout(timeout):
             async for event in sub:
                 if event.status == status and event.observer != node:
                     seen.add(event.observer)
                     if len(seen) >= expected:
-                        return time.monotonic() - started
+                        return time.monotonic()
     except TimeoutError:
         return float("nan")
     finally:
@@ -127,15 +134,20 @@ async def measure(size: int, workdir: Path) -> dict[str, list[float] | float]:
             settings = server.node_config(name)
             settings.log.level = "warning"  # its 200 "member changed" lines are not figures
             config.write_text(dumps(settings))
-            joined = asyncio.create_task(observers(bus, name, "alive", size, 60))
+            ready = asyncio.Event()
+            joined = asyncio.create_task(observers(bus, name, "alive", size, 60, ready))
+            await ready.wait()
             argv = [sys.executable, "-m", "colony.membership", "--config", str(config)]
+            launched = time.monotonic()
             victim = subprocess.Popen(argv)  # noqa: ASYNC220 (starting it does not block)
-            joins.append(await joined)
-            died = asyncio.create_task(observers(bus, name, "dead", size, 60))
-            await asyncio.sleep(0.2)
+            joins.append(await joined - launched)
+            ready = asyncio.Event()
+            died = asyncio.create_task(observers(bus, name, "dead", size, 60, ready))
+            await ready.wait()
+            killed = time.monotonic()
             victim.kill()
             victim.wait()
-            failures.append(await died)
+            failures.append(await died - killed)
             print(
                 f"N={size} trial {trial + 1}: join {joins[-1]:.2f} s, failure {failures[-1]:.2f} s",
                 file=sys.stderr,
@@ -212,21 +224,23 @@ def run() -> str:
         f"| {soaked['suspect']} | {soaked['members']} | {soaked['dead']} "
         f"| {soaked['rate']:.1f} | {'yes' if soaked['alive'] else 'no'} |"
     )
+    cores = os.cpu_count()
     return f"""N members in {WORKERS} worker processes (N/{WORKERS} each, one event loop
 per process), plus the measured member alone in its own process; one
-nats-server; loopback; 2 cores shared by all of it; default `Timing`
-(period 0.5 s). {TRIALS} trials per N: the member is started (join: until
-all N have reported it alive), then killed with -9 (failure: until all N
-have reported it dead). Messages are counted on the membership subjects
-over {COUNT_WINDOW:g} s, sent plus received, replies and fan-out included.
+nats-server; loopback; the machine's {cores} cores shared by all of it; default
+`Timing` (period 0.5 s). {TRIALS} trials per N: the member is started (join:
+from launching its process, Python's start included, until all N have
+reported it alive), then killed with -9 (failure: from the kill until all N
+have reported it dead). Messages are counted on the membership subjects over
+{COUNT_WINDOW:g} s, sent plus received, replies and fan-out included.
 
 | N | join p50 | join p99 | failure p50 | failure p99 | msgs/s per member |
 |---|---|---|---|---|---|
 {table}
 
 Soak: {SOAK_SIZE} members for {SOAK_SECONDS:g} s, placed as above, with one of the
-2 cores kept busy by a spinning process; nobody is killed, so every verdict
-is a false positive.
+{cores} cores kept busy by a spinning process; nobody is killed, so every
+verdict is a false positive.
 
 | suspicions (refuted) | members suspected | false deaths | msgs/s per member | all alive after |
 |---|---|---|---|---|

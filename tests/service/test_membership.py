@@ -137,13 +137,15 @@ async def test_a_killed_member_is_declared_dead_and_rejoins_with_a_higher_incarn
 async def test_a_member_stopped_for_2_s_is_suspected_but_refutes_and_never_dies(m9, bus):
     process = m9
     changes = await bus.subscribe(subjects.member_changes("m9"))
+    before = await incarnation(bus, "m1", "m9")
     process.send_signal(signal.SIGSTOP)  # its loop blocked: it neither answers nor ticks
     await asyncio.sleep(2)  # the fault itself lasts 2 s; nothing is awaited here
     process.send_signal(signal.SIGCONT)
 
     async def refuted() -> bool:
         views_alive = await everyone_sees(bus, ["m1", "m2"], {"m9": "alive"})
-        return views_alive and min([await incarnation(bus, n, "m9") for n in ("m1", "m2")]) > 0
+        now = [await incarnation(bus, n, "m9") for n in ("m1", "m2")]
+        return views_alive and min(now) > before
 
     await poll(refuted, 20, "m9 to refute the suspicion")
     # Any death verdict would have been at the incarnation it just outbid, so

@@ -11,11 +11,11 @@ PORTS = natsd.ServerPorts(4222, 6222, 8222)
 
 
 def accepted(config: natsd.ServerConfig, tmp_path: Path) -> bool:
+    """Does nats-server itself accept the rendered config (`-t`: test it and exit)?"""
     conf = tmp_path / "nats.conf"
     conf.write_text(config.render())
     done = subprocess.run([natsd.binary(), "-t", "-c", str(conf)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return True
+    return done.returncode == 0
 
 
 def test_routes_on_other_hosts_with_fast_route_pings(tmp_path):

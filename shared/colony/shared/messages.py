@@ -213,7 +213,8 @@ class Gossip(Message, kw_only=True, frozen=True):
 
 
 class PingReqRequest(Message, kw_only=True, frozen=True):
-    """Ask a member to probe `target` for `sender`; it answers with the target's ack."""
+    """Ask a member to probe `target` for `sender`: it answers with the target's ack, or
+    with a 504 error (a nack) if the target did not answer it either."""
 
     sender: str
     target: str

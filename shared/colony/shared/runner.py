@@ -79,17 +79,33 @@ class Context:
     log: logging.Logger
     micro: nats.micro.Service
     endpoints: list[str] = field(default_factory=list)
+    _requests: set[asyncio.Task[None]] = field(default_factory=set)
+    """Requests being answered concurrently (kept so they are not collected)."""
 
     async def serve(
-        self, subject: RequestSubject[Q, R], handler: Callable[[Q], Awaitable[R]]
+        self,
+        subject: RequestSubject[Q, R],
+        handler: Callable[[Q], Awaitable[R]],
+        concurrent: bool = False,
     ) -> None:
         """Answer requests on `subject` with `handler`, as a micro endpoint (with stats).
 
         A request that does not decode gets a 400 error reply; a handler that
-        raises gets a 500. Either way the service keeps serving.
+        raises gets a 500. Either way the service keeps serving. Requests are
+        handled one after another, unless `concurrent`: then each runs in its
+        own task, for handlers that wait on something else (a probe, a commit)
+        and must not hold up the requests behind them.
         """
 
         async def endpoint(request: Request) -> None:
+            if concurrent:
+                task = asyncio.get_running_loop().create_task(answer(request))
+                self._requests.add(task)
+                task.add_done_callback(self._answered)
+            else:
+                await answer(request)
+
+        async def answer(request: Request) -> None:
             try:
                 msg = decode(request.data, subject.payload)
             except DecodeError as e:
@@ -112,6 +128,12 @@ class Context:
         name = f"e{len(self.endpoints)}"
         await self.micro.add_endpoint(name=name, subject=subject.name, handler=endpoint)
         self.endpoints.append(subject.name)
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._requests.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # the reply could not be sent (connection closing): the requester times out
+            self.log.warning("reply not sent", extra={"reason": str(task.exception())})
 
 
 def main(service: Service, argv: list[str] | None = None) -> None:

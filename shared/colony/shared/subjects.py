@@ -114,13 +114,13 @@ def member_sync(node: str) -> RequestSubject[Gossip, Gossip]:
 
 
 def member_tell(node: str) -> Subject[Gossip]:
-    """Gossip for `node` that needs no answer (a refutation, a leave)."""
+    """Gossip for `node` that needs no answer (what members tell a newcomer)."""
     return Subject(f"{ROOT}.membership.tell.{token(node, 'node id')}", Gossip)
 
 
 def member_news() -> Subject[Gossip]:
-    """News every member must hear at once (a death, a refutation, a leave): one
-    publish, fanned out by the server to every member."""
+    """News every member must hear at once (an accusation, a death, a refutation, a
+    leave): one publish, fanned out by the server to every member."""
     return Subject(f"{ROOT}.membership.news", Gossip)
 
 

@@ -70,8 +70,9 @@ class ConsensusService:
         # Made on the loop's thread: pysyncobj's tick thread lives as long as its maker.
         self.replica = Replica(me, settings.voters, state_dir, link)
         self.reader = await aiosqlite.connect(self.replica.machine.path)
-        await ctx.serve(subjects.propose(me), self._on_propose)
-        await ctx.serve(subjects.query(me), self._on_query)
+        # concurrent: each waits for a commit, and proposals pipeline through Raft
+        await ctx.serve(subjects.propose(me), self._on_propose, concurrent=True)
+        await ctx.serve(subjects.query(me), self._on_query, concurrent=True)
         await ctx.serve(subjects.consensus_status(me), self._on_status)
         ctx.log.info("voter started", extra={"voters": settings.voters})
         try:

@@ -13,9 +13,11 @@ are, and a push-pull with the first of them brings the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 
 import msgspec
+import nats.errors
 
 from colony.membership.state import (
     Broadcast,
@@ -75,37 +77,45 @@ class MembershipService:
         )
         me = node.id
         await ctx.serve(subjects.member_ping(me), self._on_ping)
-        await ctx.serve(subjects.member_ping_req(me), self._on_ping_req)
+        # concurrent: a helper's probe waits up to a probe timeout, and must not
+        # make the ping-reqs queued behind it miss their requesters' deadlines
+        await ctx.serve(subjects.member_ping_req(me), self._on_ping_req, concurrent=True)
         await ctx.serve(subjects.member_sync(me), self._on_sync)
         await ctx.serve(subjects.members(me), self._on_members)
         self._listen(subjects.member_tell(me), self._on_gossip)
         self._listen(subjects.member_news(), self._on_gossip)
         self._listen(subjects.member_announce(), self._on_announce)
         self._listen(subjects.node_metrics(me), self._on_metrics)
+        next_announce = 0.0
         try:
             while True:
-                if core.lonely:
-                    await ctx.bus.publish(
-                        subjects.member_announce(), self._gossip(core.full_state())
-                    )
-                self._execute(core.tick(ctx.clock.monotonic()))
+                now = ctx.clock.monotonic()
+                if core.lonely and now >= next_announce:
+                    next_announce = now + self.timing.period
+                    myself = [u for u in core.full_state() if u.node == me]
+                    await ctx.bus.publish(subjects.member_announce(), self._gossip(myself))
+                self._execute(core.tick(now))
                 await ctx.clock.sleep(self.timing.period / 4)
         finally:
-            # Leaving: tell everyone now, while the connection is still up.
-            for instruction in core.leave(ctx.clock.monotonic()):
-                if isinstance(instruction, Broadcast):
-                    await ctx.bus.publish(subjects.member_news(), self._gossip(instruction.updates))
-            await ctx.bus.nc.flush(timeout=1)
+            # Leaving: stop listening (nothing may change our mind now), then tell
+            # everyone while the connection is still up.
             for task in self.tasks:
                 task.cancel()
+            news = [i for i in core.leave(ctx.clock.monotonic()) if isinstance(i, Broadcast)]
+            with contextlib.suppress(BusError, TimeoutError, nats.errors.Error):
+                for instruction in news:
+                    await ctx.bus.publish(subjects.member_news(), self._gossip(instruction.updates))
+                await ctx.bus.nc.flush(timeout=1)
 
     # --- incoming ------------------------------------------------------------------
 
     async def _on_ping(self, ping: Gossip) -> Gossip:
+        self._not_me(ping.sender)
         out = self._core.ping_received(self._now(), ping.sender, self._heard(ping))
         return self._gossip(self._execute(out), seq=ping.seq)
 
     async def _on_ping_req(self, request: PingReqRequest) -> Gossip:
+        self._not_me(request.sender)
         updates = self._heard(request)
         self._execute(self._core.gossip_received(self._now(), request.sender, updates))
         ping = self._gossip([], seq=request.seq)
@@ -120,6 +130,7 @@ class MembershipService:
         return self._gossip([], seq=request.seq)
 
     async def _on_sync(self, state: Gossip) -> Gossip:
+        self._not_me(state.sender)
         mine = self._core.full_state()
         self._execute(self._core.gossip_received(self._now(), state.sender, self._heard(state)))
         return self._gossip(mine)
@@ -191,7 +202,7 @@ class MembershipService:
             )
         except RemoteError as e:
             if e.code == NACK:
-                self._execute(self._core.nack_received(self._now(), req.seq))
+                self._core.nack_received(req.seq)
             return
         self._execute(self._core.ack_received(self._now(), req.via, req.seq, self._heard(ack)))
 
@@ -233,6 +244,12 @@ class MembershipService:
             self.ctx.log.error("protocol exchange failed", exc_info=error)
 
     # --- helpers -------------------------------------------------------------------
+
+    def _not_me(self, sender: str) -> None:
+        """Refuse a request that claims to come from this member (a twin, or a spoof)."""
+        if sender == self._core.me:
+            self._log_drop(sender, "a message from a member with this member's own id")
+            raise Refused(409, f"{sender} is this member's own id")
 
     def _heard(self, gossip: Gossip) -> list[MemberUpdate]:
         return self._checked(gossip.sender, gossip.updates)

@@ -23,8 +23,8 @@ The rules, in short:
   retransmit_mult · log10(N + 1) times; a full state exchange (push-pull)
   with a random peer (dead ones included, so partitions heal) every
   `push_pull_every` seconds repairs what gossip missed. News that cannot
-  wait for gossip (a death, a refutation, a leave) is also broadcast: one
-  NATS publish that the server fans out to every member.
+  wait for gossip (an accusation, a death, a refutation, a leave) is also
+  broadcast: one NATS publish that the server fans out to every member.
 - Lifeguard's self-awareness: a member that misses its own deadlines (its
   probes fail although the helpers it asked did not nack, it has to refute,
   or its loop stalled) raises its `health` score, which stretches its probe
@@ -52,14 +52,16 @@ class Timing:
     probe_timeout: float = 0.2
     """Seconds to wait for a direct ack before asking others to probe, at full health."""
     indirect: int = 3
-    """Members asked to probe indirectly (k); also the accusers that confirm a suspicion."""
+    """Members asked to probe indirectly (k); also the accusers beyond the first that
+    bring a suspicion to its minimum."""
     suspicion_min_mult: float = 5.0
     suspicion_max_mult: float = 4.0
     """Suspicion lasts from max_mult · log10(N) · period down to min_mult · period
-    as independent accusations arrive (`indirect` of them bring it to the
-    minimum). The minimum outlasts a member blocked for 2 s, which must refute,
-    not die; it does not grow with N, so failures are confirmed fast in large
-    groups."""
+    as independent accusers confirm it (`indirect` accusers beyond the first
+    bring it to the minimum). Below N = 18, max_mult · log10(N) < min_mult and
+    suspicion is the minimum from the start. The minimum outlasts a member
+    blocked for 2 s, which must refute, not die; it does not grow with N, so
+    failures are confirmed fast in large groups."""
     retransmit_mult: int = 3
     """Each update is sent about retransmit_mult · log10(N + 1) times (λ)."""
     max_piggyback: int = 8
@@ -199,7 +201,8 @@ class Membership:
         self._order: list[str] = []
         self._probe: _Probe | None = None
         self._seq = 0
-        self._last_tick = now
+        self._last_tick: float | None = None
+        """When the loop last ticked (None before the first tick: starting is no stall)."""
         self._patient_until = now
         """No verdicts before this: after a stall, what arrived meanwhile is read first."""
         self._next_probe = now
@@ -252,9 +255,10 @@ class Membership:
     def tick(self, now: float) -> list[Instruction]:
         """Time passed: probe, escalate unanswered probes, expire suspicions, push-pull."""
         out: list[Instruction] = []
-        if now - self._last_tick > self.timing.period:
-            # Our loop stalled: acks and refutations may sit unread in our socket.
-            # Judge nobody until they are read; the stall is our health's fault.
+        if self._last_tick is not None and now - self._last_tick > self.timing.probe_timeout:
+            # Our loop stalled (ticks come every period / 4): acks and refutations
+            # may sit unread in our socket. Judge nobody until they are read; the
+            # stall is our health's fault.
             self._probe = None
             self._patient_until = now + self.timing.period
             self._next_probe = self._patient_until
@@ -301,12 +305,13 @@ class Membership:
             self._adjust_health(-1)
         return out
 
-    def nack_received(self, now: float, seq: int) -> list[Instruction]:
-        """A ping-req helper could not reach the target of probe `seq` either."""
-        if not (self._probe and self._probe.seq == seq):
-            return []
-        self._probe.nacks += 1
-        return self._escalate(now)
+    def nack_received(self, seq: int) -> None:
+        """A ping-req helper could not reach the target of probe `seq` either.
+
+        Only counted (Lifeguard: were the helpers reachable?): the direct ping may
+        still be answered, so the verdict waits for the probe's deadline."""
+        if self._probe and self._probe.seq == seq:
+            self._probe.nacks += 1
 
     def gossip_received(
         self, now: float, sender: str, updates: list[MemberUpdate]
@@ -340,7 +345,9 @@ class Membership:
     def leave(self, now: float) -> list[Instruction]:
         """Leave gracefully: broadcast `left` at a new incarnation."""
         me = self.members[self.me]
-        out = self._apply(MemberUpdate(self.me, LEFT, me.incarnation + 1), now, self.me)
+        if me.status == LEFT:
+            return []
+        out = self._apply(MemberUpdate(self.me, LEFT, me.incarnation + 1), now, self.me, local=True)
         # Broadcast, not left to gossip: a peer that missed it would soon find
         # us silent and declare us dead instead.
         return [*out, Broadcast([self._update(me)])]
@@ -348,42 +355,46 @@ class Membership:
     def update_meta(self, now: float, meta: NodeMeta) -> list[Instruction]:
         """New metadata for this member: gossip it with a new incarnation (if it changed)."""
         me = self.members[self.me]
-        if meta == me.meta:
+        if meta == me.meta or me.status == LEFT:  # a member that left stays left
             return []
-        return self._apply(MemberUpdate(self.me, ALIVE, me.incarnation + 1, meta), now, self.me)
+        update = MemberUpdate(self.me, ALIVE, me.incarnation + 1, meta)
+        return self._apply(update, now, self.me, local=True)
 
     # --- the rules --------------------------------------------------------------
 
     def _escalate(self, now: float) -> list[Instruction]:
-        """The probe under way: ask helpers after the probe timeout; accuse at the
-        deadline, or as soon as every helper has said it cannot reach the target."""
+        """The probe under way: ask helpers after the probe timeout, accuse at the deadline."""
         probe = self._probe
         if probe is None:
+            return []
+        target = self.members.get(probe.target)
+        if target is None or target.status not in (ALIVE, SUSPECT):
+            self._probe = None  # it died or left meanwhile: nothing to judge, nobody to blame
             return []
         out: list[Instruction] = []
         if not probe.indirect_sent and now >= probe.ask_at:
             probe.indirect_sent = True
+            # Helpers get at least a probe timeout, even if this tick came late.
+            probe.deadline = max(probe.deadline, now + self.probe_timeout)
             helpers = [p for p in self.live_peers() if p != probe.target]
             chosen = self.rng.sample(helpers, min(self.timing.indirect, len(helpers)))
             probe.helpers = len(chosen)
             left = probe.deadline - now
-            out += [PingReq(v, probe.target, probe.seq, self._piggyback(), left) for v in chosen]
-        all_nacked = probe.helpers and probe.nacks == probe.helpers
-        if (now < probe.deadline and not all_nacked) or now < self._patient_until:
+            out += [
+                PingReq(v, probe.target, probe.seq, self._piggyback(to=v), left) for v in chosen
+            ]
+        if now < probe.deadline:
             return out
         self._probe = None
         # Lifeguard: helpers that nacked were reachable and could not reach the
         # target either, so the fault is likely its. Silence from a helper
         # points at us. With nobody to ask, every failure counts against us.
         self._adjust_health(probe.helpers - probe.nacks if probe.helpers else 1)
-        target = self.members.get(probe.target)
-        if target is None or target.status not in (ALIVE, SUSPECT):
-            return out
         if target.suspicion and self.me in target.suspicion.accusers:
             return out  # accused it already
         accusation = MemberUpdate(target.node, SUSPECT, target.incarnation, by=self.me)
         # Broadcast: every member's suspicion then counts every accuser at once
-        # (confirmations left to gossip would arrive after the timeout shrank).
+        # (confirmations left to gossip could arrive after the suspicion expired).
         return [*out, *self._apply(accusation, now, self.me), Broadcast([accusation])]
 
     def _expire_suspicions(self, now: float) -> list[Instruction]:
@@ -397,9 +408,13 @@ class Membership:
                 out.append(Broadcast([death]))
         return out
 
-    def _apply(self, update: MemberUpdate, now: float, source: str) -> list[Instruction]:
+    def _apply(
+        self, update: MemberUpdate, now: float, source: str, local: bool = False
+    ) -> list[Instruction]:
+        """Merge one update from `source`; `local` marks this member's own decisions
+        about itself (a leave, new metadata): anything else about it is others' talk."""
         current = self.members.get(update.node)
-        if update.node == self.me and source != self.me:
+        if update.node == self.me and not local:
             return self._about_me(update, now)
         if current is None:
             if update.status != ALIVE:
@@ -445,11 +460,13 @@ class Membership:
         )
         if not stale:
             return []
+        current_life = update.incarnation == me.incarnation
         me.incarnation = update.incarnation + 1
         self._enqueue(self._update(me))
         if update.status == ALIVE:
             return []  # only an old incarnation of mine going round: gossip will do
-        self._adjust_health(+1)  # Lifeguard: being suspected hints that we are slow
+        if current_life and update.status == SUSPECT:
+            self._adjust_health(+1)  # Lifeguard: being suspected hints that we are slow
         # Broadcast: a refutation left to gossip could lose the race with the suspicion.
         return [Broadcast([self._update(me)])]
 
@@ -470,7 +487,8 @@ class Membership:
         """A member that joined (or came back) is probed this round, not after it:
         at a random place, so it is not probed by everyone at once. A round
         lasts N periods: waiting for the next one would leave it unwatched."""
-        self._order.insert(self.rng.randint(0, len(self._order)), node)
+        if node != self.me and node not in self._order:
+            self._order.insert(self.rng.randint(0, len(self._order)), node)
 
     def _update(self, member: Member) -> MemberUpdate:
         meta = member.meta if member.status == ALIVE else None
@@ -478,10 +496,11 @@ class Membership:
         return MemberUpdate(member.node, member.status, member.incarnation, meta, by)
 
     def _enqueue(self, update: MemberUpdate) -> None:
-        """Queue `update` for piggybacking: it replaces older news of that node, but
-        accusations by different members travel side by side."""
-        if update.status != SUSPECT:
-            for key in [k for k in self._queue if k[0] == update.node]:
+        """Queue `update` for piggybacking: it replaces the news of that node it
+        supersedes, but accusations by different members travel side by side."""
+        newer = (update.incarnation, _RANK[update.status])
+        for key, (queued, _) in list(self._queue.items()):
+            if key[0] == update.node and (queued.incarnation, _RANK[queued.status]) < newer:
                 del self._queue[key]
         times = self.timing.retransmit_mult * math.ceil(math.log10(len(self.members) + 1))
         self._queue[(update.node, update.by)] = (update, max(times, 1))
@@ -489,12 +508,13 @@ class Membership:
     def _piggyback(self, to: str | None = None) -> list[MemberUpdate]:
         """The updates sent least so far, each counted as one more transmission.
 
-        A message to a member we suspect always tells it so (Lifeguard's
-        buddy system), however often that gossip was sent already: it is the
-        one member that can refute.
+        A message to a member we suspect, or hold dead, always tells it so
+        (Lifeguard's buddy system), however often that gossip was sent already:
+        it is the one member that can refute (a dead one that answers is back,
+        after a partition healed).
         """
         buddy = self.members.get(to or "")
-        told = [self._update(buddy)] if buddy and buddy.status == SUSPECT else []
+        told = [self._update(buddy)] if buddy and buddy.status in (SUSPECT, DEAD) else []
         chosen = sorted(self._queue.items(), key=lambda item: -item[1][1])
         chosen = chosen[: self.timing.max_piggyback]
         for key, (update, left) in chosen:
