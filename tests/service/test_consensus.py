@@ -11,13 +11,16 @@ from colony.consensus.service import ConsensusService
 from colony.shared import runner, subjects
 from colony.shared.bus import BusError, RemoteError
 from colony.shared.config import ConsensusSettings
+from colony.shared.management import Management
 from colony.shared.messages import (
+    Change,
     ConsensusStatusRequest,
     KvCas,
     KvPut,
     Proposal,
     ProposeRequest,
     QueryRequest,
+    decode,
     new_id,
 )
 from colony.shared.testing import poll
@@ -37,7 +40,9 @@ class Voters:
 
     def start(self, node: str) -> None:
         config = self.server.node_config(node)
-        config.consensus = ConsensusSettings(voters=VOTERS, secret_file=str(self.secret))
+        config.consensus = ConsensusSettings(
+            voters=VOTERS, secret_file=str(self.secret), change_stream_replicas=1
+        )
         self.stops[node] = asyncio.Event()
         self.tasks[node] = asyncio.create_task(
             runner.run(ConsensusService(), config, stop=self.stops[node])
@@ -136,3 +141,41 @@ async def test_writes_survive_the_leader_stopping_and_resume_under_a_new_one(vot
     for node in survivors:
         for i, reply in enumerate(acknowledged):
             assert (await get(bus, node, f"k{i}", stale=True)).value == str(i), reply
+
+
+async def stream_changes(bus) -> list[tuple[int, object]]:
+    info = await bus.js.stream_info(subjects.CHANGES_STREAM)
+    found = []
+    for seq in range(1, info.state.last_seq + 1):
+        raw = await bus.js.get_msg(subjects.CHANGES_STREAM, seq)
+        found.append((seq, decode(raw.data, Change)))
+    return found
+
+
+async def test_the_change_log_reaches_the_stream_without_gaps_or_duplicates_across_leaders(
+    voters, bus
+):
+    await poll(lambda: leader(bus), 20, "a leader")
+    first = await leader(bus)
+    for i in range(15):
+        await put(bus, first, f"k{i}", "one")
+    await poll(lambda: _last_seq(bus, 15), 10, "the first 15 changes on the stream")
+    await voters.stop(first)
+    client = Management(bus, [n for n in VOTERS if n != first])  # retries while they elect
+    for i in range(15, 30):
+        await client.propose(KvPut(f"k{i % 20}", "two"))
+    await poll(lambda: _last_seq(bus, 30), 20, "all 30 changes on the stream")
+    changes = await stream_changes(bus)
+    assert [seq for seq, _ in changes] == [c.index for _, c in changes] == list(range(1, 31))
+    later = [(c.kind, c.id, c.version) for _, c in changes[15:]]
+    assert later == [("kv", f"k{i}", 1) for i in range(15, 20)] + [
+        ("kv", f"k{i}", 2) for i in range(10)
+    ]
+
+
+async def _last_seq(bus, at_least: int) -> bool:
+    try:
+        info = await bus.js.stream_info(subjects.CHANGES_STREAM)
+    except Exception:
+        return False
+    return info.state.last_seq >= at_least

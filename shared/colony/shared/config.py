@@ -82,6 +82,8 @@ class ConsensusSettings(_Section):
     """File holding the cluster secret that signs Raft frames (kept out of this config)."""
     propose_timeout: Positive = 5.0
     """Seconds a proposal may wait to be committed before it is answered 'no quorum'."""
+    change_stream_replicas: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
+    """Replicas of the change stream; 0: as many as voters, at most 3 (1 on a lone server)."""
 
 
 class LogSettings(_Section):

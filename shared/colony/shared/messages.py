@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
@@ -259,21 +259,25 @@ class MembersReply(Message, kw_only=True, frozen=True):
 # old log entry means the same thing to every version that applies it.
 
 
+ObjectId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+"""An object's id: it names the object's change subject, so one subject token."""
+
+
 class KvPut(msgspec.Struct, tag="kv.put", frozen=True):
     """Set `key` to `value` (the debug key-value table)."""
 
-    key: str
+    key: ObjectId
     value: str
 
 
 class KvDelete(msgspec.Struct, tag="kv.delete", frozen=True):
-    key: str
+    key: ObjectId
 
 
 class KvCas(msgspec.Struct, tag="kv.cas", frozen=True):
     """Set `key` to `value` only if it now holds `expected` (None: only if absent)."""
 
-    key: str
+    key: ObjectId
     expected: str | None
     value: str
 
@@ -302,6 +306,8 @@ class Outcome(msgspec.Struct, frozen=True):
     """For kv commands: the key's version after the command (0: absent)."""
     error: str = ""
     """Why it was refused (ok is False): the command was valid but did not apply."""
+    index: int = 0
+    """The log index where the proposal was first applied (a retry reports the same)."""
 
 
 class ProposeRequest(Message, kw_only=True, frozen=True):
@@ -355,3 +361,30 @@ class ConsensusStatus(Message, kw_only=True, frozen=True):
     applied_index: int
     has_quorum: bool
     voters: list[VoterView]
+
+
+class DigestRequest(Message, kw_only=True, frozen=True):
+    """Ask a voter for a digest of its whole management database (to compare replicas)."""
+
+
+class DigestReply(Message, kw_only=True, frozen=True):
+    node: str
+    applied_index: int
+    sha256: str
+    """Of the database's SQL dump (`iterdump`), read in one transaction."""
+    statements: int
+
+
+class Change(Message, kw_only=True, frozen=True):
+    """Change event: an object of the management database changed (on the change stream)."""
+
+    index: int
+    """The change's place in the replicated change log (1, 2, ...): also its
+    sequence in the change stream, so gaps and duplicates show."""
+    kind: str
+    """What changed: kv (later node, job, instance, config, secret, lease)."""
+    id: str
+    version: int
+    """The object's new version; 0 when it was deleted."""
+    log_index: int
+    """The Raft log index of the entry that made the change."""

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from colony.shared.messages import (
+    Change,
     ConsensusStatus,
     ConsensusStatusRequest,
+    DigestReply,
+    DigestRequest,
     Gossip,
     LatestMetricsRequest,
     MemberChanged,
@@ -177,7 +180,29 @@ def consensus_status(node: str) -> RequestSubject[ConsensusStatusRequest, Consen
     )
 
 
+def consensus_digest(node: str) -> RequestSubject[DigestRequest, DigestReply]:
+    """Ask voter `node` for a digest of its management database."""
+    return RequestSubject(
+        f"{ROOT}.consensus.digest.{token(node, 'node id')}", DigestRequest, DigestReply
+    )
+
+
+CHANGE_KINDS = ("kv",)
+"""Kinds of objects whose changes the management database records (appended to, never renamed)."""
+
+
+def change(kind: str, id: str) -> Subject[Change]:
+    """Where the Raft leader relays the change of object `id` of `kind` (ANY: all)."""
+    return Subject(
+        f"{ROOT}.changes.{token(kind, 'kind')}.{token(id, 'object id', wildcard=True)}", Change
+    )
+
+
 # --- JetStream streams -------------------------------------------------------
+
+CHANGES_STREAM = "COLONY_CHANGES"
+"""The change log, relayed by the Raft leader: stream sequence = change index. Captures
+``change(kind, ANY)`` for every kind in CHANGE_KINDS (membership events stay apart)."""
 
 METRICS_STREAM = "COLONY_METRICS"
 """Keeps the last sample of every node, so a node that stopped answering can

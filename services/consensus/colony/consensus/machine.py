@@ -129,7 +129,9 @@ class Machine:
         ).fetchone()
         if seen:
             return _outcome.decode(seen[0])
-        outcome = self._run(index, proposal.id, proposal.command)
+        outcome = msgspec.structs.replace(
+            self._run(index, proposal.id, proposal.command), index=index
+        )
         self.db.execute(
             "INSERT INTO proposals (id, log_index, outcome) VALUES (?, ?, ?)",
             (proposal.id, index, msgspec.json.encode(outcome)),

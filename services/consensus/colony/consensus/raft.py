@@ -42,6 +42,10 @@ class Timers:
     compaction_seconds: float = 300
 
 
+NO_QUORUM_CHECK = 0.1
+"""Seconds between checks, while an entry waits, that a majority is still reachable."""
+
+
 class NotCommitted(Exception):
     """The entry was not committed; `retry` says whether trying again may succeed."""
 
@@ -52,7 +56,7 @@ class NotCommitted(Exception):
 
 _REASONS = {
     FAIL_REASON.QUEUE_FULL: "too many proposals waiting",
-    FAIL_REASON.MISSING_LEADER: "no leader: no quorum of voters can be reached",
+    FAIL_REASON.MISSING_LEADER: "no leader: a majority of the voters cannot be reached",
     FAIL_REASON.DISCARDED: "the leader changed before it was committed",
     FAIL_REASON.NOT_LEADER: "this voter is not the leader",
     FAIL_REASON.LEADER_CHANGED: "the leader changed",
@@ -93,6 +97,8 @@ class Replica:
             serializer=self._save_snapshot,
             deserializer=self._load_snapshot,
             useFork=False,  # never fork a threaded asyncio process
+            # No leader: refuse at once ("no quorum"); clients retry, a queue would hide it.
+            commandsWaitLeader=False,
             logCompactionMinEntries=timers.compaction_entries,
             logCompactionMinTime=timers.compaction_seconds,
             appendEntriesBatchSizeBytes=frames.MAX_FRAME // 2,
@@ -108,12 +114,21 @@ class Replica:
             self._loop.call_soon_threadsafe(_settle, future, result, error)
 
         self._raft._apply_entry(entry, callback=done)
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise NotCommitted(
-                f"not committed within {timeout:g} s (no quorum?); it may still commit"
-            ) from None
+        deadline = self._loop.time() + timeout
+        while not future.done():
+            # An entry appended just before the majority was lost waits forever:
+            # say so as soon as this voter knows it cannot reach a majority.
+            left = deadline - self._loop.time()
+            await asyncio.wait({future}, timeout=min(max(left, 0), NO_QUORUM_CHECK))
+            if future.done():
+                break
+            if not self._raft.hasQuorum:
+                future.cancel()
+                raise NotCommitted("no quorum: a majority of the voters cannot be reached")
+            if left <= 0:
+                future.cancel()
+                raise NotCommitted(f"not committed within {timeout:g} s; it may still commit")
+        return future.result()
 
     # --- views --------------------------------------------------------------------
 

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from pathlib import Path
 
 import aiosqlite
 
 from colony.consensus.machine import BadBatch, encode_batch
 from colony.consensus.raft import NotCommitted, Replica
+from colony.consensus.relay import ChangeRelay
 from colony.consensus.transport import Link
 from colony.shared import subjects
 from colony.shared.messages import (
     Barrier,
     ConsensusStatus,
     ConsensusStatusRequest,
+    DigestReply,
+    DigestRequest,
     Proposal,
     ProposeReply,
     ProposeRequest,
@@ -70,14 +74,21 @@ class ConsensusService:
         # Made on the loop's thread: pysyncobj's tick thread lives as long as its maker.
         self.replica = Replica(me, settings.voters, state_dir, link)
         self.reader = await aiosqlite.connect(self.replica.machine.path)
+        replicas = settings.change_stream_replicas or min(3, len(settings.voters))
+        relay = ChangeRelay(ctx.bus, self.reader, lambda: self._replica.is_leader, replicas)
+        relaying = asyncio.create_task(relay.run())
         # concurrent: each waits for a commit, and proposals pipeline through Raft
         await ctx.serve(subjects.propose(me), self._on_propose, concurrent=True)
         await ctx.serve(subjects.query(me), self._on_query, concurrent=True)
         await ctx.serve(subjects.consensus_status(me), self._on_status)
+        await ctx.serve(subjects.consensus_digest(me), self._on_digest)
         ctx.log.info("voter started", extra={"voters": settings.voters})
         try:
             await asyncio.Event().wait()
         finally:
+            relaying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relaying
             await self.reader.close()
             await asyncio.to_thread(self.replica.destroy)
             await link.stop()
@@ -127,6 +138,25 @@ class ConsensusService:
             applied_index=raw["applied_index"],
             has_quorum=raw["has_quorum"],
             voters=voters,
+        )
+
+    async def _on_digest(self, _request: DigestRequest) -> DigestReply:
+        """A digest of the whole database, read in one transaction (one consistent state)."""
+        digest, statements = hashlib.sha256(), 0
+        # its own connection: its transaction must not make anyone else's reads stale
+        async with aiosqlite.connect(self._replica.machine.path) as db:
+            await db.execute("BEGIN")
+            async with db.execute("SELECT value FROM meta WHERE name = 'last_applied'") as rows:
+                row = await rows.fetchone()
+            async for line in db.iterdump():
+                digest.update(line.encode() + b"\n")
+                statements += 1
+            await db.execute("COMMIT")
+        return DigestReply(
+            node=self._replica.me,
+            applied_index=row[0] if row else 0,
+            sha256=digest.hexdigest(),
+            statements=statements,
         )
 
     async def _commit(self, entry: bytes):
