@@ -275,3 +275,31 @@ def test_a_killed_node_is_dead_to_every_other_member_and_up_brings_it_back(state
         "every member to see node-3 alive again",
     )
     assert view("node-1")[victim_id][1] > died_at  # it came back outbidding its death
+
+
+def test_writes_through_the_cli_survive_killing_the_raft_leaders_node(state):
+    up(state, free_base_port(5), nodes=5)
+
+    def consensus() -> dict | None:
+        asked = colony("status", "--json", state=state, check=False)
+        return json.loads(asked.stdout)["consensus"] if asked.returncode == 0 else None
+
+    for i in range(10):
+        assert "version 1" in colony("kv", "put", f"k{i}", str(i), state=state).stdout
+    before = consensus()
+    assert before and len(before["voters"]) == 3
+    chief = next(n for n in StateDir(state).nodes() if n.read_id() == before["node"])
+    supervisor_first = sorted(chief.records(), key=lambda r: r.name != SUPERVISOR)
+    for process in supervisor_first:  # the leader's whole node, as a crash would
+        os.kill(process.pid, signal.SIGKILL)
+    after = wait_for(
+        lambda: (c := consensus()) and c["node"] != before["node"] and c,
+        30,
+        "a new Raft leader in `colony status`",
+    )
+    assert after["term"] > before["term"]
+    assert "version 1" in colony("kv", "put", "after", "yes", state=state).stdout
+    for i in range(10):  # every acknowledged write, through the new leader
+        assert colony("kv", "get", f"k{i}", state=state).stdout.strip() == str(i)
+    roles = {name: node["raft"] for name, node in status(state).items()}
+    assert roles[chief.name] == "down" and list(roles.values()).count("leader") == 1

@@ -7,6 +7,7 @@ import asyncio
 import msgspec
 import pytest
 
+from colony.consensus.raft import Timers
 from colony.consensus.service import ConsensusService
 from colony.shared import runner, subjects
 from colony.shared.bus import BusError, RemoteError
@@ -15,6 +16,7 @@ from colony.shared.management import Management
 from colony.shared.messages import (
     Change,
     ConsensusStatusRequest,
+    DigestRequest,
     KvCas,
     KvPut,
     Proposal,
@@ -31,8 +33,9 @@ VOTERS = ["v1", "v2", "v3"]
 class Voters:
     """Voters running in this process, each stoppable on its own."""
 
-    def __init__(self, nats_server, tmp_path) -> None:
+    def __init__(self, nats_server, tmp_path, timers: Timers | None = None) -> None:
         self.server = nats_server
+        self.timers = timers
         self.secret = tmp_path / "secret"
         self.secret.write_text("a-cluster-secret-for-tests")
         self.stops: dict[str, asyncio.Event] = {}
@@ -45,7 +48,7 @@ class Voters:
         )
         self.stops[node] = asyncio.Event()
         self.tasks[node] = asyncio.create_task(
-            runner.run(ConsensusService(), config, stop=self.stops[node])
+            runner.run(ConsensusService(self.timers), config, stop=self.stops[node])
         )
 
     async def stop(self, node: str) -> None:
@@ -179,3 +182,37 @@ async def _last_seq(bus, at_least: int) -> bool:
     except Exception:
         return False
     return info.state.last_seq >= at_least
+
+
+async def test_a_voter_behind_a_compacted_log_catches_up_from_a_snapshot(
+    nats_server, tmp_path, bus
+):
+    group = Voters(nats_server, tmp_path, Timers(compaction_entries=40))
+    for node in VOTERS:
+        group.start(node)
+    try:
+        await poll(lambda: leader(bus), 20, "a leader")
+        await group.stop("v3")
+        client = Management(bus, ["v1", "v2"])
+        for i in range(150):  # the others compact their logs past what v3 holds
+            await client.propose(KvPut(f"k{i}", str(i)))
+        snapshot = tmp_path / "nats" / "v1" / "consensus" / "raft.snapshot"
+        await poll(snapshot.exists, 10, "v1 to compact its log into a snapshot")
+        group.start("v3")
+
+        async def caught_up() -> bool:
+            try:
+                found = [
+                    await bus.request(subjects.consensus_digest(n), DigestRequest(), 2)
+                    for n in VOTERS
+                ]
+            except BusError:
+                return False
+            return len({(d.applied_index, d.sha256) for d in found}) == 1
+
+        await poll(caught_up, 30, "v3 to hold the same database as the others")
+        assert (tmp_path / "nats" / "v3" / "consensus" / "raft.snapshot").exists()
+        assert (await get(bus, "v3", "k149", stale=True)).value == "149"
+    finally:
+        for node in list(group.tasks):
+            await group.stop(node)

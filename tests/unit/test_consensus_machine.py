@@ -75,6 +75,8 @@ def test_an_empty_or_huge_batch_is_refused_before_proposing():
         encode_batch([])
     with pytest.raises(BadBatch):
         encode_batch([Proposal(str(i), Barrier()) for i in range(513)])
+    with pytest.raises(BadBatch, match="over the 262144-byte limit"):
+        encode_batch([Proposal("big", KvPut("k", "x" * 300_000))])
 
 
 SECRET = b"0123456789abcdef"

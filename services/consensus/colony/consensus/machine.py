@@ -67,6 +67,8 @@ leases), the append-only change log, and the idempotency record."""
 
 MAX_BATCH = 512
 """Proposals in one log entry at most."""
+MAX_ENTRY_BYTES = 256 * 1024
+"""One log entry, encoded, at most: it must fit in one Raft frame (NATS carries 1 MiB)."""
 
 _batch = msgspec.json.Decoder(list[Proposal])
 _outcome = msgspec.json.Decoder(Outcome)
@@ -80,7 +82,13 @@ def encode_batch(proposals: list[Proposal]) -> bytes:
     """The log entry for `proposals`; raises BadBatch for what apply would refuse."""
     if not 1 <= len(proposals) <= MAX_BATCH:
         raise BadBatch(f"a batch holds 1 to {MAX_BATCH} proposals, not {len(proposals)}")
-    return msgspec.json.encode(proposals)
+    entry = msgspec.json.encode(proposals)
+    if len(entry) > MAX_ENTRY_BYTES:
+        raise BadBatch(
+            f"the batch encodes to {len(entry)} bytes, over the {MAX_ENTRY_BYTES}-byte limit "
+            "of one log entry: split it"
+        )
+    return entry
 
 
 class Machine:

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiosqlite
 
 from colony.consensus.machine import BadBatch, encode_batch
-from colony.consensus.raft import NotCommitted, Replica
+from colony.consensus.raft import NotCommitted, Replica, Timers
 from colony.consensus.relay import ChangeRelay
 from colony.consensus.transport import Link
 from colony.shared import subjects
@@ -57,7 +57,8 @@ class ConsensusService:
     name = "consensus"
     description = "Raft among the voters and the replicated management database"
 
-    def __init__(self) -> None:
+    def __init__(self, timers: Timers | None = None) -> None:
+        self.timers = timers or Timers()
         self.replica: Replica | None = None
         self.reader: aiosqlite.Connection | None = None
         self.timeout = 5.0
@@ -72,7 +73,7 @@ class ConsensusService:
         link = Link(ctx.bus.nc, me, settings.voters, read_secret(settings.secret_file))
         await link.start()
         # Made on the loop's thread: pysyncobj's tick thread lives as long as its maker.
-        self.replica = Replica(me, settings.voters, state_dir, link)
+        self.replica = Replica(me, settings.voters, state_dir, link, self.timers)
         self.reader = await aiosqlite.connect(self.replica.machine.path)
         replicas = settings.change_stream_replicas or min(3, len(settings.voters))
         relay = ChangeRelay(ctx.bus, self.reader, lambda: self._replica.is_leader, replicas)
