@@ -160,7 +160,9 @@ class Replica:
         }
 
     def destroy(self) -> None:
-        self._raft.destroy()
+        """Stop pysyncobj and wait for its thread, then close the database (in that order:
+        the thread applies entries until it stops)."""
+        self._raft.destroy_synchronous()
         self.machine.close()
 
     # --- snapshots (called on pysyncobj's thread) -----------------------------------
