@@ -5,7 +5,8 @@ holding two bridges joined by a veth pair, the patch cable, and one
 namespace per host with a veth into one of the bridges and an address in one
 /24. `partition()` unplugs the cable inside the hub (the hosts themselves are
 untouched: their links stay up, packets to the other side are just lost, as
-on a real switch failure); `heal()` plugs it back.
+on a real switch failure); `heal()` plugs it back. `move(host, side)` re-plugs
+a host into the other switch, to choose who ends up on which side of a cut.
 
     net = SplitNetwork(["h1", "h2"], ["h3", "h4"])
     try:
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 PREFIX = "colony-"
@@ -241,6 +242,19 @@ class SplitNetwork:
     def heal(self) -> None:
         """Plug the cable back in."""
         ip("-n", self.hub, "link", "set", self.patch[0], "up")
+
+    def move(self, host: str, side: str) -> None:
+        """Re-plug `host`'s link into switch `side` ("a" or "b"), to choose who is cut off.
+
+        Only the hub end moves (the host's link stays up); with the cable in, the
+        host hears everyone throughout, give or take the frames of the moment it
+        takes the switches to learn where it now is. `side(...)` follows.
+        """
+        if side not in self.bridges:
+            raise ValueError(f"no side {side!r}: a or b")
+        outer, _inner = self._links[host]
+        ip("-n", self.hub, "link", "set", outer, "master", self.bridges[side])
+        self.hosts[host] = replace(self.hosts[host], side=side)
 
     # --- running things on a host ----------------------------------------------------
 

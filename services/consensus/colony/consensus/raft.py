@@ -59,7 +59,8 @@ _REASONS = {
     FAIL_REASON.MISSING_LEADER: "no leader: a majority of the voters cannot be reached",
     FAIL_REASON.DISCARDED: "the leader changed before it was committed",
     FAIL_REASON.NOT_LEADER: "this voter is not the leader",
-    FAIL_REASON.LEADER_CHANGED: "the leader changed",
+    FAIL_REASON.LEADER_CHANGED: "the leader changed while it waited: it may still commit "
+    "(a retry with the same id is safe)",
     FAIL_REASON.REQUEST_DENIED: "refused by the leader",
 }
 
