@@ -24,6 +24,9 @@ from colony.shared.messages import (
     new_id,
 )
 
+ATTEMPT = 2.0
+"""Seconds one voter may take to answer before the next is tried (commits take ms)."""
+
 
 class ManagementError(Exception):
     """The request could not be answered: the message says why (last voter's answer)."""
@@ -61,7 +64,9 @@ class Management:
             voter = self.voters[self._next % len(self.voters)]
             left = deadline - time.monotonic()
             try:
-                timeout = min(max(left, 0.1), 6.0)  # a hung voter must not eat it all
+                # A voter killed mid-request never answers: give each try a short
+                # time and retry elsewhere (with the same ids: safe) rather than wait.
+                timeout = min(max(left, 0.1), ATTEMPT)
                 return await self.bus.request(subject_of(voter), request, timeout=timeout)
             except RemoteError as e:
                 if e.code == 400:

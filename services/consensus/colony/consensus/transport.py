@@ -58,19 +58,24 @@ class Link:
         self._outbox: list[tuple[str, bytes]] = []
         self._outbox_lock = threading.Lock()
         self._flush_scheduled = False
+        self._pending = asyncio.Event()
+        """Set when the outbox has frames: one sender task publishes them, in order."""
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._connected: set[str] = set()
         self._sub = None
         self._beats: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.raft_frames(self.me), cb=self._on_frame)
         self._beats = self.loop.create_task(self._heartbeats())
+        self._sender = self.loop.create_task(self._send_in_order())
 
     async def stop(self) -> None:
-        if self._beats:
-            self._beats.cancel()
+        for task in (self._beats, self._sender):
+            if task:
+                task.cancel()
         if self._sub:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -105,15 +110,20 @@ class Link:
     # --- on the loop ----------------------------------------------------------------
 
     def _publish(self) -> None:
-        with self._outbox_lock:
-            burst, self._outbox = self._outbox, []
-            self._flush_scheduled = False
-        self.loop.create_task(self._publish_all(burst))
+        self._pending.set()
 
-    async def _publish_all(self, burst: list[tuple[str, bytes]]) -> None:
-        for subject, frame in burst:
-            with contextlib.suppress(Exception):  # lost frames are Raft's to retry
-                await self.nc.publish(subject, frame)
+    async def _send_in_order(self) -> None:
+        """The one task that publishes: a publish may yield (flushing), and a second
+        task could then overtake the first, reordering Raft's frames."""
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            with self._outbox_lock:
+                burst, self._outbox = self._outbox, []
+                self._flush_scheduled = False
+            for subject, frame in burst:
+                with contextlib.suppress(Exception):  # lost frames are Raft's to retry
+                    await self.nc.publish(subject, frame)
 
     async def _on_frame(self, msg) -> None:
         try:

@@ -1,0 +1,718 @@
+"""Consensus: committed commands/s and commit latency through the real service, NATS
+transport vs pysyncobj's TCP transport, and failover after kill -9 of the leader.
+
+Everything runs on loopback: a 3-server NATS cluster (`NatsCluster`, JetStream
+on), three voters, the clients in this process.
+
+1. Throughput through the API: three `python -m colony.consensus` processes,
+   each connected to its own server of the cluster; clients in this process
+   send ProposeRequests (`Management`, leader first) with one proposal each
+   (several in flight) or with hundreds (batched). A reply comes once the
+   entry is committed and applied to the leader's SQLite.
+2. Transport: the same Machine and the same `Timers` in raw voter processes
+   (`bench._voters`): pysyncobj's TCPTransport on free loopback ports, and the
+   service's own `Replica` with its NATS `Link` over the same NATS cluster.
+   The leader's process keeps many single-proposal entries in flight.
+3. Failover: kill -9 of the leader's voter process while a client writes
+   continuously through it; then one write through a retrying `Management`
+   client that asks the survivors, and one through a client that starts at
+   the dead voter; each timed from the kill to its reply. The killed voter is
+   restarted on its state and the group is whole again before the next trial.
+
+They run in the order 2, 3, 1: the raw groups before the service's voters
+exist, and failover on a small database, before the throughput runs fill it.
+
+    COLONY_BENCH_TRIALS=20 COLONY_BENCH_WINDOW=10 python -m bench consensus
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from colony.shared import natsd, subjects
+from colony.shared.bus import BusError, connect
+from colony.shared.config import ConsensusSettings, NatsSettings, dumps
+from colony.shared.management import Management, ManagementError
+from colony.shared.messages import ConsensusStatus, ConsensusStatusRequest, KvPut
+from colony.shared.testing import NatsCluster, NatsServer, poll, wait_for
+
+TITLE = "Consensus"
+WINDOW = float(os.environ.get("COLONY_BENCH_WINDOW", "6"))
+"""Seconds each throughput figure is counted over, after WARMUP."""
+WARMUP = 1.0
+TRIALS = int(os.environ.get("COLONY_BENCH_TRIALS", "12"))
+UNBATCHED = (1, 16, 64)
+"""Requests in flight, one proposal each."""
+BATCHED = ((100, 8), (500, 4))
+"""(proposals per request, requests in flight)."""
+RAW_INFLIGHT = {"sqlite": 1000, "none": 5000}
+"""Entries in flight from the raw leader's process (one proposal each), by apply: with
+SQLite, more only adds queueing (and ticks long enough to set off elections)."""
+RAW_ROUNDS = 3
+"""Alternating rounds of TCP and NATS groups with the SQLite apply (one without)."""
+BAR_BATCHED = 5_000
+BAR_FAILOVER = 1.0
+BRIEF_FAILOVER = 1.5
+VALUE = "value-of-16-byte"
+ROOT = Path(__file__).parent.parent
+SECRET = "a-cluster-secret-for-the-consensus-bench"
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+class Cpu:
+    """Cores kept busy by some processes between `start` and `stop` (user + system),
+    and by everything else on the machine (`others`: other benchmarks, tests, ...)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.processes = [psutil.Process(pid) for pid in pids]
+        self.began, self.used, self.busy, self.others = 0.0, 0.0, 0.0, 0.0
+
+    @staticmethod
+    def _machine() -> float:
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+    def _seconds(self) -> float:
+        total = 0.0
+        for process in self.processes:
+            with contextlib.suppress(psutil.Error):
+                total += sum(process.cpu_times()[:2])
+        return total
+
+    def start(self) -> None:
+        self.began, self.used, self.busy = time.monotonic(), self._seconds(), self._machine()
+
+    def stop(self) -> float:
+        elapsed = time.monotonic() - self.began
+        ours = (self._seconds() - self.used) / elapsed
+        self.others = max((self._machine() - self.busy) / elapsed - ours, 0.0)
+        return ours
+
+
+def stop_process(process: subprocess.Popen, grace: float = 10) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --- 2. raw voters: TCP vs NATS -------------------------------------------------------
+
+
+@dataclass
+class RawGroup:
+    """Three `bench._voters` processes driven over their stdin/stdout."""
+
+    transport: str
+    apply: str
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def start(self, workdir: Path, cluster: NatsCluster, run: int) -> RawGroup:
+        base = [sys.executable, "-m", "bench._voters", self.transport]
+        if self.transport == "tcp":
+            me = [f"127.0.0.1:{port}" for port in natsd.free_ports(3)]
+            args = [[m, *(p for p in me if p != m)] for m in me]
+        else:
+            me = [f"raw{run}-v{i}" for i in range(1, 4)]
+            secret = workdir / "secret"
+            urls = cluster.urls
+            args = [[m, ",".join(me), url, str(secret)] for m, url in zip(me, urls, strict=True)]
+        for i, rest in enumerate(args):
+            where = workdir / f"raw{run}-{self.transport}-{i}"
+            with open(workdir / f"raw{run}-{self.transport}-{i}.log", "ab") as log:
+                self.processes.append(
+                    subprocess.Popen(
+                        [*base, str(where), self.apply, *rest],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=log,
+                        text=True,
+                        cwd=ROOT,
+                    )
+                )
+        return self
+
+    def ask(self, process: subprocess.Popen[str], **command) -> dict:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(json.dumps(command) + "\n")
+        process.stdin.flush()
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"raw {self.transport} voter exited ({process.poll()})")
+        return json.loads(line)
+
+    def leader(self) -> subprocess.Popen[str] | None:
+        views = [self.ask(p, op="status") for p in self.processes]
+        leaders = [p for p, v in zip(self.processes, views, strict=True) if v.get("leader")]
+        known = {v.get("known") for v in views}
+        return leaders[0] if len(leaders) == 1 and len(known) == 1 and None not in known else None
+
+    def stop(self) -> None:
+        for process in self.processes:
+            with contextlib.suppress(OSError):
+                assert process.stdin is not None
+                process.stdin.close()  # end of input: it destroys its replica and exits
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                stop_process(process, grace=2)
+
+
+def raw_round(workdir: Path, cluster: NatsCluster, transport: str, apply: str, run: int) -> dict:
+    group = RawGroup(transport, apply)
+    try:
+        group.start(workdir, cluster, run)
+        chief = wait_for(group.leader, 30, f"raw {transport} voters to elect a leader")
+        before = group.ask(chief, op="status")
+        cpu = Cpu([p.pid for p in group.processes])
+        cpu.start()
+        inflight = RAW_INFLIGHT[apply]
+        result = group.ask(chief, op="load", seconds=WINDOW, warmup=WARMUP, inflight=inflight)
+        result["cores"], result["others"] = cpu.stop(), cpu.others
+        after = group.ask(chief, op="status")
+        result["term changes"] = after["term"] - before["term"]
+        result["rate"] = result["commits"] / result["seconds"]
+    finally:
+        group.stop()
+    failed = ", ".join(f"{n} {why}" for why, n in result["failed"].items()) or "none"
+    say(
+        f"raw {transport}/{apply}: {result['rate']:,.0f} commits/s, p50 {result['p50']:.3f} s, "
+        f"{result['cores']:.2f} cores, failed: {failed}, new terms: {result['term changes']}"
+    )
+    return result
+
+
+def transports(workdir: Path, cluster: NatsCluster) -> dict[tuple[str, str], list[dict]]:
+    (workdir / "secret").write_text(SECRET)
+    runs = itertools.count()
+    results: dict[tuple[str, str], list[dict]] = {}
+    plan = [("sqlite", RAW_ROUNDS), ("none", 1)]
+    for apply, rounds in plan:
+        for _ in range(rounds):
+            for transport in ("tcp", "nats"):
+                result = raw_round(workdir, cluster, transport, apply, next(runs))
+                results.setdefault((transport, apply), []).append(result)
+    return results
+
+
+# --- 1 and 3. the service's voter processes -----------------------------------------
+
+
+class Voters:
+    """Three `python -m colony.consensus` processes, each on its own server of the cluster."""
+
+    def __init__(self, cluster: NatsCluster, workdir: Path) -> None:
+        self.ids = [f"voter-{i}" for i in range(1, 4)]
+        self.server_of: dict[str, NatsServer] = dict(zip(self.ids, cluster.servers, strict=True))
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.secret = workdir / "cluster.secret"
+        self.secret.write_text(SECRET)
+        self.secret.chmod(0o600)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, node: str) -> None:
+        config = self.server_of[node].node_config(node)
+        config.node.dir = str(self.workdir / node)  # the same state on every restart
+        config.consensus = ConsensusSettings(voters=self.ids, secret_file=str(self.secret))
+        config.log.level = "warning"
+        path = self.workdir / f"{node}.toml"
+        path.write_text(dumps(config))
+        argv = [sys.executable, "-m", "colony.consensus", "--config", str(path)]
+        with open(self.workdir / f"{node}.log", "ab") as log:
+            self.processes[node] = subprocess.Popen(argv, stdout=log, stderr=log)
+
+    def kill(self, node: str) -> None:
+        process = self.processes.pop(node)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def stop_all(self) -> None:
+        for node in list(self.processes):
+            process = self.processes.pop(node)
+            stop_process(process)
+            if process.returncode:
+                say(f"{node} exited {process.returncode} when stopped (log: {node}.log)")
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes.values()]
+
+
+async def statuses(bus, nodes: list[str]) -> dict[str, ConsensusStatus | None]:
+    async def one(node: str) -> ConsensusStatus | None:
+        try:
+            return await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
+        except BusError:
+            return None
+
+    return dict(zip(nodes, await asyncio.gather(*(one(n) for n in nodes)), strict=True))
+
+
+async def whole(bus, nodes: list[str]) -> str | None:
+    """The leader, once every voter answers, names it, and has applied all it committed."""
+    views = await statuses(bus, nodes)
+    if None in views.values() or len({v.leader for v in views.values()}) != 1:
+        return None
+    leader = next(iter(views.values())).leader
+    top = views.get(leader)
+    if top is None or top.role != "leader" or not top.has_quorum:
+        return None
+    if not all(v.connected and (v.node == leader or v.lag == 0) for v in top.voters):
+        return None
+    if any(v.applied_index < top.commit_index for v in views.values()):
+        return None
+    return leader
+
+
+async def agreed(bus, nodes: list[str], other_than: str) -> str | None:
+    """The new leader, once all of `nodes` name it and it is not `other_than`."""
+    views = await statuses(bus, nodes)
+    named = {v.leader if v else None for v in views.values()}
+    chosen = named.pop() if len(named) == 1 else None
+    return chosen if chosen in nodes and chosen != other_than else None
+
+
+@dataclass
+class ApiResult:
+    per_request: int
+    inflight: int
+    latencies: list[float]
+    errors: list[str]
+    cores: float
+    others: float
+    relayed: float
+    lag: int
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) * self.per_request / WINDOW
+
+
+async def stream_last(bus) -> int | None:
+    try:
+        return (await bus.js.stream_info(subjects.CHANGES_STREAM)).state.last_seq
+    except Exception:  # not made yet, or JetStream busy: no figure
+        return None
+
+
+async def drive(bus, voters: Voters, leader: str, per_request: int, inflight: int) -> ApiResult:
+    """`inflight` clients sending requests of `per_request` proposals for WARMUP + WINDOW."""
+    order = [leader, *(n for n in voters.ids if n != leader)]
+    latencies: list[float] = []
+    errors: list[str] = []
+    start = time.perf_counter()
+    window, end = start + WARMUP, start + WARMUP + WINDOW
+    samples: dict[str, float] = {}
+    cpu = Cpu([*voters.pids(), *(s.process.pid for s in voters.server_of.values()), os.getpid()])
+
+    async def client(n: int) -> None:
+        management = Management(bus, order, timeout=10)
+        for i in itertools.count():
+            if time.perf_counter() >= end:
+                return
+            keys = (f"c{n}-{(i * per_request + j) % 1000}" for j in range(per_request))
+            sent = time.perf_counter()
+            try:
+                await management.propose(*(KvPut(key, VALUE) for key in keys))
+            except ManagementError as e:
+                errors.append(str(e))
+                continue
+            if window <= (now := time.perf_counter()) <= end:
+                latencies.append(now - sent)
+
+    async def sampler() -> None:
+        await asyncio.sleep(WARMUP)  # the measurement window's edges, not a wait for a state
+        cpu.start()
+        samples["relayed"] = await stream_last(bus) or 0
+        await asyncio.sleep(WINDOW)
+        samples["cores"], samples["others"] = cpu.stop(), cpu.others
+        samples["relayed"] = ((await stream_last(bus) or 0) - samples["relayed"]) / WINDOW
+        top = (await statuses(bus, [leader]))[leader]
+        samples["lag"] = max((v.lag or 0 for v in top.voters), default=0) if top else -1
+
+    await asyncio.gather(sampler(), *(client(n) for n in range(inflight)))
+    result = ApiResult(
+        per_request,
+        inflight,
+        latencies,
+        errors,
+        samples["cores"],
+        samples["others"],
+        samples["relayed"],
+        int(samples["lag"]),
+    )
+    say(
+        f"api {per_request} x {inflight} in flight: {result.rate:,.0f} commands/s, "
+        f"p50 {quantile(latencies, 0.5) * 1000:.1f} ms, "
+        f"p99 {quantile(latencies, 0.99) * 1000:.1f} ms, "
+        f"{result.cores:.2f} cores, stream {result.relayed:,.0f}/s, lag {result.lag}, "
+        f"{len(errors)} errors"
+    )
+    return result
+
+
+@dataclass
+class Failover:
+    survivors: float
+    """A client that asks the survivors: from the kill to its write's reply."""
+    fresh: float
+    """A client that was using the leader, its first request sent after the kill."""
+    outage: float
+    """A client writing continuously through the leader: its longest wait for an ack."""
+    elected: float
+    """The survivors both name the same new leader."""
+    old: str
+    new: str
+
+
+async def timed(since: float, write) -> float:
+    try:
+        await write
+    except (ManagementError, TimeoutError) as e:
+        say(f"failed: {e}")
+        return float("inf")
+    return time.monotonic() - since
+
+
+async def failover(bus, voters: Voters, trial: int) -> Failover:
+    leader = await poll(lambda: whole(bus, voters.ids), 60, "the group to be whole")
+    survivors = [n for n in voters.ids if n != leader]
+    calls: list[tuple[float, float]] = []  # (sent, acknowledged) of the continuous writer
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        client = Management(bus, [leader, *survivors], timeout=30)
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            sent = time.monotonic()
+            with contextlib.suppress(ManagementError):
+                await client.propose(KvPut(f"stream-{trial}", str(i)))
+                calls.append((sent, time.monotonic()))
+
+    writing = asyncio.create_task(writer())
+    try:
+        await poll(lambda: len(calls) >= 5, 10, "the continuous writer to get going")
+        killed = time.monotonic()
+        voters.kill(leader)
+        writes = asyncio.gather(
+            timed(killed, Management(bus, survivors, timeout=10).propose(KvPut("a", "b"))),
+            timed(
+                killed, Management(bus, [leader, *survivors], timeout=10).propose(KvPut("c", "d"))
+            ),
+            timed(killed, poll(lambda: agreed(bus, survivors, leader), 10, "a new leader")),
+        )
+        through, fresh, elected = await writes
+        await poll(lambda: calls[-1][0] > killed, 30, "the continuous writer to write again")
+    finally:
+        stop.set()
+        await writing
+    acks = [done for _, done in calls if done > killed - 1]
+    outage = max(later - earlier for earlier, later in itertools.pairwise(acks))
+    new = await agreed(bus, survivors, leader) or "?"
+    voters.start(leader)
+    say(
+        f"failover {trial + 1}/{TRIALS}: killed {leader}, {new} leads after {elected:.3f} s; "
+        f"first write: {through:.3f} s via the survivors, {fresh:.3f} s starting at the dead "
+        f"voter; continuous writer waited {outage:.3f} s"
+    )
+    return Failover(through, fresh, outage, elected, leader, new)
+
+
+@dataclass
+class Backlog:
+    changes: int
+    """Rows in the leader's change log (its SQLite, read directly)."""
+    relayed: int
+    """Messages in COLONY_CHANGES."""
+
+
+async def backlog(bus, voters: Voters, leader: str) -> Backlog:
+    path = voters.workdir / leader / "consensus" / "management.db"
+
+    def count() -> int:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT coalesce(max(idx), 0) FROM changes").fetchone()[0]
+
+    return Backlog(await asyncio.to_thread(count), await stream_last(bus) or 0)
+
+
+async def service(
+    workdir: Path, cluster: NatsCluster
+) -> tuple[list[Failover], list[ApiResult], Backlog]:
+    voters = Voters(cluster, workdir)
+    bus = await connect(NatsSettings(servers=cluster.urls), "bench-consensus")
+    try:
+        for node in voters.ids:
+            voters.start(node)
+        started = time.monotonic()
+        await poll(lambda: whole(bus, voters.ids), 60, "the voters to elect a leader")
+        say(f"service voters: a leader after {time.monotonic() - started:.2f} s")
+        trials = [await failover(bus, voters, trial) for trial in range(TRIALS)]
+        results = []
+        for per_request, inflight in [(1, n) for n in UNBATCHED] + list(BATCHED):
+            leader = await poll(lambda: whole(bus, voters.ids), 120, "the group to be whole")
+            results.append(await drive(bus, voters, leader, per_request, inflight))
+        behind = await backlog(bus, voters, leader)
+        say(f"change log: {behind.changes:,} rows, {behind.relayed:,} in the stream")
+        return trials, results, behind
+    finally:
+        await bus.close()
+        voters.stop_all()
+
+
+# --- the report -----------------------------------------------------------------------
+
+
+def measure() -> tuple[dict, list[Failover], list[ApiResult], Backlog]:
+    with tempfile.TemporaryDirectory(prefix="colony-bench-consensus-") as tmp:
+        workdir = Path(tmp)
+        cluster = NatsCluster(workdir / "nats").start()
+        try:
+            (workdir / "raw").mkdir()
+            raw = transports(workdir / "raw", cluster)
+            trials, api, behind = asyncio.run(service(workdir / "service", cluster))
+        finally:
+            cluster.stop()
+    return raw, trials, api, behind
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "**FAIL**"
+
+
+def table(columns: list[str], rows: list[list[str]]) -> str:
+    lines = [f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
+    return "\n".join([*lines, *(f"| {' | '.join(row)} |" for row in rows)])
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def api_table(api: list[ApiResult]) -> str:
+    columns = ["load", "proposals per request", "in flight", "commands/s", "requests/s"]
+    columns += ["p50 ms", "p99 ms", "CPU cores", "others' cores", "stream/s", "lag"]
+    rows = []
+    for r in api:
+        errors = f" ({len(r.errors)} errors)" if r.errors else ""
+        rows.append(
+            [
+                "unbatched" if r.per_request == 1 else "batched",
+                str(r.per_request),
+                str(r.inflight),
+                f"**{r.rate:,.0f}**{errors}",
+                f"{len(r.latencies) / WINDOW:,.0f}",
+                ms(quantile(r.latencies, 0.5)),
+                ms(quantile(r.latencies, 0.99)),
+                f"{r.cores:.2f}",
+                f"{r.others:.2f}",
+                f"{r.relayed:,.0f}",
+                str(r.lag),
+            ]
+        )
+    return table(columns, rows)
+
+
+def raw_table(raw: dict[tuple[str, str], list[dict]]) -> str:
+    columns = ["transport", "apply", "in flight", "round", "commits/s", "p50 ms"]
+    columns += ["CPU cores", "others' cores", "failed", "new terms"]
+    rows = []
+    for apply in ("sqlite", "none"):
+        for transport in ("tcp", "nats"):
+            for n, r in enumerate(raw[(transport, apply)], 1):
+                failed = ", ".join(f"{k} {why}" for why, k in r["failed"].items()) or "none"
+                rows.append(
+                    [
+                        "pysyncobj TCPTransport" if transport == "tcp" else "NATS (`Link`)",
+                        "Machine (SQLite)" if apply == "sqlite" else "none",
+                        f"{RAW_INFLIGHT[apply]:,}",
+                        str(n),
+                        f"**{r['rate']:,.0f}**",
+                        f"{(r['p50'] or 0) * 1000:.0f}",
+                        f"{r['cores']:.2f}",
+                        f"{r['others']:.2f}",
+                        failed,
+                        str(r["term changes"]),
+                    ]
+                )
+    return table(columns, rows)
+
+
+def run() -> str:
+    raw, trials, api, behind = measure()
+    cores = os.cpu_count()
+    best_batched = max(r.rate for r in api if r.per_request > 1)
+
+    def rate(transport: str, apply: str) -> float:
+        return statistics.median(r["rate"] for r in raw[(transport, apply)])
+
+    def spread(transport: str) -> str:
+        rates = [r["rate"] for r in raw[(transport, "sqlite")]]
+        return f"{min(rates):,.0f}-{max(rates):,.0f}/s"
+
+    ratio = rate("nats", "sqlite") / rate("tcp", "sqlite")
+    moved = [r for rs in raw.values() for r in rs if r["term changes"]]
+    elections = (
+        f" {len(moved)} round(s) saw a new term under load with every voter alive"
+        " (the entries in flight were discarded); not investigated here."
+        if moved
+        else ""
+    )
+    ratio_none = rate("nats", "none") / rate("tcp", "none")
+
+    def row(what: str, values: list[float]) -> list[str]:
+        return [what, *(f"{x:.3f}" for x in (quantile(values, 0.5), quantile(values, 0.95)))]
+
+    p95 = quantile([t.survivors for t in trials], 0.95)
+    fresh95 = quantile([t.fresh for t in trials], 0.95)
+    outage95 = quantile([t.outage for t in trials], 0.95)
+    rank = round(0.95 * (len(trials) - 1)) + 1
+    bars = table(
+        ["write", "p95 s", f"≤ {BAR_FAILOVER:g} s (issue)", f"≤ {BRIEF_FAILOVER:g} s (brief)"],
+        [
+            [what, f"{x:.3f}", verdict(x <= BAR_FAILOVER), verdict(x <= BRIEF_FAILOVER)]
+            for what, x in [
+                ("(a) through the survivors: **the bar**", p95),
+                ("(b) starting at the dead voter", fresh95),
+                ("(c) continuous writer", outage95),
+            ]
+        ],
+    )
+    failovers = table(
+        ["from kill -9 of the leader to", "p50 s", "p95 s", "max s"],
+        [
+            [*row(what, values), f"{max(values):.3f}"]
+            for what, values in [
+                ("survivors agree on a new leader", [t.elected for t in trials]),
+                ("(a) first write, client asks the survivors", [t.survivors for t in trials]),
+                ("(b) first write, client starts at the dead voter", [t.fresh for t in trials]),
+                ("(c) continuous writer's longest wait for an ack", [t.outage for t in trials]),
+            ]
+        ],
+    )
+    return f"""Everything on loopback on this one machine ({cores} cores shared by all of it):
+a 3-server NATS cluster (`NatsCluster`, routes and JetStream), three voters,
+and the clients. Default `Timers` (heartbeat 50 ms, elections after
+0.3-0.6 s, tick 10 ms). Proposals are small `kv.put`s (16-byte values over
+1,000 keys per client), each with its own id, so each is applied. "Others'
+cores" is what the rest of the machine (anything not measured, such as tests
+run meanwhile) kept busy during the window.
+
+### Committed commands through the service
+
+Three `python -m colony.consensus` processes, each connected to its own
+server of the cluster (as on a real node), the change relay running on the
+leader. Clients in this benchmark's process (one NATS connection) send
+`ProposeRequest`s through `Management` (the leader first), each client one
+request at a time; a reply means committed by a majority **and applied to
+the leader's SQLite** (one transaction per entry). Commands/s counts the
+proposals replied to over {WINDOW:g} s after {WARMUP:g} s of warm-up; latency is per
+request, send to reply. CPU is the cores busy over the window in the voters,
+the nats-servers and this process; stream/s is what the leader's change
+relay copied to `COLONY_CHANGES` per second meanwhile; lag is the most
+entries a follower was behind at the end of the window.
+
+{api_table(api)}
+
+A lone proposal waits for the next heartbeat: pysyncobj (with its default
+`appendEntriesUseBatch`) sends new entries to the followers only once per
+`append_entries` period (50 ms), so unbatched throughput is about the
+requests in flight divided by that period. Batching spreads the round trip
+and the SQLite transaction over the whole entry. The change relay publishes
+one change at a time and awaits each JetStream acknowledgement: at the end
+of these runs the leader's change log held {behind.changes:,} changes and
+`COLONY_CHANGES` {behind.relayed:,} ({behind.changes - behind.relayed:,} still to relay).
+
+Anchors: pysyncobj's README claims 15K requests/s on localhost (no
+database). Bar: at least {BAR_BATCHED:,} committed commands/s batched: best batched
+{best_batched:,.0f}/s, {verdict(best_batched >= BAR_BATCHED)}.
+
+### Transport: NATS vs pysyncobj's TCP
+
+Raw voter processes (`bench/_voters.py`), three per group, one group at a
+time: a SyncObj whose one `@replicated` method calls
+`Machine.apply(raftLastApplied + 1, entry)` on pysyncobj's `TCPTransport`
+(free loopback ports), and the service's own `Replica` (the same method)
+with its NATS `Link`, each voter on its own server of the NATS cluster.
+Same `Timers`, the same `SyncObjConf` and the same SQLite snapshot hooks on
+both. The leader's process keeps that many single-proposal entries in flight
+(replicated calls with a callback, from a driver thread) and counts those
+applied on the leader over {WINDOW:g} s after {WARMUP:g} s of warm-up; p50 is submit
+to callback, so mostly queueing. Rounds alternate TCP and NATS; the last two
+apply nothing (Raft and transport alone, as in the prototype). CPU: the
+three voters' processes.
+
+{raw_table(raw)}
+
+NATS/TCP, medians: **{ratio:.2f}** with the SQLite apply, {ratio_none:.2f} without
+(with SQLite, rounds ranged {spread("tcp")} over TCP and {spread("nats")} over NATS).{elections}
+pysyncobj applies committed entries one at a time on the thread that also
+runs Raft, one SQLite transaction each, so with the Machine that thread
+bounds both transports alike. Anchor: the prototype of shared/MACHINE.md
+(no SQLite; heartbeat 10 ms, tick 5 ms) pipelined about 50k writes/s over
+NATS and 40k over TCPTransport.
+
+### Failover
+
+{TRIALS} trials. In each, a client writes continuously through the leader
+(`Management`, one `kv.put` at a time); the leader's voter process is
+killed with -9; at once, two more retrying `Management` clients each send
+one write: (a) one that asks only the two survivors, (b) one that starts
+at the dead voter, as a client that was using it would. `Management` tries
+the next voter after a refusal, no responders, or its per-attempt timeout
+(6 s), with a backoff of 50 ms doubling to 0.5 s. Times are from the kill
+to each write's reply; (c) is the longest gap between the continuous
+writer's acknowledgements around the kill. Meanwhile the survivors' status
+is polled until both name the same new leader. The killed voter is then
+restarted on its state dir, and the next trial waits until all three
+answer, agree on the leader, are connected and have applied everything
+(polled, no fixed sleeps).
+
+{failovers}
+
+The request that (c) had in flight to the killed leader is never answered,
+so that client waits out its per-attempt timeout before it tries another
+voter. A request sent to the dead voter after the kill (b) is usually
+refused at once (no responders); a (b) near 6 s is one that got no answer
+at all, most likely because the client's server still knew the dead
+voter's subscription (interest crosses the cluster's routes) and forwarded
+the request to be dropped.
+
+Anchor: etcd elects a new leader in about one election timeout (1 s by
+default); the MACHINE.md prototype failed over to the first write in
+0.2-0.4 s. Bars on the p95 (rank {rank} of {TRIALS}, fastest first): the issue's
+{BAR_FAILOVER:g} s and the brief's {BRIEF_FAILOVER:g} s for the first committed write through
+the surviving voters, which (a) measures; (b) and (c) are shown against
+the same bars for what a client sees, though a long wait there is the
+client's per-attempt timeout, not the election.
+
+{bars}
+"""
