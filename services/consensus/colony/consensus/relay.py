@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 
 import aiosqlite
@@ -24,7 +25,9 @@ from colony.shared.bus import Bus
 from colony.shared.messages import Change, encode
 
 BATCH = 256
-"""Rows read per round."""
+"""Rows read, published, then acknowledged per round."""
+ACK_WAIT = 5.0
+"""Seconds to wait for the stream's acknowledgements of a round."""
 IDLE = 0.02
 """Seconds between looks at the change log while nothing is new."""
 KEPT = 7 * 24 * 3600.0
@@ -73,35 +76,61 @@ class ChangeRelay:
         self.relayed = info.state.last_seq
 
     async def _relay_some(self) -> bool:
-        """Publish the next rows after the stream's last one; False if there were none."""
+        """Publish the next rows after the stream's last one; False if there were none.
+
+        Pipelined: the whole batch is published before the acks are awaited. The
+        server takes one connection's publishes in order, so each one's expected
+        last sequence still holds; a refusal (someone else got further) stops
+        the batch, and the relay re-reads where the stream is.
+        """
         async with self.reader.execute(
             "SELECT idx, log_index, kind, id, version, cause FROM changes "
             "WHERE idx > ? ORDER BY idx LIMIT ?",
             (self.relayed, BATCH),
         ) as rows:
             batch = await rows.fetchall()
-        for index, log_index, kind, id, version, cause in batch:
-            if not self.is_leader():
-                return True
-            event = Change(
-                index=index, kind=kind, id=id, version=version, log_index=log_index, cause=cause
-            )
-            headers = {
-                "Nats-Msg-Id": str(index),
-                "Nats-Expected-Last-Sequence": str(index - 1),
-            }
-            try:
-                await self.bus.js.publish(
-                    subjects.change(kind, id).name, encode(event), headers=headers
+        if not batch:
+            return False
+        nc = self.bus.nc
+        inbox = nc.new_inbox()
+        acks: asyncio.Queue = asyncio.Queue()
+        sub = await nc.subscribe(f"{inbox}.*", cb=acks.put)
+        try:
+            sent = 0
+            for index, log_index, kind, id, version, cause in batch:
+                if not self.is_leader():
+                    break
+                event = Change(
+                    index=index, kind=kind, id=id, version=version, log_index=log_index,
+                    cause=cause,
+                )  # fmt: skip
+                headers = {
+                    "Nats-Msg-Id": str(index),
+                    "Nats-Expected-Last-Sequence": str(index - 1),
+                }
+                await nc.publish(
+                    subjects.change(kind, id).name,
+                    encode(event),
+                    reply=f"{inbox}.{index}",
+                    headers=headers,
                 )
-            except nats.js.errors.APIError as e:
-                if e.err_code != _WRONG_LAST_SEQUENCE:
-                    raise
-                # someone else (a leader of a moment ago) got further: catch up with it
-                with contextlib.suppress(nats.js.errors.Error):
-                    self.relayed = (
-                        await self.bus.js.stream_info(subjects.CHANGES_STREAM)
-                    ).state.last_seq
-                return True
-            self.relayed = index
-        return bool(batch)
+                sent += 1
+            for _ in range(sent):
+                reply = await asyncio.wait_for(acks.get(), ACK_WAIT)
+                if not reply.data:  # a status message: no stream took it (yet)
+                    raise nats.errors.NoRespondersError
+                ack = json.loads(reply.data)
+                if "error" in ack:
+                    if ack["error"].get("err_code") != _WRONG_LAST_SEQUENCE:
+                        raise nats.js.errors.APIError(description=str(ack["error"]))
+                    # someone else (a leader of a moment ago) got further: catch up with it
+                    info = await self.bus.js.stream_info(subjects.CHANGES_STREAM)
+                    self.relayed = info.state.last_seq
+                    return True
+                self.relayed = max(self.relayed, ack["seq"])
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None  # the stream did not answer: pause
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        return True
