@@ -118,41 +118,20 @@ with urllib.request.urlopen(sys.argv[1] + "/routez", timeout=1) as reply:
 """Prints how many routes a nats-server has open (its monitoring port)."""
 
 
-class Voters:
-    """One nats-server and one consensus voter on every host."""
+class Voters(netns.HostProcesses):
+    """One nats-server and one consensus voter on every host.
+
+    `processes`: (host, what) -> the process: nats, consensus.
+    """
 
     def __init__(self, net: netns.SplitNetwork, workdir: Path) -> None:
-        self.net = net
-        self.workdir = workdir
-        self.processes: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
-        """(host, what) -> the process: nats, consensus."""
-
-    def url(self, host: str) -> str:
-        return f"nats://{self.net.hosts[host].address}:{PORTS.client}"
-
-    def log(self, host: str, what: str) -> Path:
-        return self.workdir / host / f"{what}.log"
+        super().__init__(net, workdir, PORTS)
 
     def start(self) -> None:
-        routes: list[int | str] = [f"{h.address}:{PORTS.cluster}" for h in self.net.hosts.values()]
         secret = self.workdir / "cluster.secret"
         secret.write_text(SECRET)
         secret.chmod(0o600)
-        for host in HOSTS:
-            here = self.workdir / host
-            here.mkdir(parents=True)
-            server = natsd.ServerConfig(
-                host,
-                PORTS,
-                here / "jetstream",
-                routes=routes,
-                host=self.net.hosts[host].address,
-                route_ping_interval=ROUTE_PING,
-            )
-            (here / "nats.conf").write_text(server.render())
-            self._spawn(host, [natsd.binary(), "-c", str(here / "nats.conf")], "nats")
-        for host in HOSTS:
-            wait_for(lambda h=host: self._serving(h), 20, f"{host}'s nats-server to accept clients")
+        self.start_nats(ROUTE_PING)
         for host in HOSTS:
             config = Config(
                 node=NodeSettings(id=host, name=host, dir=str(self.workdir / host / "node")),
@@ -161,23 +140,7 @@ class Voters:
             )
             (self.workdir / host / "node.toml").write_text(dumps(config))
             argv = [sys.executable, "-m", "colony.consensus", "--config"]
-            self._spawn(host, [*argv, str(self.workdir / host / "node.toml")], "consensus")
-
-    def _spawn(self, host: str, argv: list[str], what: str) -> None:
-        self.processes[host, what] = self.net.popen(host, argv, self.log(host, what))
-
-    def _serving(self, host: str) -> bool:
-        self.check_running()
-        return self.net.port_open(host, self.net.hosts[host].address, PORTS.client)
-
-    def check_running(self) -> None:
-        """Fail at once, with its last words, if any process started here has exited."""
-        for (host, what), process in self.processes.items():
-            if process.poll() is not None:
-                tail = self.log(host, what).read_text(errors="replace").splitlines()[-5:]
-                raise AssertionError(
-                    f"{host}'s {what} exited with {process.returncode}:\n" + "\n".join(tail)
-                )
+            self.spawn(host, [*argv, str(self.workdir / host / "node.toml")], "consensus")
 
     # --- asking a host's own voter, from inside the host -----------------------------
 

@@ -16,7 +16,6 @@ machine). Needs root; skipped otherwise.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,39 +60,17 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """Prints every message on a subject, one per line, after a first line 'ready'."""
 
 
-class Group:
-    """One nats-server, one membership service and one change watcher on every host."""
+class Group(netns.HostProcesses):
+    """One nats-server, one membership service and one change watcher on every host.
+
+    `processes`: (host, what) -> the process: nats, membership, changes.
+    """
 
     def __init__(self, net: netns.SplitNetwork, workdir: Path) -> None:
-        self.net = net
-        self.workdir = workdir
-        self.processes: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
-        """(host, what) -> the process: nats, membership, changes."""
-
-    def url(self, host: str) -> str:
-        return f"nats://{self.net.hosts[host].address}:{PORTS.client}"
-
-    def log(self, host: str, what: str) -> Path:
-        return self.workdir / host / f"{what}.log"
+        super().__init__(net, workdir, PORTS)
 
     def start(self) -> None:
-        routes: list[int | str] = [f"{h.address}:{PORTS.cluster}" for h in self.net.hosts.values()]
-        for host in HOSTS:
-            here = self.workdir / host
-            here.mkdir(parents=True)
-            server = natsd.ServerConfig(
-                host,
-                PORTS,
-                here / "jetstream",
-                routes=routes,
-                host=self.net.hosts[host].address,
-                route_ping_interval=ROUTE_PING,
-            )
-            (here / "nats.conf").write_text(server.render())
-            argv = [natsd.binary(), "-c", str(here / "nats.conf")]
-            self._spawn(host, argv, "nats")
-        for host in HOSTS:
-            wait_for(lambda h=host: self._serving(h), 20, f"{host}'s nats-server to accept clients")
+        self.start_nats(ROUTE_PING)
         for host in HOSTS:
             config = Config(
                 node=NodeSettings(id=host, name=host, dir=str(self.workdir / host / "node")),
@@ -101,27 +78,11 @@ class Group:
             )
             (self.workdir / host / "node.toml").write_text(dumps(config))
             argv = [sys.executable, "-m", "colony.membership", "--config"]
-            self._spawn(host, [*argv, str(self.workdir / host / "node.toml")], "membership")
+            self.spawn(host, [*argv, str(self.workdir / host / "node.toml")], "membership")
             watch = [sys.executable, "-c", WATCH, self.url(host), "colony.changes.member.*"]
-            self._spawn(host, watch, "changes")
+            self.spawn(host, watch, "changes")
         for host in HOSTS:
             wait_for(lambda h=host: self._lines(h)[:1] == ["ready"], 20, f"{host}'s watcher")
-
-    def _spawn(self, host: str, argv: list[str], what: str) -> None:
-        self.processes[host, what] = self.net.popen(host, argv, self.log(host, what))
-
-    def _serving(self, host: str) -> bool:
-        self.check_running()
-        return self.net.port_open(host, self.net.hosts[host].address, PORTS.client)
-
-    def check_running(self) -> None:
-        """Fail at once, with its last words, if any process started here has exited."""
-        for (host, what), process in self.processes.items():
-            if process.poll() is not None:
-                tail = self.log(host, what).read_text(errors="replace").splitlines()[-5:]
-                raise AssertionError(
-                    f"{host}'s {what} exited with {process.returncode}:\n" + "\n".join(tail)
-                )
 
     # --- what the members see --------------------------------------------------------
 

@@ -17,6 +17,10 @@ a host into the other switch, to choose who ends up on which side of a cut.
     finally:
         net.destroy()  # kills every process in the namespaces, deletes them
 
+`HostProcesses` keeps a test's named processes on those hosts (a routed
+nats-server on each, then the services), each with its log file, and fails
+fast if one of them exits.
+
 Names carry the creating process's pid (namespaces ``colony-<pid>-<host>``),
 so runs never collide, and a later run deletes what a killed run left
 (`sweep_stale`). Every device is created inside the namespaces, none in the
@@ -41,6 +45,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from colony.shared import natsd
+from colony.shared.testing import wait_for
 
 PREFIX = "colony-"
 """Every namespace made here is named colony-<pid>-<name>."""
@@ -300,6 +307,72 @@ class SplitNetwork:
             "    sys.exit(1)\n"
         )
         return self.run(host, [sys.executable, "-c", check], timeout=10).returncode == 0
+
+
+class HostProcesses:
+    """Named processes on a network's hosts, each logging to ``workdir/<host>/<what>.log``.
+
+    The shape shared by the partition tests: a nats-server on every host, routed to
+    all the others (`start_nats`), then whatever runs on top of it (`spawn`).
+    `check_running` fails at once, with its last words, if any of them has exited.
+    Stopping is the network's: `SplitNetwork.destroy` kills each process's group.
+    """
+
+    def __init__(self, net: SplitNetwork, workdir: Path, ports: natsd.ServerPorts) -> None:
+        self.net = net
+        self.workdir = workdir
+        self.ports = ports
+        """The same on every host: each has its own network namespace."""
+        self.processes: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        """(host, what) -> the process: nats, and what `spawn` started."""
+
+    def url(self, host: str) -> str:
+        return f"nats://{self.net.hosts[host].address}:{self.ports.client}"
+
+    def log(self, host: str, what: str) -> Path:
+        return self.workdir / host / f"{what}.log"
+
+    def spawn(self, host: str, argv: Sequence[str], what: str) -> subprocess.Popen[bytes]:
+        """Start `argv` inside `host`, logging to `log(host, what)`; `check_running` watches it."""
+        self.processes[host, what] = self.net.popen(host, argv, self.log(host, what))
+        return self.processes[host, what]
+
+    def start_nats(self, route_ping_interval: float, timeout: float = 20) -> None:
+        """A nats-server on every host (its config in ``workdir/<host>``), routed to all of them."""
+        hosts = self.net.hosts.values()
+        routes: list[int | str] = [f"{h.address}:{self.ports.cluster}" for h in hosts]
+        for host in hosts:
+            here = self.workdir / host.name
+            here.mkdir(parents=True)
+            server = natsd.ServerConfig(
+                host.name,
+                self.ports,
+                here / "jetstream",
+                routes=routes,
+                host=host.address,
+                route_ping_interval=route_ping_interval,
+            )
+            (here / "nats.conf").write_text(server.render())
+            self.spawn(host.name, [natsd.binary(), "-c", str(here / "nats.conf")], "nats")
+        for host in hosts:
+            wait_for(
+                lambda h=host.name: self._serving(h),
+                timeout,
+                f"{host.name}'s nats-server to accept clients",
+            )
+
+    def _serving(self, host: str) -> bool:
+        self.check_running()
+        return self.net.port_open(host, self.net.hosts[host].address, self.ports.client)
+
+    def check_running(self) -> None:
+        """Fail at once, with its last words, if any process started here has exited."""
+        for (host, what), process in self.processes.items():
+            if process.poll() is not None:
+                tail = self.log(host, what).read_text(errors="replace").splitlines()[-5:]
+                raise AssertionError(
+                    f"{host}'s {what} exited with {process.returncode}:\n" + "\n".join(tail)
+                )
 
 
 def _ifname(name: str) -> str:
