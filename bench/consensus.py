@@ -47,7 +47,7 @@ import psutil
 from colony.shared import natsd, subjects
 from colony.shared.bus import BusError, connect
 from colony.shared.config import ConsensusSettings, NatsSettings, dumps
-from colony.shared.management import Management, ManagementError
+from colony.shared.management import ATTEMPT, Management, ManagementError
 from colony.shared.messages import ConsensusStatus, ConsensusStatusRequest, KvPut
 from colony.shared.testing import NatsCluster, NatsServer, poll, wait_for
 
@@ -647,7 +647,7 @@ A lone proposal waits for the next heartbeat: pysyncobj (with its default
 `append_entries` period (50 ms), so unbatched throughput is about the
 requests in flight divided by that period. Batching spreads the round trip
 and the SQLite transaction over the whole entry. The change relay publishes
-one change at a time and awaits each JetStream acknowledgement: at the end
+a round of up to 256 changes before it awaits their acknowledgements: at the end
 of these runs the leader's change log held {behind.changes:,} changes and
 `COLONY_CHANGES` {behind.relayed:,} ({behind.changes - behind.relayed:,} still to relay).
 
@@ -688,7 +688,7 @@ killed with -9; at once, two more retrying `Management` clients each send
 one write: (a) one that asks only the two survivors, (b) one that starts
 at the dead voter, as a client that was using it would. `Management` tries
 the next voter after a refusal, no responders, or its per-attempt timeout
-(6 s), with a backoff of 50 ms doubling to 0.5 s. Times are from the kill
+({ATTEMPT:g} s), with a backoff of 50 ms doubling to 0.5 s. Times are from the kill
 to each write's reply; (c) is the longest gap between the continuous
 writer's acknowledgements around the kill. Meanwhile the survivors' status
 is polled until both name the same new leader. The killed voter is then
@@ -701,7 +701,7 @@ answer, agree on the leader, are connected and have applied everything
 The request that (c) had in flight to the killed leader is never answered,
 so that client waits out its per-attempt timeout before it tries another
 voter. A request sent to the dead voter after the kill (b) is usually
-refused at once (no responders); a (b) near 6 s is one that got no answer
+refused at once (no responders); a (b) near {ATTEMPT:g} s is one that got no answer
 at all, most likely because the client's server still knew the dead
 voter's subscription (interest crosses the cluster's routes) and forwarded
 the request to be dropped.
