@@ -41,9 +41,8 @@ from pathlib import Path
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
 
-from colony.consensus import frames
 from colony.consensus.machine import Machine, encode_batch
-from colony.consensus.raft import Replica, Timers
+from colony.consensus.raft import Replica, Timers, sync_conf
 from colony.consensus.service import read_secret
 from colony.consensus.transport import Link
 from colony.shared.bus import connect
@@ -58,22 +57,11 @@ KEYS = 10_000
 def conf(timers: Timers, state_dir: Path, machine: Machine) -> SyncObjConf:
     """The SyncObjConf that `Replica` builds, with its SQLite snapshot hooks."""
     holder = types.SimpleNamespace(machine=machine)  # the hooks only use `self.machine`
-    return SyncObjConf(
-        autoTick=True,
-        autoTickPeriod=timers.tick,
-        appendEntriesPeriod=timers.append_entries,
-        raftMinTimeout=timers.election_min,
-        raftMaxTimeout=timers.election_max,
-        leaderFallbackTimeout=timers.leader_fallback,
-        journalFile=str(state_dir / "raft.journal"),
-        fullDumpFile=str(state_dir / "raft.snapshot"),
-        serializer=functools.partial(Replica._save_snapshot, holder),
-        deserializer=functools.partial(Replica._load_snapshot, holder),
-        useFork=False,
-        commandsWaitLeader=False,
-        logCompactionMinEntries=timers.compaction_entries,
-        logCompactionMinTime=timers.compaction_seconds,
-        appendEntriesBatchSizeBytes=frames.MAX_FRAME // 2,
+    return sync_conf(
+        timers,
+        state_dir,
+        functools.partial(Replica._save_snapshot, holder),
+        functools.partial(Replica._load_snapshot, holder),
     )
 
 

@@ -32,7 +32,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -46,10 +45,10 @@ import psutil
 
 from colony.shared import natsd, subjects
 from colony.shared.bus import BusError, connect
-from colony.shared.config import ConsensusSettings, NatsSettings, dumps
+from colony.shared.config import NatsSettings
 from colony.shared.management import ATTEMPT, Management, ManagementError
 from colony.shared.messages import ConsensusStatus, ConsensusStatusRequest, KvPut
-from colony.shared.testing import NatsCluster, NatsServer, poll, wait_for
+from colony.shared.testing import NatsCluster, VoterProcesses, poll, wait_for
 
 TITLE = "Consensus"
 WINDOW = float(os.environ.get("COLONY_BENCH_WINDOW", "6"))
@@ -225,34 +224,8 @@ def transports(workdir: Path, cluster: NatsCluster) -> dict[tuple[str, str], lis
 # --- 1 and 3. the service's voter processes -----------------------------------------
 
 
-class Voters:
+class Voters(VoterProcesses):
     """Three `python -m colony.consensus` processes, each on its own server of the cluster."""
-
-    def __init__(self, cluster: NatsCluster, workdir: Path) -> None:
-        self.ids = [f"voter-{i}" for i in range(1, 4)]
-        self.server_of: dict[str, NatsServer] = dict(zip(self.ids, cluster.servers, strict=True))
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.secret = workdir / "cluster.secret"
-        self.secret.write_text(SECRET)
-        self.secret.chmod(0o600)
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, node: str) -> None:
-        config = self.server_of[node].node_config(node)
-        config.node.dir = str(self.workdir / node)  # the same state on every restart
-        config.consensus = ConsensusSettings(voters=self.ids, secret_file=str(self.secret))
-        config.log.level = "warning"
-        path = self.workdir / f"{node}.toml"
-        path.write_text(dumps(config))
-        argv = [sys.executable, "-m", "colony.consensus", "--config", str(path)]
-        with open(self.workdir / f"{node}.log", "ab") as log:
-            self.processes[node] = subprocess.Popen(argv, stdout=log, stderr=log)
-
-    def kill(self, node: str) -> None:
-        process = self.processes.pop(node)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
 
     def stop_all(self) -> None:
         for node in list(self.processes):

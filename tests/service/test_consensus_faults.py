@@ -13,16 +13,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from colony.shared import subjects
 from colony.shared.bus import BusError, connect
-from colony.shared.config import ConsensusSettings, NatsSettings, dumps
+from colony.shared.config import NatsSettings
 from colony.shared.linearizability import Operation, check
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
@@ -31,50 +28,18 @@ from colony.shared.messages import (
     KvCas,
     KvPut,
 )
-from colony.shared.testing import poll
+from colony.shared.testing import VoterProcesses, poll
 
 _runs = itertools.count()
 
 
-class Voters:
-    """Three voter processes, each on its own server of the NATS cluster."""
-
-    def __init__(self, cluster, workdir) -> None:
-        run = next(_runs)
-        self.ids = [f"r{run}-v{i}" for i in range(1, 4)]
-        self.server_of = dict(zip(self.ids, cluster.servers, strict=True))
-        self.workdir = workdir
-        self.secret = workdir / "secret"
-        self.secret.write_text("a-cluster-secret-for-tests")
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, node: str) -> None:
-        config = self.server_of[node].node_config(node)
-        config.node.dir = str(self.workdir / node)  # the same state dir on every restart
-        config.consensus = ConsensusSettings(voters=self.ids, secret_file=str(self.secret))
-        config.log.level = "warning"
-        path = self.workdir / f"{node}.toml"
-        path.write_text(dumps(config))
-        argv = [sys.executable, "-m", "colony.consensus", "--config", str(path)]
-        self.processes[node] = subprocess.Popen(argv)
-
-    def kill(self, node: str) -> None:
-        process = self.processes.pop(node)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-
-    def stop_all(self) -> None:
-        for node in list(self.processes):
-            self.kill(node)
-
-
 @pytest.fixture
 def voters(nats_cluster, tmp_path):
-    group = Voters(nats_cluster, tmp_path)
+    group = VoterProcesses(nats_cluster, tmp_path, prefix=f"r{next(_runs)}")
     for node in group.ids:
         group.start(node)
     yield group
-    group.stop_all()
+    group.kill_all()
 
 
 @pytest.fixture

@@ -13,12 +13,14 @@ import inspect
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from colony.shared import natsd
-from colony.shared.config import Config, NatsSettings, NodeSettings
+from colony.shared.config import Config, ConsensusSettings, NatsSettings, NodeSettings
+from colony.shared.config import dumps as config_dumps
 from colony.shared.messages import HostMetrics, NodeMetrics, Resources
 
 
@@ -176,3 +178,39 @@ def example_metrics(node: str = "n1", seq: int = 1, **fields: object) -> NodeMet
         "processes": [], "capacity": zero, "used": zero, "free": zero,
     }  # fmt: skip
     return NodeMetrics(**{**values, **fields})
+
+
+class VoterProcesses:
+    """Raft voters as real `python -m colony.consensus` processes, one per server of a
+    NatsCluster, each on a state dir of its own that survives a restart; logs in workdir."""
+
+    def __init__(self, cluster: NatsCluster, workdir: Path, prefix: str = "voter") -> None:
+        self.ids = [f"{prefix}-{i}" for i in range(1, len(cluster.servers) + 1)]
+        self.server_of = dict(zip(self.ids, cluster.servers, strict=True))
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.secret = self.workdir / "cluster.secret"
+        self.secret.write_text("a-cluster-secret-for-tests-only")
+        self.secret.chmod(0o600)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, node: str) -> None:
+        config = self.server_of[node].node_config(node)
+        config.node.dir = str(self.workdir / node)
+        config.consensus = ConsensusSettings(voters=self.ids, secret_file=str(self.secret))
+        config.log.level = "warning"
+        path = self.workdir / f"{node}.toml"
+        path.write_text(config_dumps(config))
+        argv = [sys.executable, "-m", "colony.consensus", "--config", str(path)]
+        with open(self.workdir / f"{node}.log", "ab") as log:
+            self.processes[node] = subprocess.Popen(argv, stdout=log, stderr=log)
+
+    def kill(self, node: str) -> None:
+        """kill -9, and reap it."""
+        process = self.processes.pop(node)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def kill_all(self) -> None:
+        for node in list(self.processes):
+            self.kill(node)

@@ -65,6 +65,29 @@ _REASONS = {
 }
 
 
+def sync_conf(timers: Timers, state_dir: Path, save, load) -> SyncObjConf:
+    """pysyncobj's configuration for a voter: the timers, its journal and snapshot files,
+    and the snapshot hooks `save(path, raft_state)` / `load(path)`."""
+    return SyncObjConf(
+        autoTick=True,
+        autoTickPeriod=timers.tick,
+        appendEntriesPeriod=timers.append_entries,
+        raftMinTimeout=timers.election_min,
+        raftMaxTimeout=timers.election_max,
+        leaderFallbackTimeout=timers.leader_fallback,
+        journalFile=str(state_dir / "raft.journal"),
+        fullDumpFile=str(state_dir / "raft.snapshot"),
+        serializer=save,
+        deserializer=load,
+        useFork=False,  # never fork a threaded asyncio process
+        # No leader: refuse at once ("no quorum"); clients retry, a queue would hide it.
+        commandsWaitLeader=False,
+        logCompactionMinEntries=timers.compaction_entries,
+        logCompactionMinTime=timers.compaction_seconds,
+        appendEntriesBatchSizeBytes=frames.MAX_FRAME // 2,
+    )
+
+
 class _Replica(SyncObj):
     def __init__(self, machine: Machine, me: str, peers: list[str], conf, link: Link) -> None:
         self._machine = machine
@@ -86,24 +109,7 @@ class Replica:
         self.me = me
         self.machine = Machine(state_dir / "management.db")
         self._loop = asyncio.get_running_loop()
-        conf = SyncObjConf(
-            autoTick=True,
-            autoTickPeriod=timers.tick,
-            appendEntriesPeriod=timers.append_entries,
-            raftMinTimeout=timers.election_min,
-            raftMaxTimeout=timers.election_max,
-            leaderFallbackTimeout=timers.leader_fallback,
-            journalFile=str(state_dir / "raft.journal"),
-            fullDumpFile=str(state_dir / "raft.snapshot"),
-            serializer=self._save_snapshot,
-            deserializer=self._load_snapshot,
-            useFork=False,  # never fork a threaded asyncio process
-            # No leader: refuse at once ("no quorum"); clients retry, a queue would hide it.
-            commandsWaitLeader=False,
-            logCompactionMinEntries=timers.compaction_entries,
-            logCompactionMinTime=timers.compaction_seconds,
-            appendEntriesBatchSizeBytes=frames.MAX_FRAME // 2,
-        )
+        conf = sync_conf(timers, state_dir, self._save_snapshot, self._load_snapshot)
         peers = [v for v in voters if v != me]
         self._raft = _Replica(self.machine, me, peers, conf, link)
 
