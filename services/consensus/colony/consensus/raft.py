@@ -47,11 +47,7 @@ NO_QUORUM_CHECK = 0.1
 
 
 class NotCommitted(Exception):
-    """The entry was not committed; `retry` says whether trying again may succeed."""
-
-    def __init__(self, reason: str, retry: bool = True) -> None:
-        super().__init__(reason)
-        self.retry = retry
+    """The entry was not committed (or not known to be): the message says why."""
 
 
 _REASONS = {
@@ -205,4 +201,4 @@ def _settle(future: asyncio.Future, result, error) -> None:
         future.set_result(result)
     else:
         reason = _REASONS.get(error, f"pysyncobj error {error}")
-        future.set_exception(NotCommitted(reason, retry=error != FAIL_REASON.REQUEST_DENIED))
+        future.set_exception(NotCommitted(reason))

@@ -72,6 +72,10 @@ class ChangeRelay:
             replicas=self.replicas,
             max_age=KEPT,
         )
+        await self._resume()
+
+    async def _resume(self) -> None:
+        """Carry on after the stream's last message, whoever published it."""
         info = await self.bus.js.stream_info(subjects.CHANGES_STREAM)
         self.relayed = info.state.last_seq
 
@@ -123,9 +127,7 @@ class ChangeRelay:
                 if "error" in ack:
                     if ack["error"].get("err_code") != _WRONG_LAST_SEQUENCE:
                         raise nats.js.errors.APIError(description=str(ack["error"]))
-                    # someone else (a leader of a moment ago) got further: catch up with it
-                    info = await self.bus.js.stream_info(subjects.CHANGES_STREAM)
-                    self.relayed = info.state.last_seq
+                    await self._resume()  # a leader of a moment ago got further
                     return True
                 self.relayed = max(self.relayed, ack["seq"])
         except TimeoutError:

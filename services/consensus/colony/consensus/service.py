@@ -103,19 +103,20 @@ class ConsensusService:
         return ProposeReply(index=index, outcomes=outcomes or [])
 
     async def _on_query(self, request: QueryRequest) -> QueryReply:
-        if request.stale:
-            index = self._replica.machine.last_applied
-        else:
+        if not request.stale:
             # pysyncobj has no read index, and two voters may briefly both think they
             # lead: a barrier committed through the log is what makes the read current.
-            index, _ = await self._commit(encode_batch([Proposal(new_id(), Barrier())]))
+            await self._commit(encode_batch([Proposal(new_id(), Barrier())]))
         assert self.reader is not None
+        # One statement, so the value and the applied index come from one state (the
+        # reader's own connection: the one pysyncobj's thread applies with is its own).
         async with self.reader.execute(
-            "SELECT value, version FROM kv WHERE key = ?", (request.key,)
+            "SELECT (SELECT value FROM meta WHERE name = 'last_applied'), kv.value, kv.version "
+            "FROM (SELECT 1) LEFT JOIN kv ON kv.key = ?",
+            (request.key,),
         ) as rows:
-            row = await rows.fetchone()
-        value, version = (row[0], row[1]) if row else (None, 0)
-        return QueryReply(key=request.key, value=value, version=version, index=index)
+            index, value, version = await rows.fetchone()
+        return QueryReply(key=request.key, value=value, version=version or 0, index=index or 0)
 
     async def _on_status(self, _request: ConsensusStatusRequest) -> ConsensusStatus:
         replica = self._replica

@@ -96,7 +96,7 @@ class Link:
             self._outbox.append((subjects.raft_frames(peer), frame))
             schedule, self._flush_scheduled = not self._flush_scheduled, True
         if schedule:
-            self.loop.call_soon_threadsafe(self._publish)
+            self.loop.call_soon_threadsafe(self._pending.set)
         return True
 
     def drain(self) -> list[tuple[str, str, Any]]:
@@ -108,9 +108,6 @@ class Link:
         return events
 
     # --- on the loop ----------------------------------------------------------------
-
-    def _publish(self) -> None:
-        self._pending.set()
 
     async def _send_in_order(self) -> None:
         """The one task that publishes: a publish may yield (flushing), and a second
