@@ -167,26 +167,33 @@ async def test_the_change_log_reaches_the_stream_without_gaps_or_duplicates_acro
     first = await leader(bus)
     for i in range(15):
         await put(bus, first, f"k{i}", "one")
-    await poll(lambda: _last_seq(bus, 15), 10, "the first 15 changes on the stream")
+    await poll(lambda: _kv_on_stream(bus, 15), 10, "the first 15 changes on the stream")
     await voters.stop(first)
     client = Management(bus, [n for n in VOTERS if n != first])  # retries while they elect
     for i in range(15, 30):
         await client.propose(KvPut(f"k{i % 20}", "two"))
-    await poll(lambda: _last_seq(bus, 30), 20, "all 30 changes on the stream")
+    await poll(lambda: _kv_on_stream(bus, 30), 20, "all 30 changes on the stream")
     changes = await stream_changes(bus)
-    assert [seq for seq, _ in changes] == [c.index for _, c in changes] == list(range(1, 31))
-    later = [(c.kind, c.id, c.version) for _, c in changes[15:]]
-    assert later == [("kv", f"k{i}", 1) for i in range(15, 20)] + [
+    assert [seq for seq, _ in changes] == [c.index for _, c in changes]
+    assert [c.index for _, c in changes] == list(range(1, len(changes) + 1))
+    kv = [(c.kind, c.id, c.version) for _, c in changes if c.kind == "kv"]
+    assert kv[15:] == [("kv", f"k{i}", 1) for i in range(15, 20)] + [
         ("kv", f"k{i}", 2) for i in range(10)
     ]
+    # the leader change shows among them, with the new manager's lease
+    elected = [c for _, c in changes if c.kind == "leader"]
+    granted = [c for _, c in changes if c.kind == "lease" and c.detail["event"] == "granted"]
+    assert len(elected) >= 2 and {c.id for c in elected[-1:]} != {first}
+    assert [c.version for c in granted] == list(range(1, len(granted) + 1))
+    assert len(granted) >= 2 and granted[-1].detail["holder"] != first
 
 
-async def _last_seq(bus, at_least: int) -> bool:
+async def _kv_on_stream(bus, at_least: int) -> bool:
     try:
-        info = await bus.js.stream_info(subjects.CHANGES_STREAM)
+        changes = await stream_changes(bus)
     except Exception:
         return False
-    return info.state.last_seq >= at_least
+    return sum(c.kind == "kv" for _, c in changes) >= at_least
 
 
 async def test_a_voter_behind_a_compacted_log_catches_up_from_a_snapshot(
@@ -213,7 +220,7 @@ async def test_a_voter_behind_a_compacted_log_catches_up_from_a_snapshot(
                 ]
             except BusError:
                 return False
-            return len({(d.applied_index, d.sha256) for d in found}) == 1
+            return len({d.sha256 for d in found}) == 1
 
         await poll(caught_up, 30, "v3 to hold the same database as the others")
         assert (tmp_path / "nats" / "v3" / "consensus" / "raft.snapshot").exists()
@@ -221,3 +228,62 @@ async def test_a_voter_behind_a_compacted_log_catches_up_from_a_snapshot(
     finally:
         for node in list(group.tasks):
             await group.stop(node)
+
+
+# --- the manager lease --------------------------------------------------------------
+
+
+async def manager(bus, among=VOTERS):
+    """(holder, epoch) once exactly one voter acts as manager and every voter agrees."""
+    views = [v for v in [await status(bus, n) for n in among] if v is not None]
+    acting = [v.node for v in views if v.acting]
+    leases = {(v.manager.holder, v.manager.epoch) for v in views if v.manager}
+    if len(acting) == 1 and len(leases) == 1 and acting[0] == next(iter(leases))[0]:
+        return next(iter(leases))
+    return None
+
+
+def fenced(epoch: int, key: str) -> ProposeRequest:
+    return ProposeRequest(proposals=[Proposal(new_id(), KvPut(key, "x"), epoch=epoch)])
+
+
+async def test_the_leader_acts_as_manager_and_an_ungranted_epoch_is_refused(voters, bus):
+    events = await bus.subscribe(subjects.manager_acting())
+    await poll(lambda: manager(bus), 20, "one acting manager")
+    holder, epoch = await manager(bus)
+    assert holder == await leader(bus) and epoch >= 1
+    view = await status(bus, holder)
+    assert view.manager.ttl == 1.0 and view.manager.renewed_age < 1.0
+    heard = await events.next(5)
+    assert heard.node == holder and heard.acting and heard.epoch == epoch
+    ok = await bus.request(subjects.propose(holder), fenced(epoch, "current"), 6)
+    forged = await bus.request(subjects.propose(holder), fenced(epoch + 5, "forged"), 6)
+    assert ok.outcomes[0].ok
+    assert not forged.outcomes[0].ok and "never granted" in forged.outcomes[0].error
+    assert (await get(bus, holder, "forged")).version == 0
+    await events.stop()
+
+
+async def test_a_stopped_manager_hands_the_lease_to_the_next_leader_at_a_higher_epoch(voters, bus):
+    await poll(lambda: manager(bus), 20, "one acting manager")
+    holder, epoch = await manager(bus)
+    events = await bus.subscribe(subjects.manager_acting())
+    await voters.stop(holder)
+    survivors = [n for n in VOTERS if n != holder]
+    await poll(lambda: manager(bus, survivors), 20, "a new acting manager")
+    new_holder, new_epoch = await manager(bus, survivors)
+    assert new_holder != holder and new_epoch > epoch
+    seen = []
+    while not any(e.node == new_holder and e.acting for e in seen):
+        seen.append(await events.next(5))
+    stopped = [e for e in seen if e.node == holder]
+    assert stopped and not stopped[0].acting and stopped[0].epoch == epoch  # it said it stopped
+    changes = [c for _, c in await stream_changes(bus) if c.kind == "lease"]
+    released = [c for c in changes if c.detail["event"] == "released"]
+    assert released and released[-1].version == epoch  # released, not left to expire
+    stale = await bus.request(subjects.propose(new_holder), fenced(epoch, "stale"), 6)
+    assert not stale.outcomes[0].ok and stale.outcomes[0].error.startswith(
+        f"stale epoch {epoch}: the manager lease is at epoch {new_epoch} (held by {new_holder})"
+    )
+    assert (await get(bus, new_holder, "stale")).version == 0
+    await events.stop()

@@ -5,17 +5,32 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import pickle
 
 import pytest
 
 from colony.consensus import frames
 from colony.consensus.machine import BadBatch, Machine, encode_batch
-from colony.shared.messages import Barrier, KvCas, KvDelete, KvPut, Proposal
+from colony.shared.messages import (
+    Barrier,
+    KvCas,
+    KvDelete,
+    KvPut,
+    LeaderElected,
+    LeadershipTransferred,
+    LeaseEnd,
+    LeaseGrant,
+    LeaseRenew,
+    Proposal,
+    VoterChanged,
+)
+
+_ids = itertools.count()
 
 
 def entry(*commands, ids=None) -> bytes:
-    ids = ids or [f"p{i}" for i in range(len(commands))]
+    ids = ids or [f"p{next(_ids)}" for _ in commands]
     return encode_batch([Proposal(i, c) for i, c in zip(ids, commands, strict=True)])
 
 
@@ -105,3 +120,121 @@ def test_a_signed_frame_still_cannot_build_objects_or_call_functions():
     frame = hmac.digest(SECRET, body, hashlib.sha256) + body
     with pytest.raises(frames.BadFrame, match="only plain values"):
         frames.unseal(SECRET, frame)
+
+
+# --- the manager lease and fencing ------------------------------------------------
+
+
+def fenced(epoch: int, *commands, ids=None) -> bytes:
+    ids = ids or [f"p{next(_ids)}" for _ in commands]
+    return encode_batch([Proposal(i, c, epoch) for i, c in zip(ids, commands, strict=True)])
+
+
+def changes(m: Machine) -> list[tuple]:
+    return m.db.execute(
+        "SELECT kind, id, version, epoch, detail FROM changes ORDER BY idx"
+    ).fetchall()
+
+
+def test_a_grant_raises_the_epoch_and_only_a_free_lease_at_the_expected_epoch_is_granted(tmp_path):
+    m = Machine(tmp_path / "db")
+    [first] = m.apply(1, entry(LeaseGrant("n1", 1.0, expected_epoch=0)))
+    assert first.ok and first.version == 1 and m.lease().holder == "n1"
+    [held] = m.apply(2, entry(LeaseGrant("n2", 1.0, expected_epoch=1)))
+    assert not held.ok and "held by n1 at epoch 1" in held.error
+    [stale] = m.apply(3, entry(LeaseGrant("n2", 1.0, expected_epoch=0)))
+    assert not stale.ok and "at epoch 1, not 0" in stale.error
+    ended, granted = m.apply(
+        4, entry(LeaseEnd(1, "expired"), LeaseGrant("n2", 1.0, expected_epoch=1))
+    )
+    assert ended.ok and granted.ok and granted.version == 2
+    assert m.lease().holder == "n2" and m.lease().epoch == 2
+    kinds = [(kind, id, version) for kind, id, version, _, _ in changes(m)]
+    assert kinds == [("lease", "manager", 1), ("lease", "manager", 1), ("lease", "manager", 2)]
+    assert '"event": "expired"' in changes(m)[1][4]
+
+
+def test_a_command_with_a_stale_or_ungranted_epoch_is_refused_and_changes_nothing(tmp_path):
+    m = Machine(tmp_path / "db")
+    m.apply(1, entry(LeaseGrant("n1", 1.0, expected_epoch=0)))
+    [ok] = m.apply(2, fenced(1, KvPut("a", "by-1")))
+    m.apply(3, entry(LeaseEnd(1, "expired"), LeaseGrant("n2", 1.0, expected_epoch=1)))
+    [stale] = m.apply(4, fenced(1, KvPut("a", "late")))
+    [future] = m.apply(5, fenced(7, KvPut("a", "forged")))
+    [current] = m.apply(6, fenced(2, KvPut("a", "by-2")))
+    assert ok.ok and current.ok
+    assert not stale.ok and stale.error.startswith("stale epoch 1: the manager lease is at epoch 2")
+    assert not future.ok and "never granted" in future.error
+    assert m.read("a") == ("by-2", 2)
+    kv = [(id, version, epoch) for kind, id, version, epoch, _ in changes(m) if kind == "kv"]
+    assert kv == [("a", 1, 1), ("a", 2, 2)]
+
+
+def test_renewals_need_the_holders_epoch_and_leave_no_change_or_idempotency_record(tmp_path):
+    m = Machine(tmp_path / "db")
+    m.apply(1, entry(LeaseGrant("n1", 1.0, expected_epoch=0)))
+    before = m.lease().renewed_at
+    [renewed] = m.apply(2, fenced(1, LeaseRenew("n1"), ids=["r"]))
+    [again] = m.apply(3, fenced(1, LeaseRenew("n1"), ids=["r"]))
+    [wrong] = m.apply(4, fenced(1, LeaseRenew("n2")))
+    assert renewed.ok and again.ok and not wrong.ok and "n2 at epoch 1 cannot renew" in wrong.error
+    assert m.lease().renewed_at >= before
+    assert len(changes(m)) == 1
+    assert m.db.execute("SELECT count(*) FROM proposals WHERE id = 'r'").fetchone() == (0,)
+
+
+def test_only_the_holder_releases_and_a_released_epoch_fences_everything(tmp_path):
+    m = Machine(tmp_path / "db")
+    m.apply(1, entry(LeaseGrant("n1", 1.0, expected_epoch=0)))
+    [unfenced] = m.apply(2, entry(LeaseEnd(1, "released")))
+    [released] = m.apply(3, fenced(1, LeaseEnd(1, "released", reason="handing over")))
+    [after] = m.apply(4, fenced(1, KvPut("a", "x")))
+    assert not unfenced.ok and "only the holder" in unfenced.error
+    assert released.ok and m.lease().holder == ""
+    assert not after.ok and after.error == "epoch 1 has ended: the manager lease is free"
+
+
+def test_the_lease_survives_a_restart_with_its_clock_started_afresh(tmp_path):
+    m = Machine(tmp_path / "db")
+    m.apply(1, entry(LeaseGrant("n1", 1.5, expected_epoch=0)))
+    m.close()
+    again = Machine(tmp_path / "db")
+    lease = again.lease()
+    assert (lease.holder, lease.epoch, lease.ttl, lease.granted_at) == ("n1", 1, 1.5, None)
+    assert lease.renewed_at is not None  # the leader waits a whole ttl before expiring it
+
+
+def test_events_for_leaders_voters_and_transfers_are_recorded(tmp_path):
+    m = Machine(tmp_path / "db")
+    m.apply(
+        1,
+        entry(
+            LeaderElected("n1", 3),
+            VoterChanged("n4", "added", "replaces n2 (dead)"),
+            LeadershipTransferred("n1", "n4", "more free resources"),
+        ),
+    )
+    assert [(k, i, v) for k, i, v, _, _ in changes(m)] == [
+        ("leader", "n1", 3),
+        ("voter", "n4", 1),
+        ("transfer", "n4", 1),
+    ]
+    assert m.last_transfer_at is not None
+
+
+def test_a_database_from_before_fencing_is_migrated(tmp_path):
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "db")
+    old.executescript(
+        "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch INTEGER NOT NULL,"
+        " expires INTEGER NOT NULL);"
+        "CREATE TABLE changes (idx INTEGER PRIMARY KEY, log_index INTEGER NOT NULL,"
+        " kind TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, cause TEXT NOT NULL);"
+        "INSERT INTO changes VALUES (1, 1, 'kv', 'a', 1, 'c');"
+    )
+    old.commit()
+    old.close()
+    m = Machine(tmp_path / "db")
+    m.apply(2, entry(LeaseGrant("n1", 1.0, expected_epoch=0)))
+    assert [(k, v, e) for k, _, v, e, _ in changes(m)] == [("kv", 1, 0), ("lease", 1, 0)]

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from colony.bootstrapper import cluster
-from colony.cli import logs
+from colony.cli import capacity, logs
 from colony.cli.kv import cmd_kv
 from colony.cli.members import cmd_members
 from colony.cli.output import err, fail, out, print_json
-from colony.cli.status import gather, raft, raft_line, table
+from colony.cli.status import gather, manager_line, raft, raft_line, table
 from colony.shared import __version__
 from colony.shared.bus import NotConnected, connect
 from colony.shared.config import NatsSettings
@@ -52,6 +52,10 @@ starts those nodes again on their own state and leaves the rest alone.""",
   colony kv get colour --stale   one voter's copy, no round through the leader
   colony kv delete colour
   colony kv get colour --json    for scripts: value, version, log index""",
+    "capacity": """examples:
+  colony capacity node-2                       what node-2 declares
+  colony capacity node-2 --cpu 4 --memory 8GiB declare more: the leader may move to it
+  colony capacity node-2 --reset               back to its share of the host""",
     "logs": """examples:
   colony logs                    the last lines of every process of every node
   colony logs node-2 monitor -f  follow node-2's monitor
@@ -192,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
     kv.set_defaults(func=cmd_kv)
+
+    capacity.add_parser(verb)
 
     log = verb("logs", "Show (or follow) the logs of a cluster's processes.")
     log.add_argument("node", nargs="?", help="node name or id (default: all nodes)")
@@ -378,6 +384,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         out.print(table(nodes))
         out.print(raft_line(leader, nodes))
+        if line := manager_line(leader, nodes):
+            out.print(line)
     return 0
 
 

@@ -175,6 +175,8 @@ async def raft(bus: Bus, nodes: list[NodeStatus], timeout: float) -> ConsensusSt
     for node in nodes:
         if node.id in everyone:
             node.raft = answered[node.id].role if node.id in answered else "down"
+        elif node.id in answered and answered[node.id].role == "standby":
+            node.raft = "standby"
     return leader
 
 
@@ -206,6 +208,22 @@ def raft_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> str:
     return (
         f"raft: leader [bold]{names.get(leader.node, leader.node)}[/], term {leader.term}, "
         f"commit index {leader.commit_index}; voters: {', '.join(voters)}"
+    )
+
+
+def manager_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> str:
+    """One line for people: who acts as manager, at which epoch, how fresh its lease is."""
+    if leader is None or leader.manager is None:
+        return ""
+    lease, names = leader.manager, {n.id: n.name for n in nodes}
+    if not lease.holder:
+        return f"[yellow]manager: none[/] (epoch {lease.epoch} ended; the leader takes it next)"
+    age = "" if lease.granted_age is None else f", granted {human_age(lease.granted_age)} ago"
+    renewed = "" if lease.renewed_age is None else f", renewed {lease.renewed_age:.1f} s ago"
+    acting = "" if leader.acting or lease.holder != leader.node else " [red](not acting)[/]"
+    return (
+        f"manager: [bold]{names.get(lease.holder, lease.holder)}[/], epoch {lease.epoch}"
+        f"{age}{renewed} (ttl {lease.ttl:g} s){acting}"
     )
 
 
@@ -244,7 +262,11 @@ def table(nodes: list[NodeStatus]) -> Table:
             ]
         services = ", ".join(node.services) or "-"
         member = node.member or "-"
-        role = {"leader": "[bold]leader[/]", "down": "[red]down[/]"}.get(node.raft, node.raft)
+        role = {
+            "leader": "[bold]leader[/]",
+            "down": "[red]down[/]",
+            "standby": "[dim]standby[/]",
+        }.get(node.raft, node.raft)
         grid.add_row(
             node.name, node.id, state, member, role or "-", node.nats_url or "-", services, *figures
         )

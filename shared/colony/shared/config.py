@@ -84,6 +84,18 @@ class ConsensusSettings(_Section):
     """Seconds a proposal may wait to be committed before it is answered 'no quorum'."""
     change_stream_replicas: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
     """Replicas of the change stream; 0: as many as voters, at most 3 (1 on a lone server)."""
+    lease_ttl: Positive = 1.0
+    """Seconds the manager lease lasts after its holder asked for it (grant or renewal)."""
+    lease_renew: Positive = 0.2
+    """Seconds between the holder's renewals: several per ttl, so load does not lose it."""
+    lease_margin: Positive = 0.1
+    """Seconds the leader waits beyond the ttl before expiring a lease: clock drift allowance."""
+    transfer_margin: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    """Leadership moves only to a voter with this much more free resources (0.25: 25 %)."""
+    transfer_hold: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    """Seconds after a leadership transfer before the next one (no ping-pong)."""
+    voter_count: Annotated[int, msgspec.Meta(ge=0, le=7)] = 0
+    """Voters to keep, promoting standby nodes to replace lost ones; 0: len(voters)."""
 
 
 class LogSettings(_Section):

@@ -286,7 +286,73 @@ class Barrier(msgspec.Struct, tag="barrier", frozen=True):
     """Changes nothing: once applied here, this replica has every earlier commit."""
 
 
-Command = KvPut | KvDelete | KvCas | Barrier
+MANAGER = "manager"
+"""The name of the manager lease: its holder is the one node acting as manager."""
+
+
+class LeaseGrant(msgspec.Struct, tag="lease.grant", frozen=True):
+    """Give the free lease `name` to `holder` for `ttl` seconds of its own clock, at
+    epoch `expected_epoch` + 1; refused unless the lease is at `expected_epoch` and free."""
+
+    holder: ObjectId
+    ttl: Annotated[float, msgspec.Meta(gt=0)]
+    expected_epoch: int
+    reason: str = ""
+    name: ObjectId = MANAGER
+
+
+class LeaseRenew(msgspec.Struct, tag="lease.renew", frozen=True):
+    """The holder renews its lease: sent with the holder's epoch (Proposal.epoch)."""
+
+    holder: ObjectId
+    name: ObjectId = MANAGER
+
+
+class LeaseEnd(msgspec.Struct, tag="lease.end", frozen=True):
+    """End the lease at `epoch`: released by its holder, or expired (the Raft leader
+    saw no renewal for its ttl plus a drift margin on its own clock)."""
+
+    epoch: int
+    how: Literal["released", "expired"]
+    reason: str = ""
+    name: ObjectId = MANAGER
+
+
+class LeaderElected(msgspec.Struct, tag="leader.elected", frozen=True):
+    """`node` leads Raft in `term` (its first entry of the term: also a barrier)."""
+
+    node: ObjectId
+    term: int
+
+
+class VoterChanged(msgspec.Struct, tag="voter.changed", frozen=True):
+    """Recorded after Raft's own cluster change committed: `node` became or ceased to be a voter."""
+
+    node: ObjectId
+    change: Literal["added", "removed"]
+    reason: str
+
+
+class LeadershipTransferred(msgspec.Struct, tag="leader.transfer", frozen=True):
+    """The leader hands Raft leadership from `source` to `target`, and why."""
+
+    source: ObjectId
+    target: ObjectId
+    reason: str
+
+
+Command = (
+    KvPut
+    | KvDelete
+    | KvCas
+    | Barrier
+    | LeaseGrant
+    | LeaseRenew
+    | LeaseEnd
+    | LeaderElected
+    | VoterChanged
+    | LeadershipTransferred
+)
 
 
 class Proposal(msgspec.Struct, frozen=True):
@@ -294,6 +360,9 @@ class Proposal(msgspec.Struct, frozen=True):
     """Idempotency key, chosen by the proposer: a retried id gets the first result
     back and is never applied twice."""
     command: Command
+    epoch: int = 0
+    """The manager's lease epoch when proposed on the manager's behalf (0: not): the
+    command is refused, and nothing applied, unless that epoch is the current one."""
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -352,15 +421,70 @@ class VoterView(msgspec.Struct, frozen=True):
     """Known only to the leader: commit index - match index."""
 
 
+class LeaseView(msgspec.Struct, frozen=True):
+    """A lease as one replica sees it; ages are on that replica's own clock."""
+
+    name: str
+    holder: str
+    """'' while the lease is free (released, or expired and not yet granted again)."""
+    epoch: int
+    ttl: float
+    granted_age: float | None
+    """Seconds since this replica applied the grant (None: before it started)."""
+    renewed_age: float | None
+    """Seconds since this replica applied the grant or the latest renewal."""
+
+
 class ConsensusStatus(Message, kw_only=True, frozen=True):
     node: str
-    role: Literal["leader", "follower", "candidate"]
+    role: Literal["leader", "follower", "candidate", "standby"]
+    """standby: the node runs no Raft replica now, and may be promoted to voter."""
     leader: str | None
     term: int
     commit_index: int
     applied_index: int
     has_quorum: bool
     voters: list[VoterView]
+    manager: LeaseView | None = None
+    acting: bool = False
+    """This node acts as manager now (it holds the lease and its own clock says it is valid)."""
+
+
+class JoinRequest(Message, kw_only=True, frozen=True):
+    """Sent by the Raft leader to a standby node it has just added to the cluster:
+    start a voter with these `voters` (the node itself among them)."""
+
+    voters: list[str]
+
+
+class JoinReply(Message, kw_only=True, frozen=True):
+    node: str
+    started: bool
+    """False when it was a voter already (the request is idempotent)."""
+
+
+class RetireRequest(Message, kw_only=True, frozen=True):
+    """Sent by the Raft leader to a node that was removed from the voters (declared dead,
+    then back): drop its replica and its copy of the database, and stand by."""
+
+    reason: str
+
+
+class RetireReply(Message, kw_only=True, frozen=True):
+    node: str
+    retired: bool
+
+
+class ManagerActing(Message, kw_only=True, frozen=True):
+    """Event: whether `node` acts as manager, at `epoch` (published on start, while
+    acting about once a second, and on stop)."""
+
+    node: str
+    epoch: int
+    acting: bool
+    valid_for: float
+    """Seconds its lease is still valid on its own clock (0 when it stopped)."""
+    reason: str = ""
 
 
 class DigestRequest(Message, kw_only=True, frozen=True):
@@ -371,7 +495,8 @@ class DigestReply(Message, kw_only=True, frozen=True):
     node: str
     applied_index: int
     sha256: str
-    """Of the database's SQL dump (`iterdump`), read in one transaction."""
+    """Of the database's SQL dump (`iterdump`), read in one transaction, without the
+    applied index (which lease renewals move without changing any state)."""
     statements: int
 
 
@@ -382,9 +507,13 @@ class Change(Message, kw_only=True, frozen=True):
     """The change's place in the replicated change log (1, 2, ...): also its
     sequence in the change stream, so gaps and duplicates show."""
     kind: str
-    """What changed: kv (later node, job, instance, config, secret, lease)."""
+    """What changed: kv, leader, lease, voter, transfer (later node, job, instance...)."""
     id: str
     version: int
     """The object's new version; 0 when it was deleted."""
     log_index: int
     """The Raft log index of the entry that made the change."""
+    epoch: int = 0
+    """The manager epoch the change was proposed under (0: not on the manager's behalf)."""
+    detail: dict[str, str | int | float] = {}
+    """What kinds other than kv say about the change: holder, term, reason..."""

@@ -19,7 +19,10 @@ from colony.shared.messages import (
     DigestReply,
     DigestRequest,
     Gossip,
+    JoinReply,
+    JoinRequest,
     LatestMetricsRequest,
+    ManagerActing,
     MemberChanged,
     MembersReply,
     MembersRequest,
@@ -29,6 +32,8 @@ from colony.shared.messages import (
     ProposeRequest,
     QueryReply,
     QueryRequest,
+    RetireReply,
+    RetireRequest,
 )
 
 P = TypeVar("P")
@@ -187,7 +192,24 @@ def consensus_digest(node: str) -> RequestSubject[DigestRequest, DigestReply]:
     )
 
 
-CHANGE_KINDS = ("kv",)
+def consensus_join(node: str) -> RequestSubject[JoinRequest, JoinReply]:
+    """Tell standby node `node` that it was added to the voters: start its replica."""
+    return RequestSubject(f"{ROOT}.consensus.join.{token(node, 'node id')}", JoinRequest, JoinReply)
+
+
+def consensus_retire(node: str) -> RequestSubject[RetireRequest, RetireReply]:
+    """Tell node `node` that it is no longer a voter: drop its replica and stand by."""
+    return RequestSubject(
+        f"{ROOT}.consensus.retire.{token(node, 'node id')}", RetireRequest, RetireReply
+    )
+
+
+def manager_acting() -> Subject[ManagerActing]:
+    """Who acts as manager, at which epoch (event; from the manager's node)."""
+    return Subject(f"{ROOT}.manager.acting", ManagerActing)
+
+
+CHANGE_KINDS = ("kv", "leader", "lease", "voter", "transfer")
 """Kinds of objects whose changes the management database records (appended to, never renamed)."""
 
 

@@ -285,32 +285,37 @@ async def wait_ready(
 
 
 def voters_of(state: StateDir) -> list[str]:
-    """The voter ids the state dir's nodes are configured with."""
+    """Node ids to ask for consensus: the configured voters first, then every other node
+    (any may have been promoted since, replacing a lost voter)."""
+    configured, others = [], []
     for node_dir in state.nodes():
         if node_dir.config_file.exists():
-            return _existing_config(node_dir).consensus.voters
-    return []
+            config = _existing_config(node_dir)
+            configured = configured or config.consensus.voters
+            others.append(config.node.id)
+    return list(dict.fromkeys([*configured, *others])) if configured else []
 
 
 async def _wait_for_raft_leader(
-    bus: Bus, voters: list[str], deadline: float, progress, check_supervisors
+    bus: Bus, nodes: list[str], deadline: float, progress, check_supervisors
 ) -> None:
-    """Until every voter answers and all name the same leader."""
-    if not voters:
+    """Until there is a leader and every voter in its view answers naming it (standby
+    nodes, which are not voters now, are not waited for)."""
+    if not nodes:
         return
-    progress(f"waiting for the {len(voters)} voters to elect a Raft leader")
+    progress("waiting for the voters to elect a Raft leader")
     while True:
         check_supervisors()
-        leaders = set()
-        for voter in voters:
-            try:
-                view = await bus.request(
-                    subjects.consensus_status(voter), ConsensusStatusRequest(), 0.5
+        views = {}
+        for node in nodes:
+            with contextlib.suppress(BusError):
+                views[node] = await bus.request(
+                    subjects.consensus_status(node), ConsensusStatusRequest(), 0.5
                 )
-                leaders.add(view.leader)
-            except BusError:
-                leaders.add(None)
-        if len(leaders) == 1 and None not in leaders:
+        leader = next((v for v in views.values() if v.role == "leader"), None)
+        if leader and all(
+            v.node in views and views[v.node].leader == leader.node for v in leader.voters
+        ):
             return
         if time.monotonic() > deadline:
             raise ClusterError(

@@ -27,11 +27,10 @@ from colony.shared.statedir import NATS, SUPERVISOR, NodeDir, ProcessRecord
 
 log = logging.getLogger("colony.bootstrapper")
 
-SERVICES = ["monitor", "membership"]
-VOTER_SERVICES = ["consensus"]
-"""Run only on the nodes listed in consensus.voters."""
-"""Services every node runs. Consensus, curator and snapshotter join this
-list once they do something (no idle placeholder processes)."""
+SERVICES = ["monitor", "membership", "consensus"]
+"""Services every node runs (consensus stands by on a node that is not a voter, ready to
+be promoted). Curator and snapshotter join this list once they do something (no idle
+placeholder processes)."""
 
 LOG_ROTATE_BYTES = 16 * 2**20
 """A child's log is rotated when it starts with a log larger than this."""
@@ -48,10 +47,9 @@ class Child:
 
 def children(node_dir: NodeDir, config: Config) -> list[Child]:
     """What a node runs, in start order."""
-    names = SERVICES + (VOTER_SERVICES if config.node.id in config.consensus.voters else [])
     services = [
         Child(name, [sys.executable, "-m", f"colony.{name}", "--config", str(node_dir.config_file)])
-        for name in names
+        for name in SERVICES
     ]
     return [Child(NATS, [natsd.binary(), "-c", str(node_dir.nats_conf)]), *services]
 

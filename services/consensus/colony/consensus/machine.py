@@ -10,23 +10,40 @@ skipped: nothing is applied twice.
 
 Idempotency: every proposal carries an id; the first outcome for an id is
 kept, and a retried id gets that outcome back without applying again.
+
+Leases and fencing: a lease row holds its holder, its ttl and an epoch that
+only grows. Apply never reads a clock, so a lease never expires by itself:
+the Raft leader ends it (`LeaseEnd` expired) once its own clock says the ttl
+and a drift margin have passed since it applied the last grant or renewal,
+which the machine notes (`LeaseState`, in memory, outside the database). A
+proposal made on the manager's behalf carries its epoch, and is refused,
+with nothing applied, unless that epoch is the lease's current one.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
 from colony.shared.messages import (
+    MANAGER,
     Barrier,
-    Command,
     KvCas,
     KvDelete,
     KvPut,
+    LeaderElected,
+    LeadershipTransferred,
+    LeaseEnd,
+    LeaseGrant,
+    LeaseRenew,
     Outcome,
     Proposal,
+    VoterChanged,
 )
 
 SCHEMA = """
@@ -51,11 +68,13 @@ CREATE TABLE IF NOT EXISTS secrets (
     key TEXT PRIMARY KEY, ciphertext BLOB NOT NULL, version INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS leases (
-    name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch INTEGER NOT NULL, expires INTEGER NOT NULL
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch INTEGER NOT NULL, ttl REAL NOT NULL,
+    granted INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS changes (
     idx INTEGER PRIMARY KEY, log_index INTEGER NOT NULL,
-    kind TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, cause TEXT NOT NULL
+    kind TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, cause TEXT NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0, detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS proposals (
     id TEXT PRIMARY KEY, log_index INTEGER NOT NULL, outcome BLOB NOT NULL
@@ -63,7 +82,16 @@ CREATE TABLE IF NOT EXISTS proposals (
 """
 """Tables for what the management role will own (nodes, jobs with every spec
 version, instances desired and observed, config, secrets as ciphertext only,
-leases), the append-only change log, and the idempotency record."""
+leases: granted is a log index; renewals change no row), the append-only change log (epoch:
+the fencing epoch its proposal carried), and the idempotency record."""
+
+_MIGRATIONS = [
+    # leases before fencing had a wall-clock expiry and were never written
+    ("leases", "expires", "DROP TABLE leases"),
+    ("changes", "-epoch", "ALTER TABLE changes ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0"),
+    ("changes", "-detail", "ALTER TABLE changes ADD COLUMN detail TEXT NOT NULL DEFAULT '{}'"),
+]
+"""(table, column, statement): run if the table has the column (-column: lacks it)."""
 
 MAX_BATCH = 512
 """Proposals in one log entry at most."""
@@ -72,6 +100,21 @@ MAX_ENTRY_BYTES = 256 * 1024
 
 _batch = msgspec.json.Decoder(list[Proposal])
 _outcome = msgspec.json.Decoder(Outcome)
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """A lease as this replica knows it, with when (its monotonic clock) it applied
+    the grant and the latest renewal: None for those applied before it started."""
+
+    holder: str
+    epoch: int
+    ttl: float
+    granted_at: float | None
+    renewed_at: float | None
+
+
+FREE = LeaseState("", 0, 0.0, None, None)
 
 
 class BadBatch(ValueError):
@@ -101,7 +144,33 @@ class Machine:
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
         self.db.executescript(SCHEMA)
+        self.leases: dict[str, LeaseState] = {}
+        """The leases as applied here, for the leader's expiry clock and for status."""
+        self.last_transfer_at: float | None = None
+        """When this replica applied the latest leadership transfer (None: none since start)."""
+        self._load_leases()
+
+    def _migrate(self) -> None:
+        for table, column, statement in _MIGRATIONS:
+            columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if columns and (column.lstrip("-") in columns) != column.startswith("-"):
+                self.db.execute(statement)
+
+    def _load_leases(self) -> None:
+        """From the database, after a start or a snapshot: ages unknown until the next
+        renewal, so the leader's clock starts now (it waits a whole ttl: the safe side)."""
+        now = time.monotonic()
+        self.leases = {
+            name: LeaseState(holder, epoch, ttl, None, now)
+            for name, holder, epoch, ttl in self.db.execute(
+                "SELECT name, holder, epoch, ttl FROM leases"
+            )
+        }
+
+    def lease(self, name: str = MANAGER) -> LeaseState:
+        return self.leases.get(name, FREE)
 
     @property
     def last_applied(self) -> int:
@@ -132,23 +201,66 @@ class Machine:
         return outcomes
 
     def _apply_one(self, index: int, proposal: Proposal) -> Outcome:
+        if isinstance(proposal.command, LeaseRenew):
+            # Several a second, and the same renewal applied twice changes nothing:
+            # neither an idempotency record nor a change.
+            return msgspec.structs.replace(self._renew(proposal), index=index)
         seen = self.db.execute(
             "SELECT outcome FROM proposals WHERE id = ?", (proposal.id,)
         ).fetchone()
         if seen:
             return _outcome.decode(seen[0])
-        outcome = msgspec.structs.replace(
-            self._run(index, proposal.id, proposal.command), index=index
-        )
+        refusal = self._fence(proposal.epoch)
+        outcome = Outcome(ok=False, error=refusal) if refusal else self._run(index, proposal)
+        outcome = msgspec.structs.replace(outcome, index=index)
         self.db.execute(
             "INSERT INTO proposals (id, log_index, outcome) VALUES (?, ?, ?)",
             (proposal.id, index, msgspec.json.encode(outcome)),
         )
         return outcome
 
-    def _run(self, index: int, cause: str, command: Command) -> Outcome:
-        if isinstance(command, Barrier):
-            return Outcome(ok=True)
+    def _fence(self, epoch: int) -> str:
+        """Why a proposal made at manager `epoch` must not apply ('' if it may)."""
+        if not epoch:
+            return ""
+        lease = self.lease(MANAGER)
+        holder = f"held by {lease.holder}" if lease.holder else "free"
+        if epoch < lease.epoch:
+            return f"stale epoch {epoch}: the manager lease is at epoch {lease.epoch} ({holder})"
+        if epoch > lease.epoch:
+            return f"epoch {epoch} was never granted: the manager lease is at epoch {lease.epoch}"
+        if not lease.holder:
+            return f"epoch {epoch} has ended: the manager lease is free"
+        return ""
+
+    def _run(self, index: int, proposal: Proposal) -> Outcome:
+        command = proposal.command
+        match command:
+            case Barrier():
+                return Outcome(ok=True)
+            case LeaseGrant():
+                return self._grant(index, proposal, command)
+            case LeaseEnd():
+                return self._end(index, proposal, command)
+            case LeaderElected(node=node, term=term):
+                self._changed(index, proposal, "leader", node, term, {"term": term})
+                return Outcome(ok=True)
+            case VoterChanged(node=node, change=change, reason=reason):
+                version = 1 if change == "added" else 0
+                self._changed(
+                    index, proposal, "voter", node, version, {"change": change, "reason": reason}
+                )
+                return Outcome(ok=True)
+            case LeadershipTransferred(source=source, target=target, reason=reason):
+                self.last_transfer_at = time.monotonic()
+                detail = {"source": source, "target": target, "reason": reason}
+                self._changed(index, proposal, "transfer", target, index, detail)
+                return Outcome(ok=True)
+        return self._kv(index, proposal)
+
+    def _kv(self, index: int, proposal: Proposal) -> Outcome:
+        command = proposal.command
+        assert isinstance(command, KvPut | KvDelete | KvCas)
         value, version = self.read(command.key)
         if isinstance(command, KvCas) and value != command.expected:
             return Outcome(ok=False, value=value, version=version, error="value differs")
@@ -156,21 +268,101 @@ class Machine:
             if version == 0:
                 return Outcome(ok=True)
             self.db.execute("DELETE FROM kv WHERE key = ?", (command.key,))
-            self._changed(index, "kv", command.key, 0, cause)
+            self._changed(index, proposal, "kv", command.key, 0)
             return Outcome(ok=True)
-        assert isinstance(command, KvPut | KvCas)
         self.db.execute(
             "INSERT INTO kv (key, value, version) VALUES (?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
             (command.key, command.value, version + 1),
         )
-        self._changed(index, "kv", command.key, version + 1, cause)
+        self._changed(index, proposal, "kv", command.key, version + 1)
         return Outcome(ok=True, value=command.value, version=version + 1)
 
-    def _changed(self, index: int, kind: str, id: str, version: int, cause: str) -> None:
+    # --- leases -------------------------------------------------------------------
+
+    def _grant(self, index: int, proposal: Proposal, grant: LeaseGrant) -> Outcome:
+        lease = self.lease(grant.name)
+        if lease.epoch != grant.expected_epoch:
+            return Outcome(
+                ok=False,
+                version=lease.epoch,
+                error=f"lease {grant.name} is at epoch {lease.epoch}, "
+                f"not {grant.expected_epoch}: someone granted it since",
+            )
+        if lease.holder:
+            return Outcome(
+                ok=False,
+                version=lease.epoch,
+                error=f"lease {grant.name} is held by {lease.holder} at epoch {lease.epoch}: "
+                "it must be released or expired first",
+            )
+        epoch = lease.epoch + 1
         self.db.execute(
-            "INSERT INTO changes (log_index, kind, id, version, cause) VALUES (?, ?, ?, ?, ?)",
-            (index, kind, id, version, cause),
+            "INSERT INTO leases (name, holder, epoch, ttl, granted) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, epoch = excluded.epoch, "
+            "ttl = excluded.ttl, granted = excluded.granted",
+            (grant.name, grant.holder, epoch, grant.ttl, index),
+        )
+        now = time.monotonic()  # not in the database: apply stays deterministic
+        self.leases[grant.name] = LeaseState(grant.holder, epoch, grant.ttl, now, now)
+        detail = {
+            "event": "granted",
+            "holder": grant.holder,
+            "ttl": grant.ttl,
+            "reason": grant.reason,
+        }
+        self._changed(index, proposal, "lease", grant.name, epoch, detail)
+        return Outcome(ok=True, value=grant.holder, version=epoch)
+
+    def _renew(self, proposal: Proposal) -> Outcome:
+        renew = proposal.command
+        assert isinstance(renew, LeaseRenew)
+        lease = self.lease(renew.name)
+        if proposal.epoch != lease.epoch or renew.holder != lease.holder or not lease.holder:
+            holder = lease.holder or "nobody"
+            return Outcome(
+                ok=False,
+                version=lease.epoch,
+                error=f"lease {renew.name} is held by {holder} at epoch {lease.epoch}: "
+                f"{renew.holder} at epoch {proposal.epoch} cannot renew it",
+            )
+        # Only the leader's clock needs a renewal, so no row changes: several a second would
+        # otherwise rewrite the database (and its snapshots) for nothing.
+        now = time.monotonic()
+        self.leases[renew.name] = LeaseState(
+            lease.holder, lease.epoch, lease.ttl, lease.granted_at, now
+        )
+        return Outcome(ok=True, value=lease.holder, version=lease.epoch)
+
+    def _end(self, index: int, proposal: Proposal, end: LeaseEnd) -> Outcome:
+        lease = self.lease(end.name)
+        if lease.epoch != end.epoch or not lease.holder:
+            state = f"held by {lease.holder}" if lease.holder else "free"
+            return Outcome(
+                ok=False,
+                version=lease.epoch,
+                error=f"lease {end.name} is not held at epoch {end.epoch} "
+                f"(it is at epoch {lease.epoch}, {state})",
+            )
+        if end.how == "released" and proposal.epoch != end.epoch:
+            return Outcome(
+                ok=False,
+                version=lease.epoch,
+                error="only the holder releases a lease: propose it with the lease's epoch",
+            )
+        self.db.execute("UPDATE leases SET holder = '' WHERE name = ?", (end.name,))
+        self.leases[end.name] = LeaseState("", lease.epoch, lease.ttl, None, None)
+        detail = {"event": end.how, "holder": lease.holder, "reason": end.reason}
+        self._changed(index, proposal, "lease", end.name, lease.epoch, detail)
+        return Outcome(ok=True, version=lease.epoch)
+
+    def _changed(
+        self, index: int, proposal: Proposal, kind: str, id: str, version: int, detail=None
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO changes (log_index, kind, id, version, cause, epoch, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (index, kind, id, version, proposal.id, proposal.epoch, json.dumps(detail or {})),
         )
 
     def read(self, key: str) -> tuple[str | None, int]:
@@ -190,6 +382,7 @@ class Machine:
         with sqlite3.connect(path) as source:
             source.backup(self.db)
         source.close()
+        self._load_leases()
 
     def dump(self) -> list[str]:
         """The whole database as SQL text: equal on every voter that applied the same log."""

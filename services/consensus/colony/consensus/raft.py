@@ -81,6 +81,9 @@ def sync_conf(timers: Timers, state_dir: Path, save, load) -> SyncObjConf:
         logCompactionMinEntries=timers.compaction_entries,
         logCompactionMinTime=timers.compaction_seconds,
         appendEntriesBatchSizeBytes=frames.MAX_FRAME // 2,
+        # Voters are replaced at run time, one change committed at a time; the cluster
+        # is kept in the journal and in snapshots.
+        dynamicMembershipChange=True,
     )
 
 
@@ -107,6 +110,7 @@ class Replica:
         self._loop = asyncio.get_running_loop()
         conf = sync_conf(timers, state_dir, self._save_snapshot, self._load_snapshot)
         peers = [v for v in voters if v != me]
+        self._initial = list(voters)
         self._raft = _Replica(self.machine, me, peers, conf, link)
 
     async def commit(self, entry: bytes, timeout: float) -> tuple[int, list[Outcome] | None]:
@@ -133,7 +137,38 @@ class Replica:
                 raise NotCommitted(f"not committed within {timeout:g} s; it may still commit")
         return future.result()
 
+    # --- the voters and the leadership (the leader only) ----------------------------
+
+    async def add_voter(self, node: str) -> None:
+        """Add `node` to the cluster; returns once the change is committed."""
+        await self._membership(self._raft.addNodeToCluster, node)
+
+    async def remove_voter(self, node: str) -> None:
+        """Remove `node` from the cluster; returns once the change is committed."""
+        await self._membership(self._raft.removeNodeFromCluster, node)
+
+    async def _membership(self, change, node: str) -> None:
+        future = self._loop.create_future()
+
+        def done(result, error) -> None:  # on pysyncobj's thread
+            self._loop.call_soon_threadsafe(_settle, future, result, error)
+
+        change(Node(node), callback=done)
+        await asyncio.wait_for(future, timeout=10.0)
+
+    def transfer_leadership(self, node: str) -> bool:
+        """Ask caught-up voter `node` to campaign now (Raft's TimeoutNow); False if refused
+        (not the leader, or `node` lags). Whether it won shows in the status afterwards."""
+        answers = []
+        self._raft.transferLeadership(Node(node), callback=lambda _r, e: answers.append(e))
+        return answers == [FAIL_REASON.SUCCESS]
+
     # --- views --------------------------------------------------------------------
+
+    @property
+    def voters(self) -> list[str]:
+        """Every voter of the cluster as this replica knows it, itself first."""
+        return [self.me, *sorted(self.status()["connected"])]
 
     @property
     def is_leader(self) -> bool:
@@ -172,9 +207,9 @@ class Replica:
 
     def _save_snapshot(self, path: str, raft_state) -> None:
         """The database copy, with pysyncobj's own bookkeeping (last entries) inside it."""
-        last_entry, previous_entry, _cluster = raft_state
+        last_entry, previous_entry, cluster = raft_state
         self.machine.save(Path(path))
-        meta = frames.dumps((last_entry, previous_entry))
+        meta = frames.dumps((last_entry, previous_entry, sorted(node.id for node in cluster)))
         with sqlite3.connect(path) as copy:
             copy.execute("CREATE TABLE raft_snapshot (meta BLOB NOT NULL)")
             copy.execute("INSERT INTO raft_snapshot VALUES (?)", (meta,))
@@ -187,11 +222,12 @@ class Replica:
                 "SELECT value FROM meta WHERE name = 'last_applied'"
             ).fetchone() or (0,)
         copy.close()
-        last_entry, previous_entry = frames.loads(meta)
+        last_entry, previous_entry, *rest = frames.loads(meta)
+        cluster = rest[0] if rest else self._initial  # a snapshot from before dynamic voters
         if snapshot_applied > self.machine.last_applied:  # else ours is newer: keep it
             self.machine.load(Path(path))
             self.machine.db.execute("DROP TABLE IF EXISTS raft_snapshot")
-        return last_entry, previous_entry, set()
+        return last_entry, previous_entry, {Node(node) for node in cluster}
 
 
 def _settle(future: asyncio.Future, result, error) -> None:

@@ -88,7 +88,7 @@ class ChangeRelay:
         the batch, and the relay re-reads where the stream is.
         """
         async with self.reader.execute(
-            "SELECT idx, log_index, kind, id, version, cause FROM changes "
+            "SELECT idx, log_index, kind, id, version, cause, epoch, detail FROM changes "
             "WHERE idx > ? ORDER BY idx LIMIT ?",
             (self.relayed, BATCH),
         ) as rows:
@@ -101,12 +101,12 @@ class ChangeRelay:
         sub = await nc.subscribe(f"{inbox}.*", cb=acks.put)
         try:
             sent = 0
-            for index, log_index, kind, id, version, cause in batch:
+            for index, log_index, kind, id, version, cause, epoch, detail in batch:
                 if not self.is_leader():
                     break
                 event = Change(
                     index=index, kind=kind, id=id, version=version, log_index=log_index,
-                    cause=cause,
+                    cause=cause, epoch=epoch, detail=json.loads(detail),
                 )  # fmt: skip
                 headers = {
                     "Nats-Msg-Id": str(index),

@@ -1,9 +1,18 @@
-"""The consensus service: one Raft voter, its management database, and its NATS API.
+"""The consensus service: a Raft voter with its management database and NATS API, or a standby.
 
-Start: read the voters and the cluster secret from config, subscribe to this
-voter's Raft subject (`Link`), start the pysyncobj replica (`Replica`), then
-answer on `propose`, `query` and `status`. A proposal sent to a follower is
-handed to the leader by pysyncobj and answered here once it is applied here.
+Every node runs it. On a voter (listed in consensus.voters, or promoted
+since: `role.json` in its state folder says so) it subscribes to its Raft
+subject (`Link`), starts the pysyncobj replica (`Replica`), holds the
+manager lease when it leads (`ManagerRole`), keeps the voters (`VoterKeeper`),
+relays the change log, and answers `propose`, `query` and `status`. A
+proposal sent to a follower is handed to the leader by pysyncobj and
+answered here once it is applied here.
+
+A standby node answers `status` (role standby) and waits: the Raft leader
+adds it to the cluster and then tells it to `join`, with the voters; it
+starts its replica, which catches up from the leader (a snapshot, or the
+log). A voter that was removed (declared dead) and comes back is told to
+`retire`: it drops its replica and its database, and stands by.
 """
 
 from __future__ import annotations
@@ -11,26 +20,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
+import time
 from pathlib import Path
 
 import aiosqlite
 
 from colony.consensus.machine import BadBatch, encode_batch
+from colony.consensus.manager import LeaseTimers, ManagerRole
 from colony.consensus.raft import NotCommitted, Replica, Timers
 from colony.consensus.relay import ChangeRelay
 from colony.consensus.transport import Link
+from colony.consensus.voters import Preference, VoterKeeper
 from colony.shared import subjects
+from colony.shared.config import ConsensusSettings
 from colony.shared.messages import (
+    MANAGER,
     Barrier,
     ConsensusStatus,
     ConsensusStatusRequest,
     DigestReply,
     DigestRequest,
+    JoinReply,
+    JoinRequest,
+    LeaseView,
     Proposal,
     ProposeReply,
     ProposeRequest,
     QueryReply,
     QueryRequest,
+    RetireReply,
+    RetireRequest,
     VoterView,
     new_id,
 )
@@ -38,6 +58,8 @@ from colony.shared.runner import Context, Refused
 
 NO_QUORUM = 503
 """The refusal code of a proposal or read that could not be committed (retry later)."""
+RELEASE_GRACE = 0.5
+"""Seconds a stopping manager may take to release its lease (else it expires)."""
 
 
 def read_secret(path: str) -> bytes:
@@ -53,6 +75,30 @@ def read_secret(path: str) -> bytes:
     return secret
 
 
+class VoterRole:
+    """Whether this node is a voter, and with which voters: `role.json` once the leader
+    promoted or retired it, else the configured voters."""
+
+    def __init__(self, state_dir: Path, me: str, settings: ConsensusSettings) -> None:
+        self.file = state_dir / "role.json"
+        self.me = me
+        self.settings = settings
+
+    def voters(self) -> list[str] | None:
+        """The voters to start with, this node among them; None: stand by."""
+        try:
+            saved = json.loads(self.file.read_text())
+        except FileNotFoundError:
+            return self.settings.voters if self.me in self.settings.voters else None
+        return saved["voters"] if saved["voter"] else None
+
+    def save(self, voters: list[str] | None) -> None:
+        record = {"voter": voters is not None, "voters": voters or []}
+        temporary = self.file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record))
+        temporary.replace(self.file)  # atomic: a crash leaves the old role or the new
+
+
 class ConsensusService:
     name = "consensus"
     description = "Raft among the voters and the replicated management database"
@@ -61,38 +107,93 @@ class ConsensusService:
         self.timers = timers or Timers()
         self.replica: Replica | None = None
         self.reader: aiosqlite.Connection | None = None
+        self.role: ManagerRole | None = None
         self.timeout = 5.0
+        self.me = ""
+        self._joined = asyncio.Event()
+        self._retired = asyncio.Event()
+        self._voter_role: VoterRole | None = None
 
     async def run(self, ctx: Context) -> None:
-        settings, me = ctx.config.consensus, ctx.config.node.id
-        if me not in settings.voters:
-            raise ValueError(f"{me} is not among consensus.voters {settings.voters}")
+        settings, self.me = ctx.config.consensus, ctx.config.node.id
         self.timeout = settings.propose_timeout
         state_dir = Path(ctx.config.node.dir) / "consensus"
         state_dir.mkdir(parents=True, exist_ok=True)
-        link = Link(ctx.bus.nc, me, settings.voters, read_secret(settings.secret_file))
+        secret = read_secret(settings.secret_file)
+        self._voter_role = voter_role = VoterRole(state_dir, self.me, settings)
+        # concurrent: each waits for a commit, and proposals pipeline through Raft
+        await ctx.serve(subjects.propose(self.me), self._on_propose, concurrent=True)
+        await ctx.serve(subjects.query(self.me), self._on_query, concurrent=True)
+        await ctx.serve(subjects.consensus_status(self.me), self._on_status)
+        await ctx.serve(subjects.consensus_digest(self.me), self._on_digest)
+        await ctx.serve(subjects.consensus_join(self.me), self._on_join)
+        await ctx.serve(subjects.consensus_retire(self.me), self._on_retire)
+        while True:
+            voters = voter_role.voters()
+            if voters is None:
+                ctx.log.info("standing by: not a voter (the Raft leader may promote this node)")
+                self._joined.clear()
+                await self._joined.wait()
+                continue
+            self._retired.clear()
+            await self._serve_as_voter(ctx, settings, voters, state_dir, secret)
+            ctx.log.warning("retired: no longer a voter; dropping the replica")
+            for path in state_dir.iterdir():
+                if path != voter_role.file:
+                    path.unlink()
+
+    async def _serve_as_voter(
+        self, ctx: Context, settings: ConsensusSettings, voters: list[str], state_dir, secret
+    ) -> None:
+        """Run the replica and everything a voter does, until told to retire."""
+        link = Link(ctx.bus.nc, self.me, voters, secret)
         await link.start()
         # Made on the loop's thread: pysyncobj's tick thread lives as long as its maker.
-        self.replica = Replica(me, settings.voters, state_dir, link, self.timers)
-        self.reader = await aiosqlite.connect(self.replica.machine.path)
-        replicas = settings.change_stream_replicas or min(3, len(settings.voters))
-        relay = ChangeRelay(ctx.bus, self.reader, lambda: self._replica.is_leader, replicas)
-        relaying = asyncio.create_task(relay.run())
-        # concurrent: each waits for a commit, and proposals pipeline through Raft
-        await ctx.serve(subjects.propose(me), self._on_propose, concurrent=True)
-        await ctx.serve(subjects.query(me), self._on_query, concurrent=True)
-        await ctx.serve(subjects.consensus_status(me), self._on_status)
-        await ctx.serve(subjects.consensus_digest(me), self._on_digest)
-        ctx.log.info("voter started", extra={"voters": settings.voters})
+        self.replica = replica = Replica(self.me, voters, state_dir, link, self.timers)
+        self.reader = await aiosqlite.connect(replica.machine.path)
+        lease = LeaseTimers(settings.lease_ttl, settings.lease_renew, settings.lease_margin)
+        self.role = role = ManagerRole(replica, ctx.bus, lease)
+        keeper = VoterKeeper(
+            replica,
+            ctx.bus,
+            role,
+            target=settings.voter_count or len(settings.voters),
+            preference=Preference(settings.transfer_margin, settings.transfer_hold),
+        )
+        replicas = settings.change_stream_replicas or min(3, len(voters))
+        relay = ChangeRelay(ctx.bus, self.reader, lambda: replica.is_leader, replicas)
+        tasks = [asyncio.create_task(t.run()) for t in (relay, role, keeper)]
+        ctx.log.info("voter started", extra={"voters": voters})
         try:
-            await asyncio.Event().wait()
+            await self._retired.wait()
         finally:
-            relaying.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relaying
-            await self.reader.close()
-            await asyncio.to_thread(self.replica.destroy)
+            with contextlib.suppress(Exception):  # so the next manager need not wait a ttl
+                await asyncio.wait_for(role.release("stopping"), RELEASE_GRACE)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            reader, self.replica, self.role, self.reader = self.reader, None, None, None
+            await reader.close()
+            await asyncio.to_thread(replica.destroy)
             await link.stop()
+
+    async def _on_join(self, request: JoinRequest) -> JoinReply:
+        if self.me not in request.voters:
+            raise Refused(400, f"{self.me} is not among the voters {request.voters} it was sent")
+        if self.replica is not None:
+            return JoinReply(node=self.me, started=False)
+        assert self._voter_role is not None
+        self._voter_role.save(request.voters)
+        self._joined.set()
+        return JoinReply(node=self.me, started=True)
+
+    async def _on_retire(self, request: RetireRequest) -> RetireReply:
+        if self.replica is None:
+            return RetireReply(node=self.me, retired=False)
+        assert self._voter_role is not None
+        self._voter_role.save(None)
+        self._retired.set()
+        return RetireReply(node=self.me, retired=True)
 
     async def _on_propose(self, request: ProposeRequest) -> ProposeReply:
         try:
@@ -107,10 +208,12 @@ class ConsensusService:
             # pysyncobj has no read index, and two voters may briefly both think they
             # lead: a barrier committed through the log is what makes the read current.
             await self._commit(encode_batch([Proposal(new_id(), Barrier())]))
-        assert self.reader is not None
+        reader = self.reader
+        if reader is None:
+            raise Refused(NO_QUORUM, f"{self.me} is standing by, not a voter: ask a voter")
         # One statement, so the value and the applied index come from one state (the
         # reader's own connection: the one pysyncobj's thread applies with is its own).
-        async with self.reader.execute(
+        async with reader.execute(
             "SELECT (SELECT value FROM meta WHERE name = 'last_applied'), kv.value, kv.version "
             "FROM (SELECT 1) LEFT JOIN kv ON kv.key = ?",
             (request.key,),
@@ -119,7 +222,12 @@ class ConsensusService:
         return QueryReply(key=request.key, value=value, version=version or 0, index=index or 0)
 
     async def _on_status(self, _request: ConsensusStatusRequest) -> ConsensusStatus:
-        replica = self._replica
+        replica, role = self.replica, self.role
+        if replica is None or role is None:
+            return ConsensusStatus(
+                node=self.me, role="standby", leader=None, term=0, commit_index=0,
+                applied_index=0, has_quorum=False, voters=[],
+            )  # fmt: skip
         for _ in range(3):  # pysyncobj's thread may be mid-update of what status reads
             with contextlib.suppress(RuntimeError):
                 raw = replica.status()
@@ -131,6 +239,7 @@ class ConsensusService:
             match = raw["match_index"].get(node) if raw["role"] == "leader" else None
             lag = raw["commit_index"] - match if match is not None else None
             voters.append(VoterView(node, connected, match, lag))
+        lease, now = replica.machine.lease(MANAGER), time.monotonic()
         return ConsensusStatus(
             node=replica.me,
             role=raw["role"],
@@ -140,6 +249,15 @@ class ConsensusService:
             applied_index=raw["applied_index"],
             has_quorum=raw["has_quorum"],
             voters=voters,
+            manager=LeaseView(
+                name=MANAGER,
+                holder=lease.holder,
+                epoch=lease.epoch,
+                ttl=lease.ttl,
+                granted_age=_age(lease.granted_at, now),
+                renewed_age=_age(lease.renewed_at, now),
+            ),
+            acting=role.acting(),
         )
 
     async def _on_digest(self, _request: DigestRequest) -> DigestReply:
@@ -151,6 +269,8 @@ class ConsensusService:
             async with db.execute("SELECT value FROM meta WHERE name = 'last_applied'") as rows:
                 row = await rows.fetchone()
             async for line in db.iterdump():
+                if line.startswith(_APPLIED_ROW):
+                    continue  # lease renewals move it several times a second: not state
                 digest.update(line.encode() + b"\n")
                 statements += 1
             await db.execute("COMMIT")
@@ -169,5 +289,13 @@ class ConsensusService:
 
     @property
     def _replica(self) -> Replica:
-        assert self.replica is not None
+        if self.replica is None:
+            raise Refused(NO_QUORUM, f"{self.me} is standing by, not a voter: ask a voter")
         return self.replica
+
+
+_APPLIED_ROW = """INSERT INTO "meta" VALUES('last_applied',"""
+
+
+def _age(at: float | None, now: float) -> float | None:
+    return None if at is None else round(now - at, 3)

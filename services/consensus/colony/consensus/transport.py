@@ -49,7 +49,8 @@ class Link:
     def __init__(self, nc, me: str, voters: list[str], secret: bytes) -> None:
         self.nc = nc
         self.me = me
-        self.peers = [v for v in voters if v != me]
+        self.peers = frozenset(voters) - {me}
+        """Replaced whole (never mutated) when pysyncobj adds or drops a voter."""
         self.secret = secret
         self.loop = asyncio.get_running_loop()
         self.heard: dict[str, float] = {}
@@ -63,6 +64,7 @@ class Link:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._connected: set[str] = set()
+        self._strangers: set[str] = set()
         self._sub = None
         self._beats: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -129,8 +131,11 @@ class Link:
             log.warning("dropped raft frame", extra={"reason": str(e)})
             return
         if sender not in self.peers:
-            log.warning("dropped raft frame", extra={"reason": f"{sender!r} is not a voter"})
+            if sender not in self._strangers:  # a removed voter keeps sending: say it once
+                self._strangers.add(sender)
+                log.warning("dropped raft frame", extra={"reason": f"{sender!r} is not a voter"})
             return
+        self._strangers.discard(sender)
         self.heard[sender] = time.monotonic()
         if sender not in self._connected:
             self._connected.add(sender)
@@ -182,9 +187,11 @@ class NatsTransport(Transport):
 
     def addNode(self, node: Node) -> None:
         self._nodes[node.id] = node
+        self._link.peers = self._link.peers | {node.id}
 
     def dropNode(self, node: Node) -> None:
         self._nodes.pop(node.id, None)
+        self._link.peers = self._link.peers - {node.id}
 
     def send(self, node: Node, message: Any) -> bool:
         return self._link.send(node.id, message)

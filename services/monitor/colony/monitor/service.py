@@ -3,11 +3,15 @@
 Loop: read the host and the node's processes -> `Samples.add` (pure) ->
 publish NodeMetrics on the node's metrics subject. Requests for the latest
 sample are answered from the ring buffer; Prometheus scrapes the same.
+The declared capacity is re-read whenever the node's config file changes
+(`colony capacity` edits it), so it changes without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 
 import psutil
 
@@ -15,7 +19,8 @@ from colony.monitor.prometheus import MetricsServer
 from colony.monitor.sampling import NodeProcesses, read_host
 from colony.monitor.state import Samples, declared_capacity
 from colony.shared import subjects
-from colony.shared.messages import LatestMetricsRequest, NodeMetrics
+from colony.shared.config import ConfigError, load
+from colony.shared.messages import LatestMetricsRequest, NodeMetrics, Resources
 from colony.shared.runner import Context
 from colony.shared.statedir import SUPERVISOR, NodeDir
 
@@ -33,8 +38,11 @@ class Monitor:
         node_dir.create()
         self.samples = samples = Samples(settings.history)
         processes = NodeProcesses(node_dir)
-        memory = psutil.virtual_memory().total
-        capacity = declared_capacity(node, psutil.cpu_count() or 1, memory)
+        capacity = DeclaredCapacity(
+            node_dir.config_file,
+            declared_capacity(node, psutil.cpu_count() or 1, psutil.virtual_memory().total),
+            ctx.log,
+        )
         supervisor = node_dir.record(SUPERVISOR)
         node_started = supervisor.started if supervisor else psutil.Process().create_time()
         publish_on = subjects.node_metrics(node.id)
@@ -55,7 +63,7 @@ class Monitor:
                 node_started=node_started,
                 host=host,
                 processes=usage,
-                capacity=capacity,
+                capacity=capacity.read(),
                 nats_url=ctx.config.nats.servers[0],
                 metrics_url=metrics_url,
             )
@@ -77,3 +85,39 @@ class Monitor:
         """The newest sample (served only once there is one)."""
         assert self.samples is not None and self.samples.latest is not None
         return self.samples.latest
+
+
+class DeclaredCapacity:
+    """The node's declared capacity, re-read from its config file when the file changes."""
+
+    def __init__(self, config_file: Path, at_start: Resources, log: logging.Logger) -> None:
+        self.file = config_file
+        self.value = at_start
+        self.log = log
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            stat = self.file.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def read(self) -> Resources:
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return self.value
+        self._stamp = stamp
+        try:
+            node = load(self.file, env={}).node
+        except ConfigError as e:  # a bad edit: say so once, and keep the capacity it had
+            self.log.warning("config not reloaded; capacity unchanged", extra={"reason": str(e)})
+            return self.value
+        changed = declared_capacity(node, psutil.cpu_count() or 1, psutil.virtual_memory().total)
+        if changed != self.value:
+            self.log.info(
+                "declared capacity changed",
+                extra={"cpu": changed.cpu, "memory": changed.memory},
+            )
+            self.value = changed
+        return self.value
