@@ -88,14 +88,14 @@ from colony.shared.bus import BusError, RemoteError, connect
 from colony.shared.config import NatsSettings
 from colony.shared.messages import KvPut, Proposal, ProposeRequest, new_id, to_builtins
 
-async def main(url, voter, key, value):
+async def main(url, voter, key, value, epoch):
     bus = await connect(NatsSettings(servers=[url], connect_timeout=1.0), "proposer")
     go = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
     print("ready", flush=True)
     await go.wait()
     sent = time.monotonic()
-    request = ProposeRequest(proposals=[Proposal(new_id(), KvPut(key, value))])
+    request = ProposeRequest(proposals=[Proposal(new_id(), KvPut(key, value), int(epoch))])
     try:
         answer = {"reply": to_builtins(await bus.request(subjects.propose(voter), request, 15))}
     except RemoteError as e:
@@ -107,8 +107,27 @@ async def main(url, voter, key, value):
 
 asyncio.run(main(*sys.argv[1:]))
 """
-"""Proposes KEY=VALUE to one voter the moment it gets SIGUSR1 (no start-up in the way), then
-prints the answer as JSON and exits; prints 'ready' once connected."""
+"""Proposes KEY=VALUE (on behalf of the manager at EPOCH, 0: not) to one voter the moment it
+gets SIGUSR1 (no start-up in the way), then prints the answer as JSON and exits; prints
+'ready' once connected."""
+
+WATCH_MANAGER = """
+import asyncio, json, sys
+from colony.shared import subjects
+from colony.shared.bus import connect
+from colony.shared.config import NatsSettings
+from colony.shared.messages import to_builtins
+
+async def main(url):
+    bus = await connect(NatsSettings(servers=[url], connect_timeout=1.0), "watcher")
+    events = await bus.subscribe(subjects.manager_acting())
+    print("ready", flush=True)
+    async for event in events:
+        print(json.dumps(to_builtins(event)), flush=True)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+"""Prints every `manager.acting` event its host's server carries, one JSON line each."""
 
 ROUTES = """
 import json, sys, urllib.request
@@ -161,7 +180,7 @@ class Voters(netns.HostProcesses):
         found = dict(zip(HOSTS, parallel(lambda h: self._probe(h, "digest"), HOSTS), strict=True))
         return {h: d and (d["applied_index"], d["sha256"]) for h, d in found.items()}
 
-    def proposer(self, host: str, key: str, value: str) -> Callable[[], dict]:
+    def proposer(self, host: str, key: str, value: str, epoch: int = 0) -> Callable[[], dict]:
         """A proposal of key=value, to `host`'s voter, ready to go: call it to send it at once.
 
         The call returns the voter's answer (a "reply", or an "error" with its "code") and
@@ -169,6 +188,7 @@ class Voters(netns.HostProcesses):
         """
         log = self.log(host, f"proposer-{key}")
         argv = [sys.executable, "-c", PROPOSE_ON_SIGNAL, self.url(host), host, key, value]
+        argv.append(str(epoch))
         process = self.net.popen(host, argv, log)  # not in `processes`: it exits when done
         lines = lambda: log.read_text().split("\n")[:-1]  # noqa: E731 (complete lines only)
         wait_for(lambda: lines() == ["ready"] or process.poll() is not None, 20, "the proposer")
@@ -180,6 +200,25 @@ class Voters(netns.HostProcesses):
             return json.loads(lines()[1])
 
         return send
+
+    def watch_manager(self, host: str) -> Callable[[], list[dict]]:
+        """Start hearing `manager.acting` through `host`'s server; the call returns what
+        was heard so far."""
+        log = self.log(host, "manager-events")
+        self.spawn(host, [sys.executable, "-c", WATCH_MANAGER, self.url(host)], "manager-events")
+        lines = lambda: log.read_text().split("\n")[:-1]  # noqa: E731 (complete lines only)
+        wait_for(lambda: log.exists() and lines()[:1] == ["ready"], 20, f"a watcher on {host}")
+        return lambda: [json.loads(line) for line in lines()[1:]]
+
+    def manager(self, hosts: list[str]) -> tuple[str, int] | None:
+        """(holder, epoch) once exactly one of `hosts` acts and all of them agree on the lease."""
+        views = [v for v in self.statuses(hosts).values() if v]
+        acting = [v["node"] for v in views if v["acting"]]
+        leases = {(v["manager"]["holder"], v["manager"]["epoch"]) for v in views if v["manager"]}
+        if len(views) == len(hosts) and len(acting) == 1 and len(leases) == 1:
+            [(holder, epoch)] = leases
+            return (holder, epoch) if holder == acting[0] else None
+        return None
 
     def routes(self, host: str) -> int | None:
         argv = [sys.executable, "-c", ROUTES, f"http://{self.net.hosts[host].address}:{PORTS.http}"]
@@ -381,4 +420,51 @@ def test_a_cut_off_voter_refuses_writes_serves_stale_reads_and_catches_up_on_hea
         f"\n{cut_off} {lone} cut off; leaders (terms) {leader} ({term}) -> {chief} ({chief_term})"
         f" -> {after} ({after_term}); {lone}'s term while cut off {view['term']}; "
         f"seconds: {timings}; refused at the cut: {answer['error']}"
+    )
+
+
+def test_a_cut_off_manager_stops_acting_before_a_new_one_starts_and_its_epoch_is_refused(
+    network, voters
+):
+    voters.await_leader(HOSTS, FORM, "all three voters to agree on a first leader")
+    wait_for(lambda: voters.manager(HOSTS), FORM, "one acting manager")
+    lone, _leader, _term = arrange(network, voters, "leader")  # the manager is the leader
+    holder, epoch = wait_for(lambda: voters.manager(HOSTS), ELECT, "the manager after the move")
+    assert holder == lone
+    majority = [h for h in HOSTS if h != lone]
+    heard_alone, heard_by_majority = voters.watch_manager(lone), voters.watch_manager(majority[0])
+    stale_during = voters.proposer(lone, "stale-during", "refused", epoch)
+
+    network.partition()
+    chief, new_epoch = wait_for(lambda: voters.manager(majority), ELECT, "a majority manager")
+    assert chief in majority and new_epoch > epoch
+    during = stale_during()
+    assert during.get("code") == 503 and LOST.search(during["error"]), during
+
+    stopped = [e for e in heard_alone() if e["node"] == lone and not e["acting"]]
+    started = [e for e in heard_by_majority() if e["node"] == chief and e["acting"]]
+    assert stopped and stopped[0]["epoch"] == epoch, heard_alone()
+    assert started and started[0]["epoch"] == new_epoch, heard_by_majority()
+    # One kernel clock for every namespace: the wall times compare.
+    gap = started[0]["ts"] - stopped[0]["ts"]
+    assert gap > 0, f"{chief} acted {-gap:.3f} s before {lone} stopped"
+
+    network.heal()
+    wait_for(
+        lambda: (v := voters.status(lone)) and v["role"] == "follower" and v["leader"] == chief,
+        CATCH_UP,
+        f"{lone} to rejoin as a follower of {chief}",
+        every=0.2,
+    )
+    stale_after = voters.proposer(lone, "stale-after", "refused", epoch)()
+    [refused] = stale_after["reply"]["outcomes"]
+    assert not refused["ok"]
+    assert refused["error"].startswith(f"stale epoch {epoch}: the manager lease is at epoch")
+    current = voters.proposer(lone, "current", "applied", new_epoch)()
+    assert current["reply"]["outcomes"][0]["ok"]  # through the old manager, at the new epoch
+    for key in ("stale-during", "stale-after"):
+        assert voters.get(chief, key) is None
+    print(
+        f"\nmanager {lone} (epoch {epoch}) cut off: it stopped acting {gap:.2f} s before "
+        f"{chief} started (epoch {new_epoch})"
     )

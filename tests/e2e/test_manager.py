@@ -5,7 +5,8 @@ The story of one cluster, step by step: kill -9 the manager's node (a new
 manager acts at a higher epoch, the lost voter is replaced, acknowledged
 writes survive); kill a second voter's node (replaced again: three voters,
 the three nodes left); raise one voter's declared capacity (leadership and
-the manager move to it, once, and stay, however the capacities flap after).
+the manager move to it, once, and stay, however the capacities flap after);
+bring the killed nodes back (they stand by: someone replaced them).
 Everything goes through the real CLI: `colony status --json`, `colony kv`,
 `colony capacity`.
 """
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _cli import colony, up
+from _cli import colony, status, up
 
 from colony.bootstrapper.cluster import free_base_port
 from colony.shared.statedir import SUPERVISOR, StateDir
@@ -134,6 +135,16 @@ def story(state: Path) -> None:
             leaders.add(view["node"])
         time.sleep(1.0)  # one flap a second: the rhythm being tested, not a wait for a result
     assert leaders == {chosen}, f"leadership moved again while capacities flapped: {leaders}"
+
+    # 5. The killed nodes come back (`colony up` restarts what is down): no longer voters,
+    # they are told to stand by, and the three voters stay as they are.
+    colony("up", "--detach", state=state)
+    wait_for(
+        lambda: all(status(state)[by_name[n]]["raft"] == "standby" for n in killed),
+        REPLACED,
+        "the nodes that were voters to come back standing by",
+    )
+    assert settled(state, killed)["node"] == chosen
     print(
         f"\nmanager failover seen by `colony status` in {took:.1f} s (epoch "
         f"{first['manager']['epoch']} -> {second['manager']['epoch']}); voter replaced "

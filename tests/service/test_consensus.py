@@ -17,6 +17,7 @@ from colony.shared.messages import (
     Change,
     ConsensusStatusRequest,
     DigestRequest,
+    JoinRequest,
     KvCas,
     KvPut,
     Proposal,
@@ -287,3 +288,23 @@ async def test_a_stopped_manager_hands_the_lease_to_the_next_leader_at_a_higher_
     )
     assert (await get(bus, new_holder, "stale")).version == 0
     await events.stop()
+
+
+async def test_a_node_that_is_not_a_voter_stands_by_and_refuses_clearly(voters, bus, nats_server):
+    config = nats_server.node_config("s4")
+    config.consensus = ConsensusSettings(voters=VOTERS, secret_file=str(voters.secret))
+    stop = asyncio.Event()
+    standby = asyncio.create_task(runner.run(ConsensusService(), config, stop=stop))
+    try:
+        view = await poll(lambda: status(bus, "s4"), 10, "the standby to answer")
+        assert view.role == "standby" and view.voters == [] and view.manager is None
+        with pytest.raises(RemoteError, match="standing by, not a voter") as refused:
+            await put(bus, "s4", "k", "v")
+        assert refused.value.code == 503  # retryable: the client asks a voter next
+        with pytest.raises(RemoteError, match="not among the voters") as bad:
+            await bus.request(subjects.consensus_join("s4"), JoinRequest(voters=VOTERS), 2)
+        assert bad.value.code == 400
+        assert (await status(bus, "s4")).role == "standby"  # a bad join changes nothing
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(standby, runner.SHUTDOWN_GRACE) == 0

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
+import sqlite3
 import time
 
 import pytest
@@ -204,3 +206,95 @@ async def test_concurrent_history_across_leader_kills_is_linearizable(voters, cl
     result = check(history, max_steps=5_000_000)
     assert result.linearizable, result.explanation
     assert sum(op.kind == "get" for op in history) > 20
+
+
+async def test_no_command_of_an_epoch_applies_after_a_higher_epoch_is_granted(
+    voters, client_bus, tmp_path
+):
+    """Chaos: the manager's voter is killed -9 again and again, while writers keep
+    proposing on the manager's behalf at every epoch they have heard of, old ones
+    included. The whole change log then shows each command of epoch e applied only
+    while e was the newest granted epoch."""
+    events = await client_bus.subscribe(subjects.manager_acting())
+    epochs: set[int] = set()
+    outcomes: dict[str, int] = {"applied": 0, "stale": 0, "other": 0}
+    stop = asyncio.Event()
+    rng = random.Random(5)
+
+    async def listen() -> None:
+        async for event in events:
+            if event.acting:
+                epochs.add(event.epoch)
+
+    async def write(n: int) -> None:
+        client = Management(client_bus, voters.ids, timeout=5)
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            if not epochs:
+                await asyncio.sleep(0.05)
+                continue
+            epoch = rng.choice(sorted(epochs))  # old epochs as likely as the newest
+            try:
+                reply = await client.propose(KvPut(f"w{n}-{i}", str(epoch)), epoch=epoch)
+            except ManagementError:
+                outcomes["other"] += 1
+                continue
+            [outcome] = reply.outcomes
+            kind = "applied" if outcome.ok else "stale" if "epoch" in outcome.error else "other"
+            outcomes[kind] += 1
+
+    listening = asyncio.create_task(listen())
+    writers = [asyncio.create_task(write(n)) for n in range(3)]
+    try:
+        for _ in range(3):
+            holder = await _acting_manager(client_bus, voters.ids)
+            await asyncio.sleep(1.0)  # writes flow under this manager
+            voters.kill(holder)
+            survivors = [n for n in voters.ids if n != holder]
+            new_holder = await _acting_manager(client_bus, survivors)
+            assert new_holder != holder
+            voters.start(holder)
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+        listening.cancel()
+    assert outcomes["applied"] > 0 and outcomes["stale"] > 0, outcomes
+    assert len(epochs) >= 4
+
+    await poll(lambda: _applied_everything(client_bus, voters.ids), 30, "voters to agree")
+    voters.kill_all()
+    log = sqlite3.connect(tmp_path / voters.ids[0] / "consensus" / "management.db")
+    granted, applied_at = 0, {}
+    for kind, version, epoch, detail in log.execute(
+        "SELECT kind, version, epoch, detail FROM changes ORDER BY idx"
+    ):
+        if kind == "lease" and json.loads(detail)["event"] == "granted":
+            assert version == granted + 1  # each grant raises the epoch by exactly one
+            granted = version
+        elif kind == "kv":
+            assert epoch == granted, f"a command of epoch {epoch} applied at epoch {granted}"
+            applied_at[epoch] = applied_at.get(epoch, 0) + 1
+    log.close()
+    assert sum(applied_at.values()) >= outcomes["applied"]  # a lost reply may have applied
+    print(f"\nfenced writes: {outcomes}; applied per epoch: {applied_at}")
+
+
+async def _acting_manager(bus, among: list[str], timeout: float = 20) -> str:
+    """The voter among `among` that acts as manager, once every one of them agrees."""
+
+    async def found() -> str | None:
+        views = []
+        for node in among:
+            try:
+                views.append(
+                    await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
+                )
+            except BusError:
+                return None
+        acting = [v.node for v in views if v.acting]
+        holders = {v.manager.holder for v in views if v.manager}
+        return acting[0] if len(acting) == 1 and holders == {acting[0]} else None
+
+    await poll(found, timeout, f"one acting manager among {among}")
+    return await found()

@@ -45,11 +45,14 @@ class Management:
         self.timeout = timeout
         self._next = 0
 
-    async def propose(self, *commands: Command, ids: list[str] | None = None) -> ProposeReply:
-        """Commit `commands` in one log entry, in order; ids default to fresh ones."""
+    async def propose(
+        self, *commands: Command, ids: list[str] | None = None, epoch: int = 0
+    ) -> ProposeReply:
+        """Commit `commands` in one log entry, in order; ids default to fresh ones. With
+        the manager's `epoch`, each applies only if that epoch is still the current one."""
         ids = ids or [new_id() for _ in commands]
         request = ProposeRequest(
-            proposals=[Proposal(i, c) for i, c in zip(ids, commands, strict=True)]
+            proposals=[Proposal(i, c, epoch) for i, c in zip(ids, commands, strict=True)]
         )
         return await self._ask(subjects.propose, request)
 

@@ -72,6 +72,7 @@ class ManagerRole:
         """Monotonic time when its lease runs out by its own clock."""
         self._announced_term = 0
         self._acting_seen = False
+        self._hold_off_until = 0.0
 
     def acting(self) -> bool:
         """Act as manager now? Only with a valid lease, and only as the Raft leader."""
@@ -112,7 +113,9 @@ class ManagerRole:
         if not self.replica.is_leader:
             self._announced_term = 0
             return
-        term = self.replica.status()["term"]
+        if time.monotonic() < self._hold_off_until:
+            return  # handing leadership over: the lease is left for the next leader
+        term = self.replica.term
         if term != self._announced_term:
             # The first entry of the term: once applied, so is every earlier one, and the
             # lease as applied here is the latest committed.
@@ -157,11 +160,13 @@ class ManagerRole:
         else:
             log.info("manager lease not granted", extra={"reason": outcomes[-1].error})
 
-    async def release(self, reason: str, also: list[Command] = ()) -> bool:
+    async def release(self, reason: str, also: list[Command] = (), hold_off: float = 0) -> bool:
         """Stop acting and give the lease up (with `also`, in the same entry), so the next
-        leader takes it at once; False if it was not held or the release did not commit."""
+        leader takes it at once, and do not take it again for `hold_off` seconds; False if
+        it was not held or the release did not commit."""
         epoch, was_acting = self.epoch, self.acting()
         self.epoch, self.valid_until = 0, 0.0
+        self._hold_off_until = time.monotonic() + hold_off
         if not was_acting:
             return False
         await self._announce(False, f"releasing: {reason}", epoch)

@@ -156,19 +156,31 @@ class Replica:
         change(Node(node), callback=done)
         await asyncio.wait_for(future, timeout=10.0)
 
-    def transfer_leadership(self, node: str) -> bool:
-        """Ask caught-up voter `node` to campaign now (Raft's TimeoutNow); False if refused
-        (not the leader, or `node` lags). Whether it won shows in the status afterwards."""
-        answers = []
-        self._raft.transferLeadership(Node(node), callback=lambda _r, e: answers.append(e))
-        return answers == [FAIL_REASON.SUCCESS]
+    async def transfer_leadership(self, node: str, patience: float = 1.0) -> bool:
+        """Ask voter `node` to campaign now (Raft's TimeoutNow) as soon as it holds the whole
+        log, within `patience` seconds; False if it never did (or this is not the leader).
+        Whether it won shows in the status afterwards."""
+        deadline = self._loop.time() + patience
+        answers: list[int] = []  # the callback is called before transferLeadership returns
+        while True:
+            answers.clear()
+            self._raft.transferLeadership(Node(node), callback=lambda _r, e: answers.append(e))
+            if answers == [FAIL_REASON.SUCCESS]:
+                return True
+            if not self.is_leader or self._loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.01)  # its acknowledgement of the last entries is on the way
 
     # --- views --------------------------------------------------------------------
 
     @property
     def voters(self) -> list[str]:
         """Every voter of the cluster as this replica knows it, itself first."""
-        return [self.me, *sorted(self.status()["connected"])]
+        return [self.me, *sorted(node.id for node in self._raft.otherNodes)]
+
+    @property
+    def term(self) -> int:
+        return self._raft.raftCurrentTerm
 
     @property
     def is_leader(self) -> bool:

@@ -52,6 +52,8 @@ SHUNNED_FOR = 60.0
 """Seconds a node that failed to join is passed over."""
 SETTLE = 5.0
 """Seconds a new leader waits before judging whether to hand leadership on."""
+HANDOVER = 2.0
+"""Seconds a leader handing over leaves the lease free for the next one (then takes it back)."""
 
 log = logging.getLogger("colony.consensus.voters")
 
@@ -189,9 +191,11 @@ class VoterKeeper:
         if status["match_index"].get(target) != status["commit_index"]:
             return  # not caught up: it would lose the election; look again soon
         record = LeadershipTransferred(self.me, target, reason)
-        if not await self.role.release(reason, also=[record]):
+        # Released first, so the next leader takes the lease at once; and not taken back
+        # while the handover is under way.
+        if not await self.role.release(reason, also=[record], hold_off=HANDOVER):
             await self._record(record)  # not acting now: record it unfenced
-        if self.replica.transfer_leadership(target):
+        if await self.replica.transfer_leadership(target, patience=HANDOVER / 2):
             log.warning("leadership handed over", extra={"to": target, "reason": reason})
         else:
             log.warning("leadership transfer refused by Raft", extra={"to": target})
