@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiosqlite
@@ -75,6 +76,18 @@ def read_secret(path: str) -> bytes:
     return secret
 
 
+Seed = Callable[[Path], Awaitable[str | None]]
+"""Fills a new replica's state folder before it starts (the freshest snapshot there is, as
+its management.db); returns where it came from, or None if it left the folder empty."""
+
+
+async def from_the_log(_state_dir: Path) -> None:
+    """No seed: the replica catches up from the leader (its snapshot, then its log). The
+    snapshotter will provide a seed that starts it from the latest stored snapshot (the
+    machine skips the entries that snapshot already holds)."""
+    return None
+
+
 class VoterRole:
     """Whether this node is a voter, and with which voters: `role.json` once the leader
     promoted or retired it, else the configured voters."""
@@ -103,8 +116,9 @@ class ConsensusService:
     name = "consensus"
     description = "Raft among the voters and the replicated management database"
 
-    def __init__(self, timers: Timers | None = None) -> None:
+    def __init__(self, timers: Timers | None = None, seed: Seed | None = None) -> None:
         self.timers = timers or Timers()
+        self.seed = seed or from_the_log
         self.replica: Replica | None = None
         self.reader: aiosqlite.Connection | None = None
         self.role: ManagerRole | None = None
@@ -136,6 +150,9 @@ class ConsensusService:
                 await self._joined.wait()
                 continue
             self._retired.clear()
+            if not (state_dir / "management.db").exists():
+                source = await self.seed(state_dir)
+                ctx.log.info("new replica", extra={"from": source or "the leader's log"})
             await self._serve_as_voter(ctx, settings, voters, state_dir, secret)
             ctx.log.warning("retired: no longer a voter; dropping the replica")
             for path in state_dir.iterdir():
