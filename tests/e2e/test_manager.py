@@ -13,6 +13,7 @@ Everything goes through the real CLI: `colony status --json`, `colony kv`,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -23,6 +24,10 @@ import pytest
 from _cli import colony, status, up
 
 from colony.bootstrapper.cluster import free_base_port
+from colony.shared import subjects
+from colony.shared.bus import connect
+from colony.shared.config import NatsSettings
+from colony.shared.messages import Change, decode
 from colony.shared.statedir import SUPERVISOR, StateDir
 from colony.shared.testing import wait_for
 
@@ -46,6 +51,19 @@ def kill_node(state: Path, node_id: str) -> str:
     for process in sorted(node.records(), key=lambda r: r.name != SUPERVISOR):
         os.kill(process.pid, signal.SIGKILL)
     return node.name
+
+
+async def change_stream(url: str) -> list[Change]:
+    """Every change the Raft leaders relayed to the change stream, in order."""
+    bus = await connect(NatsSettings(servers=[url]), "test-changes", reconnect=False)
+    try:
+        info = await bus.js.stream_info(subjects.CHANGES_STREAM)
+        found = []
+        for seq in range(1, info.state.last_seq + 1):
+            found.append(decode((await bus.js.get_msg(subjects.CHANGES_STREAM, seq)).data, Change))
+        return found
+    finally:
+        await bus.close()
 
 
 def names(state: Path) -> dict[str, str]:
@@ -78,7 +96,7 @@ def story(state: Path) -> None:
         assert "version 1" in colony("kv", "put", f"k{i}", str(i), state=state).stdout
 
     # 1. The manager's node dies: a new manager, at a higher epoch, and a new voter.
-    killed = {first["node"]}
+    killed, killed_order = {first["node"]}, [first["node"]]
     kill_node(state, first["node"])
     cut = time.monotonic()
     second = wait_for(
@@ -101,6 +119,7 @@ def story(state: Path) -> None:
     view = settled(state, killed)
     follower = next(v["node"] for v in view["voters"] if v["node"] != view["node"])
     killed.add(follower)
+    killed_order.append(follower)
     kill_node(state, follower)
     third = wait_for(lambda: settled(state, killed), REPLACED, "the second voter to be replaced")
     assert "version 1" in colony("kv", "put", "after-voter", "yes", state=state).stdout
@@ -145,6 +164,18 @@ def story(state: Path) -> None:
         "the nodes that were voters to come back standing by",
     )
     assert settled(state, killed)["node"] == chosen
+
+    # 6. The change stream tells the whole story, with epochs and reasons.
+    changes = asyncio.run(change_stream(StateDir(state).node(by_name[chosen]).nats_url()))
+    voters = [(c.detail["change"], c.id) for c in changes if c.kind == "voter"]
+    assert [v for v in voters if v[0] == "removed"] == [("removed", n) for n in killed_order]
+    assert len([v for v in voters if v[0] == "added"]) == 2
+    [moved_to] = [c for c in changes if c.kind == "transfer"]
+    assert moved_to.id == chosen and "more free resources" in moved_to.detail["reason"]
+    grants = [c.version for c in changes if c.kind == "lease" and c.detail["event"] == "granted"]
+    assert grants == list(range(1, len(grants) + 1)) and grants[-1] == moved["manager"]["epoch"]
+    ended = {c.detail["event"] for c in changes if c.kind == "lease"} - {"granted"}
+    assert ended == {"expired", "released"}  # the killed manager's, the handed-over one's
     print(
         f"\nmanager failover seen by `colony status` in {took:.1f} s (epoch "
         f"{first['manager']['epoch']} -> {second['manager']['epoch']}); voter replaced "

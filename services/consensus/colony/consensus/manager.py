@@ -187,7 +187,7 @@ class ManagerRole:
 
     async def _watch(self) -> None:
         """Announce when acting starts and stops, and keep announcing while it lasts."""
-        last = 0.0
+        last, announced = 0.0, 0
         while True:
             acting = self.acting()
             now = time.monotonic()
@@ -199,9 +199,10 @@ class ManagerRole:
                         else "lease ran out"
                     )
                     log.warning("stopped acting as manager", extra={"why": why})
-                    await self._announce(False, why, self.epoch)
+                    await self._announce(False, why, announced)
                 else:
-                    await self._announce(True, "holds the manager lease", self.epoch)
+                    announced = self.epoch
+                    await self._announce(True, "holds the manager lease", announced)
                 self._acting_seen, last = acting, now
             await asyncio.sleep(WATCH)
 
