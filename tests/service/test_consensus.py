@@ -226,6 +226,8 @@ async def test_a_voter_behind_a_compacted_log_catches_up_from_a_snapshot(
         await poll(caught_up, 30, "v3 to hold the same database as the others")
         assert (tmp_path / "nats" / "v3" / "consensus" / "raft.snapshot").exists()
         assert (await get(bus, "v3", "k149", stale=True)).value == "149"
+        # the snapshot carried the cluster too: v3 still knows every voter
+        assert sorted(v.node for v in (await status(bus, "v3")).voters) == VOTERS
     finally:
         for node in list(group.tasks):
             await group.stop(node)
