@@ -20,6 +20,7 @@ import signal
 import time
 from pathlib import Path
 
+import nats.errors
 import pytest
 from _cli import colony, status, up
 
@@ -53,8 +54,9 @@ def kill_node(state: Path, node_id: str) -> str:
     return node.name
 
 
-async def change_stream(url: str) -> list[Change]:
-    """Every change the Raft leaders relayed to the change stream, in order."""
+async def change_stream(url: str) -> list[Change] | None:
+    """Every change the Raft leaders relayed to the change stream, in order; None while
+    the stream cannot answer (its replicas on the killed nodes are still catching up)."""
     bus = await connect(NatsSettings(servers=[url]), "test-changes", reconnect=False)
     try:
         info = await bus.js.stream_info(subjects.CHANGES_STREAM)
@@ -62,8 +64,19 @@ async def change_stream(url: str) -> list[Change]:
         for seq in range(1, info.state.last_seq + 1):
             found.append(decode((await bus.js.get_msg(subjects.CHANGES_STREAM, seq)).data, Change))
         return found
+    except nats.errors.Error:
+        return None
     finally:
         await bus.close()
+
+
+def relayed_up_to(url: str, epoch: int) -> list[Change] | None:
+    """The change stream once it holds the grant at `epoch` (the relay may be behind)."""
+    changes = asyncio.run(change_stream(url))
+    grants = [
+        c.version for c in changes or () if c.kind == "lease" and c.detail["event"] == "granted"
+    ]
+    return changes if epoch in grants else None
 
 
 def names(state: Path) -> dict[str, str]:
@@ -166,7 +179,10 @@ def story(state: Path) -> None:
     assert settled(state, killed)["node"] == chosen
 
     # 6. The change stream tells the whole story, with epochs and reasons.
-    changes = asyncio.run(change_stream(StateDir(state).node(by_name[chosen]).nats_url()))
+    url = StateDir(state).node(by_name[chosen]).nats_url()
+    changes = wait_for(
+        lambda: relayed_up_to(url, moved["manager"]["epoch"]), 30, "the change stream to catch up"
+    )
     voters = [(c.detail["change"], c.id) for c in changes if c.kind == "voter"]
     assert [v for v in voters if v[0] == "removed"] == [("removed", n) for n in killed_order]
     assert len([v for v in voters if v[0] == "added"]) == 2
