@@ -43,6 +43,7 @@ from pathlib import Path
 
 import psutil
 
+from bench._report import ms, quantile, say, table, verdict
 from colony.shared import natsd, subjects
 from colony.shared.bus import BusError, connect
 from colony.shared.config import NatsSettings
@@ -70,15 +71,6 @@ BRIEF_FAILOVER = 1.5
 VALUE = "value-of-16-byte"
 ROOT = Path(__file__).parent.parent
 SECRET = "a-cluster-secret-for-the-consensus-bench"
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
 class Cpu:
@@ -475,19 +467,6 @@ def measure() -> tuple[dict, list[Failover], list[ApiResult], Backlog]:
         finally:
             cluster.stop()
     return raw, trials, api, behind
-
-
-def verdict(ok: bool) -> str:
-    return "pass" if ok else "**FAIL**"
-
-
-def table(columns: list[str], rows: list[list[str]]) -> str:
-    lines = [f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
-    return "\n".join([*lines, *(f"| {' | '.join(row)} |" for row in rows)])
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f}"
 
 
 def api_table(api: list[ApiResult]) -> str:

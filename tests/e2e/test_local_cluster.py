@@ -230,9 +230,7 @@ def test_a_killed_node_is_dead_to_every_other_member_and_up_brings_it_back(state
         return {m["node"]: (m["status"], m["incarnation"]) for m in reply["members"]}
 
     wait_for(lambda: len(view("node-1")) == 3, 20, "node-1 to know all three members")
-    supervisor_first = sorted(victim.records(), key=lambda r: r.name != SUPERVISOR)
-    for process in supervisor_first:
-        os.kill(process.pid, signal.SIGKILL)
+    victim.crash()
     wait_for(
         lambda: view("node-1").get(victim_id, ("",))[0] == "dead" == view("node-2")[victim_id][0],
         20,

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from colony.shared import subjects
 from colony.shared.bus import connect
 from colony.shared.config import NatsSettings
 from colony.shared.messages import Change, decode
-from colony.shared.statedir import SUPERVISOR, StateDir
+from colony.shared.statedir import StateDir
 from colony.shared.testing import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -46,12 +44,8 @@ def consensus(state: Path) -> dict | None:
     return json.loads(asked.stdout)["consensus"] if asked.returncode == 0 else None
 
 
-def kill_node(state: Path, node_id: str) -> str:
-    """SIGKILL a node's supervisor, then everything else it ran, as a crash would; its name."""
-    node = next(n for n in StateDir(state).nodes() if n.read_id() == node_id)
-    for process in sorted(node.records(), key=lambda r: r.name != SUPERVISOR):
-        os.kill(process.pid, signal.SIGKILL)
-    return node.name
+def kill_node(state: Path, node_id: str) -> None:
+    next(n for n in StateDir(state).nodes() if n.read_id() == node_id).crash()
 
 
 async def change_stream(url: str) -> list[Change] | None:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from colony.bootstrapper.cluster import ClusterError, NodePlan, plan, ports_taken, write_nodes
+from colony.bootstrapper.cluster import (
+    ClusterError,
+    NodePlan,
+    ephemeral_ports,
+    free_base_port,
+    plan,
+    ports_taken,
+    write_nodes,
+)
 from colony.shared import natsd
 from colony.shared.config import load
 from colony.shared.statedir import StateDir
@@ -65,6 +73,15 @@ def test_ports_taken_names_a_port_in_use():
         port = held.getsockname()[1]
         nodes = [NodePlan("node-1", {"client": port})]
         assert ports_taken(nodes) == [f"127.0.0.1:{port} (node-1 client)"]
+
+
+def test_a_free_layout_stays_out_of_the_ephemeral_range():
+    # An outgoing connection may take any ephemeral port at any moment (a test's layout
+    # once lost its metrics port that way).
+    first_ephemeral, _ = ephemeral_ports()
+    for _ in range(20):
+        ports = [p for node in plan(5, free_base_port(5)) for p in node.ports.values()]
+        assert max(ports) < first_ephemeral
 
 
 def test_write_nodes_writes_each_nodes_files(tmp_path):

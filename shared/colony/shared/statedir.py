@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 from pathlib import Path
 
 import msgspec
@@ -151,6 +152,13 @@ class NodeDir:
 
     def remove_record(self, process: str) -> None:
         self.record_file(process).unlink(missing_ok=True)
+
+    def crash(self) -> None:
+        """kill -9 every process the node runs, as a machine failure would: the supervisor
+        first, so that it restarts nothing."""
+        for record in sorted(self.records(), key=lambda r: r.name != SUPERVISOR):
+            if record.alive():
+                os.kill(record.pid, signal.SIGKILL)
 
 
 class StateDir:

@@ -1,0 +1,290 @@
+"""Test helper: three Raft voters on hosts in network namespaces, to cut apart and heal.
+
+Each host (`colony.shared.netns`) runs its own nats-server, routed to the
+others, and one `python -m colony.consensus` voter connected to it. Every
+request is made inside a host, through that host's own server: by
+`colony kv`, and by small probe processes for a voter's Raft status,
+database digest, a proposal sent on a signal, or the `manager.acting` events
+its server carries. Nothing talks to the hosts' addresses from the root
+namespace (that traffic would leave the machine). Used by the partition
+tests and bench/failover; needs root.
+
+    net = netns.SplitNetwork(HOSTS, []).create()
+    voters = NetnsVoters(net, workdir)
+    voters.start()
+    lone, leader, term = arrange(net, voters, "leader")  # the leader alone on switch b
+    net.partition()
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from colony.shared import natsd, netns
+from colony.shared.config import Config, ConsensusSettings, NatsSettings, NodeSettings, dumps
+from colony.shared.testing import wait_for
+
+T, R = TypeVar("T"), TypeVar("R")
+
+_script = Path(sys.executable).with_name("colony")
+COLONY = [str(_script)] if _script.exists() else [sys.executable, "-m", "colony.cli"]
+HOSTS = ["h1", "h2", "h3"]
+"""Host names, and the ids of the voters on them."""
+PORTS = natsd.ServerPorts(client=4222, cluster=6222, http=8222)
+"""The same on every host: each has its own network namespace."""
+ROUTE_PING = 1.0
+"""Seconds between route pings: a cut route is closed within ~3 s (nats' default: ~4 min)."""
+SECRET = "a-cluster-secret-for-the-partition-test"
+REFUSAL = 3
+"""`--timeout` of a request that must be refused: seconds the CLI keeps retrying."""
+
+PROBE = """
+import asyncio, json, sys
+from colony.shared import subjects
+from colony.shared.bus import connect
+from colony.shared.config import NatsSettings
+from colony.shared.messages import ConsensusStatusRequest, DigestRequest, to_builtins
+
+async def main(url, voter, what):
+    bus = await connect(NatsSettings(servers=[url], connect_timeout=1.0), "probe", reconnect=False)
+    try:
+        if what == "status":
+            reply = await bus.request(subjects.consensus_status(voter), ConsensusStatusRequest(), 1)
+        else:
+            reply = await bus.request(subjects.consensus_digest(voter), DigestRequest(), 5)
+        print(json.dumps(to_builtins(reply)))
+    finally:
+        await bus.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+"""Prints one voter's Raft status or database digest as JSON; exits non-zero if it is silent."""
+
+PROPOSE_ON_SIGNAL = """
+import asyncio, json, signal, sys, time
+from colony.shared import subjects
+from colony.shared.bus import BusError, RemoteError, connect
+from colony.shared.config import NatsSettings
+from colony.shared.messages import KvPut, Proposal, ProposeRequest, new_id, to_builtins
+
+async def main(url, voter, key, value, epoch):
+    bus = await connect(NatsSettings(servers=[url], connect_timeout=1.0), "proposer")
+    go = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
+    print("ready", flush=True)
+    await go.wait()
+    sent = time.monotonic()
+    request = ProposeRequest(proposals=[Proposal(new_id(), KvPut(key, value), int(epoch))])
+    try:
+        answer = {"reply": to_builtins(await bus.request(subjects.propose(voter), request, 15))}
+    except RemoteError as e:
+        answer = {"code": e.code, "error": e.description}
+    except BusError as e:
+        answer = {"error": str(e)}
+    print(json.dumps({**answer, "seconds": time.monotonic() - sent}), flush=True)
+    await bus.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+"""Proposes KEY=VALUE (on behalf of the manager at EPOCH, 0: not) to one voter the moment it
+gets SIGUSR1 (no start-up in the way), then prints the answer as JSON and exits; prints
+'ready' once connected."""
+
+WATCH_MANAGER = """
+import asyncio, json, sys
+from colony.shared import subjects
+from colony.shared.bus import connect
+from colony.shared.config import NatsSettings
+from colony.shared.messages import to_builtins
+
+async def main(url):
+    bus = await connect(NatsSettings(servers=[url], connect_timeout=1.0), "watcher")
+    events = await bus.subscribe(subjects.manager_acting())
+    print("ready", flush=True)
+    async for event in events:
+        print(json.dumps(to_builtins(event)), flush=True)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+"""Prints every `manager.acting` event its host's server carries, one JSON line each."""
+
+ROUTES = """
+import json, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1] + "/routez", timeout=1) as reply:
+    print(json.load(reply)["num_routes"])
+"""
+"""Prints how many routes a nats-server has open (its monitoring port)."""
+
+
+class NetnsVoters(netns.HostProcesses):
+    """One nats-server and one consensus voter on every host.
+
+    `processes`: (host, what) -> the process: nats, consensus.
+    """
+
+    def __init__(self, net: netns.SplitNetwork, workdir: Path) -> None:
+        super().__init__(net, workdir, PORTS)
+
+    def start(self) -> None:
+        secret = self.workdir / "cluster.secret"
+        secret.write_text(SECRET)
+        secret.chmod(0o600)
+        self.start_nats(ROUTE_PING)
+        for host in HOSTS:
+            config = Config(
+                node=NodeSettings(id=host, name=host, dir=str(self.workdir / host / "node")),
+                nats=NatsSettings(servers=[self.url(host)], connect_timeout=1.0, ping_interval=1.0),
+                consensus=ConsensusSettings(voters=HOSTS, secret_file=str(secret)),
+            )
+            (self.workdir / host / "node.toml").write_text(dumps(config))
+            argv = [sys.executable, "-m", "colony.consensus", "--config"]
+            self.spawn(host, [*argv, str(self.workdir / host / "node.toml")], "consensus")
+
+    # --- asking a host's own voter, from inside the host -----------------------------
+
+    def _probe(self, host: str, what: str) -> dict | None:
+        argv = [sys.executable, "-c", PROBE, self.url(host), host, what]
+        done = self.net.run(host, argv, timeout=30)
+        return json.loads(done.stdout) if done.returncode == 0 else None  # None: silent
+
+    def status(self, host: str) -> dict | None:
+        """`host`'s voter's Raft view (role, leader, term, has_quorum...), None if silent."""
+        return self._probe(host, "status")
+
+    def statuses(self, hosts: list[str]) -> dict[str, dict | None]:
+        return dict(zip(hosts, parallel(self.status, hosts), strict=True))
+
+    def digests(self) -> dict[str, tuple[int, str] | None]:
+        """Each voter's (applied index, sha256 of its database's SQL dump)."""
+        found = dict(zip(HOSTS, parallel(lambda h: self._probe(h, "digest"), HOSTS), strict=True))
+        return {h: d and (d["applied_index"], d["sha256"]) for h, d in found.items()}
+
+    def proposer(self, host: str, key: str, value: str, epoch: int = 0) -> Callable[[], dict]:
+        """A proposal of key=value, to `host`'s voter, ready to go: call it to send it at once.
+
+        The call returns the voter's answer (a "reply", or an "error" with its "code") and
+        the "seconds" it took.
+        """
+        log = self.log(host, f"proposer-{key}")
+        argv = [sys.executable, "-c", PROPOSE_ON_SIGNAL, self.url(host), host, key, value]
+        argv.append(str(epoch))
+        process = self.net.popen(host, argv, log)  # not in `processes`: it exits when done
+        lines = lambda: log.read_text().split("\n")[:-1]  # noqa: E731 (complete lines only)
+        wait_for(lambda: lines() == ["ready"] or process.poll() is not None, 20, "the proposer")
+        assert process.poll() is None, log.read_text()
+
+        def send() -> dict:
+            process.send_signal(signal.SIGUSR1)
+            wait_for(lambda: len(lines()) == 2, 30, f"{host} to answer the proposal of {key}")
+            return json.loads(lines()[1])
+
+        return send
+
+    def watch_manager(self, host: str) -> Callable[[], list[dict]]:
+        """Start hearing `manager.acting` through `host`'s server; the call returns what
+        was heard so far."""
+        log = self.log(host, "manager-events")
+        self.spawn(host, [sys.executable, "-c", WATCH_MANAGER, self.url(host)], "manager-events")
+        lines = lambda: log.read_text().split("\n")[:-1]  # noqa: E731 (complete lines only)
+        wait_for(lambda: log.exists() and lines()[:1] == ["ready"], 20, f"a watcher on {host}")
+        return lambda: [json.loads(line) for line in lines()[1:]]
+
+    def manager(self, hosts: list[str]) -> tuple[str, int] | None:
+        """(holder, epoch) once exactly one of `hosts` acts and all of them agree on the lease."""
+        views = [v for v in self.statuses(hosts).values() if v]
+        acting = [v["node"] for v in views if v["acting"]]
+        leases = {(v["manager"]["holder"], v["manager"]["epoch"]) for v in views if v["manager"]}
+        if len(views) == len(hosts) and len(acting) == 1 and len(leases) == 1:
+            [(holder, epoch)] = leases
+            return (holder, epoch) if holder == acting[0] else None
+        return None
+
+    def routes(self, host: str) -> int | None:
+        argv = [sys.executable, "-c", ROUTES, f"http://{self.net.hosts[host].address}:{PORTS.http}"]
+        done = self.net.run(host, argv, timeout=30)
+        return int(done.stdout) if done.returncode == 0 else None
+
+    def await_leader(self, hosts: list[str], timeout: float, what: str) -> tuple[str, int]:
+        """Poll until every voter in `hosts` names the same leader, one of them that says so.
+
+        Returns the leader and its term.
+        """
+        seen: dict[str, dict | None] = {}
+
+        def agreed() -> tuple[str, int] | None:
+            nonlocal seen
+            self.check_running()
+            seen = self.statuses(hosts)
+            named = {view["leader"] if view else None for view in seen.values()}
+            if len(named) != 1:
+                return None
+            [leader] = named
+            view = seen.get(leader) if leader else None
+            return (leader, view["term"]) if view and view["role"] == "leader" else None
+
+        try:
+            return wait_for(agreed, timeout, what, every=0.2)
+        except TimeoutError as e:
+            shown = {h: v and (v["role"], v["leader"], v["term"]) for h, v in seen.items()}
+            raise AssertionError(f"{e}; last views: {shown}; logs in {self.workdir}") from None
+
+    # --- the key-value table, through `colony kv` inside a host ----------------------
+
+    def kv(self, host: str, *args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+        """`colony kv ARGS` run inside `host`, through its own server."""
+        argv = [*COLONY, "kv", *args, "--server", self.url(host), "--json"]
+        return self.net.run(host, [*argv, "--timeout", f"{timeout:g}"], timeout=timeout + 30)
+
+    def put(self, host: str, key: str, value: str) -> dict:
+        done = self.kv(host, "put", key, value)
+        assert done.returncode == 0, f"put {key} through {host}: {done.stderr}"
+        reply = json.loads(done.stdout)
+        assert [o["ok"] for o in reply["outcomes"]] == [True], reply
+        return reply
+
+    def get(self, host: str, key: str, stale: bool = False) -> str | None:
+        done = self.kv(host, "get", key, *(["--stale"] if stale else []))
+        assert done.returncode == 0, f"get {key} through {host}: {done.stderr}"
+        return json.loads(done.stdout)["value"]
+
+    def refused(self, host: str, *args: str) -> str:
+        """`colony kv ARGS` through `host`, which must fail; its error, on one line."""
+        done = self.kv(host, *args, timeout=REFUSAL)
+        assert done.returncode != 0, f"{args} through {host} answered: {done.stdout}"
+        return " ".join(done.stderr.split())  # the console wraps long lines
+
+
+def parallel(call: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`call` on every item at once (each is a process in a namespace); the results in order."""
+    with ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(call, items))
+
+
+def arrange(
+    net: netns.SplitNetwork, voters: NetnsVoters, cut_off: str, form: float = 30, elect: float = 15
+) -> tuple[str, str, int]:
+    """Put the leader (cut_off "leader") or a follower alone on switch b.
+
+    Returns that host, and the leader and its term (the same after the move as before).
+    """
+    for _ in range(3):
+        leader, term = voters.await_leader(HOSTS, form, "all three voters to agree on a leader")
+        lone = leader if cut_off == "leader" else next(h for h in HOSTS if h != leader)
+        for host in HOSTS:
+            side = "b" if host == lone else "a"
+            if net.hosts[host].side != side:
+                net.move(host, side)
+        # Re-plugging takes the switches a moment to learn: it must not have cost the lead.
+        if voters.await_leader(HOSTS, elect, "the voters to agree after the move") == (
+            leader,
+            term,
+        ):
+            return lone, leader, term
+    raise AssertionError(f"the leader kept changing while {cut_off} was being moved to switch b")
