@@ -128,6 +128,8 @@ async def settled(bus: Bus, nodes: list[str], voters: int) -> ConsensusStatus | 
 
 @dataclass
 class Kill:
+    elected: float
+    """From the kill to a survivor leading at a higher term (it says so when asked)."""
     manager: float
     """From the kill to the new manager's acting event, at a higher epoch."""
     replaced: float
@@ -147,8 +149,16 @@ async def kill_trial(cluster: Cluster, trial: int) -> Kill:
         survivor = next(n for i, n in nodes.items() if i != victim)
         bus, heard = await stack.enter_async_context(listening(survivor.nats_url()))
 
+        survivors = [i for i in ids if i != victim]
+
+        async def elected() -> bool:
+            views = (await statuses(bus, survivors)).values()
+            return any(v and v.role == "leader" and v.term > before.term for v in views)
+
         killed = time.monotonic()
         nodes[victim].crash()
+        await poll(elected, 30, "a new Raft leader", every=0.01)
+        leader = time.monotonic() - killed
         arrived, event = await poll(lambda: heard.started(epoch), 30, "a new manager")
         manager = arrived - killed
 
@@ -166,10 +176,11 @@ async def kill_trial(cluster: Cluster, trial: int) -> Kill:
     colony("up", cluster.state, "--detach")  # the killed node comes back, standing by
     say(
         f"kill {trial + 1}/{TRIALS}: {nodes[victim].name} (epoch {epoch}) -> "
-        f"{nodes[event.node].name} acting at epoch {event.epoch} after {manager:.3f} s; "
+        f"{nodes[event.node].name} leading after {leader:.3f} s, acting at epoch {event.epoch} "
+        f"after {manager:.3f} s; "
         f"voter replaced after {replacement:.2f} s"
     )
-    return Kill(manager, replacement, (epoch, event.epoch))
+    return Kill(leader, manager, replacement, (epoch, event.epoch))
 
 
 async def kill_trials() -> list[Kill]:
@@ -287,6 +298,7 @@ def run() -> str:
     cuts = partition_trials()
     busy = asyncio.run(soak())
     rows = [
+        ["kill -9 of the manager's node → a new Raft leader", *spread([k.elected for k in kills])],
         ["kill -9 of the manager's node → new manager acting", *spread([k.manager for k in kills])],
         ["kill -9 of the manager's node → voter replaced", *spread([k.replaced for k in kills])],
     ]

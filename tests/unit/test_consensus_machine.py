@@ -11,7 +11,8 @@ import pickle
 import pytest
 
 from colony.consensus import frames
-from colony.consensus.machine import BadBatch, Machine, encode_batch
+from colony.consensus.machine import BadBatch, LeaseState, Machine, encode_batch
+from colony.consensus.manager import countdown_from
 from colony.shared.messages import (
     Barrier,
     KvCas,
@@ -181,6 +182,27 @@ def test_renewals_need_the_holders_epoch_and_leave_no_change_or_idempotency_reco
     assert m.lease().renewed_at >= before
     assert len(changes(m)) == 1
     assert m.db.execute("SELECT count(*) FROM proposals WHERE id = 'r'").fetchone() == (0,)
+
+
+def test_the_term_the_holder_asked_in_is_kept_with_the_lease(tmp_path):
+    m = Machine(tmp_path / "db")
+    m.apply(1, entry(LeaseGrant("n1", 1.0, expected_epoch=0, term=4)))
+    assert m.lease().asked_term == 4
+    m.apply(2, fenced(1, LeaseRenew("n1", term=5)))
+    assert m.lease().asked_term == 5
+
+
+def test_a_renewal_asked_in_an_earlier_term_counts_down_from_its_arrival_if_sooner():
+    applied_late = LeaseState("n1", 3, 1.0, 10.0, renewed_at=20.5, asked_term=6)
+    # Asked in term 6, applied by the leader of term 7 once it committed its first entry
+    # (20.5), but here since 20.0 at the latest: the countdown starts then.
+    assert countdown_from(applied_late, term=7, arrived_by=20.0) == 20.0
+    assert countdown_from(applied_late, term=7, arrived_by=21.0) == 20.5  # never later
+    # Asked in this leader's own term: applied soon after it was asked.
+    assert countdown_from(applied_late, term=6, arrived_by=20.0) == 20.5
+    unknown = LeaseState("n1", 3, 1.0, 10.0, renewed_at=20.5)  # asked_term 0: from before
+    assert countdown_from(unknown, term=7, arrived_by=20.0) == 20.5
+    assert countdown_from(LeaseState("n1", 3, 1.0, None, None, 6), 7, 20.0) == 0.0
 
 
 def test_only_the_holder_releases_and_a_released_epoch_fences_everything(tmp_path):

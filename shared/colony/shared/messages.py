@@ -299,6 +299,8 @@ class LeaseGrant(msgspec.Struct, tag="lease.grant", frozen=True):
     expected_epoch: int
     reason: str = ""
     name: ObjectId = MANAGER
+    term: int = 0
+    """The Raft term the holder asked in (0: unknown); see LeaseRenew.term."""
 
 
 class LeaseRenew(msgspec.Struct, tag="lease.renew", frozen=True):
@@ -306,6 +308,10 @@ class LeaseRenew(msgspec.Struct, tag="lease.renew", frozen=True):
 
     holder: ObjectId
     name: ObjectId = MANAGER
+    term: int = 0
+    """The Raft term the holder asked in (0: unknown). A leader of a later term knows
+    the entry reached it before it led, however late it applies it: its expiry clock
+    can start from then (`manager.expiry_clock`)."""
 
 
 class LeaseEnd(msgspec.Struct, tag="lease.end", frozen=True):

@@ -112,6 +112,8 @@ class LeaseState:
     ttl: float
     granted_at: float | None
     renewed_at: float | None
+    asked_term: int = 0
+    """The Raft term the holder asked for the grant or the latest renewal in (0: unknown)."""
 
 
 FREE = LeaseState("", 0, 0.0, None, None)
@@ -304,7 +306,7 @@ class Machine:
             (grant.name, grant.holder, epoch, grant.ttl, index),
         )
         now = time.monotonic()  # not in the database: apply stays deterministic
-        self.leases[grant.name] = LeaseState(grant.holder, epoch, grant.ttl, now, now)
+        self.leases[grant.name] = LeaseState(grant.holder, epoch, grant.ttl, now, now, grant.term)
         detail = {
             "event": "granted",
             "holder": grant.holder,
@@ -330,7 +332,7 @@ class Machine:
         # otherwise rewrite the database (and its snapshots) for nothing.
         now = time.monotonic()
         self.leases[renew.name] = LeaseState(
-            lease.holder, lease.epoch, lease.ttl, lease.granted_at, now
+            lease.holder, lease.epoch, lease.ttl, lease.granted_at, now, renew.term
         )
         return Outcome(ok=True, value=lease.holder, version=lease.epoch)
 

@@ -13,7 +13,10 @@ two managers from acting at once even across a partition:
   after the holder asked, so this is late).
 
 So the old holder has stopped before anyone else starts, unless clocks run
-apart by more than the margin within one ttl. A holder that hands over
+apart by more than the margin within one ttl. A new leader may apply the last
+renewal of an earlier term late (only once it commits its own first entry);
+such an entry had arrived here by `Replica.log_arrived_by`, and the clock
+starts from then if that is sooner (`countdown_from`). A holder that hands over
 (leadership transfer, shutdown) releases the lease, and the next leader takes
 it at once.
 """
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 import nats.errors
 
-from colony.consensus.machine import encode_batch
+from colony.consensus.machine import LeaseState, encode_batch
 from colony.consensus.raft import NotCommitted, Replica
 from colony.shared import subjects
 from colony.shared.bus import Bus
@@ -60,6 +63,17 @@ class LeaseTimers:
     margin: float = 0.1
 
 
+def countdown_from(lease: LeaseState, term: int, arrived_by: float) -> float:
+    """When, on this leader's clock, the holder asked for its grant or last renewal, at the
+    latest: when this replica applied it; or, if the holder asked in a term before this
+    leader's `term`, when every entry of those terms had arrived here (`arrived_by`), if
+    sooner: such an entry may be applied only once this leader commits its first one."""
+    applied = lease.renewed_at if lease.renewed_at is not None else 0.0
+    if 0 < lease.asked_term < term:
+        return min(applied, arrived_by)
+    return applied
+
+
 class ManagerRole:
     def __init__(self, replica: Replica, bus: Bus, timers: LeaseTimers = LeaseTimers()) -> None:
         self.replica = replica
@@ -75,8 +89,12 @@ class ManagerRole:
         self._hold_off_until = 0.0
 
     def acting(self) -> bool:
-        """Act as manager now? Only with a valid lease, and only as the Raft leader."""
-        return self.epoch > 0 and time.monotonic() < self.valid_until and self.replica.is_leader
+        """Act as manager now? Only with a valid lease that no later grant applied here
+        has replaced, and only as the Raft leader."""
+        if not (self.epoch > 0 and time.monotonic() < self.valid_until):
+            return False
+        lease = self.replica.machine.lease(MANAGER)
+        return lease.holder == self.me and lease.epoch == self.epoch and self.replica.is_leader
 
     def valid_for(self) -> float:
         return max(0.0, self.valid_until - time.monotonic()) if self.acting() else 0.0
@@ -127,7 +145,7 @@ class ManagerRole:
         elif not lease.holder:
             await self._take(lease.epoch, [], "the lease was free")
         else:
-            seen = lease.renewed_at if lease.renewed_at is not None else 0.0
+            seen = countdown_from(lease, term, self.replica.log_arrived_by)
             expires = seen + lease.ttl + self.timers.margin
             wait = expires - time.monotonic()
             if wait > self.timers.renew:
@@ -143,7 +161,8 @@ class ManagerRole:
 
     async def _renew(self) -> None:
         asked = time.monotonic()
-        [outcome] = await self._commit([Proposal(new_id(), LeaseRenew(self.me), self.epoch)])
+        renew = LeaseRenew(self.me, term=self.replica.term)
+        [outcome] = await self._commit([Proposal(new_id(), renew, self.epoch)])
         if outcome.ok:
             self.valid_until = asked + self.timers.ttl
         else:
@@ -152,7 +171,9 @@ class ManagerRole:
 
     async def _take(self, epoch: int, first: list[Proposal], why: str) -> None:
         asked = time.monotonic()
-        grant = LeaseGrant(self.me, self.timers.ttl, expected_epoch=epoch, reason=why)
+        grant = LeaseGrant(
+            self.me, self.timers.ttl, expected_epoch=epoch, reason=why, term=self.replica.term
+        )
         outcomes = await self._commit([*first, Proposal(new_id(), grant)])
         if outcomes[-1].ok:
             self.epoch, self.valid_until = outcomes[-1].version, asked + self.timers.ttl

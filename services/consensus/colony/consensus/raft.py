@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ class Timers:
     compaction_seconds: float = 300
 
 
+_LEADER = 2
+"""pysyncobj's leader state."""
 NO_QUORUM_CHECK = 0.1
 """Seconds between checks, while an entry waits, that a majority is still reachable."""
 
@@ -61,10 +64,12 @@ _REASONS = {
 }
 
 
-def sync_conf(timers: Timers, state_dir: Path, save, load) -> SyncObjConf:
+def sync_conf(timers: Timers, state_dir: Path, save, load, on_state_changed=None) -> SyncObjConf:
     """pysyncobj's configuration for a voter: the timers, its journal and snapshot files,
-    and the snapshot hooks `save(path, raft_state)` / `load(path)`."""
+    the snapshot hooks `save(path, raft_state)` / `load(path)`, and a hook called with
+    (old, new) when it becomes follower (0), candidate (1) or leader (2)."""
     return SyncObjConf(
+        onStateChanged=on_state_changed,
         autoTick=True,
         autoTickPeriod=timers.tick,
         appendEntriesPeriod=timers.append_entries,
@@ -108,7 +113,11 @@ class Replica:
         self.me = me
         self.machine = Machine(state_dir / "management.db")
         self._loop = asyncio.get_running_loop()
-        conf = sync_conf(timers, state_dir, self._save_snapshot, self._load_snapshot)
+        self._link = link
+        self._stopped_leading_at = 0.0
+        conf = sync_conf(
+            timers, state_dir, self._save_snapshot, self._load_snapshot, self._state_changed
+        )
         peers = [v for v in voters if v != me]
         self._initial = list(voters)
         self._raft = _Replica(self.machine, me, peers, conf, link)
@@ -185,6 +194,17 @@ class Replica:
     @property
     def is_leader(self) -> bool:
         return self._raft._isLeader()
+
+    @property
+    def log_arrived_by(self) -> float:
+        """When (this replica's monotonic clock) every entry it holds from an earlier term
+        had arrived: they came in a leader's frames, from its own journal, or it appended
+        them while it led."""
+        return max(self._link.entries_heard_at, self._stopped_leading_at)
+
+    def _state_changed(self, old: int, _new: int) -> None:  # on pysyncobj's thread
+        if old == _LEADER:
+            self._stopped_leading_at = time.monotonic()
 
     def status(self) -> dict:
         """pysyncobj's status, with node objects turned into ids."""

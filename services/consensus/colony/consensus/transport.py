@@ -54,6 +54,9 @@ class Link:
         self.secret = secret
         self.loop = asyncio.get_running_loop()
         self.heard: dict[str, float] = {}
+        self.entries_heard_at = time.monotonic()
+        """When the latest `append_entries` frame (a leader's entries or heartbeat) arrived:
+        every entry a leader sent here arrived by then (the journal's: before the start)."""
         self.inbox: collections.deque[tuple[str, str, Any]] = collections.deque()
         """(kind, peer, message) for the tick thread: 'message', 'connected', 'disconnected'."""
         self._outbox: list[tuple[str, bytes]] = []
@@ -136,7 +139,9 @@ class Link:
                 log.warning("dropped raft frame", extra={"reason": f"{sender!r} is not a voter"})
             return
         self._strangers.discard(sender)
-        self.heard[sender] = time.monotonic()
+        self.heard[sender] = now = time.monotonic()
+        if isinstance(message, dict) and message.get("type") == "append_entries":
+            self.entries_heard_at = now
         if sender not in self._connected:
             self._connected.add(sender)
             self._push("connected", sender, None)
