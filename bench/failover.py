@@ -41,6 +41,7 @@ from pathlib import Path
 
 from bench._cluster import Cluster, colony, local_cluster
 from bench._report import quantile, say, table, verdict
+from bench.consensus import statuses
 from colony.shared import netns, subjects
 from colony.shared.bus import Bus, BusError, connect
 from colony.shared.config import ConsensusSettings, NatsSettings
@@ -89,16 +90,6 @@ async def listening(url: str):
     finally:
         keeping.cancel()
         await bus.close()
-
-
-async def statuses(bus: Bus, nodes: list[str]) -> dict[str, ConsensusStatus | None]:
-    async def one(node: str) -> ConsensusStatus | None:
-        try:
-            return await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
-        except BusError:
-            return None
-
-    return dict(zip(nodes, await asyncio.gather(*(one(n) for n in nodes)), strict=True))
 
 
 async def settled(bus: Bus, nodes: list[str], voters: int) -> ConsensusStatus | None:
