@@ -202,9 +202,14 @@ def partition_trial(net: netns.SplitNetwork, voters: NetnsVoters, heard: dict, t
     net.partition()
 
     def event(host: str, acting: bool) -> dict | None:
-        """The first event heard on `host` of the old manager stopping or a new one starting."""
+        """The first event heard on `host`, since the cut, of the old manager stopping or a
+        new one starting (re-plugging a host may have made it stop, then renew, before)."""
         wanted = (lambda e: e > epoch) if acting else (lambda e: e == epoch)
-        found = (e for e in heard[host]() if e["acting"] == acting and wanted(e["epoch"]))
+        found = (
+            e
+            for e in heard[host]()
+            if e["ts"] >= cut and e["acting"] == acting and wanted(e["epoch"])
+        )
         return next(found, None)
 
     stopped = wait_for(lambda: event(lone, False), 30, f"{lone} to stop acting")
@@ -314,10 +319,11 @@ def run() -> str:
 it), {TRIALS} trials each. Lease timers: ttl {LEASE.lease_ttl:g} s, renewed every
 {LEASE.lease_renew:g} s, drift margin {LEASE.lease_margin:g} s; Raft elections after 0.3-0.6 s.
 A holder acts only until ttl after it *asked* for its last renewal; a new
-leader grants itself the lease only ttl + margin after it *applied* the last
-renewal it saw. So a failover costs about ttl + margin after the last
-renewal (an election runs meanwhile), and the old manager has always stopped
-first.
+leader grants itself the lease only ttl + margin after the last renewal
+reached it (for a renewal of an earlier term, which it may apply only after
+its election, when the old leader's frames last arrived). So a failover costs
+about ttl + margin after the last renewal (an election runs meanwhile), and
+the old manager has always stopped first.
 
 Kill: a real `colony up --nodes 5` (3 voters, 2 standing by); every process
 of the manager's node killed with -9; the new manager's `manager.acting`
