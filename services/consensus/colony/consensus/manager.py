@@ -16,7 +16,9 @@ So the old holder has stopped before anyone else starts, unless clocks run
 apart by more than the margin within one ttl. A new leader may apply the last
 renewal of an earlier term late (only once it commits its own first entry);
 such an entry had arrived here by `Replica.log_arrived_by`, and the clock
-starts from then if that is sooner (`countdown_from`). A holder that hands over
+starts from then if that is sooner (`countdown_from`). That holds because the
+holder counts a grant or renewal only if it committed in the term it was asked
+in: it then came to every later leader from that term's leader. A holder that hands over
 (leadership transfer, shutdown) releases the lease, and the next leader takes
 it at once.
 """
@@ -160,26 +162,34 @@ class ManagerRole:
             await self._take(lease.epoch, [Proposal(new_id(), end)], reason)
 
     async def _renew(self) -> None:
-        asked = time.monotonic()
-        renew = LeaseRenew(self.me, term=self.replica.term)
+        asked, term = time.monotonic(), self.replica.term
+        renew = LeaseRenew(self.me, term=term)
         [outcome] = await self._commit([Proposal(new_id(), renew, self.epoch)])
-        if outcome.ok:
-            self.valid_until = asked + self.timers.ttl
-        else:
+        if not outcome.ok:
             log.warning("lease renewal refused", extra={"reason": outcome.error})
             self.epoch = 0
+        elif self._same_term(term):
+            self.valid_until = asked + self.timers.ttl
 
     async def _take(self, epoch: int, first: list[Proposal], why: str) -> None:
-        asked = time.monotonic()
-        grant = LeaseGrant(
-            self.me, self.timers.ttl, expected_epoch=epoch, reason=why, term=self.replica.term
-        )
+        asked, term = time.monotonic(), self.replica.term
+        grant = LeaseGrant(self.me, self.timers.ttl, expected_epoch=epoch, reason=why, term=term)
         outcomes = await self._commit([*first, Proposal(new_id(), grant)])
-        if outcomes[-1].ok:
-            self.epoch, self.valid_until = outcomes[-1].version, asked + self.timers.ttl
-            log.info("manager lease granted", extra={"epoch": self.epoch, "why": why})
-        else:
+        if not outcomes[-1].ok:
             log.info("manager lease not granted", extra={"reason": outcomes[-1].error})
+            return
+        self.epoch = outcomes[-1].version
+        self.valid_until = asked + self.timers.ttl if self._same_term(term) else 0.0
+        log.info("manager lease granted", extra={"epoch": self.epoch, "why": why})
+
+    def _same_term(self, asked_in: int) -> bool:
+        """Count a grant or renewal only if it committed in the term it was asked in: only
+        then did it reach any later leader in the frames of its own term's leader (what
+        `countdown_from` relies on). Else it lapses, and is expired and taken afresh."""
+        if self.replica.term == asked_in:
+            return True
+        log.info("lease entry committed in a later term: not counted", extra={"term": asked_in})
+        return False
 
     async def release(self, reason: str, also: list[Command] = (), hold_off: float = 0) -> bool:
         """Stop acting and give the lease up (with `also`, in the same entry), so the next
