@@ -20,6 +20,14 @@ M = TypeVar("M", bound="Message")
 
 MAX_PAYLOAD = 1024 * 1024
 """Largest message accepted (NATS' default max_payload)."""
+MAX_INT = 2**53 - 1
+"""Largest counter (term, epoch, index) a message may carry: exact in JSON everywhere,
+and far inside SQLite's 64-bit INTEGER, so applying it can never overflow."""
+
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+"""A term, epoch, index or sequence number: bounded at decode."""
+Reason = Annotated[str, msgspec.Meta(max_length=1024)]
+"""Free text that travels into the change log: bounded at decode."""
 
 
 def new_id() -> str:
@@ -72,6 +80,9 @@ def decode(data: bytes, kind: type[M]) -> M:
                 f"{kind.VERSION} (upgrade it)"
             )
         return msgspec.json.decode(data, type=kind)
+    except RecursionError:
+        # msgspec stops at its own depth limit: refuse cleanly, never unwind the listener
+        raise DecodeError(f"malformed {kind.__name__}: nested too deeply") from None
     except msgspec.ValidationError as e:
         raise DecodeError(f"invalid {kind.__name__}: {e}") from None
     except msgspec.DecodeError as e:
@@ -94,6 +105,14 @@ def decode_or_drop(data: bytes, kind: type[M], subject: str, log: logging.Logger
 def to_builtins(msg: Message) -> dict[str, Any]:
     """The message as plain JSON-able data (for --json output)."""
     return msgspec.to_builtins(msg)
+
+
+class Signed(Message, kw_only=True, frozen=True):
+    """A message only the cluster's own nodes may send: `colony.shared.signing` signs
+    and verifies it with the cluster secret."""
+
+    mac: str = ""
+    """HMAC-SHA256 (hex) of the message encoded with mac = ''."""
 
 
 # --- resources ------------------------------------------------------------------
@@ -144,7 +163,7 @@ class LatestMetricsRequest(Message, kw_only=True, frozen=True):
     """Ask a monitor for its most recent sample."""
 
 
-class NodeMetrics(Message, kw_only=True, frozen=True):
+class NodeMetrics(Signed, kw_only=True, frozen=True):
     """One sample of a node's host and of the node's own processes.
 
     Observed state, written only by the monitor of the node it describes.
@@ -295,11 +314,11 @@ class LeaseGrant(msgspec.Struct, tag="lease.grant", frozen=True):
     epoch `expected_epoch` + 1; refused unless the lease is at `expected_epoch` and free."""
 
     holder: ObjectId
-    ttl: Annotated[float, msgspec.Meta(gt=0)]
-    expected_epoch: int
-    reason: str = ""
+    ttl: Annotated[float, msgspec.Meta(gt=0, le=3600)]
+    expected_epoch: Count
+    reason: Reason = ""
     name: ObjectId = MANAGER
-    term: int = 0
+    term: Count = 0
     """The Raft term the holder asked in (0: unknown); see LeaseRenew.term."""
 
 
@@ -308,7 +327,7 @@ class LeaseRenew(msgspec.Struct, tag="lease.renew", frozen=True):
 
     holder: ObjectId
     name: ObjectId = MANAGER
-    term: int = 0
+    term: Count = 0
     """The Raft term the holder asked in (0: unknown). A leader of a later term knows
     the entry reached it before it led, however late it applies it: its expiry clock
     can start from then (`manager.expiry_clock`)."""
@@ -318,9 +337,9 @@ class LeaseEnd(msgspec.Struct, tag="lease.end", frozen=True):
     """End the lease at `epoch`: released by its holder, or expired (the Raft leader
     saw no renewal for its ttl plus a drift margin on its own clock)."""
 
-    epoch: int
+    epoch: Count
     how: Literal["released", "expired"]
-    reason: str = ""
+    reason: Reason = ""
     name: ObjectId = MANAGER
 
 
@@ -328,7 +347,7 @@ class LeaderElected(msgspec.Struct, tag="leader.elected", frozen=True):
     """`node` leads Raft in `term` (its first entry of the term: also a barrier)."""
 
     node: ObjectId
-    term: int
+    term: Count
 
 
 class VoterChanged(msgspec.Struct, tag="voter.changed", frozen=True):
@@ -336,7 +355,7 @@ class VoterChanged(msgspec.Struct, tag="voter.changed", frozen=True):
 
     node: ObjectId
     change: Literal["added", "removed"]
-    reason: str
+    reason: Reason
 
 
 class LeadershipTransferred(msgspec.Struct, tag="leader.transfer", frozen=True):
@@ -344,7 +363,7 @@ class LeadershipTransferred(msgspec.Struct, tag="leader.transfer", frozen=True):
 
     source: ObjectId
     target: ObjectId
-    reason: str
+    reason: Reason
 
 
 Command = (
@@ -360,13 +379,24 @@ Command = (
     | LeadershipTransferred
 )
 
+INTERNAL_COMMANDS = (
+    LeaseGrant,
+    LeaseRenew,
+    LeaseEnd,
+    LeaderElected,
+    VoterChanged,
+    LeadershipTransferred,
+)
+"""Commands only the consensus service itself proposes (the lease, the leader, the
+voters): the public `propose` endpoint refuses them."""
+
 
 class Proposal(msgspec.Struct, frozen=True):
     id: str
     """Idempotency key, chosen by the proposer: a retried id gets the first result
     back and is never applied twice."""
     command: Command
-    epoch: int = 0
+    epoch: Count = 0
     """The manager's lease epoch when proposed on the manager's behalf (0: not): the
     command is refused, and nothing applied, unless that epoch is the current one."""
 
@@ -456,7 +486,7 @@ class ConsensusStatus(Message, kw_only=True, frozen=True):
     """This node acts as manager now (it holds the lease and its own clock says it is valid)."""
 
 
-class JoinRequest(Message, kw_only=True, frozen=True):
+class JoinRequest(Signed, kw_only=True, frozen=True):
     """Sent by the Raft leader to a standby node it has just added to the cluster:
     start a voter with these `voters` (the node itself among them)."""
 
@@ -469,11 +499,13 @@ class JoinReply(Message, kw_only=True, frozen=True):
     """False when it was a voter already (the request is idempotent)."""
 
 
-class RetireRequest(Message, kw_only=True, frozen=True):
+class RetireRequest(Signed, kw_only=True, frozen=True):
     """Sent by the Raft leader to a node that was removed from the voters (declared dead,
     then back): drop its replica and its copy of the database, and stand by."""
 
     reason: str
+    node: str = ""
+    """The node told to retire: a request sent to another node is refused."""
 
 
 class RetireReply(Message, kw_only=True, frozen=True):

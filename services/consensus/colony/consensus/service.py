@@ -36,6 +36,7 @@ from colony.consensus.voters import Preference, VoterKeeper
 from colony.shared import subjects
 from colony.shared.config import ConsensusSettings
 from colony.shared.messages import (
+    INTERNAL_COMMANDS,
     MANAGER,
     Barrier,
     ConsensusStatus,
@@ -56,24 +57,12 @@ from colony.shared.messages import (
     new_id,
 )
 from colony.shared.runner import Context, Refused
+from colony.shared.signing import read_secret
 
 NO_QUORUM = 503
 """The refusal code of a proposal or read that could not be committed (retry later)."""
 RELEASE_GRACE = 0.5
 """Seconds a stopping manager may take to release its lease (else it expires)."""
-
-
-def read_secret(path: str) -> bytes:
-    """The cluster secret from its file; a clear error if it is missing or too short."""
-    if not path:
-        raise ValueError("consensus.secret_file is not set: voters need the cluster secret")
-    try:
-        secret = Path(path).read_bytes().strip()
-    except OSError as e:
-        raise ValueError(f"cannot read the cluster secret {path}: {e.strerror}") from None
-    if len(secret) < 16:
-        raise ValueError(f"the cluster secret in {path} is too short (16 bytes at least)")
-    return secret
 
 
 Seed = Callable[[Path], Awaitable[str | None]]
@@ -213,6 +202,10 @@ class ConsensusService:
         return RetireReply(node=self.me, retired=True)
 
     async def _on_propose(self, request: ProposeRequest) -> ProposeReply:
+        for proposal in request.proposals:
+            if isinstance(proposal.command, INTERNAL_COMMANDS):
+                tag = type(proposal.command).__struct_config__.tag
+                raise Refused(403, f"{tag} is proposed only by the consensus service itself")
         try:
             entry = encode_batch(request.proposals)
         except BadBatch as e:
