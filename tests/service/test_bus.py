@@ -103,3 +103,17 @@ async def test_a_subscriber_survives_a_server_restart(tmp_path):
         await client.close()
     finally:
         server.stop()
+
+
+async def test_a_subscription_is_live_at_the_server_once_subscribe_returns(bus, nats_server):
+    """Another connection's publish right after subscribe returns is delivered (the
+    stopped-manager test once missed an announcement published in that window)."""
+    other = await connect(NatsSettings(servers=[nats_server.url]), "other")
+    try:
+        for seq in range(100):
+            subject = subjects.node_metrics(f"n{seq}")
+            sub = await bus.subscribe(subject)
+            await other.publish(subject, sample(f"n{seq}", seq=seq))
+            assert (await sub.next(timeout=2)).seq == seq
+    finally:
+        await other.close()

@@ -168,8 +168,12 @@ class Bus:
             raise BadReply(f"reply on {subject.name}: {e}") from None
 
     async def subscribe(self, subject: Subject[P], queue: str = "") -> Subscription[P]:
-        """Subscribe; iterate the result for decoded messages (bad ones are dropped)."""
+        """Subscribe; iterate the result for decoded messages (bad ones are dropped).
+
+        Returns once the server has the subscription (a flush round trip): a message
+        another connection publishes after this returns is never missed."""
         sub = await self.nc.subscribe(subject.name, queue=queue)
+        await self.nc.flush(timeout=5)
         return Subscription(sub, subject, self.log)
 
     async def gather(self, subject: str, wait: float, data: bytes = b"") -> list[Msg]:
