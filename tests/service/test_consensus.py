@@ -310,3 +310,23 @@ async def test_a_node_that_is_not_a_voter_stands_by_and_refuses_clearly(voters, 
     finally:
         stop.set()
         assert await asyncio.wait_for(standby, runner.SHUTDOWN_GRACE) == 0
+
+
+async def test_internal_commands_and_out_of_range_values_are_refused_by_the_public_endpoint(
+    voters, bus
+):
+    await poll(lambda: manager(bus), 20, "one acting manager")
+    holder, epoch = await manager(bus)
+    grab = {"type": "lease.grant", "holder": "intruder", "ttl": 5, "expected_epoch": epoch}
+    for command, code in [
+        (grab, "403"),  # internal: only the consensus service itself proposes it
+        ({"type": "leader.elected", "node": "v1", "term": 1}, "403"),
+        ({"type": "voter.changed", "node": "v2", "change": "removed", "reason": "x"}, "403"),
+        ({"type": "leader.elected", "node": "v1", "term": 2**70}, "400"),  # out of range
+    ]:
+        raw = msgspec.json.encode({"proposals": [{"id": new_id(), "command": command}]})
+        reply = await bus.nc.request(subjects.propose(holder).name, raw, timeout=6)
+        assert reply.headers.get("Nats-Service-Error-Code") == code, command
+    view = await status(bus, holder)
+    assert (view.manager.holder, view.manager.epoch) == (holder, epoch) and view.acting
+    assert (await put(bus, holder, "after", "ok")).outcomes[0].ok

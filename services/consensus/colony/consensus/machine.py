@@ -98,6 +98,17 @@ MAX_BATCH = 512
 MAX_ENTRY_BYTES = 256 * 1024
 """One log entry, encoded, at most: it must fit in one Raft frame (NATS carries 1 MiB)."""
 
+_DETERMINISTIC = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+"""Errors that applying a command raises the same way on every voter (its values,
+not this voter's disk): the proposal is refused, never retried."""
+
 _batch = msgspec.json.Decoder(list[Proposal])
 _outcome = msgspec.json.Decoder(Outcome)
 
@@ -185,7 +196,7 @@ class Machine:
             return None
         try:
             proposals = _batch.decode(entry)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             proposals = []  # proposers validate first: a bad entry is skipped, never half-applied
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -213,7 +224,9 @@ class Machine:
         if seen:
             return _outcome.decode(seen[0])
         refusal = self._fence(proposal.epoch)
-        outcome = Outcome(ok=False, error=refusal) if refusal else self._run(index, proposal)
+        outcome = (
+            Outcome(ok=False, error=refusal) if refusal else self._run_or_refuse(index, proposal)
+        )
         outcome = msgspec.structs.replace(outcome, index=index)
         self.db.execute(
             "INSERT INTO proposals (id, log_index, outcome) VALUES (?, ?, ?)",
@@ -235,6 +248,22 @@ class Machine:
             return f"epoch {epoch} has ended: the manager lease is free"
         return ""
 
+    def _run_or_refuse(self, index: int, proposal: Proposal) -> Outcome:
+        """Run one proposal; a deterministic error (the same on every voter: a value the
+        database cannot hold, a broken constraint) refuses it and undoes its writes, so a
+        bad command can never stop the log. Anything else (a full disk, an I/O error) is
+        this voter's own trouble and propagates: the entry is not counted as applied."""
+        self.db.execute("SAVEPOINT proposal")
+        try:
+            outcome = self._run(index, proposal)
+        except _DETERMINISTIC as e:
+            self.db.execute("ROLLBACK TO proposal")
+            self.db.execute("RELEASE proposal")
+            tag = type(proposal.command).__struct_config__.tag
+            return Outcome(ok=False, error=f"{tag} could not be applied: {type(e).__name__}: {e}")
+        self.db.execute("RELEASE proposal")
+        return outcome
+
     def _run(self, index: int, proposal: Proposal) -> Outcome:
         command = proposal.command
         match command:
@@ -254,9 +283,9 @@ class Machine:
                 )
                 return Outcome(ok=True)
             case LeadershipTransferred(source=source, target=target, reason=reason):
-                self.last_transfer_at = time.monotonic()
                 detail = {"source": source, "target": target, "reason": reason}
                 self._changed(index, proposal, "transfer", target, index, detail)
+                self.last_transfer_at = time.monotonic()  # memory last: the writes may refuse
                 return Outcome(ok=True)
         return self._kv(index, proposal)
 
@@ -305,8 +334,6 @@ class Machine:
             "ttl = excluded.ttl, granted = excluded.granted",
             (grant.name, grant.holder, epoch, grant.ttl, index),
         )
-        now = time.monotonic()  # not in the database: apply stays deterministic
-        self.leases[grant.name] = LeaseState(grant.holder, epoch, grant.ttl, now, now, grant.term)
         detail = {
             "event": "granted",
             "holder": grant.holder,
@@ -314,6 +341,8 @@ class Machine:
             "reason": grant.reason,
         }
         self._changed(index, proposal, "lease", grant.name, epoch, detail)
+        now = time.monotonic()  # not in the database: apply stays deterministic
+        self.leases[grant.name] = LeaseState(grant.holder, epoch, grant.ttl, now, now, grant.term)
         return Outcome(ok=True, value=grant.holder, version=epoch)
 
     def _renew(self, proposal: Proposal) -> Outcome:
@@ -353,9 +382,9 @@ class Machine:
                 error="only the holder releases a lease: propose it with the lease's epoch",
             )
         self.db.execute("UPDATE leases SET holder = '' WHERE name = ?", (end.name,))
-        self.leases[end.name] = LeaseState("", lease.epoch, lease.ttl, None, None)
         detail = {"event": end.how, "holder": lease.holder, "reason": end.reason}
         self._changed(index, proposal, "lease", end.name, lease.epoch, detail)
+        self.leases[end.name] = LeaseState("", lease.epoch, lease.ttl, None, None)
         return Outcome(ok=True, version=lease.epoch)
 
     def _changed(
