@@ -166,3 +166,62 @@ def test_invalid_config_value_exits_2_naming_key_value_and_rule(nats_server, tmp
     assert "monitor.interval = 'soon'" in result.stderr
     assert "COLONY_MONITOR__INTERVAL" in result.stderr
     assert "expected `float`" in result.stderr
+
+
+class Listener:
+    """Listens to node 'l1's metrics: seq 13 makes the handler raise, seq 99 hangs up its
+    connection (so its subscription ends under it)."""
+
+    name = "listener"
+    description = "test service"
+
+    def __init__(self) -> None:
+        self.heard: list[int] = []
+
+    async def run(self, ctx: runner.Context) -> None:
+        async def handle(metrics) -> None:
+            if metrics.seq == 13:
+                raise ValueError("unlucky")
+            if metrics.seq == 99:
+                await ctx.bus.nc.close()
+            self.heard.append(metrics.seq)
+
+        await ctx.listen(subjects.node_metrics("l1"), handle)
+        await asyncio.Event().wait()
+
+
+async def test_a_listener_survives_bad_input_and_a_failing_handler(nats_server, bus, caplog):
+    service, stop = Listener(), asyncio.Event()
+    task = asyncio.create_task(runner.run(service, nats_server.node_config("l1"), stop=stop))
+    on = subjects.node_metrics("l1")
+    await poll(lambda: _answers_ping(bus, "colony-listener"), 10, "the service to start")
+    await bus.nc.publish(on.name, b"[" * 3000 + b"]" * 3000)  # too deep: dropped
+    await bus.nc.publish(on.name, b"not json")
+    for seq in (1, 13, 2):
+        await bus.publish(on, example_metrics("l1", seq=seq))
+    await poll(lambda: _async(service.heard == [1, 2]), 5, "the listener to go on after 13")
+    assert any(r.getMessage() == "message handler failed" for r in caplog.records)
+    assert not task.done()
+    stop.set()
+    assert await asyncio.wait_for(task, runner.SHUTDOWN_GRACE) == 0
+
+
+async def test_a_service_whose_listener_stops_exits_with_a_failure(nats_server, bus, caplog):
+    task = asyncio.create_task(runner.run(Listener(), nats_server.node_config("l1")))
+    await poll(lambda: _answers_ping(bus, "colony-listener"), 10, "the service to start")
+    await bus.publish(subjects.node_metrics("l1"), example_metrics("l1", seq=99))
+    assert (
+        await asyncio.wait_for(task, runner.SHUTDOWN_GRACE * 2) == 1
+    )  # restarted by its supervisor
+    failed = [r for r in caplog.records if r.getMessage() == "service failed"]
+    assert failed and failed[0].reason.startswith(
+        f"the listener on {subjects.node_metrics('l1').name} stopped"
+    )
+
+
+async def _answers_ping(bus, name: str) -> bool:
+    return bool(await bus.gather(subjects.service_ping(name), wait=0.1))
+
+
+async def _async(value):
+    return value

@@ -28,8 +28,9 @@ from colony.shared.bus import Bus, connect
 from colony.shared.clock import Clock, SystemClock
 from colony.shared.config import Config, ConfigError, load
 from colony.shared.messages import DecodeError, Message, decode, encode
-from colony.shared.subjects import SERVICE_PREFIX, RequestSubject
+from colony.shared.subjects import SERVICE_PREFIX, RequestSubject, Subject
 
+P = TypeVar("P", bound=Message)
 Q = TypeVar("Q", bound=Message)
 R = TypeVar("R", bound=Message)
 
@@ -81,6 +82,41 @@ class Context:
     endpoints: list[str] = field(default_factory=list)
     _requests: set[asyncio.Task[None]] = field(default_factory=set)
     """Requests being answered concurrently (kept so they are not collected)."""
+    _listeners: set[asyncio.Task[None]] = field(default_factory=set)
+    deaf: asyncio.Future[str] = field(default_factory=asyncio.Future)
+    """Set (with why) when a listener stopped: the runner then stops the service with a
+    failure, so that its supervisor restarts it. A service never runs deaf."""
+
+    async def listen(self, subject: Subject[P], handler: Callable[[P], Awaitable[None]]) -> None:
+        """Handle every valid message on `subject` with `handler`, in order, until shutdown.
+
+        A message that does not decode is logged and dropped (by the bus); a handler
+        that raises is logged and the next message is handled. Returns once the
+        server has the subscription."""
+        subscription = await self.bus.subscribe(subject)
+
+        async def listening() -> None:
+            async for message in subscription:
+                try:
+                    await handler(message)
+                except Exception:
+                    self.log.exception("message handler failed", extra={"subject": subject.name})
+            raise ConnectionError(f"the subscription to {subject.name} ended")
+
+        task = asyncio.get_running_loop().create_task(listening(), name=subject.name)
+        self._listeners.add(task)
+        task.add_done_callback(self._listener_stopped)
+
+    def _listener_stopped(self, task: asyncio.Task[None]) -> None:
+        self._listeners.discard(task)
+        if task.cancelled() or self.deaf.done():
+            return
+        error = task.exception()
+        self.deaf.set_result(f"the listener on {task.get_name()} stopped: {error}")
+
+    def stop_listening(self) -> None:
+        for task in list(self._listeners):
+            task.cancel()
 
     async def serve(
         self,
@@ -187,12 +223,16 @@ async def run(
     task = asyncio.create_task(service.run(ctx), name=service.name)
     stopping = asyncio.create_task(stop.wait())
     log.info("started", extra={"servers": config.nats.servers})
-    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({task, stopping, ctx.deaf}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if task.done() and not task.cancelled() and task.exception():
         log.error("service failed", exc_info=task.exception())
         code = 1
+    elif ctx.deaf.done():
+        log.error("service failed", extra={"reason": ctx.deaf.result()})
+        code = 1
     stopping.cancel()
+    ctx.stop_listening()
     task.cancel()
     # Shut down inside the grace period even if the service ignores cancellation.
     await asyncio.wait({task}, timeout=SHUTDOWN_GRACE / 2)
