@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import nats.js.errors
 import pytest
 
 from colony.consensus.raft import Timers
@@ -24,8 +25,10 @@ from colony.shared.messages import (
     ProposeRequest,
     QueryRequest,
     decode,
+    encode,
     new_id,
 )
+from colony.shared.signing import verify
 from colony.shared.testing import poll
 
 VOTERS = ["v1", "v2", "v3"]
@@ -153,10 +156,14 @@ async def test_writes_survive_the_leader_stopping_and_resume_under_a_new_one(vot
 
 
 async def stream_changes(bus) -> list[tuple[int, object]]:
+    """(stream sequence, change) of every message the stream holds (deleted ones skipped)."""
     info = await bus.js.stream_info(subjects.CHANGES_STREAM)
     found = []
     for seq in range(1, info.state.last_seq + 1):
-        raw = await bus.js.get_msg(subjects.CHANGES_STREAM, seq)
+        try:
+            raw = await bus.js.get_msg(subjects.CHANGES_STREAM, seq)
+        except nats.js.errors.NotFoundError:
+            continue
         found.append((seq, decode(raw.data, Change)))
     return found
 
@@ -175,8 +182,10 @@ async def test_the_change_log_reaches_the_stream_without_gaps_or_duplicates_acro
         await client.propose(KvPut(f"k{i % 20}", "two"))
     await poll(lambda: _kv_on_stream(bus, 30), 20, "all 30 changes on the stream")
     changes = await stream_changes(bus)
-    assert [seq for seq, _ in changes] == [c.index for _, c in changes]
+    assert [seq for seq, _ in changes] == [c.index for _, c in changes]  # nothing forged
     assert [c.index for _, c in changes] == list(range(1, len(changes) + 1))
+    secret = voters.secret.read_bytes().strip()
+    assert all(verify(secret, c, fresh_for=None) for _, c in changes)
     kv = [(c.kind, c.id, c.version) for _, c in changes if c.kind == "kv"]
     assert kv[15:] == [("kv", f"k{i}", 1) for i in range(15, 20)] + [
         ("kv", f"k{i}", 2) for i in range(10)
@@ -330,3 +339,27 @@ async def test_internal_commands_and_out_of_range_values_are_refused_by_the_publ
     view = await status(bus, holder)
     assert (view.manager.holder, view.manager.epoch) == (holder, epoch) and view.acting
     assert (await put(bus, holder, "after", "ok")).outcomes[0].ok
+
+
+async def test_forged_changes_never_displace_real_ones_and_are_deleted(voters, bus):
+    await poll(lambda: leader(bus), 20, "a leader")
+    chief = await leader(bus)
+    await put(bus, chief, "k0", "v")
+    await poll(lambda: _kv_on_stream(bus, 1), 10, "the first change on the stream")
+    next_index = max(c.index for _, c in await stream_changes(bus)) + 1
+    forged = Change(index=next_index, kind="kv", id="k1", version=9, log_index=1)
+    for msg_id in (str(next_index), str(next_index + 1), None):  # pre-empting ids, or none
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        await bus.js.publish(subjects.change("kv", "k1").name, encode(forged), headers=headers)
+    for i in range(1, 6):
+        await put(bus, chief, f"k{i}", "v")
+    await poll(lambda: _kv_on_stream(bus, 6), 10, "every real change on the stream")
+
+    async def genuine_only():
+        changes = [c for _, c in await stream_changes(bus)]
+        return not any(c.mac == "" for c in changes) and changes
+
+    changes = await poll(genuine_only, 10, "the forgeries to be deleted")
+    assert [c.index for c in changes] == list(range(1, len(changes) + 1))  # no gap, no dup
+    kv = [(c.id, c.version) for c in changes if c.kind == "kv"]
+    assert kv == [(f"k{i}", 1) for i in range(6)]

@@ -54,6 +54,10 @@ class DecodeError(ValueError):
     """A payload is not a valid message of the expected type."""
 
 
+class NewerVersion(DecodeError):
+    """A message of a newer schema major version than this code knows (upgrade it)."""
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -75,7 +79,7 @@ def decode(data: bytes, kind: type[M]) -> M:
         # The version first: a newer major version may have changed any field.
         version = msgspec.json.decode(data, type=_Header).v
         if version > kind.VERSION:
-            raise DecodeError(
+            raise NewerVersion(
                 f"{kind.__name__} has schema version {version}; this node understands up to "
                 f"{kind.VERSION} (upgrade it)"
             )
@@ -538,8 +542,9 @@ class DigestReply(Message, kw_only=True, frozen=True):
     statements: int
 
 
-class Change(Message, kw_only=True, frozen=True):
-    """Change event: an object of the management database changed (on the change stream)."""
+class Change(Signed, kw_only=True, frozen=True):
+    """Change event: an object of the management database changed (on the change stream).
+    Signed by the relay: anything else on the stream's subjects is a forgery."""
 
     index: int
     """The change's place in the replicated change log (1, 2, ...): also its

@@ -55,15 +55,25 @@ def sign(secret: bytes, msg: S) -> S:
     return msgspec.structs.replace(msg, mac=_mac(secret, msg))
 
 
-def verify(secret: bytes, msg: S, now: float | None = None) -> S:
-    """`msg` if it was signed with `secret` within FRESH_FOR seconds; else BadSignature."""
+def verify(
+    secret: bytes, msg: S, now: float | None = None, fresh_for: float | None = FRESH_FOR
+) -> S:
+    """`msg` if it was signed with `secret` within `fresh_for` seconds (None: whenever,
+    for records such as the change stream's); else BadSignature."""
     if not msg.mac:
         raise BadSignature(f"unsigned {type(msg).__name__}: only the cluster's nodes send it")
     if not hmac.compare_digest(msg.mac, _mac(secret, msg)):
         raise BadSignature(f"bad signature on {type(msg).__name__}: not from this cluster")
+    if fresh_for is None:
+        return msg
     age = (time.time() if now is None else now) - msg.ts
-    if abs(age) > FRESH_FOR:
+    if abs(age) > fresh_for:
         raise BadSignature(
-            f"{type(msg).__name__} made {age:.0f} s ago: older than {FRESH_FOR:g} s (a replay?)"
+            f"{type(msg).__name__} made {age:.0f} s ago: older than {fresh_for:g} s (a replay?)"
         )
     return msg
+
+
+def token(secret: bytes, what: str) -> str:
+    """A short keyed digest of `what`: the same on every node, unguessable elsewhere."""
+    return hmac.new(secret, what.encode(), hashlib.sha256).hexdigest()[:16]

@@ -1,12 +1,20 @@
 """The change stream: the Raft leader copies the replicated change log to JetStream.
 
 The change log (the `changes` table) is the source of truth; its rows are
-numbered 1, 2, 3... identically on every voter. The leader publishes row n
-as stream message n: each publish names the sequence it expects to follow
-(`Nats-Expected-Last-Sequence: n - 1`) and carries `Nats-Msg-Id: n`, so the
-stream can hold neither a gap nor a duplicate, even while two voters both
-believe for a moment that they lead. A new leader reads the stream's last
-sequence and resumes after it.
+numbered 1, 2, 3... identically on every voter. The leader publishes them in
+order, each as a `Change` signed with the cluster secret, with a message id
+keyed with the same secret (`Nats-Msg-Id`): the stream drops a duplicate (two
+voters may both believe for a moment that they lead), and nobody without the
+secret can pre-empt an id.
+
+Until per-service NATS credentials arrive anyone who reaches NATS can publish
+on the stream's subjects. So a stream sequence is only an order, not a change
+index, and nothing the relay does depends on what others publish: it resumes
+after the last *genuine* change on the stream (signed, found walking back,
+filling any gap a failed publish left), and deletes the forgeries it meets
+(in the gap before an acknowledgement it expected next, or at the tail). A
+reader with the secret checks signatures; `Change.index` says where each
+change belongs.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import nats.js.errors
 
 from colony.shared import subjects
 from colony.shared.bus import Bus
-from colony.shared.messages import Change, encode
+from colony.shared.messages import Change, DecodeError, NewerVersion, decode, encode
+from colony.shared.signing import BadSignature, sign, token, verify
 
 BATCH = 256
 """Rows read, published, then acknowledged per round."""
@@ -32,19 +41,23 @@ IDLE = 0.02
 """Seconds between looks at the change log while nothing is new."""
 KEPT = 7 * 24 * 3600.0
 """Seconds the stream keeps a change (the log itself keeps every change)."""
-_WRONG_LAST_SEQUENCE = 10071
 
 log = logging.getLogger("colony.consensus.relay")
 
 
 class ChangeRelay:
-    def __init__(self, bus: Bus, reader: aiosqlite.Connection, is_leader, replicas: int) -> None:
+    def __init__(
+        self, bus: Bus, reader: aiosqlite.Connection, is_leader, replicas: int, secret: bytes
+    ) -> None:
         self.bus = bus
         self.reader = reader
         self.is_leader = is_leader
         self.replicas = replicas
+        self.secret = secret
         self.relayed = 0
-        """The stream's last sequence as this voter last knew it (0: unknown)."""
+        """Every change up to this index is on the stream, as far as this voter knows."""
+        self._last_seq = 0
+        """The stream sequence of the last genuine change this relay saw stored."""
 
     async def run(self) -> None:
         ready = False
@@ -65,7 +78,7 @@ class ChangeRelay:
                 await asyncio.sleep(0.5)
 
     async def _take_over(self) -> None:
-        """Make sure the stream exists; resume after its last message."""
+        """Make sure the stream exists; resume after its last genuine change."""
         await self.bus.ensure_stream(
             subjects.CHANGES_STREAM,
             [subjects.change(kind, subjects.ANY).name for kind in subjects.CHANGE_KINDS],
@@ -75,17 +88,61 @@ class ChangeRelay:
         await self._resume()
 
     async def _resume(self) -> None:
-        """Carry on after the stream's last message, whoever published it."""
+        """Walk back from the stream's end over up to one round of genuine changes (a
+        round in flight when the last leader stopped may have left a gap), deleting
+        forgeries; resume after the last change that has every earlier one before it."""
         info = await self.bus.js.stream_info(subjects.CHANGES_STREAM)
-        self.relayed = info.state.last_seq
+        seen: set[int] = set()
+        seq, last_seq = info.state.last_seq, 0
+        while seq >= max(info.state.first_seq, 1) and len(seen) < BATCH:
+            change = await self._read(seq)
+            if change is not None:
+                seen.add(change.index)
+                last_seq = last_seq or seq
+            seq -= 1
+        if not seen:
+            # Nothing genuine left (aged out, or never relayed): the sequence is the best
+            # guess only when nothing was forged; a new stream starts from the first change.
+            self.relayed = info.state.last_seq if info.state.messages == 0 else 0
+            self._last_seq = info.state.last_seq
+            return
+        complete = min(seen)
+        while complete + 1 in seen:
+            complete += 1
+        self.relayed, self._last_seq = complete, last_seq
+
+    async def _read(self, seq: int) -> Change | None:
+        """The genuine change at stream sequence `seq`; a forgery there is deleted."""
+        try:
+            raw = await self.bus.js.get_msg(subjects.CHANGES_STREAM, seq)
+        except nats.js.errors.NotFoundError:
+            return None  # deleted
+        try:
+            return verify(self.secret, decode(raw.data, Change), fresh_for=None)
+        except NewerVersion:
+            return None  # a newer voter's, during an upgrade: not this one's to judge
+        except (DecodeError, BadSignature) as e:
+            log.warning(
+                "deleted a forged change from the stream",
+                extra={"seq": seq, "subject": raw.subject, "reason": str(e)},
+            )
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.bus.js.delete_msg(subjects.CHANGES_STREAM, seq)
+            return None
+
+    async def _sweep(self, after: int, before: int) -> None:
+        """Stream sequences strictly between two of this relay's: another leader's changes
+        of a moment ago, or forgeries (deleted)."""
+        for seq in range(after + 1, before):
+            await self._read(seq)
 
     async def _relay_some(self) -> bool:
-        """Publish the next rows after the stream's last one; False if there were none.
+        """Publish the next rows after the last relayed one; False if there were none.
 
-        Pipelined: the whole batch is published before the acks are awaited. The
-        server takes one connection's publishes in order, so each one's expected
-        last sequence still holds; a refusal (someone else got further) stops
-        the batch, and the relay re-reads where the stream is.
+        Pipelined: the whole batch is published before the acks are awaited (the
+        server stores one connection's publishes in order). `relayed` advances
+        only over acknowledged changes with none missing before them, so a refused
+        or lost publish is sent again next round, never skipped.
         """
         async with self.reader.execute(
             "SELECT idx, log_index, kind, id, version, cause, epoch, detail FROM changes "
@@ -100,7 +157,7 @@ class ChangeRelay:
         acks: asyncio.Queue = asyncio.Queue()
         sub = await nc.subscribe(f"{inbox}.*", cb=acks.put)
         try:
-            sent = 0
+            sent = []
             for index, log_index, kind, id, version, cause, epoch, detail in batch:
                 if not self.is_leader():
                     break
@@ -108,28 +165,26 @@ class ChangeRelay:
                     index=index, kind=kind, id=id, version=version, log_index=log_index,
                     cause=cause, epoch=epoch, detail=json.loads(detail),
                 )  # fmt: skip
-                headers = {
-                    "Nats-Msg-Id": str(index),
-                    "Nats-Expected-Last-Sequence": str(index - 1),
-                }
                 await nc.publish(
                     subjects.change(kind, id).name,
-                    encode(event),
+                    encode(sign(self.secret, event)),
                     reply=f"{inbox}.{index}",
-                    headers=headers,
+                    headers={"Nats-Msg-Id": f"{index}-{token(self.secret, f'change {index}')}"},
                 )
-                sent += 1
-            for _ in range(sent):
+                sent.append(index)
+            for _ in sent:
                 reply = await asyncio.wait_for(acks.get(), ACK_WAIT)
                 if not reply.data:  # a status message: no stream took it (yet)
                     raise nats.errors.NoRespondersError
                 ack = json.loads(reply.data)
-                if "error" in ack:
-                    if ack["error"].get("err_code") != _WRONG_LAST_SEQUENCE:
-                        raise nats.js.errors.APIError(description=str(ack["error"]))
-                    await self._resume()  # a leader of a moment ago got further
-                    return True
-                self.relayed = max(self.relayed, ack["seq"])
+                if "error" in ack:  # resumed from the stream after a pause
+                    raise nats.js.errors.APIError(description=str(ack["error"]))
+                if not ack.get("duplicate") and ack["seq"] > self._last_seq + 1:
+                    await self._sweep(self._last_seq, ack["seq"])
+                self._last_seq = max(self._last_seq, ack["seq"])
+                index = int(reply.subject.rsplit(".", 1)[1])
+                if index == self.relayed + 1:
+                    self.relayed = index
         except TimeoutError:
             raise nats.errors.TimeoutError from None  # the stream did not answer: pause
         finally:
