@@ -159,7 +159,7 @@ def member_changes(node: str) -> Subject[MemberChanged]:
 
 def raft_frames(node: str) -> str:
     """Where voter `node` receives Raft frames (signed bytes, not our structs)."""
-    return f"{ROOT}.consensus.raft.{token(node, 'node id')}"
+    return f"{ROOT}.consensus.raft.{token(node, 'node id', wildcard=True)}"
 
 
 def propose(node: str) -> RequestSubject[ProposeRequest, ProposeReply]:
