@@ -1,7 +1,7 @@
 """A raw Raft voter process for bench/consensus: pysyncobj + the Machine, over TCP or NATS.
 
     python -m bench._voters tcp  DIR APPLY ME PEER PEER
-    python -m bench._voters nats DIR APPLY ME VOTERS URL SECRET_FILE
+    python -m bench._voters nats DIR APPLY ME VOTERS URL SECRET_FILE [JOURNAL]
 
 `tcp`: a SyncObj subclass whose one @replicated method applies an entry to
 `colony.consensus.machine.Machine`, on pysyncobj's own TCPTransport (ME and
@@ -11,12 +11,15 @@ NATS `Link` and transport, on one connection to URL. Both use the same
 `Timers` and the same SyncObjConf (mirrored below from `Replica`), with the
 same SQLite snapshot hooks. APPLY is `sqlite` (the Machine's apply: one
 transaction per entry) or `none` (the entry is not applied: Raft and the
-transport alone, as in the prototype of shared/MACHINE.md).
+transport alone, as in the prototype of shared/MACHINE.md). JOURNAL (nats
+only) is `flush` (the default: the journal is flushed before an entry counts
+toward a commit) or `noflush` (the flush is skipped, to measure its cost).
 
 The parent drives it with one JSON line per command on stdin and reads one
 JSON line per answer on stdout:
 
-    {"op": "status"}                   -> {"leader": bool, "known": id|null, "applied": n, ...}
+    {"op": "status"}                   -> {"leader": bool, "known": id|null, "applied": n,
+                                           "flushes": n, "flush_seconds": s, ...}
     {"op": "load", "seconds": S, "warmup": W, "inflight": K}
         -> {"commits": n, "seconds": s, "failed": {reason: n}, "p50": ..., "p99": ...}
 
@@ -87,6 +90,9 @@ def status(raft: SyncObj) -> dict:
         "commit": raft.raftCommitIndex,
         "quorum": raft.hasQuorum,
         "term": raft.raftCurrentTerm,
+        # the journal's flushes so far, and the time they took (NATS voters only)
+        "flushes": getattr(raft, "flushes", 0),
+        "flush_seconds": getattr(raft, "flush_seconds", 0.0),
     }
 
 
@@ -183,7 +189,7 @@ def run_tcp(state_dir: Path, apply: str, me: str, peers: list[str]) -> None:
 
 
 async def run_nats(
-    state_dir: Path, apply: str, me: str, voters: list[str], url: str, secret: bytes
+    state_dir: Path, apply: str, me: str, voters: list[str], url: str, secret: bytes, journal: str
 ) -> None:
     bus = await connect(NatsSettings(servers=[url], ping_interval=1.0), f"bench-{me}")
     link = Link(bus.nc, me, voters, secret)
@@ -191,6 +197,8 @@ async def run_nats(
     replica = Replica(me, voters, state_dir, link, Timers())
     if apply == "none":
         replica.machine.apply = lambda _index, _entry: None
+    if journal == "noflush":  # this process only: entries count toward commits unflushed
+        replica._raft.journal.flush = lambda: None
     try:
         while line := await asyncio.to_thread(sys.stdin.readline):
             reply(await asyncio.to_thread(answer, replica._raft, me, line))
@@ -209,4 +217,5 @@ if __name__ == "__main__":
         run_tcp(where, apply, me, sys.argv[5:])
     else:
         voters, url, secret = sys.argv[5].split(","), sys.argv[6], read_secret(sys.argv[7])
-        asyncio.run(run_nats(where, apply, me, voters, url, secret))
+        journal = sys.argv[8] if len(sys.argv) > 8 else "flush"
+        asyncio.run(run_nats(where, apply, me, voters, url, secret, journal))

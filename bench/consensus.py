@@ -18,9 +18,15 @@ on), three voters, the clients in this process.
    client that asks the survivors, and one through a client that starts at
    the dead voter; each timed from the kill to its reply. The killed voter is
    restarted on its state and the group is whole again before the next trial.
+4. Durability: raw NATS voter groups as in 2, with the journal flushed
+   before an entry counts toward a commit (as the service runs) and with the
+   flush skipped, alternately, one entry in flight and many; the voters time
+   each flush.
 
-They run in the order 2, 3, 1: the raw groups before the service's voters
+They run in the order 2, 4, 3, 1: the raw groups before the service's voters
 exist, and failover on a small database, before the throughput runs fill it.
+
+    python -m bench.consensus durability    only 4, printed
 
     COLONY_BENCH_TRIALS=20 COLONY_BENCH_WINDOW=10 python -m bench consensus
 """
@@ -65,6 +71,9 @@ RAW_INFLIGHT = {"sqlite": 1000, "none": 5000}
 SQLite, more only adds queueing (and ticks long enough to set off elections)."""
 RAW_ROUNDS = 3
 """Alternating rounds of TCP and NATS groups with the SQLite apply (one without)."""
+DURABILITY_INFLIGHT = (1, RAW_INFLIGHT["sqlite"])
+DURABILITY_ROUNDS = 2
+"""Alternating rounds with the journal flushed and not, at each DURABILITY_INFLIGHT."""
 BAR_BATCHED = 5_000
 BAR_FAILOVER = 1.0
 BRIEF_FAILOVER = 1.5
@@ -122,6 +131,8 @@ class RawGroup:
 
     transport: str
     apply: str
+    journal: str = "flush"
+    """NATS only: `noflush` skips the journal's flush (bench._voters)."""
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def start(self, workdir: Path, cluster: NatsCluster, run: int) -> RawGroup:
@@ -133,7 +144,10 @@ class RawGroup:
             me = [f"raw{run}-v{i}" for i in range(1, 4)]
             secret = workdir / "secret"
             urls = cluster.urls
-            args = [[m, ",".join(me), url, str(secret)] for m, url in zip(me, urls, strict=True)]
+            args = [
+                [m, ",".join(me), url, str(secret), self.journal]
+                for m, url in zip(me, urls, strict=True)
+            ]
         for i, rest in enumerate(args):
             where = workdir / f"raw{run}-{self.transport}-{i}"
             with open(workdir / f"raw{run}-{self.transport}-{i}.log", "ab") as log:
@@ -176,28 +190,48 @@ class RawGroup:
                 stop_process(process, grace=2)
 
 
-def raw_round(workdir: Path, cluster: NatsCluster, transport: str, apply: str, run: int) -> dict:
-    group = RawGroup(transport, apply)
+def raw_round(
+    workdir: Path,
+    cluster: NatsCluster,
+    transport: str,
+    apply: str,
+    run: int,
+    inflight: int | None = None,
+    journal: str = "flush",
+) -> dict:
+    group = RawGroup(transport, apply, journal)
     try:
         group.start(workdir, cluster, run)
         chief = wait_for(group.leader, 30, f"raw {transport} voters to elect a leader")
-        before = group.ask(chief, op="status")
+        before = [group.ask(p, op="status") for p in group.processes]
         cpu = Cpu([p.pid for p in group.processes])
         cpu.start()
-        inflight = RAW_INFLIGHT[apply]
+        inflight = inflight or RAW_INFLIGHT[apply]
         result = group.ask(chief, op="load", seconds=WINDOW, warmup=WARMUP, inflight=inflight)
         result["cores"], result["others"] = cpu.stop(), cpu.others
-        after = group.ask(chief, op="status")
-        result["term changes"] = after["term"] - before["term"]
+        after = [group.ask(p, op="status") for p in group.processes]
+        term = max(a["term"] for a in after) - max(b["term"] for b in before)
+        result["term changes"] = term
         result["rate"] = result["commits"] / result["seconds"]
+        for key in ("flushes", "flush_seconds"):  # all three voters, warm-up included
+            result[key] = sum(a[key] - b[key] for a, b in zip(after, before, strict=True))
     finally:
         group.stop()
     failed = ", ".join(f"{n} {why}" for why, n in result["failed"].items()) or "none"
+    flushed = (
+        f", {result['flushes']:,} flushes of {flush_ms(result):.2f} ms" if result["flushes"] else ""
+    )
     say(
-        f"raw {transport}/{apply}: {result['rate']:,.0f} commits/s, p50 {result['p50']:.3f} s, "
-        f"{result['cores']:.2f} cores, failed: {failed}, new terms: {result['term changes']}"
+        f"raw {transport}/{apply}/{journal}, {inflight} in flight: {result['rate']:,.0f} "
+        f"commits/s, p50 {result['p50']:.3f} s, {result['cores']:.2f} cores, failed: {failed}, "
+        f"new terms: {result['term changes']}{flushed}"
     )
     return result
+
+
+def flush_ms(result: dict) -> float:
+    """The mean time of one journal flush in a round, in ms."""
+    return result["flush_seconds"] / result["flushes"] * 1000 if result["flushes"] else 0.0
 
 
 def transports(workdir: Path, cluster: NatsCluster) -> dict[tuple[str, str], list[dict]]:
@@ -211,6 +245,71 @@ def transports(workdir: Path, cluster: NatsCluster) -> dict[tuple[str, str], lis
                 result = raw_round(workdir, cluster, transport, apply, next(runs))
                 results.setdefault((transport, apply), []).append(result)
     return results
+
+
+def durability(workdir: Path, cluster: NatsCluster) -> dict[tuple[int, str], list[dict]]:
+    """NATS groups with the journal flushed and not, alternately: {(in flight, journal): rounds}."""
+    (workdir / "secret").write_text(SECRET)
+    runs = itertools.count(1000)  # names apart from transports()'s
+    results: dict[tuple[int, str], list[dict]] = {}
+    for inflight in DURABILITY_INFLIGHT:
+        for _ in range(DURABILITY_ROUNDS):
+            for journal in ("flush", "noflush"):
+                result = raw_round(
+                    workdir, cluster, "nats", "sqlite", next(runs), inflight, journal
+                )
+                results.setdefault((inflight, journal), []).append(result)
+    return results
+
+
+def durability_report(results: dict[tuple[int, str], list[dict]]) -> str:
+    columns = ["in flight", "journal", "commits/s by round", "p50 ms", "entries per flush"]
+    columns += ["ms per flush", "new terms", "others' cores"]
+    rows = []
+    for (inflight, journal), rounds in results.items():
+        flushes = sum(r["flushes"] for r in rounds)
+        submitted = sum(r["submitted"] for r in rounds)  # warm-up and window, as flushes
+        rows.append(
+            [
+                f"{inflight:,}",
+                "flushed before it counts" if journal == "flush" else "**not flushed**",
+                ", ".join(f"**{r['rate']:,.0f}**" for r in rounds),
+                ", ".join(f"{(r['p50'] or 0) * 1000:.1f}" for r in rounds),
+                f"{submitted * 3 / max(flushes, 1):,.1f}" if journal == "flush" else "-",
+                f"{sum(r['flush_seconds'] for r in rounds) / max(flushes, 1) * 1000:.2f}"
+                if journal == "flush"
+                else "-",
+                str(sum(r["term changes"] for r in rounds)),
+                ", ".join(f"{r['others']:.2f}" for r in rounds),
+            ]
+        )
+
+    def cost(inflight: int) -> str:
+        flushed = statistics.median(r["rate"] for r in results[(inflight, "flush")])
+        skipped = statistics.median(r["rate"] for r in results[(inflight, "noflush")])
+        return (
+            f"{inflight:,} in flight: {flushed:,.0f}/s flushed, {skipped:,.0f}/s not "
+            f"({(flushed / skipped - 1) * 100:+.0f} %)"
+        )
+
+    every = [r for rounds in results.values() for r in rounds if r["flushes"]]
+    mean = sum(r["flush_seconds"] for r in every) / max(sum(r["flushes"] for r in every), 1)
+    costs = "; ".join(map(cost, DURABILITY_INFLIGHT))
+    say(f"journal flush: {mean * 1000:.2f} ms each; {costs}")
+    return f"""Raw NATS voter groups (`bench/_voters.py`, the service's `Replica`, SQLite
+apply) as above, {DURABILITY_ROUNDS} rounds each, alternating: the journal flushed
+(msync) before an entry counts toward a commit, as the service runs (a follower
+before its acknowledgements leave, once per batch of frames; the leader at the
+start of each tick, before it counts its own log), and the flush skipped. Entries
+per flush are each voter's, over the warm-up and the window; the time of a flush
+is measured around the msync inside the voters. One flush took **{mean * 1000:.2f} ms**
+on average on this machine's disk; medians of the rounds: {costs}.
+
+{table(columns, rows)}
+
+With one entry in flight a commit waits for the next heartbeat (50 ms) to
+reach the followers, which dwarfs two flushes; with many in flight one flush
+covers every entry of a batch."""
 
 
 # --- 1 and 3. the service's voter processes -----------------------------------------
@@ -456,17 +555,18 @@ async def service(
 # --- the report -----------------------------------------------------------------------
 
 
-def measure() -> tuple[dict, list[Failover], list[ApiResult], Backlog]:
+def measure() -> tuple[dict, dict, list[Failover], list[ApiResult], Backlog]:
     with tempfile.TemporaryDirectory(prefix="colony-bench-consensus-") as tmp:
         workdir = Path(tmp)
         cluster = NatsCluster(workdir / "nats").start()
         try:
             (workdir / "raw").mkdir()
             raw = transports(workdir / "raw", cluster)
+            durable = durability(workdir / "raw", cluster)
             trials, api, behind = asyncio.run(service(workdir / "service", cluster))
         finally:
             cluster.stop()
-    return raw, trials, api, behind
+    return raw, durable, trials, api, behind
 
 
 def api_table(api: list[ApiResult]) -> str:
@@ -519,7 +619,7 @@ def raw_table(raw: dict[tuple[str, str], list[dict]]) -> str:
 
 
 def run() -> str:
-    raw, trials, api, behind = measure()
+    raw, durable, trials, api, behind = measure()
     cores = os.cpu_count()
     best_batched = max(r.rate for r in api if r.per_request > 1)
 
@@ -632,6 +732,10 @@ bounds both transports alike. Anchor: the prototype of shared/MACHINE.md
 (no SQLite; heartbeat 10 ms, tick 5 ms) pipelined about 50k writes/s over
 NATS and 40k over TCPTransport.
 
+### Durability: the journal flushed before an entry counts
+
+{durability_report(durable)}
+
 ### Failover
 
 {TRIALS} trials. In each, a client writes continuously through the leader
@@ -668,3 +772,13 @@ client's per-attempt timeout, not the election.
 
 {bars}
 """
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["durability"]:
+    with tempfile.TemporaryDirectory(prefix="colony-bench-durability-") as tmp:
+        nats = NatsCluster(Path(tmp) / "nats").start()
+        try:
+            (Path(tmp) / "raw").mkdir()
+            print(durability_report(durability(Path(tmp) / "raw", nats)))
+        finally:
+            nats.stop()

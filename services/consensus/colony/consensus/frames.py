@@ -8,6 +8,15 @@ sender and the body, keyed with the cluster secret; a frame that fails it is
 dropped before decoding. The body is a pickle restricted to builtin
 containers and scalars: an unpickler that refuses every global cannot build
 objects or call functions, whatever the bytes say.
+
+A signature alone would let a captured frame be published again later, to
+its recipient or to another voter, and be taken for new. So the transport
+signs each frame for one recipient, with its sender's incarnation (when its
+`Link` started, and a random nonce) and a sequence number that grows per
+(sender, recipient): `seal_for` / `unseal_for`. A receiver's `ReplayGuard`
+accepts from each sender only its latest incarnation, in sequence: a
+restarted sender starts later, so it is heard at once, and nothing from an
+earlier incarnation is accepted again once a later one was heard.
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import os
 import pickle
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 MAC_BYTES = 32
 MAX_FRAME = 1024 * 1024 - 1024
@@ -66,3 +77,76 @@ def unseal(secret: bytes, frame: bytes) -> tuple[str, Any]:
     if not (isinstance(decoded, tuple) and len(decoded) == 2 and isinstance(decoded[0], str)):
         raise BadFrame("frame is not (sender, message)")
     return decoded
+
+
+class Incarnation(NamedTuple):
+    """One run of a sender's `Link`: frames of a later run supersede those of earlier ones."""
+
+    started: int
+    """Wall-clock nanoseconds when it started: a restart starts later."""
+    nonce: bytes
+    """Random: two runs never share a sequence, even if they started in the same instant."""
+
+
+def new_incarnation() -> Incarnation:
+    return Incarnation(time.time_ns(), os.urandom(8))
+
+
+class Frame(NamedTuple):
+    """A frame signed for one recipient, at its place in its sender's stream to it."""
+
+    sender: str
+    recipient: str
+    incarnation: Incarnation
+    seq: int
+    message: Any
+
+
+def seal_for(
+    secret: bytes, sender: str, recipient: str, incarnation: Incarnation, seq: int, message: Any
+) -> bytes:
+    """Sign `message` from `sender` for `recipient` only, as number `seq` of `incarnation`
+    (everything but the message is inside the signed part too)."""
+    envelope = (recipient, incarnation.started, incarnation.nonce, seq, message)
+    return seal(secret, sender, envelope)
+
+
+def unseal_for(secret: bytes, frame: bytes) -> Frame:
+    """Check the signature, then decode a frame made by `seal_for`. Raises BadFrame."""
+    sender, envelope = unseal(secret, frame)
+    if not (isinstance(envelope, tuple) and len(envelope) == 5):
+        raise BadFrame("frame names no recipient and sequence (a voter of an older version?)")
+    recipient, started, nonce, seq, message = envelope
+    if not (
+        isinstance(recipient, str)
+        and isinstance(started, int)
+        and isinstance(nonce, bytes)
+        and isinstance(seq, int)
+    ):
+        raise BadFrame("frame's recipient, incarnation or sequence is malformed")
+    return Frame(sender, recipient, Incarnation(started, nonce), seq, message)
+
+
+class ReplayGuard:
+    """One receiver's memory of the latest incarnation of each sender and the last sequence
+    number accepted from it. Used on one thread (the asyncio loop)."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, tuple[Incarnation, int]] = {}
+
+    def refusal(self, frame: Frame) -> str:
+        """Why `frame` must be dropped ('' if it is new: then it is remembered)."""
+        latest = self._latest.get(frame.sender)
+        if latest is not None:
+            incarnation, seq = latest
+            if frame.incarnation == incarnation:
+                if frame.seq <= seq:
+                    return f"replayed: number {frame.seq}, after {seq} from {frame.sender}"
+            elif frame.incarnation.started <= incarnation.started:
+                return (
+                    f"replayed: from an earlier run of {frame.sender} (started "
+                    f"{frame.incarnation.started} ns, the latest heard {incarnation.started} ns; "
+                    "or its clock went back)"
+                )
+        self._latest[frame.sender] = (frame.incarnation, frame.seq)
+        return ""

@@ -5,14 +5,33 @@ the `Machine` and calls back; `commit` turns that callback into an awaitable
 on the service's loop (`call_soon_threadsafe`). Its snapshots (log
 compaction, and catching up a voter that fell too far behind) are SQLite
 online backups of the database, not pickles of Python objects.
+
+Two Raft rules pysyncobj does not keep are kept here, with hooks rather than
+changes to it:
+
+- An entry counts toward a commit only once it is on stable storage.
+  pysyncobj never flushes its journal (an mmap'd file), so `flush_journal`
+  does, grouped: before a follower's acknowledgements of a batch of frames
+  leave (the transport holds them until then), and at the start of every
+  tick, which is where the leader counts its own log toward the commit
+  index.
+- A follower never cuts entries it holds because of an `append_entries`
+  that only repeats them. pysyncobj deletes everything after `prevLogIdx`
+  whenever its log is longer, so a delayed or repeated frame would cut
+  entries it acknowledged, even applied ones. `screen_append` skips the
+  entries it already holds (same index and term), lets it cut only from a
+  real conflict, and treats a conflict with a committed entry as fatal: the
+  replica stops rather than rewrite what it applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +66,8 @@ _LEADER = 2
 """pysyncobj's leader state."""
 NO_QUORUM_CHECK = 0.1
 """Seconds between checks, while an entry waits, that a majority is still reachable."""
+
+log = logging.getLogger("colony.consensus.raft")
 
 
 class NotCommitted(Exception):
@@ -92,11 +113,124 @@ def sync_conf(timers: Timers, state_dir: Path, save, load, on_state_changed=None
     )
 
 
+class LogConflict(Exception):
+    """A leader's entries contradict entries this voter holds as committed."""
+
+
+Entry = tuple[bytes, int, int]
+"""pysyncobj's log entry: (command, index, term)."""
+
+
+def screen_append(
+    journal: Sequence[Entry], commit_index: int, current_term: int, message: dict
+) -> dict | None:
+    """What pysyncobj should see of `append_entries` `message`, given this voter's
+    `journal` (its log: consecutive entries), commit index and term: the message itself, the
+    message without the entries the log already holds (same index and term), or None
+    (drop it: it holds nothing new and pysyncobj would cut the entries after it). Raises
+    LogConflict if it contradicts a committed entry."""
+    prev = message.get("prevLogIdx")
+    if message["term"] < current_term or prev is None:
+        return message  # pysyncobj ignores an earlier term's; a snapshot install cuts nothing
+    first, last = journal[0][1], journal[-1][1]
+    if "transmission" in message:
+        # One entry too large for a frame, sent in pieces: Colony's entries never are
+        # (machine.MAX_ENTRY_BYTES), so refuse any that would cut this log, unchecked.
+        return message if prev >= last else None
+    if not first <= prev <= last:
+        return message  # pysyncobj refuses it and tells the leader where this log ends
+
+    def term_at(index: int) -> int:
+        return journal[index - first][2]
+
+    if term_at(prev) != message["prevLogTerm"]:
+        if prev <= commit_index:
+            raise LogConflict(_conflict(prev, term_at(prev), message["prevLogTerm"], message))
+        return message  # pysyncobj refuses it; the leader steps back
+    entries = message.get("entries") or []
+    held = 0  # how many of them this log holds already
+    for _command, index, term in entries:
+        if index > last or term_at(index) != term:
+            break
+        held += 1
+    verified = entries[held - 1][1] if held else prev  # this log is the leader's up to here
+    new = entries[held:]
+    if new and new[0][1] <= last:  # a real conflict: pysyncobj cuts the log from there
+        if new[0][1] <= commit_index:
+            raise LogConflict(_conflict(new[0][1], term_at(new[0][1]), new[0][2], message))
+    elif verified < last:
+        # Nothing new, and this log goes further than the frame knows (it is delayed, or
+        # repeats what a later one sent): pysyncobj would cut entries already acknowledged.
+        return None
+    if not held:
+        return message
+    return {**message, "prevLogIdx": verified, "prevLogTerm": term_at(verified), "entries": new}
+
+
+def _conflict(index: int, ours: int, theirs: int, message: dict) -> str:
+    return (
+        f"entry {index} is committed here in term {ours}, but the leader of term "
+        f"{message['term']} has term {theirs} there"
+    )
+
+
 class _Replica(SyncObj):
     def __init__(self, machine: Machine, me: str, peers: list[str], conf, link: Link) -> None:
         self._machine = machine
-        transport = functools.partial(NatsTransport, link=link)
+        self.stopped_by: str | None = None
+        """Why this replica stopped itself (its log conflicts with committed entries)."""
+        self.durable_index = 0
+        """The journal is on stable storage up to this log index (its last flush)."""
+        self.flushes = 0
+        self.flush_seconds = 0.0
+        self._flushed_shape: tuple[int, int, int] | None = None
+        transport = functools.partial(
+            NatsTransport, link=link, screen=self._screen, make_durable=self.flush_journal
+        )
         super().__init__(me, peers, conf, nodeClass=Node, transportClass=transport)
+
+    @property
+    def journal(self):
+        """pysyncobj's log, a FileJournal (the one name-mangled attribute used here)."""
+        return self._SyncObj__raftLog
+
+    def flush_journal(self) -> None:
+        """Put the journal on stable storage (msync), unless nothing changed since the
+        last flush. On pysyncobj's thread."""
+        journal = self.journal
+        # (first, last index, last term) names the log: two logs with the same last entry
+        # hold the same entries (log matching); compaction moves the first.
+        shape = (journal[0][1], journal[-1][1], journal[-1][2])
+        if shape == self._flushed_shape:
+            return
+        began = time.perf_counter()
+        journal.flush()
+        self.flush_seconds += time.perf_counter() - began
+        self.flushes += 1
+        self._flushed_shape = shape
+        self.durable_index = shape[1]
+
+    def _onTick(self, timeToWait=0.0):
+        # pysyncobj counts the leader's own log toward the commit index first thing in a
+        # tick: what it appended since the last flush must be on disk before that.
+        self.flush_journal()
+        super()._onTick(timeToWait)
+
+    def _screen(self, message: dict) -> dict | None:
+        if self.stopped_by is not None:
+            return None
+        try:
+            return screen_append(self.journal, self.raftCommitIndex, self.raftCurrentTerm, message)
+        except LogConflict as e:
+            self.stopped_by = f"the Raft log conflicts with committed entries: {e}"
+            log.critical(
+                "the Raft log conflicts with entries this voter committed: stopping this "
+                "replica (nothing more is applied; its database and journal are left as they "
+                "are, for inspection)",
+                extra={"conflict": str(e)},
+            )
+            self.destroy()  # pysyncobj's thread stops after this tick
+            return None
 
     @replicated
     def _apply_entry(self, entry: bytes) -> tuple[int, list[Outcome] | None]:
@@ -124,6 +258,8 @@ class Replica:
 
     async def commit(self, entry: bytes, timeout: float) -> tuple[int, list[Outcome] | None]:
         """Append `entry` through the leader; return (log index, outcomes) once applied here."""
+        if self._raft.stopped_by is not None:
+            raise NotCommitted(f"this voter stopped: {self._raft.stopped_by}")
         future = self._loop.create_future()
 
         def done(result, error) -> None:  # on pysyncobj's thread
