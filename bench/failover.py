@@ -24,35 +24,59 @@ lease renewals under a busy core.
 3. Busy core: a `colony up --nodes 3` cluster and one process spinning on a
    core for SOAK seconds; every `manager.acting` event is kept: a stop, or a
    new epoch, is a lease lost without a fault.
+4. Restarts: a `colony up --nodes 5 --voters 5` cluster for RESTARTS minutes,
+   whole nodes killed -9 at random (any of them, the leader's too; never more
+   than two down at once) and brought back by `colony up`, which restarts the
+   nodes that are down; meanwhile writers commit without pause. The longest
+   gap between two consecutive acknowledged writes is the longest write
+   outage; the leader's count of voters is sampled throughout.
 
-    COLONY_BENCH_TRIALS=20 COLONY_BENCH_SOAK=60 python -m bench failover
+    COLONY_BENCH_TRIALS=20 COLONY_BENCH_SOAK=60 COLONY_BENCH_RESTARTS=5 python -m bench failover
+    python -m bench.failover --minutes 1     # the restarts alone, printed, nothing written
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
+import random
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._cluster import Cluster, colony, local_cluster
+from bench._cluster import Cluster, colony, local_cluster, stragglers
 from bench._report import quantile, say, table, verdict
 from bench.consensus import statuses
+from colony.bootstrapper import cluster as clusters
 from colony.shared import netns, subjects
 from colony.shared.bus import Bus, BusError, connect
 from colony.shared.config import ConsensusSettings, NatsSettings
-from colony.shared.messages import ConsensusStatus, ConsensusStatusRequest, ManagerActing
+from colony.shared.management import Management, ManagementError
+from colony.shared.messages import (
+    ConsensusStatus,
+    ConsensusStatusRequest,
+    KvPut,
+    ManagerActing,
+)
 from colony.shared.netns_voters import HOSTS, NetnsVoters, arrange
+from colony.shared.statedir import StateDir
 from colony.shared.testing import poll, wait_for
 
 TITLE = "Failover"
 TRIALS = int(os.environ.get("COLONY_BENCH_TRIALS", "12"))
 SOAK = float(os.environ.get("COLONY_BENCH_SOAK", "300"))
 """Seconds the busy-core run lasts."""
+RESTARTS = float(os.environ.get("COLONY_BENCH_RESTARTS", "5"))
+"""Minutes the kill-and-restart run lasts."""
+BAR_OUTAGE = 2.0
+"""Seconds: the longest write outage allowed while whole nodes die and come back."""
+WRITERS = 4
+"""Writers committing at once, each on its own connection: one whose request went to a
+node just killed waits out its attempt, the others go on."""
 BAR_FAILOVER = 1.5
 """Seconds, p95, from the fault to the new manager's first committed write (the brief)."""
 LEASE = ConsensusSettings()
@@ -282,6 +306,186 @@ async def soak() -> Soak:
             return Soak(time.monotonic() - started, [e for _, e in heard.events])
 
 
+# --- 4. whole nodes killed and restarted, writers committing -------------------------
+
+
+@dataclass
+class Restarts:
+    seconds: float
+    acked: list[float]
+    """When each write was acknowledged (monotonic), in order."""
+    failed: int
+    """Writes refused or not answered within the client's deadline (retried as new ones)."""
+    voters: list[tuple[float, int, int]]
+    """(when, voters in the leader's group, of them connected) sampled while there was a leader."""
+    events: list[tuple[float, str]]
+    """(when, what): kills and restarts."""
+
+    @property
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.acked, self.acked[1:], strict=False)]
+
+    def longest(self) -> tuple[float, float]:
+        """The longest gap between acknowledged writes, and when it began."""
+        gaps = self.gaps
+        at = max(range(len(gaps)), key=gaps.__getitem__)
+        return gaps[at], self.acked[at]
+
+    def before(self, when: float) -> str:
+        """The last fault or restart before `when`, and how long before."""
+        past = [(t, what) for t, what in self.events if t <= when]
+        if not past:
+            return "none before it"
+        t, what = past[-1]
+        return f"{when - t:.1f} s after {what}"
+
+
+@contextlib.contextmanager
+def five_voters():
+    """`colony up --nodes 5 --voters 5 --detach`; always `colony down` (and check)."""
+    with tempfile.TemporaryDirectory(prefix="colony-bench-") as tmp:
+        running = Cluster(StateDir(Path(tmp) / "state"), clusters.free_base_port(5))
+        try:
+            shape = ["--nodes", "5", "--voters", "5", "--base-port", str(running.base_port)]
+            colony("up", running.state, "--detach", *shape)
+            yield running
+        finally:
+            seen = running.records()
+            try:
+                colony("down", running.state)
+            finally:
+                running.left_running = stragglers(seen, tmp)
+
+
+async def write_on(urls: list[str], voters: list[str], acked: list[float], until: float) -> int:
+    """Commit one write after another until `until`; each acknowledgement's time goes to
+    `acked`. Returns how many failed."""
+    bus = await connect(NatsSettings(servers=urls), "bench-writer")
+    management = Management(bus, voters, timeout=10)
+    management._next = random.randrange(len(voters))  # writers start at different voters
+    failed, n = 0, 0
+    try:
+        while time.monotonic() < until:
+            n += 1
+            try:
+                await management.propose(KvPut(f"writer-{id(management)}", str(n)))
+                acked.append(time.monotonic())
+            except ManagementError:
+                failed += 1
+    finally:
+        await bus.close()
+    return failed
+
+
+async def sample_voters(urls: list[str], nodes: list[str], until: float) -> list:
+    """The leader's group, twice a second: (when, voters, of them connected)."""
+    bus = await connect(NatsSettings(servers=urls), "bench-voters")
+    seen = []
+    try:
+        while time.monotonic() < until:
+            views = (await statuses(bus, nodes)).values()
+            leaders = [v for v in views if v and v.role == "leader"]
+            if len(leaders) == 1:
+                group = leaders[0].voters
+                connected = sum(v.connected for v in group)
+                seen.append((time.monotonic(), len(group), connected))
+            await asyncio.sleep(0.5)
+    finally:
+        await bus.close()
+    return seen
+
+
+async def kill_and_restart(
+    cluster: Cluster, bus: Bus, until: float, events: list, rng: random.Random
+) -> None:
+    """Kill -9 a random node (at most two down), or restart the down ones with `colony up`,
+    every few seconds, until `until`; then restart what is down."""
+    nodes = {n.read_id(): n for n in cluster.state.nodes()}
+    down: list[str] = []
+    while time.monotonic() < until:
+        await asyncio.sleep(rng.uniform(4, 12))  # a while for the cluster to settle
+        if len(down) < 2 and (not down or rng.random() < 0.5):
+            victim = rng.choice([i for i in nodes if i not in down])
+            views = (await statuses(bus, list(nodes))).values()
+            lead = next((v.node for v in views if v and v.role == "leader"), None)
+            nodes[victim].crash()
+            down.append(victim)
+            what = f"kill -9 of {nodes[victim].name}" + (" (the leader)" if victim == lead else "")
+        else:
+            events.append((time.monotonic(), f"colony up of {len(down)} down node(s)"))
+            await asyncio.to_thread(colony, "up", cluster.state, "--detach")
+            what = f"{', '.join(nodes[i].name for i in down)} back (colony up returned)"
+            down = []
+        events.append((time.monotonic(), what))
+        say(f"restarts: {what}")
+    if down:
+        await asyncio.to_thread(colony, "up", cluster.state, "--detach")
+
+
+async def restarts(minutes: float = RESTARTS, seed: int | None = None) -> Restarts:
+    rng = random.Random(seed)
+    with five_voters() as cluster:
+        nodes = [n.read_id() for n in cluster.state.nodes()]
+        urls = [n.nats_url() for n in cluster.state.nodes()]
+        control = await connect(NatsSettings(servers=urls), "bench-failover-control")
+        try:
+            await poll(lambda: settled(control, nodes, 5), 120, "five voters to settle")
+            return await churn(cluster, control, minutes, rng)
+        finally:
+            await control.close()
+
+
+async def churn(cluster: Cluster, control: Bus, minutes: float, rng: random.Random) -> Restarts:
+    nodes = [n.read_id() for n in cluster.state.nodes()]
+    urls = [n.nats_url() for n in cluster.state.nodes()]
+    started = time.monotonic()
+    until = started + minutes * 60
+    acked: list[float] = []
+    events: list[tuple[float, str]] = []
+    writers = [write_on(urls, nodes, acked, until) for _ in range(WRITERS)]
+    failed, voters, _ = await asyncio.gather(
+        asyncio.gather(*writers),
+        sample_voters(urls, nodes, until),
+        kill_and_restart(cluster, control, until, events, rng),
+    )
+    return Restarts(time.monotonic() - started, acked, sum(failed), voters, events)
+
+
+def restarts_report(run: Restarts) -> str:
+    longest, at = run.longest()
+    gaps = run.gaps
+    kills = [what for _, what in run.events if what.startswith("kill")]
+    leaders = sum(what.endswith("(the leader)") for what in kills)
+    ups = sum(what.startswith("colony up") for _, what in run.events)
+    group = min(n for _, n, _ in run.voters)
+    connected = min(c for _, _, c in run.voters)
+    rows = [
+        ["longest gap between acknowledged writes", f"{longest:.3f} s"],
+        ["p99 gap", f"{quantile(gaps, 0.99) * 1000:.1f} ms"],
+        ["p50 gap", f"{quantile(gaps, 0.5) * 1000:.1f} ms"],
+        ["writes acknowledged", f"{len(run.acked)}"],
+        ["writes failed (client deadline 10 s)", f"{run.failed}"],
+        ["voters in the leader's group, min", f"{group}"],
+        ["of them connected, min", f"{connected}"],
+    ]
+    minutes = run.seconds / 60
+    return f"""A `colony up --nodes 5 --voters 5` cluster for {minutes:.1f} minutes: every few
+seconds (4-12, at random) either every process of a random node is killed with -9
+(any node, the leader's too; never more than two down at once) or `colony up`
+restarts the nodes that are down, as an operator would; {len(kills)} kills
+({leaders} of the leader's node), {ups} restarts. Meanwhile {WRITERS} writers, each on
+its own connection to the cluster's servers, commit `kv.put`s one after another
+through `Management` (any voter; the next one on a refusal). Gaps are between
+consecutive acknowledgements from any writer; the leader's group is sampled twice
+a second while there is a leader.
+
+{table(["", ""], rows)}
+
+The longest outage began {run.before(at)}. Bar: longest write outage under
+{BAR_OUTAGE:g} s: {longest:.3f} s, {verdict(longest < BAR_OUTAGE)}.
+"""
+
+
 # --- the report -----------------------------------------------------------------------
 
 
@@ -293,6 +497,7 @@ def run() -> str:
     kills = asyncio.run(kill_trials())
     cuts = partition_trials()
     busy = asyncio.run(soak())
+    churn = asyncio.run(restarts())
     rows = [
         ["kill -9 of the manager's node → a new Raft leader", *spread([k.elected for k in kills])],
         ["kill -9 of the manager's node → new manager acting", *spread([k.manager for k in kills])],
@@ -351,4 +556,21 @@ process spinning on a core for {busy.seconds:.0f} s: {len(busy.heard)} `manager.
 events heard; leases lost (a stop, or a new epoch): **{busy.lost}**
 ({verdict(busy.lost == 0)}: the bar is zero). The least lease time left in any
 acting event: {busy.headroom:.3f} s of {LEASE.lease_ttl:g} s.
-"""
+
+### Whole nodes killed and restarted, writers committing
+
+{restarts_report(churn)}"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The kill-and-restart run alone, its section printed (bench/results untouched)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.failover", description=main.__doc__)
+    parser.add_argument("--minutes", type=float, default=RESTARTS, help="how long (default 5)")
+    parser.add_argument("--seed", type=int, help="of the random kills and restarts")
+    args = parser.parse_args(argv)
+    print(restarts_report(asyncio.run(restarts(args.minutes, args.seed))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

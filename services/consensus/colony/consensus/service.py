@@ -12,7 +12,13 @@ A standby node answers `status` (role standby) and waits: the Raft leader
 adds it to the cluster and then tells it to `join`, with the voters; it
 starts its replica, which catches up from the leader (a snapshot, or the
 log). A voter that was removed (declared dead) and comes back is told to
-`retire`: it drops its replica and its database, and stands by.
+`retire`: it drops its replica and its database, and stands by. It reports
+standby only once all of that is done, so the leader can add it back
+without its old replica (and its old, higher term) ever being heard.
+
+`join` and `retire` change who votes: each must be signed with the cluster
+secret, recent, not seen before, and addressed to this node; anything else
+is refused (403) and logged.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NoReturn
 
 import aiosqlite
 
@@ -57,7 +65,7 @@ from colony.shared.messages import (
     new_id,
 )
 from colony.shared.runner import Context, Refused
-from colony.shared.signing import read_secret
+from colony.shared.signing import FRESH_FOR, BadSignature, read_secret, verify
 
 NO_QUORUM = 503
 """The refusal code of a proposal or read that could not be committed (retry later)."""
@@ -116,13 +124,20 @@ class ConsensusService:
         self._joined = asyncio.Event()
         self._retired = asyncio.Event()
         self._voter_role: VoterRole | None = None
+        self._standing_by = False
+        """True once this node runs no replica and has dropped a retired one's files."""
+        self._secret = b""
+        self._seen: dict[str, float] = {}
+        """Signatures of the join and retire requests obeyed, and when (refusing replays)."""
+        self.log = logging.getLogger("colony.consensus")
 
     async def run(self, ctx: Context) -> None:
         settings, self.me = ctx.config.consensus, ctx.config.node.id
         self.timeout = settings.propose_timeout
         state_dir = Path(ctx.config.node.dir) / "consensus"
         state_dir.mkdir(parents=True, exist_ok=True)
-        secret = read_secret(settings.secret_file)
+        self._secret = secret = read_secret(settings.secret_file)
+        self.log = ctx.log
         self._voter_role = voter_role = VoterRole(state_dir, self.me, settings)
         # concurrent: each waits for a commit, and proposals pipeline through Raft
         await ctx.serve(subjects.propose(self.me), self._on_propose, concurrent=True)
@@ -134,9 +149,14 @@ class ConsensusService:
         while True:
             voters = voter_role.voters()
             if voters is None:
+                # A standby keeps no replica state: what a crash in the middle of retiring
+                # left would start a later replica at its old term.
+                _drop_replica(state_dir, voter_role.file)
                 ctx.log.info("standing by: not a voter (the Raft leader may promote this node)")
                 self._joined.clear()
+                self._standing_by = True
                 await self._joined.wait()
+                self._standing_by = False
                 continue
             self._retired.clear()
             if not (state_dir / "management.db").exists():
@@ -144,9 +164,7 @@ class ConsensusService:
                 ctx.log.info("new replica", extra={"from": source or "the leader's log"})
             await self._serve_as_voter(ctx, settings, voters, state_dir, secret)
             ctx.log.warning("retired: no longer a voter; dropping the replica")
-            for path in state_dir.iterdir():
-                if path != voter_role.file:
-                    path.unlink()
+            _drop_replica(state_dir, voter_role.file)
 
     async def _serve_as_voter(
         self, ctx: Context, settings: ConsensusSettings, voters: list[str], state_dir, secret
@@ -165,9 +183,11 @@ class ConsensusService:
             role,
             target=settings.voter_count or len(settings.voters),
             preference=Preference(settings.transfer_margin, settings.transfer_hold),
+            secret=secret,
+            heard=link.heard,
         )
         replicas = settings.change_stream_replicas or min(3, len(voters))
-        relay = ChangeRelay(ctx.bus, self.reader, lambda: replica.is_leader, replicas)
+        relay = ChangeRelay(ctx.bus, self.reader, lambda: replica.is_leader, replicas, secret)
         tasks = [asyncio.create_task(t.run()) for t in (relay, role, keeper)]
         ctx.log.info("voter started", extra={"voters": voters})
         try:
@@ -185,7 +205,8 @@ class ConsensusService:
 
     async def _on_join(self, request: JoinRequest) -> JoinReply:
         if self.me not in request.voters:
-            raise Refused(400, f"{self.me} is not among the voters {request.voters} it was sent")
+            self._refuse(request, 400, f"{self.me} is not among the voters {request.voters}")
+        self._check_signed(request)
         if self.replica is not None:
             return JoinReply(node=self.me, started=False)
         assert self._voter_role is not None
@@ -194,12 +215,32 @@ class ConsensusService:
         return JoinReply(node=self.me, started=True)
 
     async def _on_retire(self, request: RetireRequest) -> RetireReply:
+        if request.node != self.me:
+            self._refuse(request, 403, f"it names {request.node or 'no node'!r}, not {self.me}")
+        self._check_signed(request)
         if self.replica is None:
             return RetireReply(node=self.me, retired=False)
         assert self._voter_role is not None
         self._voter_role.save(None)
         self._retired.set()
         return RetireReply(node=self.me, retired=True)
+
+    def _check_signed(self, request: JoinRequest | RetireRequest) -> None:
+        """Refuse `request` unless signed with the cluster secret, recently, and new here."""
+        try:
+            verify(self._secret, request)
+        except BadSignature as e:
+            self._refuse(request, 403, str(e))
+        now = time.monotonic()
+        self._seen = {mac: at for mac, at in self._seen.items() if now - at < 2 * FRESH_FOR}
+        if request.mac in self._seen:
+            self._refuse(request, 403, "already obeyed: a replay")
+        self._seen[request.mac] = now
+
+    def _refuse(self, request: JoinRequest | RetireRequest, code: int, reason: str) -> NoReturn:
+        what = type(request).__name__
+        self.log.warning(f"refused a {what}", extra={"reason": reason, "cause": request.cause})
+        raise Refused(code, f"{what} refused: {reason}")
 
     async def _on_propose(self, request: ProposeRequest) -> ProposeReply:
         for proposal in request.proposals:
@@ -234,6 +275,8 @@ class ConsensusService:
     async def _on_status(self, _request: ConsensusStatusRequest) -> ConsensusStatus:
         replica, role = self.replica, self.role
         if replica is None or role is None:
+            if not self._standing_by:
+                raise Refused(503, f"{self.me} is starting or dropping a replica; ask again")
             return ConsensusStatus(
                 node=self.me, role="standby", leader=None, term=0, commit_index=0,
                 applied_index=0, has_quorum=False, voters=[],
@@ -305,6 +348,13 @@ class ConsensusService:
 
 
 _APPLIED_ROW = """INSERT INTO "meta" VALUES('last_applied',"""
+
+
+def _drop_replica(state_dir: Path, keep: Path) -> None:
+    """Delete the replica's files (database, journal, snapshot): all but `keep` (role.json)."""
+    for path in state_dir.iterdir():
+        if path != keep and path.is_file():
+            path.unlink()
 
 
 def _age(at: float | None, now: float) -> float | None:

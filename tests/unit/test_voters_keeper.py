@@ -1,0 +1,182 @@
+"""The voter keeper carrying out its decisions, against a fake Raft replica and a fake bus:
+what it asks of the nodes, in which order, signed how, and what it logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from colony.consensus import voters as voters_module
+from colony.consensus.voters import VoterKeeper
+from colony.shared.bus import NoResponders
+from colony.shared.logs import JsonFormatter
+from colony.shared.messages import (
+    ConsensusStatus,
+    JoinReply,
+    MemberView,
+    NodeMeta,
+    Resources,
+    RetireReply,
+)
+from colony.shared.signing import verify
+
+SECRET = b"a-cluster-secret-for-the-keeper"
+GiB = 2**30
+
+
+def member(node: str, status: str = "alive", cpu: float = 1.0, since: float = 60.0):
+    meta = NodeMeta(free=Resources(cpu=cpu, memory=4 * GiB))
+    return MemberView(node=node, status=status, incarnation=1, meta=meta, since=since)
+
+
+class Cluster:
+    """The Raft group as the leader `a` sees it, and every other node's consensus service."""
+
+    def __init__(self, voters: list[str], roles: dict[str, str]) -> None:
+        self.me = "a"
+        self.group = list(voters)
+        self.roles = roles
+        """node -> what its consensus status says: standby, follower, candidate."""
+        self.calls: list[tuple] = []
+        self.is_leader = True
+        self.machine = SimpleNamespace(last_transfer_at=None)
+
+    # --- the replica -----------------------------------------------------------------
+
+    @property
+    def voters(self) -> list[str]:
+        return [self.me, *sorted(v for v in self.group if v != self.me)]
+
+    async def add_voter(self, node: str) -> None:
+        self.calls.append(("add", node))
+        self.group.append(node)
+
+    async def remove_voter(self, node: str) -> None:
+        self.calls.append(("remove", node))
+        self.group.remove(node)
+
+    async def commit(self, entry: bytes, timeout: float):
+        return 1, []
+
+    def status(self) -> dict:
+        return {"match_index": dict.fromkeys(self.group, 9), "commit_index": 9}
+
+    async def transfer_leadership(self, node: str, patience: float) -> bool:
+        self.calls.append(("transfer", node))
+        return True
+
+    # --- the bus ---------------------------------------------------------------------
+
+    async def request(self, subject, msg, timeout: float):
+        verb, node = subject.name.split(".")[-2:]
+        if node not in self.roles:
+            raise NoResponders(f"no service answers on {subject.name}")
+        if verb == "status":
+            return ConsensusStatus(
+                node=node, role=self.roles[node], leader=None, term=7, commit_index=0,
+                applied_index=0, has_quorum=False, voters=[],
+            )  # fmt: skip
+        self.calls.append((verb, node, msg))
+        if verb == "retire":
+            self.roles[node] = "standby"
+            return RetireReply(node=node, retired=True)
+        assert verb == "join"
+        self.roles[node] = "follower"
+        return JoinReply(node=node, started=True)
+
+
+class Role:
+    async def release(self, reason, also=(), hold_off=0.0) -> bool:
+        return True
+
+
+def keeper(cluster: Cluster, target: int, heard: dict[str, float] | None = None) -> VoterKeeper:
+    fake = cluster  # the replica and the bus at once
+    return VoterKeeper(fake, fake, Role(), target, secret=SECRET, heard=heard or {})
+
+
+def steps(cluster: Cluster) -> list[tuple[str, str]]:
+    return [(verb, node) for verb, node, *_ in cluster.calls]
+
+
+async def test_a_removed_voter_back_with_its_old_replica_retires_before_it_is_added_again():
+    cluster = Cluster(list("abcd"), {"b": "follower", "c": "follower", "d": "follower"})
+    cluster.roles["e"] = "candidate"  # restarted on its old journal, campaigning
+    members = {n: member(n) for n in "abcde"}
+    await keeper(cluster, target=5).keep(members)
+    assert steps(cluster) == [("retire", "e"), ("add", "e"), ("join", "e")]
+    retire, join = cluster.calls[0][2], cluster.calls[2][2]
+    assert verify(SECRET, retire).node == "e"  # signed, and addressed to e alone
+    assert verify(SECRET, join).voters == list("abcde")
+
+
+async def test_a_node_whose_consensus_does_not_answer_is_not_added_yet():
+    cluster = Cluster(list("abcd"), {"b": "follower", "c": "follower", "d": "follower"})
+    await keeper(cluster, target=5).keep({n: member(n) for n in "abcde"})
+    assert cluster.calls == []  # e is alive to membership, but its consensus is not up
+
+
+async def test_at_the_floor_the_replacement_joins_first_and_the_lost_voter_goes_next():
+    cluster = Cluster(list("abc"), {"b": "follower", "d": "standby"})
+    members = {"a": member("a"), "b": member("b"), "c": member("c", "dead"), "d": member("d")}
+    kept = keeper(cluster, target=3)
+    await kept.keep(members)
+    assert steps(cluster) == [("add", "d"), ("join", "d")]
+    await kept.keep(members)
+    assert steps(cluster)[-1] == ("remove", "c") and cluster.voters == list("abd")
+
+
+async def test_a_voter_the_leader_still_hears_is_not_removed_whatever_membership_says():
+    cluster = Cluster(list("abcde"), dict.fromkeys("bcde", "follower"))
+    members = {n: member(n) for n in "abcd"} | {"e": member("e", "dead", since=10)}
+    clock = voters_module.time.monotonic()
+    await keeper(cluster, target=5, heard={"e": clock - 0.3}).keep(members)
+    assert cluster.calls == []
+    await keeper(cluster, target=5, heard={"e": clock - 10}).keep(members)
+    assert steps(cluster) == [("remove", "e")]
+
+
+async def test_voter_changes_are_logged_with_the_voter_apart_from_the_writers_node(caplog):
+    cluster = Cluster(list("abcde"), dict.fromkeys("bcd", "follower"))
+    members = {n: member(n) for n in "abcd"} | {"e": member("e", "dead")}
+    with caplog.at_level(logging.WARNING, logger="colony.consensus.voters"):
+        await keeper(cluster, target=5).keep(members)
+    [record] = [r for r in caplog.records if r.getMessage() == "voter removed"]
+    line = json.loads(JsonFormatter({"service": "consensus", "node": "a"}).format(record))
+    assert line["node"] == "a" and line["voter"] == "e"
+
+
+async def test_leadership_moves_only_after_three_looks_two_seconds_apart_agree(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(voters_module.time, "monotonic", lambda: now[0])
+    cluster = Cluster(list("abc"), {"b": "follower", "c": "follower"})
+    members = {"a": member("a"), "b": member("b", cpu=8.0), "c": member("c")}
+    kept = keeper(cluster, target=3)
+    kept._leading_since = now[0] - 60  # settled in the lead
+    for at in (0.0, 1.0, 2.0):  # a look a second: only two count so far
+        now[0] = 1000.0 + at
+        await kept.keep(members)
+    assert cluster.calls == []
+    now[0] = 1004.0
+    await kept.keep(members)
+    assert steps(cluster) == [("transfer", "b")]
+
+
+@pytest.mark.parametrize("spoofed", [{"c": 8.0}, {}])
+async def test_one_odd_sample_between_looks_does_not_move_leadership(monkeypatch, spoofed):
+    now = [1000.0]
+    monkeypatch.setattr(voters_module.time, "monotonic", lambda: now[0])
+    cluster = Cluster(list("abc"), {"b": "follower", "c": "follower"})
+    rich = {"a": member("a"), "b": member("b", cpu=8.0), "c": member("c")}
+    odd = {"a": member("a"), "b": member("b")} | {
+        n: member(n, cpu=cpu) for n, cpu in ({"c": 1.0} | spoofed).items()
+    }
+    kept = keeper(cluster, target=3)
+    kept._leading_since = now[0] - 60
+    for at, members in [(0, rich), (2, rich), (3, odd), (4, rich), (6, rich)]:
+        now[0] = 1000.0 + at
+        await kept.keep(members)
+    assert cluster.calls == []  # the odd look broke the streak: only two since
