@@ -4,6 +4,7 @@ of a changed config file: good edits apply, bad ones are refused and change noth
 import argparse
 import json
 import logging
+import os
 
 import pytest
 
@@ -14,6 +15,15 @@ from colony.monitor.service import DeclaredCapacity
 from colony.shared.config import load
 from colony.shared.messages import Resources
 from colony.shared.statedir import StateDir
+
+
+@pytest.fixture(autouse=True)
+def keep_umask():
+    """main() sets the umask for the cluster's files; give this test process its own back."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
 
 
 @pytest.fixture
@@ -50,10 +60,26 @@ def test_a_memory_size_that_is_not_one_says_what_it_should_look_like(text):
         memory_size(text)
 
 
-@pytest.mark.parametrize("text", ["0", "-2", "many", "nan"])
-def test_cores_must_be_a_number_above_zero(text):
-    with pytest.raises(argparse.ArgumentTypeError, match="is not a number of cores more than 0"):
+@pytest.mark.parametrize("text", ["0.5b", "0.1", "1025TiB", "99999999999999999999T"])
+def test_a_memory_size_below_a_byte_or_beyond_any_machine_is_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="from 1 byte to 1024TiB, got"):
+        memory_size(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["0", "-2", "many", "nan", "inf", "-inf", "Infinity", "1e999", "1e300", "65537"]
+)
+def test_cores_must_be_a_finite_number_above_zero_and_in_reason(text):
+    with pytest.raises(argparse.ArgumentTypeError) as refused:
         cores(text)
+    assert str(refused.value) == (
+        f"must be a finite number of cores > 0 and at most 65536, got {text!r}"
+    )
+
+
+@pytest.mark.parametrize("text", ["0.5", "4", "65536"])
+def test_cores_people_write(text):
+    assert cores(text) == float(text)
 
 
 def test_capacity_is_written_to_the_node_config_and_reset(state, capsys):
@@ -82,6 +108,31 @@ def test_capacity_refuses_an_unknown_node_or_a_bad_size_and_writes_nothing(state
     code, _, err = colony(capsys, "capacity", "node-1", "--memory", "lots", *args)
     assert code == 2 and "'lots' is not a memory size like 8GiB" in err
     assert state.node("node-1").config_file.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--cpu", "inf"),
+        ("--cpu", "nan"),
+        ("--cpu", "-1"),
+        ("--cpu", "1e300"),
+        ("--memory", "99999T"),
+    ],
+)
+def test_capacity_refuses_what_no_machine_has_and_writes_nothing(state, capsys, flag, value):
+    before = state.node("node-1").config_file.read_text()
+    code, _, err = colony(capsys, "capacity", "node-1", flag, value, "--state-dir", str(state.path))
+    assert code == 2 and f"argument {flag}: must be a" in err and repr(value) in err
+    assert state.node("node-1").config_file.read_text() == before
+    assert sorted(p.name for p in state.node("node-1").path.iterdir()) == [
+        "logs",
+        "nats",
+        "nats.conf",
+        "node-id",
+        "node.toml",
+        "run",
+    ]
 
 
 def test_the_monitor_rereads_a_changed_capacity_and_keeps_it_through_a_bad_edit(state, caplog):

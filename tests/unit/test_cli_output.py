@@ -9,8 +9,8 @@ from colony.cli.logs import render
 from colony.cli.output import human_age, human_bytes
 
 
-def plain(markup: str) -> str:
-    return Text.from_markup(markup).plain
+def plain(text: Text) -> str:
+    return text.plain
 
 
 def log_line(**fields) -> str:
@@ -23,20 +23,23 @@ def test_json_line_is_shown_as_time_level_message_and_extras():
     )
     shown = render(line)
     assert plain(shown) == "12:34:56.789 WARNING child died child=nats"
-    assert shown.startswith("[yellow]")
+    assert shown.style == "yellow"
+    assert [(s.start, s.end, s.style) for s in shown.spans] == [(32, 42, "dim")]  # child=nats
 
 
 def test_json_line_without_extras_or_style():
     shown = render(log_line(level="info", msg="started"))
-    assert shown == "12:34:56.789 INFO    started"
+    assert (shown.plain, shown.style, shown.spans) == ("12:34:56.789 INFO    started", "", [])
 
 
-def test_json_line_markup_is_escaped():
-    shown = render(log_line(level="error", msg="[bold]boom", why="[red]x"))
-    assert plain(shown) == "12:34:56.789 ERROR   [bold]boom why=[red]x"
+def test_json_line_markup_is_shown_as_it_is():
+    shown = render(log_line(level="error", msg="[bold]boom :smile:", why="[red]x\\"))
+    assert plain(shown) == "12:34:56.789 ERROR   [bold]boom :smile: why=[red]x\\"
 
 
-@pytest.mark.parametrize("line", ["[123] plain [bold] line", "{not json", "", "Traceback:"])
+@pytest.mark.parametrize(
+    "line", ["[123] plain [bold] line", "{not json", "", "Traceback:", "[/]", "C:\\"]
+)
 def test_other_lines_are_shown_as_they_are(line):
     assert plain(render(line)) == line
 

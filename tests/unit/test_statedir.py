@@ -5,7 +5,7 @@ import os
 import pytest
 
 from colony.shared import subjects
-from colony.shared.statedir import NodeDir, ProcessRecord, StateDir, natural_key
+from colony.shared.statedir import NodeDir, ProcessRecord, StateDir, StateDirError, natural_key
 
 IMPOSSIBLE_PID = 2**22 + 1
 """Above Linux's PID_MAX_LIMIT: no process can have it."""
@@ -132,3 +132,83 @@ def test_find_by_name_or_id(tmp_path):
 )
 def test_natural_key(name, key):
     assert natural_key(name) == key
+
+
+def modes(path) -> dict[str, int]:
+    """Every path under `path` (itself included) -> its permission bits."""
+    found = {".": path.stat().st_mode & 0o7777}
+    for p in path.rglob("*"):
+        found[str(p.relative_to(path))] = p.lstat().st_mode & 0o7777
+    return found
+
+
+def test_create_makes_a_state_dir_its_owners_only(tmp_path):
+    old = os.umask(0o022)  # a usual umask: the folders are private all the same
+    try:
+        state = StateDir(tmp_path / "new" / "state")
+        state.create()
+        state.node("node-1").create()
+    finally:
+        os.umask(old)
+    assert set(modes(state.path).values()) == {0o700}
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o755  # a parent is the user's to set
+
+
+def test_create_tightens_a_state_dir_made_before_files_were_private(tmp_path):
+    state = StateDir(tmp_path / "state")
+    node = state.node("node-1")
+    node.create()
+    for path in (state.path, state.nodes_dir, node.path, node.logs):
+        path.chmod(0o755)
+    (node.logs / "monitor.log").write_text("x")
+    (node.logs / "monitor.log").chmod(0o644)
+    (node.path / "run.sh").write_text("#!/bin/sh\n")
+    (node.path / "run.sh").chmod(0o755)
+    state.cluster_file.write_text("nodes = 1\n")
+    state.cluster_file.chmod(0o644)
+    (node.path / "elsewhere").symlink_to(tmp_path)  # never followed
+    tmp_path.chmod(0o755)
+    state.create()
+    assert modes(state.path) == {
+        ".": 0o700,
+        "cluster.toml": 0o600,
+        "nodes": 0o700,
+        "nodes/node-1": 0o700,
+        "nodes/node-1/elsewhere": 0o777,
+        "nodes/node-1/logs": 0o700,
+        "nodes/node-1/logs/monitor.log": 0o600,
+        "nodes/node-1/nats": 0o700,
+        "nodes/node-1/run": 0o700,
+        "nodes/node-1/run.sh": 0o700,
+    }
+    assert tmp_path.stat().st_mode & 0o777 == 0o755
+
+
+def test_create_leaves_a_shared_folder_open_but_makes_colonys_part_private(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    (shared / "someone-elses.txt").write_text("x")  # `--state-dir .` in a project, say
+    state = StateDir(shared)
+    state.create()
+    state.cluster_file.write_text("nodes = 1\n")
+    state.cluster_file.chmod(0o644)
+    state.create()
+    assert shared.stat().st_mode & 0o777 == 0o755
+    assert state.nodes_dir.stat().st_mode & 0o777 == 0o700
+    assert state.cluster_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_state_dir_that_cannot_be_used_says_why(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(StateDirError, match=f"^state dir {afile} is a file, not a directory$"):
+        StateDir(afile).nodes()
+    under = afile / "state"
+    with pytest.raises(StateDirError, match=f"^cannot read state dir {under}: not a directory$"):
+        StateDir(under).nodes()
+    with pytest.raises(StateDirError, match=f"^cannot create folder {afile}: a file is in the way"):
+        StateDir(afile).create()
+    with pytest.raises(StateDirError, match=f"^cannot create folder {under}: not a directory$"):
+        StateDir(under).create()
+    assert StateDir(tmp_path / "missing").nodes() == []

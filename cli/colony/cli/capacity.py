@@ -10,6 +10,7 @@ voter with the most free resources.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 import msgspec
@@ -20,6 +21,10 @@ from colony.shared.config import dumps as dump_config
 from colony.shared.statedir import NodeDir, StateDir
 
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+MAX_CORES = 65536
+"""More cores than any machine has: a bigger figure is a typo (and would win every election)."""
+MAX_MEMORY = 2**50
+"""1024 TiB, far more than any machine has, for the same reason."""
 
 
 def memory_size(text: str) -> int:
@@ -29,16 +34,24 @@ def memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a memory size like 8GiB, 512MiB or 1073741824"
         )
-    return int(float(match[1]) * _UNITS[match[2]])
+    size = int(float(match[1]) * _UNITS[match[2]])
+    if not 1 <= size <= MAX_MEMORY:
+        raise argparse.ArgumentTypeError(
+            f"must be a memory size from 1 byte to 1024TiB, got {text!r}"
+        )
+    return size
 
 
 def cores(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of cores more than 0")
+        value = math.nan
+    # inf or 1e300 would be written, then break the node's samples (and win every election)
+    if not (0 < value <= MAX_CORES):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of cores > 0 and at most {MAX_CORES}, got {text!r}"
+        )
     return value
 
 

@@ -10,17 +10,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+import msgspec
+
 from colony.bootstrapper.cluster import voters_of
 from colony.cli.members import service_nodes
 from colony.cli.output import fail, out, print_json
 from colony.shared.bus import NotConnected, connect
 from colony.shared.config import NatsSettings
 from colony.shared.management import Management, ManagementError
-from colony.shared.messages import KvDelete, KvPut, to_builtins
+from colony.shared.messages import KvDelete, KvPut, ObjectId, to_builtins
 from colony.shared.statedir import StateDir
 
 
 def cmd_kv(args: argparse.Namespace) -> int:
+    for what in ("key", "value"):
+        if problem := not_utf8(getattr(args, what, None)):
+            fail(f"{what} is not valid UTF-8 ({problem}); keys and values are text")
+    try:  # the voters would refuse it too, with a message meant for programs
+        msgspec.convert(args.key, ObjectId)
+    except msgspec.ValidationError:
+        pattern = ObjectId.__metadata__[0].pattern
+        fail(f"key {args.key!r} is not valid: keys must match {pattern}")
     try:
         result = asyncio.run(_run(args))
     except ManagementError as e:
@@ -31,11 +41,23 @@ def cmd_kv(args: argparse.Namespace) -> int:
     elif args.kv_verb == "get":
         if result.value is None:
             fail(f"{args.key!r} is not set", code=1)
-        out.print(result.value, markup=False, highlight=False)
+        print(result.value)  # the value as it is: not wrapped, styled or cut by a console
     else:
         [outcome] = result.outcomes
         out.print(f"{args.key}: version {outcome.version} (log index {result.index})")
     return 0
+
+
+def not_utf8(text: str | None) -> str:
+    """What in `text` cannot be sent as UTF-8 (an argument from a non-UTF-8 argv), or ''."""
+    try:
+        (text or "").encode()
+    except UnicodeEncodeError as e:
+        char = ord(e.object[e.start])
+        # Python carries an argv byte that is not UTF-8 as the surrogate U+DC80..U+DCFF
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"U+{char:04X}"
+        return f"{what} at character {e.start}"
+    return ""
 
 
 async def _run(args: argparse.Namespace):

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from rich.markup import escape
+from rich.text import Text
 
 from colony.cli.output import fail, out
 from colony.shared.statedir import StateDir
@@ -46,7 +46,7 @@ def select(state: StateDir, node: str | None, service: str | None) -> list[tuple
             node, service = None, node  # `colony logs monitor`: a service on every node
         else:
             known = ", ".join(n.name for n in nodes)
-            fail(f"no node {node!r} in {state.path}/", f"nodes: {known}")
+            fail(f"no node {node!r} in {state.path}/ (its nodes: {known})")
     chosen = [state.find(node)] if node else nodes
     files = [
         (f"{n.name} {path.stem}", path)
@@ -94,20 +94,24 @@ def follow(label: str, width: int, path: Path, offset: int, raw: bool) -> int:
 
 
 def show(label: str, width: int, line: str, raw: bool) -> None:
-    out.print(f"[cyan]{escape(label.ljust(width))}[/] | {render(line, raw)}")
+    out.print(Text.assemble((label.ljust(width), "cyan"), " | ", render(line, raw)))
 
 
-def render(line: str, raw: bool = False) -> str:
-    """A JSON log line made readable (rich markup); anything else as it is."""
+def render(line: str, raw: bool = False) -> Text:
+    """A JSON log line made readable; anything else as it is (never parsed as markup)."""
     if raw or not line.startswith("{"):
-        return escape(line)
+        return Text(line)
     try:
         entry = json.loads(line)
     except ValueError:
-        return escape(line)
+        return Text(line)
     level = str(entry.get("level", ""))
-    style = LEVEL_STYLE.get(level, "")
-    text = escape(f"{str(entry.get('ts', ''))[11:23]} {level.upper():<7} {entry.get('msg', '')}")
+    text = Text(
+        f"{str(entry.get('ts', ''))[11:23]} {level.upper():<7} {entry.get('msg', '')}",
+        LEVEL_STYLE.get(level, ""),
+    )
     extras = " ".join(f"{k}={v}" for k, v in entry.items() if k not in SKIPPED)
-    text = f"[{style}]{text}[/]" if style else text
-    return f"{text} [dim]{escape(extras)}[/]" if extras else text
+    if extras:
+        text.append(" ")
+        text.append(extras, "dim")
+    return text

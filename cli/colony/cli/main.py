@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import os
 import re
 import signal
 import sys
 import time
 from pathlib import Path
+
+from rich.text import Text
 
 from colony.bootstrapper import cluster
 from colony.cli import capacity, logs
@@ -24,7 +28,14 @@ from colony.shared import __version__
 from colony.shared.bus import NotConnected, connect
 from colony.shared.config import NatsSettings
 from colony.shared.messages import to_builtins
-from colony.shared.statedir import DEFAULT_STATE_DIR, SUPERVISOR, NodeDir, StateDir
+from colony.shared.statedir import (
+    DEFAULT_STATE_DIR,
+    PRIVATE_UMASK,
+    SUPERVISOR,
+    NodeDir,
+    StateDir,
+    StateDirError,
+)
 
 EXAMPLES = {
     "up": """examples:
@@ -64,6 +75,12 @@ starts those nodes again on their own state and leaves the rest alone.""",
 
 
 def main(argv: list[str] | None = None) -> None:
+    # What the CLI writes (state, configs, logs) and the supervisors it starts inherit
+    # this: the cluster's files are its owner's only (0600, folders 0700).
+    os.umask(PRIVATE_UMASK)
+    # A path or name from a non-UTF-8 argv is printed back as the bytes it was, not a crash.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -76,8 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # `colony status --json | head`: the reader has had enough
         sys.stderr.close()
         sys.exit(0)
-    except cluster.ClusterError as e:
+    except (cluster.ClusterError, StateDirError) as e:
         fail(str(e))
+    except OSError as e:
+        if e.filename is None:
+            raise  # not about a file: a bug, worth its traceback
+        fail(f"{e.filename}: {(e.strerror or str(e)).lower()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _seconds(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, not {text}")
     return value
 
 
@@ -236,6 +257,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     live = cluster.running(state)
     if live:
+        state.create()  # a state dir made before files were private becomes private
         down = [n for n in state.nodes() if n.name not in {m.name for m in live}]
         if down:
             return _restart(state, down, args.timeout)
@@ -262,8 +284,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     _start_and_wait(state, node_dirs, args.timeout, f"starting {nodes} nodes", state.nodes())
     try:
         out.print(
-            f"[green]✓[/] {nodes} nodes ready in {time.monotonic() - started:.1f} s "
-            f"(nats://127.0.0.1:{base_port}..{base_port + nodes - 1})\n"
+            Text.assemble(
+                ("✓", "green"),
+                f" {nodes} nodes ready in {time.monotonic() - started:.1f} s "
+                f"(nats://127.0.0.1:{base_port}..{base_port + nodes - 1})",
+            )
+        )
+        out.print(
             f"  state: {state.path.resolve()}/\n"
             f"  logs:  {state.path.resolve()}/nodes/<node>/logs/  (or `colony logs`)\n"
             "  see it: colony status"
@@ -292,9 +319,13 @@ def _restart(state: StateDir, nodes: list[NodeDir], timeout: float) -> int:
     started = time.monotonic()
     _start_and_wait(state, nodes, timeout, f"restarting {names}", nodes)
     out.print(
-        f"[green]✓[/] restarted {names} in {time.monotonic() - started:.1f} s; "
-        "the rest of the cluster was running.\n  see it: colony status"
+        Text.assemble(
+            ("✓", "green"),
+            f" restarted {names} in {time.monotonic() - started:.1f} s; "
+            "the rest of the cluster was running.",
+        )
     )
+    out.print("  see it: colony status")
     return 0
 
 
@@ -308,8 +339,11 @@ def _start_and_wait(
     try:
         for node_dir in nodes:
             cluster.start_supervisor(node_dir)
-        with err.status(doing) as spinner:
-            asyncio.run(cluster.wait_ready(state, nodes, timeout, spinner.update))
+        # a spinner parses markup in plain strings: give it Text (names are not markup)
+        with err.status(Text(doing)) as spinner:
+            asyncio.run(
+                cluster.wait_ready(state, nodes, timeout, lambda s: spinner.update(Text(s)))
+            )
     except KeyboardInterrupt:
         cluster.down(state, nodes=owned)
         fail("interrupted; stopped what had started", code=130)
@@ -351,7 +385,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     with err.status("stopping"):
         stopped = cluster.down(state)
     supervisors = sum(r.name == SUPERVISOR for r in stopped)
-    out.print(f"[green]✓[/] stopped {supervisors} nodes ({len(stopped)} processes)")
+    out.print(
+        Text.assemble(("✓", "green"), f" stopped {supervisors} nodes ({len(stopped)} processes)")
+    )
     return 0
 
 
@@ -361,7 +397,13 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     known: dict[str, tuple[str, str]] = {}
-    for node_dir in state.nodes():
+    try:
+        node_dirs = state.nodes()
+    except StateDirError:
+        if not args.server:
+            raise
+        node_dirs = []  # the servers name their nodes; the state dir only adds names
+    for node_dir in node_dirs:
         node_id = node_dir.read_id()
         if node_id:
             known[node_id] = (node_dir.name, node_dir.nats_url() or "")

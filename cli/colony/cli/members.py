@@ -14,6 +14,7 @@ import contextlib
 import json
 
 from rich.table import Table
+from rich.text import Text
 
 from colony.cli.output import fail, human_age, human_bytes, out, print_json
 from colony.shared import subjects
@@ -37,10 +38,8 @@ def cmd_members(args: argparse.Namespace) -> int:
     if args.node:
         chosen = state.find(args.node)
         if chosen is None:
-            fail(
-                f"no node {args.node!r} in {state.path}/",
-                f"nodes: {', '.join(n.name for n in nodes)}",
-            )
+            names = ", ".join(n.name for n in nodes) or "none"
+            fail(f"no node {args.node!r} in {state.path}/ (its nodes: {names})")
         nodes = [chosen]
     if not nodes:
         fail(f"no cluster in {state.path}/", "start one with `colony up`")
@@ -56,11 +55,13 @@ def show(reply: MembersReply, as_json: bool) -> None:
         print_json(to_builtins(reply))
     else:
         health = (
-            "healthy"
+            Text("healthy")
             if reply.health == 0
-            else f"[yellow]health {reply.health}: probing {reply.health + 1}x slower[/]"
+            else Text(f"health {reply.health}: probing {reply.health + 1}x slower", "yellow")
         )
-        out.print(f"membership as seen by [bold]{reply.observer}[/] ({health})")
+        out.print(
+            Text.assemble("membership as seen by ", (reply.observer, "bold"), " (", health, ")")
+        )
         out.print(table(reply))
 
 
@@ -185,7 +186,7 @@ def table(reply: MembersReply) -> Table:
         style = STYLE.get(m.status, "")
         grid.add_row(
             m.node,
-            f"[{style}]{m.status}[/]",
+            Text(m.status, style),
             str(m.incarnation),
             human_age(m.since),
             ", ".join(m.meta.roles) or "-",

@@ -1,4 +1,10 @@
-"""How the CLI talks to people (tables, colours) and to scripts (--json)."""
+"""How the CLI talks to people (tables, colours) and to scripts (--json).
+
+Names, keys, paths and log lines come from users and clusters: a node named
+``[/]`` or a key ``:smile:`` must show as it is. So the consoles parse no
+markup and no emoji codes in what they print; colour is asked for explicitly,
+with `rich.text.Text` (``Text.assemble(("✓", "green"), " done")``).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,23 @@ import sys
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.text import Text
 
 # Piped output is for scripts and files: never wrap or cut it at 80 columns.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
-err = Console(stderr=True, highlight=False)
+out = Console(
+    highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 250
+)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 
 def fail(message: str, hint: str = "", code: int = 1) -> NoReturn:
-    """Print an error (and what to do about it) and exit."""
-    err.print(f"[bold red]error:[/] {message}")
+    """Print an error (and what to do about it) and exit.
+
+    The message is one line whatever the terminal's width: scripts grep it.
+    """
+    err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
     if hint:
-        err.print(f"[dim]hint:[/] {hint}")
+        err.print(Text.assemble(("hint:", "dim"), " ", hint), soft_wrap=True)
     sys.exit(code)
 
 

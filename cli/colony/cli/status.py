@@ -17,6 +17,7 @@ from typing import Any
 
 import nats.errors
 from rich.table import Table
+from rich.text import Text
 
 from colony.cli.members import DISCOVERY_WINDOW, first_view
 from colony.cli.output import human_age, human_bytes
@@ -189,42 +190,52 @@ async def _raft_view(bus: Bus, node_id: str, timeout: float) -> ConsensusStatus 
         return None
 
 
-def raft_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> str:
+def raft_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> Text:
     """One line for people: who leads, the term, the commit index, each voter's lag."""
     if not any(n.raft for n in nodes):
-        return "raft: no voters"
+        return Text("raft: no voters")
     if leader is None:
-        return "[red]raft: no leader[/] (a majority of the voters must be up to elect one)"
+        return Text.assemble(
+            ("raft: no leader", "red"), " (a majority of the voters must be up to elect one)"
+        )
     names = {n.id: n.name for n in nodes}
-    voters = []
-    for v in leader.voters:
-        name = names.get(v.node, v.node)
-        if v.node == leader.node:
-            voters.append(f"{name} (leader)")
-        elif not v.connected:
-            voters.append(f"[red]{name} (unreachable)[/]")
-        else:
-            voters.append(f"{name} (lag {v.lag})" if v.lag is not None else name)
-    return (
-        f"raft: leader [bold]{names.get(leader.node, leader.node)}[/], term {leader.term}, "
-        f"commit index {leader.commit_index}; voters: {', '.join(voters)}"
+    line = Text.assemble(
+        "raft: leader ",
+        (names.get(leader.node, leader.node), "bold"),
+        f", term {leader.term}, commit index {leader.commit_index}; voters: ",
     )
+    for i, v in enumerate(leader.voters):
+        name = names.get(v.node, v.node)
+        if i:
+            line.append(", ")
+        if v.node == leader.node:
+            line.append(f"{name} (leader)")
+        elif not v.connected:
+            line.append(f"{name} (unreachable)", style="red")
+        else:
+            line.append(f"{name} (lag {v.lag})" if v.lag is not None else name)
+    return line
 
 
-def manager_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> str:
+def manager_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> Text | None:
     """One line for people: who acts as manager, at which epoch, how fresh its lease is."""
     if leader is None or leader.manager is None:
-        return ""
+        return None
     lease, names = leader.manager, {n.id: n.name for n in nodes}
     if not lease.holder:
-        return f"[yellow]manager: none[/] (epoch {lease.epoch} ended; the leader takes it next)"
+        return Text.assemble(
+            ("manager: none", "yellow"), f" (epoch {lease.epoch} ended; the leader takes it next)"
+        )
     age = "" if lease.granted_age is None else f", granted {human_age(lease.granted_age)} ago"
     renewed = "" if lease.renewed_age is None else f", renewed {lease.renewed_age:.1f} s ago"
-    acting = "" if leader.acting or lease.holder != leader.node else " [red](not acting)[/]"
-    return (
-        f"manager: [bold]{names.get(lease.holder, lease.holder)}[/], epoch {lease.epoch}"
-        f"{age}{renewed} (ttl {lease.ttl:g} s){acting}"
+    line = Text.assemble(
+        "manager: ",
+        (names.get(lease.holder, lease.holder), "bold"),
+        f", epoch {lease.epoch}{age}{renewed} (ttl {lease.ttl:g} s)",
     )
+    if not leader.acting and lease.holder == leader.node:
+        line.append(" (not acting)", "red")
+    return line
 
 
 def table(nodes: list[NodeStatus]) -> Table:
@@ -247,11 +258,13 @@ def table(nodes: list[NodeStatus]) -> Table:
     for node in nodes:
         m = node.metrics
         if node.reachable:
-            state = "[green]up[/]"
+            state = Text("up", "green")
         elif node.last_heard is not None:
-            state = f"[red]unreachable[/] (last heard {human_age(node.last_heard)} ago)"
+            state = Text.assemble(
+                ("unreachable", "red"), f" (last heard {human_age(node.last_heard)} ago)"
+            )
         else:
-            state = "[red]unreachable[/]"
+            state = Text("unreachable", "red")
         figures = ["-", "-", "-", "-"]
         if m and node.reachable:
             figures = [
@@ -262,10 +275,11 @@ def table(nodes: list[NodeStatus]) -> Table:
             ]
         services = ", ".join(node.services) or "-"
         member = node.member or "-"
+        # cells that are plain strings are shown as they are (the console parses no markup)
         role = {
-            "leader": "[bold]leader[/]",
-            "down": "[red]down[/]",
-            "standby": "[dim]standby[/]",
+            "leader": Text("leader", "bold"),
+            "down": Text("down", "red"),
+            "standby": Text("standby", "dim"),
         }.get(node.raft, node.raft)
         grid.add_row(
             node.name, node.id, state, member, role or "-", node.nats_url or "-", services, *figures

@@ -15,6 +15,11 @@
 Process records let `colony down` find and stop everything even after the
 CLI or a supervisor was killed with -9; the start time in each record guards
 against signalling an unrelated process that reused the pid.
+
+The state holds the management database, the Raft journal, logs and the
+cluster secret: it is its owner's only. Folders are made 0700, and the CLI
+and the supervisor run under umask 077, so every file they or their children
+create is 0600.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import stat
 from pathlib import Path
 
 import msgspec
@@ -32,6 +38,14 @@ from colony.shared.config import ConfigError, load
 DEFAULT_STATE_DIR = Path(".colony")
 SUPERVISOR = "supervisor"
 NATS = "nats"
+PRIVATE_UMASK = 0o077
+"""What the CLI and the supervisor run under: files 0600, folders 0700, for every child too."""
+OWN_ENTRIES = {"cluster.toml", "cluster.secret", "nodes"}
+"""What `colony up` puts in a state dir's root."""
+
+
+class StateDirError(Exception):
+    """The state dir cannot be used (a file, not readable or writable); the message says why."""
 
 
 class ProcessRecord(msgspec.Struct, frozen=True):
@@ -99,7 +113,7 @@ class NodeDir:
 
     def create(self) -> None:
         for folder in (self.path, self.nats_store, self.run, self.logs):
-            folder.mkdir(parents=True, exist_ok=True)
+            make_private_dir(folder)
 
     def nats_url(self) -> str | None:
         """The URL of the node's own nats-server, from its config (None without a valid one)."""
@@ -120,7 +134,7 @@ class NodeDir:
         """The node's stable id: made on first use, then read back forever."""
         id_file = self.path / "node-id"
         if not id_file.exists():
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.path)
             id_file.write_text(f"{self.name}-{secrets.token_hex(3)}\n")
         return id_file.read_text().strip()
 
@@ -173,15 +187,81 @@ class StateDir:
         return NodeDir(self.nodes_dir / name)
 
     def nodes(self) -> list[NodeDir]:
-        """Nodes in order (node-2 before node-10)."""
-        if not self.nodes_dir.is_dir():
+        """Nodes in order (node-2 before node-10); none if the state dir does not exist.
+
+        Raises StateDirError if it exists but cannot be read (a file, another user's).
+        """
+        try:
+            folders = [p for p in self.nodes_dir.iterdir() if p.is_dir()]
+        except FileNotFoundError:
             return []
-        folders = [p for p in self.nodes_dir.iterdir() if p.is_dir()]
+        except OSError as e:
+            if _is_file(self.path):
+                raise StateDirError(f"state dir {self.path} is a file, not a directory") from None
+            raise StateDirError(f"cannot read state dir {self.path}: {_reason(e)}") from None
         return [NodeDir(p) for p in sorted(folders, key=lambda p: natural_key(p.name))]
+
+    def create(self) -> None:
+        """Make the state dir, its owner's only; tighten one made before that rule.
+
+        An existing root is made 0700 only if it holds nothing but Colony's own
+        entries: `--state-dir /tmp` or `--state-dir .` must not lock others out
+        of a shared folder. Everything Colony keeps in it is made private anyway.
+        """
+        existed = self.path.is_dir()
+        make_private_dir(self.path)
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise StateDirError(f"cannot write to state dir {self.path}: permission denied")
+        make_private_dir(self.nodes_dir)
+        try:
+            if not existed or {p.name for p in self.path.iterdir()} <= OWN_ENTRIES:
+                _remove_group_and_other(self.path)
+            for name in ("cluster.toml", "cluster.secret"):
+                _remove_group_and_other(self.path / name)
+            for folder, dirs, files in os.walk(self.nodes_dir):
+                for name in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
+                    _remove_group_and_other(Path(name))
+        except OSError as e:
+            raise StateDirError(
+                f"cannot make {e.filename} private (chmod go-rwx): {_reason(e)}"
+            ) from None
 
     def find(self, name_or_id: str) -> NodeDir | None:
         """The node with this name or id (looking never creates an id)."""
         return next((n for n in self.nodes() if name_or_id in (n.name, n.read_id())), None)
+
+
+def make_private_dir(path: Path) -> None:
+    """mkdir -p, the last folder 0700 (its parents as the umask says); StateDirError if not."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StateDirError(f"cannot create folder {path}: a file is in the way") from None
+    except OSError as e:
+        raise StateDirError(f"cannot create folder {path}: {_reason(e)}") from None
+
+
+def _remove_group_and_other(path: Path) -> None:
+    """chmod go-rwx, never through a symlink (it may point anywhere)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return  # not made yet, or removed meanwhile (a record, a rotated log)
+    if not stat.S_ISLNK(mode) and mode & 0o077:
+        path.chmod(stat.S_IMODE(mode) & ~0o077)
+
+
+def _is_file(path: Path) -> bool:
+    """True if `path` is there and not a folder (False also if it cannot even be looked at)."""
+    try:
+        return not stat.S_ISDIR(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def _reason(e: OSError) -> str:
+    """`permission denied`, `not a directory`: what an OSError says, to end a sentence."""
+    return (e.strerror or str(e)).lower()
 
 
 def natural_key(name: str) -> tuple[str, int]:

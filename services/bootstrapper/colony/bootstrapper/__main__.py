@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
 from colony.bootstrapper.supervisor import Supervisor
 from colony.shared import logs
 from colony.shared.config import ConfigError, load
-from colony.shared.statedir import NodeDir
+from colony.shared.statedir import PRIVATE_UMASK, NodeDir
 
 
 def main() -> None:
+    # The node's state (database, journal, logs) is its owner's only: every file this
+    # supervisor and its children (nats-server, services) create is 0600, folders 0700.
+    os.umask(PRIVATE_UMASK)
     parser = argparse.ArgumentParser(
         prog="python -m colony.bootstrapper",
         description="Run a node's supervisor: its nats-server and services, kept running.",

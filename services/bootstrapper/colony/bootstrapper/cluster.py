@@ -166,7 +166,7 @@ def leftovers(state: StateDir) -> list[ProcessRecord]:
 
 def write_nodes(state: StateDir, plans: list[NodePlan]) -> list[NodeDir]:
     """Write each node's config and nats.conf; keep ids and hand-edited capacity/labels."""
-    state.path.mkdir(parents=True, exist_ok=True)
+    state.create()
     voters = sum(p.voter for p in plans)
     shape = {"nodes": len(plans), "base_port": plans[0].ports["client"], "voters": voters}
     state.cluster_file.write_text(tomli_w.dumps(shape))
