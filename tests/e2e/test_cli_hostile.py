@@ -49,8 +49,8 @@ def cluster():
     home = Path(tempfile.mkdtemp(prefix="colony-hostile-"))
     home.chmod(0o755)  # others may pass through, as through a home directory: not into state/
     state = home / "state"
-    up(state, free_base_port(1), nodes=1)
     try:
+        up(state, free_base_port(1), nodes=1)
         yield state
     finally:
         colony("down", state=state, check=False)
