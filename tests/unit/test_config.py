@@ -130,6 +130,12 @@ def test_negative_interval_from_env():
         ("[monitor]\nhistory = 86401\n", "monitor.history = 86401"),
         ("[node]\nlocal_nodes = 0\n", "node.local_nodes = 0"),
         ("[node]\ncapacity_cpu = 0\n", "node.capacity_cpu = 0"),
+        ("[node]\ncapacity_cpu = inf\n", "node.capacity_cpu = inf"),
+        ("[node]\ncapacity_cpu = nan\n", "node.capacity_cpu = nan"),
+        (
+            "[node]\ncapacity_memory = 1152921504606846976\n",
+            "node.capacity_memory = 1152921504606846976",
+        ),
         ("[nats]\nconnect_timeout = 0\n", "nats.connect_timeout = 0"),
         ("[node]\nid = 'a.b'\n", "node.id = 'a.b'"),
     ],

@@ -39,9 +39,9 @@ class NodeSettings(_Section):
     """Human name (node-1); the id when empty."""
     dir: str = ".colony/nodes/node"
     """This node's state directory."""
-    capacity_cpu: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    capacity_cpu: Annotated[float, msgspec.Meta(gt=0, le=65536)] | None = None
     """Declared cores; default: the host's cores / local_nodes."""
-    capacity_memory: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    capacity_memory: Annotated[int, msgspec.Meta(gt=0, le=2**50)] | None = None
     """Declared bytes of memory; default: the host's memory / local_nodes."""
     local_nodes: Annotated[int, msgspec.Meta(ge=1)] = 1
     """How many nodes share this host (for the default capacity)."""
