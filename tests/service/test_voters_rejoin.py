@@ -16,6 +16,7 @@ from colony.shared.bus import BusError
 from colony.shared.config import ConsensusSettings
 from colony.shared.messages import (
     ConsensusStatusRequest,
+    DigestRequest,
     KvPut,
     MembersReply,
     MemberView,
@@ -139,6 +140,18 @@ async def test_removed_voters_that_come_back_rejoin_without_unseating_the_leader
         assert back.role == "follower" and back.term == term
     write = ProposeRequest(proposals=[Proposal(new_id(), KvPut("after", "yes"))])
     assert (await bus.request(subjects.propose(gone[0]), write, 6)).outcomes[0].ok
+    # Each started afresh, and holds what everyone holds.
+    await poll(lambda: _identical(bus), 20, "every voter's database to be the same")
+
+
+async def _identical(bus) -> bool:
+    try:
+        digests = [
+            await bus.request(subjects.consensus_digest(n), DigestRequest(), 5) for n in VOTERS
+        ]
+    except BusError:
+        return False
+    return len({(d.applied_index, d.sha256) for d in digests}) == 1
 
 
 async def _term_above(bus, node: str, term: int) -> bool:

@@ -117,7 +117,8 @@ def test_a_lost_voter_is_removed_only_while_three_voters_remain():
 def test_at_the_floor_a_standby_is_added_before_the_lost_voter_goes():
     members = view(member("a"), member("b"), member("c", "dead"), member("d", cpu=2.0))
     added = change(list("abc"), members)
-    assert (added.kind, added.node) == ("add", "d") and "replacing c" in added.reason
+    assert (added.kind, added.node, added.replacing) == ("add", "d", "c")
+    assert "replacing c" in added.reason
     removed = change(list("abcd"), members)  # the next look
     assert (removed.kind, removed.node) == ("remove", "c")
     assert change(list("abc"), members, shunned={"d"}) is None  # no standby ready: keep c

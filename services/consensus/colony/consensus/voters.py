@@ -11,8 +11,8 @@ on the Raft link for as long: a verdict that arrives from the far side of a
 healed partition about a voter that stayed here is not acted on. A lost
 voter is removed only if at least `floor(target)` voters (3, or the target's
 majority if that is larger) remain: a group of 2 stops at the next loss. At
-the floor, a standby node is added first and the lost voter removed at the
-next look. Below the target, the alive non-voter with the most free
+the floor, a standby node is added first and the lost voter removed as soon
+as that is committed. Below the target, the alive non-voter with the most free
 resources is added, a returning voter as soon as membership says it is
 alive. One change at a time: pysyncobj refuses a second while the first is
 uncommitted.
@@ -21,11 +21,14 @@ Adding a node: first it must be standing by. A removed voter that restarts
 runs its old replica, campaigning at an ever higher term (the voters drop its
 frames); added as it is, that term would unseat the leader. So it is told to
 `retire` (it drops its replica, journal and database) and added only once it
-reports standby. The leader appends the change, then tells the node to
-`join` with the new voters: it starts a fresh replica at term 0 and follows
-the leader's frames, which it is already sent; with a lost voter still in the
-group the change commits only once the new one holds the log. `join` and
-`retire` are signed with the cluster secret: a node obeys no one else.
+reports standby. The leader compacts its log (so the node is sent a snapshot
+holding today's voters, not the history of every earlier set of them),
+appends the change, then tells the node to `join` with the new voters: it
+starts a fresh replica at term 0 and follows the leader's frames, which it
+is already sent; with a lost voter still in the group the change commits
+only once the new one holds the log, and the lost voter is removed at once.
+`join` and `retire` are signed with the cluster secret: a node obeys no one
+else.
 
 Preferring. The leader hands leadership (Raft TimeoutNow) to a caught-up
 voter whose free resources score clearly higher than its own (`margin`), only
@@ -88,6 +91,8 @@ STEADY_LOOKS = 3
 """Consecutive looks that must prefer the same voter before leadership moves to it."""
 LOOK_APART = 2.0
 """Seconds at least between two looks that count towards `STEADY_LOOKS`."""
+COMPACTED = 2
+"""Entries in a log that holds nothing but its snapshot's last two (pysyncobj keeps them)."""
 
 log = logging.getLogger("colony.consensus.voters")
 
@@ -105,6 +110,8 @@ class Change:
     kind: Literal["add", "remove"]
     node: str
     reason: str
+    replacing: str | None = None
+    """An add at the floor: the lost voter to remove as soon as the add is committed."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,7 @@ def voter_change(
         if len(voters) - 1 >= floor(target):
             return Change("remove", node, why)
         if chosen is not None:  # removing it now would leave too few: replace it first
-            return Change("add", chosen, f"replacing {node} ({why}); most free resources")
+            return Change("add", chosen, f"replacing {node} ({why}); most free resources", node)
         return None  # keep it: it counts against the majority, but the group stays whole
     if len(voters) < target and chosen is not None:
         return Change("add", chosen, f"voters were {len(voters)} of {target}; most free resources")
@@ -287,7 +294,7 @@ class VoterKeeper:
             if change.kind == "remove":
                 await self._remove(change.node, change.reason)
             else:
-                await self._add(change.node, voters, change.reason)
+                await self._add(change.node, voters, change.reason, change.replacing)
         else:
             await self._retire_strays(voters, members)
             await self._prefer(voters, members)
@@ -297,11 +304,17 @@ class VoterKeeper:
         log.warning("voter removed", extra={"voter": node, "reason": reason})
         await self._record(VoterChanged(node, "removed", reason))
 
-    async def _add(self, node: str, voters: list[str], reason: str) -> None:
-        if not await self._standing_by(node, voters):
+    async def _add(
+        self, node: str, voters: list[str], reason: str, replacing: str | None = None
+    ) -> None:
+        ready = await self._standing_by(node, voters)
+        if ready is None:
+            return  # its consensus service is not answering yet: look again next time
+        if not ready:
             self._shunned[node] = time.monotonic() + NOT_READY_FOR
-            log.info("not adding a voter: it is not standing by", extra={"voter": node})
+            log.info("not adding a voter: it did not come to stand by", extra={"voter": node})
             return
+        await self._snapshot_log()
         adding = asyncio.create_task(self.replica.add_voter(node))
         # Told to join only once the change is appended here: from then on this leader
         # sends it frames (so it follows at once rather than campaign) and hears its own.
@@ -320,7 +333,38 @@ class VoterKeeper:
             await self._remove(node, f"did not start its replica within {JOIN_PATIENCE:g} s")
             return
         log.warning("voter added", extra={"voter": node, "reason": reason})
+        if replacing is not None:
+            # At once, not at the next look, nor after recording the add: until it is gone
+            # every commit waits for the new voter, busy applying the log it was just sent.
+            await self._remove(replacing, f"replaced by {node}")
         await self._record(VoterChanged(node, "added", reason))
+
+    async def _snapshot_log(self) -> None:
+        """Compact this leader's log into a snapshot now, so that the node about to join is
+        sent the snapshot, which holds the voters as they are, not the log's history.
+        Replaying that, it would pass through every earlier set of voters: one without a
+        voter that was removed and added back since (this leader, perhaps), whose frames
+        its transport would then drop as a stranger's, so that it never catches up and
+        campaigns instead, term after term.
+
+        pysyncobj stays in raft.py; until `Replica` offers this, it is asked directly
+        (`forceLogCompaction`, done within a tick or two: pysyncobj does not fork here)."""
+        raft = self.replica._raft
+
+        def log_length() -> int:
+            while True:
+                with contextlib.suppress(RuntimeError):  # pysyncobj's thread is updating it
+                    return raft.getStatus()["log_len"]
+
+        before = log_length()
+        if before <= COMPACTED:
+            return
+        raft.forceLogCompaction()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if log_length() < before:
+                return
+        log.info("the log was not compacted before a voter joined", extra={"entries": before})
 
     def _voters(self) -> list[str]:
         """The voters as pysyncobj's thread has them now (it may be changing them)."""
@@ -328,9 +372,10 @@ class VoterKeeper:
             with contextlib.suppress(RuntimeError):  # set changed size during iteration
                 return self.replica.voters
 
-    async def _standing_by(self, node: str, voters: list[str]) -> bool:
+    async def _standing_by(self, node: str, voters: list[str]) -> bool | None:
         """Whether `node` stands by, after telling it to retire if it still runs a replica
-        (a removed voter back with its old journal), and waiting until it does."""
+        (a removed voter back with its old journal), and waiting until it does; None if
+        its consensus service does not answer."""
         deadline = time.monotonic() + STANDBY_PATIENCE
         told = False
         while time.monotonic() < deadline:
@@ -340,7 +385,7 @@ class VoterKeeper:
                 )
             except BusError:  # not answering, or busy dropping its replica
                 if not told:
-                    return False  # its consensus service is not up yet: another look
+                    return None
                 await asyncio.sleep(0.1)
                 continue
             if status.role == "standby":
