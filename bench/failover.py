@@ -1,5 +1,5 @@
-"""Failover: the manager lease after kill -9 and after a partition, voter replacement, and
-lease renewals under a busy core.
+"""Failover: the manager lease after kill -9 and after a partition, voter replacement,
+lease renewals under a busy core, and write outages while whole nodes die and come back.
 
 1. Kill: a real `colony up --nodes 5` cluster (3 voters, 2 standing by). Each
    trial waits until it is settled (a manager acting at the Raft leader,
@@ -541,8 +541,8 @@ of the manager's node killed with -9; the new manager's `manager.acting`
 event (sent once its fenced `LeaseGrant`, its first committed write, is
 applied) heard through a survivor's server. Voter replaced: the new leader
 lists three connected voters without the killed node (membership declares it
-dead, about 3 s; the leader removes it, promotes the standby node with the
-most free resources, which catches up). Partition: three hosts in network
+dead, about 3 s; after a 3 s grace the leader adds the standby node with the
+most free resources, which catches up, then removes the lost one). Partition: three hosts in network
 namespaces, each with its own nats-server and voter; the manager's host is cut
 off by pulling the cable between two switches; times are from the cut to the
 events' own timestamps.
