@@ -96,3 +96,17 @@ def test_last_lines_reads_the_tail_of_a_large_file(tmp_path, count):
     log.write_text("".join(f"line {i}\n" for i in range(60000)))
     expected = [f"line {i}" for i in range(60000)][-count:] if count else []
     assert last_lines(log, count, block=1000) == expected
+
+
+def test_a_voter_whose_replica_stopped_itself_is_named_with_the_reason():
+    from colony.cli.status import NodeStatus, stopped_lines
+
+    why = "the Raft log conflicts with committed entries: entry 9 is committed here in term 2"
+    nodes = [
+        NodeStatus(id="n1-a", name="node-1", nats_url="", reachable=True, raft="follower"),
+        NodeStatus(
+            id="n2-b", name="node-2", nats_url="", reachable=True, raft="stopped", raft_stopped=why
+        ),
+    ]
+    assert [line.plain for line in stopped_lines(nodes)] == [f"raft: node-2 stopped: {why}"]
+    assert nodes[1].to_json()["raft_stopped"] == why and nodes[0].to_json()["raft_stopped"] is None

@@ -23,7 +23,7 @@ from colony.cli import capacity, logs
 from colony.cli.kv import cmd_kv
 from colony.cli.members import cmd_members
 from colony.cli.output import err, fail, out, print_json
-from colony.cli.status import gather, manager_line, raft, raft_line, table
+from colony.cli.status import gather, manager_line, raft, raft_line, stopped_lines, table
 from colony.shared import __version__
 from colony.shared.bus import NotConnected, connect
 from colony.shared.config import NatsSettings
@@ -426,6 +426,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         out.print(table(nodes))
         out.print(raft_line(leader, nodes))
+        for line in stopped_lines(nodes):
+            out.print(line)
         if line := manager_line(leader, nodes):
             out.print(line)
     return 0

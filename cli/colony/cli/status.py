@@ -50,7 +50,10 @@ class NodeStatus:
     member: str = ""
     """Its membership status (alive, suspect, dead, left) in the first reachable node's view."""
     raft: str = ""
-    """Its Raft role if it is a voter (leader, follower, candidate; down if silent)."""
+    """Its Raft role if it is a voter (leader, follower, candidate; down if silent; stopped
+    if its replica stopped itself)."""
+    raft_stopped: str = ""
+    """Why its replica stopped itself ('' while it runs)."""
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -62,6 +65,7 @@ class NodeStatus:
             "services": self.services,
             "member": self.member or None,
             "raft": self.raft or None,
+            "raft_stopped": self.raft_stopped or None,
             "last_heard_seconds": _round(self.last_heard),
             "age_seconds": _round(time.time() - self.metrics.node_started)
             if self.metrics
@@ -174,7 +178,9 @@ async def raft(bus: Bus, nodes: list[NodeStatus], timeout: float) -> ConsensusSt
     leader = next((v for v in answered.values() if v.role == "leader"), None)
     everyone = {v.node for v in leader.voters} if leader else voters
     for node in nodes:
-        if node.id in everyone:
+        if node.id in answered and answered[node.id].stopped:
+            node.raft, node.raft_stopped = "stopped", answered[node.id].stopped
+        elif node.id in everyone:
             node.raft = answered[node.id].role if node.id in answered else "down"
         elif node.id in answered and answered[node.id].role == "standby":
             node.raft = "standby"
@@ -215,6 +221,15 @@ def raft_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> Text:
         else:
             line.append(f"{name} (lag {v.lag})" if v.lag is not None else name)
     return line
+
+
+def stopped_lines(nodes: list[NodeStatus]) -> list[Text]:
+    """A line for each voter whose replica stopped itself, and why: it needs an operator."""
+    return [
+        Text.assemble((f"raft: {n.name} stopped", "red"), f": {n.raft_stopped}")
+        for n in nodes
+        if n.raft_stopped
+    ]
 
 
 def manager_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> Text | None:

@@ -488,6 +488,9 @@ class ConsensusStatus(Message, kw_only=True, frozen=True):
     manager: LeaseView | None = None
     acting: bool = False
     """This node acts as manager now (it holds the lease and its own clock says it is valid)."""
+    stopped: str = ""
+    """Why this voter stopped its replica ('' while it runs): its Raft log conflicts with
+    entries it committed. It applies and serves nothing more; an operator must look."""
 
 
 class JoinRequest(Signed, kw_only=True, frozen=True):

@@ -27,6 +27,7 @@ changes to it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sqlite3
@@ -324,6 +325,11 @@ class Replica:
         return [self.me, *sorted(node.id for node in self._raft.otherNodes)]
 
     @property
+    def stopped_by(self) -> str | None:
+        """Why this replica stopped itself (None while it runs)."""
+        return self._raft.stopped_by
+
+    @property
     def term(self) -> int:
         return self._raft.raftCurrentTerm
 
@@ -341,6 +347,17 @@ class Replica:
     def _state_changed(self, old: int, _new: int) -> None:  # on pysyncobj's thread
         if old == _LEADER:
             self._stopped_leading_at = time.monotonic()
+
+    def log_length(self) -> int:
+        """Entries in this replica's log (after its latest snapshot)."""
+        while True:
+            with contextlib.suppress(RuntimeError):  # its thread may be mid-update
+                return self._raft.getStatus()["log_len"]
+
+    def compact(self) -> None:
+        """Ask pysyncobj to snapshot and cut its log now (done within a tick or two: it
+        does not fork here)."""
+        self._raft.forceLogCompaction()
 
     def status(self) -> dict:
         """pysyncobj's status, with node objects turned into ids."""

@@ -311,6 +311,7 @@ class ConsensusService:
                 renewed_age=_age(lease.renewed_at, now),
             ),
             acting=role.acting(),
+            stopped=replica.stopped_by or "",
         )
 
     async def _on_digest(self, _request: DigestRequest) -> DigestReply:

@@ -345,24 +345,14 @@ class VoterKeeper:
         Replaying that, it would pass through every earlier set of voters: one without a
         voter that was removed and added back since (this leader, perhaps), whose frames
         its transport would then drop as a stranger's, so that it never catches up and
-        campaigns instead, term after term.
-
-        pysyncobj stays in raft.py; until `Replica` offers this, it is asked directly
-        (`forceLogCompaction`, done within a tick or two: pysyncobj does not fork here)."""
-        raft = self.replica._raft
-
-        def log_length() -> int:
-            while True:
-                with contextlib.suppress(RuntimeError):  # pysyncobj's thread is updating it
-                    return raft.getStatus()["log_len"]
-
-        before = log_length()
+        campaigns instead, term after term."""
+        before = self.replica.log_length()
         if before <= COMPACTED:
             return
-        raft.forceLogCompaction()
+        self.replica.compact()
         for _ in range(100):
             await asyncio.sleep(0.02)
-            if log_length() < before:
+            if self.replica.log_length() < before:
                 return
         log.info("the log was not compacted before a voter joined", extra={"entries": before})
 
