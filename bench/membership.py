@@ -77,14 +77,20 @@ async def observers(
     return float("nan")
 
 
-async def formed(bus, size: int) -> bool:
-    """True once a member of each worker sees all `size` members alive."""
+async def formed(bus, size: int, settled: bool = True) -> bool:
+    """True once a member of each worker sees all `size` members alive (and, if
+    `settled`, is at full health).
+
+    Health too: a group started all at once works hard while its members check
+    each other, and those still slowed down by it (Lifeguard) would probe less
+    than a settled group does; the figures are those of a settled group.
+    """
     for worker in range(min(WORKERS, size)):
         try:
             view = await bus.request(subjects.members(f"w{worker}-0"), MembersRequest(), 1.0)
         except BusError:
             return False
-        if sum(m.status == "alive" for m in view.members) < size:
+        if sum(m.status == "alive" for m in view.members) < size or (settled and view.health):
             return False
     return True
 
@@ -180,7 +186,7 @@ async def soak(workdir: Path) -> dict[str, float]:
         sub = await bus.nc.subscribe(subjects.member_changes(subjects.ANY).name, cb=tally)
         rate = await message_rate(bus, SOAK_SIZE, SOAK_SECONDS)
         await sub.unsubscribe()
-        alive = await formed(bus, SOAK_SIZE)
+        alive = await formed(bus, SOAK_SIZE, settled=False)
     finally:
         busy.kill()
         busy.wait()

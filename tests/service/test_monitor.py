@@ -15,6 +15,7 @@ from colony.monitor.service import Monitor
 from colony.shared import runner, subjects
 from colony.shared.config import Config
 from colony.shared.messages import LatestMetricsRequest
+from colony.shared.signing import BadSignature, verify
 from colony.shared.statedir import NodeDir, ProcessRecord
 
 CAPACITY_CPU = 1.5
@@ -89,6 +90,30 @@ async def test_prometheus_endpoint_parses_and_matches_the_sample(monitor):
     assert all(s.labels["node"] == "node-m" for f in families.values() for s in f.samples)
     with pytest.raises(urllib.error.HTTPError, match="404"):
         await asyncio.to_thread(fetch, sample.metrics_url.replace("/metrics", "/nope"))
+
+
+async def test_samples_are_signed_with_the_cluster_secret(nats_server, bus, tmp_path):
+    secret = b"a-cluster-secret-for-tests-only"
+    (tmp_path / "cluster.secret").write_bytes(secret)
+    config = monitor_config(nats_server)
+    config.consensus.secret_file = str(tmp_path / "cluster.secret")
+    sub = await bus.subscribe(subjects.node_metrics("node-m"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(Monitor(), config, stop=stop))
+    try:
+        published = await sub.next(timeout=10)
+        assert verify(secret, published) == published  # membership believes only these
+        with pytest.raises(BadSignature):
+            verify(b"another-cluster-secret", published)
+        latest = await bus.request(subjects.latest_metrics("node-m"), LatestMetricsRequest())
+        assert verify(secret, latest) == latest
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, runner.SHUTDOWN_GRACE) == 0
+
+
+async def test_without_a_cluster_secret_samples_go_unsigned(monitor):
+    assert (await monitor.next(timeout=10)).mac == ""
 
 
 def fetch(url: str) -> str:

@@ -11,6 +11,7 @@ from colony.membership.state import (
     DEAD,
     LEFT,
     SUSPECT,
+    Announce,
     Broadcast,
     Changed,
     Membership,
@@ -293,6 +294,182 @@ def test_a_restarted_member_refutes_even_its_past_lifes_leave():
     assert refuted == [Broadcast([MemberUpdate("b", ALIVE, 3, b.members["b"].meta)])]
 
 
+def test_a_member_held_dead_that_announces_itself_is_alive_at_once_at_a_new_incarnation():
+    a = member("a")
+    for peer in "bcd":
+        a.gossip_received(0, peer, [MemberUpdate(peer, ALIVE, 0)])
+    for held, status in (("b", DEAD), ("c", LEFT), ("d", SUSPECT)):
+        a.gossip_received(0, "x", [MemberUpdate(held, ALIVE, 4)])
+        a.gossip_received(0, "x", [MemberUpdate(held, status, 4, by="a")])
+        fresh = NodeMeta(version="2")
+        out = a.announce_received(1, held, [MemberUpdate(held, ALIVE, 0, fresh)])  # restarted
+        assert changes(out) == [(held, ALIVE)]  # the announcement is its proof of life
+        assert (a.members[held].incarnation, a.members[held].meta) == (5, fresh)
+    [ping] = [i for i in a.tick(2) if isinstance(i, Ping)]
+    spread = {u.node: u.incarnation for u in ping.updates if u.status == ALIVE}
+    assert all(spread.get(n) == 5 for n in "bcd" if n != ping.to)  # and it spreads
+
+
+def test_a_restarted_member_announces_until_another_member_holds_it_alive_at_its_incarnation():
+    b = member("b")
+    [ping] = b.told(0, "c", [MemberUpdate("c", ALIVE, 0)])  # c restarted with it, was faster
+    b.ack_received(0, "c", ping.seq, [])
+    assert not b.lonely
+    [announced] = [i for i in b.tick(0) if isinstance(i, Announce)]  # still: c proves nothing
+    assert announced.updates == [MemberUpdate("b", ALIVE, 0, b.members["b"].meta)]
+    assert not b.announcing  # once: the members that hold it dead take it alive from that
+    b.told(0.2, "a", [MemberUpdate("b", DEAD, 3)])  # its past life, as a held it
+    assert b.incarnation == 4 and b.announcing  # c knowing it proves nothing to a
+    b.told(0.3, "c", [MemberUpdate("b", ALIVE, 3)])  # an older life going round
+    assert b.announcing
+    b.told(0.4, "a", [MemberUpdate("b", ALIVE, 4)])  # a holds this life alive
+    assert not b.announcing
+    b.update_meta(0.5, NodeMeta(version="2"))  # new metadata is no new life to announce
+    assert not b.announcing
+
+
+def test_announcements_go_each_period_while_alone_then_a_few_after_outbidding_a_past_life():
+    b, now = member("b"), 0.0
+
+    def announcements(periods: int) -> int:
+        nonlocal now
+        made = 0
+        for _ in range(periods * 4):
+            now += TIMING.period / 4
+            out = b.tick(now)
+            made += sum(isinstance(i, Announce) for i in out)
+            for ping in [i for i in out if isinstance(i, Ping)]:
+                b.ack_received(now, ping.to, ping.seq, [])  # c answers, but never mentions b
+        return made
+
+    assert announcements(4) == 4  # alone: one per period
+    [ping] = b.told(now, "c", [MemberUpdate("c", ALIVE, 0)])
+    b.ack_received(now, "c", ping.seq, [])
+    assert announcements(10) == 0  # a group forming at once must not drown in them
+    b.told(now, "a", [MemberUpdate("b", DEAD, 7)])  # a past life to outbid: a few
+    assert announcements(1) == 0  # the refutation itself is news: it goes first
+    assert announcements(10) == TIMING.announce_unseen
+
+
+def test_a_joiner_pulls_again_while_push_pulls_teach_it_members():
+    b, now = member("b"), 0.0
+    [ping] = b.told(now, "c", [MemberUpdate("c", ALIVE, 0)])  # restarted with it
+    b.ack_received(now, "c", ping.seq, [])
+
+    def next_pull() -> PushPull:
+        nonlocal now
+        while True:
+            now += TIMING.period / 4
+            pulls = [i for i in b.tick(now) if isinstance(i, PushPull)]
+            if pulls:
+                return pulls[0]
+
+    first = next_pull()  # at once, with the only peer it knows: c knows little
+    b.gossip_received(now, first.to, [MemberUpdate("c", ALIVE, 0), MemberUpdate("d", ALIVE, 0)])
+    started = now
+    second = next_pull()
+    assert now - started <= TIMING.period  # it taught b of d: again, soon
+    everyone = [MemberUpdate(n, ALIVE, 0) for n in "acdefg"]
+    b.gossip_received(now, second.to, everyone)
+    assert sorted(b.members) == ["a", "b", "c", "d", "e", "f", "g"]
+    next_pull()
+    b.gossip_received(now, "e", everyone)  # nothing new: back to the usual pace
+    started = now
+    next_pull()
+    assert now - started >= TIMING.push_pull_every
+
+
+def test_a_newcomer_is_admitted_only_once_it_answers_our_ping():
+    a = member("a")
+    a.gossip_received(0, "b", [MemberUpdate("b", ALIVE, 0)])
+    out = a.told(0, "b", [MemberUpdate("c", ALIVE, 2, NodeMeta(version="c")), *[]])
+    [ping] = [i for i in out if isinstance(i, Ping)]
+    assert ping.to == "c" and [u.node for u in ping.updates] == ["a"]  # just who we are
+    assert "c" not in a.members and changes(out) == []
+    assert "c" not in a.live_peers()  # not probed, not gossiped, not counted yet
+    joined = a.ack_received(0.1, "c", ping.seq, [])
+    assert changes(joined) == [("c", ALIVE)]
+    assert a.members["c"].incarnation == 2 and a.members["c"].meta.version == "c"
+    a.tick(1)  # a new tick, a new budget of pings to candidates
+    [ping] = [i for i in a.told(1, "b", [MemberUpdate("ghost", ALIVE, 0)]) if isinstance(i, Ping)]
+    later = a.tick(1.1) + a.tick(1 + TIMING.verify_wait)
+    assert "ghost" not in a.members and "ghost" not in a.candidates  # silent: forgotten
+    assert not [i for i in later if isinstance(i, Broadcast | Changed) and "ghost" in str(i)]
+    a.tick(5)
+    [ping] = [i for i in a.told(5, "b", [MemberUpdate("nobody", ALIVE, 0)]) if isinstance(i, Ping)]
+    a.unanswerable(ping.seq)  # nothing listens on its subject: forgotten at once
+    assert "nobody" not in a.candidates
+
+
+def test_a_member_that_pings_us_unknown_is_checked_and_admitted_as_it_is():
+    a, c = member("a"), member("c")
+    c.update_meta(0, NodeMeta(version="c2"))  # c is at incarnation 1, with metadata
+    c.gossip_received(0, "a", [MemberUpdate("a", ALIVE, 0)])  # c knows a, a not c
+    out = a.ping_received(1, "c", [])  # c probes a: a checks c in turn
+    [check] = [i for i in out if isinstance(i, Ping)]
+    assert check.to == "c" and "c" not in a.members
+    [reply] = [i for i in c.ping_received(1, "a", check.updates) if isinstance(i, Reply)]
+    assert changes(a.ack_received(1.1, "c", check.seq, reply.updates)) == [("c", ALIVE)]
+    assert (a.members["c"].incarnation, a.members["c"].meta.version) == (1, "c2")
+
+
+def test_a_flood_of_invented_names_never_dilutes_the_probe_round_or_fills_the_table():
+    a = member("a")
+    real = ["b", "c", "d"]
+    for peer in real:
+        a.gossip_received(0, peer, [MemberUpdate(peer, ALIVE, 0)])
+    now, pinged, probed = 0.0, 0, []
+    for i in range(3000):  # announcements from names that nobody answers for
+        fake = f"fake-{i}"
+        out = a.announce_received(now, fake, [MemberUpdate(fake, ALIVE, 0)])
+        pinged += sum(isinstance(x, Ping) for x in out)
+    assert pinged <= TIMING.verify_per_tick  # the flood costs a bounded ping rate
+    assert len(a.candidates) <= TIMING.max_candidates
+    assert sorted(a.members) == ["a", *real]
+    for _ in range(8 * 4):  # 8 periods, each probe answered
+        now += TIMING.period / 4
+        out = a.tick(now)
+        for fake in [x for x in out if isinstance(x, Ping) and x.to.startswith("fake")]:
+            pinged += 1
+            a.unanswerable(fake.seq)  # nobody listens on its subject
+        for p in [x for x in out if isinstance(x, Ping) and not x.to.startswith("fake")]:
+            probed.append(p.to)
+            a.ack_received(now, p.to, p.seq, [])
+    assert sorted(a.members) == ["a", *real] and not a.candidates  # fakes forgotten
+    assert pinged <= TIMING.max_candidates
+    assert all(probed.count(n) >= 2 for n in real)  # each real member probed every round
+
+
+def test_one_sender_names_a_few_newcomers_per_period_and_the_table_is_bounded():
+    a = member("a")
+    a.gossip_received(0, "b", [MemberUpdate("b", ALIVE, 0)])
+    a.told(0, "b", [MemberUpdate(f"n{i}", ALIVE, 0) for i in range(20)])
+    assert len(a.candidates) == TIMING.new_per_sender
+    a.told(0, "b", [MemberUpdate(f"n{i}", ALIVE, 0) for i in range(20, 40)])
+    assert len(a.candidates) == TIMING.new_per_sender  # this period's share is used up
+    a.tick(TIMING.period)  # a period later, a few more
+    a.told(TIMING.period, "b", [MemberUpdate(f"n{i}", ALIVE, 0) for i in range(20, 40)])
+    assert len(a.candidates) == 2 * TIMING.new_per_sender and "n23" in a.candidates
+    small = Membership("a", NodeMeta(), 0, random.Random(1), TIMING, max_members=5)
+    small.gossip_received(0, "b", [MemberUpdate(f"n{i}", ALIVE, 0) for i in range(20)])
+    small.told(0, "b", [MemberUpdate(f"m{i}", ALIVE, 0) for i in range(20)])
+    assert len(small.members) == 5 and not small.candidates
+
+
+def test_ids_that_are_not_subject_tokens_never_enter_the_table():
+    a = member("a")
+    a.gossip_received(0, "b", [MemberUpdate("b", ALIVE, 0)])
+    evil = ["evil.node.>", "*", "a b", "", "x" * 65]
+    a.gossip_received(0, "b", [MemberUpdate(n, ALIVE, 0) for n in evil])
+    a.told(0, "b", [MemberUpdate(n, ALIVE, 0) for n in evil])
+    for n in evil:
+        a.announce_received(0, n, [MemberUpdate(n, ALIVE, 0)])
+    a.gossip_received(0, "evil.node.>", [MemberUpdate("c", ALIVE, 0)])  # a bad sender
+    a.told(0, "b", [MemberUpdate("b", SUSPECT, 0, by="evil.node.>")])  # a bad accuser
+    assert sorted(a.members) == ["a", "b"] and not a.candidates
+    assert a.members["b"].status == ALIVE
+
+
 # --- whole groups on a simulated network -------------------------------------------
 
 
@@ -321,7 +498,7 @@ class Network:
         """The blocked loop runs again: it handles what queued up meanwhile."""
         m = self.members[name]
         for sender, updates in self.paused.pop(name):
-            self._deliver(m, m.gossip_received(self.now, sender, updates))
+            self._deliver(m, m.told(self.now, sender, updates))
 
     def announce(self, name: str) -> None:
         """`name` announces itself to every member it reaches (how it joins)."""
@@ -337,7 +514,7 @@ class Network:
     def run(self, seconds: float) -> None:
         for _ in range(round(seconds / self.step)):
             self.now += self.step
-            for name, m in self.members.items():
+            for name, m in list(self.members.items()):
                 if name not in self.down and name not in self.paused:
                     self._deliver(m, m.tick(self.now))
 
@@ -382,6 +559,8 @@ class Network:
                     sender.nack_received(i.seq)
             elif isinstance(i, Tell):
                 self._tell(sender.me, i.to, i.updates)
+            elif isinstance(i, Announce):
+                self.announce(sender.me)
             elif isinstance(i, Broadcast):
                 for name in self.members:
                     if name != sender.me:
@@ -389,7 +568,7 @@ class Network:
             elif isinstance(i, PushPull) and self.reaches(sender.me, i.to):
                 other = self.members[i.to]
                 theirs = other.full_state()
-                self._deliver(other, other.gossip_received(self.now, sender.me, i.state))
+                self._deliver(other, other.told(self.now, sender.me, i.state))
                 self._deliver(sender, sender.gossip_received(self.now, i.to, theirs))
 
     def _tell(self, sender: str, to: str, updates) -> None:
@@ -397,7 +576,7 @@ class Network:
             self.paused[to].append((sender, updates))
         elif self.reaches(sender, to):
             other = self.members[to]
-            self._deliver(other, other.gossip_received(self.now, sender, updates))
+            self._deliver(other, other.told(self.now, sender, updates))
 
 
 NAMES = [f"n{i}" for i in range(10)]

@@ -4,10 +4,17 @@ Loop: every quarter period, `tick` the core and carry out its instructions.
 Pings, ping-reqs and push-pulls are NATS requests to the peer's own
 subjects; tells are plain publishes; broadcasts are one publish on the news
 subject, which the server fans out to every member; every state change is
-published as a change event. Until it knows a peer, the member announces
-itself on the announce subject each period (that is how a node joins knowing
-only a NATS URL); every member that hears it adds it, a few tell it who they
-are, and a push-pull with the first of them brings the rest.
+published as a change event; announcements (the core says when) are one
+publish on the announce subject. That is how a node joins knowing only a
+NATS URL: every member that hears it pings it and admits it once it
+answers (one that held a past life of it dead takes it alive again at
+once), and push-pulls with its first peers bring it the rest.
+
+Everything that arrives is checked at the edge (ids that are not subject
+tokens, lies about the sender, floods, fat metadata) and a bad message is
+dropped with one log line; no message can end a listener. The node's free
+resources are taken only from metrics its own monitor signed with the cluster
+secret.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import msgspec
 import nats.errors
 
 from colony.membership.state import (
+    Announce,
     Broadcast,
     Changed,
     Instruction,
@@ -30,10 +38,12 @@ from colony.membership.state import (
     Reply,
     Tell,
     Timing,
+    valid_id,
 )
 from colony.shared import __version__, subjects
-from colony.shared.bus import BusError, RemoteError
+from colony.shared.bus import BusError, NoResponders, RemoteError
 from colony.shared.messages import (
+    MAX_INT,
     Gossip,
     MemberChanged,
     MembersReply,
@@ -45,6 +55,7 @@ from colony.shared.messages import (
     PingReqRequest,
 )
 from colony.shared.runner import Context, Refused
+from colony.shared.signing import BadSignature, read_secret, verify
 
 MAX_META_BYTES = 2048
 """A member's metadata, encoded, at most: membership must stay cheap to gossip."""
@@ -62,6 +73,11 @@ class MembershipService:
         self.core: Membership | None = None
         self.ctx: Context | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.secret: bytes | None = None
+        """The cluster secret that the node's monitor signs its metrics with (None: the
+        node has none configured, and neither does its monitor)."""
+        self._metrics_ts = 0.0
+        """The time of the last metrics sample taken: an older one is a replay."""
 
     async def run(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -72,29 +88,27 @@ class MembershipService:
             labels=dict(node.labels),
             version=__version__,
         )
+        secret_file = ctx.config.consensus.secret_file
+        self.secret = read_secret(secret_file) if secret_file else None
         core = self.core = Membership(
-            node.id, meta, ctx.clock.monotonic(), random.Random(), self.timing
+            node.id, meta, ctx.clock.monotonic(), random.Random(), self.timing, self.max_members
         )
         me = node.id
+        # Subscribed before the first announcement: the tells answering it must not
+        # arrive before we listen.
+        await self._listen(subjects.member_tell(me), self._on_gossip)
+        await self._listen(subjects.member_news(), self._on_gossip)
+        await self._listen(subjects.member_announce(), self._on_announce)
+        await self._listen(subjects.node_metrics(me), self._on_metrics)
         await ctx.serve(subjects.member_ping(me), self._on_ping)
         # concurrent: a helper's probe waits up to a probe timeout, and must not
         # make the ping-reqs queued behind it miss their requesters' deadlines
         await ctx.serve(subjects.member_ping_req(me), self._on_ping_req, concurrent=True)
         await ctx.serve(subjects.member_sync(me), self._on_sync)
         await ctx.serve(subjects.members(me), self._on_members)
-        self._listen(subjects.member_tell(me), self._on_gossip)
-        self._listen(subjects.member_news(), self._on_gossip)
-        self._listen(subjects.member_announce(), self._on_announce)
-        self._listen(subjects.node_metrics(me), self._on_metrics)
-        next_announce = 0.0
         try:
             while True:
-                now = ctx.clock.monotonic()
-                if core.lonely and now >= next_announce:
-                    next_announce = now + self.timing.period
-                    myself = [u for u in core.full_state() if u.node == me]
-                    await ctx.bus.publish(subjects.member_announce(), self._gossip(myself))
-                self._execute(core.tick(now))
+                self._execute(core.tick(ctx.clock.monotonic()))
                 await ctx.clock.sleep(self.timing.period / 4)
         finally:
             # Leaving: stop listening (nothing may change our mind now), then tell
@@ -110,14 +124,17 @@ class MembershipService:
     # --- incoming ------------------------------------------------------------------
 
     async def _on_ping(self, ping: Gossip) -> Gossip:
-        self._not_me(ping.sender)
+        self._refuse_sender(ping.sender)
         out = self._core.ping_received(self._now(), ping.sender, self._heard(ping))
         return self._gossip(self._execute(out), seq=ping.seq)
 
     async def _on_ping_req(self, request: PingReqRequest) -> Gossip:
-        self._not_me(request.sender)
+        self._refuse_sender(request.sender)
+        if not valid_id(request.target):
+            self._log_drop(request.sender, f"a ping-req for {request.target[:80]!r}, not a node id")
+            raise Refused(400, "the target is not a node id")
         updates = self._heard(request)
-        self._execute(self._core.gossip_received(self._now(), request.sender, updates))
+        self._execute(self._core.told(self._now(), request.sender, updates))
         ping = self._gossip([], seq=request.seq)
         try:
             ack = await self._bus.request(
@@ -126,23 +143,22 @@ class MembershipService:
         except BusError as e:
             raise Refused(NACK, f"{request.target} did not answer: {e}") from None
         relayed = self._heard(ack)
-        self._execute(self._core.gossip_received(self._now(), request.target, relayed))
+        self._execute(self._core.told(self._now(), request.target, relayed))
         return self._gossip([], seq=request.seq)
 
     async def _on_sync(self, state: Gossip) -> Gossip:
-        self._not_me(state.sender)
+        self._refuse_sender(state.sender)
         mine = self._core.full_state()
-        self._execute(self._core.gossip_received(self._now(), state.sender, self._heard(state)))
+        # Pushed to us unasked: newcomers in it must answer our ping before they count.
+        self._execute(self._core.told(self._now(), state.sender, self._heard(state)))
         return self._gossip(mine)
 
     async def _on_gossip(self, gossip: Gossip) -> None:
-        if gossip.sender != self._core.me:
-            self._execute(
-                self._core.gossip_received(self._now(), gossip.sender, self._heard(gossip))
-            )
+        if gossip.sender != self._core.me and self._sender_ok(gossip.sender):
+            self._execute(self._core.told(self._now(), gossip.sender, self._heard(gossip)))
 
     async def _on_announce(self, gossip: Gossip) -> None:
-        if gossip.sender != self._core.me:
+        if gossip.sender != self._core.me and self._sender_ok(gossip.sender):
             self._execute(
                 self._core.announce_received(self._now(), gossip.sender, self._heard(gossip))
             )
@@ -156,7 +172,16 @@ class MembershipService:
         return MembersReply(observer=self._core.me, members=views, health=self._core.health)
 
     async def _on_metrics(self, sample: NodeMetrics) -> None:
-        """The node's free resources ride with its membership, updated without flooding."""
+        """The node's free resources ride with its membership, updated without flooding.
+
+        Leadership follows them, so only a sample of this node signed by its monitor
+        with the cluster secret counts (anyone on the bus can publish on the subject)."""
+        refused = self._refuse_metrics(sample)
+        if refused:
+            assert self.ctx is not None
+            self.ctx.log.warning("dropped metrics", extra={"node": sample.node, "reason": refused})
+            return
+        self._metrics_ts = sample.ts
         me = self._core.members[self._core.me]
         old = me.meta.free
         changed_cpu = abs(sample.free.cpu - old.cpu) > 0.1 * max(sample.capacity.cpu, 0.01)
@@ -183,13 +208,22 @@ class MembershipService:
                 self._spawn(self._bus.publish(subjects.member_tell(i.to), self._gossip(i.updates)))
             elif isinstance(i, Broadcast):
                 self._spawn(self._bus.publish(subjects.member_news(), self._gossip(i.updates)))
+            elif isinstance(i, Announce):
+                announcement = self._gossip(i.updates)
+                self._spawn(self._bus.publish(subjects.member_announce(), announcement))
             elif isinstance(i, Changed):
                 self._spawn(self._changed(i))
         return reply
 
     async def _ping(self, ping: Ping) -> None:
         message = self._gossip(ping.updates, seq=ping.seq)
-        ack = await self._bus.request(subjects.member_ping(ping.to), message, timeout=ping.timeout)
+        try:
+            ack = await self._bus.request(
+                subjects.member_ping(ping.to), message, timeout=ping.timeout
+            )
+        except NoResponders:
+            self._core.unanswerable(ping.seq)  # nothing there: an invented name, or gone
+            return
         self._execute(self._core.ack_received(self._now(), ping.to, ping.seq, self._heard(ack)))
 
     async def _ping_req(self, req: PingReq) -> None:
@@ -245,36 +279,75 @@ class MembershipService:
 
     # --- helpers -------------------------------------------------------------------
 
-    def _not_me(self, sender: str) -> None:
-        """Refuse a request that claims to come from this member (a twin, or a spoof)."""
+    def _refuse_sender(self, sender: str) -> None:
+        """Refuse a request from a sender that is not a node id, or that claims to be
+        this member (a twin, or a spoof)."""
+        if not self._sender_ok(sender):
+            raise Refused(400, "the sender is not a node id")
         if sender == self._core.me:
             self._log_drop(sender, "a message from a member with this member's own id")
             raise Refused(409, f"{sender} is this member's own id")
+
+    def _sender_ok(self, sender: str) -> bool:
+        if valid_id(sender):
+            return True
+        self._log_drop(sender, "the sender is not a node id (one subject token)")
+        return False
 
     def _heard(self, gossip: Gossip) -> list[MemberUpdate]:
         return self._checked(gossip.sender, gossip.updates)
 
     def _checked(self, sender: str, updates: list[MemberUpdate]) -> list[MemberUpdate]:
-        """Refuse what no honest member sends: a flood, lies about the sender, fat metadata."""
+        """Refuse what no honest member sends: a flood, ids that are not subject tokens,
+        lies about the sender, fat metadata. One log line per message, whatever its size."""
         if len(updates) > self.max_members:
             self._log_drop(sender, f"{len(updates)} updates in one message")
             return []
+        bad = [u for u in updates if not _well_formed(u)]
+        if bad:
+            # an id would name subjects (its pings, its change events) that cannot exist
+            self._log_drop(sender, f"{len(bad)} updates with an id or incarnation out of bounds")
         lies = [u for u in updates if u.node == sender and u.status in ("suspect", "dead")]
         if lies:
             self._log_drop(sender, "a member never suspects or buries itself")
         fat = [u for u in updates if u.meta and len(msgspec.json.encode(u.meta)) > MAX_META_BYTES]
         if fat:
             self._log_drop(sender, f"metadata over {MAX_META_BYTES} bytes")
-        return [u for u in updates if u not in lies and u not in fat]
+        dropped = bad + lies + fat
+        return [u for u in updates if u not in dropped] if dropped else updates
+
+    def _refuse_metrics(self, sample: NodeMetrics) -> str:
+        """Why this metrics sample must not set our free resources ('' if it may)."""
+        if sample.node != self._core.me:
+            return "a sample of another node on this node's subject"
+        if self.secret is not None:
+            try:
+                verify(self.secret, sample)
+            except BadSignature as e:
+                return str(e)
+        if sample.ts <= self._metrics_ts:
+            return "not newer than the last sample taken (a replay?)"
+        return ""
 
     def _log_drop(self, sender: str, why: str) -> None:
         assert self.ctx is not None
-        self.ctx.log.warning("dropped gossip", extra={"sender": sender, "reason": why})
+        self.ctx.log.warning("dropped gossip", extra={"sender": sender[:80], "reason": why})
 
-    def _listen(self, subject, handler) -> None:
+    async def _listen(self, subject, handler) -> None:
+        """Subscribe now; handle each message in a task that no message can end."""
+        messages = await self._bus.subscribe(subject)
+        assert self.ctx is not None
+        log = self.ctx.log
+
         async def listen() -> None:
-            async for message in await self._bus.subscribe(subject):
-                await handler(message)
+            async for message in messages:
+                try:
+                    await handler(message)
+                except Exception:
+                    # Bad input is dropped (one line) where it is checked: this is a bug.
+                    # Say so, and keep listening: one message must not deafen the member.
+                    log.exception("message handler failed", extra={"subject": subject.name})
+            log.warning("subscription ended", extra={"subject": subject.name})
 
         self._spawn(listen())
 
@@ -294,3 +367,9 @@ class MembershipService:
     def _bus(self):
         assert self.ctx is not None
         return self.ctx.bus
+
+
+def _well_formed(update: MemberUpdate) -> bool:
+    """Ids are subject tokens; incarnations are counters every reader can hold exactly."""
+    ids_ok = valid_id(update.node) and (not update.by or valid_id(update.by))
+    return ids_ok and 0 <= update.incarnation <= MAX_INT

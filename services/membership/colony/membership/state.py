@@ -1,9 +1,10 @@
 """The membership protocol's pure core: SWIM with incarnations and Lifeguard.
 
 Events in, instructions out: the service calls `tick`, `ping_received`,
-`ack_received`, `nack_received`, `gossip_received`, `announce_received` and
-`leave` with the current monotonic time, and carries out what they return
-(`Ping`, `PingReq`, `Reply`, `PushPull`, `Tell`, `Broadcast`, `Changed`). No
+`ack_received`, `nack_received`, `told`, `gossip_received`, `announce_received`
+and `leave` with the current monotonic time, and carries out what they return
+(`Ping`, `PingReq`, `Reply`, `PushPull`, `Tell`, `Broadcast`, `Announce`,
+`Changed`). No
 clock reads, no randomness but the injected `random.Random`, no I/O, so
 every timeout is tested instantly.
 
@@ -30,19 +31,45 @@ The rules, in short:
   or its loop stalled) raises its `health` score, which stretches its probe
   timeout and period, so an overloaded member slows down instead of accusing
   healthy peers. Each successful probe lowers it again.
+- Admission: anyone on the bus can name a member, so a node nobody here
+  knows enters the table only once it answered a ping from this member
+  itself (a *candidate* until then, outside the probe round, forgotten
+  quietly if silent), or when a member of the table vouches for it in an
+  answer to our own request (its ack, or its full state in a push-pull).
+  Candidates, the newcomers one sender may name per period (a full state
+  aside) and the table itself are bounded: a flood of invented names never
+  dilutes the probe round of the real members.
+- A member announces itself each period while it knows no peer, and a few
+  times after it outbid a past life, until another member shows it alive at
+  the new incarnation (a restarted one may soon hear a peer restarted with
+  it, which proves nothing to the others); a member that holds the announcer suspect,
+  dead or left at an incarnation as high as the announced one takes it alive
+  at the next incarnation at once (the announcement is the proof of life),
+  so nodes restarted together are not left for dead until a push-pull.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass, field
+
+import msgspec
 
 from colony.shared.messages import MemberStatus, MemberUpdate, NodeMeta
 
 ALIVE, SUSPECT, DEAD, LEFT = "alive", "suspect", "dead", "left"
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}
 """At equal incarnation, the higher rank wins."""
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def valid_id(node: str) -> bool:
+    """A node id names the node's subjects, so it must be one subject token
+    (`messages.ObjectId`): anything else never enters the table."""
+    return _ID.fullmatch(node) is not None
 
 
 @dataclass(frozen=True)
@@ -67,8 +94,26 @@ class Timing:
     max_piggyback: int = 8
     """Updates carried per message at most."""
     push_pull_every: float = 10.0
+    join_pulls: int = 3
+    """Push-pulls after joining, one period apart, while each still teaches new members."""
     max_health: int = 8
     """Lifeguard's awareness score at most: timeouts stretch up to (max_health + 1) times."""
+    max_candidates: int = 32
+    """Newcomers waiting to answer our ping, at most; others are not heard of meanwhile
+    (a real one announces itself again, or is gossiped again)."""
+    verify_per_tick: int = 1
+    """Pings to candidates per tick (period / 4) at most: a flood costs a bounded rate,
+    and a group forming at once checks its pairs over a few seconds, not all at once."""
+    verify_wait: float = 2.0
+    """Seconds a candidate has to answer our ping, at full health."""
+    announce_unseen: int = 2
+    """Announcements of a new incarnation that outbid a past life or a death, made until
+    another member shows it back (at most; the first 2 periods after the refutation,
+    which is news already): one lost announcement must not leave members holding this
+    member dead until a push-pull."""
+    new_per_sender: int = 4
+    """Newcomers one sender may name per period (a push-pull's full state aside): one
+    message cannot fill the candidate pool or the table."""
 
 
 # --- instructions ------------------------------------------------------------------
@@ -128,6 +173,13 @@ class Broadcast:
 
 
 @dataclass(frozen=True)
+class Announce:
+    """Announce this member to every member (their `announce_received`)."""
+
+    updates: list[MemberUpdate]
+
+
+@dataclass(frozen=True)
 class Changed:
     """A member's status changed in this member's view: publish it as a change event."""
 
@@ -139,7 +191,7 @@ class Changed:
     cause: str
 
 
-Instruction = Ping | PingReq | Reply | PushPull | Tell | Broadcast | Changed
+Instruction = Ping | PingReq | Reply | PushPull | Tell | Broadcast | Announce | Changed
 
 
 # --- state -----------------------------------------------------------------------
@@ -169,6 +221,20 @@ class Suspicion:
 
 
 @dataclass
+class _Candidate:
+    """A node heard of but not yet heard from: it must answer our ping to be admitted."""
+
+    update: MemberUpdate
+    """The newest we heard of it (admitted with this incarnation and metadata)."""
+    source: str
+    """Who named it first: the cause of its join event."""
+    seq: int = 0
+    """Our ping to it (0: not sent yet)."""
+    deadline: float = 0.0
+    """When it is forgotten if it has not answered."""
+
+
+@dataclass
 class _Probe:
     target: str
     seq: int
@@ -187,12 +253,32 @@ class Membership:
     """One member's view of the group, and the decisions of the SWIM protocol."""
 
     def __init__(
-        self, me: str, meta: NodeMeta, now: float, rng: random.Random, timing: Timing = Timing()
+        self,
+        me: str,
+        meta: NodeMeta,
+        now: float,
+        rng: random.Random,
+        timing: Timing = Timing(),
+        max_members: int = 1024,
     ) -> None:
         self.me = me
         self.timing = timing
         self.rng = rng
+        self.max_members = max_members
+        """Members in the table at most, this one included (candidates count too)."""
         self.members: dict[str, Member] = {me: Member(me, ALIVE, 0, meta, now)}
+        self.candidates: dict[str, _Candidate] = {}
+        """Newcomers named by others, until they answer our ping (or are forgotten)."""
+        self._named: dict[str, int] = {}
+        """Candidates each sender named this period."""
+        self._next_naming = now
+        self._verify_budget = timing.verify_per_tick
+        self._unheard = False
+        """We outbid a past life (or a death) that others may still hold, and no other
+        member has shown us alive at the new incarnation yet."""
+        self._unheard_announcements = 0
+        self._announced = False
+        self._next_announce = now
         self.health = 0
         """Lifeguard's local health multiplier: 0 is healthy."""
         self._suspects: set[str] = set()
@@ -208,6 +294,7 @@ class Membership:
         self._next_probe = now
         self._next_push_pull = now + timing.push_pull_every
         self._had_peers = False
+        self._quick_pulls = 0
         self._enqueue(self._update(self.members[me]))
 
     # --- views ------------------------------------------------------------------
@@ -218,10 +305,27 @@ class Membership:
 
     @property
     def lonely(self) -> bool:
-        """True while this member knows no peer that may answer (it must announce itself)."""
+        """True while this member knows no peer that may answer."""
         return not any(
             m.status in (ALIVE, SUSPECT) for n, m in self.members.items() if n != self.me
         )
+
+    @property
+    def announcing(self) -> bool:
+        """Should this member announce itself (each period)? Once at its start, whatever
+        it heard already: a peer restarted with it proves nothing to the members
+        holding it dead. Then while it knows no peer and checks no candidate (those
+        that pinged a newcomer to check it are the peers it checks in turn: announcing
+        meanwhile would only repeat itself to every member). And a few times after it
+        outbid a past life, until another member shows it alive at the new
+        incarnation."""
+        if self.members[self.me].status == LEFT:
+            return False
+        if not self._announced:
+            return True
+        if self.lonely:
+            return not self.candidates
+        return self._unheard and self._unheard_announcements < self.timing.announce_unseen
 
     def live_peers(self) -> list[str]:
         """Peers that are alive or suspect (they may still answer)."""
@@ -264,6 +368,14 @@ class Membership:
             self._next_probe = self._patient_until
             self._adjust_health(+1)
         self._last_tick = now
+        self._verify_budget = self.timing.verify_per_tick
+        if now >= self._next_naming:
+            self._next_naming = now + self.timing.period
+            self._named.clear()
+        for node, c in list(self.candidates.items()):
+            if c.seq and now >= c.deadline:
+                del self.candidates[node]  # never answered: forgotten, nobody accused
+        out += self._verify(now)
         out += self._escalate(now)
         if now >= self._patient_until:
             out += self._expire_suspicions(now)
@@ -279,6 +391,12 @@ class Membership:
         if not self._had_peers and not self.lonely:
             self._had_peers = True
             self._next_push_pull = now  # just joined: pull the whole member list at once
+        if now >= self._next_announce and self.announcing:
+            self._announced = True
+            self._next_announce = now + self.timing.period
+            if not self.lonely:
+                self._unheard_announcements += 1
+            out.append(Announce([self._update(self.members[self.me])]))
         if now >= self._next_push_pull:
             self._next_push_pull = now + self.timing.push_pull_every
             # Dead members too: that is how the two sides of a healed partition
@@ -292,18 +410,47 @@ class Membership:
         self, now: float, sender: str, updates: list[MemberUpdate]
     ) -> list[Instruction]:
         """A probe from `sender`: take its gossip, answer with ours."""
-        out = self.gossip_received(now, sender, updates)
-        return [*out, Reply(self._piggyback(to=sender))]
+        out: list[Instruction] = []
+        if sender not in self.members and sender not in self.candidates:
+            # It knows us, so we should know it (a restarted member hears this way of
+            # those that took it alive again): check it, as any newcomer.
+            limit = self.timing.new_per_sender
+            out += self._apply(MemberUpdate(sender, ALIVE, 0), now, sender, limit=limit)
+        out += self.told(now, sender, updates)
+        reply = self._piggyback(to=sender)
+        if any(u.node == sender for u in updates):
+            # It introduces itself (a candidate's check does): introduce us in turn, or
+            # it would admit us with no metadata until a push-pull.
+            mine = self._update(self.members[self.me])
+            reply = [mine, *(u for u in reply if u.node != self.me)][: self.timing.max_piggyback]
+        return [*out, Reply(reply)]
 
     def ack_received(
         self, now: float, sender: str, seq: int, updates: list[MemberUpdate]
     ) -> list[Instruction]:
-        """An ack (direct, or relayed by a ping-req helper) for probe `seq`."""
-        out = self.gossip_received(now, sender, updates)
+        """An ack (direct, or relayed by a ping-req helper) for probe `seq`, or from a
+        candidate we pinged (it is admitted)."""
+        out: list[Instruction] = []
+        candidate = self.candidates.get(sender)
+        if candidate and candidate.seq == seq:
+            out += self._admit(candidate.update, now, candidate.source)
+        # An answer to our own ping, from a member we admitted: it vouches for the
+        # newcomers it names (as many as one honest ack carries, per period), as a
+        # group forming at once would otherwise ping every pair.
+        vouched = sender in self.members
+        limit = self.timing.max_piggyback if vouched else self.timing.new_per_sender
+        out += self._merge(now, sender, updates, vouched=vouched, limit=limit)
         if self._probe and self._probe.seq == seq:
             self._probe = None
             self._adjust_health(-1)
         return out
+
+    def unanswerable(self, seq: int) -> None:
+        """Ping `seq` cannot be answered (nobody listens on its subject): if it went to a
+        candidate, forget it now (an invented name frees its place at once)."""
+        for node, c in list(self.candidates.items()):
+            if c.seq == seq:
+                del self.candidates[node]
 
     def nack_received(self, seq: int) -> None:
         """A ping-req helper could not reach the target of probe `seq` either.
@@ -316,10 +463,35 @@ class Membership:
     def gossip_received(
         self, now: float, sender: str, updates: list[MemberUpdate]
     ) -> list[Instruction]:
-        """Merge updates heard from `sender` (piggybacked, broadcast, or a full state)."""
+        """Merge the full state `sender` answered our push-pull with: a member we chose
+        to ask vouches for all the newcomers it lists (a joiner learns everyone at once)."""
+        out = self._merge(now, sender, updates, vouched=True, limit=None)
+        learned = any(isinstance(i, Changed) and i.previous is None for i in out)
+        if learned and self._quick_pulls < self.timing.join_pulls:
+            # Its first peer may have joined with it (restarted together) and know
+            # little: pull again from another next period, while it teaches us members.
+            self._quick_pulls += 1
+            self._next_push_pull = min(self._next_push_pull, now + self.timing.period)
+        return out
+
+    def told(self, now: float, sender: str, updates: list[MemberUpdate]) -> list[Instruction]:
+        """Merge what `sender` sent unasked (a tell, news, a ping's piggyback, a push-pull
+        from it): the few newcomers it may name must answer our ping first."""
+        return self._merge(now, sender, updates, vouched=False, limit=self.timing.new_per_sender)
+
+    def _merge(
+        self,
+        now: float,
+        sender: str,
+        updates: list[MemberUpdate],
+        vouched: bool,
+        limit: int | None,
+    ) -> list[Instruction]:
+        if not valid_id(sender):
+            return []  # its name would become an accuser's or a join's cause
         out: list[Instruction] = []
         for update in updates:
-            out += self._apply(update, now, sender)
+            out += self._apply(update, now, sender, vouched=vouched, limit=limit)
         return out
 
     def announce_received(
@@ -336,11 +508,28 @@ class Membership:
         """
         if sender == self.me:
             return []
-        out = self.gossip_received(now, sender, [u for u in updates if u.node == sender])
+        mine = [u for u in updates if u.node == sender]  # an announcement names only itself
         known = self.members.get(sender)
-        if known is None or self.rng.random() * len(self.members) > self.timing.indirect:
+        past = self._update(known) if known else None
+        if known and known.status != ALIVE:
+            # It speaks, so it lives: a past life of it that we hold suspect, dead or
+            # left must not keep this one out until it hears of it and refutes (it may
+            # have found a peer restarted with it, and stopped announcing). Take it
+            # alive at the incarnation its refutation will have, now.
+            mine = [
+                msgspec.structs.replace(u, incarnation=known.incarnation + 1)
+                if u.status == ALIVE and u.incarnation <= known.incarnation
+                else u
+                for u in mine
+            ]
+        out = self.told(now, sender, mine)
+        group = len(self.members) + len(self.candidates)  # while forming, both count
+        if self.rng.random() * group > self.timing.indirect:
             return out
-        return [*out, Tell(sender, [self._update(self.members[self.me]), self._update(known)])]
+        # Who we are, even to a newcomer we have no room to check now: it checks us in
+        # turn, and once it admits us our push-pull answer vouches for everyone else.
+        told = [self._update(self.members[self.me])] + ([past] if past else [])
+        return [*out, Tell(sender, told)]
 
     def leave(self, now: float) -> list[Instruction]:
         """Leave gracefully: broadcast `left` at a new incarnation."""
@@ -409,21 +598,33 @@ class Membership:
         return out
 
     def _apply(
-        self, update: MemberUpdate, now: float, source: str, local: bool = False
+        self,
+        update: MemberUpdate,
+        now: float,
+        source: str,
+        local: bool = False,
+        vouched: bool = False,
+        limit: int | None = 0,
     ) -> list[Instruction]:
         """Merge one update from `source`; `local` marks this member's own decisions
-        about itself (a leave, new metadata): anything else about it is others' talk."""
+        about itself (a leave, new metadata): anything else about it is others' talk.
+        A newcomer is admitted at once only if `vouched`, else it must answer a ping;
+        `source` may name `limit` newcomers per period (None: any number)."""
+        if not valid_id(update.node) or (update.by and not valid_id(update.by)):
+            return []
         current = self.members.get(update.node)
         if update.node == self.me and not local:
             return self._about_me(update, now)
         if current is None:
             if update.status != ALIVE:
                 return []  # an unknown member may only announce itself
-            member = Member(update.node, ALIVE, update.incarnation, update.meta or NodeMeta(), now)
-            self.members[update.node] = member
-            self._enqueue(self._update(member))
-            self._add_to_round(update.node)
-            return [Changed(update.node, ALIVE, update.incarnation, None, source)]
+            if limit is not None:
+                if self._named.get(source, 0) >= limit:
+                    return []  # one message, or one sender, cannot fill the table or the pool
+                self._named[source] = self._named.get(source, 0) + 1
+            if vouched:
+                return self._admit(update, now, source)
+            return self._consider(update, now, source)
         if not _wins(update, current):
             s = current.suspicion
             same = update.status == SUSPECT and update.incarnation == current.incarnation
@@ -455,12 +656,20 @@ class Membership:
         me = self.members[self.me]
         if me.status == LEFT:
             return []
+        if update.status == ALIVE and update.incarnation == me.incarnation:
+            self._unheard = False  # someone holds this life alive: no need to announce it
         stale = update.incarnation > me.incarnation or (
             update.incarnation == me.incarnation and update.status != ALIVE
         )
         if not stale:
             return []
         current_life = update.incarnation == me.incarnation
+        if not current_life or update.status in (DEAD, LEFT):
+            # Members that hold that past life (or this one) dead must hear the new
+            # incarnation: announce it until someone shows it back to us.
+            self._unheard = True
+            self._unheard_announcements = 0
+            self._next_announce = now + 2 * self.timing.period  # a refutation is news already
         me.incarnation = update.incarnation + 1
         self._enqueue(self._update(me))
         if update.status == ALIVE:
@@ -469,6 +678,51 @@ class Membership:
             self._adjust_health(+1)  # Lifeguard: being suspected hints that we are slow
         # Broadcast: a refutation left to gossip could lose the race with the suspicion.
         return [Broadcast([self._update(me)])]
+
+    def _admit(self, update: MemberUpdate, now: float, source: str) -> list[Instruction]:
+        """A newcomer joins the table (bounded: a full table takes nobody new)."""
+        self.candidates.pop(update.node, None)
+        if len(self.members) >= self.max_members:
+            return []
+        member = Member(update.node, ALIVE, update.incarnation, update.meta or NodeMeta(), now)
+        self.members[update.node] = member
+        self._enqueue(self._update(member))
+        self._add_to_round(update.node)
+        return [Changed(update.node, ALIVE, update.incarnation, None, source)]
+
+    def _consider(self, update: MemberUpdate, now: float, source: str) -> list[Instruction]:
+        """A newcomer named by `source`: a candidate, pinged to see that it exists.
+
+        Until it answers it is not probed, gossiped or counted, so invented names
+        cost a bounded ping rate and never dilute the probe round or the table."""
+        known = self.candidates.get(update.node)
+        if known:
+            if _fresher(update, known.update):
+                known.update = update  # admitted with the newest we heard
+            return []
+        room = min(self.timing.max_candidates, self.max_members - len(self.members))
+        if len(self.candidates) >= room:
+            return []
+        self.candidates[update.node] = _Candidate(update, source)
+        return self._verify(now)
+
+    def _verify(self, now: float) -> list[Instruction]:
+        """Ping candidates not pinged yet, within this tick's budget (oldest first)."""
+        out: list[Instruction] = []
+        for node, c in self.candidates.items():
+            if self._verify_budget <= 0:
+                break
+            if c.seq:
+                continue
+            self._verify_budget -= 1
+            self._seq += 1
+            # Patient: nothing hangs on the answer, and a node that is starting (or a group
+            # forming at once) may answer late; an invented name fails at once.
+            wait = self.timing.verify_wait * (self.health + 1)
+            c.seq, c.deadline = self._seq, now + wait
+            # Only who we are: gossip spent on a name that may not exist would be lost.
+            out.append(Ping(node, c.seq, [self._update(self.members[self.me])], wait))
+        return out
 
     def _adjust_health(self, delta: int) -> None:
         self.health = min(max(self.health + delta, 0), self.timing.max_health)
@@ -531,3 +785,8 @@ def _wins(update: MemberUpdate, current: Member) -> bool:
         current.incarnation,
         _RANK[current.status],
     )
+
+
+def _fresher(update: MemberUpdate, than: MemberUpdate) -> bool:
+    """A newer incarnation, or the same one with the metadata the other lacked."""
+    return (update.incarnation, update.meta is not None) > (than.incarnation, than.meta is not None)

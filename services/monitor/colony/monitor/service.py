@@ -4,7 +4,9 @@ Loop: read the host and the node's processes -> `Samples.add` (pure) ->
 publish NodeMetrics on the node's metrics subject. Requests for the latest
 sample are answered from the ring buffer; Prometheus scrapes the same.
 The declared capacity is re-read whenever the node's config file changes
-(`colony capacity` edits it), so it changes without a restart.
+(`colony capacity` edits it), so it changes without a restart. Samples are
+signed with the cluster secret (when the node has one): the free resources in
+them move Raft leadership, so membership believes only signed ones.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from colony.shared import subjects
 from colony.shared.config import ConfigError, load
 from colony.shared.messages import LatestMetricsRequest, NodeMetrics, Resources
 from colony.shared.runner import Context
+from colony.shared.signing import read_secret, sign
 from colony.shared.statedir import SUPERVISOR, NodeDir
 
 
@@ -31,9 +34,12 @@ class Monitor:
 
     def __init__(self) -> None:
         self.samples: Samples | None = None
+        self.secret: bytes | None = None
 
     async def run(self, ctx: Context) -> None:
         node, settings = ctx.config.node, ctx.config.monitor
+        secret_file = ctx.config.consensus.secret_file
+        self.secret = read_secret(secret_file) if secret_file else None
         node_dir = NodeDir(node.dir)
         node_dir.create()
         self.samples = samples = Samples(settings.history)
@@ -56,7 +62,7 @@ class Monitor:
             host, usage = await asyncio.to_thread(
                 lambda: (read_host(str(node_dir.path)), processes.read())
             )
-            return samples.add(
+            added = samples.add(
                 node=node,
                 now=ctx.clock.time(),
                 interval=settings.interval,
@@ -67,6 +73,7 @@ class Monitor:
                 nats_url=ctx.config.nats.servers[0],
                 metrics_url=metrics_url,
             )
+            return self._signed(added)
 
         try:
             next_at = ctx.clock.monotonic()
@@ -84,7 +91,12 @@ class Monitor:
     async def latest(self, request: LatestMetricsRequest) -> NodeMetrics:
         """The newest sample (served only once there is one)."""
         assert self.samples is not None and self.samples.latest is not None
-        return self.samples.latest
+        return self._signed(self.samples.latest)
+
+    def _signed(self, sample: NodeMetrics) -> NodeMetrics:
+        """Signed with the cluster secret; as it is if the node has none (then neither
+        does its membership, which takes unsigned samples only in that case)."""
+        return sign(self.secret, sample) if self.secret is not None else sample
 
 
 class DeclaredCapacity:
