@@ -219,7 +219,7 @@ class MemberUpdate(msgspec.Struct, frozen=True):
 
     node: str
     status: MemberStatus
-    incarnation: int
+    incarnation: Count
     meta: NodeMeta | None = None
     by: str = ""
     """With suspect: the member whose own probe failed (its accuser). Suspicion

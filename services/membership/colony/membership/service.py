@@ -334,22 +334,10 @@ class MembershipService:
         self.ctx.log.warning("dropped gossip", extra={"sender": sender[:80], "reason": why})
 
     async def _listen(self, subject, handler) -> None:
-        """Subscribe now; handle each message in a task that no message can end."""
-        messages = await self._bus.subscribe(subject)
+        """Subscribe now; handle each message in order. No message can end the listening,
+        and if it ends anyway the runner stops the service (its supervisor restarts it)."""
         assert self.ctx is not None
-        log = self.ctx.log
-
-        async def listen() -> None:
-            async for message in messages:
-                try:
-                    await handler(message)
-                except Exception:
-                    # Bad input is dropped (one line) where it is checked: this is a bug.
-                    # Say so, and keep listening: one message must not deafen the member.
-                    log.exception("message handler failed", extra={"subject": subject.name})
-            log.warning("subscription ended", extra={"subject": subject.name})
-
-        self._spawn(listen())
+        await self.ctx.listen(subject, handler)
 
     def _gossip(self, updates: list[MemberUpdate], seq: int = 0) -> Gossip:
         return Gossip(sender=self._core.me, seq=seq, updates=updates)
