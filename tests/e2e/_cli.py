@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from colony.shared.statedir import StateDir
 
 
 def colony(*args: str, state: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -29,3 +33,12 @@ def status(state: Path) -> dict[str, dict]:
 
 def up(state: Path, base_port: int, nodes: int = 3) -> None:
     colony("up", "--nodes", str(nodes), "--detach", "--base-port", str(base_port), state=state)
+
+
+def down(state: Path) -> None:
+    """`colony down`, then kill whatever it left running (a test must never leak a cluster)."""
+    colony("down", state=state, check=False)
+    for node in StateDir(state).nodes():
+        for record in node.records():
+            if record.group_alive():
+                os.killpg(record.pgid, signal.SIGKILL)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from _cli import colony, status, up
+from _cli import colony, down, status, up
 
 from colony.bootstrapper.cluster import free_base_port, plan, write_nodes
 from colony.shared.statedir import StateDir
@@ -53,11 +52,7 @@ def cluster():
         up(state, free_base_port(1), nodes=1)
         yield state
     finally:
-        colony("down", state=state, check=False)
-        for node in StateDir(state).nodes():
-            for record in node.records():
-                if record.group_alive():
-                    os.killpg(record.pgid, signal.SIGKILL)
+        down(state)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -16,13 +16,12 @@ import asyncio
 import json
 import os
 import random
-import signal
 import time
 from pathlib import Path
 
 import msgspec
 import pytest
-from _cli import colony, status, up
+from _cli import colony, down, status, up
 
 from colony.bootstrapper.cluster import free_base_port
 from colony.shared import subjects
@@ -49,7 +48,6 @@ from colony.shared.messages import (
     RetireRequest,
     encode,
 )
-from colony.shared.statedir import StateDir
 from colony.shared.testing import example_metrics, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -147,11 +145,7 @@ def cluster(tmp_path_factory):
     try:
         yield state, base
     finally:
-        colony("down", state=state, check=False)
-        for node in StateDir(state).nodes():
-            for record in node.records():
-                if record.group_alive():
-                    os.killpg(record.pgid, signal.SIGKILL)
+        down(state)
 
 
 async def throw(url: str, nodes: list[str], rng: random.Random) -> int:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _cli import colony, status, up
+from _cli import colony, down, status, up
 
 from colony.bootstrapper.cluster import free_base_port
 from colony.shared.statedir import NATS, SUPERVISOR, StateDir
@@ -34,11 +34,7 @@ def cluster(tmp_path_factory):
     try:
         yield state, base
     finally:
-        colony("down", state=state, check=False)
-        for node in StateDir(state).nodes():
-            for record in node.records():
-                if record.group_alive():
-                    os.killpg(record.pgid, signal.SIGKILL)
+        down(state)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import asyncio
 import msgspec
 import nats.js.errors
 import pytest
+from _voters import Voters, status
 
 from colony.consensus.raft import Timers
 from colony.consensus.service import ConsensusService
@@ -16,7 +17,6 @@ from colony.shared.config import ConsensusSettings
 from colony.shared.management import Management
 from colony.shared.messages import (
     Change,
-    ConsensusStatusRequest,
     DigestRequest,
     JoinRequest,
     KvCas,
@@ -34,47 +34,14 @@ from colony.shared.testing import poll
 VOTERS = ["v1", "v2", "v3"]
 
 
-class Voters:
-    """Voters running in this process, each stoppable on its own."""
-
-    def __init__(self, nats_server, tmp_path, timers: Timers | None = None) -> None:
-        self.server = nats_server
-        self.timers = timers
-        self.secret = tmp_path / "secret"
-        self.secret.write_text("a-cluster-secret-for-tests")
-        self.stops: dict[str, asyncio.Event] = {}
-        self.tasks: dict[str, asyncio.Task[int]] = {}
-
-    def start(self, node: str) -> None:
-        config = self.server.node_config(node)
-        config.consensus = ConsensusSettings(
-            voters=VOTERS, secret_file=str(self.secret), change_stream_replicas=1
-        )
-        self.stops[node] = asyncio.Event()
-        self.tasks[node] = asyncio.create_task(
-            runner.run(ConsensusService(self.timers), config, stop=self.stops[node])
-        )
-
-    async def stop(self, node: str) -> None:
-        self.stops[node].set()
-        assert await asyncio.wait_for(self.tasks.pop(node), runner.SHUTDOWN_GRACE) == 0
-
-
 @pytest.fixture
 async def voters(nats_server, tmp_path):
-    group = Voters(nats_server, tmp_path)
+    group = Voters(nats_server, tmp_path, VOTERS)
     for node in VOTERS:
         group.start(node)
     yield group
     for node in list(group.tasks):
         await group.stop(node)
-
-
-async def status(bus, node: str):
-    try:
-        return await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
-    except BusError:
-        return None
 
 
 async def leader(bus, among=VOTERS) -> str | None:
@@ -209,7 +176,7 @@ async def _kv_on_stream(bus, at_least: int) -> bool:
 async def test_a_voter_behind_a_compacted_log_catches_up_from_a_snapshot(
     nats_server, tmp_path, bus
 ):
-    group = Voters(nats_server, tmp_path, Timers(compaction_entries=40))
+    group = Voters(nats_server, tmp_path, VOTERS, Timers(compaction_entries=40))
     for node in VOTERS:
         group.start(node)
     try:

@@ -11,21 +11,14 @@ they are, and joins under x, at x's term.
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from test_voters_rejoin import Nodes, settled, status
+from _voters import Membership, Voters, settled, status
 
 from colony.shared import subjects
 from colony.shared.messages import (
     KvPut,
-    MembersReply,
-    MemberView,
-    NodeMeta,
     Proposal,
     ProposeRequest,
-    Resources,
-    encode,
     new_id,
 )
 from colony.shared.testing import poll
@@ -35,48 +28,20 @@ BIG = "x" * 120_000
 """A value large enough that a few entries fill a Raft frame (half a MiB)."""
 
 
-class Membership:
-    """Every node's membership view: status, and free resources, as the test sets them."""
-
-    def __init__(self, nodes: list[str]) -> None:
-        self.status = dict.fromkeys(nodes, "alive")
-        self.changed = dict.fromkeys(nodes, time.monotonic() - 60)
-        self.cpu = dict.fromkeys(nodes, 1.0)
-
-    def set(self, node: str, status: str) -> None:
-        self.status[node], self.changed[node] = status, time.monotonic()
-
-    async def serve(self, bus) -> None:
-        async def answer(msg) -> None:
-            now = time.monotonic()
-            members = [
-                MemberView(
-                    n, s, 1, NodeMeta(free=Resources(cpu=self.cpu[n], memory=2**30)),
-                    round(now - self.changed[n], 3),
-                )
-                for n, s in self.status.items()
-            ]  # fmt: skip
-            await msg.respond(encode(MembersReply(observer="test", members=members)))
-
-        any_node = subjects.members("v1").name.rsplit(".", 1)[0] + ".*"
-        await bus.nc.subscribe(any_node, cb=answer)
-
-
 @pytest.fixture
 async def nodes(nats_server, tmp_path):
-    group = Nodes(nats_server, tmp_path)
+    group = Voters(nats_server, tmp_path, VOTERS)
     yield group
-    for node in list(group.tasks):
-        await group.stop(node)
+    await group.stop_all()
 
 
-async def removed_and_back(nodes: Nodes, membership: Membership, bus, node: str) -> None:
+async def removed_and_back(nodes: Voters, membership: Membership, bus, node: str) -> None:
     await nodes.stop(node)
     membership.set(node, "dead")
-    await poll(lambda: settled(bus, 4), 30, f"{node} to be removed")
+    await poll(lambda: settled(bus, VOTERS, 4), 30, f"{node} to be removed")
     nodes.start(node)
     membership.set(node, "alive")
-    await poll(lambda: settled(bus, 5), 60, f"{node} to be a voter again")
+    await poll(lambda: settled(bus, VOTERS, 5), 60, f"{node} to be a voter again")
 
 
 async def test_a_voter_added_back_is_sent_the_voters_as_they_are_not_their_history(nodes, bus):
@@ -84,18 +49,18 @@ async def test_a_voter_added_back_is_sent_the_voters_as_they_are_not_their_histo
     await membership.serve(bus)
     for node in VOTERS:
         nodes.start(node)
-    first = await poll(lambda: settled(bus, 5), 30, "five voters and a leader")
+    first = await poll(lambda: settled(bus, VOTERS, 5), 30, "five voters and a leader")
     x, y = [n for n in VOTERS if n != first.node][:2]
 
     await nodes.stop(x)
     membership.set(x, "dead")
-    await poll(lambda: settled(bus, 4), 30, f"{x} to be removed")
+    await poll(lambda: settled(bus, VOTERS, 4), 30, f"{x} to be removed")
     for _ in range(8):  # more than a frame's worth between `remove x` and `add x`
         write = ProposeRequest(proposals=[Proposal(new_id(), KvPut("big", BIG))])
         assert (await bus.request(subjects.propose(first.node), write, 10)).outcomes[0].ok
     nodes.start(x)
     membership.set(x, "alive")
-    await poll(lambda: settled(bus, 5), 60, f"{x} to be a voter again")
+    await poll(lambda: settled(bus, VOTERS, 5), 60, f"{x} to be a voter again")
 
     membership.cpu[x] = 16.0  # far more free resources: the leadership moves to x
     leading = await poll(
@@ -109,5 +74,5 @@ async def test_a_voter_added_back_is_sent_the_voters_as_they_are_not_their_histo
 
 
 async def _leader_is(bus, node: str):
-    top = await settled(bus, 5)
+    top = await settled(bus, VOTERS, 5)
     return top if top and top.node == node else None

@@ -4,7 +4,6 @@ of a changed config file: good edits apply, bad ones are refused and change noth
 import argparse
 import json
 import logging
-import os
 
 import pytest
 
@@ -15,15 +14,6 @@ from colony.monitor.service import DeclaredCapacity
 from colony.shared.config import load
 from colony.shared.messages import Resources
 from colony.shared.statedir import StateDir
-
-
-@pytest.fixture(autouse=True)
-def keep_umask():
-    """main() sets the umask for the cluster's files; give this test process its own back."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    yield
-    os.umask(umask)
 
 
 @pytest.fixture

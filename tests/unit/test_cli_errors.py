@@ -27,15 +27,6 @@ HOSTILE = "[/]"
 """A closing tag with nothing to close: rich raises MarkupError if it parses it."""
 
 
-@pytest.fixture(autouse=True)
-def keep_umask():
-    """main() sets the umask for the cluster's files; give this test process its own back."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    yield
-    os.umask(umask)
-
-
 @pytest.fixture
 def state(tmp_path):
     state = StateDir(tmp_path / "state")

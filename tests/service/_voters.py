@@ -1,0 +1,105 @@
+"""Consensus services as in-process voters against a real nats-server, and a membership
+view the test controls: what the consensus and voter-keeping tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from colony.consensus.raft import Timers
+from colony.consensus.service import ConsensusService
+from colony.shared import runner, subjects
+from colony.shared.bus import BusError
+from colony.shared.config import ConsensusSettings
+from colony.shared.messages import (
+    ConsensusStatusRequest,
+    MembersReply,
+    MemberView,
+    NodeMeta,
+    Resources,
+    encode,
+)
+
+
+class Voters:
+    """Voters running in this process, each stoppable on its own."""
+
+    def __init__(
+        self, nats_server, tmp_path, voters: list[str], timers: Timers | None = None
+    ) -> None:
+        self.server = nats_server
+        self.voters = voters
+        self.timers = timers
+        self.secret = tmp_path / "secret"
+        self.secret.write_text("a-cluster-secret-for-tests")
+        self.stops: dict[str, asyncio.Event] = {}
+        self.tasks: dict[str, asyncio.Task[int]] = {}
+
+    def start(self, node: str) -> None:
+        config = self.server.node_config(node)
+        config.consensus = ConsensusSettings(
+            voters=self.voters, secret_file=str(self.secret), change_stream_replicas=1
+        )
+        self.stops[node] = asyncio.Event()
+        self.tasks[node] = asyncio.create_task(
+            runner.run(ConsensusService(self.timers), config, stop=self.stops[node])
+        )
+
+    async def stop(self, node: str) -> None:
+        self.stops[node].set()
+        assert await asyncio.wait_for(self.tasks.pop(node), runner.SHUTDOWN_GRACE) == 0
+
+    async def stop_all(self) -> None:
+        for node in list(self.tasks):
+            await self.stop(node)
+
+
+class Membership:
+    """Every node's membership view, the same one: status and free cpu, as the test sets
+    them (it answers `members` for any node)."""
+
+    def __init__(self, nodes: list[str]) -> None:
+        self.status = dict.fromkeys(nodes, "alive")
+        self.changed = dict.fromkeys(nodes, time.monotonic() - 60)
+        self.cpu = dict.fromkeys(nodes, 1.0)
+
+    def set(self, node: str, status: str) -> None:
+        self.status[node], self.changed[node] = status, time.monotonic()
+
+    async def serve(self, bus) -> None:
+        async def answer(msg) -> None:
+            now = time.monotonic()
+            members = [
+                MemberView(
+                    n, s, 1, NodeMeta(free=Resources(cpu=self.cpu[n], memory=2**30)),
+                    round(now - self.changed[n], 3),
+                )
+                for n, s in self.status.items()
+            ]  # fmt: skip
+            await msg.respond(encode(MembersReply(observer="test", members=members)))
+
+        any_node = subjects.members("any").name.rsplit(".", 1)[0] + ".*"
+        await bus.nc.subscribe(any_node, cb=answer)
+
+
+async def status(bus, node: str):
+    """`node`'s consensus status, or None if it does not answer within a second."""
+    try:
+        return await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
+    except BusError:
+        return None
+
+
+async def settled(bus, voters: list[str], count: int):
+    """The leader's view once it has `count` voters, all connected and caught up, and
+    every one of them follows it."""
+    views = {n: await status(bus, n) for n in voters}
+    leaders = [v for v in views.values() if v and v.role == "leader"]
+    if len(leaders) != 1:
+        return None
+    [top] = leaders
+    group = [v.node for v in top.voters if v.connected and (v.node == top.node or v.lag == 0)]
+    if len(top.voters) != count or len(group) != count:
+        return None
+    followers = [views[n] for n in group if n != top.node]
+    return top if all(f and f.leader == top.node for f in followers) else None
