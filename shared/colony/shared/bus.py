@@ -173,6 +173,10 @@ class Bus:
         Returns once the server has the subscription (a flush round trip): a message
         another connection publishes after this returns is never missed."""
         sub = await self.nc.subscribe(subject.name, queue=queue)
+        # Twice: nats-py writes a flush's PING straight to the socket, ahead of commands
+        # still queued for its writer task (the SUB), so the first PONG proves nothing. By
+        # the time it arrives the writer has sent the SUB, and the second PING follows it.
+        await self.nc.flush(timeout=5)
         await self.nc.flush(timeout=5)
         return Subscription(sub, subject, self.log)
 
