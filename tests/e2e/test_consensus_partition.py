@@ -208,8 +208,9 @@ def answered(voters, host: str, key: str, value: str, epoch: int) -> dict:
     """The voter's reply to a proposal, retried as a client does while it is refused with
     503: the cut-off voter campaigned alone at ever higher terms, and rejoining may cost
     the group an election (pysyncobj has no pre-vote)."""
-    for _ in range(10):
-        answer = voters.proposer(host, key, value, epoch)()
+    for attempt in range(10):
+        # a proposer of its own each time (its log is named after the key)
+        answer = voters.proposer(host, f"{key}-{attempt}" if attempt else key, value, epoch)()
         if "reply" in answer or answer.get("code") != 503:
             return answer
         time.sleep(0.5)
