@@ -21,9 +21,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from _cli import colony, down, status, up
+from _cli import colony, status
 
-from colony.bootstrapper.cluster import free_base_port
 from colony.shared import subjects
 from colony.shared.bus import connect
 from colony.shared.config import NatsSettings
@@ -135,17 +134,6 @@ def variants(message: object, rng: random.Random) -> list[bytes]:
         except (TypeError, ValueError):
             continue
     return out
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    state = tmp_path_factory.mktemp("colony") / "state"
-    base = free_base_port(3)
-    up(state, base)
-    try:
-        yield state, base
-    finally:
-        down(state)
 
 
 async def throw(url: str, nodes: list[str], rng: random.Random) -> int:

@@ -16,25 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from _cli import colony, down, status, up
+from _cli import colony, status, up
 
 from colony.bootstrapper.cluster import free_base_port
 from colony.shared.statedir import NATS, SUPERVISOR, StateDir
 from colony.shared.testing import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A running 3-node cluster shared by the module's tests; stopped whatever happens."""
-    state = tmp_path_factory.mktemp("colony") / "state"
-    base = free_base_port(3)
-    up(state, base)
-    try:
-        yield state, base
-    finally:
-        down(state)
 
 
 @pytest.fixture
