@@ -50,12 +50,12 @@ from pathlib import Path
 import psutil
 
 from bench._report import ms, quantile, say, table, verdict
+from colony.harness.processes import NatsCluster, VoterProcesses, poll, wait_for
 from colony.shared import natsd, subjects
 from colony.shared.bus import BusError, connect
 from colony.shared.config import NatsSettings
 from colony.shared.management import ATTEMPT, Management, ManagementError
 from colony.shared.messages import ConsensusStatus, ConsensusStatusRequest, KvPut
-from colony.shared.testing import NatsCluster, VoterProcesses, poll, wait_for
 
 TITLE = "Consensus"
 WINDOW = float(os.environ.get("COLONY_BENCH_WINDOW", "6"))

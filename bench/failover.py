@@ -14,7 +14,7 @@ lease renewals under a busy core, and write outages while whole nodes die and co
      the killed node not among them (membership declared it dead, the
      leader removed it and promoted a standby node, which caught up).
    Then `colony up` restarts the killed node, which comes back standing by.
-2. Partition: three hosts in network namespaces (`colony.shared.netns_voters`),
+2. Partition: three hosts in network namespaces (`colony.harness.netns_voters`),
    each with its own nats-server and a voter; needs root. Each trial moves
    the manager's host alone onto the second switch and pulls the cable
    between the switches; the `manager.acting` events heard inside each host
@@ -52,7 +52,10 @@ from bench._cluster import Cluster, colony, local_cluster, stragglers
 from bench._report import quantile, say, table, verdict
 from bench.consensus import statuses
 from colony.bootstrapper import cluster as clusters
-from colony.shared import netns, subjects
+from colony.harness import netns
+from colony.harness.netns_voters import HOSTS, NetnsVoters, arrange
+from colony.harness.processes import poll, wait_for
+from colony.shared import subjects
 from colony.shared.bus import Bus, BusError, connect
 from colony.shared.config import ConsensusSettings, NatsSettings
 from colony.shared.management import Management, ManagementError
@@ -62,9 +65,7 @@ from colony.shared.messages import (
     KvPut,
     ManagerActing,
 )
-from colony.shared.netns_voters import HOSTS, NetnsVoters, arrange
 from colony.shared.statedir import StateDir
-from colony.shared.testing import poll, wait_for
 
 TITLE = "Failover"
 TRIALS = int(os.environ.get("COLONY_BENCH_TRIALS", "12"))

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import msgspec
 
+from colony.harness.processes import NatsServer, poll
 from colony.shared import subjects
 from colony.shared.bus import BusError, connect
 from colony.shared.config import NatsSettings, dumps
 from colony.shared.messages import MembersRequest
-from colony.shared.testing import NatsServer, poll
 
 TITLE = "Membership"
 SIZES = tuple(int(n) for n in os.environ.get("COLONY_BENCH_SIZES", "10,50,200").split(","))

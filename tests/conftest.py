@@ -12,9 +12,9 @@ import contextlib
 
 import pytest
 
+from colony.harness.processes import NatsCluster, NatsServer
 from colony.shared import bus as busmod
 from colony.shared.config import NatsSettings
-from colony.shared.testing import NatsCluster, NatsServer
 
 
 @pytest.fixture

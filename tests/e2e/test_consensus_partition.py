@@ -2,7 +2,7 @@
 
 Three hosts, each a Linux network namespace with its own nats-server (routed
 to the other two) and one consensus voter, hang off a switch
-(`colony.shared.netns`). Once they agree on a leader, one host is re-plugged
+(`colony.harness.netns`). Once they agree on a leader, one host is re-plugged
 alone into the second switch and the cable between the switches is pulled:
 the cut-off voter is either the leader (it must step down, and the two
 others elect a new leader) or a follower (the leader carries on). Either way
@@ -11,7 +11,7 @@ the majority keeps taking writes. With the cable back it must catch up by
 itself, with no restart, to the very same database.
 
 The hosts, their voters and the probes that ask them from inside:
-`colony.shared.netns_voters`. Needs root; skipped otherwise.
+`colony.harness.netns_voters`. Needs root; skipped otherwise.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from colony.shared import netns
-from colony.shared.netns_voters import HOSTS, NetnsVoters, arrange, parallel
-from colony.shared.testing import wait_for
+from colony.harness import netns
+from colony.harness.netns_voters import HOSTS, NetnsVoters, arrange, parallel
+from colony.harness.processes import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -23,6 +23,7 @@ import msgspec
 import pytest
 from _cli import colony, status
 
+from colony.harness.processes import example_metrics, wait_for
 from colony.shared import subjects
 from colony.shared.bus import connect
 from colony.shared.config import NatsSettings
@@ -47,7 +48,6 @@ from colony.shared.messages import (
     RetireRequest,
     encode,
 )
-from colony.shared.testing import example_metrics, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ import pytest
 from _cli import colony, status, up
 
 from colony.bootstrapper.cluster import free_base_port
+from colony.harness.processes import wait_for
 from colony.shared.statedir import NATS, SUPERVISOR, StateDir
-from colony.shared.testing import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -23,12 +23,12 @@ import pytest
 from _cli import colony, status, up
 
 from colony.bootstrapper.cluster import free_base_port
+from colony.harness.processes import wait_for
 from colony.shared import subjects
 from colony.shared.bus import connect
 from colony.shared.config import NatsSettings
 from colony.shared.messages import Change, decode
 from colony.shared.statedir import StateDir
-from colony.shared.testing import wait_for
 
 pytestmark = pytest.mark.e2e
 

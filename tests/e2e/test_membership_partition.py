@@ -2,7 +2,7 @@
 
 Four hosts, each a Linux network namespace with its own nats-server (routed
 to the other three) and its own membership service, hang off two switches
-joined by a patch cable (`colony.shared.netns`): h1 and h2 on one, h3 and h4
+joined by a patch cable (`colony.harness.netns`): h1 and h2 on one, h3 and h4
 on the other. Unplugging the cable splits them 2 | 2: each side must find the
 other suspect, then dead, while still seeing its own side alive. With the
 cable back, all four must see all four alive again, with no restart.
@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from colony.shared import natsd, netns
+from colony.harness import netns
+from colony.harness.processes import wait_for
+from colony.shared import natsd
 from colony.shared.config import Config, NatsSettings, NodeSettings, dumps
 from colony.shared.messages import MemberChanged, decode
-from colony.shared.testing import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -7,12 +7,12 @@ import logging
 
 import pytest
 
+from colony.harness.processes import NatsServer
+from colony.harness.processes import example_metrics as sample
 from colony.shared import subjects
 from colony.shared.bus import NoResponders, NotConnected, RequestTimeout, connect
 from colony.shared.config import NatsSettings
 from colony.shared.messages import LatestMetricsRequest, NodeMetrics, encode
-from colony.shared.testing import NatsServer
-from colony.shared.testing import example_metrics as sample
 
 
 async def test_subscriber_gets_typed_messages(bus):

@@ -11,6 +11,7 @@ from _voters import Voters, status
 
 from colony.consensus.raft import Timers
 from colony.consensus.service import ConsensusService
+from colony.harness.processes import poll
 from colony.shared import runner, subjects
 from colony.shared.bus import BusError, RemoteError
 from colony.shared.config import ConsensusSettings
@@ -29,7 +30,6 @@ from colony.shared.messages import (
     new_id,
 )
 from colony.shared.signing import verify
-from colony.shared.testing import poll
 
 VOTERS = ["v1", "v2", "v3"]
 

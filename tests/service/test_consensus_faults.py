@@ -19,10 +19,11 @@ import time
 
 import pytest
 
+from colony.harness.linearizability import Operation, check
+from colony.harness.processes import VoterProcesses, poll
 from colony.shared import subjects
 from colony.shared.bus import BusError, connect
 from colony.shared.config import NatsSettings
-from colony.shared.linearizability import Operation, check
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
     ConsensusStatusRequest,
@@ -30,7 +31,6 @@ from colony.shared.messages import (
     KvCas,
     KvPut,
 )
-from colony.shared.testing import VoterProcesses, poll
 
 _runs = itertools.count()
 

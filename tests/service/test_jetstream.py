@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from colony.harness.processes import example_metrics as sample
+from colony.harness.processes import poll
 from colony.shared import subjects
 from colony.shared.bus import NoResponders
 from colony.shared.messages import encode
-from colony.shared.testing import example_metrics as sample
-from colony.shared.testing import poll
 
 STREAM = subjects.METRICS_STREAM
 

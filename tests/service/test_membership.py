@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
+from colony.harness.processes import poll
 from colony.membership.service import MembershipService
 from colony.shared import runner, subjects
 from colony.shared.config import dumps
 from colony.shared.messages import Gossip, MembersRequest, MemberUpdate, NodeMeta
-from colony.shared.testing import poll
 
 
 async def view(bus, node: str) -> dict[str, str]:

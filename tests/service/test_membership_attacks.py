@@ -14,6 +14,7 @@ import time
 import pytest
 from test_membership import TRIO, Group, everyone_sees, group, m9, member_process, view  # noqa: F401
 
+from colony.harness.processes import example_metrics, poll
 from colony.membership.service import MembershipService
 from colony.shared import runner, subjects
 from colony.shared.messages import (
@@ -25,7 +26,6 @@ from colony.shared.messages import (
     encode,
 )
 from colony.shared.signing import sign
-from colony.shared.testing import example_metrics, poll
 
 SECRET = b"a-cluster-secret-for-tests-only"
 

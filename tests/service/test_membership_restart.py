@@ -14,7 +14,7 @@ import time
 import pytest
 from test_membership import everyone_sees, group, member_process, view  # noqa: F401
 
-from colony.shared.testing import poll
+from colony.harness.processes import poll
 
 ALL = ["m1", "m2", "m3", "m4", "m5", "m6"]
 

@@ -23,11 +23,11 @@ from colony.consensus import frames
 from colony.consensus.machine import encode_batch
 from colony.consensus.raft import NotCommitted, Replica, Timers
 from colony.consensus.transport import Link
+from colony.harness.processes import poll
 from colony.shared import subjects
 from colony.shared.bus import Bus, connect
 from colony.shared.config import NatsSettings
 from colony.shared.messages import KvPut, Proposal, new_id
-from colony.shared.testing import poll
 
 VOTERS = ["v1", "v2", "v3"]
 SECRET = b"a-cluster-secret-for-raft-tests"

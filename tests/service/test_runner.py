@@ -13,11 +13,11 @@ import time
 import msgspec
 import pytest
 
+from colony.harness.processes import NatsServer, example_metrics, poll, wait_for
 from colony.shared import runner, subjects
 from colony.shared.bus import RemoteError, connect
 from colony.shared.config import dumps
 from colony.shared.messages import LatestMetricsRequest
-from colony.shared.testing import NatsServer, example_metrics, poll, wait_for
 
 
 class Echo:

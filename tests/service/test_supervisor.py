@@ -8,9 +8,9 @@ import sys
 
 from colony.bootstrapper.state import RestartPolicy
 from colony.bootstrapper.supervisor import Child, Supervisor
+from colony.harness.processes import NatsServer, poll
 from colony.shared import natsd
 from colony.shared.statedir import NATS, SUPERVISOR, NodeDir
-from colony.shared.testing import NatsServer, poll
 
 CRASH = Child("crashy", [sys.executable, "-c", "raise SystemExit(3)"])
 SLEEPER = Child("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 from _voters import Membership, Voters, settled, status
 
+from colony.harness.processes import poll
 from colony.shared import subjects
 from colony.shared.messages import (
     KvPut,
@@ -21,7 +22,6 @@ from colony.shared.messages import (
     ProposeRequest,
     new_id,
 )
-from colony.shared.testing import poll
 
 VOTERS = ["v1", "v2", "v3", "v4", "v5"]
 BIG = "x" * 120_000

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 from _voters import Membership, Voters, settled, status
 
+from colony.harness.processes import poll
 from colony.shared import subjects
 from colony.shared.bus import BusError
 from colony.shared.messages import DigestRequest, KvPut, Proposal, ProposeRequest, new_id
-from colony.shared.testing import poll
 
 VOTERS = ["v1", "v2", "v3", "v4", "v5"]
 

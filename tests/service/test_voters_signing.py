@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from colony.consensus.service import ConsensusService
+from colony.harness.processes import poll
 from colony.shared import runner, subjects
 from colony.shared.bus import BusError, RemoteError
 from colony.shared.config import ConsensusSettings
@@ -24,7 +25,6 @@ from colony.shared.messages import (
     new_id,
 )
 from colony.shared.signing import sign
-from colony.shared.testing import poll
 
 VOTERS = ["v1", "v2", "v3"]
 SECRET = b"a-cluster-secret-for-tests"

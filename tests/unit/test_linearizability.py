@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from colony.shared.linearizability import KV_REGISTER, Model, Operation, check
+from colony.harness.linearizability import KV_REGISTER, Model, Operation, check
 
 
 def put(client, value, call, ret, key="x"):

@@ -5,6 +5,7 @@ import logging
 
 import pytest
 
+from colony.harness.processes import example_metrics
 from colony.shared.messages import (
     MAX_PAYLOAD,
     DecodeError,
@@ -18,7 +19,6 @@ from colony.shared.messages import (
     encode,
     to_builtins,
 )
-from colony.shared.testing import example_metrics
 
 SUBJECT = "colony.monitor.metrics.n1"
 

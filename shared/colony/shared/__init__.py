@@ -7,7 +7,6 @@
 - `runner`: runs a service: config, logging, connection, NATS micro registration, shutdown.
 - `clock`: the injectable clock.
 - `statedir`: the on-disk layout of a node's state directory.
-- `testing`: real nats-server processes on free ports for tests.
 """
 
 __version__ = "0.1.0"

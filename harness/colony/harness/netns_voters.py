@@ -1,6 +1,6 @@
 """Test helper: three Raft voters on hosts in network namespaces, to cut apart and heal.
 
-Each host (`colony.shared.netns`) runs its own nats-server, routed to the
+Each host (`colony.harness.netns`) runs its own nats-server, routed to the
 others, and one `python -m colony.consensus` voter connected to it. Every
 request is made inside a host, through that host's own server: by
 `colony kv`, and by small probe processes for a voter's Raft status,
@@ -27,9 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from colony.shared import natsd, netns
+from colony.harness import netns
+from colony.harness.processes import wait_for
+from colony.shared import natsd
 from colony.shared.config import Config, ConsensusSettings, NatsSettings, NodeSettings, dumps
-from colony.shared.testing import wait_for
 
 T, R = TypeVar("T"), TypeVar("R")
 

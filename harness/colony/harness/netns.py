@@ -46,8 +46,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from colony.harness.processes import wait_for
 from colony.shared import natsd
-from colony.shared.testing import wait_for
 
 PREFIX = "colony-"
 """Every namespace made here is named colony-<pid>-<name>."""
