@@ -40,12 +40,12 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from colony.harness import probe
 from colony.harness.processes import wait_for
 from colony.shared import natsd
 
@@ -75,24 +75,24 @@ def unavailable() -> str | None:
     """Why network namespaces cannot be used here, or None if they can.
 
     Checks root, `ip`, and that a namespace with a bridge and a veth pair can
-    really be made (a container may refuse), then deletes the probe.
+    really be made (a container may refuse), then deletes it.
     """
     if os.geteuid() != 0:
         return "needs root (to create network namespaces)"
     if shutil.which("ip") is None:
         return "needs the `ip` command (iproute2)"
-    probe = f"{PREFIX}{os.getpid()}-probe"
+    trial = f"{PREFIX}{os.getpid()}-probe"
     try:
-        ip("netns", "add", probe)
+        ip("netns", "add", trial)
     except (NetnsError, OSError, subprocess.SubprocessError) as e:
         return f"`ip netns add` does not work here: {e}"
     try:
-        ip("-n", probe, "link", "add", "probe-br", "type", "bridge")
-        ip("-n", probe, "link", "add", "probe-a", "type", "veth", "peer", "name", "probe-b")
+        ip("-n", trial, "link", "add", "probe-br", "type", "bridge")
+        ip("-n", trial, "link", "add", "probe-a", "type", "veth", "peer", "name", "probe-b")
     except NetnsError as e:
         return f"bridges or veth pairs cannot be made in a namespace here: {e}"
     finally:
-        ip("netns", "del", probe, check=False)
+        ip("netns", "del", trial, check=False)
     return None
 
 
@@ -299,14 +299,8 @@ class SplitNetwork:
 
     def port_open(self, host: str, address: str, port: int) -> bool:
         """Does a TCP connect from inside `host` to address:port succeed?"""
-        check = (
-            "import socket, sys\n"
-            "try:\n"
-            f"    socket.create_connection(({address!r}, {port}), timeout=0.5).close()\n"
-            "except OSError:\n"
-            "    sys.exit(1)\n"
-        )
-        return self.run(host, [sys.executable, "-c", check], timeout=10).returncode == 0
+        argv = [*probe.ARGV, "connect", address, str(port)]
+        return self.run(host, argv, timeout=10).returncode == 0
 
 
 class HostProcesses:

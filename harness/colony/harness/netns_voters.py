@@ -3,9 +3,9 @@
 Each host (`colony.harness.netns`) runs its own nats-server, routed to the
 others, and one `python -m colony.consensus` voter connected to it. Every
 request is made inside a host, through that host's own server: by
-`colony kv`, and by small probe processes for a voter's Raft status,
-database digest, a proposal sent on a signal, or the `manager.acting` events
-its server carries. Nothing talks to the hosts' addresses from the root
+`colony kv`, and by `colony.harness.probe` processes for a voter's Raft
+status, database digest, a proposal sent on a signal, or the `manager.acting`
+events its server carries. Nothing talks to the hosts' addresses from the root
 namespace (that traffic would leave the machine). Used by the partition
 tests and bench/failover; needs root.
 
@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from colony.harness import netns
+from colony.harness import netns, probe
 from colony.harness.processes import wait_for
-from colony.shared import natsd
+from colony.shared import natsd, subjects
 from colony.shared.config import Config, ConsensusSettings, NatsSettings, NodeSettings, dumps
 
 T, R = TypeVar("T"), TypeVar("R")
@@ -45,83 +45,6 @@ ROUTE_PING = 1.0
 SECRET = "a-cluster-secret-for-the-partition-test"
 REFUSAL = 3
 """`--timeout` of a request that must be refused: seconds the CLI keeps retrying."""
-
-PROBE = """
-import asyncio, json, sys
-from colony.shared import subjects
-from colony.shared.bus import connect
-from colony.shared.config import NatsSettings
-from colony.shared.messages import ConsensusStatusRequest, DigestRequest, to_builtins
-
-async def main(url, voter, what):
-    bus = await connect(NatsSettings(servers=[url], connect_timeout=1.0), "probe", reconnect=False)
-    try:
-        if what == "status":
-            reply = await bus.request(subjects.consensus_status(voter), ConsensusStatusRequest(), 1)
-        else:
-            reply = await bus.request(subjects.consensus_digest(voter), DigestRequest(), 5)
-        print(json.dumps(to_builtins(reply)))
-    finally:
-        await bus.close()
-
-asyncio.run(main(*sys.argv[1:]))
-"""
-"""Prints one voter's Raft status or database digest as JSON; exits non-zero if it is silent."""
-
-PROPOSE_ON_SIGNAL = """
-import asyncio, json, signal, sys, time
-from colony.shared import subjects
-from colony.shared.bus import BusError, RemoteError, connect
-from colony.shared.config import NatsSettings
-from colony.shared.messages import KvPut, Proposal, ProposeRequest, new_id, to_builtins
-
-async def main(url, voter, key, value, epoch):
-    bus = await connect(NatsSettings(servers=[url], connect_timeout=1.0), "proposer")
-    go = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
-    print("ready", flush=True)
-    await go.wait()
-    sent = time.monotonic()
-    request = ProposeRequest(proposals=[Proposal(new_id(), KvPut(key, value), int(epoch))])
-    try:
-        answer = {"reply": to_builtins(await bus.request(subjects.propose(voter), request, 15))}
-    except RemoteError as e:
-        answer = {"code": e.code, "error": e.description}
-    except BusError as e:
-        answer = {"error": str(e)}
-    print(json.dumps({**answer, "seconds": time.monotonic() - sent}), flush=True)
-    await bus.close()
-
-asyncio.run(main(*sys.argv[1:]))
-"""
-"""Proposes KEY=VALUE (on behalf of the manager at EPOCH, 0: not) to one voter the moment it
-gets SIGUSR1 (no start-up in the way), then prints the answer as JSON and exits; prints
-'ready' once connected."""
-
-WATCH_MANAGER = """
-import asyncio, json, sys
-from colony.shared import subjects
-from colony.shared.bus import connect
-from colony.shared.config import NatsSettings
-from colony.shared.messages import to_builtins
-
-async def main(url):
-    bus = await connect(NatsSettings(servers=[url], connect_timeout=1.0), "watcher")
-    events = await bus.subscribe(subjects.manager_acting())
-    print("ready", flush=True)
-    async for event in events:
-        print(json.dumps(to_builtins(event)), flush=True)
-
-asyncio.run(main(*sys.argv[1:]))
-"""
-"""Prints every `manager.acting` event its host's server carries, one JSON line each."""
-
-ROUTES = """
-import json, sys, urllib.request
-with urllib.request.urlopen(sys.argv[1] + "/routez", timeout=1) as reply:
-    print(json.load(reply)["num_routes"])
-"""
-"""Prints how many routes a nats-server has open (its monitoring port)."""
 
 
 class NetnsVoters(netns.HostProcesses):
@@ -151,7 +74,7 @@ class NetnsVoters(netns.HostProcesses):
     # --- asking a host's own voter, from inside the host -----------------------------
 
     def _probe(self, host: str, what: str) -> dict | None:
-        argv = [sys.executable, "-c", PROBE, self.url(host), host, what]
+        argv = [*probe.ARGV, what, self.url(host), host]
         done = self.net.run(host, argv, timeout=30)
         return json.loads(done.stdout) if done.returncode == 0 else None  # None: silent
 
@@ -174,8 +97,7 @@ class NetnsVoters(netns.HostProcesses):
         the "seconds" it took.
         """
         log = self.log(host, f"proposer-{key}")
-        argv = [sys.executable, "-c", PROPOSE_ON_SIGNAL, self.url(host), host, key, value]
-        argv.append(str(epoch))
+        argv = [*probe.ARGV, "propose", self.url(host), host, key, value, "--epoch", str(epoch)]
         process = self.net.popen(host, argv, log)  # not in `processes`: it exits when done
         lines = lambda: log.read_text().split("\n")[:-1]  # noqa: E731 (complete lines only)
         wait_for(lambda: lines() == ["ready"] or process.poll() is not None, 20, "the proposer")
@@ -192,7 +114,8 @@ class NetnsVoters(netns.HostProcesses):
         """Start hearing `manager.acting` through `host`'s server; the call returns what
         was heard so far."""
         log = self.log(host, "manager-events")
-        self.spawn(host, [sys.executable, "-c", WATCH_MANAGER, self.url(host)], "manager-events")
+        watch = [*probe.ARGV, "watch", self.url(host), subjects.manager_acting().name]
+        self.spawn(host, watch, "manager-events")
         lines = lambda: log.read_text().split("\n")[:-1]  # noqa: E731 (complete lines only)
         wait_for(lambda: log.exists() and lines()[:1] == ["ready"], 20, f"a watcher on {host}")
         return lambda: [json.loads(line) for line in lines()[1:]]
@@ -208,7 +131,7 @@ class NetnsVoters(netns.HostProcesses):
         return None
 
     def routes(self, host: str) -> int | None:
-        argv = [sys.executable, "-c", ROUTES, f"http://{self.net.hosts[host].address}:{PORTS.http}"]
+        argv = [*probe.ARGV, "routes", f"http://{self.net.hosts[host].address}:{PORTS.http}"]
         done = self.net.run(host, argv, timeout=30)
         return int(done.stdout) if done.returncode == 0 else None
 
