@@ -294,7 +294,7 @@ async def soak() -> Soak:
             await poll(lambda: settled(bus, ids, 3), 120, "the cluster to settle")
             heard.events.clear()
             spinning = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", "while True: pass"
+                sys.executable, "-m", "colony.harness.busy"
             )
             started = time.monotonic()
             try:

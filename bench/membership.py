@@ -39,7 +39,8 @@ TRIALS = 10
 COUNT_WINDOW = 10.0
 SOAK_SIZE = 50
 SOAK_SECONDS = float(os.environ.get("COLONY_BENCH_SOAK", "300"))
-BUSY_LOOP = "while True: pass"
+BUSY = [sys.executable, "-m", "colony.harness.busy"]
+"""Keeps a core busy during the soak."""
 
 
 def start_workers(url: str, size: int) -> list[subprocess.Popen[bytes]]:
@@ -171,7 +172,7 @@ async def soak(workdir: Path) -> dict[str, float]:
     server = NatsServer.standalone(workdir / "nats-soak").start()
     workers = start_workers(server.url, SOAK_SIZE)
     bus = await connect(NatsSettings(servers=[server.url]), "bench")
-    busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])  # noqa: ASYNC220
+    busy = subprocess.Popen(BUSY)  # noqa: ASYNC220
     verdicts = {"suspect": 0, "dead": 0}
     suspected: set[str] = set()
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from colony.harness import netns
+from colony.harness import netns, probe
 from colony.harness.processes import wait_for
 from colony.shared import natsd
 from colony.shared.config import Config, NatsSettings, NodeSettings, dumps
@@ -42,23 +42,6 @@ and re-dialled until the cable is back."""
 
 FORM, SPLIT, HEAL = 30, 40, 60
 """Seconds allowed to form the group, to split it, to heal it."""
-
-WATCH = """
-import asyncio, sys
-import nats
-
-async def main(url, subject):
-    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-    async def write(msg):
-        print(msg.data.decode(), flush=True)
-    await nc.subscribe(subject, cb=write)
-    await nc.flush()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main(sys.argv[1], sys.argv[2]))
-"""
-"""Prints every message on a subject, one per line, after a first line 'ready'."""
 
 
 class Group(netns.HostProcesses):
@@ -80,7 +63,7 @@ class Group(netns.HostProcesses):
             (self.workdir / host / "node.toml").write_text(dumps(config))
             argv = [sys.executable, "-m", "colony.membership", "--config"]
             self.spawn(host, [*argv, str(self.workdir / host / "node.toml")], "membership")
-            watch = [sys.executable, "-c", WATCH, self.url(host), "colony.changes.member.*"]
+            watch = [*probe.ARGV, "watch", self.url(host), "colony.changes.member.*"]
             self.spawn(host, watch, "changes")
         for host in HOSTS:
             wait_for(lambda h=host: self._lines(h)[:1] == ["ready"], 20, f"{host}'s watcher")
