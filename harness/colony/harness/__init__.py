@@ -2,8 +2,13 @@
 with a service.
 
 - `processes`: real nats-server processes and clusters on free ports, consensus voters
-  as child processes, and waiting on a condition with a timeout.
-- `netns`: hosts in network namespaces joined by virtual cables (root only).
-- `netns_voters`: a consensus voter on each namespace host, with probes run inside them.
+  as child processes, sample node metrics, and waiting on a condition with a timeout.
+- `netns`: hosts in Linux network namespaces on two switches joined by a cable, to cut
+  apart and heal (root only).
+- `netns_voters`: a nats-server and a consensus voter on each namespace host, asked from
+  inside the hosts.
+- `probe`: the small programs run inside a namespace host: a voter's status or digest, a
+  proposal sent on a signal, a subject's messages, a server's routes, a TCP connect.
+- `busy`: keeps one CPU core busy until killed, the load a benchmark puts beside the cluster.
 - `linearizability`: a Wing-Gong-Lowe checker for histories of register operations.
 """

@@ -4,6 +4,11 @@
 routed cluster with JetStream that is ready once it has a meta leader. Both
 are configured by `colony.shared.natsd`, exactly like `colony up` configures
 a node's server, and both stop their processes whatever happens.
+
+``VoterProcesses`` runs Raft voters as `python -m colony.consensus` processes
+on a ``NatsCluster``. ``wait_for`` (blocking) and ``poll`` (async) wait for a
+condition with a timeout, instead of sleeping and hoping. ``example_metrics``
+is a valid ``NodeMetrics`` for tests that need one.
 """
 
 from __future__ import annotations

@@ -1,12 +1,21 @@
 """Colony's shared library: the only code the services have in common.
 
 - `subjects`: every NATS subject, built by one function each and paired with its payload type.
-- `messages`: the typed, versioned wire structs and their codec.
-- `bus`: a typed wrapper over nats-py (publish, request, subscribe, JetStream helpers).
-- `config`: node configuration from a TOML file and `COLONY_*` environment variables.
-- `runner`: runs a service: config, logging, connection, NATS micro registration, shutdown.
-- `clock`: the injectable clock.
-- `statedir`: the on-disk layout of a node's state directory.
+- `messages`: the typed, versioned wire messages and their codec.
+- `bus`: a typed wrapper over nats-py (publish, request, subscribe, JetStream) that fails
+  only with its own errors.
+- `signing`: HMAC signatures, keyed with the cluster secret, on the messages only the
+  cluster's own nodes may send.
+- `management`: a client of the management database: proposals and reads through any
+  voter, retried until a deadline.
+- `config`: node configuration from a TOML file and `COLONY_*` environment variables,
+  every key validated.
+- `logs`: structured logging, one JSON object (or readable text) per line, with context.
+- `runner`: what every service does around its own logic: config, logging, connection,
+  NATS micro registration, shutdown.
+- `natsd`: the embedded nats-server: its binary, its config file, and readiness checks.
+- `clock`: the injectable clock, real or a fake that moves only when a test advances it.
+- `statedir`: the on-disk layout of a state directory (node configs, process records, logs).
 """
 
 __version__ = "0.1.0"
