@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from colony.bootstrapper import cluster
+from colony.cli.local.ports import free_base_port
 from colony.shared.statedir import ProcessRecord, StateDir
 
 _script = Path(sys.executable).with_name("colony")
@@ -51,16 +51,19 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def local_cluster(nodes: int = 3) -> Iterator[Cluster]:
+def local_cluster(nodes: int = 3, voters: int | None = None) -> Iterator[Cluster]:
     """`colony up --detach` a cluster, timed; always `colony down` it and check nothing is left.
 
-    After the block, `left_running` names what `colony down` missed.
+    `voters` None: `colony up`'s default. After the block, `left_running` names what
+    `colony down` missed.
     """
     with tempfile.TemporaryDirectory(prefix="colony-bench-") as tmp:
-        running = Cluster(StateDir(Path(tmp) / "state"), cluster.free_base_port(nodes))
+        running = Cluster(StateDir(Path(tmp) / "state"), free_base_port(nodes))
         try:
             started = time.monotonic()
             shape = ["--nodes", str(nodes), "--base-port", str(running.base_port)]
+            if voters is not None:
+                shape += ["--voters", str(voters)]
             colony("up", running.state, "--detach", *shape)
             running.up_seconds = time.monotonic() - started
             yield running

@@ -48,10 +48,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._cluster import Cluster, colony, local_cluster, stragglers
+from bench._cluster import Cluster, colony, local_cluster
 from bench._report import quantile, say, table, verdict
 from bench.consensus import statuses
-from colony.bootstrapper import cluster as clusters
 from colony.harness import netns
 from colony.harness.netns_voters import HOSTS, NetnsVoters, arrange
 from colony.harness.processes import poll, wait_for
@@ -65,7 +64,6 @@ from colony.shared.messages import (
     KvPut,
     ManagerActing,
 )
-from colony.shared.statedir import StateDir
 
 TITLE = "Failover"
 TRIALS = int(os.environ.get("COLONY_BENCH_TRIALS", "12"))
@@ -341,23 +339,6 @@ class Restarts:
         return f"{when - t:.1f} s after {what}"
 
 
-@contextlib.contextmanager
-def five_voters():
-    """`colony up --nodes 5 --voters 5 --detach`; always `colony down` (and check)."""
-    with tempfile.TemporaryDirectory(prefix="colony-bench-") as tmp:
-        running = Cluster(StateDir(Path(tmp) / "state"), clusters.free_base_port(5))
-        try:
-            shape = ["--nodes", "5", "--voters", "5", "--base-port", str(running.base_port)]
-            colony("up", running.state, "--detach", *shape)
-            yield running
-        finally:
-            seen = running.records()
-            try:
-                colony("down", running.state)
-            finally:
-                running.left_running = stragglers(seen, tmp)
-
-
 async def write_on(urls: list[str], voters: list[str], acked: list[float], until: float) -> int:
     """Commit one write after another until `until`; each acknowledgement's time goes to
     `acked`. Returns how many failed."""
@@ -428,7 +409,7 @@ async def kill_and_restart(
 
 async def restarts(minutes: float = RESTARTS, seed: int | None = None) -> Restarts:
     rng = random.Random(seed)
-    with five_voters() as cluster:
+    with local_cluster(nodes=5, voters=5) as cluster:
         nodes = [n.read_id() for n in cluster.state.nodes()]
         urls = [n.nats_url() for n in cluster.state.nodes()]
         control = await connect(NatsSettings(servers=urls), "bench-failover-control")

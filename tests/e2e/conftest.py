@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from _cli import down, up
 
-from colony.bootstrapper.cluster import free_base_port
+from colony.cli.local.ports import free_base_port
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from _cli import colony, down, status, up
 
-from colony.bootstrapper.cluster import free_base_port, plan, write_nodes
+from colony.cli.local.plan import plan
+from colony.cli.local.ports import free_base_port
+from colony.cli.local.write import write_nodes
 from colony.shared.statedir import StateDir
 
 pytestmark = pytest.mark.e2e

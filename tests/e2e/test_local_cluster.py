@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from _cli import colony, status, up
 
-from colony.bootstrapper.cluster import free_base_port
+from colony.cli.local.ports import free_base_port
 from colony.harness.processes import wait_for
 from colony.shared.statedir import NATS, SUPERVISOR, StateDir
 

@@ -22,7 +22,7 @@ import nats.errors
 import pytest
 from _cli import colony, status, up
 
-from colony.bootstrapper.cluster import free_base_port
+from colony.cli.local.ports import free_base_port
 from colony.harness.processes import wait_for
 from colony.shared import subjects
 from colony.shared.bus import connect

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from _cli import colony
 
-from colony.bootstrapper.cluster import free_base_port
+from colony.cli.local.ports import free_base_port
 from colony.harness.processes import wait_for
 from colony.shared import subjects
 from colony.shared.bus import BusError, connect

@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
-from colony.bootstrapper.cluster import plan, write_nodes
 from colony.cli.capacity import cores, memory_size
+from colony.cli.local.plan import plan
+from colony.cli.local.write import write_nodes
 from colony.cli.main import main
 from colony.monitor.service import DeclaredCapacity
 from colony.shared.config import load

@@ -10,8 +10,9 @@ import os
 import pytest
 from rich.console import Console
 
-from colony.bootstrapper.cluster import plan, write_nodes
 from colony.cli import members, output, status
+from colony.cli.local.plan import plan
+from colony.cli.local.write import write_nodes
 from colony.cli.main import main
 from colony.shared.messages import (
     ConsensusStatus,

@@ -6,15 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from colony.bootstrapper.cluster import (
-    ClusterError,
-    NodePlan,
-    ephemeral_ports,
-    free_base_port,
-    plan,
-    ports_taken,
-    write_nodes,
-)
+from colony.cli.local import start
+from colony.cli.local.plan import ClusterError, NodePlan, Shape, choose, plan
+from colony.cli.local.ports import ephemeral_ports, free_base_port, ports_taken
+from colony.cli.local.write import write_nodes
+from colony.cli.main import main
 from colony.shared import natsd
 from colony.shared.config import load
 from colony.shared.statedir import StateDir
@@ -154,3 +150,31 @@ def test_voters_are_the_first_nodes_and_an_odd_count_of_at_most_the_nodes():
     for nodes, voters in ((5, 2), (3, 5), (5, 4), (5, 0)):
         with pytest.raises(ClusterError, match="--voters must be 1, 3 or 5"):
             plan(nodes, BASE, voters)
+
+
+def shape(plans: list[NodePlan]) -> tuple[int, int, int]:
+    return len(plans), plans[0].ports["client"], sum(p.voter for p in plans)
+
+
+def test_up_plans_as_asked_else_as_last_time_else_the_defaults():
+    assert shape(choose(None, None, None, previous=None)) == (3, 4222, 3)
+    assert shape(choose(None, None, None, previous=None, existing=4)) == (4, 4222, 3)
+    last = Shape(nodes=5, base_port=BASE, voters=5)
+    assert shape(choose(None, None, None, last)) == (5, BASE, 5)
+    assert shape(choose(None, BASE + 7, 3, last)) == (5, BASE + 7, 3)
+    # last time's 5 voters do not fit 3 nodes: the default for 3 nodes then
+    assert shape(choose(3, None, None, last)) == (3, BASE, 3)
+    # a cluster.toml from before voters existed
+    assert shape(choose(None, None, None, Shape(nodes=2, base_port=BASE))) == (2, BASE, 1)
+    with pytest.raises(ClusterError, match="--voters must be 1, 3 or 5"):
+        choose(None, None, 4, last)
+
+
+def test_up_without_the_bootstrapper_says_so_before_writing_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(start, "SUPERVISOR_MODULE", "colony.no_such_service")
+    with pytest.raises(SystemExit) as exited:
+        main(["up", "--state-dir", str(tmp_path / "state")])
+    assert exited.value.code == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "-m colony.no_such_service`, but colony.no_such_service is not installed" in err
+    assert not (tmp_path / "state").exists()

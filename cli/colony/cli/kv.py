@@ -12,7 +12,7 @@ import asyncio
 
 import msgspec
 
-from colony.bootstrapper.cluster import voters_of
+from colony.cli.local.write import voters_of
 from colony.cli.members import service_nodes
 from colony.cli.output import fail, out, print_json
 from colony.shared.bus import NotConnected, connect

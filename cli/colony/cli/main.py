@@ -18,9 +18,10 @@ from pathlib import Path
 
 from rich.text import Text
 
-from colony.bootstrapper import cluster
 from colony.cli import capacity, logs
 from colony.cli.kv import cmd_kv
+from colony.cli.local import plan, ports, start, wait, write
+from colony.cli.local.plan import ClusterError
 from colony.cli.members import cmd_members
 from colony.cli.output import err, fail, out, print_json
 from colony.cli.status import gather, manager_line, raft, raft_line, stopped_lines, table
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # `colony status --json | head`: the reader has had enough
         sys.stderr.close()
         sys.exit(0)
-    except (cluster.ClusterError, StateDirError) as e:
+    except (ClusterError, StateDirError) as e:
         fail(str(e))
     except OSError as e:
         if e.filename is None:
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-port",
         type=int,
         help="first client port; the others follow it "
-        f"(default: {cluster.DEFAULT_BASE_PORT}, or as last time)",
+        f"(default: {plan.DEFAULT_BASE_PORT}, or as last time)",
     )
     up.add_argument(
         "--voters",
@@ -254,8 +255,9 @@ def _count(text: str) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    start.check_installed()
     state = StateDir(args.state_dir)
-    live = cluster.running(state)
+    live = start.running(state)
     if live:
         state.create()  # a state dir made before files were private becomes private
         down = [n for n in state.nodes() if n.name not in {m.name for m in live}]
@@ -267,20 +269,20 @@ def cmd_up(args: argparse.Namespace) -> int:
             "See it with `colony status`; stop it with `colony down`."
         )
         return 0
-    stray = cluster.leftovers(state)
+    stray = start.leftovers(state)
     if stray:
         names = ", ".join(f"{r.name} (pid {r.pid})" for r in stray)
         fail(f"processes of an earlier run are still alive: {names}", "run `colony down` first")
     plans = _cluster_plan(state, args)
     nodes, base_port = len(plans), plans[0].ports["client"]
-    taken = cluster.ports_taken(plans)
+    taken = ports.ports_taken(plans)
     if taken:
         fail(
             f"{len(taken)} port(s) already in use: {', '.join(taken)}",
             "stop what uses them, or move the cluster with --base-port",
         )
     started = time.monotonic()
-    node_dirs = cluster.write_nodes(state, plans)
+    node_dirs = write.write_nodes(state, plans)
     _start_and_wait(state, node_dirs, args.timeout, f"starting {nodes} nodes", state.nodes())
     try:
         out.print(
@@ -303,7 +305,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             signal.pause()
     except KeyboardInterrupt:
         out.print("\nstopping…")
-        stopped = cluster.down(state)
+        stopped = start.stop(state)
         out.print(f"stopped {len(stopped)} processes")
     return 0
 
@@ -311,9 +313,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _restart(state: StateDir, nodes: list[NodeDir], timeout: float) -> int:
     """Start again the down nodes of a running cluster, on their own state."""
     names = ", ".join(n.name for n in nodes)
-    cluster.down(state, nodes=nodes)  # what a dead supervisor left behind is an orphan
-    plans = {p.name: p for p in cluster.plan_of(state)}
-    taken = cluster.ports_taken([plans[n.name] for n in nodes if n.name in plans])
+    start.stop(state, nodes=nodes)  # what a dead supervisor left behind is an orphan
+    plans = {p.name: p for p in write.plan_of(state)}
+    taken = ports.ports_taken([plans[n.name] for n in nodes if n.name in plans])
     if taken:
         fail(f"{names} cannot start: port(s) in use: {', '.join(taken)}", "stop what uses them")
     started = time.monotonic()
@@ -338,17 +340,15 @@ def _start_and_wait(
         signal.signal(sig, _interrupt)
     try:
         for node_dir in nodes:
-            cluster.start_supervisor(node_dir)
+            start.start_supervisor(node_dir)
         # a spinner parses markup in plain strings: give it Text (names are not markup)
         with err.status(Text(doing)) as spinner:
-            asyncio.run(
-                cluster.wait_ready(state, nodes, timeout, lambda s: spinner.update(Text(s)))
-            )
+            asyncio.run(wait.wait_ready(state, nodes, timeout, lambda s: spinner.update(Text(s))))
     except KeyboardInterrupt:
-        cluster.down(state, nodes=owned)
+        start.stop(state, nodes=owned)
         fail("interrupted; stopped what had started", code=130)
-    except (cluster.ClusterError, NotConnected) as e:
-        cluster.down(state, nodes=owned)
+    except (ClusterError, NotConnected) as e:
+        start.stop(state, nodes=owned)
         logs_dir = state.path / "nodes" / "*" / "logs"
         fail(f"not ready: {e}", f"see the logs in {logs_dir}; stopped what had started")
 
@@ -357,21 +357,15 @@ def _interrupt(_signal: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _cluster_plan(state: StateDir, args: argparse.Namespace) -> list[cluster.NodePlan]:
+def _cluster_plan(state: StateDir, args: argparse.Namespace) -> list[plan.NodePlan]:
     """Nodes, base port, voters: as asked, else as this state dir had them, else defaults."""
-    previous = cluster.previous_shape(state)
+    previous = write.previous_shape(state)
     existing = len(state.nodes())
-    nodes, base_port, voters = args.nodes, args.base_port, args.voters
-    if nodes is None:
-        nodes = previous.nodes if previous else max(existing, 3)
-    if base_port is None:
-        base_port = previous.base_port if previous else cluster.DEFAULT_BASE_PORT
-    if voters is None and previous and previous.voters and previous.voters <= nodes:
-        voters = previous.voters
-    plans = cluster.plan(nodes, base_port, voters)  # rejects impossible counts and ports
-    if nodes < existing:
+    # rejects impossible counts and ports
+    plans = plan.choose(args.nodes, args.base_port, args.voters, previous, existing)
+    if len(plans) < existing:
         fail(
-            f"{state.path}/ holds {existing} nodes; cannot start only {nodes}",
+            f"{state.path}/ holds {existing} nodes; cannot start only {len(plans)}",
             f"use --nodes {existing}, or another --state-dir",
         )
     return plans
@@ -379,11 +373,11 @@ def _cluster_plan(state: StateDir, args: argparse.Namespace) -> list[cluster.Nod
 
 def cmd_down(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
-    if not cluster.leftovers(state):
+    if not start.leftovers(state):
         out.print(f"Nothing is running in {state.path}/.")
         return 0
     with err.status("stopping"):
-        stopped = cluster.down(state)
+        stopped = start.stop(state)
     supervisors = sum(r.name == SUPERVISOR for r in stopped)
     out.print(
         Text.assemble(("✓", "green"), f" stopped {supervisors} nodes ({len(stopped)} processes)")
