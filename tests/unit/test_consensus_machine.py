@@ -11,8 +11,8 @@ import pickle
 import pytest
 
 from colony.consensus import frames
-from colony.consensus.machine import BadBatch, LeaseState, Machine, encode_batch
-from colony.consensus.manager import countdown_from
+from colony.consensus.machine import Applied, BadBatch, LeaseState, Machine, encode_batch
+from colony.consensus.manager import AppliedClock, countdown_from
 from colony.shared.messages import (
     Barrier,
     KvCas,
@@ -173,13 +173,15 @@ def test_a_command_with_a_stale_or_ungranted_epoch_is_refused_and_changes_nothin
 
 def test_renewals_need_the_holders_epoch_and_leave_no_change_or_idempotency_record(tmp_path):
     m = Machine(tmp_path / "db")
+    heard = []
+    m.watch(heard.append)
     m.apply(1, entry(LeaseGrant("n1", 1.0, expected_epoch=0)))
-    before = m.lease().renewed_at
     [renewed] = m.apply(2, fenced(1, LeaseRenew("n1"), ids=["r"]))
     [again] = m.apply(3, fenced(1, LeaseRenew("n1"), ids=["r"]))
     [wrong] = m.apply(4, fenced(1, LeaseRenew("n2")))
     assert renewed.ok and again.ok and not wrong.ok and "n2 at epoch 1 cannot renew" in wrong.error
-    assert m.lease().renewed_at >= before
+    renewed_twice = [Applied("renewed", "manager")] * 2  # a repeat renews again
+    assert heard == [Applied("granted", "manager"), *renewed_twice]  # the refused one: not
     assert len(changes(m)) == 1
     assert m.db.execute("SELECT count(*) FROM proposals WHERE id = 'r'").fetchone() == (0,)
 
@@ -193,16 +195,16 @@ def test_the_term_the_holder_asked_in_is_kept_with_the_lease(tmp_path):
 
 
 def test_a_renewal_asked_in_an_earlier_term_counts_down_from_its_arrival_if_sooner():
-    applied_late = LeaseState("n1", 3, 1.0, 10.0, renewed_at=20.5, asked_term=6)
+    asked_in_6 = LeaseState("n1", 3, 1.0, asked_term=6)
     # Asked in term 6, applied by the leader of term 7 once it committed its first entry
     # (20.5), but here since 20.0 at the latest: the countdown starts then.
-    assert countdown_from(applied_late, term=7, arrived_by=20.0) == 20.0
-    assert countdown_from(applied_late, term=7, arrived_by=21.0) == 20.5  # never later
+    assert countdown_from(asked_in_6, 20.5, term=7, arrived_by=20.0) == 20.0
+    assert countdown_from(asked_in_6, 20.5, term=7, arrived_by=21.0) == 20.5  # never later
     # Asked in this leader's own term: applied soon after it was asked.
-    assert countdown_from(applied_late, term=6, arrived_by=20.0) == 20.5
-    unknown = LeaseState("n1", 3, 1.0, 10.0, renewed_at=20.5)  # asked_term 0: from before
-    assert countdown_from(unknown, term=7, arrived_by=20.0) == 20.5
-    assert countdown_from(LeaseState("n1", 3, 1.0, None, None, 6), 7, 20.0) == 0.0
+    assert countdown_from(asked_in_6, 20.5, term=6, arrived_by=20.0) == 20.5
+    unknown = LeaseState("n1", 3, 1.0)  # asked_term 0: from before
+    assert countdown_from(unknown, 20.5, term=7, arrived_by=20.0) == 20.5
+    assert countdown_from(asked_in_6, None, 7, 20.0) == 0.0
 
 
 def test_only_the_holder_releases_and_a_released_epoch_fences_everything(tmp_path):
@@ -222,12 +224,18 @@ def test_the_lease_survives_a_restart_with_its_clock_started_afresh(tmp_path):
     m.close()
     again = Machine(tmp_path / "db")
     lease = again.lease()
-    assert (lease.holder, lease.epoch, lease.ttl, lease.granted_at) == ("n1", 1, 1.5, None)
-    assert lease.renewed_at is not None  # the leader waits a whole ttl before expiring it
+    assert (lease.holder, lease.epoch, lease.ttl) == ("n1", 1, 1.5)
+    times = iter([5.0, 7.0])
+    clock = AppliedClock(lambda: next(times))  # started at 5.0
+    clock(Applied("loaded"))  # at 7.0
+    # the grant's time is unknown; the leader waits a whole ttl from the load
+    assert (clock.granted("manager"), clock.renewed("manager")) == (None, 7.0)
 
 
 def test_events_for_leaders_voters_and_transfers_are_recorded(tmp_path):
     m = Machine(tmp_path / "db")
+    heard = []
+    m.watch(heard.append)
     m.apply(
         1,
         entry(
@@ -241,7 +249,7 @@ def test_events_for_leaders_voters_and_transfers_are_recorded(tmp_path):
         ("voter", "n4", 1),
         ("transfer", "n4", 1),
     ]
-    assert m.last_transfer_at is not None
+    assert heard == [Applied("transferred")]
 
 
 def test_a_database_from_before_fencing_is_migrated(tmp_path):

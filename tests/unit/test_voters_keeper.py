@@ -42,7 +42,6 @@ class Cluster:
         """node -> what its consensus status says: standby, follower, candidate."""
         self.calls: list[tuple] = []
         self.is_leader = True
-        self.machine = SimpleNamespace(last_transfer_at=None)
         self.log_len = 500
 
     # --- the replica -----------------------------------------------------------------
@@ -97,6 +96,8 @@ class Cluster:
 
 
 class Role:
+    applied = SimpleNamespace(transferred_at=None)
+
     async def release(self, reason, also=(), hold_off=0.0) -> bool:
         return True
 

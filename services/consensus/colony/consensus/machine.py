@@ -14,8 +14,9 @@ kept, and a retried id gets that outcome back without applying again.
 Leases and fencing: a lease row holds its holder, its ttl and an epoch that
 only grows. Apply never reads a clock, so a lease never expires by itself:
 the Raft leader ends it (`LeaseEnd` expired) once its own clock says the ttl
-and a drift margin have passed since it applied the last grant or renewal,
-which the machine notes (`LeaseState`, in memory, outside the database). A
+and a drift margin have passed since it applied the last grant or renewal.
+The machine tells its watchers what it applied (`Applied`, after the commit);
+the watcher, not apply, reads the clock (`manager.AppliedClock`). A
 proposal made on the manager's behalf carries its epoch, and is refused,
 with nothing applied, unless that epoch is the lease's current one.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,19 +116,29 @@ _outcome = msgspec.json.Decoder(Outcome)
 
 @dataclass(frozen=True)
 class LeaseState:
-    """A lease as this replica knows it, with when (its monotonic clock) it applied
-    the grant and the latest renewal: None for those applied before it started."""
+    """A lease as this replica applied it (kept in memory beside the database)."""
 
     holder: str
     epoch: int
     ttl: float
-    granted_at: float | None
-    renewed_at: float | None
     asked_term: int = 0
     """The Raft term the holder asked for the grant or the latest renewal in (0: unknown)."""
 
 
-FREE = LeaseState("", 0, 0.0, None, None)
+FREE = LeaseState("", 0, 0.0)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What an entry did that a watcher times (on its own clock): a lease `granted`,
+    `renewed` or `ended`, a leadership `transferred`, or the database `loaded` (at start
+    or from a snapshot: every lease's age is unknown)."""
+
+    what: str
+    lease: str = ""
+
+
+Watcher = Callable[[Applied], None]
 
 
 class BadBatch(ValueError):
@@ -161,8 +172,9 @@ class Machine:
         self.db.executescript(SCHEMA)
         self.leases: dict[str, LeaseState] = {}
         """The leases as applied here, for the leader's expiry clock and for status."""
-        self.last_transfer_at: float | None = None
-        """When this replica applied the latest leadership transfer (None: none since start)."""
+        self.watchers: list[Watcher] = []
+        """Told what each entry did once it commits (on the applying thread: be quick)."""
+        self._noted: list[Applied] = []
         self._load_leases()
 
     def _migrate(self) -> None:
@@ -173,14 +185,22 @@ class Machine:
 
     def _load_leases(self) -> None:
         """From the database, after a start or a snapshot: ages unknown until the next
-        renewal, so the leader's clock starts now (it waits a whole ttl: the safe side)."""
-        now = time.monotonic()
+        renewal (watchers hear `loaded`: the leader's clock starts then, the safe side)."""
         self.leases = {
-            name: LeaseState(holder, epoch, ttl, None, now)
+            name: LeaseState(holder, epoch, ttl)
             for name, holder, epoch, ttl in self.db.execute(
                 "SELECT name, holder, epoch, ttl FROM leases"
             )
         }
+        self._tell([Applied("loaded")])
+
+    def watch(self, watcher: Watcher) -> None:
+        self.watchers.append(watcher)
+
+    def _tell(self, events: list[Applied]) -> None:
+        for watcher in self.watchers:
+            for event in events:
+                watcher(event)
 
     def lease(self, name: str = MANAGER) -> LeaseState:
         return self.leases.get(name, FREE)
@@ -199,6 +219,7 @@ class Machine:
         except (msgspec.DecodeError, RecursionError):
             proposals = []  # proposers validate first: a bad entry is skipped, never half-applied
         db = self.db
+        self._noted = []
         db.execute("BEGIN IMMEDIATE")
         try:
             outcomes = [self._apply_one(index, p) for p in proposals]
@@ -211,6 +232,7 @@ class Machine:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._tell(self._noted)
         return outcomes
 
     def _apply_one(self, index: int, proposal: Proposal) -> Outcome:
@@ -285,7 +307,7 @@ class Machine:
             case LeadershipTransferred(source=source, target=target, reason=reason):
                 detail = {"source": source, "target": target, "reason": reason}
                 self._changed(index, proposal, "transfer", target, index, detail)
-                self.last_transfer_at = time.monotonic()  # memory last: the writes may refuse
+                self._noted.append(Applied("transferred"))
                 return Outcome(ok=True)
         return self._kv(index, proposal)
 
@@ -341,8 +363,8 @@ class Machine:
             "reason": grant.reason,
         }
         self._changed(index, proposal, "lease", grant.name, epoch, detail)
-        now = time.monotonic()  # not in the database: apply stays deterministic
-        self.leases[grant.name] = LeaseState(grant.holder, epoch, grant.ttl, now, now, grant.term)
+        self.leases[grant.name] = LeaseState(grant.holder, epoch, grant.ttl, grant.term)
+        self._noted.append(Applied("granted", grant.name))
         return Outcome(ok=True, value=grant.holder, version=epoch)
 
     def _renew(self, proposal: Proposal) -> Outcome:
@@ -359,10 +381,8 @@ class Machine:
             )
         # Only the leader's clock needs a renewal, so no row changes: several a second would
         # otherwise rewrite the database (and its snapshots) for nothing.
-        now = time.monotonic()
-        self.leases[renew.name] = LeaseState(
-            lease.holder, lease.epoch, lease.ttl, lease.granted_at, now, renew.term
-        )
+        self.leases[renew.name] = LeaseState(lease.holder, lease.epoch, lease.ttl, renew.term)
+        self._noted.append(Applied("renewed", renew.name))
         return Outcome(ok=True, value=lease.holder, version=lease.epoch)
 
     def _end(self, index: int, proposal: Proposal, end: LeaseEnd) -> Outcome:
@@ -384,7 +404,8 @@ class Machine:
         self.db.execute("UPDATE leases SET holder = '' WHERE name = ?", (end.name,))
         detail = {"event": end.how, "holder": lease.holder, "reason": end.reason}
         self._changed(index, proposal, "lease", end.name, lease.epoch, detail)
-        self.leases[end.name] = LeaseState("", lease.epoch, lease.ttl, None, None)
+        self.leases[end.name] = LeaseState("", lease.epoch, lease.ttl)
+        self._noted.append(Applied("ended", end.name))
         return Outcome(ok=True, version=lease.epoch)
 
     def _changed(

@@ -29,11 +29,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats.errors
 
-from colony.consensus.machine import LeaseState, encode_batch
+from colony.consensus.machine import Applied, LeaseState, encode_batch
 from colony.consensus.raft import NotCommitted, Replica
 from colony.shared import subjects
 from colony.shared.bus import Bus
@@ -65,12 +66,46 @@ class LeaseTimers:
     margin: float = 0.1
 
 
-def countdown_from(lease: LeaseState, term: int, arrived_by: float) -> float:
+class AppliedClock:
+    """When (this replica's monotonic clock) it applied each lease's grant and latest
+    renewal, and the latest leadership transfer: the machine's watcher, so that apply
+    itself reads no clock. A lease held when the database was loaded (at start, from a
+    snapshot) counts as renewed then: its age is unknown, and later is the safe side."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.granted_at: dict[str, float | None] = {}
+        self.renewed_at: dict[str, float | None] = {}
+        self.loaded_at = clock()
+        self.transferred_at: float | None = None
+
+    def __call__(self, event: Applied) -> None:
+        now = self.clock()
+        match event.what:
+            case "granted":
+                self.granted_at[event.lease] = self.renewed_at[event.lease] = now
+            case "renewed":
+                self.renewed_at[event.lease] = now
+            case "ended":
+                self.granted_at[event.lease] = self.renewed_at[event.lease] = None
+            case "transferred":
+                self.transferred_at = now
+            case "loaded":
+                self.granted_at, self.renewed_at, self.loaded_at = {}, {}, now
+
+    def granted(self, lease: str) -> float | None:
+        return self.granted_at.get(lease)
+
+    def renewed(self, lease: str) -> float | None:
+        return self.renewed_at.get(lease, self.loaded_at)
+
+
+def countdown_from(lease: LeaseState, applied: float | None, term: int, arrived_by: float) -> float:
     """When, on this leader's clock, the holder asked for its grant or last renewal, at the
-    latest: when this replica applied it; or, if the holder asked in a term before this
+    latest: when this replica `applied` it; or, if the holder asked in a term before this
     leader's `term`, when every entry of those terms had arrived here (`arrived_by`), if
     sooner: such an entry may be applied only once this leader commits its first one."""
-    applied = lease.renewed_at if lease.renewed_at is not None else 0.0
+    applied = applied if applied is not None else 0.0
     if 0 < lease.asked_term < term:
         return min(applied, arrived_by)
     return applied
@@ -82,6 +117,8 @@ class ManagerRole:
         self.bus = bus
         self.me = replica.me
         self.timers = timers
+        self.applied = AppliedClock()
+        replica.machine.watch(self.applied)
         self.epoch = 0
         """The epoch this node holds the lease at (0: none)."""
         self.valid_until = 0.0
@@ -147,14 +184,15 @@ class ManagerRole:
         elif not lease.holder:
             await self._take(lease.epoch, [], "the lease was free")
         else:
-            seen = countdown_from(lease, term, self.replica.log_arrived_by)
+            renewed = self.applied.renewed(MANAGER)
+            seen = countdown_from(lease, renewed, term, self.replica.log_arrived_by)
             expires = seen + lease.ttl + self.timers.margin
             wait = expires - time.monotonic()
             if wait > self.timers.renew:
                 return
             if wait > 0:
                 await asyncio.sleep(wait)
-            if self.replica.machine.lease(MANAGER).renewed_at != lease.renewed_at:
+            if self.applied.renewed(MANAGER) != renewed:
                 return  # renewed meanwhile: look again next step
             silence = lease.ttl + self.timers.margin
             reason = f"no renewal from {lease.holder} for {silence:g} s"

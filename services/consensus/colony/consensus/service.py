@@ -37,6 +37,7 @@ import aiosqlite
 
 from colony.consensus.machine import BadBatch, encode_batch
 from colony.consensus.manager import LeaseTimers, ManagerRole
+from colony.consensus.metrics import ConsensusMetrics
 from colony.consensus.raft import NotCommitted, Replica, Timers
 from colony.consensus.relay import ChangeRelay
 from colony.consensus.transport import Link
@@ -130,6 +131,7 @@ class ConsensusService:
         self._seen: dict[str, float] = {}
         """Signatures of the join and retire requests obeyed, and when (refusing replays)."""
         self.log = logging.getLogger("colony.consensus")
+        self.metrics = ConsensusMetrics()
 
     async def run(self, ctx: Context) -> None:
         settings, self.me = ctx.config.consensus, ctx.config.node.id
@@ -140,12 +142,14 @@ class ConsensusService:
         self.log = ctx.log
         self._voter_role = voter_role = VoterRole(state_dir, self.me, settings)
         # concurrent: each waits for a commit, and proposals pipeline through Raft
-        await ctx.serve(subjects.propose(self.me), self._on_propose, concurrent=True)
+        propose = self.metrics.counting(self._on_propose)
+        await ctx.serve(subjects.propose(self.me), propose, concurrent=True)
         await ctx.serve(subjects.query(self.me), self._on_query, concurrent=True)
         await ctx.serve(subjects.consensus_status(self.me), self._on_status)
         await ctx.serve(subjects.consensus_digest(self.me), self._on_digest)
         await ctx.serve(subjects.consensus_join(self.me), self._on_join)
         await ctx.serve(subjects.consensus_retire(self.me), self._on_retire)
+        await self.metrics.serve(ctx, self.me, self._on_status)
         while True:
             voters = voter_role.voters()
             if voters is None:
@@ -173,7 +177,9 @@ class ConsensusService:
         link = Link(ctx.bus.nc, self.me, voters, secret)
         await link.start()
         # Made on the loop's thread: pysyncobj's tick thread lives as long as its maker.
-        self.replica = replica = Replica(self.me, voters, state_dir, link, self.timers)
+        self.replica = replica = Replica(
+            self.me, voters, state_dir, link, self.timers, self.metrics.apply_seconds.observe
+        )
         self.reader = await aiosqlite.connect(replica.machine.path)
         lease = LeaseTimers(settings.lease_ttl, settings.lease_renew, settings.lease_margin)
         self.role = role = ManagerRole(replica, ctx.bus, lease)
@@ -307,8 +313,8 @@ class ConsensusService:
                 holder=lease.holder,
                 epoch=lease.epoch,
                 ttl=lease.ttl,
-                granted_age=_age(lease.granted_at, now),
-                renewed_age=_age(lease.renewed_at, now),
+                granted_age=_age(role.applied.granted(MANAGER), now),
+                renewed_age=_age(role.applied.renewed(MANAGER) if lease.holder else None, now),
             ),
             acting=role.acting(),
             stopped=replica.stopped_by or "",

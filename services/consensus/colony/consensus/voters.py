@@ -420,7 +420,7 @@ class VoterKeeper:
         now = time.monotonic()
         choice = transfer(self.me, voters, members, self.preference.margin)
         self._streak = steady(self._streak, choice and choice[0], now)
-        last = self.replica.machine.last_transfer_at
+        last = self.role.applied.transferred_at
         if last is not None and now - last < self.preference.hold:
             return
         if self._leading_since is None or now - self._leading_since < SETTLE:
