@@ -10,9 +10,18 @@ import pytest
 from colony.harness.processes import NatsServer
 from colony.harness.processes import example_metrics as sample
 from colony.shared import subjects
-from colony.shared.bus import NoResponders, NotConnected, RequestTimeout, connect
+from colony.shared.bus import (
+    BusError,
+    NoResponders,
+    NotConnected,
+    NotFound,
+    Publication,
+    RequestTimeout,
+    StreamError,
+    connect,
+)
 from colony.shared.config import NatsSettings
-from colony.shared.messages import LatestMetricsRequest, NodeMetrics, encode
+from colony.shared.messages import LatestMetricsRequest, NodeMetrics, decode, encode
 
 
 async def test_subscriber_gets_typed_messages(bus):
@@ -70,7 +79,7 @@ async def test_gather_collects_every_reply(bus):
     for _ in range(3):
         await bus.nc.subscribe("colony.test.roll-call", cb=answer)
     replies = await bus.gather("colony.test.roll-call", wait=0.3)
-    assert [r.data for r in replies] == [b"here"] * 3
+    assert replies == [b"here"] * 3
 
 
 async def test_connect_to_nothing_fails_fast_and_names_the_servers(tmp_path):
@@ -117,3 +126,53 @@ async def test_a_subscription_is_live_at_the_server_once_subscribe_returns(bus, 
             assert (await sub.next(timeout=2)).seq == seq
     finally:
         await other.close()
+
+
+async def test_every_call_on_a_closed_connection_fails_with_the_bus_own_error(nats_server):
+    client = await connect(NatsSettings(servers=[nats_server.url]), "closed")
+    await client.close()
+    metrics = subjects.node_metrics("n1")
+    calls = {
+        "publish": client.publish(metrics, sample()),
+        "request": client.request(subjects.latest_metrics("n1"), LatestMetricsRequest()),
+        "subscribe": client.subscribe(metrics),
+        "gather": client.gather("colony.test.anyone", wait=0.1),
+        "ensure_stream": client.ensure_stream("CLOSED", ["colony.closed.>"]),
+        "stream_state": client.stream_state("CLOSED"),
+        "stream_publish": client.stream_publish(metrics, sample()),
+    }
+    for name, call in calls.items():
+        with pytest.raises(NotConnected) as failed:
+            await call
+        assert "closed" in str(failed.value), name
+        assert type(failed.value).__module__ == "colony.shared.bus", name
+
+
+async def test_stream_calls_are_typed_and_fail_with_the_bus_own_errors(bus):
+    metrics = subjects.node_metrics("n1")
+    with pytest.raises(NoResponders, match="no stream stores"):
+        await bus.stream_publish(metrics, sample(seq=1))  # no stream captures it yet
+    with pytest.raises(NotFound, match="stream TEST_METRICS"):
+        await bus.stream_state("TEST_METRICS")
+    await bus.ensure_stream("TEST_METRICS", [subjects.node_metrics(subjects.ANY).name])
+    first = await bus.stream_publish(metrics, sample(seq=1), msg_id="one")
+    again = await bus.stream_publish(metrics, sample(seq=1), msg_id="one")
+    assert (first.stream, first.seq, first.duplicate) == ("TEST_METRICS", 1, False)
+    assert (again.seq, again.duplicate) == (1, True)  # the stream dropped the repeat
+    batch = [Publication(metrics, sample(seq=n)) for n in range(2, 6)]
+    acks = [a async for a in bus.stream_publish_all(batch)]
+    assert [(a.position, a.seq) for a in acks] == [(0, 2), (1, 3), (2, 4), (3, 5)]
+    state = await bus.stream_state("TEST_METRICS")
+    assert (state.first_seq, state.last_seq, state.messages) == (1, 5, 5)
+    stored = await bus.stored("TEST_METRICS", 3)
+    assert stored.subject == metrics.name and decode(stored.data, NodeMetrics).seq == 3
+    assert await bus.delete_stored("TEST_METRICS", 3)
+    assert await bus.stored("TEST_METRICS", 3) is None
+    assert not await bus.delete_stored("TEST_METRICS", 3)
+    assert await bus.stored("TEST_METRICS", 99) is None
+    assert not await bus.delete_stored("TEST_METRICS", 99)
+    assert (await bus.last_message("TEST_METRICS", metrics)).seq == 5
+    with pytest.raises(StreamError) as refused:  # another stream cannot take the same subjects
+        await bus.ensure_stream("TEST_OVERLAP", [metrics.name])
+    assert refused.value.code == 400 and "TEST_OVERLAP" in str(refused.value)
+    assert isinstance(refused.value, BusError)

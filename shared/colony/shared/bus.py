@@ -5,15 +5,22 @@ which carry their payload types, so the bus encodes and validates for the
 caller. A malformed message is logged with its subject and dropped; the
 subscriber keeps running. Requests fail with a clear error when nobody
 answers or the answer is late.
+
+Every failure is one of the bus's own errors (BusError and its subclasses),
+never nats-py's: callers catch Colony's errors and need not know the client
+library. The JetStream calls (streams, stored messages, acknowledged
+publishes) are here too, typed, for the same reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import nats
@@ -38,20 +45,24 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
 
 
-class BusError(Exception):
-    """A bus operation failed; the message says what and where."""
+class BusError(nats.errors.Error):
+    """A bus operation failed; the message says what and where.
+
+    Also a nats.errors.Error for now, only so that the callers that still catch
+    nats-py's errors around bus calls (consensus' relay.py and manager.py) keep
+    working until they catch BusError; then it derives from Exception alone."""
 
 
 class NotConnected(BusError):
-    pass
+    """No connection to a nats-server (closed, draining, or never made)."""
 
 
 class NoResponders(BusError):
-    pass
+    """Nobody listens on the subject (or no stream replica can answer now)."""
 
 
 class RequestTimeout(BusError):
-    pass
+    """An answer did not come in time."""
 
 
 class BadReply(BusError):
@@ -65,6 +76,96 @@ class RemoteError(BusError):
         super().__init__(f"{subject}: {description} (code {code})")
         self.code = code
         self.description = description
+
+
+class StreamError(BusError):
+    """JetStream refused a call; `code` is its HTTP-like status (0: unknown), `err_code`
+    JetStream's own finer one."""
+
+    def __init__(self, what: str, code: int, description: str, err_code: int = 0) -> None:
+        super().__init__(f"{what}: {description or 'refused'} (code {code})")
+        self.code = code
+        self.description = description
+        self.err_code = err_code
+
+
+class NotFound(StreamError):
+    """No such stream, or no message at that sequence."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """Where a stream stands: its sequences run from first_seq to last_seq."""
+
+    first_seq: int
+    last_seq: int
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A message as a stream stores it, not yet decoded (the caller knows its type)."""
+
+    subject: str
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Publication(Generic[P]):
+    """A message to publish into a stream; `msg_id` lets the stream drop a repeat."""
+
+    subject: Subject[P]
+    msg: P
+    msg_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PubAck:
+    """The stream stored the `position`-th publication of a batch at `seq`
+    (`duplicate`: it held that msg_id already, and stored nothing)."""
+
+    position: int
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+NOT_FOUND_ERR_CODES = (10037, 10043, 10059)
+"""JetStream's own codes for no message found, sequence not found (a 400), no stream."""
+STREAM_EXISTS = 10058
+"""JetStream's code for a stream name in use with another configuration."""
+DELETE_FAILED = 10057
+"""JetStream's code for a delete that failed: past the stream's end, among others."""
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Raise nats-py's errors as the bus's own, saying what was being done."""
+    try:
+        yield
+    except BusError:
+        raise
+    except nats.errors.NoRespondersError:
+        raise NoResponders(f"{what}: no one answers") from None
+    except nats.js.errors.ServiceUnavailableError:
+        raise NoResponders(f"{what}: JetStream cannot answer right now") from None
+    except nats.js.errors.APIError as e:
+        found_not = isinstance(e, nats.js.errors.NotFoundError)  # a direct get's has no code
+        if found_not or e.code == 404 or e.err_code in NOT_FOUND_ERR_CODES:
+            raise NotFound(what, e.code or 404, e.description or "not found") from None
+        raise StreamError(what, e.code or 0, e.description or "", e.err_code or 0) from None
+    except (
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionDrainingError,
+        nats.errors.StaleConnectionError,
+        nats.errors.NoServersError,
+    ):
+        raise NotConnected(f"{what}: the connection to nats is closed") from None
+    except nats.errors.TimeoutError:
+        raise RequestTimeout(f"{what}: no answer in time") from None
+    except nats.errors.Error as e:  # any other: bad subject, payload too big, buffer full...
+        raise BusError(f"{what}: {e or type(e).__name__}") from None
 
 
 def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
@@ -124,7 +225,7 @@ async def connect(
             reconnected_cb=on_reconnect,
             error_cb=on_error,
         )
-    except (nats.errors.NoServersError, OSError, TimeoutError) as e:
+    except (nats.errors.Error, OSError, TimeoutError) as e:  # no server, refused, TLS...
         servers = ", ".join(settings.servers)
         reason = str(e) or type(e).__name__
         raise NotConnected(f"cannot reach any nats server of {servers} ({reason})") from None
@@ -143,7 +244,8 @@ class Bus:
 
     async def publish(self, subject: Subject[P], msg: P) -> None:
         _check(subject, msg)
-        await self.nc.publish(subject.name, encode(msg))
+        with _translated(f"publishing on {subject.name}"):
+            await self.nc.publish(subject.name, encode(msg))
 
     async def request(self, subject: RequestSubject[Q, R], msg: Q, timeout: float = 1.0) -> R:
         """Send `msg` and return the decoded reply, or raise a BusError saying why not."""
@@ -156,6 +258,8 @@ class Bus:
             raise RequestTimeout(f"no reply on {subject.name} within {timeout:g} s") from None
         except nats.errors.ConnectionClosedError:
             raise NotConnected(f"connection closed while asking {subject.name}") from None
+        except nats.errors.Error as e:
+            raise BusError(f"asking {subject.name}: {e or type(e).__name__}") from None
         headers = reply.headers or {}
         if ERROR_CODE_HEADER in headers:
             code = headers[ERROR_CODE_HEADER]
@@ -172,25 +276,29 @@ class Bus:
 
         Returns once the server has the subscription (a flush round trip): a message
         another connection publishes after this returns is never missed."""
-        sub = await self.nc.subscribe(subject.name, queue=queue)
-        # Twice: nats-py writes a flush's PING straight to the socket, ahead of commands
-        # still queued for its writer task (the SUB), so the first PONG proves nothing. By
-        # the time it arrives the writer has sent the SUB, and the second PING follows it.
-        await self.nc.flush(timeout=5)
-        await self.nc.flush(timeout=5)
+        with _translated(f"subscribing to {subject.name}"):
+            sub = await self.nc.subscribe(subject.name, queue=queue)
+            # Twice: nats-py writes a flush's PING straight to the socket, ahead of commands
+            # still queued for its writer task (the SUB), so the first PONG proves nothing.
+            # By the time it arrives the writer has sent the SUB, and the second PING
+            # follows it.
+            await self.nc.flush(timeout=5)
+            await self.nc.flush(timeout=5)
         return Subscription(sub, subject, self.log)
 
-    async def gather(self, subject: str, wait: float, data: bytes = b"") -> list[Msg]:
+    async def gather(self, subject: str, wait: float, data: bytes = b"") -> list[bytes]:
         """Scatter a request and collect every reply that arrives within `wait` seconds."""
         inbox = self.nc.new_inbox()
         replies: list[Msg] = []
-        sub = await self.nc.subscribe(inbox, cb=_append_to(replies))
-        try:
-            await self.nc.publish(subject, data, reply=inbox)
-            await asyncio.sleep(wait)  # the scatter-gather window: replies have no count
-        finally:
-            await sub.unsubscribe()
-        return replies
+        with _translated(f"asking everyone on {subject}"):
+            sub = await self.nc.subscribe(inbox, cb=_append_to(replies))
+            try:
+                await self.nc.publish(subject, data, reply=inbox)
+                await asyncio.sleep(wait)  # the scatter-gather window: replies have no count
+            finally:
+                with contextlib.suppress(nats.errors.Error):  # gone with the connection
+                    await sub.unsubscribe()
+        return [reply.data for reply in replies]
 
     # --- JetStream -------------------------------------------------------------
 
@@ -216,10 +324,13 @@ class Bus:
             # Every replica answers direct gets: reads work while a leader is re-elected.
             allow_direct=True,
         )
-        try:
-            await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            await self.js.update_stream(config)
+        with _translated(f"making stream {name}"):
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError as e:
+                if e.err_code != STREAM_EXISTS:
+                    raise  # a real refusal (subjects taken, bad config): say that one
+                await self.js.update_stream(config)
 
     async def last_message(self, stream: str, subject: Subject[P]) -> P | None:
         """The newest message the stream holds on `subject`, or None if it holds none.
@@ -230,20 +341,97 @@ class Bus:
         electing a new leader.
         """
         try:
-            raw = await self.js.get_last_msg(stream, subject.name, direct=True)
-        except nats.js.errors.NotFoundError:
+            with _translated(f"reading the last message on {subject.name} in {stream}"):
+                raw = await self.js.get_last_msg(stream, subject.name, direct=True)
+        except NotFound:
             return None
-        except nats.errors.NoRespondersError:
+        except (NoResponders, StreamError) as e:
+            if isinstance(e, StreamError) and e.code not in (0, 503):
+                raise
+            # no replica, or one that is catching up or electing (a status without a code)
             raise NoResponders(f"stream {stream} cannot answer right now") from None
         return decode_or_drop(raw.data or b"", subject.payload, subject.name, self.log)
 
     async def stream_subjects(self, stream: str) -> list[str]:
         """The subjects a stream holds messages on."""
         try:
-            info = await self.js.stream_info(stream, subjects_filter=">")
-        except nats.js.errors.NotFoundError:
+            with _translated(f"listing the subjects of stream {stream}"):
+                info = await self.js.stream_info(stream, subjects_filter=">")
+        except NotFound:
             return []
         return sorted((info.state.subjects or {}).keys())
+
+    async def stream_state(self, stream: str) -> StreamState:
+        """Where `stream` stands; NotFound if there is no such stream."""
+        with _translated(f"reading the state of stream {stream}"):
+            info = await self.js.stream_info(stream)
+        state = info.state
+        return StreamState(state.first_seq, state.last_seq, state.messages)
+
+    async def stored(self, stream: str, seq: int) -> Stored | None:
+        """The message `stream` holds at `seq`, or None (deleted, aged out, not yet)."""
+        try:
+            with _translated(f"reading message {seq} of stream {stream}"):
+                raw = await self.js.get_msg(stream, seq)
+        except NotFound:
+            return None
+        return Stored(raw.subject or "", raw.seq or seq, raw.data or b"")
+
+    async def delete_stored(self, stream: str, seq: int) -> bool:
+        """Delete the message at `seq` from `stream`; False if it was not there."""
+        try:
+            with _translated(f"deleting message {seq} of stream {stream}"):
+                return await self.js.delete_msg(stream, seq)
+        except NotFound:
+            return False
+        except StreamError as e:
+            if e.err_code == DELETE_FAILED and seq > (await self.stream_state(stream)).last_seq:
+                return False  # never stored yet
+            raise
+
+    async def stream_publish(
+        self, subject: Subject[P], msg: P, msg_id: str = "", timeout: float = 2.0
+    ) -> PubAck:
+        """Publish `msg` into the stream that captures `subject`; return once it is stored."""
+        async for ack in self.stream_publish_all([Publication(subject, msg, msg_id)], timeout):
+            return ack
+        raise AssertionError("unreachable: one publication, one ack or an error")
+
+    async def stream_publish_all(
+        self, publications: Iterable[Publication[Any]], timeout: float = 2.0
+    ) -> AsyncIterator[PubAck]:
+        """Publish every publication, then yield the stream's acknowledgements as they come.
+
+        Pipelined: all are sent before any ack is awaited (the server stores one
+        connection's publishes in the order sent). `publications` is read lazily,
+        so a generator may stop early. Raises, at the first one that is missing or
+        refused, NoResponders (no stream captures the subject), StreamError, or
+        RequestTimeout (none within `timeout` seconds of the previous one).
+        """
+        acks: asyncio.Queue[Msg] = asyncio.Queue()
+        with _translated("publishing into a stream"):
+            inbox = self.nc.new_inbox()
+            sub = await self.nc.subscribe(f"{inbox}.*", cb=acks.put)
+            try:
+                sent = 0
+                for p in publications:
+                    _check(p.subject, p.msg)
+                    headers = {"Nats-Msg-Id": p.msg_id} if p.msg_id else None
+                    await self.nc.publish(
+                        p.subject.name, encode(p.msg), reply=f"{inbox}.{sent}", headers=headers
+                    )
+                    sent += 1
+                for _ in range(sent):
+                    try:
+                        reply = await asyncio.wait_for(acks.get(), timeout)
+                    except TimeoutError:
+                        raise RequestTimeout(
+                            f"the stream did not acknowledge within {timeout:g} s"
+                        ) from None
+                    yield _pub_ack(reply)
+            finally:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
 
     async def close(self) -> None:
         if self.nc.is_closed:
@@ -289,6 +477,23 @@ def _check(subject: Subject[Any] | RequestSubject[Any, Any], msg: Message) -> No
         raise TypeError(
             f"{subject.name} carries {subject.payload.__name__}, not {type(msg).__name__}"
         )
+
+
+def _pub_ack(reply: Msg) -> PubAck:
+    """A stream's acknowledgement of one publication, or the bus's error for its refusal."""
+    position = int(reply.subject.rsplit(".", 1)[1])
+    if not reply.data:  # a status message: no stream captures the subject (yet)
+        raise NoResponders(f"no stream stores publication {position}")
+    try:
+        ack = json.loads(reply.data)
+    except ValueError:
+        raise BadReply(f"the stream's acknowledgement is not JSON: {reply.data[:80]!r}") from None
+    if "error" in ack:
+        error = ack["error"]
+        code = error.get("code", 0)
+        kind = NotFound if code == 404 else StreamError
+        raise kind(f"publication {position}", code, error.get("description", ""))
+    return PubAck(position, ack.get("stream", ""), ack["seq"], bool(ack.get("duplicate")))
 
 
 def _append_to(replies: list[Msg]):
