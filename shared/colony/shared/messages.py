@@ -198,6 +198,56 @@ class NodeMetrics(Signed, kw_only=True, frozen=True):
     """capacity - used: what scheduling and leader preference read."""
 
 
+# --- service metrics -------------------------------------------------------------
+# What a service knows best (Raft, membership) it hands to its node's monitor, which
+# serves it on the node's Prometheus endpoint with its own figures (subjects.service_metrics).
+
+MetricName = Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,199}$")]
+"""A Prometheus metric name (no ':' , which is reserved for recording rules)."""
+LabelName = Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,99}$")]
+LabelValue = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class Bucket(msgspec.Struct, frozen=True):
+    """Observations of a histogram at most `le` (cumulative). Bounds are finite: the
+    +Inf bucket is the sample's count (JSON has no infinity)."""
+
+    le: float
+    count: Count
+
+
+class MetricSample(msgspec.Struct, frozen=True):
+    """One series of a family: its labels and value (a histogram's buckets, count, sum)."""
+
+    labels: dict[LabelName, LabelValue] = {}
+    value: float = 0.0
+    """A gauge's or a counter's value (finite: JSON carries no NaN or infinity)."""
+    buckets: list[Bucket] = []
+    count: Count = 0
+    sum: float = 0.0
+
+
+class MetricFamily(msgspec.Struct, frozen=True):
+    """One metric family, as Prometheus shows it: a counter's name ends in _total."""
+
+    name: MetricName
+    type: Literal["gauge", "counter", "histogram"]
+    help: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    samples: list[MetricSample] = []
+
+
+class ServiceMetricsRequest(Message, kw_only=True, frozen=True):
+    """Ask a service for its metric families now (the monitor does, at each scrape)."""
+
+
+class ServiceMetrics(Message, kw_only=True, frozen=True):
+    """A service's metric families; each name starts with colony_<service>_."""
+
+    node: str
+    service: str
+    families: list[MetricFamily]
+
+
 # --- membership ------------------------------------------------------------------
 
 MemberStatus = Literal["alive", "suspect", "dead", "left"]

@@ -34,6 +34,8 @@ from colony.shared.messages import (
     QueryRequest,
     RetireReply,
     RetireRequest,
+    ServiceMetrics,
+    ServiceMetricsRequest,
 )
 
 P = TypeVar("P")
@@ -98,6 +100,17 @@ def latest_metrics(node: str) -> RequestSubject[LatestMetricsRequest, NodeMetric
     """Ask the monitor of `node` for its latest sample."""
     return RequestSubject(
         f"{ROOT}.monitor.latest.{token(node, 'node id')}", LatestMetricsRequest, NodeMetrics
+    )
+
+
+def service_metrics(
+    node: str, service: str
+) -> RequestSubject[ServiceMetricsRequest, ServiceMetrics]:
+    """Ask `service` on `node` for its metric families (its node's monitor serves them)."""
+    return RequestSubject(
+        f"{ROOT}.{token(service, 'service')}.prometheus.{token(node, 'node id')}",
+        ServiceMetricsRequest,
+        ServiceMetrics,
     )
 
 

@@ -32,7 +32,7 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,9 +175,16 @@ def _conflict(index: int, ours: int, theirs: int, message: dict) -> str:
     )
 
 
+OnApply = Callable[[float], None]
+"""Told how many seconds each entry took to apply (on pysyncobj's thread)."""
+
+
 class _Replica(SyncObj):
-    def __init__(self, machine: Machine, me: str, peers: list[str], conf, link: Link) -> None:
+    def __init__(
+        self, machine: Machine, me: str, peers: list[str], conf, link: Link, on_apply: OnApply
+    ) -> None:
         self._machine = machine
+        self._on_apply = on_apply  # set before pysyncobj starts: it may apply at once
         self.stopped_by: str | None = None
         """Why this replica stopped itself (its log conflicts with committed entries)."""
         self.durable_index = 0
@@ -236,14 +243,23 @@ class _Replica(SyncObj):
     @replicated
     def _apply_entry(self, entry: bytes) -> tuple[int, list[Outcome] | None]:
         index = self.raftLastApplied + 1  # pysyncobj counts it applied after this returns
-        return index, self._machine.apply(index, entry)
+        began = time.perf_counter()
+        outcomes = self._machine.apply(index, entry)
+        self._on_apply(time.perf_counter() - began)
+        return index, outcomes
 
 
 class Replica:
     """One voter: commit entries, read its state, report the group."""
 
     def __init__(
-        self, me: str, voters: list[str], state_dir: Path, link: Link, timers: Timers = Timers()
+        self,
+        me: str,
+        voters: list[str],
+        state_dir: Path,
+        link: Link,
+        timers: Timers = Timers(),
+        on_apply: OnApply = lambda _seconds: None,
     ) -> None:
         self.me = me
         self.machine = Machine(state_dir / "management.db")
@@ -255,7 +271,7 @@ class Replica:
         )
         peers = [v for v in voters if v != me]
         self._initial = list(voters)
-        self._raft = _Replica(self.machine, me, peers, conf, link)
+        self._raft = _Replica(self.machine, me, peers, conf, link, on_apply)
 
     async def commit(self, entry: bytes, timeout: float) -> tuple[int, list[Outcome] | None]:
         """Append `entry` through the leader; return (log index, outcomes) once applied here."""

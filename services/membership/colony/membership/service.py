@@ -26,6 +26,7 @@ import random
 import msgspec
 import nats.errors
 
+from colony.membership.metrics import MembershipMetrics
 from colony.membership.state import (
     Announce,
     Broadcast,
@@ -78,6 +79,7 @@ class MembershipService:
         node has none configured, and neither does its monitor)."""
         self._metrics_ts = 0.0
         """The time of the last metrics sample taken: an older one is a replay."""
+        self.metrics = MembershipMetrics()
 
     async def run(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -96,16 +98,19 @@ class MembershipService:
         me = node.id
         # Subscribed before the first announcement: the tells answering it must not
         # arrive before we listen.
-        await self._listen(subjects.member_tell(me), self._on_gossip)
-        await self._listen(subjects.member_news(), self._on_gossip)
-        await self._listen(subjects.member_announce(), self._on_announce)
+        counted = self.metrics.receiving
+        await self._listen(subjects.member_tell(me), counted("gossip", self._on_gossip))
+        await self._listen(subjects.member_news(), counted("gossip", self._on_gossip))
+        await self._listen(subjects.member_announce(), counted("announce", self._on_announce))
         await self._listen(subjects.node_metrics(me), self._on_metrics)
-        await ctx.serve(subjects.member_ping(me), self._on_ping)
+        await ctx.serve(subjects.member_ping(me), counted("ping", self._on_ping))
         # concurrent: a helper's probe waits up to a probe timeout, and must not
         # make the ping-reqs queued behind it miss their requesters' deadlines
-        await ctx.serve(subjects.member_ping_req(me), self._on_ping_req, concurrent=True)
-        await ctx.serve(subjects.member_sync(me), self._on_sync)
+        ping_req = counted("ping_req", self._on_ping_req)
+        await ctx.serve(subjects.member_ping_req(me), ping_req, concurrent=True)
+        await ctx.serve(subjects.member_sync(me), counted("sync", self._on_sync))
         await ctx.serve(subjects.members(me), self._on_members)
+        await self.metrics.serve(ctx, core)
         try:
             while True:
                 self._execute(core.tick(ctx.clock.monotonic()))
@@ -196,6 +201,7 @@ class MembershipService:
         """Start what the core asked for; return the updates of a Reply, if any."""
         reply: list[MemberUpdate] = []
         for i in instructions:
+            self.metrics.executed(i, self._core.me)
             if isinstance(i, Reply):
                 reply = i.updates
             elif isinstance(i, Ping):

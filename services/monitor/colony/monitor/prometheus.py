@@ -1,4 +1,5 @@
-"""The Prometheus text endpoint: GET /metrics renders the latest sample.
+"""The Prometheus text endpoint: GET /metrics renders the latest sample, and the
+metric families of the node's services (gathered at each scrape).
 
 A tiny HTTP server on the service's own event loop (no thread); it only
 ever answers GET /metrics, on loopback by default.
@@ -8,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
-from colony.shared.messages import NodeMetrics
+from colony.shared.messages import MetricFamily, NodeMetrics
+
+Gather = Callable[[], Awaitable[list[MetricFamily]]]
+"""Fetches the families of the node's services, at scrape time."""
 
 
 class NodeCollector(Collector):
@@ -35,7 +41,7 @@ class NodeCollector(Collector):
         yield gauge("sample_seq", "Sample number since the monitor started", m.seq)
         yield gauge("sample_timestamp_seconds", "When the sample was taken", m.ts)
         yield gauge("node_start_time_seconds", "When the node's agent started", m.node_started)
-        yield gauge("host_cpu_count", "Cores on the host", m.host.cpu_count)
+        yield gauge("host_cpu_cores", "Cores on the host", m.host.cpu_count)
         yield gauge("host_cpu_percent", "Host cpu use, percent of all cores", m.host.cpu_percent)
         for minutes, value in zip((1, 5, 15), m.host.load, strict=True):
             yield gauge(f"host_load{minutes}", f"Load average over {minutes} min", value)
@@ -62,13 +68,47 @@ class NodeCollector(Collector):
         yield cpu
 
 
-class MetricsServer:
-    """Serves GET /metrics from a collector until closed."""
+class Families(Collector):
+    """Families handed over as messages (by the node's services), as Prometheus metrics."""
 
-    def __init__(self, latest: Callable[[], NodeMetrics | None]) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(NodeCollector(latest))
+    def __init__(self, families: list[MetricFamily]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            metric = Metric(family.name.removesuffix("_total"), family.help, family.type)
+            for s in family.samples:
+                if family.type != "histogram":
+                    metric.add_sample(family.name, s.labels, s.value)
+                    continue
+                for bucket in s.buckets:
+                    le = {**s.labels, "le": floatToGoString(bucket.le)}
+                    metric.add_sample(f"{family.name}_bucket", le, bucket.count)
+                inf = {**s.labels, "le": "+Inf"}
+                metric.add_sample(f"{family.name}_bucket", inf, s.count)
+                metric.add_sample(f"{family.name}_count", s.labels, s.count)
+                metric.add_sample(f"{family.name}_sum", s.labels, s.sum)
+            yield metric
+
+
+async def _nothing() -> list[MetricFamily]:
+    return []
+
+
+class MetricsServer:
+    """Serves GET /metrics until closed: the node's figures, then its services'."""
+
+    def __init__(self, latest: Callable[[], NodeMetrics | None], gather: Gather = _nothing) -> None:
+        self.node = NodeCollector(latest)
+        self.gather = gather
         self.server: asyncio.Server | None = None
+
+    async def render(self) -> bytes:
+        """One scrape's text (a registry per scrape: concurrent scrapes gather apart)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.node)
+        registry.register(Families(await self.gather()))
+        return generate_latest(registry)
 
     async def start(self, host: str, port: int) -> str:
         """Listen; return the endpoint's URL."""
@@ -94,7 +134,7 @@ class MetricsServer:
             elif path.split("?")[0] != "/metrics":
                 status, body, kind = "404 Not Found", b"see /metrics\n", "text/plain"
             else:
-                status, body, kind = "200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST
+                status, body, kind = "200 OK", await self.render(), CONTENT_TYPE_LATEST
             head = f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
             head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             writer.write(head.encode() + body)

@@ -2,7 +2,9 @@
 
 Loop: read the host and the node's processes -> `Samples.add` (pure) ->
 publish NodeMetrics on the node's metrics subject. Requests for the latest
-sample are answered from the ring buffer; Prometheus scrapes the same.
+sample are answered from the ring buffer; Prometheus scrapes the same, and
+with it the metric families of the node's consensus and membership, asked
+for at each scrape (`figures.py`).
 The declared capacity is re-read whenever the node's config file changes
 (`colony capacity` edits it), so it changes without a restart. Samples are
 signed with the cluster secret (when the node has one): the free resources in
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from colony.monitor.figures import ServiceFigures
 from colony.monitor.prometheus import MetricsServer
 from colony.monitor.sampling import NodeProcesses, read_host
 from colony.monitor.state import Samples, declared_capacity
@@ -53,7 +56,8 @@ class Monitor:
         node_started = supervisor.started if supervisor else psutil.Process().create_time()
         publish_on = subjects.node_metrics(node.id)
 
-        http = MetricsServer(lambda: self.samples.latest if self.samples else None)
+        services = ServiceFigures(ctx.bus, node.id, ctx.log)
+        http = MetricsServer(lambda: self.samples.latest if self.samples else None, services.gather)
         metrics_url = await http.start(settings.http_host, settings.http_port)
         ctx.log.info("serving prometheus metrics", extra={"url": metrics_url})
 
