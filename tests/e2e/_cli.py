@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
+from colony.shared.bus import connect
+from colony.shared.cluster import Cluster
+from colony.shared.config import NatsSettings
 from colony.shared.statedir import StateDir
+
+T = TypeVar("T")
 
 
 def colony(*args: str, state: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -42,3 +50,18 @@ def down(state: Path) -> None:
         for record in node.records():
             if record.group_alive():
                 os.killpg(record.pgid, signal.SIGKILL)
+
+
+def on_cluster(state: Path, ask: Callable[[Cluster], Awaitable[T]]) -> T:
+    """Run `ask` with a cluster client connected to the servers of the cluster in `state`
+    (its voters found by discovery), e.g. ``on_cluster(state, lambda c: c.wait_leader(30))``."""
+
+    async def run() -> T:
+        urls = [url for node in StateDir(state).nodes() if (url := node.nats_url())]
+        bus = await connect(NatsSettings(servers=urls), "test-cluster")
+        try:
+            return await ask(Cluster(bus))
+        finally:
+            await bus.close()
+
+    return asyncio.run(run())

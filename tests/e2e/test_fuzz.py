@@ -21,11 +21,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from _cli import colony, status
+from _cli import colony, on_cluster, status
 
 from colony.harness.processes import example_metrics, wait_for
 from colony.shared import subjects
 from colony.shared.bus import connect
+from colony.shared.cluster import Cluster
 from colony.shared.config import NatsSettings
 from colony.shared.messages import (
     Change,
@@ -175,19 +176,14 @@ async def throw(url: str, nodes: list[str], rng: random.Random) -> int:
 async def answering(url: str) -> set[tuple[str, str]]:
     bus = await connect(NatsSettings(servers=[url]), "fuzz-check")
     try:
-        replies = await bus.gather(subjects.service_ping(), wait=0.5)
+        return {(s.service, s.node) for s in await Cluster(bus).services(window=0.5)}
     finally:
         await bus.close()
-    found = set()
-    for reply in replies:
-        info = json.loads(reply.data)
-        found.add((info["name"].removeprefix(subjects.SERVICE_PREFIX), info["metadata"]["node"]))
-    return found
 
 
 def test_hostile_messages_at_every_subject_break_nothing(cluster):
     state, base = cluster
-    wait_for(lambda: _manager(state), timeout=60, what="a manager before the fuzz")
+    on_cluster(state, lambda c: c.wait_manager(60))  # a manager before the fuzz
     nodes = {entry["id"]: entry for entry in status(state).values()}
     url = f"nats://127.0.0.1:{base}"
     expected = {(service, node) for service in SERVICES for node in nodes}
@@ -198,7 +194,8 @@ def test_hostile_messages_at_every_subject_break_nothing(cluster):
 
     # every service answers, the cluster writes and reads, and nothing crashed
     wait_for(lambda: asyncio.run(answering(url)) >= expected, 20, f"every service (seed {SEED})")
-    wait_for(lambda: _manager(state), timeout=30, what=f"a manager after the fuzz (seed {SEED})")
+    print(f"seed {SEED}")
+    on_cluster(state, lambda c: c.wait_manager(30))  # a manager after the fuzz
     colony("kv", "put", "after-fuzz", "still-here", state=state)
     assert colony("kv", "get", "after-fuzz", state=state).stdout.strip() == "still-here"
     for entry in status(state).values():
@@ -209,14 +206,6 @@ def test_hostile_messages_at_every_subject_break_nothing(cluster):
     for path, text in logged.items():
         assert "Traceback" not in text, f"{path} (seed {SEED}):\n{_around(text, 'Traceback')}"
         assert "CRITICAL" not in text, f"{path} (seed {SEED}):\n{_around(text, 'CRITICAL')}"
-
-
-def _manager(state: Path) -> bool:
-    result = colony("status", "--json", state=state, check=False)
-    if result.returncode != 0:
-        return False
-    manager = json.loads(result.stdout).get("consensus", {}).get("manager") or {}
-    return bool(manager.get("holder"))
 
 
 def _around(text: str, needle: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 from colony.harness.processes import NatsServer, example_metrics, poll, wait_for
 from colony.shared import runner, subjects
 from colony.shared.bus import RemoteError, connect
+from colony.shared.cluster import Cluster
 from colony.shared.config import dumps
 from colony.shared.messages import LatestMetricsRequest
 
@@ -53,10 +53,9 @@ async def ask(bus, **fields):
 
 
 async def test_service_is_discoverable_with_its_node(echo, bus):
-    replies = await bus.gather(subjects.service_info("colony-echo"), wait=0.3)
-    infos = [json.loads(r.data) for r in replies]
-    assert [(i["name"], i["metadata"]["node"]) for i in infos] == [("colony-echo", "node-e")]
-    assert infos[0]["endpoints"][0]["subject"] == subjects.latest_metrics("echo").name
+    [found] = await Cluster(bus).services("echo")
+    assert (found.service, found.node) == ("echo", "node-e")
+    assert found.endpoints == (subjects.latest_metrics("echo").name,)
 
 
 async def test_bad_request_gets_a_400_and_the_service_keeps_serving(echo, bus):
@@ -194,7 +193,7 @@ async def test_a_listener_survives_bad_input_and_a_failing_handler(nats_server, 
     service, stop = Listener(), asyncio.Event()
     task = asyncio.create_task(runner.run(service, nats_server.node_config("l1"), stop=stop))
     on = subjects.node_metrics("l1")
-    await poll(lambda: _answers_ping(bus, "colony-listener"), 10, "the service to start")
+    await poll(lambda: _answers(bus, "listener"), 10, "the service to start")
     await bus.nc.publish(on.name, b"[" * 3000 + b"]" * 3000)  # too deep: dropped
     await bus.nc.publish(on.name, b"not json")
     for seq in (1, 13, 2):
@@ -208,7 +207,7 @@ async def test_a_listener_survives_bad_input_and_a_failing_handler(nats_server, 
 
 async def test_a_service_whose_listener_stops_exits_with_a_failure(nats_server, bus, caplog):
     task = asyncio.create_task(runner.run(Listener(), nats_server.node_config("l1")))
-    await poll(lambda: _answers_ping(bus, "colony-listener"), 10, "the service to start")
+    await poll(lambda: _answers(bus, "listener"), 10, "the service to start")
     await bus.publish(subjects.node_metrics("l1"), example_metrics("l1", seq=99))
     assert (
         await asyncio.wait_for(task, runner.SHUTDOWN_GRACE * 2) == 1
@@ -219,8 +218,8 @@ async def test_a_service_whose_listener_stops_exits_with_a_failure(nats_server, 
     )
 
 
-async def _answers_ping(bus, name: str) -> bool:
-    return bool(await bus.gather(subjects.service_ping(name), wait=0.1))
+async def _answers(bus, service: str) -> bool:
+    return bool(await Cluster(bus).services(service, window=0.1))
 
 
 async def _async(value):

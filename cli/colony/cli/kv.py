@@ -13,9 +13,9 @@ import asyncio
 import msgspec
 
 from colony.cli.local.write import voters_of
-from colony.cli.members import service_nodes
 from colony.cli.output import fail, out, print_json
 from colony.shared.bus import NotConnected, connect
+from colony.shared.cluster import Cluster
 from colony.shared.config import NatsSettings
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import KvDelete, KvPut, ObjectId, to_builtins
@@ -72,9 +72,7 @@ async def _run(args: argparse.Namespace):
     except NotConnected:
         fail(f"no nats server answers at {', '.join(servers)}", "is the cluster running?")
     try:
-        voters = (
-            voters_of(state) if not args.server else sorted(await service_nodes(bus, "consensus"))
-        )
+        voters = voters_of(state) if not args.server else await Cluster(bus).nodes()
         if not voters:
             fail("no Raft voters found", "is consensus running? see `colony status`")
         client = Management(bus, voters, timeout=args.timeout)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 
 from rich.table import Table
 from rich.text import Text
@@ -19,13 +18,12 @@ from rich.text import Text
 from colony.cli.output import fail, human_age, human_bytes, out, print_json
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError, NotConnected, connect
+from colony.shared.cluster import Cluster
 from colony.shared.config import NatsSettings
 from colony.shared.messages import MembersReply, MembersRequest, to_builtins
 from colony.shared.statedir import NodeDir, StateDir, natural_key
 
 STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "dim"}
-DISCOVERY_WINDOW = 0.3
-"""Seconds to collect service discovery replies."""
 
 
 def cmd_members(args: argparse.Namespace) -> int:
@@ -143,20 +141,7 @@ async def server_view(
 
 async def service_nodes(bus: Bus, service: str = "membership") -> dict[str, str]:
     """Node id -> name of every `service` answering NATS micro discovery."""
-    found: dict[str, str] = {}
-    try:
-        replies = await bus.gather(
-            subjects.service_info(f"{subjects.SERVICE_PREFIX}{service}"), DISCOVERY_WINDOW
-        )
-    except Exception:
-        return found
-    for reply in replies:
-        try:
-            meta = json.loads(reply.data)["metadata"]
-            found[meta["node"]] = meta.get("node_name") or meta["node"]
-        except (ValueError, KeyError, TypeError):
-            continue  # something else answers on this subject; not ours
-    return found
+    return {s.node: s.node_name for s in await Cluster(bus).services(service)}
 
 
 def own_url(view: MembersReply) -> str:

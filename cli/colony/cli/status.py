@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
 from rich.table import Table
 from rich.text import Text
 
-from colony.cli.members import DISCOVERY_WINDOW, first_view
+from colony.cli.members import first_view
 from colony.cli.output import human_age, human_bytes
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError
+from colony.shared.cluster import Cluster
 from colony.shared.messages import (
     ConsensusStatus,
-    ConsensusStatusRequest,
     LatestMetricsRequest,
     NodeMetrics,
     to_builtins,
@@ -123,7 +121,7 @@ async def _last_heard(bus: Bus, node_id: str, timeout: float) -> NodeMetrics | N
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        with contextlib.suppress(TimeoutError, BusError, nats.errors.Error):
+        with contextlib.suppress(TimeoutError, BusError):
             async with asyncio.timeout(LAST_HEARD_ATTEMPT):
                 return await bus.last_message(
                     subjects.METRICS_STREAM, subjects.node_metrics(node_id)
@@ -137,7 +135,7 @@ async def _stored_nodes(bus: Bus, timeout: float) -> list[str]:
     try:
         async with asyncio.timeout(timeout):
             names = await bus.stream_subjects(subjects.METRICS_STREAM)
-    except Exception:
+    except (BusError, TimeoutError):
         return []  # no JetStream right now: status still shows what answers directly
     ids = [name.rpartition(".")[2] for name in names]
     return [i for i in ids if _is_token(i)]  # whatever else was published there is not a node
@@ -154,29 +152,18 @@ def _is_token(value: str) -> bool:
 async def _services(bus: Bus) -> dict[str, list[str]]:
     """Node id -> names of the Colony services answering NATS micro discovery on it."""
     found: dict[str, list[str]] = {}
-    try:
-        replies = await bus.gather(subjects.service_info(), DISCOVERY_WINDOW)
-    except Exception:
-        return found
-    for reply in replies:
-        try:
-            info = json.loads(reply.data)
-            node = info["metadata"]["node"]
-            name = info["name"]
-        except (ValueError, KeyError, TypeError):
-            continue  # something else speaks micro on this bus; not ours to show
-        if name.startswith(subjects.SERVICE_PREFIX):
-            found.setdefault(node, []).append(name.removeprefix(subjects.SERVICE_PREFIX))
+    for service in await Cluster(bus).services():
+        found.setdefault(service.node, []).append(service.service)
     return found
 
 
 async def raft(bus: Bus, nodes: list[NodeStatus], timeout: float) -> ConsensusStatus | None:
-    """Set each voter's Raft role; return the leader's view of the group (None: no leader)."""
-    voters = {n.id for n in nodes if "consensus" in n.services}
-    views = await asyncio.gather(*(_raft_view(bus, v, timeout) for v in sorted(voters)))
-    answered = {v.node: v for v in views if v is not None}
-    leader = next((v for v in answered.values() if v.role == "leader"), None)
-    everyone = {v.node for v in leader.voters} if leader else voters
+    """Set each voter's Raft role; return the leader's view of the group (None: no leader
+    its answering voters agree on)."""
+    asked = [n.id for n in nodes if "consensus" in n.services]
+    statuses = await Cluster(bus, asked, ask=timeout).statuses()
+    answered, leader = statuses.answered, statuses.leader()
+    everyone = set(leader.voters) if leader else set(asked)
     for node in nodes:
         if node.id in answered and answered[node.id].stopped:
             node.raft, node.raft_stopped = "stopped", answered[node.id].stopped
@@ -184,16 +171,7 @@ async def raft(bus: Bus, nodes: list[NodeStatus], timeout: float) -> ConsensusSt
             node.raft = answered[node.id].role if node.id in answered else "down"
         elif node.id in answered and answered[node.id].role == "standby":
             node.raft = "standby"
-    return leader
-
-
-async def _raft_view(bus: Bus, node_id: str, timeout: float) -> ConsensusStatus | None:
-    try:
-        return await bus.request(
-            subjects.consensus_status(node_id), ConsensusStatusRequest(), timeout=timeout
-        )
-    except BusError:
-        return None
+    return leader.status if leader else None
 
 
 def raft_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> Text:
