@@ -39,14 +39,11 @@ EVERY = 0.1
 """Seconds between two looks while waiting."""
 
 
-class ClusterError(Exception):
-    """The cluster did not reach what was asked of it; the message says what it last saw."""
+class WaitTimeout(TimeoutError):
+    """The cluster did not reach what a wait asked for in time: the message says what it
+    last saw, and `last` holds those statuses."""
 
-
-class WaitTimeout(ClusterError, TimeoutError):
-    """A wait ran out of time; `last` holds the voters' statuses last seen (None: none)."""
-
-    def __init__(self, message: str, last: Statuses | None) -> None:
+    def __init__(self, message: str, last: Statuses) -> None:
         super().__init__(message)
         self.last = last
 
@@ -285,7 +282,6 @@ class Cluster:
         WaitTimeout after `timeout` seconds, saying `what` and what was last seen."""
         nodes = list(among) if among is not None else None
         deadline = time.monotonic() + timeout
-        last: Statuses | None = None
         while True:
             last = await self.statuses(nodes)
             found = check(last)

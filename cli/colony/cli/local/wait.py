@@ -5,16 +5,15 @@ voter follows. A supervisor that exits meanwhile ends the wait with its log's na
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
 from colony.cli.local.plan import ClusterError
 from colony.cli.local.write import voters_of
 from colony.shared import natsd, subjects
-from colony.shared.bus import Bus, BusError, connect
+from colony.shared.bus import Bus, connect
+from colony.shared.cluster import Cluster, Leader, Statuses, WaitTimeout
 from colony.shared.config import NatsSettings
-from colony.shared.messages import ConsensusStatusRequest
 from colony.shared.statedir import SUPERVISOR, NodeDir, StateDir
 
 METRICS_KEPT = 3600.0
@@ -86,24 +85,19 @@ async def _wait_for_raft_leader(
     if not nodes:
         return
     progress("waiting for the voters to elect a Raft leader")
-    while True:
+
+    def followed(statuses: Statuses) -> Leader | None:
         check_supervisors()
-        views = {}
-        for node in nodes:
-            with contextlib.suppress(BusError):
-                views[node] = await bus.request(
-                    subjects.consensus_status(node), ConsensusStatusRequest(), 0.5
-                )
-        leader = next((v for v in views.values() if v.role == "leader"), None)
-        if leader and all(
-            v.node in views and views[v.node].leader == leader.node for v in leader.voters
-        ):
-            return
-        if time.monotonic() > deadline:
-            raise ClusterError(
-                "the voters elected no Raft leader in time; see their consensus logs"
-            )
-        await asyncio.sleep(0.1)
+        top = statuses.leader()
+        return top if top and all(statuses.of.get(n) for n in top.voters) else None
+
+    try:
+        left = max(0.0, deadline - time.monotonic())
+        await Cluster(bus, nodes, ask=0.5).until(followed, left, "Raft leader every voter follows")
+    except WaitTimeout as e:
+        raise ClusterError(
+            f"the voters elected no Raft leader in time; see their consensus logs ({e})"
+        ) from None
 
 
 async def _ensure_metrics_stream(bus: Bus, replicas: int, deadline: float) -> None:
