@@ -10,5 +10,7 @@ with a service.
 - `probe`: the small programs run inside a namespace host: a voter's status or digest, a
   proposal sent on a signal, a subject's messages, a server's routes, a TCP connect.
 - `busy`: keeps one CPU core busy until killed, the load a benchmark puts beside the cluster.
+- `promlint`: a check of a Prometheus text exposition, as `promtool check metrics` and
+  a little stricter.
 - `linearizability`: a Wing-Gong-Lowe checker for histories of register operations.
 """

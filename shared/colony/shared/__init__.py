@@ -8,6 +8,9 @@
   cluster's own nodes may send.
 - `management`: a client of the management database: proposals and reads through any
   voter, retried until a deadline.
+- `cluster`: one client for the cluster's questions: voters' statuses, the agreed Raft
+  leader, the acting manager, the services running, and waits that say what they last saw.
+- `metrics`: the metric families a service hands to its node's monitor, for Prometheus.
 - `config`: node configuration from a TOML file and `COLONY_*` environment variables,
   every key validated.
 - `logs`: structured logging, one JSON object (or readable text) per line, with context.
