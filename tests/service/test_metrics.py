@@ -191,6 +191,7 @@ async def test_families_a_service_may_not_send_are_dropped_and_the_rest_served(n
         MetricFamily("colony_host_cpu_cores", "gauge", "Not the consensus' own", []),
         MetricFamily("colony_consensus_x", "gauge", "Its own node label", [_on("node-9")]),
         MetricFamily("colony_consensus_y", "gauge", "Twice the same series", [_on(), _on()]),
+        MetricFamily("colony_consensus_z_total", "gauge", "A gauge named as a counter", []),
     ]
 
     async def answer(msg) -> None:
@@ -200,7 +201,7 @@ async def test_families_a_service_may_not_send_are_dropped_and_the_rest_served(n
     await bus.nc.subscribe(subjects.service_metrics("node-1", "consensus").name, cb=answer)
     families = await scrape(bus, "node-1")  # lint-clean, so nothing bad got through
     assert value(families, "colony_consensus_term", node="node-1") == 4
-    assert not {"colony_consensus_x", "colony_consensus_y"} & families.keys()
+    assert not {"colony_consensus_x", "colony_consensus_y", "colony_consensus_z"} & families.keys()
     assert value(families, "colony_service_metrics_up", service="consensus") == 1
 
 

@@ -7,7 +7,8 @@ timeout, and serves what came back with its own figures. A service that is down
 or slow costs the scrape its families only: `colony_service_metrics_up` says
 which one is missing. Families are checked before they are served (one bad
 family would make Prometheus refuse the whole scrape): each service names only
-its own (colony_<service>_...), once each, and the `node` label is the monitor's.
+its own (colony_<service>_...), once each, only counters end in _total, and the
+`node` label is the monitor's.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ class ServiceFigures:
                 refused.append(f"{family.name} is not named {prefix}...")
             elif family.name in names:
                 refused.append(f"{family.name} sent twice")
+            elif (family.type == "counter") != family.name.endswith("_total"):
+                refused.append(f"{family.name}: only a counter's name ends in _total")
             elif any("node" in s.labels or "le" in s.labels for s in family.samples):
                 refused.append(f"{family.name} has a 'node' or 'le' label of its own")
             elif len({tuple(sorted(s.labels.items())) for s in family.samples}) < len(
