@@ -29,7 +29,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, Placement, StorageType, StreamConfig
 
 from colony.shared.config import NatsSettings
 from colony.shared.messages import DecodeError, Message, decode, decode_or_drop, encode
@@ -129,6 +129,25 @@ class PubAck:
     stream: str
     seq: int
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPeer:
+    """A server holding a replica of a stream; `current`: caught up with the stream's leader."""
+
+    name: str
+    current: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPlacement:
+    """Where a stream's replicas are: every peer (the leader first), how many it should have,
+    and the placement tags that choose their servers."""
+
+    leader: str | None
+    peers: tuple[StreamPeer, ...]
+    replicas: int
+    tags: tuple[str, ...]
 
 
 NOT_FOUND_ERR_CODES = (10037, 10043, 10059)
@@ -311,12 +330,16 @@ class Bus:
         max_msgs_per_subject: int = -1,
         max_age: float = 0,
         memory: bool = False,
+        placement: list[str] | None = None,
     ) -> None:
-        """Create the stream, or bring an existing one to this configuration."""
+        """Create the stream, or bring an existing one to this configuration.
+
+        `placement`: tags a replica's server must have ("!tag": must not have)."""
         config = StreamConfig(
             name=name,
             subjects=subjects,
             num_replicas=replicas,
+            placement=Placement(tags=placement) if placement else None,
             max_msgs_per_subject=max_msgs_per_subject,
             max_age=max_age,
             storage=StorageType.MEMORY if memory else StorageType.FILE,
@@ -432,6 +455,55 @@ class Bus:
             finally:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
+
+    # --- Stream placement: where a replicated stream's copies are -------------
+
+    async def stream_placement(self, stream: str) -> StreamPlacement:
+        """Which servers hold `stream`'s replicas, and its placement tags; NotFound if there
+        is no such stream. A stream without a leader is described by the JetStream meta
+        leader, and only once it has been leaderless for a while (RequestTimeout until then)."""
+        with _translated(f"reading where stream {stream} is"):
+            info = await self.js.stream_info(stream)
+        cluster = info.cluster
+        peers = [StreamPeer(cluster.leader, True)] if cluster and cluster.leader else []
+        for peer in (cluster.replicas if cluster else None) or []:
+            peers.append(StreamPeer(peer.name or "", bool(peer.current)))
+        placement = info.config.placement
+        return StreamPlacement(
+            leader=cluster.leader if cluster else None,
+            peers=tuple(peers),
+            replicas=info.config.num_replicas or 1,
+            tags=tuple(placement.tags or ()) if placement else (),
+        )
+
+    async def place_stream(self, stream: str, tags: list[str]) -> None:
+        """Set `stream`'s placement tags, all else unchanged. JetStream then moves each replica
+        whose server the tags rule out: it adds a new one, and drops the old one once the new
+        one has caught up. RequestTimeout from a stream without a leader: the meta leader
+        records the change, but no stream leader confirms it."""
+        with _translated(f"placing stream {stream}"):
+            config = (await self.js.stream_info(stream)).config
+            config.placement = Placement(tags=tags) if tags else None
+            await self.js.update_stream(config)
+
+    async def remove_stream_peer(self, stream: str, server: str, timeout: float = 2.0) -> None:
+        """Drop `stream`'s replica on `server`; the JetStream meta leader picks a replacement
+        where the stream's placement allows. Works on a stream without a leader too."""
+        what = f"removing {server}'s replica of stream {stream}"
+        with _translated(what):
+            reply = await self.nc.request(
+                f"$JS.API.STREAM.PEER.REMOVE.{stream}",  # nats-py has no call for it
+                json.dumps({"peer": server}).encode(),
+                timeout=timeout,
+            )
+        try:
+            error = json.loads(reply.data).get("error")
+        except ValueError:
+            raise BadReply(f"{what}: the answer is not JSON: {reply.data[:80]!r}") from None
+        if error:
+            code = error.get("code", 0)
+            kind = NotFound if code == 404 else StreamError
+            raise kind(what, code, error.get("description", ""), error.get("err_code", 0))
 
     async def close(self) -> None:
         if self.nc.is_closed:

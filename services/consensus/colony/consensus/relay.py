@@ -28,6 +28,7 @@ import aiosqlite
 import nats.errors
 import nats.js.errors
 
+from colony.consensus import stream
 from colony.shared import subjects
 from colony.shared.bus import Bus
 from colony.shared.messages import Change, DecodeError, NewerVersion, decode, encode
@@ -84,6 +85,8 @@ class ChangeRelay:
             [subjects.change(kind, subjects.ANY).name for kind in subjects.CHANGE_KINDS],
             replicas=self.replicas,
             max_age=KEPT,
+            # where the StreamKeeper keeps its replicas (on the voters)
+            placement=await stream.placement_of(self.bus, subjects.CHANGES_STREAM),
         )
         await self._resume()
 

@@ -40,6 +40,7 @@ from colony.consensus.manager import LeaseTimers, ManagerRole
 from colony.consensus.metrics import ConsensusMetrics
 from colony.consensus.raft import NotCommitted, Replica, Timers
 from colony.consensus.relay import ChangeRelay
+from colony.consensus.stream import StreamKeeper
 from colony.consensus.transport import Link
 from colony.consensus.voters import Preference, VoterKeeper
 from colony.shared import subjects
@@ -194,7 +195,8 @@ class ConsensusService:
         )
         replicas = settings.change_stream_replicas or min(3, len(voters))
         relay = ChangeRelay(ctx.bus, self.reader, lambda: replica.is_leader, replicas, secret)
-        tasks = [asyncio.create_task(t.run()) for t in (relay, role, keeper)]
+        placer = StreamKeeper(ctx.bus, self.me, lambda: replica.is_leader, lambda: replica.voters)
+        tasks = [asyncio.create_task(t.run()) for t in (relay, placer, role, keeper)]
         ctx.log.info("voter started", extra={"voters": voters})
         try:
             await self._retired.wait()
