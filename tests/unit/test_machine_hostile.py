@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from colony.consensus import machine as machine_module
-from colony.consensus.machine import Machine, encode_batch
+from colony.consensus.machine import BadBatch, Machine, NeedsNewerVersion, encode_batch
 from colony.shared.messages import (
     MAX_INT,
     DecodeError,
@@ -19,14 +19,19 @@ from colony.shared.messages import (
 )
 
 
-def test_a_term_too_large_for_the_database_skips_its_entry_and_the_next_one_applies(tmp_path):
+def test_a_term_too_large_is_refused_before_proposing_and_stops_a_voter_that_meets_it(
+    tmp_path,
+):
+    # built in Python (no validation), as a buggy proposer could
+    with pytest.raises(BadBatch, match="term"):
+        encode_batch([Proposal("evil", LeaderElected("v1", 2**70))])
+    # In the log all the same (a newer version's bound, or a forger with the secret):
+    # the voter stops there, nothing applied and the entry not counted, never skips it.
     m = Machine(tmp_path / "db")
-    # built in Python (no validation), as a hostile proposer could encode it
-    hostile = encode_batch([Proposal("evil", LeaderElected("v1", 2**70))])
-    assert m.apply(1, hostile) == []
-    assert m.apply(2, encode_batch([Proposal("ok", KvPut("k", "v"))]))[0].ok
-    assert m.last_applied == 2 and m.read("k") == ("v", 1)
-    assert not any("evil" in line for line in m.dump())
+    hostile = b'[{"id": "evil", "command": {"type": "leader.elected", "node": "v1", "term": %d}}]'
+    with pytest.raises(NeedsNewerVersion, match="at log index 1"):
+        m.apply(1, hostile % 2**70)
+    assert m.last_applied == 0 and not any("evil" in line for line in m.dump())
 
 
 @pytest.mark.parametrize("value", [2**70, MAX_INT + 1, -1])
@@ -63,10 +68,10 @@ def test_an_error_applying_one_proposal_refuses_it_alone_and_undoes_its_writes(
     m = Machine(tmp_path / "db")
     real = Machine._changed
 
-    def changed(self, index, proposal, kind, id, version, detail=None):
+    def changed(self, txn, kind, id, version, detail):
         if id == "bad":  # the row is written, then the change log refuses: all undone
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
-        return real(self, index, proposal, kind, id, version, detail)
+        return real(self, txn, kind, id, version, detail)
 
     monkeypatch.setattr(machine_module.Machine, "_changed", changed)
     batch = [Proposal("a", KvPut("good", "1")), Proposal("b", KvPut("bad", "1"))]

@@ -329,25 +329,32 @@ class MembersReply(Message, kw_only=True, frozen=True):
 
 # --- consensus -------------------------------------------------------------------
 # Commands are only ever appended: a kind's tag and meaning never change, so an
-# old log entry means the same thing to every version that applies it.
+# old log entry means the same thing to every version that applies it. A field is
+# never added to a released command (a new tag is): commands forbid unknown fields,
+# so a voter that meets a field it does not know stops (it needs a newer version)
+# rather than apply the command without it and diverge from the voters that know it.
+
+
+class CommandStruct(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Base of every command (each has its own tag): unknown fields are refused."""
 
 
 ObjectId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 """An object's id: it names the object's change subject, so one subject token."""
 
 
-class KvPut(msgspec.Struct, tag="kv.put", frozen=True):
+class KvPut(CommandStruct, tag="kv.put"):
     """Set `key` to `value` (the debug key-value table)."""
 
     key: ObjectId
     value: str
 
 
-class KvDelete(msgspec.Struct, tag="kv.delete", frozen=True):
+class KvDelete(CommandStruct, tag="kv.delete"):
     key: ObjectId
 
 
-class KvCas(msgspec.Struct, tag="kv.cas", frozen=True):
+class KvCas(CommandStruct, tag="kv.cas"):
     """Set `key` to `value` only if it now holds `expected` (None: only if absent)."""
 
     key: ObjectId
@@ -355,7 +362,7 @@ class KvCas(msgspec.Struct, tag="kv.cas", frozen=True):
     value: str
 
 
-class Barrier(msgspec.Struct, tag="barrier", frozen=True):
+class Barrier(CommandStruct, tag="barrier"):
     """Changes nothing: once applied here, this replica has every earlier commit."""
 
 
@@ -363,7 +370,7 @@ MANAGER = "manager"
 """The name of the manager lease: its holder is the one node acting as manager."""
 
 
-class LeaseGrant(msgspec.Struct, tag="lease.grant", frozen=True):
+class LeaseGrant(CommandStruct, tag="lease.grant"):
     """Give the free lease `name` to `holder` for `ttl` seconds of its own clock, at
     epoch `expected_epoch` + 1; refused unless the lease is at `expected_epoch` and free."""
 
@@ -376,7 +383,7 @@ class LeaseGrant(msgspec.Struct, tag="lease.grant", frozen=True):
     """The Raft term the holder asked in (0: unknown); see LeaseRenew.term."""
 
 
-class LeaseRenew(msgspec.Struct, tag="lease.renew", frozen=True):
+class LeaseRenew(CommandStruct, tag="lease.renew"):
     """The holder renews its lease: sent with the holder's epoch (Proposal.epoch)."""
 
     holder: ObjectId
@@ -387,7 +394,7 @@ class LeaseRenew(msgspec.Struct, tag="lease.renew", frozen=True):
     can start from then (`manager.expiry_clock`)."""
 
 
-class LeaseEnd(msgspec.Struct, tag="lease.end", frozen=True):
+class LeaseEnd(CommandStruct, tag="lease.end"):
     """End the lease at `epoch`: released by its holder, or expired (the Raft leader
     saw no renewal for its ttl plus a drift margin on its own clock)."""
 
@@ -397,14 +404,14 @@ class LeaseEnd(msgspec.Struct, tag="lease.end", frozen=True):
     name: ObjectId = MANAGER
 
 
-class LeaderElected(msgspec.Struct, tag="leader.elected", frozen=True):
+class LeaderElected(CommandStruct, tag="leader.elected"):
     """`node` leads Raft in `term` (its first entry of the term: also a barrier)."""
 
     node: ObjectId
     term: Count
 
 
-class VoterChanged(msgspec.Struct, tag="voter.changed", frozen=True):
+class VoterChanged(CommandStruct, tag="voter.changed"):
     """Recorded after Raft's own cluster change committed: `node` became or ceased to be a voter."""
 
     node: ObjectId
@@ -412,7 +419,7 @@ class VoterChanged(msgspec.Struct, tag="voter.changed", frozen=True):
     reason: Reason
 
 
-class LeadershipTransferred(msgspec.Struct, tag="leader.transfer", frozen=True):
+class LeadershipTransferred(CommandStruct, tag="leader.transfer"):
     """The leader hands Raft leadership from `source` to `target`, and why."""
 
     source: ObjectId
@@ -432,20 +439,11 @@ Command = (
     | VoterChanged
     | LeadershipTransferred
 )
-
-INTERNAL_COMMANDS = (
-    LeaseGrant,
-    LeaseRenew,
-    LeaseEnd,
-    LeaderElected,
-    VoterChanged,
-    LeadershipTransferred,
-)
-"""Commands only the consensus service itself proposes (the lease, the leader, the
-voters): the public `propose` endpoint refuses them."""
+"""Every command: the consensus service's kinds (colony.consensus.kinds) say which of
+them only the service itself proposes, and which need the manager's epoch."""
 
 
-class Proposal(msgspec.Struct, frozen=True):
+class Proposal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: str
     """Idempotency key, chosen by the proposer: a retried id gets the first result
     back and is never applied twice."""
@@ -540,7 +538,9 @@ class ConsensusStatus(Message, kw_only=True, frozen=True):
     """This node acts as manager now (it holds the lease and its own clock says it is valid)."""
     stopped: str = ""
     """Why this voter stopped its replica ('' while it runs): its Raft log conflicts with
-    entries it committed. It applies and serves nothing more; an operator must look."""
+    entries it committed, or it needs a newer version (a committed entry holds a command
+    it does not know: upgrade it and it goes on from there). It applies, votes and serves
+    nothing more until restarted."""
 
 
 class JoinRequest(Signed, kw_only=True, frozen=True):
@@ -595,9 +595,17 @@ class DigestReply(Message, kw_only=True, frozen=True):
     statements: int
 
 
+MAX_DETAIL_BYTES = 16 * 1024
+"""A change's detail, encoded as JSON, at most (checked when the change is recorded)."""
+
+
 class Change(Signed, kw_only=True, frozen=True):
     """Change event: an object of the management database changed (on the change stream).
-    Signed by the relay: anything else on the stream's subjects is a forgery."""
+    Signed by the relay: anything else on the stream's subjects is a forgery.
+
+    `ts` is the commit's time: the timestamp of the log entry that made the change (its
+    proposer's wall clock), recorded at apply, the same on every voter and in every
+    relay of it (0 for changes recorded before entries carried one)."""
 
     index: int
     """The change's place in the replicated change log (1, 2, ...): also its
@@ -611,5 +619,14 @@ class Change(Signed, kw_only=True, frozen=True):
     """The Raft log index of the entry that made the change."""
     epoch: int = 0
     """The manager epoch the change was proposed under (0: not on the manager's behalf)."""
-    detail: dict[str, str | int | float] = {}
-    """What kinds other than kv say about the change: holder, term, reason..."""
+    detail: dict[str, Any] = {}
+    """What the change's kind says about it (holder, term, reason...): a JSON object of
+    any JSON values (nested objects, lists, booleans, null), at most MAX_DETAIL_BYTES
+    encoded."""
+
+    def __post_init__(self) -> None:
+        size = len(_encoder.encode(self.detail))
+        if size > MAX_DETAIL_BYTES:
+            raise ValueError(
+                f"a change's detail is {size} bytes of JSON, over the {MAX_DETAIL_BYTES}-byte limit"
+            )

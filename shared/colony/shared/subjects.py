@@ -222,8 +222,13 @@ def manager_acting() -> Subject[ManagerActing]:
     return Subject(f"{ROOT}.manager.acting", ManagerActing)
 
 
-CHANGE_KINDS = ("kv", "leader", "lease", "voter", "transfer")
-"""Kinds of objects whose changes the management database records (appended to, never renamed)."""
+SKIPPED = "skipped"
+"""The change kind of a marker the relay publishes in place of a change it could not
+publish (a bug or a newer version's kind): its detail says what and why."""
+
+CHANGE_KINDS = ("kv", "leader", "lease", "voter", "transfer", SKIPPED)
+"""Kinds of objects whose changes the management database records, and the relay's
+marker (appended to, never renamed): the kinds of the consensus service's registry."""
 
 
 def change(kind: str, id: str) -> Subject[Change]:

@@ -1,57 +1,53 @@
 """The replicated state machine: the management database, one SQLite file per voter.
 
 Raft decides the order of log entries; this module turns each entry (a batch
-of proposals) into one SQLite transaction. Apply is deterministic: no clock,
-no randomness, nothing read but the database and the entry, so every voter
-that applies the same log holds the same database. The last applied log
-index is written in the same transaction as the entry's effects, so an entry
-replayed after a restart (pysyncobj replays its journal) is recognised and
-skipped: nothing is applied twice.
+of proposals, stamped with its proposer's wall clock) into one SQLite
+transaction. Apply is deterministic: no clock, no randomness, nothing read
+but the database and the entry, so every voter that applies the same log
+holds the same database. The last applied log index is written in the same
+transaction as the entry's effects, so an entry replayed after a restart
+(pysyncobj replays its journal) is recognised and skipped: nothing is applied
+twice.
 
-Idempotency: every proposal carries an id; the first outcome for an id is
-kept, and a retried id gets that outcome back without applying again.
+The machine knows no object kind: each command is applied by the kind that
+declares it (kinds/, one module per kind, one registry line each). What the
+machine does for every proposal, whatever its kind:
 
-Leases and fencing: a lease row holds its holder, its ttl and an epoch that
-only grows. Apply never reads a clock, so a lease never expires by itself:
-the Raft leader ends it (`LeaseEnd` expired) once its own clock says the ttl
-and a drift margin have passed since it applied the last grant or renewal.
-The machine tells its watchers what it applied (`Applied`, after the commit);
-the watcher, not apply, reads the clock (`manager.AppliedClock`). A
-proposal made on the manager's behalf carries its epoch, and is refused,
-with nothing applied, unless that epoch is the lease's current one.
+- Idempotency: every proposal carries an id; the first outcome for an id is
+  kept, and a retried id gets that outcome back without applying again.
+- Refusals decided by the command alone (`Registry.refusal`): a command that
+  needs the manager's epoch and has none, a change id that cannot be a subject.
+- Fencing: a proposal made on the manager's behalf carries its epoch, and is
+  refused, with nothing applied, unless that epoch is the manager lease's current
+  one (kinds/leases.py).
+- A deterministic error applying one proposal refuses it alone (its writes undone).
+- A command this voter cannot decode stops it (`NeedsNewerVersion`): it neither
+  skips the entry (its database would silently diverge from the others') nor
+  counts it as applied, so once upgraded it continues from that entry.
+
+The machine tells its watchers what each entry did (`Applied`, after the
+commit); the watcher, not apply, reads the clock (`manager.AppliedClock`).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
-from colony.shared.messages import (
-    MANAGER,
-    Barrier,
-    KvCas,
-    KvDelete,
-    KvPut,
-    LeaderElected,
-    LeadershipTransferred,
-    LeaseEnd,
-    LeaseGrant,
-    LeaseRenew,
-    Outcome,
-    Proposal,
-    VoterChanged,
-)
+from colony.consensus import changelog
+from colony.consensus.kinds import REGISTRY, kv
+from colony.consensus.kinds import leases as leases_kind
+from colony.consensus.kinds.kind import Applied, Registry, Txn
+from colony.consensus.kinds.leases import FREE, LeaseState
+from colony.shared.messages import MANAGER, Outcome, Proposal
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS kv (
-    key TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL
-);
+__all__ = ["Applied", "BadBatch", "LeaseState", "Machine", "NeedsNewerVersion", "encode_batch"]
+
+RESERVED = """
 CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY, spec TEXT NOT NULL, version INTEGER NOT NULL
 );
@@ -68,29 +64,15 @@ CREATE TABLE IF NOT EXISTS config (
 CREATE TABLE IF NOT EXISTS secrets (
     key TEXT PRIMARY KEY, ciphertext BLOB NOT NULL, version INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS leases (
-    name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch INTEGER NOT NULL, ttl REAL NOT NULL,
-    granted INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS changes (
-    idx INTEGER PRIMARY KEY, log_index INTEGER NOT NULL,
-    kind TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, cause TEXT NOT NULL,
-    epoch INTEGER NOT NULL DEFAULT 0, detail TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS proposals (
-    id TEXT PRIMARY KEY, log_index INTEGER NOT NULL, outcome BLOB NOT NULL
-);
 """
-"""Tables for what the management role will own (nodes, jobs with every spec
-version, instances desired and observed, config, secrets as ciphertext only,
-leases: granted is a log index; renewals change no row), the append-only change log (epoch:
-the fencing epoch its proposal carried), and the idempotency record."""
+"""Tables no kind writes yet (created since the first version: every voter has them)."""
 
 _MIGRATIONS = [
     # leases before fencing had a wall-clock expiry and were never written
     ("leases", "expires", "DROP TABLE leases"),
     ("changes", "-epoch", "ALTER TABLE changes ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0"),
     ("changes", "-detail", "ALTER TABLE changes ADD COLUMN detail TEXT NOT NULL DEFAULT '{}'"),
+    ("changes", "-ts", "ALTER TABLE changes ADD COLUMN ts REAL NOT NULL DEFAULT 0"),
 ]
 """(table, column, statement): run if the table has the column (-column: lacks it)."""
 
@@ -98,6 +80,8 @@ MAX_BATCH = 512
 """Proposals in one log entry at most."""
 MAX_ENTRY_BYTES = 256 * 1024
 """One log entry, encoded, at most: it must fit in one Raft frame (NATS carries 1 MiB)."""
+ENTRY_VERSION = 1
+"""The log entry format this code writes and reads (a newer one stops it)."""
 
 _DETERMINISTIC = (
     sqlite3.IntegrityError,
@@ -110,33 +94,20 @@ _DETERMINISTIC = (
 """Errors that applying a command raises the same way on every voter (its values,
 not this voter's disk): the proposal is refused, never retried."""
 
-_batch = msgspec.json.Decoder(list[Proposal])
-_outcome = msgspec.json.Decoder(Outcome)
+
+class Entry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One Raft log entry: proposals applied in one transaction."""
+
+    proposals: list[Proposal]
+    ts: float = 0.0
+    """The proposer's wall clock (unix seconds) when it made the entry: every change the
+    entry records carries it (Change.ts), the same on every voter."""
+    v: int = ENTRY_VERSION
 
 
-@dataclass(frozen=True)
-class LeaseState:
-    """A lease as this replica applied it (kept in memory beside the database)."""
-
-    holder: str
-    epoch: int
-    ttl: float
-    asked_term: int = 0
-    """The Raft term the holder asked for the grant or the latest renewal in (0: unknown)."""
-
-
-FREE = LeaseState("", 0, 0.0)
-
-
-@dataclass(frozen=True)
-class Applied:
-    """What an entry did that a watcher times (on its own clock): a lease `granted`,
-    `renewed` or `ended`, a leadership `transferred`, or the database `loaded` (at start
-    or from a snapshot: every lease's age is unknown)."""
-
-    what: str
-    lease: str = ""
-
+_entry = msgspec.json.Decoder(Entry)
+_legacy = msgspec.json.Decoder(list[Proposal])
+"""Entries written before they carried a timestamp: a bare list of proposals."""
 
 Watcher = Callable[[Applied], None]
 
@@ -145,37 +116,84 @@ class BadBatch(ValueError):
     """A log entry that is not a list of valid proposals (rejected before proposing)."""
 
 
-def encode_batch(proposals: list[Proposal]) -> bytes:
-    """The log entry for `proposals`; raises BadBatch for what apply would refuse."""
+class NeedsNewerVersion(Exception):
+    """A committed entry holds what this voter's code cannot decode or apply: it must
+    stop (not skip it, not count it as applied) until it is upgraded."""
+
+
+def encode_batch(proposals: list[Proposal], ts: float | None = None) -> bytes:
+    """The log entry for `proposals`, stamped with `ts` (default: now); raises BadBatch
+    for what apply would not decode."""
     if not 1 <= len(proposals) <= MAX_BATCH:
         raise BadBatch(f"a batch holds 1 to {MAX_BATCH} proposals, not {len(proposals)}")
-    entry = msgspec.json.encode(proposals)
+    entry = msgspec.json.encode(Entry(proposals, time.time() if ts is None else ts))
     if len(entry) > MAX_ENTRY_BYTES:
         raise BadBatch(
             f"the batch encodes to {len(entry)} bytes, over the {MAX_ENTRY_BYTES}-byte limit "
             "of one log entry: split it"
         )
+    try:  # built in Python, nothing was checked: an entry apply cannot decode stops voters
+        _entry.decode(entry)
+    except msgspec.ValidationError as e:
+        raise BadBatch(f"the batch is not valid: {e}") from None
     return entry
+
+
+def decode_entry(index: int, entry: bytes, registry: Registry = REGISTRY) -> Entry:
+    """The entry at log `index`; NeedsNewerVersion if this code cannot apply all of it."""
+    try:
+        decoded = _legacy.decode(entry) if entry[:1] == b"[" else _entry.decode(entry)
+    except (msgspec.DecodeError, RecursionError) as e:
+        raise NeedsNewerVersion(
+            f"needs a newer version: {_unknown(entry, registry, e)} at log index {index}"
+        ) from None
+    if isinstance(decoded, list):
+        decoded = Entry(decoded)
+    if decoded.v > ENTRY_VERSION:
+        raise NeedsNewerVersion(
+            f"needs a newer version: log entry format {decoded.v} at log index {index}"
+        )
+    for proposal in decoded.proposals:
+        if type(proposal.command) not in registry.by_type:
+            tag = type(proposal.command).__struct_config__.tag
+            raise NeedsNewerVersion(
+                f"needs a newer version: command tag {tag} at log index {index}"
+            )
+    return decoded
+
+
+def _unknown(entry: bytes, registry: Registry, error: Exception) -> str:
+    """What in `entry` this code does not know: a command tag if it can tell."""
+    try:
+        raw = msgspec.json.decode(entry)
+        proposals = raw if isinstance(raw, list) else raw.get("proposals", [])
+        for proposal in proposals:
+            tag = proposal.get("command", {}).get("type")
+            if tag not in registry.tags:
+                return f"command tag {tag}"
+    except (msgspec.DecodeError, RecursionError, AttributeError, TypeError):
+        pass
+    return f"an entry it cannot decode ({error})"
 
 
 class Machine:
     """The management database of one voter, and the apply function."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, kinds: Registry = REGISTRY) -> None:
         self.path = path
+        self.kinds = kinds
         path.parent.mkdir(parents=True, exist_ok=True)
         # Used by pysyncobj's thread only (apply, snapshots); readers open their own.
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
-        self.db.executescript(SCHEMA)
-        self.leases: dict[str, LeaseState] = {}
-        """The leases as applied here, for the leader's expiry clock and for status."""
+        self.db.executescript(changelog.TABLES + RESERVED + kinds.tables)
+        self.memory: dict[str, object] = {}
+        """Each kind's in-memory state (the leases: for the expiry clock and status)."""
         self.watchers: list[Watcher] = []
         """Told what each entry did once it commits (on the applying thread: be quick)."""
-        self._noted: list[Applied] = []
-        self._load_leases()
+        self._load()
 
     def _migrate(self) -> None:
         for table, column, statement in _MIGRATIONS:
@@ -183,15 +201,10 @@ class Machine:
             if columns and (column.lstrip("-") in columns) != column.startswith("-"):
                 self.db.execute(statement)
 
-    def _load_leases(self) -> None:
-        """From the database, after a start or a snapshot: ages unknown until the next
-        renewal (watchers hear `loaded`: the leader's clock starts then, the safe side)."""
-        self.leases = {
-            name: LeaseState(holder, epoch, ttl)
-            for name, holder, epoch, ttl in self.db.execute(
-                "SELECT name, holder, epoch, ttl FROM leases"
-            )
-        }
+    def _load(self) -> None:
+        """Every kind's memory from the database (at start, after a snapshot): watchers
+        hear `loaded` (lease ages are unknown until the next renewal)."""
+        self.memory = {k.name: k.load(self.db) for k in self.kinds.kinds if k.load is not None}
         self._tell([Applied("loaded")])
 
     def watch(self, watcher: Watcher) -> None:
@@ -203,223 +216,87 @@ class Machine:
                 watcher(event)
 
     def lease(self, name: str = MANAGER) -> LeaseState:
-        return self.leases.get(name, FREE)
+        return self._leases.get(name, FREE)
+
+    @property
+    def _leases(self) -> leases_kind.Leases:
+        return self.memory.get(leases_kind.KIND.name, {})  # type: ignore[return-value]
 
     @property
     def last_applied(self) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE name = 'last_applied'").fetchone()
-        return row[0] if row else 0
+        return changelog.last_applied(self.db)
 
     def apply(self, index: int, entry: bytes) -> list[Outcome] | None:
-        """Apply log entry `index`; None if it was applied already (a journal replay)."""
+        """Apply log entry `index`; None if it was applied already (a journal replay).
+        Raises NeedsNewerVersion, with nothing applied, if it holds a command this code
+        does not know."""
         if index <= self.last_applied:
             return None
-        try:
-            proposals = _batch.decode(entry)
-        except (msgspec.DecodeError, RecursionError):
-            proposals = []  # proposers validate first: a bad entry is skipped, never half-applied
-        db = self.db
-        self._noted = []
+        decoded = decode_entry(index, entry, self.kinds)
+        db, noted = self.db, []
         db.execute("BEGIN IMMEDIATE")
         try:
-            outcomes = [self._apply_one(index, p) for p in proposals]
-            db.execute(
-                "INSERT INTO meta (name, value) VALUES ('last_applied', ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (index,),
-            )
+            outcomes = [self._apply_one(index, decoded.ts, p, noted) for p in decoded.proposals]
+            changelog.set_applied(db, index)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._load()  # memory may hold what the rolled back proposals did
             raise
-        self._tell(self._noted)
+        self._tell(noted)
         return outcomes
 
-    def _apply_one(self, index: int, proposal: Proposal) -> Outcome:
-        if isinstance(proposal.command, LeaseRenew):
-            # Several a second, and the same renewal applied twice changes nothing:
-            # neither an idempotency record nor a change.
-            return msgspec.structs.replace(self._renew(proposal), index=index)
-        seen = self.db.execute(
-            "SELECT outcome FROM proposals WHERE id = ?", (proposal.id,)
-        ).fetchone()
-        if seen:
-            return _outcome.decode(seen[0])
-        refusal = self._fence(proposal.epoch)
-        outcome = (
-            Outcome(ok=False, error=refusal) if refusal else self._run_or_refuse(index, proposal)
-        )
-        outcome = msgspec.structs.replace(outcome, index=index)
-        self.db.execute(
-            "INSERT INTO proposals (id, log_index, outcome) VALUES (?, ?, ?)",
-            (proposal.id, index, msgspec.json.encode(outcome)),
-        )
+    def _apply_one(self, index: int, ts: float, proposal: Proposal, noted) -> Outcome:
+        _kind, handles = self.kinds.handler(proposal.command)
+        if handles.recorded and (seen := changelog.seen(self.db, proposal.id)):
+            return seen
+        refusal = self.kinds.refusal(proposal)
+        if handles.recorded:  # an unrecorded command (a renewal) checks its epoch itself
+            refusal = refusal or leases_kind.fence(self._leases, proposal.epoch)
+        if refusal:
+            outcome = Outcome(ok=False, error=refusal, index=index)
+        else:
+            outcome = self._run_or_refuse(index, ts, proposal, noted)
+        if handles.recorded:
+            changelog.remember(self.db, proposal.id, index, outcome)
         return outcome
 
-    def _fence(self, epoch: int) -> str:
-        """Why a proposal made at manager `epoch` must not apply ('' if it may)."""
-        if not epoch:
-            return ""
-        lease = self.lease(MANAGER)
-        holder = f"held by {lease.holder}" if lease.holder else "free"
-        if epoch < lease.epoch:
-            return f"stale epoch {epoch}: the manager lease is at epoch {lease.epoch} ({holder})"
-        if epoch > lease.epoch:
-            return f"epoch {epoch} was never granted: the manager lease is at epoch {lease.epoch}"
-        if not lease.holder:
-            return f"epoch {epoch} has ended: the manager lease is free"
-        return ""
-
-    def _run_or_refuse(self, index: int, proposal: Proposal) -> Outcome:
+    def _run_or_refuse(self, index: int, ts: float, proposal: Proposal, noted) -> Outcome:
         """Run one proposal; a deterministic error (the same on every voter: a value the
-        database cannot hold, a broken constraint) refuses it and undoes its writes, so a
-        bad command can never stop the log. Anything else (a full disk, an I/O error) is
-        this voter's own trouble and propagates: the entry is not counted as applied."""
+        database cannot hold, a broken constraint, a change that could not be published)
+        refuses it and undoes its writes, so a bad command can never stop the log.
+        Anything else (a full disk, an I/O error) is this voter's own trouble and
+        propagates: the entry is not counted as applied."""
+        kind, handles = self.kinds.handler(proposal.command)
+        txn = Txn(self.db, index, proposal, ts, self.memory.get(kind.name), noted, self._changed)
         self.db.execute("SAVEPOINT proposal")
         try:
-            outcome = self._run(index, proposal)
+            outcome = handles.apply(txn, proposal.command)
         except _DETERMINISTIC as e:
             self.db.execute("ROLLBACK TO proposal")
             self.db.execute("RELEASE proposal")
-            tag = type(proposal.command).__struct_config__.tag
-            return Outcome(ok=False, error=f"{tag} could not be applied: {type(e).__name__}: {e}")
+            error = f"{handles.tag} could not be applied: {type(e).__name__}: {e}"
+            return Outcome(ok=False, error=error, index=index)
         self.db.execute("RELEASE proposal")
-        return outcome
+        return msgspec.structs.replace(outcome, index=index)
 
-    def _run(self, index: int, proposal: Proposal) -> Outcome:
-        command = proposal.command
-        match command:
-            case Barrier():
-                return Outcome(ok=True)
-            case LeaseGrant():
-                return self._grant(index, proposal, command)
-            case LeaseEnd():
-                return self._end(index, proposal, command)
-            case LeaderElected(node=node, term=term):
-                self._changed(index, proposal, "leader", node, term, {"term": term})
-                return Outcome(ok=True)
-            case VoterChanged(node=node, change=change, reason=reason):
-                version = 1 if change == "added" else 0
-                self._changed(
-                    index, proposal, "voter", node, version, {"change": change, "reason": reason}
-                )
-                return Outcome(ok=True)
-            case LeadershipTransferred(source=source, target=target, reason=reason):
-                detail = {"source": source, "target": target, "reason": reason}
-                self._changed(index, proposal, "transfer", target, index, detail)
-                self._noted.append(Applied("transferred"))
-                return Outcome(ok=True)
-        return self._kv(index, proposal)
-
-    def _kv(self, index: int, proposal: Proposal) -> Outcome:
-        command = proposal.command
-        assert isinstance(command, KvPut | KvDelete | KvCas)
-        value, version = self.read(command.key)
-        if isinstance(command, KvCas) and value != command.expected:
-            return Outcome(ok=False, value=value, version=version, error="value differs")
-        if isinstance(command, KvDelete):
-            if version == 0:
-                return Outcome(ok=True)
-            self.db.execute("DELETE FROM kv WHERE key = ?", (command.key,))
-            self._changed(index, proposal, "kv", command.key, 0)
-            return Outcome(ok=True)
-        self.db.execute(
-            "INSERT INTO kv (key, value, version) VALUES (?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
-            (command.key, command.value, version + 1),
-        )
-        self._changed(index, proposal, "kv", command.key, version + 1)
-        return Outcome(ok=True, value=command.value, version=version + 1)
-
-    # --- leases -------------------------------------------------------------------
-
-    def _grant(self, index: int, proposal: Proposal, grant: LeaseGrant) -> Outcome:
-        lease = self.lease(grant.name)
-        if lease.epoch != grant.expected_epoch:
-            return Outcome(
-                ok=False,
-                version=lease.epoch,
-                error=f"lease {grant.name} is at epoch {lease.epoch}, "
-                f"not {grant.expected_epoch}: someone granted it since",
-            )
-        if lease.holder:
-            return Outcome(
-                ok=False,
-                version=lease.epoch,
-                error=f"lease {grant.name} is held by {lease.holder} at epoch {lease.epoch}: "
-                "it must be released or expired first",
-            )
-        epoch = lease.epoch + 1
-        self.db.execute(
-            "INSERT INTO leases (name, holder, epoch, ttl, granted) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, epoch = excluded.epoch, "
-            "ttl = excluded.ttl, granted = excluded.granted",
-            (grant.name, grant.holder, epoch, grant.ttl, index),
-        )
-        detail = {
-            "event": "granted",
-            "holder": grant.holder,
-            "ttl": grant.ttl,
-            "reason": grant.reason,
-        }
-        self._changed(index, proposal, "lease", grant.name, epoch, detail)
-        self.leases[grant.name] = LeaseState(grant.holder, epoch, grant.ttl, grant.term)
-        self._noted.append(Applied("granted", grant.name))
-        return Outcome(ok=True, value=grant.holder, version=epoch)
-
-    def _renew(self, proposal: Proposal) -> Outcome:
-        renew = proposal.command
-        assert isinstance(renew, LeaseRenew)
-        lease = self.lease(renew.name)
-        if proposal.epoch != lease.epoch or renew.holder != lease.holder or not lease.holder:
-            holder = lease.holder or "nobody"
-            return Outcome(
-                ok=False,
-                version=lease.epoch,
-                error=f"lease {renew.name} is held by {holder} at epoch {lease.epoch}: "
-                f"{renew.holder} at epoch {proposal.epoch} cannot renew it",
-            )
-        # Only the leader's clock needs a renewal, so no row changes: several a second would
-        # otherwise rewrite the database (and its snapshots) for nothing.
-        self.leases[renew.name] = LeaseState(lease.holder, lease.epoch, lease.ttl, renew.term)
-        self._noted.append(Applied("renewed", renew.name))
-        return Outcome(ok=True, value=lease.holder, version=lease.epoch)
-
-    def _end(self, index: int, proposal: Proposal, end: LeaseEnd) -> Outcome:
-        lease = self.lease(end.name)
-        if lease.epoch != end.epoch or not lease.holder:
-            state = f"held by {lease.holder}" if lease.holder else "free"
-            return Outcome(
-                ok=False,
-                version=lease.epoch,
-                error=f"lease {end.name} is not held at epoch {end.epoch} "
-                f"(it is at epoch {lease.epoch}, {state})",
-            )
-        if end.how == "released" and proposal.epoch != end.epoch:
-            return Outcome(
-                ok=False,
-                version=lease.epoch,
-                error="only the holder releases a lease: propose it with the lease's epoch",
-            )
-        self.db.execute("UPDATE leases SET holder = '' WHERE name = ?", (end.name,))
-        detail = {"event": end.how, "holder": lease.holder, "reason": end.reason}
-        self._changed(index, proposal, "lease", end.name, lease.epoch, detail)
-        self.leases[end.name] = LeaseState("", lease.epoch, lease.ttl)
-        self._noted.append(Applied("ended", end.name))
-        return Outcome(ok=True, version=lease.epoch)
-
-    def _changed(
-        self, index: int, proposal: Proposal, kind: str, id: str, version: int, detail=None
-    ) -> None:
-        self.db.execute(
-            "INSERT INTO changes (log_index, kind, id, version, cause, epoch, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (index, kind, id, version, proposal.id, proposal.epoch, json.dumps(detail or {})),
+    def _changed(self, txn: Txn, kind: str, id: str, version: int, detail: dict) -> None:
+        changelog.record(
+            self.db,
+            index=txn.index,
+            kind=kind,
+            id=id,
+            version=version,
+            cause=txn.proposal.id,
+            epoch=txn.proposal.epoch,
+            detail=detail,
+            ts=txn.ts,
+            kinds=self.kinds.change_kinds,
         )
 
     def read(self, key: str) -> tuple[str | None, int]:
-        row = self.db.execute("SELECT value, version FROM kv WHERE key = ?", (key,)).fetchone()
-        return (row[0], row[1]) if row else (None, 0)
+        """A kv key's (value, version), as applied here."""
+        return kv.read(self.db, key)
 
     # --- snapshots (pysyncobj's serializer hooks) -------------------------------
 
@@ -434,7 +311,8 @@ class Machine:
         with sqlite3.connect(path) as source:
             source.backup(self.db)
         source.close()
-        self._load_leases()
+        self.db.execute(f"DROP TABLE IF EXISTS {SNAPSHOT_TABLE}")
+        self._load()
 
     def dump(self) -> list[str]:
         """The whole database as SQL text: equal on every voter that applied the same log."""
@@ -442,3 +320,24 @@ class Machine:
 
     def close(self) -> None:
         self.db.close()
+
+
+SNAPSHOT_TABLE = "raft_snapshot"
+"""Where a snapshot file keeps pysyncobj's own bookkeeping beside the database copy."""
+
+
+def write_snapshot_meta(path: Path, meta: bytes) -> None:
+    """Add pysyncobj's bookkeeping to the database copy at `path`."""
+    with sqlite3.connect(path) as copy:
+        copy.execute(f"CREATE TABLE {SNAPSHOT_TABLE} (meta BLOB NOT NULL)")
+        copy.execute(f"INSERT INTO {SNAPSHOT_TABLE} VALUES (?)", (meta,))
+    copy.close()
+
+
+def read_snapshot_meta(path: Path) -> tuple[bytes, int]:
+    """(pysyncobj's bookkeeping, the applied index) of the snapshot file at `path`."""
+    with sqlite3.connect(path) as copy:
+        (meta,) = copy.execute(f"SELECT meta FROM {SNAPSHOT_TABLE}").fetchone()
+        applied = changelog.last_applied(copy)
+    copy.close()
+    return meta, applied

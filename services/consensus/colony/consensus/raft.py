@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,14 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import Node
 
 from colony.consensus import frames
-from colony.consensus.machine import Machine
+from colony.consensus.kinds import REGISTRY
+from colony.consensus.kinds.kind import Registry
+from colony.consensus.machine import (
+    Machine,
+    NeedsNewerVersion,
+    read_snapshot_meta,
+    write_snapshot_meta,
+)
 from colony.consensus.transport import Link, NatsTransport
 from colony.shared.messages import Outcome
 
@@ -186,7 +192,8 @@ class _Replica(SyncObj):
         self._machine = machine
         self._on_apply = on_apply  # set before pysyncobj starts: it may apply at once
         self.stopped_by: str | None = None
-        """Why this replica stopped itself (its log conflicts with committed entries)."""
+        """Why this replica stopped itself: its log conflicts with committed entries, or
+        a committed entry needs a newer version of Colony."""
         self.durable_index = 0
         """The journal is on stable storage up to this log index (its last flush)."""
         self.flushes = 0
@@ -230,21 +237,35 @@ class _Replica(SyncObj):
         try:
             return screen_append(self.journal, self.raftCommitIndex, self.raftCurrentTerm, message)
         except LogConflict as e:
-            self.stopped_by = f"the Raft log conflicts with committed entries: {e}"
-            log.critical(
-                "the Raft log conflicts with entries this voter committed: stopping this "
-                "replica (nothing more is applied; its database and journal are left as they "
-                "are, for inspection)",
-                extra={"conflict": str(e)},
+            self._stop(
+                f"the Raft log conflicts with committed entries: {e}",
+                "the Raft log conflicts with entries this voter committed",
             )
-            self.destroy()  # pysyncobj's thread stops after this tick
             return None
+
+    def _stop(self, reason: str, what: str) -> None:
+        """Stop this replica for good (until restarted): it applies, votes, leads and
+        answers nothing more; its database and journal are left as they are."""
+        self.stopped_by = reason
+        log.critical(
+            f"{what}: stopping this replica (nothing more is applied; its database and "
+            "journal are left as they are)",
+            extra={"reason": reason},
+        )
+        self.destroy()  # pysyncobj's thread stops after this tick
 
     @replicated
     def _apply_entry(self, entry: bytes) -> tuple[int, list[Outcome] | None]:
         index = self.raftLastApplied + 1  # pysyncobj counts it applied after this returns
         began = time.perf_counter()
-        outcomes = self._machine.apply(index, entry)
+        try:
+            outcomes = self._machine.apply(index, entry)
+        except NeedsNewerVersion as e:
+            # Raised on: pysyncobj then neither counts the entry applied nor applies the
+            # next ones, and its thread stops. Restarted with a version that knows the
+            # command, the replica replays its journal and applies from this entry on.
+            self._stop(str(e), f"log entry {index} needs a newer version of Colony")
+            raise
         self._on_apply(time.perf_counter() - began)
         return index, outcomes
 
@@ -260,9 +281,10 @@ class Replica:
         link: Link,
         timers: Timers = Timers(),
         on_apply: OnApply = lambda _seconds: None,
+        kinds: Registry = REGISTRY,
     ) -> None:
         self.me = me
-        self.machine = Machine(state_dir / "management.db")
+        self.machine = Machine(state_dir / "management.db", kinds)
         self._loop = asyncio.get_running_loop()
         self._link = link
         self._stopped_leading_at = 0.0
@@ -291,6 +313,9 @@ class Replica:
             await asyncio.wait({future}, timeout=min(max(left, 0), NO_QUORUM_CHECK))
             if future.done():
                 break
+            if self._raft.stopped_by is not None:  # it stopped while the entry waited
+                future.cancel()
+                raise NotCommitted(f"this voter stopped: {self._raft.stopped_by}")
             if not self._raft.hasQuorum:
                 future.cancel()
                 raise NotCommitted("no quorum: a majority of the voters cannot be reached")
@@ -351,7 +376,8 @@ class Replica:
 
     @property
     def is_leader(self) -> bool:
-        return self._raft._isLeader()
+        """Leads now (a stopped replica never does: its pysyncobj state is frozen)."""
+        return self._raft.stopped_by is None and self._raft._isLeader()
 
     @property
     def log_arrived_by(self) -> float:
@@ -411,23 +437,14 @@ class Replica:
         last_entry, previous_entry, cluster = raft_state
         self.machine.save(Path(path))
         meta = frames.dumps((last_entry, previous_entry, sorted(node.id for node in cluster)))
-        with sqlite3.connect(path) as copy:
-            copy.execute("CREATE TABLE raft_snapshot (meta BLOB NOT NULL)")
-            copy.execute("INSERT INTO raft_snapshot VALUES (?)", (meta,))
-        copy.close()
+        write_snapshot_meta(Path(path), meta)
 
     def _load_snapshot(self, path: str):
-        with sqlite3.connect(path) as copy:
-            (meta,) = copy.execute("SELECT meta FROM raft_snapshot").fetchone()
-            (snapshot_applied,) = copy.execute(
-                "SELECT value FROM meta WHERE name = 'last_applied'"
-            ).fetchone() or (0,)
-        copy.close()
+        meta, snapshot_applied = read_snapshot_meta(Path(path))
         last_entry, previous_entry, *rest = frames.loads(meta)
         cluster = rest[0] if rest else self._initial  # a snapshot from before dynamic voters
         if snapshot_applied > self.machine.last_applied:  # else ours is newer: keep it
             self.machine.load(Path(path))
-            self.machine.db.execute("DROP TABLE IF EXISTS raft_snapshot")
         return last_entry, previous_entry, {Node(node) for node in cluster}
 
 

@@ -28,7 +28,7 @@ import aiosqlite
 import nats.errors
 import nats.js.errors
 
-from colony.consensus import stream
+from colony.consensus import changelog, stream
 from colony.shared import subjects
 from colony.shared.bus import Bus
 from colony.shared.messages import Change, DecodeError, NewerVersion, decode, encode
@@ -40,6 +40,8 @@ ACK_WAIT = 5.0
 """Seconds to wait for the stream's acknowledgements of a round."""
 IDLE = 0.02
 """Seconds between looks at the change log while nothing is new."""
+PAUSE_AFTER_BUG = 2.0
+"""Seconds the relay waits after an unexpected error before it starts over."""
 KEPT = 7 * 24 * 3600.0
 """Seconds the stream keeps a change (the log itself keeps every change)."""
 
@@ -77,6 +79,12 @@ class ChangeRelay:
                 log.warning("change relay paused", extra={"reason": str(e)})
                 ready = False
                 await asyncio.sleep(0.5)
+            except Exception:
+                # A bug (or a database in a state it never expected): the change stream
+                # must not stop for good over it. Say so loudly, pause, start over.
+                log.exception("change relay round failed: paused, starting over")
+                ready = False
+                await asyncio.sleep(PAUSE_AFTER_BUG)
 
     async def _take_over(self) -> None:
         """Make sure the stream exists; resume after its last genuine change."""
@@ -147,12 +155,7 @@ class ChangeRelay:
         only over acknowledged changes with none missing before them, so a refused
         or lost publish is sent again next round, never skipped.
         """
-        async with self.reader.execute(
-            "SELECT idx, log_index, kind, id, version, cause, epoch, detail FROM changes "
-            "WHERE idx > ? ORDER BY idx LIMIT ?",
-            (self.relayed, BATCH),
-        ) as rows:
-            batch = await rows.fetchall()
+        batch = await changelog.after(self.reader, self.relayed, BATCH)
         if not batch:
             return False
         nc = self.bus.nc
@@ -161,20 +164,19 @@ class ChangeRelay:
         sub = await nc.subscribe(f"{inbox}.*", cb=acks.put)
         try:
             sent = []
-            for index, log_index, kind, id, version, cause, epoch, detail in batch:
+            for row in batch:
                 if not self.is_leader():
                     break
-                event = Change(
-                    index=index, kind=kind, id=id, version=version, log_index=log_index,
-                    cause=cause, epoch=epoch, detail=json.loads(detail),
-                )  # fmt: skip
+                subject, event = _event(row)
                 await nc.publish(
-                    subjects.change(kind, id).name,
+                    subject,
                     encode(sign(self.secret, event)),
-                    reply=f"{inbox}.{index}",
-                    headers={"Nats-Msg-Id": f"{index}-{token(self.secret, f'change {index}')}"},
+                    reply=f"{inbox}.{row.index}",
+                    headers={
+                        "Nats-Msg-Id": f"{row.index}-{token(self.secret, f'change {row.index}')}"
+                    },
                 )
-                sent.append(index)
+                sent.append(row.index)
             for _ in sent:
                 reply = await asyncio.wait_for(acks.get(), ACK_WAIT)
                 if not reply.data:  # a status message: no stream took it (yet)
@@ -194,3 +196,38 @@ class ChangeRelay:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
         return True
+
+
+def _event(row: changelog.Row) -> tuple[str, Change]:
+    """The subject and change to publish for `row`; for a row that cannot be published
+    (apply checks each change, so only a bug or a newer version's kind makes one), a
+    `skipped` marker in its place, so the stream keeps one message per change index."""
+    try:
+        if row.kind not in subjects.CHANGE_KINDS or row.kind == subjects.SKIPPED:
+            raise ValueError(f"the change stream does not capture kind {row.kind!r}")
+        detail = json.loads(row.detail)
+        if not isinstance(detail, dict):
+            raise ValueError(f"its detail is not a JSON object: {row.detail[:80]!r}")
+        return subjects.change(row.kind, row.id).name, _change(row, row.kind, row.id, detail)
+    except (ValueError, TypeError, RecursionError) as e:  # SubjectError, JSON, size...
+        reason = f"change {row.index} ({row.kind!r} {row.id!r}) cannot be published: {e}"
+        log.error(f"{reason}; relaying a '{subjects.SKIPPED}' marker in its place")
+        marker = {"kind": str(row.kind)[:64], "id": str(row.id)[:64], "reason": reason[:1024]}
+        kind_token = row.kind if _is_token(row.kind) else "unknown"
+        change = _change(row, subjects.SKIPPED, kind_token, marker)
+        return subjects.change(subjects.SKIPPED, kind_token).name, change
+
+
+def _change(row: changelog.Row, kind: str, id: str, detail: dict) -> Change:
+    return Change(
+        index=row.index, kind=kind, id=id, version=row.version, log_index=row.log_index,
+        cause=row.cause, epoch=row.epoch, detail=detail, ts=row.ts,
+    )  # fmt: skip
+
+
+def _is_token(value: object) -> bool:
+    try:
+        subjects.token(str(value))
+    except subjects.SubjectError:
+        return False
+    return True

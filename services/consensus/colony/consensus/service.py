@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -35,6 +34,9 @@ from typing import NoReturn
 
 import aiosqlite
 
+from colony.consensus import changelog
+from colony.consensus.kinds import REGISTRY, kv
+from colony.consensus.kinds.kind import Registry
 from colony.consensus.machine import BadBatch, encode_batch
 from colony.consensus.manager import LeaseTimers, ManagerRole
 from colony.consensus.metrics import ConsensusMetrics
@@ -46,7 +48,6 @@ from colony.consensus.voters import Preference, VoterKeeper
 from colony.shared import subjects
 from colony.shared.config import ConsensusSettings
 from colony.shared.messages import (
-    INTERNAL_COMMANDS,
     MANAGER,
     Barrier,
     ConsensusStatus,
@@ -115,9 +116,13 @@ class ConsensusService:
     name = "consensus"
     description = "Raft among the voters and the replicated management database"
 
-    def __init__(self, timers: Timers | None = None, seed: Seed | None = None) -> None:
+    def __init__(
+        self, timers: Timers | None = None, seed: Seed | None = None, kinds: Registry = REGISTRY
+    ) -> None:
         self.timers = timers or Timers()
         self.seed = seed or from_the_log
+        self.kinds = kinds
+        """The object kinds this voter applies (tests leave one out: an older version)."""
         self.replica: Replica | None = None
         self.reader: aiosqlite.Connection | None = None
         self.role: ManagerRole | None = None
@@ -179,7 +184,13 @@ class ConsensusService:
         await link.start()
         # Made on the loop's thread: pysyncobj's tick thread lives as long as its maker.
         self.replica = replica = Replica(
-            self.me, voters, state_dir, link, self.timers, self.metrics.apply_seconds.observe
+            self.me,
+            voters,
+            state_dir,
+            link,
+            self.timers,
+            self.metrics.apply_seconds.observe,
+            self.kinds,
         )
         self.reader = await aiosqlite.connect(replica.machine.path)
         lease = LeaseTimers(settings.lease_ttl, settings.lease_renew, settings.lease_margin)
@@ -252,9 +263,12 @@ class ConsensusService:
 
     async def _on_propose(self, request: ProposeRequest) -> ProposeReply:
         for proposal in request.proposals:
-            if isinstance(proposal.command, INTERNAL_COMMANDS):
-                tag = type(proposal.command).__struct_config__.tag
+            found = self.kinds.by_type.get(type(proposal.command))
+            if found is not None and found[1].internal:
+                tag = found[1].tag
                 raise Refused(403, f"{tag} is proposed only by the consensus service itself")
+            if refusal := self.kinds.refusal(proposal):
+                raise Refused(400, f"proposal {proposal.id} refused: {refusal}")
         try:
             entry = encode_batch(request.proposals)
         except BadBatch as e:
@@ -267,18 +281,15 @@ class ConsensusService:
             # pysyncobj has no read index, and two voters may briefly both think they
             # lead: a barrier committed through the log is what makes the read current.
             await self._commit(encode_batch([Proposal(new_id(), Barrier())]))
-        reader = self.reader
+        reader, replica = self.reader, self._replica
         if reader is None:
             raise Refused(NO_QUORUM, f"{self.me} is standing by, not a voter: ask a voter")
-        # One statement, so the value and the applied index come from one state (the
-        # reader's own connection: the one pysyncobj's thread applies with is its own).
-        async with reader.execute(
-            "SELECT (SELECT value FROM meta WHERE name = 'last_applied'), kv.value, kv.version "
-            "FROM (SELECT 1) LEFT JOIN kv ON kv.key = ?",
-            (request.key,),
-        ) as rows:
-            index, value, version = await rows.fetchone()
-        return QueryReply(key=request.key, value=value, version=version or 0, index=index or 0)
+        if replica.stopped_by is not None:  # its state is one the others went past
+            raise Refused(NO_QUORUM, f"{self.me} stopped: {replica.stopped_by}; ask a voter")
+        # The reader's own connection (pysyncobj's thread applies with its own); the value
+        # and the applied index come from one state.
+        index, value, version = await kv.query(reader, request.key)
+        return QueryReply(key=request.key, value=value, version=version, index=index)
 
     async def _on_status(self, _request: ConsensusStatusRequest) -> ConsensusStatus:
         replica, role = self.replica, self.role
@@ -324,23 +335,10 @@ class ConsensusService:
 
     async def _on_digest(self, _request: DigestRequest) -> DigestReply:
         """A digest of the whole database, read in one transaction (one consistent state)."""
-        digest, statements = hashlib.sha256(), 0
-        # its own connection: its transaction must not make anyone else's reads stale
-        async with aiosqlite.connect(self._replica.machine.path) as db:
-            await db.execute("BEGIN")
-            async with db.execute("SELECT value FROM meta WHERE name = 'last_applied'") as rows:
-                row = await rows.fetchone()
-            async for line in db.iterdump():
-                if line.startswith(_APPLIED_ROW):
-                    continue  # lease renewals move it several times a second: not state
-                digest.update(line.encode() + b"\n")
-                statements += 1
-            await db.execute("COMMIT")
+        replica = self._replica
+        applied, sha256, statements = await changelog.digest(replica.machine.path)
         return DigestReply(
-            node=self._replica.me,
-            applied_index=row[0] if row else 0,
-            sha256=digest.hexdigest(),
-            statements=statements,
+            node=replica.me, applied_index=applied, sha256=sha256, statements=statements
         )
 
     async def _commit(self, entry: bytes):
@@ -354,9 +352,6 @@ class ConsensusService:
         if self.replica is None:
             raise Refused(NO_QUORUM, f"{self.me} is standing by, not a voter: ask a voter")
         return self.replica
-
-
-_APPLIED_ROW = """INSERT INTO "meta" VALUES('last_applied',"""
 
 
 def _drop_replica(state_dir: Path, keep: Path) -> None:

@@ -1,0 +1,30 @@
+"""The object kinds of the management database, one module each, and their registry.
+
+To add a kind (say node labels):
+
+1. Its command structs go in colony.shared.messages (tagged, `forbid_unknown_fields`;
+   a tag and its meaning never change once released), and into its `Command` union.
+2. A module here, `labels.py`, declares `KIND = Kind(...)` (kinds/kind.py): its
+   tables (CREATE TABLE IF NOT EXISTS ...), its change kinds (each also added to
+   subjects.CHANGE_KINDS, so the change stream captures it), one `Handles` per
+   command (the handler; the ids it records changes for; whether it needs the
+   manager's epoch; whether only the consensus service proposes it), and the module's
+   reads as plain functions (a `query(reader, ...)` for the service's endpoints).
+3. One line in `KINDS` below.
+
+The machine, the relay and the service need no change: the machine dispatches by
+command type through `REGISTRY`, which checks at import that tags and change kinds
+are unique and publishable.
+"""
+
+from colony.consensus.kinds import kv, leases, raft_group
+from colony.consensus.kinds.kind import Kind, Registry
+
+KINDS: tuple[Kind, ...] = (
+    kv.KIND,
+    leases.KIND,
+    raft_group.KIND,
+)
+
+REGISTRY = Registry(KINDS)
+"""What this version of the consensus service applies."""
