@@ -1,18 +1,24 @@
 """The leader's decisions about the voters, pure of Raft: whom to drop, promote, hand over to.
 
 Each is a function of the voters, the membership view, when the Raft link last heard
-each voter, and the clock."""
+each voter, and the time (a number the test picks: no clock is read)."""
 
 from __future__ import annotations
 
-from colony.consensus.voters import (
+from colony.consensus.keeper import (
+    NOT_READY_FOR,
+    SETTLE,
     Change,
+    Keeping,
+    Preference,
     Streak,
+    Transfer,
     floor,
     lost_voters,
     promotion,
     score,
     steady,
+    strays,
     transfer,
     voter_change,
 )
@@ -141,6 +147,85 @@ def test_leadership_moves_only_after_the_same_preference_held_over_looks_apart()
     assert len(streak.looks) == 3
     assert steady(streak, "c", NOW + 6.0) == Streak("c", (NOW + 6.0,))  # another: start over
     assert steady(streak, None, NOW + 6.0) == Streak()  # one look content to stay: too
+
+
+def test_alive_non_voters_are_asked_whether_they_still_run_a_replica():
+    members = view(member("a"), member("b"), member("c", "dead"), member("d"), member("e"))
+    assert strays(["a", "b"], members) == ["d", "e"]
+
+
+# --- the keeper's memory between looks ------------------------------------------------
+
+RICH_B = view(member("a"), member("b", cpu=4.0, memory=16 * GiB), member("c"))
+ALL_CAUGHT_UP = {"a", "b", "c"}
+
+
+def settled(hold: float = 60.0) -> Keeping:
+    """The keeper of leader `a`, leading since NOW - 60 (settled in the lead)."""
+    keeping = Keeping("a", target=3, preference=Preference(margin=0.25, hold=hold))
+    assert keeping.leading(NOW - 60, leader=True)
+    return keeping
+
+
+def prefer(
+    keeping: Keeping, at: float, transferred_at=None, caught_up=ALL_CAUGHT_UP, members=RICH_B
+):
+    return keeping.prefer(NOW + at, list("abc"), members, transferred_at, caught_up)
+
+
+def test_a_node_passed_over_is_not_promoted_until_its_time_is_up():
+    keeping = Keeping("a", target=3)
+    members = view(member("a"), member("b"), member("c", "dead"), member("d", cpu=2.0), member("e"))
+    assert keeping.change(NOW, list("abc"), members, LONG_AGO).node == "d"
+    keeping.pass_over("d", NOW, NOT_READY_FOR)  # it did not come to stand by
+    assert keeping.change(NOW + 1, list("abc"), members, LONG_AGO).node == "e"
+    assert keeping.change(NOW + NOT_READY_FOR, list("abc"), members, LONG_AGO).node == "d"
+
+
+def test_leadership_moves_after_three_steady_looks_two_seconds_apart():
+    keeping = settled()
+    assert [prefer(keeping, at) for at in (0.0, 1.0, 2.0, 3.9)] == [None] * 4  # 3 count
+    handover = prefer(keeping, 4.0)
+    assert isinstance(handover, Transfer) and handover.target == "b"
+    assert "b scores 1.00, a 0.25" in handover.reason
+    assert keeping.streak == Streak()  # judged afresh after a transfer
+
+
+def test_leadership_is_held_after_any_transfer_for_the_hold():
+    keeping = settled(hold=60.0)
+    last = NOW - 55.0  # a transfer applied here 55 s before the first look
+    assert [prefer(keeping, at, transferred_at=last) for at in (0, 2, 4)] == [None] * 3
+    assert prefer(keeping, 4.9, transferred_at=last) is None
+    assert prefer(keeping, 5.0, transferred_at=last).target == "b"  # the streak held meanwhile
+
+
+def test_a_new_leader_settles_before_it_hands_over():
+    keeping = Keeping("a", target=3)
+    assert keeping.leading(NOW, leader=True)
+    assert [prefer(keeping, at) for at in (0, 2, 4, SETTLE - 0.1)] == [None] * 4
+    assert prefer(keeping, SETTLE).target == "b"
+
+
+def test_leadership_waits_until_its_target_holds_every_committed_entry():
+    keeping = settled()
+    assert [prefer(keeping, at, caught_up={"a", "c"}) for at in (0, 2, 4, 6)] == [None] * 4
+    assert prefer(keeping, 7).target == "b"
+
+
+def test_following_or_a_change_of_the_voters_starts_the_judgement_over():
+    keeping = settled()
+    prefer(keeping, 0)
+    prefer(keeping, 2)
+    assert not keeping.leading(NOW + 3, leader=False)
+    assert keeping.leading(NOW + 3.5, leader=True)
+    assert keeping.streak == Streak() and keeping.leading_since == NOW + 3.5
+    keeping = settled()
+    prefer(keeping, 0)
+    prefer(keeping, 2)
+    members = RICH_B | view(member("c", "dead"), member("d"))
+    assert keeping.change(NOW + 3, list("abc"), members, LONG_AGO).kind == "add"
+    assert keeping.streak == Streak()
+    assert prefer(keeping, 4) is None  # one look of a new streak
 
 
 class _Any:

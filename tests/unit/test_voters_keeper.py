@@ -1,5 +1,6 @@
 """The voter keeper carrying out its decisions, against a fake Raft replica and a fake bus:
-what it asks of the nodes, in which order, signed how, and what it logs."""
+what it asks of the nodes, in which order, signed how, and what it logs (the decisions
+themselves: tests/unit/test_consensus_voters.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from colony.consensus import voters as voters_module
 from colony.consensus.voters import VoterKeeper
 from colony.shared.bus import NoResponders
+from colony.shared.clock import FakeClock
 from colony.shared.logs import JsonFormatter
 from colony.shared.messages import (
     ConsensusStatus,
@@ -102,9 +103,22 @@ class Role:
         return True
 
 
-def keeper(cluster: Cluster, target: int, heard: dict[str, float] | None = None) -> VoterKeeper:
+def keeper(
+    cluster: Cluster, target: int, heard: dict[str, float] | None = None, clock=None
+) -> VoterKeeper:
     fake = cluster  # the replica and the bus at once
-    return VoterKeeper(fake, fake, Role(), target, secret=SECRET, heard=heard or {})
+    return VoterKeeper(fake, fake, Role(), target, secret=SECRET, heard=heard or {}, clock=clock)
+
+
+def settled(cluster: Cluster, clock: FakeClock) -> VoterKeeper:
+    """A keeper on a fake clock, leading for a minute already."""
+    kept = keeper(cluster, target=3, clock=clock)
+    assert kept.keeping.leading(clock.monotonic() - 60, leader=True)
+    return kept
+
+
+async def at(clock: FakeClock, seconds: float) -> None:
+    await clock.advance(seconds - clock.monotonic())
 
 
 def steps(cluster: Cluster) -> list[tuple[str, str]]:
@@ -140,10 +154,11 @@ async def test_at_the_floor_the_replacement_joins_first_and_the_lost_voter_goes_
 async def test_a_voter_the_leader_still_hears_is_not_removed_whatever_membership_says():
     cluster = Cluster(list("abcde"), dict.fromkeys("bcde", "follower"))
     members = {n: member(n) for n in "abcd"} | {"e": member("e", "dead", since=10)}
-    clock = voters_module.time.monotonic()
-    await keeper(cluster, target=5, heard={"e": clock - 0.3}).keep(members)
+    clock = FakeClock()
+    now = clock.monotonic()
+    await keeper(cluster, target=5, heard={"e": now - 0.3}, clock=clock).keep(members)
     assert cluster.calls == []
-    await keeper(cluster, target=5, heard={"e": clock - 10}).keep(members)
+    await keeper(cluster, target=5, heard={"e": now - 10}, clock=clock).keep(members)
     assert steps(cluster) == [("remove", "e")]
 
 
@@ -157,34 +172,45 @@ async def test_voter_changes_are_logged_with_the_voter_apart_from_the_writers_no
     assert line["node"] == "a" and line["voter"] == "e"
 
 
-async def test_leadership_moves_only_after_three_looks_two_seconds_apart_agree(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(voters_module.time, "monotonic", lambda: now[0])
+async def test_leadership_moves_only_after_three_looks_two_seconds_apart_agree():
+    clock = FakeClock()
     cluster = Cluster(list("abc"), {"b": "follower", "c": "follower"})
     members = {"a": member("a"), "b": member("b", cpu=8.0), "c": member("c")}
-    kept = keeper(cluster, target=3)
-    kept._leading_since = now[0] - 60  # settled in the lead
-    for at in (0.0, 1.0, 2.0):  # a look a second: only two count so far
-        now[0] = 1000.0 + at
+    kept = settled(cluster, clock)
+    for second in (0.0, 1.0, 2.0):  # a look a second: only two count so far
+        await at(clock, second)
         await kept.keep(members)
     assert cluster.calls == []
-    now[0] = 1004.0
+    await at(clock, 4.0)
     await kept.keep(members)
     assert steps(cluster) == [("transfer", "b")]
 
 
+async def test_leadership_waits_for_its_target_to_hold_every_committed_entry():
+    clock = FakeClock()
+    cluster = Cluster(list("abc"), {"b": "follower", "c": "follower"})
+    cluster.status = lambda: {"match_index": {"b": 8, "c": 9}, "commit_index": 9}
+    members = {"a": member("a"), "b": member("b", cpu=8.0), "c": member("c")}
+    kept = settled(cluster, clock)
+    for second in (0.0, 2.0, 4.0, 6.0):
+        await at(clock, second)
+        await kept.keep(members)
+    assert cluster.calls == []  # b lags: it would lose the election
+    del cluster.status
+    await kept.keep(members)  # the streak held meanwhile
+    assert steps(cluster) == [("transfer", "b")]
+
+
 @pytest.mark.parametrize("spoofed", [{"c": 8.0}, {}])
-async def test_one_odd_sample_between_looks_does_not_move_leadership(monkeypatch, spoofed):
-    now = [1000.0]
-    monkeypatch.setattr(voters_module.time, "monotonic", lambda: now[0])
+async def test_one_odd_sample_between_looks_does_not_move_leadership(spoofed):
+    clock = FakeClock()
     cluster = Cluster(list("abc"), {"b": "follower", "c": "follower"})
     rich = {"a": member("a"), "b": member("b", cpu=8.0), "c": member("c")}
     odd = {"a": member("a"), "b": member("b")} | {
         n: member(n, cpu=cpu) for n, cpu in ({"c": 1.0} | spoofed).items()
     }
-    kept = keeper(cluster, target=3)
-    kept._leading_since = now[0] - 60
-    for at, members in [(0, rich), (2, rich), (3, odd), (4, rich), (6, rich)]:
-        now[0] = 1000.0 + at
+    kept = settled(cluster, clock)
+    for second, members in [(0, rich), (2, rich), (3, odd), (4, rich), (6, rich)]:
+        await at(clock, second)
         await kept.keep(members)
     assert cluster.calls == []  # the odd look broke the streak: only two since
