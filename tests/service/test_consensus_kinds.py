@@ -1,0 +1,187 @@
+"""Kinds against real voters and a real nats-server: a voter of an older version stops at
+a command it does not know (and goes on once upgraded); a command that needs the manager's
+epoch is refused without it; the relay publishes past a change it cannot publish."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+
+import _voters
+import aiosqlite
+import pytest
+from _voters import Voters, status
+
+from colony.consensus import changelog, relay
+from colony.consensus.kinds import REGISTRY, kv
+from colony.consensus.kinds.kind import Registry
+from colony.consensus.machine import Machine, encode_batch
+from colony.consensus.service import ConsensusService
+from colony.harness.processes import poll
+from colony.shared import subjects
+from colony.shared.bus import RemoteError
+from colony.shared.cluster import Cluster
+from colony.shared.messages import (
+    Change,
+    DigestRequest,
+    KvDelete,
+    KvPut,
+    Proposal,
+    ProposeRequest,
+    QueryRequest,
+    decode,
+    new_id,
+)
+from colony.shared.signing import verify
+
+VOTERS = ["v1", "v2", "v3"]
+
+
+def without(tag: str) -> Registry:
+    """This version's registry less one command: what an older voter applies."""
+    return Registry(
+        tuple(
+            dataclasses.replace(k, commands=tuple(h for h in k.commands if h.tag != tag))
+            for k in REGISTRY.kinds
+        )
+    )
+
+
+def start(group: Voters, node: str, kinds: Registry, monkeypatch) -> None:
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            _voters, "ConsensusService", functools.partial(ConsensusService, kinds=kinds)
+        )
+        group.start(node)
+
+
+async def propose(bus, via: str, *commands, epoch: int = 0):
+    proposals = [Proposal(new_id(), c, epoch) for c in commands]
+    return await bus.request(subjects.propose(via), ProposeRequest(proposals=proposals), 6)
+
+
+async def test_an_older_voter_stops_at_a_command_it_lacks_and_goes_on_once_upgraded(
+    nats_server, tmp_path, bus, monkeypatch
+):
+    group = Voters(nats_server, tmp_path, VOTERS)
+    group.start("v1")
+    group.start("v2")
+    start(group, "v3", without("kv.delete"), monkeypatch)
+    cluster = Cluster(bus, VOTERS)
+    try:
+        await cluster.wait_settled(20, 3)
+        # asked itself, it refuses what it does not know
+        with pytest.raises(RemoteError, match=r"kv\.delete is not known to this voter"):
+            await propose(bus, "v3", KvDelete("a"))
+        via = (await cluster.wait_leader(20)).node
+        if via == "v3":
+            via = "v1"  # a follower hands it to the leader
+        await propose(bus, via, KvPut("a", "1"))
+        deleted = await propose(bus, via, KvDelete("a"))
+        want = f"needs a newer version: command tag kv.delete at log index {deleted.index}"
+
+        async def stopped():
+            view = await status(bus, "v3")
+            return view if view and view.stopped else None
+
+        view = await poll(stopped, 20, "v3 to stop")
+        assert view.stopped == want and view.applied_index == deleted.index - 1
+        # it serves nothing from the state it stopped at, and proposes nothing
+        with pytest.raises(RemoteError, match="needs a newer version"):
+            await bus.request(subjects.query("v3"), QueryRequest(key="a", stale=True), 6)
+        with pytest.raises(RemoteError, match="this voter stopped"):
+            await propose(bus, "v3", KvPut("b", "1"))
+        # the others (a majority) go on without it, and it neither leads nor campaigns
+        for i in range(5):
+            assert (await propose(bus, "v1", KvPut(f"k{i}", "x"))).outcomes[0].ok
+        leader = await cluster.wait_leader(20, among=["v1", "v2"])
+        assert leader.node != "v3" and (await status(bus, "v3")).term == view.term
+
+        await group.stop("v3")
+        group.start("v3")  # upgraded: it knows kv.delete
+        await cluster.wait_settled(30, 3)
+        digests = {
+            n: await bus.request(subjects.consensus_digest(n), DigestRequest(), 6) for n in VOTERS
+        }
+        assert len({d.sha256 for d in digests.values()}) == 1, digests
+        v3 = await status(bus, "v3")
+        assert not v3.stopped and v3.applied_index >= deleted.index
+        read = await bus.request(subjects.query("v3"), QueryRequest(key="a"), 6)
+        assert (read.value, read.version) == (None, 0)
+    finally:
+        await group.stop_all()
+
+
+async def test_a_command_that_needs_the_managers_epoch_is_refused_at_propose_without_it(
+    nats_server, tmp_path, bus, monkeypatch
+):
+    handles = [dataclasses.replace(h, needs_epoch=h.tag == "kv.put") for h in kv.KIND.commands]
+    fenced = dataclasses.replace(kv.KIND, commands=tuple(handles))
+    kinds = Registry(tuple(fenced if k.name == "kv" else k for k in REGISTRY.kinds))
+    group = Voters(nats_server, tmp_path, ["v1"])
+    start(group, "v1", kinds, monkeypatch)
+    try:
+        manager = await Cluster(bus, ["v1"]).wait_manager(20)
+        with pytest.raises(RemoteError, match="needs the manager's epoch") as refused:
+            await propose(bus, "v1", KvPut("a", "1"))
+        assert refused.value.code == 400
+        reply = await propose(bus, "v1", KvPut("a", "1"), epoch=manager.epoch)
+        assert reply.outcomes[0].ok
+    finally:
+        await group.stop_all()
+
+
+async def test_the_relay_publishes_past_a_change_it_cannot_publish_and_survives_a_bug(
+    tmp_path, bus, monkeypatch, caplog
+):
+    machine = Machine(tmp_path / "db")
+    machine.apply(1, encode_batch([Proposal("p1", KvPut("a", "1"))], ts=1000.5))
+    # What apply refuses, a bug or a newer version's kind may still have left:
+    for kind, id, detail in [("kv", "a.b", "{}"), ("node", "n1", "{}"), ("kv", "c", "[1]")]:
+        machine.db.execute(
+            "INSERT INTO changes (log_index, kind, id, version, cause, detail, ts) "
+            "VALUES (2, ?, ?, 1, 'c', ?, 2.0)",
+            (kind, id, detail),
+        )
+    machine.apply(3, encode_batch([Proposal("p3", KvPut("d", "1"))], ts=1003.5))
+    real, failures = changelog.after, []
+
+    async def after_once_broken(*args):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a bug")
+        return await real(*args)
+
+    monkeypatch.setattr(changelog, "after", after_once_broken)
+    monkeypatch.setattr(relay, "PAUSE_AFTER_BUG", 0.05)
+    secret = b"relay-test-secret"
+    async with aiosqlite.connect(machine.path) as reader:
+        task = asyncio.create_task(relay.ChangeRelay(bus, reader, lambda: True, 1, secret).run())
+        try:
+            await poll(lambda: _stored(bus, 5), 20, "five messages on the stream")
+            assert not task.done()
+        finally:
+            task.cancel()
+    changes = [
+        decode((await bus.stored(subjects.CHANGES_STREAM, s)).data, Change) for s in range(1, 6)
+    ]
+    assert all(verify(secret, c, fresh_for=None) for c in changes)
+    assert [(c.index, c.kind) for c in changes] == [
+        (1, "kv"), (2, "skipped"), (3, "skipped"), (4, "skipped"), (5, "kv"),
+    ]  # fmt: skip
+    assert [c.ts for c in changes] == [1000.5, 2.0, 2.0, 2.0, 1003.5]  # the entries', not now
+    assert "cannot be used in a subject" in changes[1].detail["reason"]
+    assert changes[2].id == "node" and "does not capture kind 'node'" in changes[2].detail["reason"]
+    assert "not a JSON object" in changes[3].detail["reason"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("change relay round failed" in e for e in errors)
+    assert sum("cannot be published" in e for e in errors) == 3
+
+
+async def _stored(bus, count: int) -> bool:
+    try:
+        return (await bus.stream_state(subjects.CHANGES_STREAM)).messages >= count
+    except Exception:
+        return False
