@@ -9,10 +9,9 @@ import time
 from colony.consensus.raft import Timers
 from colony.consensus.service import ConsensusService
 from colony.shared import runner, subjects
-from colony.shared.bus import BusError
+from colony.shared.cluster import Cluster
 from colony.shared.config import ConsensusSettings
 from colony.shared.messages import (
-    ConsensusStatusRequest,
     MembersReply,
     MemberView,
     NodeMeta,
@@ -84,22 +83,9 @@ class Membership:
 
 async def status(bus, node: str):
     """`node`'s consensus status, or None if it does not answer within a second."""
-    try:
-        return await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
-    except BusError:
-        return None
+    return await Cluster(bus).status(node)
 
 
 async def settled(bus, voters: list[str], count: int):
-    """The leader's view once it has `count` voters, all connected and caught up, and
-    every one of them follows it."""
-    views = {n: await status(bus, n) for n in voters}
-    leaders = [v for v in views.values() if v and v.role == "leader"]
-    if len(leaders) != 1:
-        return None
-    [top] = leaders
-    group = [v.node for v in top.voters if v.connected and (v.node == top.node or v.lag == 0)]
-    if len(top.voters) != count or len(group) != count:
-        return None
-    followers = [views[n] for n in group if n != top.node]
-    return top if all(f and f.leader == top.node for f in followers) else None
+    """The leader once it has `count` voters, all connected, caught up and following it."""
+    return (await Cluster(bus, voters).statuses()).settled(count)

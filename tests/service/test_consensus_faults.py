@@ -23,10 +23,10 @@ from colony.harness.linearizability import Operation, check
 from colony.harness.processes import VoterProcesses, poll
 from colony.shared import subjects
 from colony.shared.bus import BusError, connect
+from colony.shared.cluster import Cluster
 from colony.shared.config import NatsSettings
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
-    ConsensusStatusRequest,
     DigestRequest,
     KvCas,
     KvPut,
@@ -51,26 +51,12 @@ async def client_bus(nats_cluster):
     await client.close()
 
 
-async def leader(bus, among: list[str]) -> str | None:
-    """The leader that every voter in `among` names, if they agree."""
-    named = set()
-    for node in among:
-        try:
-            view = await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
-            named.add(view.leader)
-        except BusError:
-            return None
-    return named.pop() if len(named) == 1 and None not in named else None
-
-
 async def agreed_leader(bus, among: list[str], timeout: float = 30) -> str:
-    async def found() -> bool:
-        return await leader(bus, among) in among
-
-    await poll(found, timeout, f"{among} to agree on a leader")
-    chosen = await leader(bus, among)
-    assert chosen is not None
-    return chosen
+    """The leader once every voter in `among` answers following it."""
+    top = await Cluster(bus, among).until(
+        lambda s: not s.unreachable and s.leader(), timeout, f"leader all of {among} follow"
+    )
+    return top.node
 
 
 async def digests(bus, nodes: list[str]) -> dict[str, tuple[int, str]]:
@@ -282,19 +268,7 @@ async def test_no_command_of_an_epoch_applies_after_a_higher_epoch_is_granted(
 
 async def _acting_manager(bus, among: list[str], timeout: float = 20) -> str:
     """The voter among `among` that acts as manager, once every one of them agrees."""
-
-    async def found() -> str | None:
-        views = []
-        for node in among:
-            try:
-                views.append(
-                    await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
-                )
-            except BusError:
-                return None
-        acting = [v.node for v in views if v.acting]
-        holders = {v.manager.holder for v in views if v.manager}
-        return acting[0] if len(acting) == 1 and holders == {acting[0]} else None
-
-    await poll(found, timeout, f"one acting manager among {among}")
-    return await found()
+    chief = await Cluster(bus, among).until(
+        lambda s: not s.unreachable and s.manager(), timeout, f"manager all of {among} agree on"
+    )
+    return chief.node

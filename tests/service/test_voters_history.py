@@ -12,10 +12,10 @@ they are, and joins under x, at x's term.
 from __future__ import annotations
 
 import pytest
-from _voters import Membership, Voters, settled, status
+from _voters import Membership, Voters
 
-from colony.harness.processes import poll
 from colony.shared import subjects
+from colony.shared.cluster import Cluster
 from colony.shared.messages import (
     KvPut,
     Proposal,
@@ -38,10 +38,10 @@ async def nodes(nats_server, tmp_path):
 async def removed_and_back(nodes: Voters, membership: Membership, bus, node: str) -> None:
     await nodes.stop(node)
     membership.set(node, "dead")
-    await poll(lambda: settled(bus, VOTERS, 4), 30, f"{node} to be removed")
+    await Cluster(bus, VOTERS).wait_settled(30, voters=4)  # node removed
     nodes.start(node)
     membership.set(node, "alive")
-    await poll(lambda: settled(bus, VOTERS, 5), 60, f"{node} to be a voter again")
+    await Cluster(bus, VOTERS).wait_settled(60, voters=5)  # node a voter again
 
 
 async def test_a_voter_added_back_is_sent_the_voters_as_they_are_not_their_history(nodes, bus):
@@ -49,30 +49,26 @@ async def test_a_voter_added_back_is_sent_the_voters_as_they_are_not_their_histo
     await membership.serve(bus)
     for node in VOTERS:
         nodes.start(node)
-    first = await poll(lambda: settled(bus, VOTERS, 5), 30, "five voters and a leader")
+    cluster = Cluster(bus, VOTERS)
+    first = await cluster.wait_settled(30, voters=5)
     x, y = [n for n in VOTERS if n != first.node][:2]
 
     await nodes.stop(x)
     membership.set(x, "dead")
-    await poll(lambda: settled(bus, VOTERS, 4), 30, f"{x} to be removed")
+    await cluster.wait_settled(30, voters=4)  # x removed
     for _ in range(8):  # more than a frame's worth between `remove x` and `add x`
         write = ProposeRequest(proposals=[Proposal(new_id(), KvPut("big", BIG))])
         assert (await bus.request(subjects.propose(first.node), write, 10)).outcomes[0].ok
     nodes.start(x)
     membership.set(x, "alive")
-    await poll(lambda: settled(bus, VOTERS, 5), 60, f"{x} to be a voter again")
+    await cluster.wait_settled(60, voters=5)  # x a voter again
 
     membership.cpu[x] = 16.0  # far more free resources: the leadership moves to x
-    leading = await poll(
-        lambda: _leader_is(bus, x), 60, f"the leadership to move to {x}", every=0.2
+    leading = await cluster.until(
+        lambda s: (top := s.settled(5)) and top.node == x and top, 60, f"settled leader {x}"
     )
 
     await removed_and_back(nodes, membership, bus, y)
-    now = await status(bus, x)
+    now = await cluster.status(x)
     assert (now.role, now.term) == ("leader", leading.term), "y's joining unseated x"
-    assert (await status(bus, y)).leader == x
-
-
-async def _leader_is(bus, node: str):
-    top = await settled(bus, VOTERS, 5)
-    return top if top and top.node == node else None
+    assert (await cluster.status(y)).leader == x

@@ -6,11 +6,12 @@ each retire, adds it back, and it joins afresh, without the leader losing its te
 from __future__ import annotations
 
 import pytest
-from _voters import Membership, Voters, settled, status
+from _voters import Membership, Voters
 
 from colony.harness.processes import poll
 from colony.shared import subjects
 from colony.shared.bus import BusError
+from colony.shared.cluster import Cluster
 from colony.shared.messages import DigestRequest, KvPut, Proposal, ProposeRequest, new_id
 
 VOTERS = ["v1", "v2", "v3", "v4", "v5"]
@@ -28,7 +29,8 @@ async def test_removed_voters_that_come_back_rejoin_without_unseating_the_leader
     await membership.serve(bus)
     for node in VOTERS:
         nodes.start(node)
-    first = await poll(lambda: settled(bus, VOTERS, 5), 30, "five voters and a leader")
+    cluster = Cluster(bus, VOTERS)
+    first = await cluster.wait_settled(30, voters=5)
     leader, term = first.node, first.term
 
     # Two followers die: once membership has said so for the grace, the leader removes them.
@@ -36,23 +38,25 @@ async def test_removed_voters_that_come_back_rejoin_without_unseating_the_leader
     for node in gone:
         await nodes.stop(node)
         membership.set(node, "dead")
-    three = await poll(lambda: settled(bus, VOTERS, 3), 30, f"{gone} to be removed")
-    assert not set(gone) & {v.node for v in three.voters}
+    three = await cluster.wait_settled(30, voters=3)  # the two gone removed
+    assert not set(gone) & set(three.voters)
 
     # They restart on their old journals, each still believing it votes: they hear each
     # other, and campaign at ever higher terms while membership has not yet seen them back.
     for node in gone:
         nodes.start(node)
     for node in gone:
-        await poll(lambda n=node: _term_above(bus, n, term + 2), 30, f"{node} to campaign")
+        await cluster.until(
+            lambda s, n=node: _term_above(s.of[n], term + 2), 30, f"{node} campaigning", [node]
+        )
 
     # Membership sees them alive: each is told to retire, then added back, and joins afresh.
     for node in gone:
         membership.set(node, "alive")
-    five = await poll(lambda: settled(bus, VOTERS, 5), 60, f"{gone} to be voters again")
+    five = await cluster.wait_settled(60, voters=5)  # the two gone voters again
     assert (five.node, five.term) == (leader, term), "a returning voter unseated the leader"
     for node in gone:
-        back = await status(bus, node)
+        back = await cluster.status(node)
         assert back.role == "follower" and back.term == term
     write = ProposeRequest(proposals=[Proposal(new_id(), KvPut("after", "yes"))])
     assert (await bus.request(subjects.propose(gone[0]), write, 6)).outcomes[0].ok
@@ -70,6 +74,5 @@ async def _identical(bus) -> bool:
     return len({(d.applied_index, d.sha256) for d in digests}) == 1
 
 
-async def _term_above(bus, node: str, term: int) -> bool:
-    view = await status(bus, node)
+def _term_above(view, term: int) -> bool:
     return bool(view and view.role != "standby" and view.term > term)

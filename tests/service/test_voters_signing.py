@@ -13,10 +13,10 @@ import pytest
 from colony.consensus.service import ConsensusService
 from colony.harness.processes import poll
 from colony.shared import runner, subjects
-from colony.shared.bus import BusError, RemoteError
+from colony.shared.bus import RemoteError
+from colony.shared.cluster import Cluster
 from colony.shared.config import ConsensusSettings
 from colony.shared.messages import (
-    ConsensusStatusRequest,
     JoinRequest,
     KvPut,
     Proposal,
@@ -50,16 +50,13 @@ async def nodes(nats_server, tmp_path):
 
 
 async def status(bus, node: str):
-    try:
-        return await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
-    except BusError:
-        return None
+    return await Cluster(bus).status(node)
 
 
-async def leader(bus) -> str | None:
-    views = [await status(bus, n) for n in VOTERS]
-    named = {v.leader for v in views if v is not None}
-    return named.pop() if len(named) == 1 and None not in named and None not in views else None
+async def leader(bus) -> str:
+    """The leader once every voter answers following it."""
+    cluster = Cluster(bus, VOTERS)
+    return (await cluster.until(lambda s: not s.unreachable and s.leader(), 20, "leader")).node
 
 
 async def refused(bus, subject, request) -> str:
@@ -70,7 +67,7 @@ async def refused(bus, subject, request) -> str:
 
 
 async def test_an_anonymous_or_forged_retire_is_refused_and_the_voter_keeps_voting(nodes, bus):
-    chief = await poll(lambda: leader(bus), 20, "the voters to agree on a leader")
+    chief = await leader(bus)
     voter = next(n for n in VOTERS if n != chief)
     to = subjects.consensus_retire(voter)
     retire = RetireRequest(reason="no longer needed", node=voter)
