@@ -140,6 +140,7 @@ async def test_every_call_on_a_closed_connection_fails_with_the_bus_own_error(na
         "ensure_stream": client.ensure_stream("CLOSED", ["colony.closed.>"]),
         "stream_state": client.stream_state("CLOSED"),
         "stream_publish": client.stream_publish(metrics, sample()),
+        "flush": client.flush(1),
     }
     for name, call in calls.items():
         with pytest.raises(NotConnected) as failed:

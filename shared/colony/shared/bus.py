@@ -329,11 +329,16 @@ class Bus:
         replicas: int = 1,
         max_msgs_per_subject: int = -1,
         max_age: float = 0,
+        max_msgs: int = -1,
+        max_bytes: int = -1,
+        duplicate_window: float = 0,
         memory: bool = False,
         placement: list[str] | None = None,
     ) -> None:
         """Create the stream, or bring an existing one to this configuration.
 
+        Limits (-1, 0: none): the oldest messages go first. `duplicate_window`: seconds
+        the stream remembers message ids to drop duplicates (0: the server's 2 min).
         `placement`: tags a replica's server must have ("!tag": must not have)."""
         config = StreamConfig(
             name=name,
@@ -342,6 +347,9 @@ class Bus:
             placement=Placement(tags=placement) if placement else None,
             max_msgs_per_subject=max_msgs_per_subject,
             max_age=max_age,
+            max_msgs=max_msgs,
+            max_bytes=max_bytes,
+            duplicate_window=duplicate_window,
             storage=StorageType.MEMORY if memory else StorageType.FILE,
             discard=DiscardPolicy.OLD,
             # Every replica answers direct gets: reads work while a leader is re-elected.
@@ -504,6 +512,11 @@ class Bus:
             code = error.get("code", 0)
             kind = NotFound if code == 404 else StreamError
             raise kind(what, code, error.get("description", ""), error.get("err_code", 0))
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Return once the server has everything published so far (one round trip)."""
+        with _translated("flushing to the nats server"):
+            await self.nc.flush(timeout=timeout)
 
     async def close(self) -> None:
         if self.nc.is_closed:
