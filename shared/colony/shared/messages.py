@@ -427,6 +427,39 @@ class LeadershipTransferred(CommandStruct, tag="leader.transfer"):
     reason: Reason
 
 
+class Prune(CommandStruct, tag="log.prune"):
+    """The Raft leader bounds the management database (colony.consensus.kinds.retention):
+    forget the idempotency records of the entries up to log index `proposals_upto`, refuse
+    from now on a proposal made before `refuse_before` (unix seconds: its record may be
+    gone), and drop the changes up to `changes_upto` (on the change stream already)."""
+
+    proposals_upto: Count
+    refuse_before: Annotated[float, msgspec.Meta(ge=0, le=MAX_INT)]
+    changes_upto: Count
+
+
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+"""A label's name (and a non-empty value): Kubernetes' rule, 1-63 characters."""
+LABEL_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+"""A label key's optional prefix (before a '/'): a DNS subdomain, at most 253 characters."""
+NodeLabelKey = Annotated[
+    str, msgspec.Meta(pattern=rf"^({LABEL_PREFIX}/)?{LABEL_NAME}$", max_length=253 + 1 + 63)
+]
+NodeLabelValue = Annotated[str, msgspec.Meta(pattern=rf"^({LABEL_NAME})?$", max_length=63)]
+MAX_NODE_LABELS = 64
+"""Labels one node may have."""
+
+
+class NodeLabel(CommandStruct, tag="node.label"):
+    """Set labels of node `node` (a value) or remove them (None); its other labels stay."""
+
+    node: ObjectId
+    labels: Annotated[
+        dict[NodeLabelKey, NodeLabelValue | None],
+        msgspec.Meta(min_length=1, max_length=MAX_NODE_LABELS),
+    ]
+
+
 Command = (
     KvPut
     | KvDelete
@@ -438,6 +471,8 @@ Command = (
     | LeaderElected
     | VoterChanged
     | LeadershipTransferred
+    | Prune
+    | NodeLabel
 )
 """Every command: the consensus service's kinds (colony.consensus.kinds) say which of
 them only the service itself proposes, and which need the manager's epoch."""
@@ -483,7 +518,20 @@ class QueryRequest(Message, kw_only=True, frozen=True):
     """Read a key: linearizable by default (a barrier committed first), or this replica's copy."""
 
     key: str
+    """The object to read (kind kv: a key); '' for every object of a kind other than kv."""
     stale: bool = False
+    kind: str = "kv"
+    """The object kind to read (a kind of colony.consensus.kinds that has a query): kv
+    answers in `value` and `version`, every other kind in `objects`."""
+
+
+class Stored(msgspec.Struct, frozen=True):
+    """One object as the management database holds it."""
+
+    id: str
+    version: int
+    value: Any
+    """What the kind stores (node labels: {key: value})."""
 
 
 class QueryReply(Message, kw_only=True, frozen=True):
@@ -493,6 +541,8 @@ class QueryReply(Message, kw_only=True, frozen=True):
     """0 when the key is absent."""
     index: int
     """The log index this replica had applied when it read."""
+    objects: list[Stored] = []
+    """For a kind other than kv: the objects read (none when absent)."""
 
 
 class ConsensusStatusRequest(Message, kw_only=True, frozen=True):

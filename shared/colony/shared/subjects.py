@@ -226,7 +226,7 @@ SKIPPED = "skipped"
 """The change kind of a marker the relay publishes in place of a change it could not
 publish (a bug or a newer version's kind): its detail says what and why."""
 
-CHANGE_KINDS = ("kv", "leader", "lease", "voter", "transfer", SKIPPED)
+CHANGE_KINDS = ("kv", "leader", "lease", "voter", "transfer", SKIPPED, "label")
 """Kinds of objects whose changes the management database records, and the relay's
 marker (appended to, never renamed): the kinds of the consensus service's registry."""
 

@@ -34,9 +34,11 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE TABLE IF NOT EXISTS proposals (
     id TEXT PRIMARY KEY, log_index INTEGER NOT NULL, outcome BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS proposals_by_log_index ON proposals (log_index);
 """
 """changes.epoch: the fencing epoch its proposal carried; changes.ts: its entry's
-timestamp (0: recorded before entries carried one)."""
+timestamp (0: recorded before entries carried one). proposals are forgotten by log index
+(kinds/retention.py). Their shape, as schema.py's migrations make it."""
 
 _outcome = msgspec.json.Decoder(Outcome)
 

@@ -38,43 +38,14 @@ from pathlib import Path
 
 import msgspec
 
-from colony.consensus import changelog
-from colony.consensus.kinds import REGISTRY, kv
+from colony.consensus import changelog, schema
+from colony.consensus.kinds import REGISTRY, kv, retention
 from colony.consensus.kinds import leases as leases_kind
 from colony.consensus.kinds.kind import Applied, Registry, Txn
 from colony.consensus.kinds.leases import FREE, LeaseState
 from colony.shared.messages import MANAGER, Outcome, Proposal
 
 __all__ = ["Applied", "BadBatch", "LeaseState", "Machine", "NeedsNewerVersion", "encode_batch"]
-
-RESERVED = """
-CREATE TABLE IF NOT EXISTS nodes (
-    id TEXT PRIMARY KEY, spec TEXT NOT NULL, version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    name TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL, PRIMARY KEY (name, version)
-);
-CREATE TABLE IF NOT EXISTS instances (
-    id TEXT PRIMARY KEY, job TEXT NOT NULL, node TEXT,
-    desired TEXT NOT NULL, observed TEXT, version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS config (
-    key TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS secrets (
-    key TEXT PRIMARY KEY, ciphertext BLOB NOT NULL, version INTEGER NOT NULL
-);
-"""
-"""Tables no kind writes yet (created since the first version: every voter has them)."""
-
-_MIGRATIONS = [
-    # leases before fencing had a wall-clock expiry and were never written
-    ("leases", "expires", "DROP TABLE leases"),
-    ("changes", "-epoch", "ALTER TABLE changes ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0"),
-    ("changes", "-detail", "ALTER TABLE changes ADD COLUMN detail TEXT NOT NULL DEFAULT '{}'"),
-    ("changes", "-ts", "ALTER TABLE changes ADD COLUMN ts REAL NOT NULL DEFAULT 0"),
-]
-"""(table, column, statement): run if the table has the column (-column: lacks it)."""
 
 MAX_BATCH = 512
 """Proposals in one log entry at most."""
@@ -103,6 +74,10 @@ class Entry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The proposer's wall clock (unix seconds) when it made the entry: every change the
     entry records carries it (Change.ts), the same on every voter."""
     v: int = ENTRY_VERSION
+    made: float = 0.0
+    """When the client made the request (its clock; the same across its retries: 0 when
+    unknown): a proposal made before the oldest time whose ids are remembered is refused
+    rather than risk applying it twice (kinds/retention.py)."""
 
 
 _entry = msgspec.json.Decoder(Entry)
@@ -121,12 +96,12 @@ class NeedsNewerVersion(Exception):
     stop (not skip it, not count it as applied) until it is upgraded."""
 
 
-def encode_batch(proposals: list[Proposal], ts: float | None = None) -> bytes:
-    """The log entry for `proposals`, stamped with `ts` (default: now); raises BadBatch
-    for what apply would not decode."""
+def encode_batch(proposals: list[Proposal], ts: float | None = None, made: float = 0.0) -> bytes:
+    """The log entry for `proposals`, stamped with `ts` (default: now) and with when its
+    client `made` them; raises BadBatch for what apply would not decode."""
     if not 1 <= len(proposals) <= MAX_BATCH:
         raise BadBatch(f"a batch holds 1 to {MAX_BATCH} proposals, not {len(proposals)}")
-    entry = msgspec.json.encode(Entry(proposals, time.time() if ts is None else ts))
+    entry = msgspec.json.encode(Entry(proposals, time.time() if ts is None else ts, made=made))
     if len(entry) > MAX_ENTRY_BYTES:
         raise BadBatch(
             f"the batch encodes to {len(entry)} bytes, over the {MAX_ENTRY_BYTES}-byte limit "
@@ -187,19 +162,12 @@ class Machine:
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
-        self.db.executescript(changelog.TABLES + RESERVED + kinds.tables)
+        schema.migrate(self.db, str(path), kinds.migrations)
         self.memory: dict[str, object] = {}
         """Each kind's in-memory state (the leases: for the expiry clock and status)."""
         self.watchers: list[Watcher] = []
         """Told what each entry did once it commits (on the applying thread: be quick)."""
         self._load()
-
-    def _migrate(self) -> None:
-        for table, column, statement in _MIGRATIONS:
-            columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
-            if columns and (column.lstrip("-") in columns) != column.startswith("-"):
-                self.db.execute(statement)
 
     def _load(self) -> None:
         """Every kind's memory from the database (at start, after a snapshot): watchers
@@ -236,7 +204,7 @@ class Machine:
         db, noted = self.db, []
         db.execute("BEGIN IMMEDIATE")
         try:
-            outcomes = [self._apply_one(index, decoded.ts, p, noted) for p in decoded.proposals]
+            outcomes = [self._apply_one(index, decoded, p, noted) for p in decoded.proposals]
             changelog.set_applied(db, index)
             db.execute("COMMIT")
         except BaseException:
@@ -246,17 +214,19 @@ class Machine:
         self._tell(noted)
         return outcomes
 
-    def _apply_one(self, index: int, ts: float, proposal: Proposal, noted) -> Outcome:
+    def _apply_one(self, index: int, entry: Entry, proposal: Proposal, noted) -> Outcome:
         _kind, handles = self.kinds.handler(proposal.command)
         if handles.recorded and (seen := changelog.seen(self.db, proposal.id)):
             return seen
         refusal = self.kinds.refusal(proposal)
         if handles.recorded:  # an unrecorded command (a renewal) checks its epoch itself
             refusal = refusal or leases_kind.fence(self._leases, proposal.epoch)
+            # its id may have been forgotten: a retry of it must not apply twice
+            refusal = refusal or retention.too_old(self.db, entry.made)
         if refusal:
             outcome = Outcome(ok=False, error=refusal, index=index)
         else:
-            outcome = self._run_or_refuse(index, ts, proposal, noted)
+            outcome = self._run_or_refuse(index, entry.ts, proposal, noted)
         if handles.recorded:
             changelog.remember(self.db, proposal.id, index, outcome)
         return outcome
@@ -307,11 +277,17 @@ class Machine:
         copy.close()
 
     def load(self, path: Path) -> None:
-        """Replace the database with the copy at `path`."""
+        """Replace the database with the copy at `path`, migrated to this code's schema
+        version; NeedsNewerVersion, with nothing replaced, if a newer Colony made it."""
         with sqlite3.connect(path) as source:
+            try:
+                schema.check(source, f"snapshot {path}", schema.migrations(self.kinds.migrations))
+            except schema.TooNew as e:
+                raise NeedsNewerVersion(str(e)) from None
             source.backup(self.db)
         source.close()
         self.db.execute(f"DROP TABLE IF EXISTS {SNAPSHOT_TABLE}")
+        schema.migrate(self.db, f"{self.path} (from snapshot {path})", self.kinds.migrations)
         self._load()
 
     def dump(self) -> list[str]:

@@ -444,7 +444,11 @@ class Replica:
         last_entry, previous_entry, *rest = frames.loads(meta)
         cluster = rest[0] if rest else self._initial  # a snapshot from before dynamic voters
         if snapshot_applied > self.machine.last_applied:  # else ours is newer: keep it
-            self.machine.load(Path(path))
+            try:
+                self.machine.load(Path(path))
+            except NeedsNewerVersion as e:  # a newer Colony's schema: stop, as for an entry
+                self._raft._stop(str(e), "a snapshot needs a newer version of Colony")
+                raise
         return last_entry, previous_entry, {Node(node) for node in cluster}
 
 

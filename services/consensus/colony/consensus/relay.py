@@ -43,16 +43,29 @@ IDLE = 0.02
 PAUSE_AFTER_BUG = 2.0
 """Seconds the relay waits after an unexpected error before it starts over."""
 KEPT = 7 * 24 * 3600.0
-"""Seconds the stream keeps a change (the log itself keeps every change)."""
+"""Seconds the stream keeps a change at most (also at most as many as its limits say)."""
+DUPLICATE_WINDOW = 30.0
+"""Seconds the stream remembers a change's message id to drop a second copy: two voters
+that both lead for a moment, a round sent again after a pause (its acks wait ACK_WAIT).
+Each id held costs the servers memory: at 123 changes/s the default 2 min held 15,000."""
 
 log = logging.getLogger("colony.consensus.relay")
 
 
 class ChangeRelay:
     def __init__(
-        self, bus: Bus, reader: aiosqlite.Connection, is_leader, replicas: int, secret: bytes
+        self,
+        bus: Bus,
+        reader: aiosqlite.Connection,
+        is_leader,
+        replicas: int,
+        secret: bytes,
+        max_msgs: int = -1,
+        max_bytes: int = -1,
     ) -> None:
         self.bus = bus
+        self.max_msgs, self.max_bytes = max_msgs, max_bytes
+        """The stream's limits (consensus.change_stream_max_msgs and _max_bytes; -1: none)."""
         self.reader = reader
         self.is_leader = is_leader
         self.replicas = replicas
@@ -93,6 +106,9 @@ class ChangeRelay:
             [subjects.change(kind, subjects.ANY).name for kind in subjects.CHANGE_KINDS],
             replicas=self.replicas,
             max_age=KEPT,
+            max_msgs=self.max_msgs,
+            max_bytes=self.max_bytes,
+            duplicate_window=DUPLICATE_WINDOW,
             # where the StreamKeeper keeps its replicas (on the voters)
             placement=await stream.placement_of(self.bus, subjects.CHANGES_STREAM),
         )
@@ -158,6 +174,9 @@ class ChangeRelay:
         batch = await changelog.after(self.reader, self.relayed, BATCH)
         if not batch:
             return False
+        if batch[0].index > self.relayed + 1:
+            # Pruned (kinds/retention.py): only changes already relayed ever are.
+            self.relayed = batch[0].index - 1
         nc = self.bus.nc
         inbox = nc.new_inbox()
         acks: asyncio.Queue = asyncio.Queue()

@@ -35,11 +35,12 @@ from typing import NoReturn
 import aiosqlite
 
 from colony.consensus import changelog
-from colony.consensus.kinds import REGISTRY, kv
+from colony.consensus.kinds import REGISTRY, kv, retention
 from colony.consensus.kinds.kind import Registry
 from colony.consensus.machine import BadBatch, encode_batch
 from colony.consensus.manager import LeaseTimers, ManagerRole
 from colony.consensus.metrics import ConsensusMetrics
+from colony.consensus.pruner import Pruner
 from colony.consensus.raft import NotCommitted, Replica, Timers
 from colony.consensus.relay import ChangeRelay
 from colony.consensus.stream import StreamKeeper
@@ -60,6 +61,7 @@ from colony.shared.messages import (
     Proposal,
     ProposeReply,
     ProposeRequest,
+    Prune,
     QueryReply,
     QueryRequest,
     RetireReply,
@@ -205,9 +207,21 @@ class ConsensusService:
             heard=link.heard,
         )
         replicas = settings.change_stream_replicas or min(3, len(voters))
-        relay = ChangeRelay(ctx.bus, self.reader, lambda: replica.is_leader, replicas, secret)
+        relay = ChangeRelay(
+            ctx.bus, self.reader, lambda: replica.is_leader, replicas, secret,
+            settings.change_stream_max_msgs, settings.change_stream_max_bytes,
+        )  # fmt: skip
         placer = StreamKeeper(ctx.bus, self.me, lambda: replica.is_leader, lambda: replica.voters)
-        tasks = [asyncio.create_task(t.run()) for t in (relay, placer, role, keeper)]
+        reader = self.reader
+        pruner = Pruner(
+            lambda: replica.is_leader,
+            lambda: retention.positions(reader),
+            lambda: relay.relayed,
+            self._prune,
+            settings.idempotency_window,
+            settings.change_log_kept,
+        )
+        tasks = [asyncio.create_task(t.run()) for t in (relay, placer, role, keeper, pruner)]
         ctx.log.info("voter started", extra={"voters": voters})
         try:
             await self._retired.wait()
@@ -270,7 +284,8 @@ class ConsensusService:
             if refusal := self.kinds.refusal(proposal):
                 raise Refused(400, f"proposal {proposal.id} refused: {refusal}")
         try:
-            entry = encode_batch(request.proposals)
+            # made: the request's time, the same in each retry of it (kinds/retention.py)
+            entry = encode_batch(request.proposals, made=request.ts)
         except BadBatch as e:
             raise Refused(400, str(e)) from None
         index, outcomes = await self._commit(entry)
@@ -288,8 +303,19 @@ class ConsensusService:
             raise Refused(NO_QUORUM, f"{self.me} stopped: {replica.stopped_by}; ask a voter")
         # The reader's own connection (pysyncobj's thread applies with its own); the value
         # and the applied index come from one state.
+        if request.kind != kv.KIND.name:
+            kind = self.kinds.named(request.kind)
+            if kind is None or kind.query is None:
+                readable = [k.name for k in self.kinds.kinds if k.query] + [kv.KIND.name]
+                raise Refused(400, f"no kind {request.kind!r} to read: {', '.join(readable)}")
+            index, objects = await kind.query(reader, request.key)
+            return QueryReply(key=request.key, value=None, version=0, index=index, objects=objects)
         index, value, version = await kv.query(reader, request.key)
         return QueryReply(key=request.key, value=value, version=version, index=index)
+
+    async def _prune(self, command: Prune) -> None:
+        """Commit the leader's Prune (pruner.py)."""
+        await self._commit(encode_batch([Proposal(new_id(), command)]))
 
     async def _on_status(self, _request: ConsensusStatusRequest) -> ConsensusStatus:
         replica, role = self.replica, self.role

@@ -17,13 +17,15 @@ command type through `REGISTRY`, which checks at import that tags and change kin
 are unique and publishable.
 """
 
-from colony.consensus.kinds import kv, leases, raft_group
+from colony.consensus.kinds import kv, labels, leases, raft_group, retention
 from colony.consensus.kinds.kind import Kind, Registry
 
 KINDS: tuple[Kind, ...] = (
     kv.KIND,
     leases.KIND,
     raft_group.KIND,
+    retention.KIND,
+    labels.KIND,
 )
 
 REGISTRY = Registry(KINDS)

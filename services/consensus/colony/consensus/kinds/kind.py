@@ -17,14 +17,16 @@ machine._DETERMINISTIC) to refuse the proposal. What it writes goes through
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiosqlite
 import msgspec
 
+from colony.consensus.schema import Migration
 from colony.shared import subjects
-from colony.shared.messages import Outcome, Proposal
+from colony.shared.messages import Outcome, Proposal, Stored
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,11 @@ class Handles:
         return str(self.command.__struct_config__.tag)
 
 
+Query = Callable[[aiosqlite.Connection, str], Awaitable[tuple[int, list[Stored]]]]
+"""(a reader, an object id or '' for every object) -> (the applied index it read at, the
+objects), read from one state of the database."""
+
+
 @dataclass(frozen=True)
 class Kind:
     """One object kind: its tables, change kinds, commands, and in-memory state."""
@@ -107,7 +114,14 @@ class Kind:
     name: str
     commands: tuple[Handles, ...]
     tables: str = ""
-    """CREATE TABLE IF NOT EXISTS statements (run at every open)."""
+    """Its tables' current shape (CREATE TABLE IF NOT EXISTS ...). Files get them from the
+    schema migrations, never from these (schema.py: every voter's schema text is the same);
+    a test checks the migrations arrive at exactly these."""
+    migrations: tuple[Migration, ...] = ()
+    """The schema versions that create or change its tables (numbered after the last one
+    anywhere; never edited once released)."""
+    query: Query | None = None
+    """Its read for the `query` endpoint (QueryRequest.kind = its name), if it has one."""
     changes: tuple[str, ...] = ()
     """The change kinds its commands record (each in subjects.CHANGE_KINDS)."""
     load: Callable[[sqlite3.Connection], Any] | None = None
@@ -162,6 +176,14 @@ class Registry:
     @property
     def tables(self) -> str:
         return "\n".join(kind.tables for kind in self.kinds)
+
+    @property
+    def migrations(self) -> list[Migration]:
+        """Every kind's schema migrations (schema.py adds the machine's own)."""
+        return [migration for kind in self.kinds for migration in kind.migrations]
+
+    def named(self, name: str) -> Kind | None:
+        return next((kind for kind in self.kinds if kind.name == name), None)
 
     def handler(self, command: Any) -> tuple[Kind, Handles]:
         return self.by_type[type(command)]
