@@ -90,7 +90,7 @@ def next_step(
             return Step("place", f"keep replicas on the voters: {why}", tags=wanted)
     if stream.leader is None and leaderless_for >= LEADERLESS_GRACE:
         for peer in stream.peers:
-            if not peer.current and peer.name not in voters:
+            if peer.name and not peer.current and peer.name not in voters:
                 return Step(
                     "remove",
                     f"the stream has had no leader for {leaderless_for:.0f} s, and {peer.name}"
@@ -157,7 +157,7 @@ class StreamKeeper:
             voters = set(self.voters())
         except RuntimeError:  # pysyncobj's thread is changing them: next look
             return None
-        leaderless_for = now - (self._leaderless_since or now)
+        leaderless_for = 0.0 if self._leaderless_since is None else now - self._leaderless_since
         step = next_step(stream, voters, await self._nodes(), leaderless_for)
         if step is None:
             self._said = ""
