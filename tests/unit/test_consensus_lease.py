@@ -7,6 +7,7 @@ import logging
 
 from pytest import approx
 
+from colony.consensus.kinds.leases import FREE, LeaseState
 from colony.consensus.lease import (
     Announce,
     LeaseTimers,
@@ -19,7 +20,6 @@ from colony.consensus.lease import (
     Take,
     WaitUntil,
 )
-from colony.consensus.machine import FREE, LeaseState
 from colony.shared.messages import Outcome
 
 TIMERS = LeaseTimers(ttl=1.0, renew=0.2, margin=0.1)

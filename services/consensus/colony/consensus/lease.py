@@ -37,7 +37,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from colony.consensus.machine import Applied, LeaseState
+from colony.consensus.kinds.kind import Applied
+from colony.consensus.kinds.leases import LeaseState
 from colony.shared.messages import Outcome
 
 ANNOUNCE_EVERY = 1.0
