@@ -80,8 +80,8 @@ def next_step(
     view now); `leaderless_for`: seconds the stream has been seen without a leader."""
     if stream.replicas < 2:
         return None
-    peers = [peer.name for peer in stream.peers]
-    moving = len(peers) > stream.replicas  # JetStream is moving a replica: let it finish
+    peers = [peer.name for peer in stream.peers if peer.name]
+    moving = len(stream.peers) > stream.replicas  # JetStream is moving a replica: let it finish
     if nodes is not None and not moving:
         wanted = placement(voters, {*nodes, *peers})
         if wanted != stream.tags:
