@@ -18,13 +18,21 @@ from pathlib import Path
 
 from rich.text import Text
 
-from colony.cli import capacity, logs
+from colony.cli import capacity, logs, node
 from colony.cli.kv import cmd_kv
 from colony.cli.local import plan, ports, start, wait, write
 from colony.cli.local.plan import ClusterError
 from colony.cli.members import cmd_members
 from colony.cli.output import err, fail, out, print_json
-from colony.cli.status import gather, manager_line, raft, raft_line, stopped_lines, table
+from colony.cli.status import (
+    gather,
+    labels,
+    manager_line,
+    raft,
+    raft_line,
+    stopped_lines,
+    table,
+)
 from colony.shared import __version__
 from colony.shared.bus import NotConnected, connect
 from colony.shared.config import NatsSettings
@@ -220,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     kv.set_defaults(func=cmd_kv)
 
     capacity.add_parser(verb)
+    node.add_parser(verb)
 
     log = verb("logs", "Show (or follow) the logs of a cluster's processes.")
     log.add_argument("node", nargs="?", help="node name or id (default: all nodes)")
@@ -436,7 +445,9 @@ async def _status(servers: list[str], known: dict[str, tuple[str, str]], timeout
     try:
         async with asyncio.timeout(timeout * 4 + 2):  # never hang, whatever the cluster does
             nodes = await gather(bus, known, timeout)
-            return nodes, await raft(bus, nodes, timeout)
+            leader = await raft(bus, nodes, timeout)
+            await labels(bus, nodes, leader, timeout)
+            return nodes, leader
     except TimeoutError:
         fail(f"the cluster did not answer within {timeout * 4 + 2:g} s", "try --timeout 5")
     finally:

@@ -26,10 +26,13 @@ from colony.shared.messages import (
     ConsensusStatus,
     LatestMetricsRequest,
     NodeMetrics,
+    QueryRequest,
     to_builtins,
 )
 from colony.shared.statedir import natural_key
 
+LABELS = "labels"
+"""The object kind of node labels in the management database."""
 LAST_HEARD_ATTEMPT = 0.25
 """Seconds one read of a silent node's last sample may take before it is retried."""
 
@@ -52,6 +55,8 @@ class NodeStatus:
     if its replica stopped itself)."""
     raft_stopped: str = ""
     """Why its replica stopped itself ('' while it runs)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Its labels in the management database (`colony node label`)."""
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -64,6 +69,7 @@ class NodeStatus:
             "member": self.member or None,
             "raft": self.raft or None,
             "raft_stopped": self.raft_stopped or None,
+            "labels": self.labels,
             "last_heard_seconds": _round(self.last_heard),
             "age_seconds": _round(time.time() - self.metrics.node_started)
             if self.metrics
@@ -174,6 +180,21 @@ async def raft(bus: Bus, nodes: list[NodeStatus], timeout: float) -> ConsensusSt
     return leader.status if leader else None
 
 
+async def labels(bus: Bus, nodes: list[NodeStatus], leader: ConsensusStatus | None, timeout: float):
+    """Set each node's labels, as the Raft leader holds them (its copy: no commit needed
+    to show them); none if there is no leader or it does not answer."""
+    if leader is None:
+        return
+    request = QueryRequest(key="", kind=LABELS, stale=True)
+    try:
+        reply = await bus.request(subjects.query(leader.node), request, timeout=timeout)
+    except BusError:
+        return
+    held = {stored.id: stored.value for stored in reply.objects}
+    for node in nodes:
+        node.labels = held.get(node.id, {})
+
+
 def raft_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> Text:
     """One line for people: who leads, the term, the commit index, each voter's lag."""
     if not any(n.raft for n in nodes):
@@ -248,6 +269,9 @@ def table(nodes: list[NodeStatus]) -> Table:
         grid.add_column(column, no_wrap=True)
     grid.add_column("HOST CPU", justify="right")
     grid.add_column("AGE", justify="right")
+    labelled = any(node.labels for node in nodes)
+    if labelled:
+        grid.add_column("LABELS")
     for node in nodes:
         m = node.metrics
         if node.reachable:
@@ -274,7 +298,9 @@ def table(nodes: list[NodeStatus]) -> Table:
             "down": Text("down", "red"),
             "standby": Text("standby", "dim"),
         }.get(node.raft, node.raft)
+        shown = [", ".join(f"{k}={v}" for k, v in node.labels.items()) or "-"] if labelled else []
         grid.add_row(
-            node.name, node.id, state, member, role or "-", node.nats_url or "-", services, *figures
-        )
+            node.name, node.id, state, member, role or "-", node.nats_url or "-", services,
+            *figures, *shown,
+        )  # fmt: skip
     return grid
