@@ -24,9 +24,11 @@ class Voters:
     """Voters running in this process, each stoppable on its own."""
 
     def __init__(
-        self, nats_server, tmp_path, voters: list[str], timers: Timers | None = None
+        self, nats_server, tmp_path, voters: list[str], timers: Timers | None = None, **settings
     ) -> None:
         self.server = nats_server
+        self.settings = settings
+        """Further ConsensusSettings for every voter."""
         self.voters = voters
         self.timers = timers
         self.secret = tmp_path / "secret"
@@ -37,7 +39,10 @@ class Voters:
     def start(self, node: str) -> None:
         config = self.server.node_config(node)
         config.consensus = ConsensusSettings(
-            voters=self.voters, secret_file=str(self.secret), change_stream_replicas=1
+            voters=self.voters,
+            secret_file=str(self.secret),
+            change_stream_replicas=1,
+            **self.settings,
         )
         self.stops[node] = asyncio.Event()
         self.tasks[node] = asyncio.create_task(

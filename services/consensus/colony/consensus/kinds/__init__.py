@@ -5,11 +5,13 @@ To add a kind (say node labels):
 1. Its command structs go in colony.shared.messages (tagged, `forbid_unknown_fields`;
    a tag and its meaning never change once released), and into its `Command` union.
 2. A module here, `labels.py`, declares `KIND = Kind(...)` (kinds/kind.py): its
-   tables (CREATE TABLE IF NOT EXISTS ...), its change kinds (each also added to
+   tables' shape (CREATE TABLE IF NOT EXISTS ...) and the schema migration that makes
+   them (the next schema version: schema.py), its change kinds (each also added to
    subjects.CHANGE_KINDS, so the change stream captures it), one `Handles` per
    command (the handler; the ids it records changes for; whether it needs the
    manager's epoch; whether only the consensus service proposes it), and the module's
-   reads as plain functions (a `query(reader, ...)` for the service's endpoints).
+   reads as plain functions (its `query(reader, id)`, given as `Kind.query`, answers
+   the query endpoint for QueryRequest.kind = its name).
 3. One line in `KINDS` below.
 
 The machine, the relay and the service need no change: the machine dispatches by
