@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import msgspec
 
@@ -60,14 +62,17 @@ def not_utf8(text: str | None) -> str:
     return ""
 
 
-async def _run(args: argparse.Namespace):
+@contextlib.asynccontextmanager
+async def management(args: argparse.Namespace, name: str) -> AsyncIterator[Management]:
+    """A client of the management database of the cluster in args.state_dir (or through
+    args.server), retrying for args.timeout; `name` names the NATS connection."""
     state = StateDir(args.state_dir)
     servers = args.server or [url for n in state.nodes() if (url := n.nats_url())]
     if not servers:
         fail(f"no cluster in {state.path}/", "start one with `colony up`, or pass --server URL")
     try:
         bus = await connect(
-            NatsSettings(servers=servers, connect_timeout=2.0), "colony-kv", reconnect=False
+            NatsSettings(servers=servers, connect_timeout=2.0), name, reconnect=False
         )
     except NotConnected:
         fail(f"no nats server answers at {', '.join(servers)}", "is the cluster running?")
@@ -75,11 +80,15 @@ async def _run(args: argparse.Namespace):
         voters = voters_of(state) if not args.server else await Cluster(bus).nodes()
         if not voters:
             fail("no Raft voters found", "is consensus running? see `colony status`")
-        client = Management(bus, voters, timeout=args.timeout)
+        yield Management(bus, voters, timeout=args.timeout)
+    finally:
+        await bus.close()
+
+
+async def _run(args: argparse.Namespace):
+    async with management(args, "colony-kv") as client:
         if args.kv_verb == "get":
             return await client.get(args.key, stale=args.stale)
         if args.kv_verb == "put":
             return await client.propose(KvPut(args.key, args.value))
         return await client.propose(KvDelete(args.key))
-    finally:
-        await bus.close()

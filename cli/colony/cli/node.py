@@ -14,13 +14,9 @@ import asyncio
 import re
 from pathlib import Path
 
-from colony.cli.kv import not_utf8
-from colony.cli.local.write import voters_of
+from colony.cli.kv import management, not_utf8
 from colony.cli.output import fail, out, print_json
-from colony.shared.bus import NotConnected, connect
-from colony.shared.cluster import Cluster
-from colony.shared.config import NatsSettings
-from colony.shared.management import Management, ManagementError
+from colony.shared.management import ManagementError
 from colony.shared.messages import (
     LABEL_NAME,
     LABEL_PREFIX,
@@ -131,25 +127,9 @@ def cmd_node_label(args: argparse.Namespace) -> int:
 
 
 async def _label(args: argparse.Namespace, labels: dict[str, str | None]):
-    state = StateDir(args.state_dir)
-    node = node_id(state, args.node, args.server)
-    servers = args.server or [url for n in state.nodes() if (url := n.nats_url())]
-    if not servers:
-        fail(f"no cluster in {state.path}/", "start one with `colony up`, or pass --server URL")
-    try:
-        bus = await connect(
-            NatsSettings(servers=servers, connect_timeout=2.0), "colony-node", reconnect=False
-        )
-    except NotConnected:
-        fail(f"no nats server answers at {', '.join(servers)}", "is the cluster running?")
-    try:
-        voters = voters_of(state) if not args.server else await Cluster(bus).nodes()
-        if not voters:
-            fail("no Raft voters found", "is consensus running? see `colony status`")
-        client = Management(bus, voters, timeout=args.timeout)
+    node = node_id(StateDir(args.state_dir), args.node, args.server)
+    async with management(args, "colony-node") as client:
         return node, await client.propose(NodeLabel(node, labels))
-    finally:
-        await bus.close()
 
 
 def node_id(state: StateDir, wanted: str, servers: list[str] | None) -> str:
