@@ -53,9 +53,10 @@ from bench._report import ms, quantile, say, table, verdict
 from colony.harness.processes import NatsCluster, VoterProcesses, poll, wait_for
 from colony.shared import natsd, subjects
 from colony.shared.bus import BusError, connect
+from colony.shared.cluster import Cluster, Statuses
 from colony.shared.config import NatsSettings
 from colony.shared.management import ATTEMPT, Management, ManagementError
-from colony.shared.messages import ConsensusStatus, ConsensusStatusRequest, KvPut
+from colony.shared.messages import KvPut
 
 TITLE = "Consensus"
 WINDOW = float(os.environ.get("COLONY_BENCH_WINDOW", "6"))
@@ -331,38 +332,18 @@ class Voters(VoterProcesses):
         return [p.pid for p in self.processes.values()]
 
 
-async def statuses(bus, nodes: list[str]) -> dict[str, ConsensusStatus | None]:
-    async def one(node: str) -> ConsensusStatus | None:
-        try:
-            return await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
-        except BusError:
-            return None
-
-    return dict(zip(nodes, await asyncio.gather(*(one(n) for n in nodes)), strict=True))
-
-
-async def whole(bus, nodes: list[str]) -> str | None:
-    """The leader, once every voter answers, names it, and has applied all it committed."""
-    views = await statuses(bus, nodes)
-    if None in views.values() or len({v.leader for v in views.values()}) != 1:
+def whole(statuses: Statuses) -> str | None:
+    """The leader, once every voter answers, follows it, and has applied all it committed."""
+    top = statuses.settled()
+    if top is None or statuses.unreachable or not top.status.has_quorum:
         return None
-    leader = next(iter(views.values())).leader
-    top = views.get(leader)
-    if top is None or top.role != "leader" or not top.has_quorum:
+    if any(v.applied_index < top.status.commit_index for v in statuses.answered.values()):
         return None
-    if not all(v.connected and (v.node == leader or v.lag == 0) for v in top.voters):
-        return None
-    if any(v.applied_index < top.commit_index for v in views.values()):
-        return None
-    return leader
+    return top.node
 
 
-async def agreed(bus, nodes: list[str], other_than: str) -> str | None:
-    """The new leader, once all of `nodes` name it and it is not `other_than`."""
-    views = await statuses(bus, nodes)
-    named = {v.leader if v else None for v in views.values()}
-    chosen = named.pop() if len(named) == 1 else None
-    return chosen if chosen in nodes and chosen != other_than else None
+async def whole_group(bus, voters: Voters, timeout: float, what: str) -> str:
+    return await Cluster(bus, voters.ids).until(whole, timeout, what)
 
 
 @dataclass
@@ -383,8 +364,8 @@ class ApiResult:
 
 async def stream_last(bus) -> int | None:
     try:
-        return (await bus.js.stream_info(subjects.CHANGES_STREAM)).state.last_seq
-    except Exception:  # not made yet, or JetStream busy: no figure
+        return (await bus.stream_state(subjects.CHANGES_STREAM)).last_seq
+    except BusError:  # not made yet, or JetStream busy: no figure
         return None
 
 
@@ -420,7 +401,7 @@ async def drive(bus, voters: Voters, leader: str, per_request: int, inflight: in
         await asyncio.sleep(WINDOW)
         samples["cores"], samples["others"] = cpu.stop(), cpu.others
         samples["relayed"] = ((await stream_last(bus) or 0) - samples["relayed"]) / WINDOW
-        top = (await statuses(bus, [leader]))[leader]
+        top = await Cluster(bus).status(leader)
         samples["lag"] = max((v.lag or 0 for v in top.voters), default=0) if top else -1
 
     await asyncio.gather(sampler(), *(client(n) for n in range(inflight)))
@@ -468,7 +449,7 @@ async def timed(since: float, write) -> float:
 
 
 async def failover(bus, voters: Voters, trial: int) -> Failover:
-    leader = await poll(lambda: whole(bus, voters.ids), 60, "the group to be whole")
+    leader = await whole_group(bus, voters, 60, "whole group")
     survivors = [n for n in voters.ids if n != leader]
     calls: list[tuple[float, float]] = []  # (sent, acknowledged) of the continuous writer
     stop = asyncio.Event()
@@ -493,7 +474,7 @@ async def failover(bus, voters: Voters, trial: int) -> Failover:
             timed(
                 killed, Management(bus, [leader, *survivors], timeout=10).propose(KvPut("c", "d"))
             ),
-            timed(killed, poll(lambda: agreed(bus, survivors, leader), 10, "a new leader")),
+            timed(killed, Cluster(bus, survivors).wait_leader(10)),
         )
         through, fresh, elected = await writes
         await poll(lambda: calls[-1][0] > killed, 30, "the continuous writer to write again")
@@ -502,7 +483,7 @@ async def failover(bus, voters: Voters, trial: int) -> Failover:
         await writing
     acks = [done for _, done in calls if done > killed - 1]
     outage = max(later - earlier for earlier, later in itertools.pairwise(acks))
-    new = await agreed(bus, survivors, leader) or "?"
+    new = getattr(await Cluster(bus, survivors).leader(), "node", "?")
     voters.start(leader)
     say(
         f"failover {trial + 1}/{TRIALS}: killed {leader}, {new} leads after {elected:.3f} s; "
@@ -539,12 +520,12 @@ async def service(
         for node in voters.ids:
             voters.start(node)
         started = time.monotonic()
-        await poll(lambda: whole(bus, voters.ids), 60, "the voters to elect a leader")
+        await whole_group(bus, voters, 60, "leader of the whole group")
         say(f"service voters: a leader after {time.monotonic() - started:.2f} s")
         trials = [await failover(bus, voters, trial) for trial in range(TRIALS)]
         results = []
         for per_request, inflight in [(1, n) for n in UNBATCHED] + list(BATCHED):
-            leader = await poll(lambda: whole(bus, voters.ids), 120, "the group to be whole")
+            leader = await whole_group(bus, voters, 120, "whole group")
             results.append(await drive(bus, voters, leader, per_request, inflight))
         behind = await backlog(bus, voters, leader)
         say(f"change log: {behind.changes:,} rows, {behind.relayed:,} in the stream")

@@ -50,17 +50,16 @@ from pathlib import Path
 
 from bench._cluster import Cluster, colony, local_cluster
 from bench._report import quantile, say, table, verdict
-from bench.consensus import statuses
 from colony.harness import netns
 from colony.harness.netns_voters import HOSTS, NetnsVoters, arrange
 from colony.harness.processes import poll, wait_for
 from colony.shared import subjects
-from colony.shared.bus import Bus, BusError, connect
+from colony.shared.bus import Bus, connect
+from colony.shared.cluster import Cluster as ClusterClient
+from colony.shared.cluster import Manager, Statuses
 from colony.shared.config import ConsensusSettings, NatsSettings
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
-    ConsensusStatus,
-    ConsensusStatusRequest,
     KvPut,
     ManagerActing,
 )
@@ -115,26 +114,20 @@ async def listening(url: str):
         await bus.close()
 
 
-async def settled(bus: Bus, nodes: list[str], voters: int) -> ConsensusStatus | None:
-    """The leader's view, once a manager acts there with `voters` connected voters, none
-    behind, every other voter follows it and every other node stands by."""
-    views = await statuses(bus, nodes)
-    leaders = [v for v in views.values() if v and v.role == "leader"]
-    if None in views.values() or len(leaders) != 1:
+def settled(statuses: Statuses, voters: int) -> Manager | None:
+    """The manager, once it acts at the leader of `voters` connected voters, none behind,
+    every other voter follows it and every other node answers standing by."""
+    top, chief = statuses.settled(voters), statuses.manager()
+    if not top or not chief or chief.node != top.node or statuses.unreachable:
         return None
-    [top] = leaders
-    if not top.acting or top.manager is None or top.manager.holder != top.node:
-        return None
-    in_group = {v.node for v in top.voters if v.connected and (v.node == top.node or v.lag == 0)}
-    if len(top.voters) != voters or len(in_group) != voters:
-        return None
-    for node, view in views.items():
-        if node in in_group:
-            if node != top.node and (view.role != "follower" or view.leader != top.node):
-                return None
-        elif view.role != "standby":
-            return None
-    return top
+    others = [v for n, v in statuses.answered.items() if n not in top.voters]
+    return chief if all(v.role == "standby" for v in others) else None
+
+
+async def settle(bus: Bus, nodes: list[str], voters: int) -> Manager:
+    return await ClusterClient(bus, nodes).until(
+        lambda s: settled(s, voters), 120, f"settled group of {voters} voters"
+    )
 
 
 # --- 1. kill -9 of the manager's node ---------------------------------------------------
@@ -158,34 +151,33 @@ async def kill_trial(cluster: Cluster, trial: int) -> Kill:
     async with contextlib.AsyncExitStack() as stack:
         control = await connect(NatsSettings(servers=urls), "bench-failover-control")
         stack.push_async_callback(control.close)
-        before = await poll(lambda: settled(control, ids, 3), 120, "the cluster to settle")
-        victim, epoch = before.node, before.manager.epoch
+        before = await settle(control, ids, 3)
+        victim, epoch = before.node, before.epoch
         survivor = next(n for i, n in nodes.items() if i != victim)
         bus, heard = await stack.enter_async_context(listening(survivor.nats_url()))
 
-        survivors = [i for i in ids if i != victim]
+        survivors = ClusterClient(bus, [i for i in ids if i != victim])
 
-        async def elected() -> bool:
-            views = (await statuses(bus, survivors)).values()
-            return any(v and v.role == "leader" and v.term > before.term for v in views)
+        def elected(statuses: Statuses) -> bool:
+            term = before.status.term
+            return any(v.role == "leader" and v.term > term for v in statuses.answered.values())
 
         killed = time.monotonic()
         nodes[victim].crash()
-        await poll(elected, 30, "a new Raft leader", every=0.01)
+        await survivors.until(elected, 30, "survivor leading at a higher term", every=0.01)
         leader = time.monotonic() - killed
         arrived, event = await poll(lambda: heard.started(epoch), 30, "a new manager")
         manager = arrived - killed
 
-        async def replaced() -> bool:
-            with contextlib.suppress(BusError):
-                view = await bus.request(
-                    subjects.consensus_status(event.node), ConsensusStatusRequest(), 1
-                )
-                connected = {v.node for v in view.voters if v.connected}
-                return len(view.voters) == 3 and len(connected) == 3 and victim not in connected
-            return False
+        def replaced(statuses: Statuses) -> bool:
+            view = statuses.of[event.node]
+            if view is None:
+                return False
+            connected = {v.node for v in view.voters if v.connected}
+            return len(view.voters) == 3 and len(connected) == 3 and victim not in connected
 
-        await poll(replaced, 120, f"{victim} to be replaced as a voter", every=0.05)
+        what = f"group with {victim} replaced"
+        await survivors.until(replaced, 120, what, among=[event.node], every=0.05)
         replacement = time.monotonic() - killed
     colony("up", cluster.state, "--detach")  # the killed node comes back, standing by
     say(
@@ -289,7 +281,7 @@ async def soak() -> Soak:
         ids = [n.read_id() for n in cluster.state.nodes()]
         url = cluster.state.nodes()[0].nats_url()
         async with listening(url) as (bus, heard):
-            await poll(lambda: settled(bus, ids, 3), 120, "the cluster to settle")
+            await settle(bus, ids, 3)
             heard.events.clear()
             spinning = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "colony.harness.busy"
@@ -365,11 +357,12 @@ async def write_on(urls: list[str], voters: list[str], acked: list[float], until
 async def sample_voters(urls: list[str], nodes: list[str], until: float) -> list:
     """The leader's group, twice a second: (when, voters, of them connected)."""
     bus = await connect(NatsSettings(servers=urls), "bench-voters")
+    voters = ClusterClient(bus, nodes)
     seen = []
     try:
         while time.monotonic() < until:
-            views = (await statuses(bus, nodes)).values()
-            leaders = [v for v in views if v and v.role == "leader"]
+            looked = (await voters.statuses()).answered.values()
+            leaders = [v for v in looked if v.role == "leader"]
             if len(leaders) == 1:
                 group = leaders[0].voters
                 connected = sum(v.connected for v in group)
@@ -391,8 +384,8 @@ async def kill_and_restart(
         await asyncio.sleep(rng.uniform(4, 12))  # a while for the cluster to settle
         if len(down) < 2 and (not down or rng.random() < 0.5):
             victim = rng.choice([i for i in nodes if i not in down])
-            views = (await statuses(bus, list(nodes))).values()
-            lead = next((v.node for v in views if v and v.role == "leader"), None)
+            looked = (await ClusterClient(bus, list(nodes)).statuses()).answered.values()
+            lead = next((v.node for v in looked if v.role == "leader"), None)
             nodes[victim].crash()
             down.append(victim)
             what = f"kill -9 of {nodes[victim].name}" + (" (the leader)" if victim == lead else "")
@@ -414,7 +407,7 @@ async def restarts(minutes: float = RESTARTS, seed: int | None = None) -> Restar
         urls = [n.nats_url() for n in cluster.state.nodes()]
         control = await connect(NatsSettings(servers=urls), "bench-failover-control")
         try:
-            await poll(lambda: settled(control, nodes, 5), 120, "five voters to settle")
+            await settle(control, nodes, 5)
             return await churn(cluster, control, minutes, rng)
         finally:
             await control.close()

@@ -12,7 +12,6 @@ removed simply catches up. Through all of it one leader, at one term.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from pathlib import Path
@@ -22,10 +21,9 @@ from _cli import colony
 
 from colony.cli.local.ports import free_base_port
 from colony.harness.processes import wait_for
-from colony.shared import subjects
-from colony.shared.bus import BusError, connect
+from colony.shared.bus import connect
+from colony.shared.cluster import Cluster, Leader, Statuses
 from colony.shared.config import NatsSettings
-from colony.shared.messages import ConsensusStatus, ConsensusStatusRequest
 from colony.shared.statedir import StateDir
 
 pytestmark = pytest.mark.e2e
@@ -43,14 +41,14 @@ class Watch:
     def __init__(self, state: Path) -> None:
         self.nodes = {n.read_id(): n for n in StateDir(state).nodes()}
         self.urls = [n.nats_url() for n in self.nodes.values()]
-        self.views: dict[str, ConsensusStatus | None] = {}
+        self.statuses = Statuses({})
         self.leaders: set[tuple[str, int]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
     def __enter__(self) -> Watch:
         self._thread.start()
-        wait_for(lambda: self.views, 30, "a first look at the voters")
+        wait_for(lambda: self.statuses.of, 30, "a first look at the voters")
         return self
 
     def __exit__(self, *_exc) -> None:
@@ -59,40 +57,31 @@ class Watch:
 
     async def _run(self) -> None:
         bus = await connect(NatsSettings(servers=self.urls), "test-watch")
+        cluster = Cluster(bus, list(self.nodes))
         try:
             while not self._stop.is_set():
-                views = await asyncio.gather(*(self._ask(bus, n) for n in self.nodes))
-                self.views = dict(zip(self.nodes, views, strict=True))
-                self.leaders |= {(v.node, v.term) for v in views if v and v.role == "leader"}
+                self.statuses = looked = await cluster.statuses()
+                claims = looked.answered.values()
+                self.leaders |= {(v.node, v.term) for v in claims if v.role == "leader"}
                 await asyncio.sleep(0.2)
         finally:
             await bus.close()
 
-    @staticmethod
-    async def _ask(bus, node: str) -> ConsensusStatus | None:
-        with contextlib.suppress(BusError):
-            return await bus.request(subjects.consensus_status(node), ConsensusStatusRequest(), 1)
-        return None
-
-    def leader(self) -> ConsensusStatus | None:
-        leaders = [v for v in self.views.values() if v and v.role == "leader"]
-        return leaders[0] if len(leaders) == 1 else None
+    def leader(self) -> Leader | None:
+        return self.statuses.leader()
 
     def voters(self, connected: bool = True) -> set[str] | None:
         """The leader's voters (only those connected and caught up, with `connected`)."""
         top = self.leader()
         if top is None:
             return None
-        return {
-            v.node
-            for v in top.voters
-            if not connected or (v.connected and (v.node == top.node or v.lag == 0))
-        }
+        return set(top.in_step if connected else top.voters)
 
     def settled(self, count: int) -> set[str] | None:
-        """The voters, once the leader has `count` of them, all connected and caught up."""
-        everyone, group = self.voters(connected=False), self.voters()
-        return group if group and everyone == group and len(group) == count else None
+        """The voters, once the leader has `count` of them, all connected, caught up and
+        following it."""
+        top = self.statuses.settled(count)
+        return set(top.voters) if top else None
 
 
 def test_lost_voters_are_removed_down_to_three_and_come_back_without_an_election(tmp_path):

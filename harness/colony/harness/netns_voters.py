@@ -27,10 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
+
 from colony.harness import netns, probe
 from colony.harness.processes import wait_for
 from colony.shared import natsd, subjects
+from colony.shared.cluster import Statuses
 from colony.shared.config import Config, ConsensusSettings, NatsSettings, NodeSettings, dumps
+from colony.shared.messages import ConsensusStatus
 
 T, R = TypeVar("T"), TypeVar("R")
 
@@ -120,15 +124,17 @@ class NetnsVoters(netns.HostProcesses):
         wait_for(lambda: log.exists() and lines()[:1] == ["ready"], 20, f"a watcher on {host}")
         return lambda: [json.loads(line) for line in lines()[1:]]
 
+    def looked(self, hosts: list[str]) -> Statuses:
+        """The voters' statuses, typed, to read as the cluster client does (None: silent)."""
+        found = self.statuses(hosts).items()
+        return Statuses({h: v and msgspec.convert(v, ConsensusStatus) for h, v in found})
+
     def manager(self, hosts: list[str]) -> tuple[str, int] | None:
-        """(holder, epoch) once exactly one of `hosts` acts and all of them agree on the lease."""
-        views = [v for v in self.statuses(hosts).values() if v]
-        acting = [v["node"] for v in views if v["acting"]]
-        leases = {(v["manager"]["holder"], v["manager"]["epoch"]) for v in views if v["manager"]}
-        if len(views) == len(hosts) and len(acting) == 1 and len(leases) == 1:
-            [(holder, epoch)] = leases
-            return (holder, epoch) if holder == acting[0] else None
-        return None
+        """(holder, epoch) once every one of `hosts` answers, exactly one acts, and all of
+        them agree on the lease."""
+        looked = self.looked(hosts)
+        chief = None if looked.unreachable else looked.manager()
+        return (chief.node, chief.epoch) if chief else None
 
     def routes(self, host: str) -> int | None:
         argv = [*probe.ARGV, "routes", f"http://{self.net.hosts[host].address}:{PORTS.http}"]
@@ -136,28 +142,25 @@ class NetnsVoters(netns.HostProcesses):
         return int(done.stdout) if done.returncode == 0 else None
 
     def await_leader(self, hosts: list[str], timeout: float, what: str) -> tuple[str, int]:
-        """Poll until every voter in `hosts` names the same leader, one of them that says so.
+        """Poll until every voter in `hosts` answers following the same leader, in its term.
 
         Returns the leader and its term.
         """
-        seen: dict[str, dict | None] = {}
+        seen = Statuses({})
 
         def agreed() -> tuple[str, int] | None:
             nonlocal seen
             self.check_running()
-            seen = self.statuses(hosts)
-            named = {view["leader"] if view else None for view in seen.values()}
-            if len(named) != 1:
-                return None
-            [leader] = named
-            view = seen.get(leader) if leader else None
-            return (leader, view["term"]) if view and view["role"] == "leader" else None
+            seen = self.looked(hosts)
+            top = None if seen.unreachable else seen.leader()
+            return (top.node, top.term) if top else None
 
         try:
             return wait_for(agreed, timeout, what, every=0.2)
         except TimeoutError as e:
-            shown = {h: v and (v["role"], v["leader"], v["term"]) for h, v in seen.items()}
-            raise AssertionError(f"{e}; last views: {shown}; logs in {self.workdir}") from None
+            raise AssertionError(
+                f"{e}; last views: {seen.describe()}; logs in {self.workdir}"
+            ) from None
 
     # --- the key-value table, through `colony kv` inside a host ----------------------
 

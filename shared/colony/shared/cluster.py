@@ -35,7 +35,7 @@ ASK = 1.0
 """Seconds a voter may take to answer for its status before it counts as unreachable."""
 DISCOVERY_WINDOW = 0.3
 """Seconds service discovery collects answers (NATS micro replies have no count)."""
-EVERY = 0.1
+EVERY = 0.02
 """Seconds between two looks while waiting."""
 
 
