@@ -93,3 +93,17 @@ def test_two_voters_that_apply_the_same_prunes_hold_the_same_database(tmp_path):
     assert retention.pruned(first.db) == (10, 13)
     first.close()
     second.close()
+
+
+def test_one_prune_forgets_at_most_a_step_so_apply_never_stalls(machine, monkeypatch):
+    monkeypatch.setattr(retention, "STEP", 3)
+    log = Log(machine)
+    for i in range(10):
+        log.put(f"p{i}", f"k{i}", "v")  # entries and changes 1-10
+    everything = Prune(proposals_upto=10, refuse_before=0, changes_upto=10)
+    log.apply(Proposal("a", everything))
+    assert retention.pruned(machine.db) == (4, 4)  # the oldest (1) plus a step
+    log.apply(Proposal("b", everything))
+    assert retention.pruned(machine.db) == (8, 8)
+    log.apply(Proposal("c", everything))
+    assert retention.pruned(machine.db) == (10, 9)  # the newest change stays

@@ -97,13 +97,15 @@ class ConsensusSettings(_Section):
     voter_count: Annotated[int, msgspec.Meta(ge=0, le=7)] = 0
     """Voters to keep, promoting standby nodes to replace lost ones; 0: len(voters)."""
     idempotency_window: Annotated[float, msgspec.Meta(ge=2, le=7 * 86400)] = 300.0
-    """Seconds the management database remembers a proposal's id and first outcome, for
-    retries. Older ids are forgotten; a proposal made (by its client's clock) more than half
-    this before the Raft leader last forgot some is refused rather than risk applying it
-    twice: clients retry within seconds, and clocks must agree within half of it."""
+    """Seconds the management database remembers a proposal's id and first outcome, so a
+    retry gets that outcome back. Older ids are forgotten, and a proposal whose request was
+    made (by its client's clock) more than half this before the Raft leader's clock is
+    refused rather than risk applying it twice: clients retry within seconds, and clocks
+    must agree within half of it. The same on every voter: the leader's value is used."""
     change_log_kept: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 10_000
     """Changes the management database keeps once they are on the change stream (the
-    stream keeps the history); a change not yet relayed is always kept."""
+    stream keeps the history); a change not yet relayed is always kept. The leader's value
+    is used."""
     change_stream_max_msgs: Annotated[int, msgspec.Meta(ge=1000, le=10**9)] = 1_000_000
     """Changes the change stream keeps at most (the oldest go first; also at most 7 days)."""
     change_stream_max_bytes: Annotated[int, msgspec.Meta(ge=2**20, le=2**40)] = 256 * 2**20

@@ -21,7 +21,9 @@ config would diverge the moment two voters were configured differently.)
   keeps the history. The newest change always stays: a change's index is its
   row id, which SQLite would start again at 1 in an empty table.
 
-Bookkeeping in `meta`: how far each was pruned, and `refuse_before` in
+One Prune forgets at most STEP log indexes' records and STEP changes, so that
+the first after an upgrade from a file that kept everything never stalls
+apply. Bookkeeping in `meta`: how far each was pruned, and `refuse_before` in
 milliseconds (meta holds integers).
 """
 
@@ -35,6 +37,9 @@ from colony.consensus.changelog import APPLIED_INDEX
 from colony.consensus.kinds.kind import Handles, Kind, Txn
 from colony.shared.messages import Outcome, Prune
 
+STEP = 5_000
+"""Log indexes of records, and changes, one Prune forgets at most: the first after an
+upgrade from a file that kept everything catches up over many, each applied quickly."""
 _FORGOTTEN = "proposals_forgotten_upto"
 _REFUSE = "refuse_made_before_ms"
 _DROPPED = "changes_dropped_upto"
@@ -69,15 +74,17 @@ def too_old(db: sqlite3.Connection, made: float) -> str:
 
 def prune(txn: Txn, command: Prune) -> Outcome:
     db = txn.db
-    forgotten = min(command.proposals_upto, txn.index - 1)
+    (oldest,) = db.execute("SELECT min(log_index) FROM proposals").fetchone()
+    forgotten = min(command.proposals_upto, txn.index - 1, (oldest or 0) + STEP)
     if forgotten > _get(db, _FORGOTTEN):
         db.execute("DELETE FROM proposals WHERE log_index <= ?", (forgotten,))
         _set(db, _FORGOTTEN, forgotten)
     refuse_before = int(command.refuse_before * 1000)
     if refuse_before > _get(db, _REFUSE):
         _set(db, _REFUSE, refuse_before)
-    (last,) = db.execute("SELECT coalesce(max(idx), 0) FROM changes").fetchone()
-    dropped = min(command.changes_upto, last - 1)  # the newest stays: idx is its row id
+    first, last = db.execute("SELECT min(idx), max(idx) FROM changes").fetchone()
+    # the newest stays: idx is its row id
+    dropped = min(command.changes_upto, (last or 0) - 1, (first or 0) + STEP)
     if dropped > _get(db, _DROPPED):
         db.execute("DELETE FROM changes WHERE idx <= ?", (dropped,))
         _set(db, _DROPPED, dropped)
