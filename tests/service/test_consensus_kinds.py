@@ -102,10 +102,14 @@ async def test_an_older_voter_stops_at_a_command_it_lacks_and_goes_on_once_upgra
         await group.stop("v3")
         group.start("v3")  # upgraded: it knows kv.delete
         await cluster.wait_settled(30, 3)
-        digests = {
-            n: await bus.request(subjects.consensus_digest(n), DigestRequest(), 6) for n in VOTERS
-        }
-        assert len({d.sha256 for d in digests.values()}) == 1, digests
+
+        async def same_digest():  # caught up in its log first, then in what it applied
+            digests = [
+                await bus.request(subjects.consensus_digest(n), DigestRequest(), 6) for n in VOTERS
+            ]
+            return len({d.sha256 for d in digests}) == 1
+
+        await poll(same_digest, 20, "v3 to hold the same database as the others")
         v3 = await status(bus, "v3")
         assert not v3.stopped and v3.applied_index >= deleted.index
         read = await bus.request(subjects.query("v3"), QueryRequest(key="a"), 6)

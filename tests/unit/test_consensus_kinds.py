@@ -100,8 +100,8 @@ def test_a_voter_that_lacks_a_command_stops_at_it_and_goes_on_once_upgraded(tmp_
 @pytest.mark.parametrize(
     ("raw", "what"),
     [
-        (b'{"proposals": [{"id": "x", "command": {"type": "node.label", "node": "n"}}]}',
-         "command tag node.label"),
+        (b'{"proposals": [{"id": "x", "command": {"type": "job.submit", "job": "n"}}]}',
+         "command tag job.submit"),
         (b'{"proposals": [{"id": "x", "command": {"type": "kv.put", "key": "k", "value": "v",'
          b' "ttl": 3}}]}', "unknown field"),
         (b'{"v": 2, "proposals": []}', "log entry format 2"),
@@ -134,7 +134,7 @@ def _records(id: str, detail: dict):
         txn.changed("kv", id, 1, detail)  # as a careless kind might
         return outcome
 
-    return Registry((Kind("kv", (Handles(KvPut, put),), kv.TABLES, ("kv",)),))
+    return Registry((Kind("kv", (Handles(KvPut, put),), changes=("kv",)),))
 
 
 @pytest.mark.parametrize(
