@@ -391,7 +391,7 @@ class LeaseRenew(CommandStruct, tag="lease.renew"):
     term: Count = 0
     """The Raft term the holder asked in (0: unknown). A leader of a later term knows
     the entry reached it before it led, however late it applies it: its expiry clock
-    can start from then (`manager.expiry_clock`)."""
+    can start from then (`lease.countdown_from` in the consensus service)."""
 
 
 class LeaseEnd(CommandStruct, tag="lease.end"):
