@@ -14,7 +14,9 @@ declares it (kinds/, one module per kind, one registry line each). What the
 machine does for every proposal, whatever its kind:
 
 - Idempotency: every proposal carries an id; the first outcome for an id is
-  kept, and a retried id gets that outcome back without applying again.
+  kept, and a retried id gets that outcome back without applying again. Ids are
+  forgotten a window later (kinds/retention.py): a proposal whose request was
+  made before what is still remembered is refused, never applied twice.
 - Refusals decided by the command alone (`Registry.refusal`): a command that
   needs the manager's epoch and has none, a change id that cannot be a subject.
 - Fencing: a proposal made on the manager's behalf carries its epoch, and is
@@ -24,6 +26,9 @@ machine does for every proposal, whatever its kind:
 - A command this voter cannot decode stops it (`NeedsNewerVersion`): it neither
   skips the entry (its database would silently diverge from the others') nor
   counts it as applied, so once upgraded it continues from that entry.
+
+The file is brought to this code's schema version at open and when a snapshot
+is loaded, before anything is applied to it (schema.py).
 
 The machine tells its watchers what each entry did (`Applied`, after the
 commit); the watcher, not apply, reads the clock (`manager.AppliedClock`).
