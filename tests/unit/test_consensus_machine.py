@@ -11,8 +11,8 @@ import pickle
 import pytest
 
 from colony.consensus import frames
+from colony.consensus.lease import AppliedClock, countdown_from
 from colony.consensus.machine import Applied, BadBatch, LeaseState, Machine, encode_batch
-from colony.consensus.manager import AppliedClock, countdown_from
 from colony.shared.messages import (
     Barrier,
     KvCas,

@@ -16,9 +16,7 @@ import asyncio
 import contextlib
 import logging
 
-import nats.errors
-
-from colony.consensus.lease import (  # noqa: F401 (countdown_from: re-exported)
+from colony.consensus.lease import (
     Announce,
     AppliedClock,
     LeaseTimers,
@@ -30,12 +28,11 @@ from colony.consensus.lease import (  # noqa: F401 (countdown_from: re-exported)
     Seen,
     Take,
     WaitUntil,
-    countdown_from,
 )
 from colony.consensus.machine import encode_batch
 from colony.consensus.raft import NotCommitted, Replica
 from colony.shared import subjects
-from colony.shared.bus import Bus
+from colony.shared.bus import Bus, BusError
 from colony.shared.clock import Clock, SystemClock
 from colony.shared.messages import (
     MANAGER,
@@ -208,7 +205,7 @@ class ManagerRole:
             valid_for=announce.valid_for,
             reason=announce.reason,
         )
-        with contextlib.suppress(nats.errors.Error):
+        with contextlib.suppress(BusError):
             await self.bus.publish(subjects.manager_acting(), event)
 
 

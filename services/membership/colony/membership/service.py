@@ -24,7 +24,6 @@ import contextlib
 import random
 
 import msgspec
-import nats.errors
 
 from colony.membership.metrics import MembershipMetrics
 from colony.membership.state import (
@@ -121,10 +120,10 @@ class MembershipService:
             for task in self.tasks:
                 task.cancel()
             news = [i for i in core.leave(ctx.clock.monotonic()) if isinstance(i, Broadcast)]
-            with contextlib.suppress(BusError, TimeoutError, nats.errors.Error):
+            with contextlib.suppress(BusError):
                 for instruction in news:
                     await ctx.bus.publish(subjects.member_news(), self._gossip(instruction.updates))
-                await ctx.bus.nc.flush(timeout=1)
+                await ctx.bus.flush(timeout=1)
 
     # --- incoming ------------------------------------------------------------------
 
