@@ -339,7 +339,7 @@ def report(samples: list[Sample], load: Load, overrides: dict[str, str], left) -
     per_write = (top(samples[-1].db) + top(samples[-1].wal)) / max(load.written, 1)
     failures = "; ".join(sorted(set(load.errors))[:3])
     failures = f" Failures (distinct, up to 3): {failures}." if failures else ""
-    settings = windows(overrides, load) if overrides else "none: this version has none."
+    settings = windows(overrides, load) if overrides else " none: this version has none."
     return f"""A 3-node cluster (`colony up --nodes 3`, 3 voters) on loopback, {RATE:g}
 writes/s ({INFLIGHT} in flight at most), each a `kv.put` to one of {KEYS} keys with its
 own proposal id, for {SECONDS:g} s: {load.written:,} writes ({len(load.errors)} failed), \
@@ -352,7 +352,7 @@ first one).
 
 A day compressed in time: the retention windows are scaled down by
 {DAY / SECONDS:g} (a day / the run), to a floor, so the run turns each over about
-as many times as a day at the defaults would. Retention settings: {settings}
+as many times as a day at the defaults would. Retention settings:{settings}
 
 {summary}
 
