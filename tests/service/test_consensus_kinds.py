@@ -189,3 +189,30 @@ async def _stored(bus, count: int) -> bool:
         return (await bus.stream_state(subjects.CHANGES_STREAM)).messages >= count
     except Exception:
         return False
+
+
+async def test_the_relay_fills_in_what_a_stream_that_went_back_lost(tmp_path, bus):
+    """A stream whose surviving replica was behind holds fewer changes than it acknowledged:
+    the relay notices at its next publish and sends the lost ones again."""
+    machine = Machine(tmp_path / "db")
+    for index in (1, 2, 3):
+        machine.apply(index, encode_batch([Proposal(f"p{index}", KvPut(f"k{index}", "v"))]))
+    secret = b"relay-test-secret"
+    async with aiosqlite.connect(machine.path) as reader:
+        task = asyncio.create_task(relay.ChangeRelay(bus, reader, lambda: True, 1, secret).run())
+        try:
+            await poll(lambda: _stored(bus, 3), 20, "three changes on the stream")
+            first = await bus.stored(subjects.CHANGES_STREAM, 1)
+            # Only change 1 survives: the stream as a replica that was behind holds it.
+            config = (await bus.js.stream_info(subjects.CHANGES_STREAM)).config
+            await bus.js.delete_stream(subjects.CHANGES_STREAM)
+            await bus.js.add_stream(config)
+            await bus.js.publish(first.subject, first.data)
+            machine.apply(4, encode_batch([Proposal("p4", KvPut("k4", "v"))]))
+            await poll(lambda: _stored(bus, 4), 20, "the lost changes sent again")
+        finally:
+            task.cancel()
+    state = await bus.stream_state(subjects.CHANGES_STREAM)
+    stored = [await bus.stored(subjects.CHANGES_STREAM, s) for s in range(1, state.last_seq + 1)]
+    indexes = [decode(m.data, Change).index for m in stored if m is not None]
+    assert sorted(set(indexes)) == [1, 2, 3, 4] and len(indexes) == 4

@@ -72,3 +72,12 @@ def test_the_check_sees_every_kind_of_import(tmp_path):
         "m.py:2 imports colony.consensus",
         "m.py:6 imports colony.harness.processes",
     ]
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test modules by their base name (the folders are not packages): two
+    with one name break collection of the whole suite."""
+    seen: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}

@@ -45,12 +45,8 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
 
 
-class BusError(nats.errors.Error):
-    """A bus operation failed; the message says what and where.
-
-    Also a nats.errors.Error for now, only so that the callers that still catch
-    nats-py's errors around bus calls (consensus' relay.py and manager.py) keep
-    working until they catch BusError; then it derives from Exception alone."""
+class BusError(Exception):
+    """A bus operation failed; the message says what and where."""
 
 
 class NotConnected(BusError):

@@ -25,13 +25,11 @@ import json
 import logging
 
 import aiosqlite
-import nats.errors
-import nats.js.errors
 
 from colony.consensus import changelog, stream
 from colony.shared import subjects
-from colony.shared.bus import Bus
-from colony.shared.messages import Change, DecodeError, NewerVersion, decode, encode
+from colony.shared.bus import Bus, BusError, PubAck, Publication
+from colony.shared.messages import Change, DecodeError, NewerVersion, decode
 from colony.shared.signing import BadSignature, sign, token, verify
 
 BATCH = 256
@@ -88,7 +86,7 @@ class ChangeRelay:
                     ready = True
                 if not await self._relay_some():
                     await asyncio.sleep(IDLE)
-            except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+            except (BusError, StreamWentBack, OSError) as e:
                 log.warning("change relay paused", extra={"reason": str(e)})
                 ready = False
                 await asyncio.sleep(0.5)
@@ -118,10 +116,10 @@ class ChangeRelay:
         """Walk back from the stream's end over up to one round of genuine changes (a
         round in flight when the last leader stopped may have left a gap), deleting
         forgeries; resume after the last change that has every earlier one before it."""
-        info = await self.bus.js.stream_info(subjects.CHANGES_STREAM)
+        info = await self.bus.stream_state(subjects.CHANGES_STREAM)
         seen: set[int] = set()
-        seq, last_seq = info.state.last_seq, 0
-        while seq >= max(info.state.first_seq, 1) and len(seen) < BATCH:
+        seq, last_seq = info.last_seq, 0
+        while seq >= max(info.first_seq, 1) and len(seen) < BATCH:
             change = await self._read(seq)
             if change is not None:
                 seen.add(change.index)
@@ -130,8 +128,8 @@ class ChangeRelay:
         if not seen:
             # Nothing genuine left (aged out, or never relayed): the sequence is the best
             # guess only when nothing was forged; a new stream starts from the first change.
-            self.relayed = info.state.last_seq if info.state.messages == 0 else 0
-            self._last_seq = info.state.last_seq
+            self.relayed = info.last_seq if info.messages == 0 else 0
+            self._last_seq = info.last_seq
             return
         complete = min(seen)
         while complete + 1 in seen:
@@ -140,9 +138,8 @@ class ChangeRelay:
 
     async def _read(self, seq: int) -> Change | None:
         """The genuine change at stream sequence `seq`; a forgery there is deleted."""
-        try:
-            raw = await self.bus.js.get_msg(subjects.CHANGES_STREAM, seq)
-        except nats.js.errors.NotFoundError:
+        raw = await self.bus.stored(subjects.CHANGES_STREAM, seq)
+        if raw is None:
             return None  # deleted
         try:
             return verify(self.secret, decode(raw.data, Change), fresh_for=None)
@@ -153,8 +150,7 @@ class ChangeRelay:
                 "deleted a forged change from the stream",
                 extra={"seq": seq, "subject": raw.subject, "reason": str(e)},
             )
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await self.bus.js.delete_msg(subjects.CHANGES_STREAM, seq)
+            await self.bus.delete_stored(subjects.CHANGES_STREAM, seq)
             return None
 
     async def _sweep(self, after: int, before: int) -> None:
@@ -177,47 +173,44 @@ class ChangeRelay:
         if batch[0].index > self.relayed + 1:
             # Pruned (kinds/retention.py): only changes already relayed ever are.
             self.relayed = batch[0].index - 1
-        nc = self.bus.nc
-        inbox = nc.new_inbox()
-        acks: asyncio.Queue = asyncio.Queue()
-        sub = await nc.subscribe(f"{inbox}.*", cb=acks.put)
-        try:
-            sent = []
+        sent: list[int] = []
+
+        def publications():
             for row in batch:
                 if not self.is_leader():
-                    break
+                    return
                 subject, event = _event(row)
-                await nc.publish(
-                    subject,
-                    encode(sign(self.secret, event)),
-                    reply=f"{inbox}.{row.index}",
-                    headers={
-                        "Nats-Msg-Id": f"{row.index}-{token(self.secret, f'change {row.index}')}"
-                    },
-                )
+                msg_id = f"{row.index}-{token(self.secret, f'change {row.index}')}"
                 sent.append(row.index)
-            for _ in sent:
-                reply = await asyncio.wait_for(acks.get(), ACK_WAIT)
-                if not reply.data:  # a status message: no stream took it (yet)
-                    raise nats.errors.NoRespondersError
-                ack = json.loads(reply.data)
-                if "error" in ack:  # resumed from the stream after a pause
-                    raise nats.js.errors.APIError(description=str(ack["error"]))
-                if not ack.get("duplicate") and ack["seq"] > self._last_seq + 1:
-                    await self._sweep(self._last_seq, ack["seq"])
-                self._last_seq = max(self._last_seq, ack["seq"])
-                index = int(reply.subject.rsplit(".", 1)[1])
-                if index == self.relayed + 1:
-                    self.relayed = index
-        except TimeoutError:
-            raise nats.errors.TimeoutError from None  # the stream did not answer: pause
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+                yield Publication(subject, sign(self.secret, event), msg_id)
+
+        publishing = self.bus.stream_publish_all(publications(), timeout=ACK_WAIT)
+        async with contextlib.aclosing(publishing) as acks:
+            async for ack in acks:
+                await self._acknowledged(sent[ack.position], ack)
         return True
 
+    async def _acknowledged(self, index: int, ack: PubAck) -> None:
+        """The stream stored change `index`: advance past it if nothing is missing before."""
+        if not ack.duplicate and ack.seq <= self._last_seq:
+            raise StreamWentBack(
+                f"the stream stored change {index} at sequence {ack.seq}, "
+                f"not after {self._last_seq}: it lost changes (a replica behind took "
+                "over); resuming from what it holds"
+            )
+        if not ack.duplicate and ack.seq > self._last_seq + 1:
+            await self._sweep(self._last_seq, ack.seq)
+        self._last_seq = max(self._last_seq, ack.seq)
+        if index == self.relayed + 1:
+            self.relayed = index
 
-def _event(row: changelog.Row) -> tuple[str, Change]:
+
+class StreamWentBack(Exception):
+    """The stream's sequence went back: it lost changes it had acknowledged (its replicas
+    were replaced by one that was behind, or it was re-created)."""
+
+
+def _event(row: changelog.Row) -> tuple[subjects.Subject[Change], Change]:
     """The subject and change to publish for `row`; for a row that cannot be published
     (apply checks each change, so only a bug or a newer version's kind makes one), a
     `skipped` marker in its place, so the stream keeps one message per change index."""
@@ -227,14 +220,14 @@ def _event(row: changelog.Row) -> tuple[str, Change]:
         detail = json.loads(row.detail)
         if not isinstance(detail, dict):
             raise ValueError(f"its detail is not a JSON object: {row.detail[:80]!r}")
-        return subjects.change(row.kind, row.id).name, _change(row, row.kind, row.id, detail)
+        return subjects.change(row.kind, row.id), _change(row, row.kind, row.id, detail)
     except (ValueError, TypeError, RecursionError) as e:  # SubjectError, JSON, size...
         reason = f"change {row.index} ({row.kind!r} {row.id!r}) cannot be published: {e}"
         log.error(f"{reason}; relaying a '{subjects.SKIPPED}' marker in its place")
         marker = {"kind": str(row.kind)[:64], "id": str(row.id)[:64], "reason": reason[:1024]}
         kind_token = row.kind if _is_token(row.kind) else "unknown"
         change = _change(row, subjects.SKIPPED, kind_token, marker)
-        return subjects.change(subjects.SKIPPED, kind_token).name, change
+        return subjects.change(subjects.SKIPPED, kind_token), change
 
 
 def _change(row: changelog.Row, kind: str, id: str, detail: dict) -> Change:
