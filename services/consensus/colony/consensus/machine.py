@@ -167,7 +167,11 @@ class Machine:
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        schema.migrate(self.db, str(path), kinds.migrations)
+        try:
+            schema.migrate(self.db, str(path), kinds.migrations)
+        except BaseException:  # a newer Colony's file (schema.TooNew): left as it is
+            self.db.close()
+            raise
         self.memory: dict[str, object] = {}
         """Each kind's in-memory state (the leases: for the expiry clock and status)."""
         self.watchers: list[Watcher] = []

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -265,6 +266,16 @@ class _Replica(SyncObj):
             # next ones, and its thread stops. Restarted with a version that knows the
             # command, the replica replays its journal and applies from this entry on.
             self._stop(str(e), f"log entry {index} needs a newer version of Colony")
+            raise
+        except (sqlite3.OperationalError, OSError):
+            raise  # this voter's disk (full, failing): pysyncobj tries the entry again
+        except Exception as e:
+            # A bug: every voter meets it at this entry, and retrying it every tick would
+            # hold the log silently. Stop, saying where and what, as for a newer version.
+            self._stop(
+                f"applying log entry {index} failed: {type(e).__name__}: {e}",
+                f"log entry {index} could not be applied (a bug in this version of Colony)",
+            )
             raise
         self._on_apply(time.perf_counter() - began)
         return index, outcomes

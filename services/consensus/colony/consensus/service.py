@@ -34,7 +34,7 @@ from typing import NoReturn
 
 import aiosqlite
 
-from colony.consensus import changelog
+from colony.consensus import changelog, schema
 from colony.consensus.kinds import REGISTRY, kv, retention
 from colony.consensus.kinds.kind import Registry
 from colony.consensus.machine import BadBatch, encode_batch
@@ -133,6 +133,8 @@ class ConsensusService:
         self._joined = asyncio.Event()
         self._retired = asyncio.Event()
         self._voter_role: VoterRole | None = None
+        self.refused_to_start = ""
+        """Why this voter runs no replica: its database is a newer Colony's ('' if not)."""
         self._standing_by = False
         """True once this node runs no replica and has dropped a retired one's files."""
         self._secret = b""
@@ -185,15 +187,20 @@ class ConsensusService:
         link = Link(ctx.bus.nc, self.me, voters, secret)
         await link.start()
         # Made on the loop's thread: pysyncobj's tick thread lives as long as its maker.
-        self.replica = replica = Replica(
-            self.me,
-            voters,
-            state_dir,
-            link,
-            self.timers,
-            self.metrics.apply_seconds.observe,
-            self.kinds,
-        )
+        try:
+            self.replica = replica = Replica(
+                self.me,
+                voters,
+                state_dir,
+                link,
+                self.timers,
+                self.metrics.apply_seconds.observe,
+                self.kinds,
+            )
+        except schema.TooNew as e:
+            await link.stop()
+            await self._refuse_to_start(str(e))
+            return
         self.reader = await aiosqlite.connect(replica.machine.path)
         lease = LeaseTimers(settings.lease_ttl, settings.lease_renew, settings.lease_margin)
         self.role = role = ManagerRole(replica, ctx.bus, lease)
@@ -235,6 +242,16 @@ class ConsensusService:
             await reader.close()
             await asyncio.to_thread(replica.destroy)
             await link.stop()
+
+    async def _refuse_to_start(self, reason: str) -> NoReturn:
+        """A newer Colony wrote this voter's database: run no replica (it would neither
+        apply nor vote correctly), say why in the log and in status, and wait for the
+        operator to upgrade this node (a restart crash-looping would say it nowhere)."""
+        self.refused_to_start = reason
+        what = "not starting the replica: upgrade Colony on this node"
+        self.log.critical(what, extra={"reason": reason})
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
 
     async def _on_join(self, request: JoinRequest) -> JoinReply:
         if self.me not in request.voters:
@@ -319,6 +336,11 @@ class ConsensusService:
 
     async def _on_status(self, _request: ConsensusStatusRequest) -> ConsensusStatus:
         replica, role = self.replica, self.role
+        if self.refused_to_start:
+            return ConsensusStatus(
+                node=self.me, role="follower", leader=None, term=0, commit_index=0,
+                applied_index=0, has_quorum=False, voters=[], stopped=self.refused_to_start,
+            )  # fmt: skip
         if replica is None or role is None:
             if not self._standing_by:
                 raise Refused(503, f"{self.me} is starting or dropping a replica; ask again")
