@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
+import re
 import typing
 
+import aiosqlite
 import msgspec
 import pytest
 
+from colony.consensus import changelog
 from colony.consensus.kinds import REGISTRY, kv, leases
 from colony.consensus.kinds.kind import Handles, Kind, Registry, RegistryError
 from colony.consensus.machine import Machine, NeedsNewerVersion, encode_batch
@@ -22,6 +26,7 @@ from colony.shared.messages import (
     LeaseGrant,
     Outcome,
     Proposal,
+    Stored,
     new_id,
 )
 
@@ -160,3 +165,31 @@ def test_a_change_carries_its_entrys_timestamp_and_structured_detail(tmp_path):
     rows = m.db.execute("SELECT kind, id, ts, detail FROM changes ORDER BY idx").fetchall()
     assert rows[0][:3] == ("kv", "a", 1234.5)
     assert json.loads(rows[1][3]) == {"ok": True, "nodes": ["a"], "n": None}
+
+
+BOOKKEEPING = re.compile(r"\b(FROM|INTO|UPDATE|JOIN)\s+[\"']?(meta|proposals|changes)\b")
+"""A statement reading or writing one of the machine's bookkeeping tables."""
+
+
+def test_only_the_change_log_module_runs_statements_on_the_bookkeeping_tables():
+    package = pathlib.Path(changelog.__file__).parent
+    # schema.py's migrations reshape the tables (ALTER TABLE): not statements on their rows
+    elsewhere = {
+        str(path.relative_to(package)): BOOKKEEPING.findall(path.read_text())
+        for path in package.rglob("*.py")
+        if path.name not in ("changelog.py", "schema.py")
+    }
+    assert {path: found for path, found in elsewhere.items() if found} == {}
+
+
+async def test_every_kind_read_answers_through_the_registry_kv_too(tmp_path):
+    machine = Machine(tmp_path / "db")
+    machine.apply(
+        1, encode_batch([Proposal("p1", KvPut("a", "1")), Proposal("p2", KvPut("a", "2"))])
+    )
+    readable = {k.name for k in REGISTRY.kinds if k.query is not None}
+    assert {"kv", "labels"} <= readable
+    async with aiosqlite.connect(machine.path) as reader:
+        assert await REGISTRY.named("kv").query(reader, "a") == (1, [Stored("a", 2, "2")])
+        assert await REGISTRY.named("kv").query(reader, "absent") == (1, [])
+    machine.close()

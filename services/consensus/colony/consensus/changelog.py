@@ -46,17 +46,26 @@ _outcome = msgspec.json.Decoder(Outcome)
 # --- the applied index ----------------------------------------------------------
 
 
-def last_applied(db: sqlite3.Connection) -> int:
-    row = db.execute("SELECT value FROM meta WHERE name = 'last_applied'").fetchone()
+def meta(db: sqlite3.Connection, name: str) -> int:
+    """The integer `meta` holds as `name` (0 if none yet)."""
+    row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
     return row[0] if row else 0
 
 
-def set_applied(db: sqlite3.Connection, index: int) -> None:
+def set_meta(db: sqlite3.Connection, name: str, value: int) -> None:
     db.execute(
-        "INSERT INTO meta (name, value) VALUES ('last_applied', ?) "
+        "INSERT INTO meta (name, value) VALUES (?, ?) "
         "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        (index,),
+        (name, value),
     )
+
+
+def last_applied(db: sqlite3.Connection) -> int:
+    return meta(db, "last_applied")
+
+
+def set_applied(db: sqlite3.Connection, index: int) -> None:
+    set_meta(db, "last_applied", index)
 
 
 APPLIED_INDEX = "(SELECT value FROM meta WHERE name = 'last_applied')"
@@ -77,6 +86,22 @@ def remember(db: sqlite3.Connection, proposal_id: str, index: int, outcome: Outc
         "INSERT INTO proposals (id, log_index, outcome) VALUES (?, ?, ?)",
         (proposal_id, index, msgspec.json.encode(outcome)),
     )
+
+
+FORGOTTEN = "proposals_forgotten_upto"
+"""meta: the idempotency records of the entries up to this log index are forgotten."""
+
+
+def oldest_record(db: sqlite3.Connection) -> int:
+    """The log index of the oldest idempotency record held (0: none)."""
+    (oldest,) = db.execute("SELECT min(log_index) FROM proposals").fetchone()
+    return oldest or 0
+
+
+def forget_proposals(db: sqlite3.Connection, upto: int) -> None:
+    """Forget the idempotency records of the entries up to log index `upto`, and say so."""
+    db.execute("DELETE FROM proposals WHERE log_index <= ?", (upto,))
+    set_meta(db, FORGOTTEN, upto)
 
 
 # --- the change log --------------------------------------------------------------
@@ -153,6 +178,39 @@ async def after(reader: aiosqlite.Connection, index: int, limit: int) -> list[Ro
         (index, limit),
     ) as rows:
         return [Row(*row) for row in await rows.fetchall()]
+
+
+DROPPED = "changes_dropped_upto"
+"""meta: the changes up to this index are dropped (kinds/retention.py), every one of them
+after it was on the change stream."""
+
+
+def change_span(db: sqlite3.Connection) -> tuple[int, int]:
+    """(the oldest change's index, the newest's) held; (0, 0) if none."""
+    first, last = db.execute("SELECT min(idx), max(idx) FROM changes").fetchone()
+    return first or 0, last or 0
+
+
+def drop_changes(db: sqlite3.Connection, upto: int) -> None:
+    """Drop the changes up to index `upto`, and say so."""
+    db.execute("DELETE FROM changes WHERE idx <= ?", (upto,))
+    set_meta(db, DROPPED, upto)
+
+
+async def dropped(reader: aiosqlite.Connection) -> int:
+    """The changes up to this index are dropped (0: none): the first held is the next."""
+    async with reader.execute("SELECT value FROM meta WHERE name = ?", (DROPPED,)) as rows:
+        row = await rows.fetchone()
+    return row[0] if row else 0
+
+
+async def positions(reader: aiosqlite.Connection) -> tuple[int, int]:
+    """(the applied log index, the newest change's index), from one state."""
+    async with reader.execute(
+        f"SELECT {APPLIED_INDEX}, (SELECT coalesce(max(idx), 0) FROM changes)"
+    ) as rows:
+        applied, last = await rows.fetchone()
+    return applied or 0, last
 
 
 # --- the whole database ----------------------------------------------------------

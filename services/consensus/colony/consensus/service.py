@@ -35,7 +35,7 @@ from typing import NoReturn
 import aiosqlite
 
 from colony.consensus import changelog, schema
-from colony.consensus.kinds import REGISTRY, kv, retention
+from colony.consensus.kinds import REGISTRY, retention
 from colony.consensus.kinds.kind import Registry
 from colony.consensus.machine import BadBatch, encode_batch
 from colony.consensus.manager import LeaseTimers, ManagerRole
@@ -66,6 +66,7 @@ from colony.shared.messages import (
     QueryRequest,
     RetireReply,
     RetireRequest,
+    Stored,
     VoterView,
     new_id,
 )
@@ -320,15 +321,19 @@ class ConsensusService:
             raise Refused(NO_QUORUM, f"{self.me} stopped: {replica.stopped_by}; ask a voter")
         # The reader's own connection (pysyncobj's thread applies with its own); the value
         # and the applied index come from one state.
-        if request.kind != kv.KIND.name:
-            kind = self.kinds.named(request.kind)
-            if kind is None or kind.query is None:
-                readable = [k.name for k in self.kinds.kinds if k.query] + [kv.KIND.name]
-                raise Refused(400, f"no kind {request.kind!r} to read: {', '.join(readable)}")
-            index, objects = await kind.query(reader, request.key)
-            return QueryReply(key=request.key, value=None, version=0, index=index, objects=objects)
-        index, value, version = await kv.query(reader, request.key)
-        return QueryReply(key=request.key, value=value, version=version, index=index)
+        kind = self.kinds.named(request.kind)
+        if kind is None or kind.query is None:
+            readable = [k.name for k in self.kinds.kinds if k.query]
+            raise Refused(400, f"no kind {request.kind!r} to read: {', '.join(readable)}")
+        index, objects = await kind.query(reader, request.key)
+        # A kv key's value is a string, also answered in `value` and `version` (`colony kv
+        # get`); other kinds' objects (node labels: a dict) only in `objects`.
+        named = next((o for o in objects if o.id == request.key), None)
+        if named is None or not isinstance(named.value, str):
+            named = Stored(id=request.key, version=0, value=None)
+        return QueryReply(
+            key=request.key, value=named.value, version=named.version, index=index, objects=objects
+        )
 
     async def _prune(self, command: Prune) -> None:
         """Commit the leader's Prune (pruner.py)."""

@@ -13,7 +13,7 @@ import aiosqlite
 
 from colony.consensus.changelog import APPLIED_INDEX
 from colony.consensus.kinds.kind import Handles, Kind, Txn
-from colony.shared.messages import KvCas, KvDelete, KvPut, Outcome
+from colony.shared.messages import KvCas, KvDelete, KvPut, Outcome, Stored
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -28,14 +28,15 @@ def read(db: sqlite3.Connection, key: str) -> tuple[str | None, int]:
     return (row[0], row[1]) if row else (None, 0)
 
 
-async def query(reader: aiosqlite.Connection, key: str) -> tuple[int, str | None, int]:
-    """(applied index, value, version) of `key`, from one state of the database."""
+async def query(reader: aiosqlite.Connection, key: str) -> tuple[int, list[Stored]]:
+    """(applied index, [the value of `key`], or [] if absent), from one state of the
+    database. The service also answers it in QueryReply's value and version."""
     async with reader.execute(
         f"SELECT {APPLIED_INDEX}, kv.value, kv.version FROM (SELECT 1) LEFT JOIN kv ON kv.key = ?",
         (key,),
     ) as rows:
         index, value, version = await rows.fetchone()
-    return index or 0, value, version or 0
+    return index or 0, [] if value is None else [Stored(id=key, version=version, value=value)]
 
 
 def _set(txn: Txn, key: str, value: str, version: int) -> Outcome:
@@ -81,4 +82,5 @@ KIND = Kind(
         Handles(KvDelete, delete, ids=_key),
         Handles(KvCas, cas, ids=_key),
     ),
+    query=query,
 )

@@ -31,37 +31,22 @@ from __future__ import annotations
 
 import sqlite3
 
-import aiosqlite
-
-from colony.consensus.changelog import APPLIED_INDEX
+from colony.consensus import changelog
+from colony.consensus.changelog import positions as positions  # service.py reads it here
 from colony.consensus.kinds.kind import Handles, Kind, Txn
 from colony.shared.messages import Outcome, Prune
+
 
 STEP = 5_000
 """Log indexes of records, and changes, one Prune forgets at most: the first after an
 upgrade from a file that kept everything catches up over many, each applied quickly."""
-_FORGOTTEN = "proposals_forgotten_upto"
 _REFUSE = "refuse_made_before_ms"
-_DROPPED = "changes_dropped_upto"
-
-
-def _get(db: sqlite3.Connection, name: str) -> int:
-    row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-    return row[0] if row else 0
-
-
-def _set(db: sqlite3.Connection, name: str, value: int) -> None:
-    db.execute(
-        "INSERT INTO meta (name, value) VALUES (?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        (name, value),
-    )
 
 
 def too_old(db: sqlite3.Connection, made: float) -> str:
     """Why a proposal made at `made` (unix seconds, its client's clock; 0: unknown) must be
     refused rather than applied: its id may have been forgotten ('' if it may apply)."""
-    refuse_before = _get(db, _REFUSE)
+    refuse_before = changelog.meta(db, _REFUSE)
     if not made or made * 1000 >= refuse_before:
         return ""
     return (
@@ -74,35 +59,23 @@ def too_old(db: sqlite3.Connection, made: float) -> str:
 
 def prune(txn: Txn, command: Prune) -> Outcome:
     db = txn.db
-    (oldest,) = db.execute("SELECT min(log_index) FROM proposals").fetchone()
-    forgotten = min(command.proposals_upto, txn.index - 1, (oldest or 0) + STEP)
-    if forgotten > _get(db, _FORGOTTEN):
-        db.execute("DELETE FROM proposals WHERE log_index <= ?", (forgotten,))
-        _set(db, _FORGOTTEN, forgotten)
+    forgotten = min(command.proposals_upto, txn.index - 1, changelog.oldest_record(db) + STEP)
+    if forgotten > changelog.meta(db, changelog.FORGOTTEN):
+        changelog.forget_proposals(db, forgotten)
     refuse_before = int(command.refuse_before * 1000)
-    if refuse_before > _get(db, _REFUSE):
-        _set(db, _REFUSE, refuse_before)
-    first, last = db.execute("SELECT min(idx), max(idx) FROM changes").fetchone()
+    if refuse_before > changelog.meta(db, _REFUSE):
+        changelog.set_meta(db, _REFUSE, refuse_before)
+    first, last = changelog.change_span(db)
     # the newest stays: idx is its row id
-    dropped = min(command.changes_upto, (last or 0) - 1, (first or 0) + STEP)
-    if dropped > _get(db, _DROPPED):
-        db.execute("DELETE FROM changes WHERE idx <= ?", (dropped,))
-        _set(db, _DROPPED, dropped)
+    dropped = min(command.changes_upto, last - 1, first + STEP)
+    if dropped > changelog.meta(db, changelog.DROPPED):
+        changelog.drop_changes(db, dropped)
     return Outcome(ok=True)
-
-
-async def positions(reader: aiosqlite.Connection) -> tuple[int, int]:
-    """(the applied log index, the newest change's index), from one state."""
-    async with reader.execute(
-        f"SELECT {APPLIED_INDEX}, (SELECT coalesce(max(idx), 0) FROM changes)"
-    ) as rows:
-        applied, last = await rows.fetchone()
-    return applied or 0, last
 
 
 def pruned(db: sqlite3.Connection) -> tuple[int, int]:
     """(proposals forgotten up to this log index, changes dropped up to this index)."""
-    return _get(db, _FORGOTTEN), _get(db, _DROPPED)
+    return changelog.meta(db, changelog.FORGOTTEN), changelog.meta(db, changelog.DROPPED)
 
 
 KIND = Kind(
