@@ -81,7 +81,7 @@ def scaled_settings() -> dict[str, str]:
         # at least 10 s: a proposal made half a window before the leader prunes is refused,
         # and on a busy machine a write can take a second or two to commit
         "idempotency_window": lambda v: max(v / scale, 10.0),
-        "change_log_kept": lambda v: max(int(v / scale), 100),
+        "change_log_kept": lambda v: max(int(v / scale), 256),  # its least
         "change_stream_max_msgs": lambda v: max(int(v / scale), 1000),
         "change_stream_max_bytes": lambda v: max(int(v / scale), 2**20),
     }

@@ -5,6 +5,7 @@ epoch is refused without it; the relay publishes past a change it cannot publish
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -14,8 +15,8 @@ import aiosqlite
 import pytest
 from _voters import Voters, status
 
-from colony.consensus import changelog, relay
-from colony.consensus.kinds import REGISTRY, kv
+from colony.consensus import changelog, metrics, relay
+from colony.consensus.kinds import REGISTRY, kv, retention
 from colony.consensus.kinds.kind import Registry
 from colony.consensus.machine import Machine, encode_batch
 from colony.consensus.service import ConsensusService
@@ -30,6 +31,7 @@ from colony.shared.messages import (
     KvPut,
     Proposal,
     ProposeRequest,
+    Prune,
     QueryRequest,
     decode,
     new_id,
@@ -216,3 +218,77 @@ async def test_the_relay_fills_in_what_a_stream_that_went_back_lost(tmp_path, bu
     stored = [await bus.stored(subjects.CHANGES_STREAM, s) for s in range(1, state.last_seq + 1)]
     indexes = [decode(m.data, Change).index for m in stored if m is not None]
     assert sorted(set(indexes)) == [1, 2, 3, 4] and len(indexes) == 4
+
+
+async def _relaying(bus, machine: Machine, secret: bytes, until, what: str) -> None:
+    """Run a relay for `machine` until `until()` holds."""
+    async with aiosqlite.connect(machine.path) as reader:
+        task = asyncio.create_task(relay.ChangeRelay(bus, reader, lambda: True, 1, secret).run())
+        try:
+            await poll(until, 20, what)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # stopped before its database connection closes
+
+
+async def _indexes(bus) -> list[int]:
+    """The indexes of the changes on the stream, in stream order."""
+    state = await bus.stream_state(subjects.CHANGES_STREAM)
+    stored = [await bus.stored(subjects.CHANGES_STREAM, s) for s in range(1, state.last_seq + 1)]
+    return [decode(m.data, Change).index for m in stored if m is not None]
+
+
+def _puts(machine: Machine, indexes: range) -> None:
+    for index in indexes:
+        machine.apply(index, encode_batch([Proposal(f"p{index}", KvPut(f"k{index}", "v"))]))
+
+
+def _drop_changes(machine: Machine, index: int, upto: int) -> None:
+    """Apply, at log index `index`, the Prune that drops the changes up to `upto`."""
+    prune = Prune(proposals_upto=0, refuse_before=0.0, changes_upto=upto)
+    machine.apply(index, encode_batch([Proposal(f"prune-{index}", prune)]))
+    assert retention.pruned(machine.db)[1] == upto
+
+
+async def test_a_relay_finding_no_genuine_change_resumes_from_the_databases_first(
+    tmp_path, bus, caplog
+):
+    """An idle cluster's stream aged out (or held only forgeries): its sequence is past the
+    last change's index, yet every change the database still holds is relayed."""
+    machine = Machine(tmp_path / "db")
+    _puts(machine, range(1, 6))
+    _drop_changes(machine, 6, 3)  # changes 1-3 were relayed to the stream, then dropped
+    await bus.ensure_stream(
+        subjects.CHANGES_STREAM,
+        [subjects.change(kind, subjects.ANY).name for kind in subjects.CHANGE_KINDS],
+    )
+    for n in range(10):  # sequences 1-10, then nothing left: as if aged out
+        await bus.js.publish(subjects.change("kv", f"forged{n}").name, b"forged")
+    await bus.js.purge_stream(subjects.CHANGES_STREAM)
+    lost = metrics.CHANGES_LOST.values[""]
+    await _relaying(
+        bus, machine, b"relay-test-secret", lambda: _stored(bus, 2), "changes 4 and 5 relayed"
+    )
+    assert await _indexes(bus) == [4, 5]
+    assert metrics.CHANGES_LOST.values[""] == lost
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_changes_a_stream_lost_after_retention_dropped_them_are_reported(
+    tmp_path, bus, caplog
+):
+    """The stream went back past changes the database has dropped since: nobody can send
+    them again, and the relay says which (an error, and the lost-changes counter)."""
+    machine, secret = Machine(tmp_path / "db"), b"relay-test-secret"
+    _puts(machine, range(1, 3))
+    await _relaying(bus, machine, secret, lambda: _stored(bus, 2), "changes 1 and 2 relayed")
+    _puts(machine, range(3, 7))
+    _drop_changes(machine, 7, 4)  # as if relayed: the stream then lost 3 and 4
+    lost = metrics.CHANGES_LOST.values[""]
+    await _relaying(bus, machine, secret, lambda: _stored(bus, 4), "changes 5 and 6 relayed")
+    assert await _indexes(bus) == [1, 2, 5, 6]
+    assert metrics.CHANGES_LOST.values[""] == lost + 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "changes 3 to 4" in errors[0]
+    assert "cannot be sent again" in errors[0]

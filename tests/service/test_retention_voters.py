@@ -19,7 +19,10 @@ from colony.shared.messages import DigestRequest, KvPut, Proposal, ProposeReques
 
 VOTERS = ["v1", "v2", "v3"]
 WINDOW = 2.0
-KEPT = 5
+KEPT = 256
+"""The least consensus.change_log_kept allows: one relay round."""
+WRITES, BATCH = 320, 40
+"""More changes than are kept, proposed a batch an entry."""
 
 
 @pytest.fixture
@@ -45,25 +48,28 @@ async def test_the_leader_prunes_every_voter_alike_and_a_late_retry_is_refused(
     await Cluster(bus, VOTERS).wait_leader(20)
     client = Management(bus, VOTERS)
     started = time.time()
-    for i in range(40):
-        await client.propose(KvPut(f"k{i % 4}", str(i)), ids=[f"put-{i}"])
+    for start in range(0, WRITES, BATCH):
+        batch = range(start, start + BATCH)
+        await client.propose(
+            *(KvPut(f"k{i % 4}", str(i)) for i in batch), ids=[f"put-{i}" for i in batch]
+        )
 
     def pruned():
         counts = [rows(nats_server, node) for node in VOTERS]
         changes, records = max(c for c, _ in counts), max(r for _, r in counts)
         # kept changes plus the few since the last Prune; records of the last window only
-        return counts if changes <= KEPT + 3 and records < 10 else None
+        return counts if changes <= KEPT + BATCH and records < 10 else None
 
     await poll(pruned, 20, "every voter to forget old records and relayed changes")
     await poll(lambda: _same_digest(bus), 10, "every voter to hold the same database")
     stream = await bus.stream_state(subjects.CHANGES_STREAM)
-    assert stream.last_seq >= 40  # the history is on the stream
+    assert stream.last_seq >= WRITES  # the history is on the stream
 
     # a retry of put-0, made (its request's time) before the forgotten window: refused
     late = ProposeRequest(proposals=[Proposal("put-0", KvPut("k0", "again"))], ts=started)
     [outcome] = (await bus.request(subjects.propose("v1"), late, timeout=6)).outcomes
     assert not outcome.ok and "Propose it again with new ids" in outcome.error
-    assert (await client.get("k0")).value == "36"
+    assert (await client.get("k0")).value == str(WRITES - 4)
 
 
 async def _same_digest(bus) -> bool:

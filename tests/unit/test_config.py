@@ -138,6 +138,8 @@ def test_negative_interval_from_env():
         ),
         ("[nats]\nconnect_timeout = 0\n", "nats.connect_timeout = 0"),
         ("[node]\nid = 'a.b'\n", "node.id = 'a.b'"),
+        # fewer than a relay round: nothing to send again after the stream went back
+        ("[consensus]\nchange_log_kept = 255\n", "consensus.change_log_kept = 255"),
     ],
 )
 def test_out_of_range_values_name_key_value_and_file(tmp_path, text, expected):

@@ -82,4 +82,5 @@ def test_the_figures_of_a_standby_or_starting_voter_are_its_counters():
         "colony_consensus_proposals_total",
         "colony_consensus_proposals_refused_total",
         "colony_consensus_apply_seconds",
+        "colony_consensus_changes_lost_total",
     ]

@@ -102,10 +102,11 @@ class ConsensusSettings(_Section):
     made (by its client's clock) more than half this before the Raft leader's clock is
     refused rather than risk applying it twice: clients retry within seconds, and clocks
     must agree within half of it. The same on every voter: the leader's value is used."""
-    change_log_kept: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 10_000
+    change_log_kept: Annotated[int, msgspec.Meta(ge=256, le=10_000_000)] = 10_000
     """Changes the management database keeps once they are on the change stream (the
     stream keeps the history); a change not yet relayed is always kept. The leader's value
-    is used."""
+    is used. At least one round of the relay (256 changes): what it sends again when the
+    stream lost its latest changes (a replica behind took over)."""
     change_stream_max_msgs: Annotated[int, msgspec.Meta(ge=1000, le=10**9)] = 1_000_000
     """Changes the change stream keeps at most (the oldest go first; also at most 7 days)."""
     change_stream_max_bytes: Annotated[int, msgspec.Meta(ge=2**20, le=2**40)] = 256 * 2**20

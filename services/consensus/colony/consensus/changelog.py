@@ -1,6 +1,7 @@
 """The machine's own bookkeeping in the management database: every SQL statement on it.
 
-- `meta`: the last applied log index, written in each entry's transaction.
+- `meta`: the last applied log index, written in each entry's transaction, and the
+  marks of retention (kinds/retention.py): how far records and changes were pruned.
 - `changes`: the append-only change log; rows numbered 1, 2, 3... identically on every
   voter, each with the entry's timestamp (`ts`), the proposal's epoch and a JSON detail.
   The Raft leader relays it to the change stream (relay.py reads it through `after`).

@@ -32,6 +32,13 @@ APPLY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 """Seconds: applying one entry is one SQLite transaction, well under a millisecond when
 the disk keeps up."""
 
+CHANGES_LOST = Counter(
+    "colony_consensus_changes_lost_total",
+    "Changes the relay could not put on the change stream: the stream lost them after they "
+    "were relayed and the management database had dropped them (an error is logged)",
+)
+"""One for the process (one consensus service runs in it): the relay counts here."""
+
 Status = Callable[[ConsensusStatusRequest], Awaitable[ConsensusStatus]]
 Propose = Callable[[ProposeRequest], Awaitable[ProposeReply]]
 
@@ -83,7 +90,12 @@ class ConsensusMetrics:
         await ctx.serve(subjects.service_metrics(node, "consensus"), answer)
 
     def families(self, status: ConsensusStatus | None) -> list[MetricFamily]:
-        counted = [self.proposals.family(), self.refused.family(), self.apply_seconds.family()]
+        counted = [
+            self.proposals.family(),
+            self.refused.family(),
+            self.apply_seconds.family(),
+            CHANGES_LOST.family(),
+        ]
         return [*(_status_families(status) if status else []), *counted]
 
 

@@ -26,7 +26,7 @@ import logging
 
 import aiosqlite
 
-from colony.consensus import changelog, stream
+from colony.consensus import changelog, metrics, stream
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError, PubAck, Publication
 from colony.shared.messages import Change, DecodeError, NewerVersion, decode
@@ -126,9 +126,12 @@ class ChangeRelay:
                 last_seq = last_seq or seq
             seq -= 1
         if not seen:
-            # Nothing genuine left (aged out, or never relayed): the sequence is the best
-            # guess only when nothing was forged; a new stream starts from the first change.
-            self.relayed = info.last_seq if info.messages == 0 else 0
+            # Nothing genuine left (aged out on an idle cluster, or never relayed). A stream
+            # sequence is no change index (forgeries and markers take sequences too): resume
+            # from the first change the database holds (those it dropped were relayed),
+            # sending again what the stream may still hold (its dedup window drops recent
+            # copies; readers order by Change.index).
+            self.relayed = await changelog.dropped(self.reader)
             self._last_seq = info.last_seq
             return
         complete = min(seen)
@@ -171,8 +174,18 @@ class ChangeRelay:
         if not batch:
             return False
         if batch[0].index > self.relayed + 1:
-            # Pruned (kinds/retention.py): only changes already relayed ever are.
-            self.relayed = batch[0].index - 1
+            # Dropped by retention before this relay sent them: only changes relayed are
+            # dropped, so the stream lost them (it went back) and nobody can send them again.
+            first, last = self.relayed + 1, batch[0].index - 1
+            log.error(
+                f"changes {first} to {last} are on neither the change stream nor the "
+                "management database (the stream lost them after they were relayed, and "
+                "retention dropped them since): they cannot be sent again; readers will "
+                "find a gap in Change.index there",
+                extra={"first": first, "last": last},
+            )
+            metrics.CHANGES_LOST.inc(amount=last - first + 1)
+            self.relayed = last
         sent: list[int] = []
 
         def publications():

@@ -36,7 +36,6 @@ from colony.consensus.changelog import positions as positions  # service.py read
 from colony.consensus.kinds.kind import Handles, Kind, Txn
 from colony.shared.messages import Outcome, Prune
 
-
 STEP = 5_000
 """Log indexes of records, and changes, one Prune forgets at most: the first after an
 upgrade from a file that kept everything catches up over many, each applied quickly."""
