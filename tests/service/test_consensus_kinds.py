@@ -261,7 +261,7 @@ async def test_a_relay_finding_no_genuine_change_resumes_from_the_databases_firs
     _drop_changes(machine, 6, 3)  # changes 1-3 were relayed to the stream, then dropped
     await bus.ensure_stream(
         subjects.CHANGES_STREAM,
-        [subjects.change(kind, subjects.ANY).name for kind in subjects.CHANGE_KINDS],
+        [subjects.change(kind, subjects.ANY).name for kind in REGISTRY.change_kinds],
     )
     for n in range(10):  # sequences 1-10, then nothing left: as if aged out
         await bus.js.publish(subjects.change("kv", f"forged{n}").name, b"forged")

@@ -31,22 +31,26 @@ from colony.shared.messages import (
 )
 
 
-def test_every_command_has_a_kind_and_every_change_kind_is_on_the_stream():
+def test_every_command_has_a_kind_and_no_kind_records_a_reserved_change_kind():
     assert set(REGISTRY.by_type) == set(typing.get_args(Command))
-    # the library's list (what the CLI and the stream subscribe to) is the registry's
-    assert {*REGISTRY.change_kinds, subjects.SKIPPED} == set(subjects.CHANGE_KINDS)
+    assert not set(REGISTRY.change_kinds) & set(subjects.RESERVED_CHANGE_KINDS)
+    # membership's events are never captured by the change stream
+    with pytest.raises(RegistryError, match="'member' is reserved"):
+        Registry((Kind("members", (), changes=(subjects.MEMBER,)),))
+    with pytest.raises(RegistryError, match="members:"):
+        Registry((Kind("members", (), changes=("a.b",)),))
 
 
 def _ok(_txn, _command) -> Outcome:
     return Outcome(ok=True)
 
 
-def test_a_registry_refuses_a_tag_twice_or_a_change_kind_the_stream_does_not_capture():
+def test_a_registry_refuses_a_tag_twice_or_a_change_kind_twice_or_reserved():
     kv = Kind("kv", (Handles(KvPut, _ok),), changes=("kv",))
     with pytest.raises(RegistryError, match="needs a tag of its own"):
         Registry((kv, Kind("again", (Handles(KvPut, _ok),))))
-    with pytest.raises(RegistryError, match="not in subjects"):
-        Registry((Kind("jobs", (), changes=("job",)),))
+    # a new change kind needs nothing but its kind: the stream captures the registry's
+    assert Registry((kv, Kind("jobs", (), changes=("job",)))).change_kinds == ("kv", "job")
     with pytest.raises(RegistryError, match="two kinds record changes"):
         Registry((kv, Kind("other", (), changes=("kv",))))
     with pytest.raises(RegistryError):

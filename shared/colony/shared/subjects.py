@@ -164,7 +164,9 @@ def members(node: str) -> RequestSubject[MembersRequest, MembersReply]:
 
 def member_changes(node: str) -> Subject[MemberChanged]:
     """Change events about `node` (ANY: about every node)."""
-    return Subject(f"{ROOT}.changes.member.{token(node, 'node id', wildcard=True)}", MemberChanged)
+    return Subject(
+        f"{ROOT}.changes.{MEMBER}.{token(node, 'node id', wildcard=True)}", MemberChanged
+    )
 
 
 # --- consensus ---------------------------------------------------------------
@@ -226,9 +228,13 @@ SKIPPED = "skipped"
 """The change kind of a marker the relay publishes in place of a change it could not
 publish (a bug or a newer version's kind): its detail says what and why."""
 
-CHANGE_KINDS = ("kv", "leader", "lease", "voter", "transfer", SKIPPED, "label")
-"""Kinds of objects whose changes the management database records, and the relay's
-marker (appended to, never renamed): the kinds of the consensus service's registry."""
+MEMBER = "member"
+"""The change kind of membership's events, which membership publishes itself."""
+
+RESERVED_CHANGE_KINDS = (SKIPPED, MEMBER)
+"""Change kinds no kind of the management database may record. Which kinds it records
+is the consensus service's to say (its registry: colony.consensus.kinds); a subscriber
+takes ``change(kind, ANY)`` for the kinds it knows, or every kind with ``ANY``."""
 
 
 def change(kind: str, id: str) -> Subject[Change]:
@@ -242,7 +248,8 @@ def change(kind: str, id: str) -> Subject[Change]:
 
 CHANGES_STREAM = "COLONY_CHANGES"
 """The change log, relayed by the Raft leader: stream sequence = change index. Captures
-``change(kind, ANY)`` for every kind in CHANGE_KINDS (membership events stay apart)."""
+``change(kind, ANY)`` for every change kind of the consensus service's registry and
+SKIPPED (membership's events stay apart)."""
 
 METRICS_STREAM = "COLONY_METRICS"
 """Keeps the last sample of every node, so a node that stopped answering can

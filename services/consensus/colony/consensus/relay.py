@@ -27,6 +27,7 @@ import logging
 import aiosqlite
 
 from colony.consensus import changelog, metrics, stream
+from colony.consensus.kinds import REGISTRY
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError, PubAck, Publication
 from colony.shared.messages import Change, DecodeError, NewerVersion, decode
@@ -60,8 +61,11 @@ class ChangeRelay:
         secret: bytes,
         max_msgs: int = -1,
         max_bytes: int = -1,
+        change_kinds: tuple[str, ...] = REGISTRY.change_kinds,
     ) -> None:
         self.bus = bus
+        self.change_kinds = frozenset(change_kinds)
+        """What the stream captures (with the `skipped` marker): the registry's kinds."""
         self.max_msgs, self.max_bytes = max_msgs, max_bytes
         """The stream's limits (consensus.change_stream_max_msgs and _max_bytes; -1: none)."""
         self.reader = reader
@@ -101,7 +105,10 @@ class ChangeRelay:
         """Make sure the stream exists; resume after its last genuine change."""
         await self.bus.ensure_stream(
             subjects.CHANGES_STREAM,
-            [subjects.change(kind, subjects.ANY).name for kind in subjects.CHANGE_KINDS],
+            [
+                subjects.change(kind, subjects.ANY).name
+                for kind in sorted({*self.change_kinds, subjects.SKIPPED})
+            ],
             replicas=self.replicas,
             max_age=KEPT,
             max_msgs=self.max_msgs,
@@ -192,7 +199,7 @@ class ChangeRelay:
             for row in batch:
                 if not self.is_leader():
                     return
-                subject, event = _event(row)
+                subject, event = _event(row, self.change_kinds)
                 msg_id = f"{row.index}-{token(self.secret, f'change {row.index}')}"
                 sent.append(row.index)
                 yield Publication(subject, sign(self.secret, event), msg_id)
@@ -223,12 +230,12 @@ class StreamWentBack(Exception):
     were replaced by one that was behind, or it was re-created)."""
 
 
-def _event(row: changelog.Row) -> tuple[subjects.Subject[Change], Change]:
+def _event(row: changelog.Row, captured: frozenset[str]) -> tuple[subjects.Subject[Change], Change]:
     """The subject and change to publish for `row`; for a row that cannot be published
     (apply checks each change, so only a bug or a newer version's kind makes one), a
     `skipped` marker in its place, so the stream keeps one message per change index."""
     try:
-        if row.kind not in subjects.CHANGE_KINDS or row.kind == subjects.SKIPPED:
+        if row.kind not in captured:
             raise ValueError(f"the change stream does not capture kind {row.kind!r}")
         detail = json.loads(row.detail)
         if not isinstance(detail, dict):

@@ -218,6 +218,7 @@ class ConsensusService:
         relay = ChangeRelay(
             ctx.bus, self.reader, lambda: replica.is_leader, replicas, secret,
             settings.change_stream_max_msgs, settings.change_stream_max_bytes,
+            self.kinds.change_kinds,
         )  # fmt: skip
         placer = StreamKeeper(ctx.bus, self.me, lambda: replica.is_leader, lambda: replica.voters)
         reader = self.reader

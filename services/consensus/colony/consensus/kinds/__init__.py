@@ -6,8 +6,8 @@ To add a kind (say node labels):
    a tag and its meaning never change once released), and into its `Command` union.
 2. A module here, `labels.py`, declares `KIND = Kind(...)` (kinds/kind.py): its
    tables' shape (CREATE TABLE IF NOT EXISTS ...) and the schema migration that makes
-   them (the next schema version: schema.py), its change kinds (each also added to
-   subjects.CHANGE_KINDS, so the change stream captures it), one `Handles` per
+   them (the next schema version: schema.py), its change kinds (the change stream
+   captures the registry's, so nothing else lists them), one `Handles` per
    command (the handler; the ids it records changes for; whether it needs the
    manager's epoch; whether only the consensus service proposes it), and the module's
    reads as plain functions (its `query(reader, id)`, given as `Kind.query`, answers

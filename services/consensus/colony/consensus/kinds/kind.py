@@ -123,7 +123,8 @@ class Kind:
     query: Query | None = None
     """Its read for the `query` endpoint (QueryRequest.kind = its name), if it has one."""
     changes: tuple[str, ...] = ()
-    """The change kinds its commands record (each in subjects.CHANGE_KINDS)."""
+    """The change kinds its commands record (each a subject token, none reserved: the
+    change stream captures exactly the registry's)."""
     load: Callable[[sqlite3.Connection], Any] | None = None
     """Builds the kind's in-memory state from the database (at open and after a snapshot
     is loaded); handlers find it as `txn.memory`."""
@@ -159,13 +160,15 @@ class Registry:
             for change in kind.changes:
                 if change in change_kinds:
                     raise RegistryError(f"two kinds record changes of kind {change!r}")
-                if change == subjects.SKIPPED or change not in subjects.CHANGE_KINDS:
-                    # The change stream captures only those: the relay could never publish it.
+                if change in subjects.RESERVED_CHANGE_KINDS:
                     raise RegistryError(
-                        f"{kind.name}: change kind {change!r} is not in "
-                        f"subjects.CHANGE_KINDS {subjects.CHANGE_KINDS}: add it there"
+                        f"{kind.name}: change kind {change!r} is reserved "
+                        f"(subjects.RESERVED_CHANGE_KINDS {subjects.RESERVED_CHANGE_KINDS})"
                     )
-                subjects.token(change, "change kind")
+                try:  # it names the subject the relay publishes it on
+                    subjects.token(change, "change kind")
+                except subjects.SubjectError as e:
+                    raise RegistryError(f"{kind.name}: {e}") from None
                 change_kinds.append(change)
         self.change_kinds = tuple(change_kinds)
 
