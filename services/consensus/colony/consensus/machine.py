@@ -213,7 +213,10 @@ class Machine:
         db, noted = self.db, []
         db.execute("BEGIN IMMEDIATE")
         try:
-            outcomes = [self._apply_one(index, decoded, p, noted) for p in decoded.proposals]
+            # Once per entry, not per proposal: made is the entry's, and Prune (which moves
+            # the limit) comes in entries of its own (only the service proposes it).
+            late = retention.too_old(db, decoded.made)
+            outcomes = [self._apply_one(index, decoded, p, noted, late) for p in decoded.proposals]
             changelog.set_applied(db, index)
             db.execute("COMMIT")
         except BaseException:
@@ -223,15 +226,15 @@ class Machine:
         self._tell(noted)
         return outcomes
 
-    def _apply_one(self, index: int, entry: Entry, proposal: Proposal, noted) -> Outcome:
+    def _apply_one(self, index: int, entry: Entry, proposal: Proposal, noted, late: str) -> Outcome:
         _kind, handles = self.kinds.handler(proposal.command)
         if handles.recorded and (seen := changelog.seen(self.db, proposal.id)):
             return seen
-        refusal = self.kinds.refusal(proposal)
+        refusal = self.kinds.refusal(proposal, ids=False)
         if handles.recorded:  # an unrecorded command (a renewal) checks its epoch itself
             refusal = refusal or leases_kind.fence(self._leases, proposal.epoch)
             # its id may have been forgotten: a retry of it must not apply twice
-            refusal = refusal or retention.too_old(self.db, entry.made)
+            refusal = refusal or late
         if refusal:
             outcome = Outcome(ok=False, error=refusal, index=index)
         else:

@@ -191,10 +191,11 @@ class Registry:
     def handler(self, command: Any) -> tuple[Kind, Handles]:
         return self.by_type[type(command)]
 
-    def refusal(self, proposal: Proposal) -> str:
+    def refusal(self, proposal: Proposal, ids: bool = True) -> str:
         """Why `proposal` cannot be applied whatever the state ('' if it may be
         proposed): a command this registry does not know, a missing manager's epoch, a
-        change id that cannot be a subject token. Checked before proposing and at apply."""
+        change id that cannot be a subject token. Checked before proposing and at apply
+        (there without `ids`: each change's id is checked as it is recorded)."""
         found = self.by_type.get(type(proposal.command))
         if found is None:
             tag = getattr(type(proposal.command), "__struct_config__", None)
@@ -206,7 +207,7 @@ class Registry:
                 f"{handles.tag} is proposed only on the manager's behalf: "
                 "it needs the manager's epoch (epoch 0 is refused)"
             )
-        for id in handles.ids(proposal.command):
+        for id in handles.ids(proposal.command) if ids else ():
             try:
                 subjects.token(id, f"{handles.tag} object id")
             except subjects.SubjectError as e:
