@@ -41,16 +41,6 @@ from colony.shared.signing import verify
 VOTERS = ["v1", "v2", "v3"]
 
 
-def without(tag: str) -> Registry:
-    """This version's registry less one command: what an older voter applies."""
-    return Registry(
-        tuple(
-            dataclasses.replace(k, commands=tuple(h for h in k.commands if h.tag != tag))
-            for k in REGISTRY.kinds
-        )
-    )
-
-
 def start(group: Voters, node: str, kinds: Registry, monkeypatch) -> None:
     with monkeypatch.context() as patched:
         patched.setattr(
@@ -70,7 +60,7 @@ async def test_an_older_voter_stops_at_a_command_it_lacks_and_goes_on_once_upgra
     group = Voters(nats_server, tmp_path, VOTERS)
     group.start("v1")
     group.start("v2")
-    start(group, "v3", without("kv.delete"), monkeypatch)
+    start(group, "v3", REGISTRY.without("kv.delete"), monkeypatch)
     cluster = Cluster(bus, VOTERS)
     try:
         await cluster.wait_settled(20, 3)

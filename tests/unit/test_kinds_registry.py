@@ -77,22 +77,12 @@ def test_a_change_id_that_cannot_be_a_subject_or_a_missing_epoch_is_refused():
 # --- the machine with kinds it lacks, or that ask more ------------------------------
 
 
-def without(tag: str) -> Registry:
-    """This version's registry less one command: an older voter's."""
-    return Registry(
-        tuple(
-            dataclasses.replace(k, commands=tuple(h for h in k.commands if h.tag != tag))
-            for k in REGISTRY.kinds
-        )
-    )
-
-
 def entry(*commands, epoch: int = 0, ts: float = 1000.0) -> bytes:
     return encode_batch([Proposal(new_id(), c, epoch) for c in commands], ts=ts)
 
 
 def test_a_voter_that_lacks_a_command_stops_at_it_and_goes_on_once_upgraded(tmp_path):
-    older = Machine(tmp_path / "db", kinds=without("kv.delete"))
+    older = Machine(tmp_path / "db", kinds=REGISTRY.without("kv.delete"))
     assert older.apply(1, entry(KvPut("a", "1")))[0].ok
     for _ in range(2):  # pysyncobj tries again at its next tick: the same, nothing applied
         with pytest.raises(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiosqlite
@@ -184,6 +184,15 @@ class Registry:
     def migrations(self) -> list[Migration]:
         """Every kind's schema migrations (schema.py adds the machine's own)."""
         return [migration for kind in self.kinds for migration in kind.migrations]
+
+    def without(self, tag: str) -> Registry:
+        """This registry less the command tagged `tag`: what an older voter applies."""
+        return Registry(
+            tuple(
+                replace(k, commands=tuple(h for h in k.commands if h.tag != tag))
+                for k in self.kinds
+            )
+        )
 
     def named(self, name: str) -> Kind | None:
         return next((kind for kind in self.kinds if kind.name == name), None)
