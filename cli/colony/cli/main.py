@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
-import re
 import signal
 import sys
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 from rich.text import Text
 
 from colony.cli import capacity, logs, node
+from colony.cli.args import add_management_options, nats_url, seconds
 from colony.cli.kv import cmd_kv
 from colony.cli.local import plan, ports, start, wait, write
 from colony.cli.local.plan import ClusterError
@@ -156,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--detach", "-d", action="store_true", help="return once the cluster is ready")
     up.add_argument(
-        "--timeout", type=_seconds, default=60, help="seconds to wait for ready (default: 60)"
+        "--timeout", type=seconds, default=60, help="seconds to wait for ready (default: 60)"
     )
     up.set_defaults(func=cmd_up)
 
@@ -167,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--server",
         action="append",
-        type=_nats_url,
+        type=nats_url,
         help="a NATS URL to ask (repeatable); default: the state dir's",
     )
     status.set_defaults(func=cmd_status)
@@ -181,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument(
         "--server",
         action="append",
-        type=_nats_url,
+        type=nats_url,
         help="ask through this NATS URL instead of the state dir's nodes (repeatable)",
     )
     members.set_defaults(func=cmd_members)
@@ -189,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     for query in (status, members):
         query.add_argument("--json", action="store_true", help="machine-readable output")
         query.add_argument(
-            "--timeout", type=_seconds, default=1.0, help="seconds to wait for a node (default: 1)"
+            "--timeout", type=seconds, default=1.0, help="seconds to wait for a node (default: 1)"
         )
 
     kv = verb("kv", "Write and read the management database's debug key-value table.")
@@ -207,24 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--stale", action="store_true", help="read one voter's copy, without a barrier"
             )
-        sub.add_argument(
-            "--server",
-            action="append",
-            type=_nats_url,
-            help="ask through this NATS URL instead of the state dir's nodes (repeatable)",
-        )
-        sub.add_argument("--json", action="store_true", help="machine-readable output")
-        sub.add_argument(
-            "--timeout",
-            type=_seconds,
-            default=10.0,
-            help="seconds to keep retrying while no leader answers (default: 10)",
-        )
         sub.set_defaults(func=cmd_kv)
-        # also after the verb (`colony kv get k --state-dir D`), without resetting it
-        sub.add_argument(
-            "--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
+        add_management_options(sub)
     kv.set_defaults(func=cmd_kv)
 
     capacity.add_parser(verb)
@@ -238,19 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--raw", action="store_true", help="print JSON log lines as they are")
     log.set_defaults(func=logs.cmd_logs)
     return parser
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, not {text}")
-    return value
-
-
-def _nats_url(text: str) -> str:
-    if not re.fullmatch(r"(nats|tls)://[^\s/:]+(:\d{1,5})?", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a NATS URL like nats://HOST:4222")
-    return text
 
 
 def _count(text: str) -> int:

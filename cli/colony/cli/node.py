@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-from pathlib import Path
 
+from colony.cli.args import add_management_options
 from colony.cli.kv import management, not_utf8
 from colony.cli.output import fail, out, print_json
 from colony.shared.management import ManagementError
@@ -48,21 +48,8 @@ def add_parser(verb) -> None:
     )
     label.add_argument("node", help="node name or id (with --server: its id)")
     label.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
-    label.add_argument(
-        "--server",
-        action="append",
-        help="ask through this NATS URL instead of the state dir's nodes (repeatable)",
-    )
-    label.add_argument("--json", action="store_true", help="machine-readable output")
-    label.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        help="seconds to keep retrying while no leader answers (default: 10)",
-    )
     label.set_defaults(func=cmd_node_label)
-    # also after the verb (`colony node label N k=v --state-dir D`), without resetting it
-    label.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_management_options(label)
 
 
 def parse_labels(words: list[str]) -> dict[str, str | None]:
