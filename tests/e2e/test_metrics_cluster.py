@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import urllib.request
 
+import pytest
 from _cli import status
 
 from colony.harness.processes import wait_for
 from colony.harness.promlint import lint, parse, promtool
+
+pytestmark = pytest.mark.e2e
 
 
 def scrape(url: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from _cli import colony, on_cluster, status
+
+pytestmark = pytest.mark.e2e
 
 
 def test_labels_set_and_removed_show_in_status(cluster):
