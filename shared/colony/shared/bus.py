@@ -265,16 +265,13 @@ class Bus:
     async def request(self, subject: RequestSubject[Q, R], msg: Q, timeout: float = 1.0) -> R:
         """Send `msg` and return the decoded reply, or raise a BusError saying why not."""
         _check(subject, msg)
-        try:
-            reply = await self.nc.request(subject.name, encode(msg), timeout=timeout)
-        except nats.errors.NoRespondersError:
-            raise NoResponders(f"no service answers on {subject.name}") from None
-        except nats.errors.TimeoutError:
-            raise RequestTimeout(f"no reply on {subject.name} within {timeout:g} s") from None
-        except nats.errors.ConnectionClosedError:
-            raise NotConnected(f"connection closed while asking {subject.name}") from None
-        except nats.errors.Error as e:
-            raise BusError(f"asking {subject.name}: {e or type(e).__name__}") from None
+        with _translated(f"asking {subject.name}"):  # the rest: closed connection, ...
+            try:
+                reply = await self.nc.request(subject.name, encode(msg), timeout=timeout)
+            except nats.errors.NoRespondersError:  # the usual two, said more precisely
+                raise NoResponders(f"no service answers on {subject.name}") from None
+            except nats.errors.TimeoutError:
+                raise RequestTimeout(f"no reply on {subject.name} within {timeout:g} s") from None
         headers = reply.headers or {}
         if ERROR_CODE_HEADER in headers:
             code = headers[ERROR_CODE_HEADER]
