@@ -55,8 +55,12 @@ LOOK_APART = 2.0
 
 @dataclass(frozen=True)
 class Preference:
+    """When leadership moves to a voter with more free resources."""
+
     margin: float = 0.25
+    """How much higher (a fraction of this leader's) the voter's score must be."""
     hold: float = 60.0
+    """Seconds after the last transfer during which leadership does not move again."""
 
 
 @dataclass(frozen=True)
