@@ -4,6 +4,7 @@ view the test controls: what the consensus and voter-keeping tests share."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from colony.consensus.raft import Timers
@@ -56,6 +57,18 @@ class Voters:
     async def stop_all(self) -> None:
         for node in list(self.tasks):
             await self.stop(node)
+
+
+@contextlib.asynccontextmanager
+async def running(nats_server, tmp_path, voters: list[str]):
+    """`voters` all started, and all stopped again at the end."""
+    group = Voters(nats_server, tmp_path, voters)
+    for node in voters:
+        group.start(node)
+    try:
+        yield group
+    finally:
+        await group.stop_all()
 
 
 class Membership:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _voters import Voters
+from _voters import running
 
 from colony.shared import subjects
 from colony.shared.cluster import Cluster, WaitTimeout
@@ -17,11 +17,8 @@ VOTERS = ["v1", "v2", "v3"]
 
 @pytest.fixture
 async def voters(nats_server, tmp_path):
-    group = Voters(nats_server, tmp_path, VOTERS)
-    for node in VOTERS:
-        group.start(node)
-    yield group
-    await group.stop_all()
+    async with running(nats_server, tmp_path, VOTERS) as group:
+        yield group
 
 
 async def test_the_leader_and_manager_are_the_ones_every_voter_agrees_on(voters, bus):

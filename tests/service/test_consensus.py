@@ -6,7 +6,7 @@ import asyncio
 
 import msgspec
 import pytest
-from _voters import Voters, status
+from _voters import Voters, running, status
 
 from colony.consensus.raft import Timers
 from colony.consensus.service import ConsensusService
@@ -35,12 +35,8 @@ VOTERS = ["v1", "v2", "v3"]
 
 @pytest.fixture
 async def voters(nats_server, tmp_path):
-    group = Voters(nats_server, tmp_path, VOTERS)
-    for node in VOTERS:
-        group.start(node)
-    yield group
-    for node in list(group.tasks):
-        await group.stop(node)
+    async with running(nats_server, tmp_path, VOTERS) as group:
+        yield group
 
 
 async def leader(bus, among=VOTERS) -> str:

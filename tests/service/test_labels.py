@@ -4,7 +4,7 @@ change stream as kind `label`; invalid labels refused before anything is propose
 from __future__ import annotations
 
 import pytest
-from _voters import Voters
+from _voters import running
 
 from colony.harness.processes import poll
 from colony.shared import subjects
@@ -18,11 +18,8 @@ VOTERS = ["v1", "v2", "v3"]
 
 @pytest.fixture
 async def voters(nats_server, tmp_path):
-    group = Voters(nats_server, tmp_path, VOTERS)
-    for node in VOTERS:
-        group.start(node)
-    yield group
-    await group.stop_all()
+    async with running(nats_server, tmp_path, VOTERS) as group:
+        yield group
 
 
 async def labels_via(bus, voter: str, node: str = "") -> dict[str, dict]:
