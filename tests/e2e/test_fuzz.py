@@ -23,7 +23,7 @@ import msgspec
 import pytest
 from _cli import colony, on_cluster, status
 
-from colony.harness.processes import example_metrics, wait_for
+from colony.harness.processes import example_metrics, poll, wait_for
 from colony.shared import subjects
 from colony.shared.bus import connect
 from colony.shared.cluster import Cluster
@@ -159,7 +159,7 @@ async def throw(url: str, nodes: list[str], rng: random.Random) -> int:
         for subject, payload in known_attacks(nodes):
             await nc.publish(subject, payload, reply=nc.new_inbox())
             sent += 1
-        await asyncio.sleep(0.5)  # a few frames to replay
+        await poll(lambda: len(frames) >= 10, 10, "Raft frames to replay")
         await tap.unsubscribe()
         for subject, data in frames:
             for target in nodes:
