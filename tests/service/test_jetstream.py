@@ -7,16 +7,26 @@ import pytest
 from colony.harness.processes import example_metrics as sample
 from colony.harness.processes import poll
 from colony.shared import subjects
-from colony.shared.bus import NoResponders
+from colony.shared.bus import BusError, NoResponders
 from colony.shared.messages import encode
 
 STREAM = subjects.METRICS_STREAM
 
 
 async def ensure_metrics_stream(bus, **options):
+    """Create (or update) the stream and wait until it has a leader: a new R3 stream
+    answers publishes only once its replicas have elected one."""
     await bus.ensure_stream(
         STREAM, [subjects.node_metrics(subjects.ANY).name], replicas=3, **options
     )
+
+    async def has_leader() -> bool:
+        try:
+            return (await bus.stream_placement(STREAM)).leader is not None
+        except BusError:
+            return False
+
+    await poll(has_leader, 10, f"stream {STREAM} to elect a leader")
 
 
 async def test_last_message_per_subject_is_kept(cluster_bus):
