@@ -15,7 +15,7 @@ import pytest
 
 from colony.consensus import changelog
 from colony.consensus.kinds import REGISTRY, kv, leases
-from colony.consensus.kinds.kind import Handles, Kind, Registry, RegistryError
+from colony.consensus.kinds.kind import Handles, Kind, Registry, RegistryError, Select
 from colony.consensus.machine import Machine, NeedsNewerVersion, encode_batch
 from colony.shared import subjects
 from colony.shared.messages import (
@@ -184,6 +184,6 @@ async def test_every_kind_read_answers_through_the_registry_kv_too(tmp_path):
     readable = {k.name for k in REGISTRY.kinds if k.query is not None}
     assert {"kv", "labels"} <= readable
     async with aiosqlite.connect(machine.path) as reader:
-        assert await REGISTRY.named("kv").query(reader, "a") == (1, [Stored("a", 2, "2")])
-        assert await REGISTRY.named("kv").query(reader, "absent") == (1, [])
+        assert await REGISTRY.named("kv").query(reader, Select("a")) == (1, [Stored("a", 2, "2")])
+        assert await REGISTRY.named("kv").query(reader, Select("absent")) == (1, [])
     machine.close()

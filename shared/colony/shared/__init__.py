@@ -2,6 +2,8 @@
 
 - `subjects`: every NATS subject, built by one function each and paired with its payload type.
 - `messages`: the typed, versioned wire messages and their codec.
+- `jobspec`: job specs: what a user asks to run, loaded from YAML with errors that say
+  where and why.
 - `bus`: a typed wrapper over nats-py (publish, request, subscribe, JetStream) that fails
   only with its own errors.
 - `signing`: HMAC signatures, keyed with the cluster secret, on the messages only the

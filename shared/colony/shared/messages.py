@@ -16,6 +16,8 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
+from colony.shared.jobspec import MAX_REPLICAS, MAX_SOURCE_BYTES, JobName, JobSpec
+
 M = TypeVar("M", bound="Message")
 
 MAX_PAYLOAD = 1024 * 1024
@@ -460,6 +462,147 @@ class NodeLabel(CommandStruct, tag="node.label"):
     ]
 
 
+# --- nodes, jobs, instances (colony.consensus.kinds.nodes / jobs / instances) ---------
+
+NodeStatusName = Literal["alive", "suspect", "dead", "left"]
+
+
+class NodeRegister(CommandStruct, tag="node.register"):
+    """A node's agent says what its node offers (on start, and when that changes).
+    Observed state: proposed by the node itself, without an epoch."""
+
+    node: ObjectId
+    name: Annotated[str, msgspec.Meta(max_length=64)]
+    address: Annotated[str, msgspec.Meta(max_length=255)]
+    """The host its instances are reached at."""
+    cpu: Annotated[float, msgspec.Meta(ge=0, le=65536)]
+    """Declared cores."""
+    memory: Annotated[int, msgspec.Meta(ge=0, le=2**50)]
+    """Declared bytes of memory."""
+    drivers: list[Annotated[str, msgspec.Meta(max_length=32)]]
+    port_lo: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    port_hi: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    """The range instance ports are given from (both ends included)."""
+
+
+class NodeStatus(CommandStruct, tag="node.status"):
+    """The manager records a node's status as membership sees it (with its epoch)."""
+
+    node: ObjectId
+    status: NodeStatusName
+    reason: Reason = ""
+
+
+class NodeEligibility(CommandStruct, tag="node.eligibility"):
+    """An operator makes a node (in)eligible for new instances."""
+
+    node: ObjectId
+    eligible: bool
+    reason: Reason = ""
+
+
+class JobRun(CommandStruct, tag="job.run"):
+    """Submit a job: a new job, or a new version of it when its spec changed (the same
+    spec again changes nothing). Open to clients."""
+
+    spec: JobSpec
+    source: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_BYTES)] = ""
+    """The job file's text, as given."""
+    file: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    """Where it came from (for history)."""
+
+
+class JobScale(CommandStruct, tag="job.scale"):
+    job: JobName
+    replicas: Annotated[int, msgspec.Meta(ge=0, le=MAX_REPLICAS)]
+    reason: Reason = ""
+
+
+class JobStop(CommandStruct, tag="job.stop"):
+    """Stop every instance of `job`; with `purge`, forget the job once they are gone."""
+
+    job: JobName
+    purge: bool = False
+    reason: Reason = ""
+
+
+class JobBlocked(CommandStruct, tag="job.blocked"):
+    """The manager records why some of a job's instances cannot be placed now ('' : they
+    can again)."""
+
+    job: JobName
+    reason: Reason
+
+
+class Placement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The manager's decision that instance `id` (replica `slot` of `job` at `version`)
+    runs on `node`, reserving `cpu` and `memory` and the given ports there."""
+
+    id: ObjectId
+    job: JobName
+    version: Count
+    slot: Annotated[int, msgspec.Meta(ge=0, le=MAX_REPLICAS)]
+    node: ObjectId
+    cpu: Annotated[float, msgspec.Meta(ge=0, le=1024)]
+    memory: Annotated[int, msgspec.Meta(ge=0, le=2**50)]
+    ports: dict[str, Annotated[int, msgspec.Meta(ge=1, le=65535)]] = {}
+    replaces: str = ""
+    """The instance this one replaces ('' : none)."""
+    reason: Reason = ""
+    """Why it was placed (new job, scaled to 6, node-3 is dead...)."""
+
+
+class InstancesPlace(CommandStruct, tag="instance.place"):
+    """Desired state: place these instances (manager only, with its epoch)."""
+
+    placements: Annotated[list[Placement], msgspec.Meta(min_length=1, max_length=4096)]
+
+
+class InstancesStop(CommandStruct, tag="instance.stop"):
+    """Desired state: these instances should no longer run (manager only)."""
+
+    ids: Annotated[list[ObjectId], msgspec.Meta(min_length=1, max_length=4096)]
+    reason: Reason
+
+
+class InstancesRemove(CommandStruct, tag="instance.remove"):
+    """Forget these instances: desired stopped and no longer running (manager only)."""
+
+    ids: Annotated[list[ObjectId], msgspec.Meta(min_length=1, max_length=4096)]
+
+
+InstanceState = Literal["pending", "starting", "running", "exited", "failed", "lost"]
+"""pending: placed, not started yet; exited: ended (by itself or stopped); failed: it
+could not start, or its restarts ran out; lost: its node is gone and cannot say."""
+
+
+class InstanceReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What one instance is doing, as the node running it observed it."""
+
+    id: ObjectId
+    state: InstanceState
+    seq: Count
+    """This node's count of reports about this instance: an older one never overwrites a
+    newer one (reports are re-sent until recorded)."""
+    exit_code: int | None = None
+    reason: Reason = ""
+    """Why it is in this state, in plain words."""
+    restarts: Count = 0
+    pid: Count = 0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    at: float = 0.0
+    """When the node observed this (its own clock)."""
+
+
+class InstancesReport(CommandStruct, tag="instance.report"):
+    """Observed state, from the node that runs the instances (no epoch: only `node` may
+    report about instances placed on it)."""
+
+    node: ObjectId
+    reports: Annotated[list[InstanceReport], msgspec.Meta(min_length=1, max_length=4096)]
+
+
 Command = (
     KvPut
     | KvDelete
@@ -473,9 +616,142 @@ Command = (
     | LeadershipTransferred
     | Prune
     | NodeLabel
+    | NodeRegister
+    | NodeStatus
+    | NodeEligibility
+    | JobRun
+    | JobScale
+    | JobStop
+    | JobBlocked
+    | InstancesPlace
+    | InstancesStop
+    | InstancesRemove
+    | InstancesReport
 )
 """Every command: the consensus service's kinds (colony.consensus.kinds) say which of
 them only the service itself proposes, and which need the manager's epoch."""
+
+
+# --- what the nodes, jobs and instances kinds hold (Stored.value; Change.detail) --------
+# Clients read them with `msgspec.convert(stored.value, InstanceRecord)`.
+
+
+class NodeRecord(msgspec.Struct, frozen=True, kw_only=True):
+    node: str
+    name: str = ""
+    address: str = ""
+    cpu: float = 0.0
+    memory: int = 0
+    drivers: list[str] = []
+    port_lo: int = 0
+    port_hi: int = 0
+    status: str = "unknown"
+    """alive, suspect, dead, left (membership, as the manager recorded it); unknown
+    until the manager has recorded it."""
+    reason: str = ""
+    eligible: bool = True
+    registered: float = 0.0
+    """When its agent last registered it (the entry's time)."""
+    changed: float = 0.0
+
+
+class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: int
+    """The spec's version: 1, then one more for every changed spec submitted."""
+    spec: JobSpec
+    source: str = ""
+    file: str = ""
+    replicas: int = 0
+    """How many instances are wanted now (the spec's, or the last `colony job scale`)."""
+    status: Literal["running", "stopped"] = "running"
+    purge: bool = False
+    """Stopped with --purge: forgotten once its instances are gone."""
+    blocked: str = ""
+    """Why some instances cannot be placed now ('' : none blocked)."""
+    submitted: float = 0.0
+    changed: float = 0.0
+
+
+class InstanceRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    job: str
+    version: int
+    slot: int
+    node: str
+    cpu: float
+    memory: int
+    ports: dict[str, int] = {}
+    replaces: str = ""
+    desired: Literal["run", "stop"] = "run"
+    desired_reason: str = ""
+    """Why it was placed (desired run) or stopped (desired stop)."""
+    state: str = "pending"
+    """An InstanceState, as its node last reported it."""
+    exit_code: int | None = None
+    reason: str = ""
+    restarts: int = 0
+    pid: int = 0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    placed: float = 0.0
+    """When it was placed (the entry's time)."""
+    changed: float = 0.0
+    seq: int = 0
+    """The seq of the last report recorded."""
+
+
+# --- the node agent and the curator -------------------------------------------------
+
+
+class LogsRequest(Message, kw_only=True, frozen=True):
+    """Read an instance's output from the node that runs it."""
+
+    instance: str
+    stream: Literal["stdout", "stderr"] = "stdout"
+    offset: int = -1
+    """Where to read from, in bytes of everything it wrote to the stream (-1: the last
+    `max_bytes`)."""
+    max_bytes: Annotated[int, msgspec.Meta(ge=1, le=512 * 1024)] = 64 * 1024
+
+
+class LogsReply(Message, kw_only=True, frozen=True):
+    instance: str
+    data: str
+    """The bytes read, decoded as UTF-8 (undecodable bytes replaced)."""
+    offset: int
+    """Where `data` starts (later than asked when older output was rotated away)."""
+    next: int
+    """Where to read from next (follow: ask again from here)."""
+    running: bool
+
+
+class PlanRequest(Message, kw_only=True, frozen=True):
+    """Ask the manager what submitting `spec` would do (nothing is stored)."""
+
+    spec: JobSpec
+
+
+class PlannedPlacement(msgspec.Struct, frozen=True):
+    slot: int
+    node: str
+    ports: dict[str, int] = {}
+
+
+class PlanReply(Message, kw_only=True, frozen=True):
+    job: str
+    change: Literal["new", "update", "unchanged"]
+    version: int
+    """The version the job would be at."""
+    place: list[PlannedPlacement] = []
+    stop: list[str] = []
+    """Instances that would be stopped."""
+    unplaced: int = 0
+    """Instances that would not fit anywhere (see `no_fit`)."""
+    no_fit: list[str] = []
+    """Why, per reason and node count ("3 nodes lack memory: ...")."""
+    epoch: int = 0
+    """The manager's epoch that planned it."""
 
 
 class Proposal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -523,6 +799,13 @@ class QueryRequest(Message, kw_only=True, frozen=True):
     kind: str = "kv"
     """The object kind to read (a kind of colony.consensus.kinds that has a query): kv
     answers in `value` and `version`, every other kind in `objects`."""
+    where: dict[str, str] = {}
+    """Only objects whose fields have these values (which fields: the kind says, e.g.
+    instances by `node` or `job`)."""
+    after: str = ""
+    """Only objects whose id sorts after this one: the next page (QueryReply.more)."""
+    limit: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+    """At most this many objects (0: the kind's page size)."""
 
 
 class Stored(msgspec.Struct, frozen=True):
@@ -542,7 +825,9 @@ class QueryReply(Message, kw_only=True, frozen=True):
     index: int
     """The log index this replica had applied when it read."""
     objects: list[Stored] = []
-    """For a kind other than kv: the objects read (none when absent)."""
+    """For a kind other than kv: the objects read (none when absent), by id."""
+    more: bool = False
+    """More objects follow: ask again with `after` = the last object's id."""
 
 
 class ConsensusStatusRequest(Message, kw_only=True, frozen=True):

@@ -22,12 +22,16 @@ from colony.shared.messages import (
     JoinReply,
     JoinRequest,
     LatestMetricsRequest,
+    LogsReply,
+    LogsRequest,
     ManagerActing,
     MemberChanged,
     MembersReply,
     MembersRequest,
     NodeMetrics,
     PingReqRequest,
+    PlanReply,
+    PlanRequest,
     ProposeReply,
     ProposeRequest,
     QueryReply,
@@ -222,6 +226,20 @@ def consensus_retire(node: str) -> RequestSubject[RetireRequest, RetireReply]:
 def manager_acting() -> Subject[ManagerActing]:
     """Who acts as manager, at which epoch (event; from the manager's node)."""
     return Subject(f"{ROOT}.manager.acting", ManagerActing)
+
+
+# --- jobs: the curator (on the manager) and the node agents ----------------------
+
+
+def curator_plan() -> RequestSubject[PlanRequest, PlanReply]:
+    """Ask the manager's curator what submitting a job would do (only the acting manager
+    listens: no responders means no manager now)."""
+    return RequestSubject(f"{ROOT}.curator.plan", PlanRequest, PlanReply)
+
+
+def agent_logs(node: str) -> RequestSubject[LogsRequest, LogsReply]:
+    """Read the output of an instance that runs on `node`."""
+    return RequestSubject(f"{ROOT}.agent.logs.{token(node, 'node id')}", LogsRequest, LogsReply)
 
 
 SKIPPED = "skipped"

@@ -36,7 +36,7 @@ import aiosqlite
 
 from colony.consensus import changelog, schema
 from colony.consensus.kinds import REGISTRY, retention
-from colony.consensus.kinds.kind import Registry
+from colony.consensus.kinds.kind import Registry, Select
 from colony.consensus.machine import BadBatch, encode_batch
 from colony.consensus.manager import LeaseTimers, ManagerRole
 from colony.consensus.metrics import ConsensusMetrics
@@ -326,15 +326,28 @@ class ConsensusService:
         if kind is None or kind.query is None:
             readable = [k.name for k in self.kinds.kinds if k.query]
             raise Refused(400, f"no kind {request.kind!r} to read: {', '.join(readable)}")
-        index, objects = await kind.query(reader, request.key)
+        unknown = sorted(set(request.where) - set(kind.filters))
+        if unknown:
+            raise Refused(
+                400,
+                f"{kind.name} cannot be selected by {', '.join(unknown)}: "
+                f"only by {', '.join(kind.filters) or 'id'}",
+            )
+        limit = min(request.limit or kind.page, kind.page)
+        # One more than asked: whether there is a next page.
+        select = Select(request.key, dict(request.where), request.after, limit + 1)
+        index, objects = await kind.query(reader, select)
+        more = len(objects) > limit
+        objects = objects[:limit]
         # A kv key's value is a string, also answered in `value` and `version` (`colony kv
         # get`); other kinds' objects (node labels: a dict) only in `objects`.
         named = next((o for o in objects if o.id == request.key), None)
         if named is None or not isinstance(named.value, str):
             named = Stored(id=request.key, version=0, value=None)
         return QueryReply(
-            key=request.key, value=named.value, version=named.version, index=index, objects=objects
-        )
+            key=request.key, value=named.value, version=named.version, index=index,
+            objects=objects, more=more,
+        )  # fmt: skip
 
     async def _prune(self, command: Prune) -> None:
         """Commit the leader's Prune (pruner.py)."""

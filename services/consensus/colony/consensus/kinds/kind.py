@@ -102,9 +102,24 @@ class Handles:
         return str(self.command.__struct_config__.tag)
 
 
-Query = Callable[[aiosqlite.Connection, str], Awaitable[tuple[int, list[Stored]]]]
-"""(a reader, an object id or '' for every object) -> (the applied index it read at, the
-objects), read from one state of the database."""
+@dataclass(frozen=True)
+class Select:
+    """Which objects a read asks for (the query endpoint checks `where`'s fields against
+    the kind's `filters` and sets `limit`)."""
+
+    id: str = ""
+    """One object ('' : every object)."""
+    where: dict[str, str] = field(default_factory=dict)
+    """Only objects whose fields have these values."""
+    after: str = ""
+    """Only objects whose id sorts after this (paging)."""
+    limit: int = 1000
+    """At most this many objects, by id."""
+
+
+Query = Callable[[aiosqlite.Connection, Select], Awaitable[tuple[int, list[Stored]]]]
+"""(a reader, what to read) -> (the applied index it read at, the objects in id order),
+read from one state of the database."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,10 @@ class Kind:
     anywhere; never edited once released)."""
     query: Query | None = None
     """Its read for the `query` endpoint (QueryRequest.kind = its name), if it has one."""
+    filters: tuple[str, ...] = ()
+    """The fields its query can select by (`Select.where`)."""
+    page: int = 1000
+    """Objects one reply holds at most (a reply must stay under the bus's payload limit)."""
     changes: tuple[str, ...] = ()
     """The change kinds its commands record (each a subject token, none reserved: the
     change stream captures exactly the registry's)."""

@@ -12,7 +12,7 @@ import sqlite3
 import aiosqlite
 
 from colony.consensus.changelog import APPLIED_INDEX
-from colony.consensus.kinds.kind import Handles, Kind, Txn
+from colony.consensus.kinds.kind import Handles, Kind, Select, Txn
 from colony.shared.messages import KvCas, KvDelete, KvPut, Outcome, Stored
 
 TABLES = """
@@ -28,15 +28,17 @@ def read(db: sqlite3.Connection, key: str) -> tuple[str | None, int]:
     return (row[0], row[1]) if row else (None, 0)
 
 
-async def query(reader: aiosqlite.Connection, key: str) -> tuple[int, list[Stored]]:
+async def query(reader: aiosqlite.Connection, select: Select) -> tuple[int, list[Stored]]:
     """(applied index, [the value of `key`], or [] if absent), from one state of the
     database. The service also answers it in QueryReply's value and version."""
     async with reader.execute(
         f"SELECT {APPLIED_INDEX}, kv.value, kv.version FROM (SELECT 1) LEFT JOIN kv ON kv.key = ?",
-        (key,),
+        (select.id,),
     ) as rows:
         index, value, version = await rows.fetchone()
-    return index or 0, [] if value is None else [Stored(id=key, version=version, value=value)]
+    if value is None:
+        return index or 0, []
+    return index or 0, [Stored(id=select.id, version=version, value=value)]
 
 
 def _set(txn: Txn, key: str, value: str, version: int) -> Outcome:

@@ -16,7 +16,7 @@ import sqlite3
 import aiosqlite
 
 from colony.consensus.changelog import APPLIED_INDEX
-from colony.consensus.kinds.kind import Handles, Kind, Txn
+from colony.consensus.kinds.kind import Handles, Kind, Select, Txn
 from colony.consensus.schema import Migration
 from colony.shared.messages import MAX_NODE_LABELS, NodeLabel, Outcome, Stored
 
@@ -33,13 +33,14 @@ def read(db: sqlite3.Connection, node: str) -> tuple[dict[str, str], int]:
     return (json.loads(row[0]), row[1]) if row else ({}, 0)
 
 
-async def query(reader: aiosqlite.Connection, node: str) -> tuple[int, list[Stored]]:
-    """(applied index, the labels of `node` or, for '', of every node labelled), from one
-    state of the database."""
+async def query(reader: aiosqlite.Connection, select: Select) -> tuple[int, list[Stored]]:
+    """(applied index, the labels of node `select.id` or, for '', of every node labelled),
+    from one state of the database."""
     async with reader.execute(
         f"SELECT {APPLIED_INDEX}, labels.node, labels.labels, labels.version "
-        "FROM (SELECT 1) LEFT JOIN labels ON ? IN ('', labels.node) ORDER BY labels.node",
-        (node,),
+        "FROM (SELECT 1) LEFT JOIN labels ON ? IN ('', labels.node) AND labels.node > ? "
+        "ORDER BY labels.node LIMIT ?",
+        (select.id, select.after, select.limit),
     ) as rows:
         found = await rows.fetchall()
     index = found[0][0] if found else 0
