@@ -8,6 +8,7 @@
   only with its own errors.
 - `signing`: HMAC signatures, keyed with the cluster secret, on the messages only the
   cluster's own nodes may send.
+- `changes`: following the change stream (replayed from a point, then live), checked.
 - `management`: a client of the management database: proposals and reads through any
   voter, retried until a deadline.
 - `cluster`: one client for the cluster's questions: voters' statuses, the agreed Raft

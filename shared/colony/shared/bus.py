@@ -29,7 +29,14 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, Placement, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    Placement,
+    StorageType,
+    StreamConfig,
+)
 
 from colony.shared.config import NatsSettings
 from colony.shared.messages import DecodeError, Message, decode, decode_or_drop, encode
@@ -505,6 +512,33 @@ class Bus:
             code = error.get("code", 0)
             kind = NotFound if code == 404 else StreamError
             raise kind(what, code, error.get("description", ""), error.get("err_code", 0))
+
+    async def follow(self, stream: str, subject: str, after: int | None) -> AsyncIterator[Stored]:
+        """The messages of `stream` on `subject` (wildcards allowed) in order: those stored
+        after sequence `after` (0: every one kept; None: none, only new ones), then each
+        new one as it is stored. An ordered consumer: a message it misses (a server lost, a
+        reconnect) makes it start again from the last one delivered, so nothing is skipped
+        or repeated. Ends with NotFound if there is no such stream."""
+        if after is None:
+            policy = {"deliver_policy": DeliverPolicy.NEW}
+        elif after == 0:
+            policy = {"deliver_policy": DeliverPolicy.ALL}
+        else:
+            policy = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
+        with _translated(f"following stream {stream} on {subject}"):
+            sub = await self.js.subscribe(
+                subject,
+                stream=stream,
+                ordered_consumer=True,
+                idle_heartbeat=2.0,
+                config=ConsumerConfig(**policy),
+            )
+        try:
+            async for msg in sub.messages:
+                yield Stored(msg.subject, msg.metadata.sequence.stream, msg.data)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Return once the server has everything published so far (one round trip)."""

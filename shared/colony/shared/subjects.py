@@ -262,6 +262,11 @@ def change(kind: str, id: str) -> Subject[Change]:
     )
 
 
+def every_change() -> str:
+    """Every change of every kind (a subscription's filter: ``colony.changes.>``)."""
+    return f"{ROOT}.changes.>"
+
+
 # --- JetStream streams -------------------------------------------------------
 
 CHANGES_STREAM = "COLONY_CHANGES"
