@@ -60,6 +60,10 @@ class Management:
         """Read `key`: linearizable, or (stale) whatever the voter asked holds now."""
         return await self._ask(subjects.query, QueryRequest(key=key, stale=stale))
 
+    async def query(self, request: QueryRequest) -> QueryReply:
+        """Read what `request` selects (a kind's objects by id, fields, page)."""
+        return await self._ask(subjects.query, request)
+
     async def _ask(self, subject_of, request):
         deadline = time.monotonic() + self.timeout
         delay = 0.05
