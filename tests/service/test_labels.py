@@ -81,5 +81,5 @@ async def test_invalid_labels_and_unknown_kinds_are_refused(voters, bus):
     [refused] = (await client.propose(NodeLabel("node-a", more))).outcomes
     assert not refused.ok and "at most 64" in refused.error
     assert (await labels_via(bus, "v1"))["node-a"] == (1, too_many)
-    with pytest.raises(RemoteError, match="no kind 'jobs' to read"):
-        await bus.request(subjects.query("v1"), QueryRequest(key="", kind="jobs"), timeout=6)
+    with pytest.raises(RemoteError, match="no kind 'gadgets' to read"):
+        await bus.request(subjects.query("v1"), QueryRequest(key="", kind="gadgets"), timeout=6)

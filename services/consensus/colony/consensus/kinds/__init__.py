@@ -19,7 +19,16 @@ command type through `REGISTRY`, which checks at import that tags and change kin
 are unique and publishable.
 """
 
-from colony.consensus.kinds import kv, labels, leases, raft_group, retention
+from colony.consensus.kinds import (
+    instances,
+    jobs,
+    kv,
+    labels,
+    leases,
+    nodes,
+    raft_group,
+    retention,
+)
 from colony.consensus.kinds.kind import Kind, Registry
 
 KINDS: tuple[Kind, ...] = (
@@ -28,6 +37,9 @@ KINDS: tuple[Kind, ...] = (
     raft_group.KIND,
     retention.KIND,
     labels.KIND,
+    nodes.KIND,
+    jobs.KIND,
+    instances.KIND,
 )
 
 REGISTRY = Registry(KINDS)

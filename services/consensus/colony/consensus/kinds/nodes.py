@@ -1,0 +1,140 @@
+"""The nodes kind: what each node offers the scheduler, and its status as the manager sees it.
+
+Who writes what (issue #13): a node's agent registers what it offers
+(NodeRegister: capacity, drivers, port range, address; observed, no epoch); the
+manager records its status from membership (NodeStatus, with its epoch); an
+operator makes it (in)eligible (NodeEligibility). Each keeps the others' fields:
+a node re-registering keeps its status and eligibility. A node the manager
+records before its agent registered gets a record with its status alone
+(`registered` 0: nothing may be placed on it yet).
+
+Table `nodes`: one row per node, its `NodeRecord` as JSON, its status (the read's
+filter) and a version that grows by one per change. Change kind `node` (id: the
+node; detail: the whole record). Read: `query` (one node, or every node, by status).
+Labels are the labels kind's (read both).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import aiosqlite
+import msgspec
+
+from colony.consensus.kinds import records
+from colony.consensus.kinds.kind import Handles, Kind, Select, Txn
+from colony.consensus.schema import Migration
+from colony.shared.messages import (
+    NodeEligibility,
+    NodeRecord,
+    NodeRegister,
+    NodeStatus,
+    Outcome,
+    Stored,
+)
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY, status TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL
+);
+"""
+
+FILTERS = {"status": "status"}
+
+
+def read(db: sqlite3.Connection, node: str) -> tuple[NodeRecord | None, int]:
+    """(record, version) of `node`; (None, 0) if it has none."""
+    row = db.execute("SELECT record, version FROM nodes WHERE node = ?", (node,)).fetchone()
+    return (records.decode(row[0], NodeRecord), row[1]) if row else (None, 0)
+
+
+def registered(db: sqlite3.Connection, node: str) -> bool:
+    """Whether `node`'s agent has registered it (what it offers is known)."""
+    record, _version = read(db, node)
+    return record is not None and record.registered > 0
+
+
+async def query(reader: aiosqlite.Connection, select: Select) -> tuple[int, list[Stored]]:
+    """(applied index, `NodeRecord`s as dicts: of `select.id`, or of every node), from one
+    state of the database."""
+    return await records.query(reader, "nodes", "node", FILTERS, select)
+
+
+def _write(txn: Txn, record: NodeRecord, version: int) -> Outcome:
+    record = msgspec.structs.replace(record, changed=txn.ts)
+    txn.db.execute(
+        "INSERT INTO nodes (node, status, version, record) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (node) DO UPDATE SET status = excluded.status, "
+        "version = excluded.version, record = excluded.record",
+        (record.node, record.status, version + 1, records.encode(record)),
+    )
+    txn.changed("node", record.node, version + 1, records.detail(record))
+    return Outcome(ok=True, version=version + 1)
+
+
+def register(txn: Txn, command: NodeRegister) -> Outcome:
+    record, version = read(txn.db, command.node)
+    if command.port_lo > command.port_hi:
+        return Outcome(
+            ok=False,
+            version=version,
+            error=f"node {command.node}: its port range {command.port_lo}-{command.port_hi} "
+            "is empty (the first port is above the last)",
+        )
+    offered = {
+        "name": command.name,
+        "address": command.address,
+        "cpu": command.cpu,
+        "memory": command.memory,
+        "drivers": list(command.drivers),
+        "port_lo": command.port_lo,
+        "port_hi": command.port_hi,
+        "registered": txn.ts,
+    }
+    # status, reason and eligible are the manager's and the operator's: kept as they are
+    base = record or NodeRecord(node=command.node)
+    return _write(txn, msgspec.structs.replace(base, **offered), version)
+
+
+def status(txn: Txn, command: NodeStatus) -> Outcome:
+    record, version = read(txn.db, command.node)
+    if record is not None and record.status == command.status:
+        # the curator records what membership says at every reconcile: only news is a change
+        return Outcome(ok=True, version=version)
+    base = record or NodeRecord(node=command.node)
+    return _write(
+        txn, msgspec.structs.replace(base, status=command.status, reason=command.reason), version
+    )
+
+
+def eligibility(txn: Txn, command: NodeEligibility) -> Outcome:
+    record, version = read(txn.db, command.node)
+    if record is None:
+        return Outcome(
+            ok=False,
+            error=f"no node {command.node} is known: its agent has not registered it "
+            "and the manager has not recorded it",
+        )
+    if record.eligible == command.eligible:
+        return Outcome(ok=True, version=version)
+    changed = msgspec.structs.replace(record, eligible=command.eligible, reason=command.reason)
+    return _write(txn, changed, version)
+
+
+def _node(command: NodeRegister | NodeStatus | NodeEligibility) -> tuple[str]:
+    return (command.node,)
+
+
+KIND = Kind(
+    name="nodes",
+    tables=TABLES,
+    changes=("node",),
+    commands=(
+        Handles(NodeRegister, register, ids=_node),
+        Handles(NodeStatus, status, ids=_node, needs_epoch=True),
+        Handles(NodeEligibility, eligibility, ids=_node),
+    ),
+    migrations=(Migration(6, "nodes: what each offers, its status and eligibility", TABLES),),
+    query=query,
+    filters=tuple(FILTERS),
+)
