@@ -9,9 +9,18 @@ A job file is YAML written by a person (durations like ``5m``, memory like
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import difflib
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import msgspec
+import msgspec.inspect as mi
+import yaml
 
 MAX_REPLICAS = 10_000
 MAX_SOURCE_BYTES = 64 * 1024
@@ -76,3 +85,685 @@ class JobSpec(_Spec, kw_only=True):
     """A node label whose values the instances spread evenly across ('' : none)."""
     restart: RestartPolicy = RestartPolicy()
     meta: dict[str, str] = {}
+
+
+# --- loading a job file ---------------------------------------------------------------
+
+MIN_MEMORY = 2**20
+"""Less memory than this is a unit left out (`memory: 64` is 64 bytes), not a real ask."""
+MAX_DURATION = 30 * 86400.0
+"""Longer restart timings are typos (and would overflow timers)."""
+AGENT_ENV = ("COLONY_INSTANCE", "COLONY_JOB", "COLONY_NODE", "COLONY_ADDRESS")
+"""What the agent puts in every instance's env (with PORT and PORT_<NAME>)."""
+ARG_VARIABLE = re.compile(r"\$\{([^}]*)\}")
+"""`${NAME}` in a task's args: replaced by the agent with that env variable's value."""
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)(?:([kmgtp])i?b?|b)?$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
+_CORES = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+_SHELLS = {"sh", "bash", "dash", "zsh", "ash", "ksh", "fish"}
+_MAX_NODES = 100_000
+"""YAML values in one file, at most (aliases can make a small file expand enormously)."""
+_PATTERNS = {
+    JobName.__metadata__[0].pattern: "a job name is lowercase letters, digits and '-', "
+    "1-40 characters, starting and ending with a letter or digit",
+    PortName.__metadata__[0].pattern: "a port name is lowercase letters, digits and '_', "
+    "starting with a letter, at most 31 characters",
+}
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """One thing wrong with a job file: where (file, line, field path) and why."""
+
+    file: str
+    line: int | None
+    """1-based line of the YAML value at fault (None: the file as a whole)."""
+    path: str
+    """The field, like `task.args[2]` or `resources.memory` ('' : the whole document)."""
+    why: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.path}: {self.why}" if self.path else f"{where}: {self.why}"
+
+
+class SpecError(ValueError):
+    """A job file is invalid; `problems` lists everything wrong with it, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(map(str, problems)))
+
+
+@dataclass(frozen=True)
+class LoadedJob:
+    """A valid job file: its spec, its text as given (stored as is) and where it came from."""
+
+    spec: JobSpec
+    source: str
+    file: str
+    warnings: tuple[Problem, ...] = ()
+    """What is valid but will not work as one may hope (a driver no node has yet)."""
+
+
+def load(path: str | Path) -> LoadedJob:
+    """Read and check a job file; raise a SpecError saying everything wrong with it."""
+    file = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise SpecError([Problem(file, None, "", f"cannot be read: {e.strerror or e}")]) from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise SpecError([_too_big(file, len(data))])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        why = f"is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})"
+        raise SpecError([Problem(file, line, "", why)]) from None
+    return parse(text, file)
+
+
+def parse(text: str, file: str = "<stdin>") -> LoadedJob:
+    """Check a job file's text; raise a SpecError saying everything wrong with it."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_SOURCE_BYTES:
+        raise SpecError([_too_big(file, size)])
+    reader = _Reader(file)
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        raise SpecError([_syntax_problem(file, e)]) from None
+    except yaml.YAMLError as e:  # a character YAML does not allow, before any mark exists
+        raise SpecError([Problem(file, None, "", f"is not valid YAML: {e}")]) from None
+    if root is None:
+        raise SpecError([Problem(file, None, "", "is empty: a job needs at least name and task")])
+    try:
+        tree = reader.tree(root, "")
+    except _TooBig:
+        raise SpecError(reader.problems) from None
+    if tree.kind != "map":
+        why = f"a job file is a mapping of fields (name:, task:, ...), not {_shown(tree)}"
+        raise SpecError([*reader.problems, Problem(file, tree.line, "", why)])
+    checker = _Checker(file, reader.problems)
+    data = checker.struct(tree, _info(JobSpec), "")
+    if data is not _BAD:
+        checker.semantics(data)
+    if checker.problems:
+        raise SpecError(sorted(checker.problems, key=lambda p: (p.line or 0, p.path)))
+    try:
+        spec = msgspec.convert(data, JobSpec)
+    except msgspec.ValidationError as e:  # the checks above missed a rule of the types
+        raise SpecError([Problem(file, root.start_mark.line + 1, "", str(e))]) from None
+    return LoadedJob(spec, text, file, tuple(checker.warnings(spec)))
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `512MiB`, `2GiB`, `1.5GB`, `512M`, `512Mi` or `1048576`: every unit is
+    binary (1GB = 1GiB), as Docker and `colony capacity` read them. Raises ValueError."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"{_quoted(text)} is not a size (write 512MiB, 2GiB, 1.5GB or bytes)")
+    return int(float(match[1]) * _SIZE_UNITS[(match[2] or "").lower()])
+
+
+def parse_cores(text: str) -> float:
+    """Cores from `0.5`, `2` or `500m` (millicores, as in Kubernetes). Raises ValueError."""
+    match = _CORES.match(text)
+    if not match:
+        raise ValueError(f"{_quoted(text)} is not a number of cores (write 0.5, 2 or 500m)")
+    return float(match[1]) / (1000 if match[2] else 1)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `500ms`, `5s`, `5m`, `1h`, `1h30m` or a number. Raises ValueError."""
+    if _NUMBER.match(text):
+        return float(text)
+    if not _DURATION.match(text):
+        raise ValueError(
+            f"{_quoted(text)} is not a duration (write 500ms, 5s, 5m, 1h30m or seconds)"
+        )
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def format_size(size: int) -> str:
+    """The shortest exact form `parse_size` reads back: 64MiB, 1536MiB, 1000."""
+    if size <= 0:
+        return str(size)
+    for suffix, unit in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return f"{size // 2**10}KiB" if size % 2**10 == 0 else str(size)
+
+
+def format_duration(seconds: float) -> str:
+    """The form `parse_duration` reads back: 1h30m, 5m, 1s500ms, 0s."""
+    if seconds < 0:
+        return f"-{format_duration(-seconds)}"
+    millis = round(seconds * 1000)
+    if abs(millis - seconds * 1000) > 1e-6:
+        return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+    parts = []
+    for suffix, unit in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        if millis >= unit:
+            parts.append(f"{millis // unit}{suffix}")
+            millis %= unit
+    return "".join(parts) or "0s"
+
+
+def to_yaml(spec: JobSpec) -> str:
+    """A spec as a job file (units as people write them) that `parse` reads back equal."""
+    data = msgspec.to_builtins(spec)
+    data["resources"]["memory"] = format_size(spec.resources.memory)
+    for name in _DURATIONS:
+        data["restart"][name] = format_duration(getattr(spec.restart, name))
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def expand(arg: str, env: dict[str, str]) -> str:
+    """An arg with each `${NAME}` replaced by env[NAME] (left as is if env has none)."""
+    return ARG_VARIABLE.sub(lambda m: env.get(m[1], m[0]), arg)
+
+
+# What a field holds in the YAML form, where it differs from the JobSpec's number:
+# the parser, how a bound is shown, and the JSON Schema of the unit strings.
+_DURATIONS = ("interval", "delay", "max_delay")
+_UNIT_FIELDS: dict[tuple[type, str], tuple[Callable[[str], float], Callable[[Any], str]]] = {
+    (JobResources, "memory"): (parse_size, format_size),
+    (JobResources, "cpu"): (parse_cores, "{:g}".format),
+    **{(RestartPolicy, name): (parse_duration, format_duration) for name in _DURATIONS},
+}
+
+
+class _Bad:
+    def __repr__(self) -> str:
+        return "<bad>"
+
+
+_BAD: Any = _Bad()
+"""What a check returns for a value it found wrong (and already reported)."""
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+@dataclass
+class _Y:
+    """A YAML value with where it was written."""
+
+    kind: Literal["scalar", "list", "map"]
+    value: Any
+    """Scalar: the Python value (or _BAD); list: [_Y]; map: {key: _Y}."""
+    text: str
+    """A scalar as written (a string field takes it as is: `version: 1.10` is "1.10")."""
+    line: int
+    keys: dict[str, int] = field(default_factory=dict)
+    """A map's keys: the line each is on."""
+
+
+class _Reader:
+    """YAML nodes -> _Y values, noting duplicate keys and values YAML cannot construct."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+        self.count = 0
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def tree(self, node: yaml.Node, path: str) -> _Y:
+        self.count += 1
+        line = node.start_mark.line + 1
+        if self.count > _MAX_NODES:
+            why = f"has more than {_MAX_NODES} values (aliases expand to too many)"
+            self.problems.append(Problem(self.file, line, path, why))
+            raise _TooBig
+        if isinstance(node, yaml.SequenceNode):
+            return _Y(
+                "list", [self.tree(n, f"{path}[{i}]") for i, n in enumerate(node.value)], "", line
+            )
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path, line)
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as e:
+            self.problems.append(Problem(self.file, line, path, str(e.problem)))
+            value = _BAD
+        except (ValueError, TypeError, AttributeError):  # `!!timestamp nope`, `!!int x`
+            why = f"{_quoted(node.value)} is not a valid {node.tag.rpartition(':')[2]}"
+            self.problems.append(Problem(self.file, line, path, why))
+            value = _BAD
+        return _Y("scalar", value, node.value, line)
+
+    def mapping(self, node: yaml.MappingNode, path: str, line: int) -> _Y:
+        entries: dict[str, _Y] = {}
+        keys: dict[str, int] = {}
+        merged: list[yaml.Node] = []
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                merged.extend(value.value if isinstance(value, yaml.SequenceNode) else [value])
+                continue
+            key_line = key.start_mark.line + 1
+            if not isinstance(key, yaml.ScalarNode):
+                why = "a key must be a name, not a list or mapping"
+                self.problems.append(Problem(self.file, key_line, path, why))
+                continue
+            at = _join(path, key.value)
+            if key.value in keys:
+                why = f"is written twice (first on line {keys[key.value]})"
+                self.problems.append(Problem(self.file, key_line, at, why))
+                continue
+            keys[key.value] = key_line
+            entries[key.value] = self.tree(value, at)
+        # `<<: *base` adds base's entries that the mapping does not set itself
+        for base in merged:
+            if not isinstance(base, yaml.MappingNode):
+                why = "<< merges a mapping (an alias like *base), not a single value"
+                self.problems.append(Problem(self.file, base.start_mark.line + 1, path, why))
+                continue
+            extra = self.mapping(base, path, line)
+            for key, value in extra.value.items():
+                if key not in entries:
+                    entries[key], keys[key] = value, extra.keys[key]
+        return _Y("map", entries, "", line, keys)
+
+
+class _Checker:
+    """Checks _Y values against the JobSpec types, noting every problem (not just the first)
+    and the line of every path (for the checks that come after)."""
+
+    def __init__(self, file: str, problems: list[Problem]) -> None:
+        self.file = file
+        self.problems = problems
+        self.lines: dict[str, int] = {}
+        """Where each path's value is written."""
+        self.keys: dict[str, int] = {}
+        """Where each field's key is written (a missing field's parent is named there)."""
+
+    def problem(self, path: str, why: str, line: int | None = None) -> Any:
+        self.problems.append(Problem(self.file, line or self.line(path), path, why))
+        return _BAD
+
+    def line(self, path: str) -> int | None:
+        """The line of a path's value or, when it was not written, of its nearest parent's key
+        (`restart:` for a restart.max_delay left to its default)."""
+        if path in self.lines:
+            return self.lines[path]
+        while path:
+            path = _parent(path)
+            if path in self.keys or path in self.lines:
+                return self.keys.get(path) or self.lines[path]
+        return None
+
+    def check(self, y: _Y, info: Any, path: str) -> Any:
+        self.lines[path] = y.line
+        if y.kind == "scalar" and y.value is _BAD:
+            return _BAD  # YAML could not construct it: reported already
+        if y.kind == "scalar" and y.value is None:
+            return self.problem(path, f"has no value: expected {_expected(info)}")
+        if isinstance(info, mi.StructType):
+            return self.struct(y, info, path)
+        if isinstance(info, mi.UnionType):  # a constraint's value: one string or a list
+            kinds = {"list": mi.ListType, "map": mi.DictType}
+            chosen = [t for t in info.types if isinstance(t, kinds.get(y.kind, mi.StrType))]
+            if not chosen:
+                return self.problem(path, f"expected {_expected(info)}, got {_shown(y)}")
+            info = chosen[0]
+        if isinstance(info, mi.ListType):
+            if y.kind != "list":
+                return self.problem(path, f"expected a list, got {_shown(y)}")
+            return [
+                self.check(item, info.item_type, f"{path}[{i}]") for i, item in enumerate(y.value)
+            ]
+        if isinstance(info, mi.DictType):
+            if y.kind != "map":
+                return self.problem(path, f"expected a mapping, got {_shown(y)}")
+            return {
+                key: self.check(v, info.value_type, _join(path, key)) for key, v in y.value.items()
+            }
+        if y.kind != "scalar":
+            return self.problem(path, f"expected {_expected(info)}, got {_shown(y)}")
+        if isinstance(info, mi.StrType):
+            return self.string(y.text, info, path)
+        if isinstance(info, mi.LiteralType):
+            return self.choice(y.text, info, path)
+        if isinstance(info, mi.BoolType):
+            if not isinstance(y.value, bool):
+                return self.problem(path, f"expected true or false, got {_shown(y)}")
+            return y.value
+        return self.number(y, info, path)
+
+    def struct(self, y: _Y, info: mi.StructType, path: str) -> Any:
+        self.lines[path] = y.line
+        if y.kind != "map":
+            names = ", ".join(f.name for f in info.fields)
+            return self.problem(path, f"expected a mapping ({names}), got {_shown(y)}")
+        fields = {f.name: f for f in info.fields}
+        data: dict[str, Any] = {}
+        for key, value in y.value.items():
+            at = _join(path, key)
+            self.keys[at] = y.keys[key]
+            if key not in fields:
+                self.problem(at, f"unknown field{_suggest(key, fields, info.cls)}", y.keys[key])
+            elif (info.cls, key) in _UNIT_FIELDS and value.kind == "scalar":
+                data[key] = self.unit(value, fields[key].type, _UNIT_FIELDS[info.cls, key], at)
+            elif value.kind == "scalar" and value.value is None and not fields[key].required:
+                self.lines[at] = value.line  # `env:` with nothing under it: the default
+            else:
+                data[key] = self.check(value, fields[key].type, at)
+        for f in info.fields:
+            if f.required and f.name not in y.value:
+                self.problem(_join(path, f.name), "is required but missing")
+        return data
+
+    def string(self, text: str, info: mi.StrType, path: str) -> Any:
+        if "\x00" in text:
+            return self.problem(path, "contains a NUL character")
+        if info.min_length and len(text) < info.min_length:
+            return self.problem(path, "must not be empty")
+        if info.max_length and len(text) > info.max_length:
+            return self.problem(path, f"is longer than {info.max_length} characters")
+        if info.pattern and not re.search(info.pattern, text):
+            rule = _PATTERNS.get(info.pattern, f"it must match {info.pattern}")
+            return self.problem(path, f"{_quoted(text)} is not valid: {rule}")
+        return text
+
+    def choice(self, text: str, info: mi.LiteralType, path: str) -> Any:
+        values = [str(v) for v in info.values]
+        if text in values:
+            return text
+        close = difflib.get_close_matches(text, values, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        what = path.rpartition(".")[2]
+        return self.problem(path, f"unknown {what} {_quoted(text)}{hint} ({', '.join(values)})")
+
+    def number(self, y: _Y, info: Any, path: str, show: Callable[[Any], str] = str) -> Any:
+        whole = isinstance(info, mi.IntType)
+        value = y.value
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            return self.problem(path, f"expected {_expected(info)}, got {_shown(y)}")
+        return self.bounded(value, info, path, show)
+
+    def unit(self, y: _Y, info: Any, unit: tuple[Callable, Callable], path: str) -> Any:
+        self.lines[path] = y.line
+        parse, show = unit
+        value = y.value
+        if isinstance(value, str):
+            try:
+                value = parse(value)
+            except ValueError as e:
+                return self.problem(path, str(e))
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return self.problem(path, f"expected {_expected(info)}, got {_shown(y)}")
+        if isinstance(info, mi.IntType):
+            if isinstance(y.value, float):
+                why = f"{y.text} is not a size: a plain number is whole bytes (or write 512MiB)"
+                return self.problem(path, why)
+            if 0 < value < MIN_MEMORY:
+                hint = f"; did you mean {y.text}MiB?" if not isinstance(y.value, str) else ""
+                return self.problem(
+                    path, f"{format_size(value)} bytes is less than {format_size(MIN_MEMORY)}{hint}"
+                )
+        elif not math.isinf(MAX_DURATION) and show is format_duration and value > MAX_DURATION:
+            return self.problem(path, f"{y.text} is longer than {format_duration(MAX_DURATION)}")
+        return self.bounded(
+            int(value) if isinstance(info, mi.IntType) else float(value), info, path, show
+        )
+
+    def bounded(self, value: float, info: Any, path: str, show: Callable[[Any], str]) -> Any:
+        if not math.isfinite(value):
+            return self.problem(path, f"must be a finite number, got {value}")
+        if info.gt is not None and value <= info.gt:
+            return self.problem(
+                path, f"{show(value)} is too small: must be more than {show(info.gt)}"
+            )
+        if info.ge is not None and value < info.ge:
+            return self.problem(
+                path, f"{show(value)} is too small: must be at least {show(info.ge)}"
+            )
+        if info.le is not None and value > info.le:
+            return self.problem(
+                path, f"{show(value)} is too large: must be at most {show(info.le)}"
+            )
+        if info.lt is not None and value >= info.lt:
+            return self.problem(
+                path, f"{show(value)} is too large: must be less than {show(info.lt)}"
+            )
+        return value
+
+    def semantics(self, job: dict[str, Any]) -> None:
+        """The rules between fields, on the parts that were valid on their own."""
+        ports = _good(job.get("ports", []))
+        first: dict[str, int] = {}
+        for i, port in enumerate(_listed(job.get("ports"))):
+            if port in first:
+                self.problem(f"ports[{i}]", f"{port} is declared twice (also ports[{first[port]}])")
+            elif port is not _BAD:
+                first[port] = i
+        for i, constraint in enumerate(_listed(job.get("constraints"))):
+            if isinstance(constraint, dict):
+                self.constraint(constraint, f"constraints[{i}]")
+        spread = job.get("spread", "")
+        if spread and spread is not _BAD and not _label_key(spread):
+            self.problem("spread", f"{_quoted(spread)} is not a node label key")
+        restart = job.get("restart", {})
+        if restart is not _BAD:
+            defaults = RestartPolicy()
+            delay = restart.get("delay", defaults.delay)
+            most = restart.get("max_delay", defaults.max_delay)
+            if _BAD not in (delay, most) and most < delay:
+                self.problem(
+                    "restart.max_delay",
+                    f"{format_duration(most)} is less than delay ({format_duration(delay)})",
+                )
+        task = job.get("task", _BAD)
+        if task is not _BAD:
+            self.task(task, ports)
+
+    def constraint(self, constraint: dict[str, Any], path: str) -> None:
+        label, op, value = (
+            constraint.get("label"),
+            constraint.get("op", "="),
+            constraint.get("value"),
+        )
+        if isinstance(label, str) and not _label_key(label):
+            self.problem(f"{path}.label", f"{_quoted(label)} is not a node label key")
+        if op is _BAD or value is _BAD or value is None:
+            return
+        if op in ("in", "not_in") and not isinstance(value, list):
+            self.problem(f"{path}.value", f"op {op} needs a list of values, like [a, b]")
+        elif op in ("=", "!=") and isinstance(value, list):
+            self.problem(f"{path}.value", f"op {op} needs one value; for a list use in or not_in")
+        elif isinstance(value, list) and not value:
+            self.problem(f"{path}.value", "needs at least one value")
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(item, str) and not _label_value(item):
+                at = f"{path}.value[{i}]" if isinstance(value, list) else f"{path}.value"
+                self.problem(at, f"{_quoted(item)} can never match: not a node label value")
+
+    def task(self, task: dict[str, Any], ports: list[str]) -> None:
+        env = task.get("env")
+        env = env if isinstance(env, dict) else {}
+        given = {"PORT", *(f"PORT_{port.upper()}" for port in ports)} if ports else set()
+        for name in env:
+            at = _join("task.env", name)
+            if not ENV_NAME.match(name):
+                why = "is not a variable name (letters, digits and _, not starting with a digit)"
+                self.problem(at, why)
+            elif name in given or name.startswith("COLONY_"):
+                self.problem(at, "is set by Colony for each instance: choose another name")
+        known = [*sorted(given), *AGENT_ENV, *env]
+        for i, arg in enumerate(_listed(task.get("args"))):
+            if not isinstance(arg, str):
+                continue
+            for match in ARG_VARIABLE.finditer(arg):
+                name = match[1]
+                if name in known:
+                    continue
+                if name == "PORT" or name.startswith("PORT_"):
+                    why = f"${{{name}}}: the job declares no port {name[5:].lower() or ''}".rstrip()
+                    why += f"; it has {', '.join(ports)}" if ports else "; add one under ports"
+                else:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    hint = f"; did you mean {close[0]}?" if close else ""
+                    why = f"${{{name}}} is not set for the instance{hint} (set it under task.env)"
+                self.problem(f"task.args[{i}]", why)
+
+    def warnings(self, spec: JobSpec) -> list[Problem]:
+        found = []
+        if spec.driver in ("docker", "microvm"):
+            why = f"{spec.driver} is not available yet: no node can run this job"
+            found.append(Problem(self.file, self.line("driver"), "driver", why))
+        elif spec.driver == "sim":
+            why = "sim runs nothing (it is for benchmarks)"
+            found.append(Problem(self.file, self.line("driver"), "driver", why))
+        known = {"PORT", *(f"PORT_{p.upper()}" for p in spec.ports), *AGENT_ENV, *spec.task.env}
+        shell = Path(spec.task.command).name in _SHELLS  # `sh -c 'echo $PORT'` expands it
+        for i, arg in enumerate([] if shell else spec.task.args):
+            for name in re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", arg):
+                if name in known:
+                    why = f"${name} is passed as is (no shell expands it): write ${{{name}}}"
+                    found.append(
+                        Problem(self.file, self.line(f"task.args[{i}]"), f"task.args[{i}]", why)
+                    )
+        return found
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a job file (its YAML form: sizes and durations may be strings with
+    units). docs/jobspec.schema.json is this, written out; a test keeps them equal."""
+    schema = msgspec.json.schema(JobSpec)
+    defs = schema["$defs"]
+    sizes = "^[0-9]+(\\.[0-9]+)?([KkMmGgTtPp][Ii]?[Bb]?|[Bb])?$"
+    durations = "^([0-9]+(\\.[0-9]+)?|([0-9]+(\\.[0-9]+)?(ms|s|m|h))+)$"
+    forms = {
+        "memory": ("integer", sizes, "Bytes, or a size: 512MiB, 2GiB, 1.5GB, 512M (binary units)"),
+        "cpu": ("number", "^[0-9]+(\\.[0-9]+)?m?$", "Cores: 0.5, 2, or millicores: 500m"),
+        **{
+            name: ("number", durations, "Seconds, or a duration: 500ms, 5s, 5m, 1h30m")
+            for name in _DURATIONS
+        },
+    }
+    for (cls, name), (_, show) in _UNIT_FIELDS.items():
+        prop = defs[cls.__name__]["properties"][name]
+        kind, pattern, description = forms[name]
+        number = {k: v for k, v in prop.items() if k != "default"}
+        prop.clear()
+        prop["description"] = description
+        prop["anyOf"] = [number | {"type": kind}, {"type": "string", "pattern": pattern}]
+        prop["default"] = show(getattr(cls(), name))
+    for name, cls in (("resources", JobResources), ("restart", RestartPolicy)):
+        # the defaults of a whole section, in the YAML form too
+        props = defs[cls.__name__]["properties"]
+        defs["JobSpec"]["properties"][name]["default"] = {k: v["default"] for k, v in props.items()}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Colony job",
+        "description": "A job file: what to run, how many, with what resources "
+        "(see docs/jobspec.md).",
+        **schema,
+    }
+
+
+def _join(path: str, key: str) -> str:
+    key = key if re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", key) else json.dumps(key)
+    return f"{path}.{key}" if path else key
+
+
+def _parent(path: str) -> str:
+    return re.sub(r"(\.?[^.\[]+|\[[^\]]*\])$", "", path)
+
+
+def _quoted(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _shown(y: _Y) -> str:
+    if y.kind != "scalar":
+        return "a list" if y.kind == "list" else "a mapping"
+    return _quoted(y.text) if isinstance(y.value, str) else y.text
+
+
+def _expected(info: Any) -> str:
+    if isinstance(info, mi.Metadata):
+        info = info.type
+    names = {
+        mi.StrType: "a string",
+        mi.IntType: "a whole number",
+        mi.FloatType: "a number",
+        mi.BoolType: "true or false",
+        mi.ListType: "a list",
+        mi.DictType: "a mapping",
+        mi.StructType: "a mapping",
+        mi.LiteralType: "one of " + ", ".join(map(str, getattr(info, "values", ()))),
+    }
+    if isinstance(info, mi.UnionType):
+        return " or ".join(_expected(t) for t in info.types)
+    return names.get(type(info), "a value")
+
+
+def _suggest(key: str, fields: dict[str, Any], cls: type) -> str:
+    close = difflib.get_close_matches(key, fields, n=1)
+    if close:
+        return f"; did you mean {close[0]}?"
+    # a field written at the wrong level: `cpu:` at the top instead of under resources
+    for name, f in fields.items():
+        info = f.type.item_type if isinstance(f.type, mi.ListType) else f.type
+        if isinstance(info, mi.StructType) and any(g.name == key for g in info.fields):
+            return f"; did you mean {name}.{key}?"
+    if cls is JobSpec:
+        return f" (a job has: {', '.join(fields)})"
+    return f" (known: {', '.join(fields)})"
+
+
+def _listed(values: Any) -> list[Any]:
+    return values if isinstance(values, list) else []
+
+
+def _good(values: Any) -> list[Any]:
+    return [v for v in values if v is not _BAD] if isinstance(values, list) else []
+
+
+def _label_key(text: str) -> bool:
+    from colony.shared.messages import NodeLabelKey  # messages imports this module
+
+    (meta,) = NodeLabelKey.__metadata__
+    return len(text) <= meta.max_length and re.match(meta.pattern, text) is not None
+
+
+def _label_value(text: str) -> bool:
+    from colony.shared.messages import NodeLabelValue
+
+    (meta,) = NodeLabelValue.__metadata__
+    return len(text) <= meta.max_length and re.match(meta.pattern, text) is not None
+
+
+def _info(cls: type) -> mi.StructType:
+    return mi.type_info(cls)
+
+
+def _too_big(file: str, size: int) -> Problem:
+    why = f"is {size} bytes: a job file may be at most {MAX_SOURCE_BYTES} bytes"
+    return Problem(file, None, "", why)
+
+
+def _syntax_problem(file: str, error: yaml.MarkedYAMLError) -> Problem:
+    mark = error.problem_mark or error.context_mark
+    why = f"is not valid YAML: {error.problem or error.context}"
+    if error.context and error.problem:
+        why += f" ({error.context}"
+        if error.context_mark and mark and error.context_mark.line != mark.line:
+            why += f" on line {error.context_mark.line + 1}"
+        why += ")"
+    if "\\t" in why or "\t" in why:
+        why += "; indent with spaces, not tabs"
+    return Problem(file, mark.line + 1 if mark else None, "", why)
