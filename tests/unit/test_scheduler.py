@@ -1,0 +1,501 @@
+"""The scheduler: feasibility (and why not), bin-pack and spread scoring, ports,
+reservations, determinism, and the no-fit explanation as people read it."""
+
+from __future__ import annotations
+
+import random
+
+from colony.curator.scheduler import Ask, Decision, NodeView, holds, reserved, schedule
+from colony.shared.jobspec import Constraint, JobResources, JobSpec, Task
+from colony.shared.messages import InstanceRecord, NodeRecord, Resources
+
+MiB = 2**20
+GiB = 2**30
+
+
+def node(
+    nid: str,
+    cpu: float = 4,
+    memory: int = 8 * GiB,
+    *,
+    drivers: tuple[str, ...] = ("process",),
+    ports: tuple[int, int] = (20000, 20099),
+    status: str = "alive",
+    eligible: bool = True,
+    **labels: str,
+) -> NodeView:
+    record = NodeRecord(
+        node=nid,
+        cpu=cpu,
+        memory=memory,
+        drivers=list(drivers),
+        port_lo=ports[0],
+        port_hi=ports[1],
+        status=status,
+        eligible=eligible,
+    )
+    return NodeView(record, labels)
+
+
+def job(name: str = "web", cpu: float = 1, memory: int = 1 * GiB, **fields) -> JobSpec:
+    resources = JobResources(cpu=cpu, memory=memory)
+    return JobSpec(name=name, task=Task(command="app"), resources=resources, **fields)
+
+
+def instance(
+    iid: str,
+    nid: str,
+    *,
+    job: str = "other",
+    cpu: float = 1,
+    memory: int = 1 * GiB,
+    ports: dict[str, int] | None = None,
+    desired: str = "run",
+    state: str = "running",
+    slot: int = 0,
+) -> InstanceRecord:
+    return InstanceRecord(
+        id=iid,
+        job=job,
+        version=1,
+        slot=slot,
+        node=nid,
+        cpu=cpu,
+        memory=memory,
+        ports=ports or {},
+        desired=desired,  # type: ignore[arg-type]
+        state=state,
+    )
+
+
+def place(nodes, spec: JobSpec, slots=(0,), instances=(), avoid=None) -> Decision:
+    return schedule(nodes, list(instances), Ask(spec, 1, tuple(slots), avoid or {}))
+
+
+def where(decision: Decision) -> dict[int, str]:
+    return {slot: nid for slot, nid, _ in decision.placements}
+
+
+# --- feasibility, one reason at a time ----------------------------------------------------
+
+
+def test_a_node_that_fits_takes_the_instance():
+    d = place([node("n1")], job())
+    assert d == Decision(placements=((0, "n1", {}),), unplaced=(), no_fit=())
+
+
+def test_nodes_not_alive_are_counted_by_status():
+    nodes = [
+        node("n1", status="dead"),
+        node("n2", status="dead"),
+        node("n3", status="suspect"),
+        node("n4", status="left"),
+        node("n5", status="unknown"),
+    ]
+    d = place(nodes, job())
+    assert d.unplaced == (0,)
+    assert d.no_fit == (
+        "0 nodes are alive",
+        "2 nodes are dead",
+        "1 node has left",
+        "1 node is suspect",
+        "1 node has no status yet",
+    )
+
+
+def test_no_nodes_at_all():
+    assert place([], job()).no_fit == ("0 nodes are alive",)
+
+
+def test_an_ineligible_node_is_not_used():
+    d = place([node("n1", eligible=False), node("n2", status="dead")], job())
+    assert d.no_fit == ("1 node is dead", "1 node is ineligible")
+
+
+def test_driver_missing_everywhere_or_on_some_nodes():
+    assert place([node("n1"), node("n2")], job(driver="docker")).no_fit == (
+        "no node has driver docker",
+    )
+    nodes = [node("n1"), node("n2"), node("n3", status="dead")]
+    assert place(nodes, job(driver="docker")).no_fit == (
+        "2 nodes lack driver docker",
+        "1 node is dead",
+    )
+    both = node("n4", drivers=("process", "docker"))
+    assert where(place([*nodes, both], job(driver="docker"))) == {0: "n4"}
+
+
+def test_cpu_and_memory_shortfalls_say_how_close_the_best_came():
+    nodes = [node("n1", cpu=1.5), node("n2", cpu=0.5), node("n3", memory=300 * MiB)]
+    d = place(nodes, job(cpu=2, memory=512 * MiB))
+    assert d.no_fit == (
+        "2 nodes lack cpu: need 2 cores, the best has 1.5 cores free",
+        "1 node lacks memory: need 512 MiB, it has 300 MiB free",
+    )
+
+
+def test_reserved_resources_count_against_free():
+    busy = [instance("a", "n1", cpu=3.5, memory=7 * GiB + 700 * MiB)]
+    d = place([node("n1")], job(memory=512 * MiB), instances=busy)
+    assert d.no_fit == ("1 node lacks cpu: need 1 core, it has 0.5 cores free",)
+    d = place([node("n1")], job(cpu=0.5, memory=512 * MiB), instances=busy)
+    assert d.no_fit == ("1 node lacks memory: need 512 MiB, it has 324 MiB free",)
+
+
+def test_free_is_rounded_down_and_need_up_so_they_never_read_equal():
+    nodes = [node("n1", memory=GiB - 1)]
+    assert place(nodes, job(memory=GiB)).no_fit == (
+        "1 node lacks memory: need 1 GiB, it has 1023.9 MiB free",
+    )
+
+
+def test_ports_in_the_node_range():
+    held = [instance("a", "n1", ports={"http": 20000}), instance("b", "n1", ports={"x": 20002})]
+    d = place([node("n1", ports=(20000, 20002))], job(ports=["http", "admin"]), instances=held)
+    assert d.no_fit == ("1 node lacks ports: need 2 ports, it has 1 free",)
+    # a node without a port range runs only jobs without ports
+    assert place([node("n1", ports=(0, 0))], job(ports=["http"])).no_fit == (
+        "1 node lacks ports: need 1 port, it has 0 free",
+    )
+    assert where(place([node("n1", ports=(0, 0))], job())) == {0: "n1"}
+
+
+def test_constraints_each_operator():
+    nodes = [
+        node("a", zone="eu", disk="ssd"),
+        node("b", zone="us", disk="ssd"),
+        node("c", zone="ap"),
+        node("d"),
+    ]
+
+    def feasible(*constraints: Constraint) -> set[str]:
+        spec = job(constraints=list(constraints), distinct_nodes=True)
+        d = place(nodes, spec, slots=range(4))
+        return set(where(d).values())
+
+    assert feasible(Constraint(label="zone", value="eu")) == {"a"}
+    assert feasible(Constraint(label="zone", op="!=", value="eu")) == {"b", "c", "d"}
+    assert feasible(Constraint(label="zone", op="in", value=["eu", "us"])) == {"a", "b"}
+    assert feasible(Constraint(label="zone", op="in", value="eu, ap")) == {"a", "c"}
+    assert feasible(Constraint(label="zone", op="not_in", value=["eu", "us"])) == {"c", "d"}
+    assert feasible(
+        Constraint(label="zone", op="!=", value="us"), Constraint(label="disk", value="ssd")
+    ) == {"a"}
+
+
+def test_each_constraint_is_its_own_reason():
+    nodes = [node("a", zone="eu"), node("b", zone="us"), node("c", zone="us"), node("d")]
+    spec = job(
+        constraints=[
+            Constraint(label="zone", op="in", value=["eu", "us"]),
+            Constraint(label="zone", value="eu"),
+            Constraint(label="zone", op="not_in", value=["eu"]),
+        ]
+    )
+    assert place(nodes, spec).no_fit == (
+        "2 nodes fail constraint zone = eu",
+        "1 node fails constraint zone in (eu, us)",
+        "1 node fails constraint zone not_in (eu)",
+    )
+
+
+def test_distinct_nodes_places_one_instance_of_the_job_per_node():
+    nodes = [node("n1"), node("n2"), node("n3")]
+    there = [instance("web-0-aaaa", "n1", job="web")]
+    d = place(nodes, job(distinct_nodes=True), slots=[1, 2, 3], instances=there)
+    assert sorted(where(d).values()) == ["n2", "n3"]
+    assert d.unplaced == (3,)
+    assert d.no_fit == ("3 nodes already run an instance of web (distinct_nodes)",)
+    # an instance being stopped does not count: its replacement may go beside it
+    leaving = [instance("web-0-aaaa", "n1", job="web", desired="stop")]
+    d = place([node("n1")], job(distinct_nodes=True), instances=leaving)
+    assert where(d) == {0: "n1"}
+
+
+def test_a_slot_avoids_the_nodes_where_it_failed():
+    nodes = [node("n1"), node("n2")]
+    busy = [instance("a", "n1", cpu=2)]  # n1 is the fuller: bin-pack's choice
+    avoid = {0: frozenset({"n1"})}
+    assert where(place(nodes, job(), slots=[0, 1], instances=busy, avoid=avoid)) == {
+        0: "n2",
+        1: "n1",
+    }
+    d = place(nodes, job(), slots=[0], avoid={0: frozenset({"n1", "n2"})})
+    assert d.no_fit == ("2 nodes were avoided (the instance failed there)",)
+    # avoiding a node it would not have used changes nothing
+    plain = place(nodes, job(), slots=range(5))
+    assert place(nodes, job(), slots=range(5), avoid={2: frozenset({"n9"})}) == plain
+
+
+def test_most_frequent_reason_first_and_each_node_counted_once():
+    nodes = [
+        node("n1", status="dead", drivers=()),
+        node("n2", memory=100 * MiB),
+        node("n3", memory=200 * MiB),
+        node("n4", memory=300 * MiB),
+        node("n5", eligible=False),
+        node("n6", drivers=()),
+        node("n7", drivers=()),
+    ]
+    assert place(nodes, job(memory=512 * MiB), slots=[0, 1]) == Decision(
+        placements=(),
+        unplaced=(0, 1),
+        no_fit=(
+            "3 nodes lack memory: need 512 MiB, the best has 300 MiB free",
+            "2 nodes lack driver process",
+            "1 node is dead",
+            "1 node is ineligible",
+        ),
+    )
+
+
+# --- scoring ----------------------------------------------------------------------------
+
+
+def test_bin_pack_prefers_the_fullest_node_after_placing():
+    nodes = [node("n1"), node("n2"), node("n3")]
+    busy = [instance("a", "n2", cpu=2, memory=2 * GiB)]
+    assert where(place(nodes, job(), instances=busy)) == {0: "n2"}
+    # and fills it before starting the next (ties by node id)
+    d = place(nodes, job(), slots=range(5), instances=busy)
+    assert where(d) == {0: "n2", 1: "n2", 2: "n1", 3: "n1", 4: "n1"}
+
+
+def test_bin_pack_weighs_cpu_and_memory_as_fractions_of_capacity():
+    # n1 is half full by cpu, n2 a quarter full by memory: n1 is fuller.
+    nodes = [node("n1", cpu=4, memory=8 * GiB), node("n2", cpu=4, memory=8 * GiB)]
+    busy = [
+        instance("a", "n1", cpu=2, memory=1 * MiB),
+        instance("b", "n2", cpu=0.1, memory=2 * GiB),
+    ]
+    assert where(place(nodes, job(), instances=busy)) == {0: "n1"}
+
+
+def test_spread_prefers_the_label_value_with_fewest_instances_then_bin_packs():
+    nodes = [
+        node("a1", zone="a"),
+        node("a2", zone="a"),
+        node("b1", zone="b"),
+        node("b2", zone="b"),
+        node("x1"),
+    ]
+    there = [
+        instance("web-0-0001", "a1", job="web"),
+        instance("web-1-0002", "a2", job="web"),
+        instance("web-2-0003", "b2", job="web"),
+        instance("other", "b1", cpu=3),
+    ]
+    d = place(nodes, job(spread="zone"), slots=[3, 4, 5, 6], instances=there)
+    # counts a=2, b=1, ""=1: x1 ("" has none); then b and "" tie at 1, and b1 (holding
+    # 3 cores of another job) is fuller than x1; then "" again (a and b hold 2); then all
+    # hold 2, b1 is full, and x1 is the fullest of the rest.
+    assert where(d) == {3: "x1", 4: "b1", 5: "x1", 6: "x1"}
+
+
+def test_spread_balances_instances_across_values():
+    nodes = [node(f"n{i}", cpu=64, memory=64 * GiB, rack=f"r{i % 3}") for i in range(9)]
+    d = place(nodes, job(spread="rack"), slots=range(30))
+    per_rack: dict[str, int] = {}
+    for nid in where(d).values():
+        rack = f"r{int(nid[1:]) % 3}"
+        per_rack[rack] = per_rack.get(rack, 0) + 1
+    assert per_rack == {"r0": 10, "r1": 10, "r2": 10}
+    # and inside a rack it bin-packs: one node per rack takes them all
+    assert len(set(where(d).values())) == 3
+
+
+def test_spread_skips_a_value_whose_nodes_are_full():
+    nodes = [node("a1", cpu=1, zone="a"), node("b1", cpu=8, zone="b")]
+    d = place(nodes, job(spread="zone"), slots=range(4))
+    assert sorted(where(d).values()) == ["a1", "b1", "b1", "b1"]
+
+
+# --- ports and reservations ---------------------------------------------------------------
+
+
+def test_ports_are_the_lowest_free_and_never_given_twice():
+    held = [
+        instance("a", "n1", ports={"http": 20000, "admin": 20002}),
+        # terminal and desired stop: holds nothing, its port is free again
+        instance("b", "n1", ports={"http": 20001}, desired="stop", state="exited"),
+        # stopping but still running: still holds
+        instance("c", "n1", ports={"http": 20003}, desired="stop", state="running"),
+    ]
+    d = place([node("n1")], job(ports=["http", "admin"]), slots=[0, 1], instances=held)
+    assert d.placements == (
+        (0, "n1", {"http": 20001, "admin": 20004}),
+        (1, "n1", {"http": 20005, "admin": 20006}),
+    )
+
+
+def test_ports_run_out_within_one_ask():
+    d = place([node("n1", ports=(30000, 30004))], job(ports=["a", "b"]), slots=range(3))
+    assert [p for _, _, p in d.placements] == [{"a": 30000, "b": 30001}, {"a": 30002, "b": 30003}]
+    assert d.unplaced == (2,)
+    assert d.no_fit == ("1 node lacks ports: need 2 ports, it has 1 free",)
+
+
+def test_holds_and_reserved():
+    records = [
+        instance("a", "n1", cpu=0.1, memory=100),
+        instance("b", "n1", cpu=0.2, memory=200, desired="stop", state="running"),
+        instance("c", "n1", cpu=5, memory=5, desired="stop", state="exited"),
+        instance("d", "n2", cpu=1, memory=1, state="failed"),  # desired run: may restart
+        instance("e", "n3", cpu=1, memory=1, desired="stop", state="lost"),
+    ]
+    assert [holds(i) for i in records] == [True, True, False, True, False]
+    assert reserved(records) == {
+        "n1": Resources(cpu=0.3, memory=300),
+        "n2": Resources(cpu=1, memory=1),
+    }
+    assert reserved(records, "n1") == Resources(cpu=0.3, memory=300)
+    assert reserved(records, "n3") == Resources()
+
+
+def test_an_ask_never_oversubscribes_a_node():
+    d = place([node("n1", cpu=2, memory=64 * GiB)], job(cpu=0.7), slots=range(5))
+    assert len(d.placements) == 2
+    assert d.unplaced == (2, 3, 4)
+
+
+# --- determinism, explanation, size ---------------------------------------------------------
+
+
+def _random_cluster(rng: random.Random) -> tuple[list[NodeView], list[InstanceRecord]]:
+    nodes = []
+    for i in range(60):
+        labels = {"zone": rng.choice(["a", "b", "c"])} if rng.random() < 0.8 else {}
+        nodes.append(
+            node(
+                f"n{i:02d}",
+                cpu=rng.choice([2, 4, 8]),
+                memory=rng.choice([4, 8, 16]) * GiB,
+                status=rng.choice(["alive"] * 8 + ["dead", "suspect"]),
+                ports=(20000, 20000 + rng.randrange(3, 30)),
+                **labels,
+            )
+        )
+    instances = []
+    for i in range(150):
+        nid = rng.choice(nodes).record.node
+        instances.append(
+            instance(
+                f"i{i}",
+                nid,
+                job=rng.choice(["web", "db"]),
+                cpu=rng.choice([0.1, 0.2, 0.3, 0.5]),
+                memory=rng.choice([64, 128, 256]) * MiB,
+                ports={"http": 20000 + rng.randrange(0, 3)},
+                desired=rng.choice(["run", "run", "stop"]),
+                state=rng.choice(["running", "exited", "pending"]),
+            )
+        )
+    return nodes, instances
+
+
+def test_same_inputs_same_decision_whatever_their_order():
+    for seed in range(5):
+        nodes, instances = _random_cluster(random.Random(seed))
+        for spec in (
+            job(cpu=0.3, memory=200 * MiB, ports=["http", "metrics"]),
+            job(cpu=0.3, memory=200 * MiB, ports=["http"], spread="zone"),
+            job(cpu=1, memory=GiB, distinct_nodes=True, spread="zone"),
+        ):
+            ask = Ask(spec, 1, tuple(range(600)), {3: frozenset({"n01", "n02"})})
+            first = schedule(nodes, instances, ask)
+            assert first.placements and first.unplaced  # the sample both places and runs out
+            for shuffle_seed in range(3):
+                rng = random.Random(shuffle_seed)
+                n2, i2 = list(nodes), list(instances)
+                rng.shuffle(n2)
+                rng.shuffle(i2)
+                assert schedule(n2, i2, ask) == first
+
+
+def test_placements_match_a_plain_reading_of_the_rules():
+    """The heaps give what scanning every node with the stated key would."""
+    for seed in range(3):
+        nodes, instances = _random_cluster(random.Random(seed))
+        spec = job(cpu=0.3, memory=300 * MiB, ports=["http"], spread="zone")
+        d = schedule(nodes, instances, Ask(spec, 1, tuple(range(100))))
+        held = list(instances)
+        views = {v.record.node: v for v in nodes}
+        for slot, nid, ports in d.placements:
+            expected = _naive_best(list(views.values()), held, spec)
+            assert nid == expected, f"slot {slot}"
+            held.append(instance(f"web-{slot}", nid, job="web", cpu=0.3, memory=300 * MiB))
+            held[-1] = InstanceRecord(**{**_fields(held[-1]), "ports": ports})
+
+
+def _fields(i: InstanceRecord) -> dict:
+    return {f: getattr(i, f) for f in i.__struct_fields__}
+
+
+def _naive_best(nodes: list[NodeView], instances: list[InstanceRecord], spec: JobSpec) -> str:
+    """The rules as the design states them, one node at a time, no cleverness."""
+    per_value: dict[str, int] = {}
+    for i in instances:
+        if i.job == spec.name and i.desired == "run":
+            value = next(v.labels.get("zone", "") for v in nodes if v.record.node == i.node)
+            per_value[value] = per_value.get(value, 0) + 1
+    best = None
+    for v in nodes:
+        r = v.record
+        if r.status != "alive" or not r.eligible or spec.driver not in r.drivers:
+            continue
+        on = [i for i in instances if i.node == r.node and holds(i)]
+        cpu = sum(i.cpu for i in on) + spec.resources.cpu
+        memory = sum(i.memory for i in on) + spec.resources.memory
+        ports = {p for i in on for p in i.ports.values() if r.port_lo <= p <= r.port_hi}
+        if cpu > r.cpu + 1e-9 or memory > r.memory:
+            continue
+        if r.port_hi - r.port_lo + 1 - len(ports) < len(spec.ports):
+            continue
+        score = (cpu / r.cpu + memory / r.memory) / 2
+        key = (per_value.get(v.labels.get("zone", ""), 0), -round(score, 9), r.node)
+        best = min(best or key, key)
+    assert best is not None
+    return best[2]
+
+
+def test_size_ten_thousand_instances_over_a_thousand_nodes_in_batches():
+    nodes = [
+        node(f"n{i:04d}", cpu=16, memory=32 * GiB, ports=(20000, 20019), zone=f"z{i % 4}")
+        for i in range(1000)
+    ]
+    instances: list[InstanceRecord] = []
+    specs = [
+        job("web", cpu=1, memory=2 * GiB, ports=["http"]),
+        job("api", cpu=0.5, memory=GiB, ports=["http", "grpc"], spread="zone"),
+    ]
+    for start in range(0, 10_000, 250):
+        spec = specs[(start // 250) % 2]
+        d = schedule(nodes, instances, Ask(spec, 1, tuple(range(start, start + 250))))
+        assert d.unplaced == () and d.no_fit == ()
+        for slot, nid, ports in d.placements:
+            instances.append(
+                InstanceRecord(
+                    id=f"{spec.name}-{slot}",
+                    job=spec.name,
+                    version=1,
+                    slot=slot,
+                    node=nid,
+                    cpu=spec.resources.cpu,
+                    memory=spec.resources.memory,
+                    ports=ports,
+                )
+            )
+    assert len(instances) == 10_000
+    per_node: dict[str, list[InstanceRecord]] = {}
+    for i in instances:
+        per_node.setdefault(i.node, []).append(i)
+    for nid, on in per_node.items():
+        assert sum(i.cpu for i in on) <= 16 and sum(i.memory for i in on) <= 32 * GiB, nid
+        ports = [p for i in on for p in i.ports.values()]
+        assert len(ports) == len(set(ports)) and all(20000 <= p <= 20019 for p in ports), nid
+    api_zones: dict[str, int] = {}
+    for i in instances:
+        if i.job == "api":
+            zone = f"z{int(i.node[1:]) % 4}"
+            api_zones[zone] = api_zones.get(zone, 0) + 1
+    assert sorted(api_zones.values()) == [1250] * 4
