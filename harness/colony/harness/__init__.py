@@ -7,6 +7,10 @@ with a service.
   apart and heal (root only).
 - `netns_voters`: a nats-server and a consensus voter on each namespace host, asked from
   inside the hosts.
+- `netns_nodes`: a whole Colony node (supervisor, nats-server, every service, the agent
+  and its instances) on each namespace host, asked from inside the hosts.
+- `jobs`: a cluster's jobs, instances and nodes read from the management database, and
+  the real processes of its instances (found by their environment).
 - `probe`: the small programs run inside a namespace host: a voter's status or digest, a
   proposal sent on a signal, a subject's messages, a server's routes, a TCP connect.
 - `busy`: keeps one CPU core busy until killed, the load a benchmark puts beside the cluster.

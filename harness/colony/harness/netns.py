@@ -333,26 +333,33 @@ class HostProcesses:
 
     def start_nats(self, route_ping_interval: float, timeout: float = 20) -> None:
         """A nats-server on every host (its config in ``workdir/<host>``), routed to all of them."""
-        hosts = self.net.hosts.values()
-        routes: list[int | str] = [f"{h.address}:{self.ports.cluster}" for h in hosts]
-        for host in hosts:
-            here = self.workdir / host.name
+        for host in self.net.hosts:
+            here = self.workdir / host
             here.mkdir(parents=True)
-            server = natsd.ServerConfig(
-                host.name,
-                self.ports,
-                here / "jetstream",
-                routes=routes,
-                host=host.address,
-                route_ping_interval=route_ping_interval,
-            )
+            server = self.server(host, here / "jetstream", route_ping_interval)
             (here / "nats.conf").write_text(server.render())
-            self.spawn(host.name, [natsd.binary(), "-c", str(here / "nats.conf")], "nats")
-        for host in hosts:
+            self.spawn(host, [natsd.binary(), "-c", str(here / "nats.conf")], "nats")
+        self.await_servers(timeout)
+
+    def server(self, host: str, store: Path, route_ping_interval: float) -> natsd.ServerConfig:
+        """`host`'s nats-server: on its address, routed to every host's."""
+        routes: list[int | str] = [
+            f"{h.address}:{self.ports.cluster}" for h in self.net.hosts.values()
+        ]
+        return natsd.ServerConfig(
+            host,
+            self.ports,
+            store,
+            routes=routes,
+            host=self.net.hosts[host].address,
+            route_ping_interval=route_ping_interval,
+        )
+
+    def await_servers(self, timeout: float = 20) -> None:
+        """Until every host's nats-server accepts clients."""
+        for host in self.net.hosts:
             wait_for(
-                lambda h=host.name: self._serving(h),
-                timeout,
-                f"{host.name}'s nats-server to accept clients",
+                lambda h=host: self._serving(h), timeout, f"{host}'s nats-server to accept clients"
             )
 
     def _serving(self, host: str) -> bool:

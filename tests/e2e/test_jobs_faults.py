@@ -1,0 +1,406 @@
+"""End to end, on a real `colony up --nodes 5` cluster: jobs through bad input and faults.
+
+One cluster for the module (its nodes labelled ``host=<name>`` so that a job can be
+kept on, or spread across, chosen nodes). Each test runs its own jobs, purges them
+when done, and brings back any node it killed, so the next test finds the cluster as
+it was. The least destructive tests come first.
+
+What is checked is what the management database committed (`colony.harness.jobs`
+reads the instances, jobs and nodes kinds) and, for duplicates and leftovers, this
+machine's real processes: every process of an instance carries `COLONY_INSTANCE`,
+`COLONY_JOB` and `COLONY_NODE` in its environment, whichever node started it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from _cli import colony, down, on_cluster, up
+
+from colony.cli.local.ports import free_base_port
+from colony.harness import jobs as harness
+from colony.harness.jobs import (
+    LocalJobs,
+    all_running,
+    instance_processes,
+    one_process_each,
+    table,
+)
+from colony.harness.processes import wait_for
+from colony.shared.statedir import StateDir
+
+pytestmark = pytest.mark.e2e
+
+NODES = 5
+FORM = 90
+"""Seconds for a fresh cluster to elect, appoint a manager and register every node."""
+SETTLE = 60
+"""Seconds for a job's instances to be placed and running (or to end as expected)."""
+DEAD = 60
+"""Seconds for membership to declare a killed node dead and the manager to record it."""
+REPLACED_WITHIN = 10.0
+"""The issue's bar: instances of a dead node run elsewhere this soon after the verdict."""
+STOP_GRACE = 10.0
+"""Seconds the process driver gives a workload after SIGTERM before SIGKILL (at most)."""
+SLEEPER = {"command": "/bin/sleep", "args": ["3600"]}
+SMALL = {"cpu": 0.01, "memory": "16MiB"}
+"""Room for 20 and more instances on 4 nodes of this 2-core machine."""
+
+
+# --- the cluster ----------------------------------------------------------------------
+
+
+class Colony:
+    """The module's cluster: its state dir, its reads, its nodes by name and id."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.jobs = LocalJobs(state)
+
+    def ids(self) -> dict[str, str]:
+        """Node name -> id."""
+        return {n.name: n.read_id() or "" for n in StateDir(self.state).nodes()}
+
+    def name_of(self, node_id: str) -> str:
+        return next(name for name, i in self.ids().items() if i == node_id)
+
+    def manager(self, above_epoch: int = 0, timeout: float = FORM):
+        return on_cluster(self.state, lambda c: c.wait_manager(timeout, above_epoch=above_epoch))
+
+    def others(self) -> list[str]:
+        """Names of the nodes that are not the manager's, in order."""
+        chief = self.name_of(self.manager().node)
+        return [name for name in self.ids() if name != chief]
+
+    def nodes_alive(self, ids: list[str] | None = None, timeout: float = FORM) -> None:
+        """Until the manager has recorded these nodes (every node) alive, each registered
+        by its agent."""
+        wanted = set(ids or self.ids().values())
+
+        def alive() -> bool:
+            nodes = self.jobs.nodes()
+            return all(n in nodes and nodes[n].status == "alive" and nodes[n].registered
+                       for n in wanted)  # fmt: skip
+
+        wait_for(alive, timeout, f"nodes {sorted(wanted)} registered and alive", every=0.5)
+
+    def run(self, spec: dict, tmp_path: Path, *extra: str, check: bool = True):
+        """`colony job run` of `spec` written as a YAML job file."""
+        path = tmp_path / f"{spec['name']}.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return colony("job", "run", str(path), *extra, state=self.state, check=check)
+
+    def running(self, job: str, replicas: int, avoid=(), timeout: float = SETTLE):
+        return self.jobs.until(
+            lambda seen: all_running(seen, replicas, avoid),
+            job,
+            timeout,
+            f"{replicas} instances of {job} running, one per slot"
+            + (f", none on {sorted(avoid)}" if avoid else ""),
+        )
+
+    def purge(self, *names: str) -> None:
+        """Stop and forget these jobs; until they are gone, with every process of theirs."""
+        for name in names:
+            colony("job", "stop", name, "--purge", state=self.state, check=False)
+        for name in names:
+            wait_for(
+                lambda n=name: n not in self.jobs.jobs() and not instance_processes(n),
+                SETTLE,
+                f"job {name} forgotten and its processes gone",
+                every=0.5,
+            )
+
+    def crash(self, node_id: str, instances: bool) -> None:
+        """kill -9 the node's supervisor and services (and, with `instances`, every
+        instance process its agent started: a machine failure)."""
+        next(n for n in StateDir(self.state).nodes() if n.read_id() == node_id).crash()
+        if instances:
+            harness.kill_instances_of(node_id)
+
+
+def job(name: str, replicas: int, **fields) -> dict:
+    return {"name": name, "task": SLEEPER, "replicas": replicas, "resources": SMALL, **fields}
+
+
+def on_host(*names: str) -> list[dict]:
+    if len(names) == 1:
+        return [{"label": "host", "op": "=", "value": names[0]}]
+    return [{"label": "host", "op": "in", "value": list(names)}]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state = tmp_path_factory.mktemp("colony") / "state"
+    up(state, free_base_port(NODES), nodes=NODES)
+    try:
+        here = Colony(state)
+        here.manager()
+        for name in here.ids():
+            colony("node", "label", name, f"host={name}", state=state)
+        here.nodes_alive()
+        yield here
+    finally:
+        ids = Colony(state).ids().values()
+        down(state)
+        for node in ids:  # what `colony down` would have left behind
+            harness.kill_instances_of(node)
+
+
+# --- bad input --------------------------------------------------------------------------
+
+
+def test_a_job_larger_than_any_node_is_refused_at_plan_time_and_nothing_is_stored(
+    cluster, tmp_path
+):
+    for name, resources, lacking in (
+        ("too-much-cpu", {"cpu": 64, "memory": "16MiB"}, "cpu"),
+        ("too-much-memory", {"cpu": 0.01, "memory": "4TiB"}, "memory"),
+    ):
+        spec = {**job(name, 2), "resources": resources}
+        refused = cluster.run(spec, tmp_path, check=False)
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 1, said
+        assert "does not fit" in said and "nothing was stored" in said, said
+        # the scheduler's reason, per node count: "5 nodes lack cpu: need 64 ..."
+        assert re.search(rf"{NODES} nodes? lack {lacking}", said), said
+        assert "Traceback" not in said
+        planned = colony("job", "plan", str(tmp_path / f"{name}.yaml"), "--json",
+                         state=cluster.state, check=False)  # fmt: skip
+        assert planned.returncode == 1 and json.loads(planned.stdout)["fits"] is False
+    listed = json.loads(colony("job", "list", "--json", state=cluster.state).stdout)
+    assert not {j["name"] for j in listed} & {"too-much-cpu", "too-much-memory"}
+    assert cluster.jobs.instances("too-much-cpu") == []
+    assert cluster.jobs.instances("too-much-memory") == []
+
+
+def test_bad_commands_fail_with_their_reason_and_the_agent_keeps_serving(cluster, tmp_path):
+    here, there = cluster.others()[:2]
+    quick = {"attempts": 2, "interval": "1m", "delay": "200ms", "backoff": 1, "then": "fail"}
+    steady = job("steady", 2, constraints=on_host(here))
+    cluster.run(steady, tmp_path, "--timeout", str(SETTLE))
+    before = {i.id: i.pid for i in cluster.running("steady", 2)}
+
+    broken = {
+        "no-such-command": {
+            "task": {"command": "/nonexistent/colony-no-such-command"},
+            "restart": {**quick, "then": "reschedule"},
+            "constraints": on_host(here, there),
+        },
+        "bad-workdir": {
+            "task": {**SLEEPER, "workdir": "/nonexistent/colony-workdir"},
+            "restart": quick,
+            "constraints": on_host(here),
+        },
+        "memory-too-small": {
+            # a 2 MiB limit for a process that needs 64 MiB more: the host cannot honour it
+            "task": {
+                "command": sys.executable,
+                "args": ["-c", "b = bytearray(64 * 2**20); import time; time.sleep(3600)"],
+            },
+            "resources": {"cpu": 0.01, "memory": "2MiB"},
+            "restart": quick,
+            "constraints": on_host(here),
+        },
+    }
+    try:
+        for name, fields in broken.items():
+            cluster.run({**job(name, 1), **fields}, tmp_path, "--detach")
+        why = {
+            "no-such-command": re.compile(r"not found|no such file|does not exist", re.I),
+            "bad-workdir": re.compile(r"/nonexistent/colony-workdir"),
+            "memory-too-small": re.compile(r"memory", re.I),
+        }
+        for name, reason in why.items():
+            [failed] = cluster.jobs.until(
+                lambda seen: [i for i in seen if i.slot == 0 and i.state == "failed"][:1],
+                name,
+                SETTLE,
+                f"{name}'s first instance to fail",
+            )
+            assert failed.restarts == 2, table([failed])  # the policy's attempts, then failed
+            assert failed.exit_code is not None or failed.reason, table([failed])
+            assert reason.search(failed.reason), f"{name}: {failed.reason!r}"
+            assert "Traceback" not in failed.reason
+            shown = json.loads(colony("job", "status", name, "--all", "--json",
+                                      state=cluster.state).stdout)  # fmt: skip
+            assert failed.reason in [i["reason"] for i in shown["instances"]]
+
+        # then: reschedule -> a replacement on the other node; then: fail -> left failed
+        first = next(i for i in cluster.jobs.instances("no-such-command") if i.state == "failed")
+        replacement = cluster.jobs.until(
+            lambda seen: [i for i in seen if i.replaces == first.id][:1],
+            "no-such-command",
+            SETTLE,
+            f"a replacement of {first.id} elsewhere",
+        )[0]
+        assert replacement.node != first.node and replacement.slot == 0
+        for name in ("bad-workdir", "memory-too-small"):
+            [only] = cluster.jobs.instances(name)
+            assert only.desired == "run" and only.state == "failed", table([only])
+
+        # The agent on `here` kept serving: its steady instances untouched, and it starts
+        # a new one.
+        colony("job", "scale", "steady", "3", state=cluster.state)
+        after = {i.id: i.pid for i in cluster.running("steady", 3)}
+        assert {k: after[k] for k in before} == before
+        wait_for(lambda: one_process_each("steady", cluster.jobs.instances("steady")), 10,
+                 "one process per steady instance")  # fmt: skip
+    finally:
+        cluster.purge("steady", *broken)
+
+
+def test_a_forking_workload_that_ignores_sigterm_is_stopped_with_nothing_left(cluster, tmp_path):
+    script = tmp_path / "stubborn.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "for _ in range(2):\n"
+        "    if os.fork() == 0:\n"
+        "        os.fork()  # a grandchild too\n"
+        "        break\n"
+        "time.sleep(3600)\n"
+    )
+    spec = {**job("stubborn", 1), "task": {"command": sys.executable, "args": [str(script)]}}
+    cluster.run(spec, tmp_path, "--timeout", str(SETTLE))
+    try:
+        [instance] = cluster.running("stubborn", 1)
+        # the workload, its two children and their two children
+        family = wait_for(lambda: (p := instance_processes("stubborn")) and len(p) == 5 and p,
+                          10, "the workload's 5 processes")  # fmt: skip
+        sessions = {p.sid for p in family}
+        assert len(sessions) == 1, family
+
+        stopped = time.monotonic()
+        colony("job", "stop", "stubborn", state=cluster.state)
+        wait_for(
+            lambda: not instance_processes("stubborn") and not harness.in_session(*sessions),
+            STOP_GRACE + 5,
+            "every process of the stubborn workload gone",
+            every=0.1,
+        )
+        took = time.monotonic() - stopped
+        ended = cluster.jobs.until(
+            lambda seen: [i for i in seen if i.state in harness.TERMINAL],
+            "stubborn",
+            SETTLE,
+            "the stopped instance reported ended",
+        )
+        assert ended[0].id == instance.id
+        print(f"\nstubborn workload (5 processes ignoring SIGTERM) gone {took:.1f} s after stop")
+    finally:
+        cluster.purge("stubborn")
+
+
+# --- faults ---------------------------------------------------------------------------
+
+
+def test_an_agent_killed_with_kill_9_adopts_the_same_instances_on_restart(cluster, tmp_path):
+    name = cluster.others()[0]
+    node_dir = StateDir(cluster.state).node(name)
+    cluster.run(job("adopted", 4, constraints=on_host(name)), tmp_path, "--timeout", str(SETTLE))
+    try:
+        before = {i.id: (i.pid, i.restarts) for i in cluster.running("adopted", 4)}
+        assert one_process_each("adopted", cluster.jobs.instances("adopted"))
+
+        agent = node_dir.record("agent")
+        assert agent is not None and agent.alive(), [r.name for r in node_dir.records()]
+        os.kill(agent.pid, signal.SIGKILL)
+        wait_for(
+            lambda: (r := node_dir.record("agent")) and r.pid != agent.pid and r.alive(),
+            30,
+            f"{name}'s supervisor to restart its agent",
+        )
+        # The new agent serves: it starts a fifth instance (kept on the same node).
+        colony("job", "scale", "adopted", "5", state=cluster.state)
+        after = {i.id: (i.pid, i.restarts) for i in cluster.running("adopted", 5)}
+        assert {k: after[k] for k in before} == before, "the instances were not adopted as is"
+        assert wait_for(lambda: one_process_each("adopted", cluster.jobs.instances("adopted")),
+                        10, "one process per instance")  # fmt: skip
+    finally:
+        cluster.purge("adopted")
+
+
+def test_a_killed_node_s_instances_run_elsewhere_soon_after_the_verdict_and_not_twice(
+    cluster, tmp_path
+):
+    chief = cluster.name_of(cluster.manager().node)
+    spec = job("rescued", 4, constraints=[{"label": "host", "op": "!=", "value": chief}])
+    cluster.run(spec, tmp_path, "--timeout", str(SETTLE))
+    try:
+        placed = cluster.running("rescued", 4)
+        # bin-pack (the default) puts the four on one node
+        [victim] = {i.node for i in placed}
+        old = {i.id: i.pid for i in placed}
+
+        cluster.crash(victim, instances=False)  # its workloads keep running, cut off
+        verdict = wait_for(
+            lambda: (n := cluster.jobs.nodes().get(victim)) and n.status == "dead" and n,
+            DEAD,
+            f"the manager to record {victim} dead",
+            every=0.25,
+        )
+        moved = cluster.running("rescued", 4, avoid={victim}, timeout=DEAD)
+        late = max(i.started_at for i in moved) - verdict.changed
+        assert late <= REPLACED_WITHIN, (
+            f"the last replacement started {late:.1f} s after the verdict:\n{table(moved)}"
+        )
+        assert {i.replaces for i in moved} == set(old), table(moved)
+
+        # The node comes back: its agent finds its old instances unassigned, stops them.
+        colony("up", "--detach", state=cluster.state)
+        cluster.nodes_alive([victim])
+        wait_for(
+            lambda: one_process_each("rescued", cluster.jobs.instances("rescued")),
+            SETTLE,
+            f"the old copies on {victim} stopped, one process per instance",
+            every=0.5,
+        )
+        assert not [p for p in instance_processes("rescued") if p.pid in old.values()]
+        print(f"\n4 instances of dead {victim} running elsewhere {late:.1f} s after the verdict")
+    finally:
+        cluster.purge("rescued")
+
+
+def test_the_manager_s_node_killed_while_placing_20_instances_the_next_manager_finishes(
+    cluster, tmp_path
+):
+    first = cluster.manager()
+    spec = job("twenty", 20, spread="host")
+    cluster.run(spec, tmp_path, "--detach")
+    cluster.crash(first.node, instances=True)  # a machine failure: everything on it dies
+    killed = time.monotonic()
+    at_the_kill = len(cluster.jobs.instances("twenty"))
+    try:
+        second = cluster.manager(above_epoch=first.epoch)
+        assert second.node != first.node
+        done = cluster.running("twenty", 20, avoid={first.node}, timeout=SETTLE + DEAD)
+        took = time.monotonic() - killed
+        assert wait_for(lambda: one_process_each("twenty", cluster.jobs.instances("twenty")),
+                        30, "one process per instance")  # fmt: skip
+        # every node's real processes: as many as the instances placed on it
+        by_node = Counter(p.node for p in instance_processes("twenty") if p.top)
+        assert by_node == Counter(i.node for i in done), (by_node, table(done))
+
+        # The old manager's node comes back: it restarts nothing of what it ran.
+        colony("up", "--detach", state=cluster.state)
+        cluster.nodes_alive([first.node])
+        assert wait_for(lambda: one_process_each("twenty", cluster.jobs.instances("twenty")),
+                        30, "still one process per instance")  # fmt: skip
+        again = cluster.running("twenty", 20)
+        assert {i.id: i.pid for i in again} == {i.id: i.pid for i in done}
+        print(
+            f"\n20 instances ({at_the_kill} placed when the manager died) all running "
+            f"{took:.1f} s after the kill; epoch {first.epoch} -> {second.epoch}"
+        )
+    finally:
+        cluster.purge("twenty")
