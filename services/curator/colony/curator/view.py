@@ -1,0 +1,242 @@
+"""The curator's view of the management database: nodes, labels, jobs, instances, and
+membership's statuses, held in memory while its node acts as manager.
+
+`load` reads it whole (paged queries); `View.apply` keeps it current from the change
+stream, whose changes carry each object's whole record (`Change.detail`; version 0:
+deleted). A job's change leaves its spec out, so a job at a spec version the view does
+not hold waits in `waiting` until the shell reads that version (`missing`, `learn`).
+
+Why log indexes and not versions decide what is newer: the stream is followed from a
+point taken before the reads, so it replays changes the reads already hold, and a
+deletion (version 0) or a purged job made again (its version starts over at 1) cannot
+be ordered by version. Every object remembers the Raft log index its copy is from (a
+read's index, or the change's `log_index`), and a kind remembers the index of its first
+page: a change from no later than either is old news.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from colony.shared.jobspec import JobSpec
+from colony.shared.messages import (
+    Change,
+    Command,
+    InstanceRecord,
+    InstancesPlace,
+    InstancesRemove,
+    InstancesStop,
+    JobBlocked,
+    JobRecord,
+    NodeRecord,
+    NodeStatus,
+    QueryReply,
+    QueryRequest,
+    Stored,
+)
+
+KINDS = {"node": "nodes", "label": "labels", "job": "jobs", "instance": "instances"}
+"""The change kinds the view follows, and the kinds that read them."""
+
+
+@dataclass
+class View:
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    jobs: dict[str, JobRecord] = field(default_factory=dict)
+    """The latest record of every job, with its spec."""
+    instances: dict[str, InstanceRecord] = field(default_factory=dict)
+    members: dict[str, str] = field(default_factory=dict)
+    """Membership's status of each node, as this node's membership sees it (a node it
+    does not mention keeps the status recorded for it)."""
+    specs: dict[tuple[str, int], JobSpec | None] = field(default_factory=dict)
+    """Every (job, spec version) the view needs a spec of: None when it could not be read
+    (the job is gone)."""
+    waiting: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Jobs changed to a spec version the view does not hold yet: the change's detail."""
+    seen: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(change kind, id) -> the log index the view's copy is from (kept after a deletion)."""
+    floor: dict[str, int] = field(default_factory=dict)
+    """Change kind -> the log index its first page was read at."""
+
+    # --- reading it whole -------------------------------------------------------------
+
+    def loaded(self, kind: str, index: int, objects: Iterable[Stored]) -> None:
+        """Take one page of change kind `kind`'s objects, read at log `index`."""
+        self.floor.setdefault(kind, index)
+        for stored in objects:
+            self.seen[(kind, stored.id)] = index
+            self._put(kind, stored.id, stored.value)
+
+    def missing(self) -> set[tuple[str, int]]:
+        """The (job, version) specs the view needs and does not hold."""
+        wanted = {(job, int(detail["version"])) for job, detail in self.waiting.items()}
+        wanted |= {(i.job, i.version) for i in self.instances.values() if i.job in self.jobs}
+        return {key for key in wanted if key not in self.specs}
+
+    def learn(self, job: str, version: int, record: JobRecord | None) -> None:
+        """The spec of `job` at `version`, as read (None: there is none any more)."""
+        self.specs[(job, version)] = record.spec if record else None
+        detail = self.waiting.get(job)
+        if detail is not None and int(detail["version"]) == version:
+            del self.waiting[job]
+            if record is not None:
+                self.jobs[job] = msgspec.convert({**detail, "spec": record.spec}, JobRecord)
+
+    def spec_of(self, instance: InstanceRecord) -> JobSpec | None:
+        """The spec `instance` was placed with (its job's latest when that one is unknown)."""
+        spec = self.specs.get((instance.job, instance.version))
+        if spec is None and instance.job in self.jobs:
+            spec = self.jobs[instance.job].spec
+        return spec
+
+    # --- following changes --------------------------------------------------------------
+
+    def apply(self, change: Change) -> bool:
+        """Take a change of the stream; False if the view holds as new a copy already."""
+        key = (change.kind, change.id)
+        if change.kind not in KINDS:
+            return False
+        if change.log_index <= max(self.seen.get(key, 0), self.floor.get(change.kind, 0)):
+            return False
+        self.seen[key] = change.log_index
+        if change.version == 0:
+            self._drop(change.kind, change.id)
+        elif change.kind == "label":  # a change says {"labels": ...}, a read the labels
+            self._put(change.kind, change.id, change.detail.get("labels", {}))
+        else:
+            self._put(change.kind, change.id, change.detail)
+        return True
+
+    def _put(self, kind: str, id: str, value: Any) -> None:
+        if kind == "node":
+            self.nodes[id] = msgspec.convert(value, NodeRecord)
+        elif kind == "label":
+            self.labels[id] = dict(value)
+        elif kind == "instance":
+            self.instances[id] = msgspec.convert(value, InstanceRecord)
+        elif kind == "job":
+            self._put_job(id, value)
+
+    def _put_job(self, name: str, value: dict[str, Any]) -> None:
+        version = int(value["version"])
+        if "spec" in value:  # read whole
+            record = msgspec.convert(value, JobRecord)
+            self.specs[(name, version)] = record.spec
+        elif (spec := self.specs.get((name, version))) is not None:
+            record = msgspec.convert({**value, "spec": spec}, JobRecord)
+        else:
+            self.waiting[name] = value
+            return
+        self.waiting.pop(name, None)
+        self.jobs[name] = record
+
+    def _drop(self, kind: str, id: str) -> None:
+        if kind == "node":
+            self.nodes.pop(id, None)
+        elif kind == "label":
+            self.labels.pop(id, None)
+        elif kind == "instance":
+            self.instances.pop(id, None)
+        elif kind == "job":
+            self.jobs.pop(id, None)
+            self.waiting.pop(id, None)
+            for key in [k for k in self.specs if k[0] == id]:
+                del self.specs[key]
+
+    # --- what the curator itself committed ------------------------------------------------
+
+    def committed(self, command: Command, index: int, now: float) -> None:
+        """Apply one of the curator's own commands, committed at log `index`, as the
+        database did: the view must not wait for the stream to see its own decisions (a
+        reconcile in between would decide them again)."""
+        match command:
+            case NodeStatus(node=node, status=status, reason=reason):
+                base = self.nodes.get(node) or NodeRecord(node=node)
+                self._mine("node", node, index)
+                self.nodes[node] = msgspec.structs.replace(
+                    base, status=status, reason=reason, changed=now
+                )
+            case JobBlocked(job=job, reason=reason) if job in self.jobs:
+                self._mine("job", job, index)
+                self.jobs[job] = msgspec.structs.replace(self.jobs[job], blocked=reason)
+            case InstancesPlace(placements=placements):
+                for p in placements:
+                    self._mine("instance", p.id, index)
+                    self.instances[p.id] = InstanceRecord(
+                        id=p.id,
+                        job=p.job,
+                        version=p.version,
+                        slot=p.slot,
+                        node=p.node,
+                        cpu=p.cpu,
+                        memory=p.memory,
+                        ports=dict(p.ports),
+                        replaces=p.replaces,
+                        desired_reason=p.reason,
+                        placed=now,
+                        changed=now,
+                    )
+            case InstancesStop(ids=ids, reason=reason):
+                for id in ids:
+                    if (found := self.instances.get(id)) and found.desired != "stop":
+                        self._mine("instance", id, index)
+                        self.instances[id] = msgspec.structs.replace(
+                            found, desired="stop", desired_reason=reason, changed=now
+                        )
+            case InstancesRemove(ids=ids):
+                for id in ids:
+                    self._mine("instance", id, index)
+                    self.instances.pop(id, None)
+
+    def _mine(self, kind: str, id: str, index: int) -> None:
+        self.seen[(kind, id)] = max(self.seen.get((kind, id), 0), index)
+
+    def with_job(self, record: JobRecord) -> View:
+        """A copy in which job `record.name` is `record` (what a plan reconciles)."""
+        other = copy.copy(self)
+        other.jobs = {**self.jobs, record.name: record}
+        return other
+
+
+Ask = Callable[[QueryRequest], Awaitable[QueryReply]]
+"""Reads the management database (`Management.query`)."""
+
+
+async def read_all(ask: Ask, kind: str, key: str = "", where: dict[str, str] | None = None):
+    """Every page of `kind`'s objects: [(the log index a page was read at, its objects)]."""
+    pages, after = [], ""
+    while True:
+        reply = await ask(QueryRequest(key=key, kind=kind, where=where or {}, after=after))
+        pages.append((reply.index, reply.objects))
+        if not reply.more or not reply.objects:
+            return pages
+        after = reply.objects[-1].id
+
+
+async def load(ask: Ask) -> View:
+    """The whole view, read page by page. Instances before jobs: while this node acts
+    nobody else places or stops an instance (fenced), so only clients change what the
+    reads may disagree on, and a job read after its instances is the newer of the two
+    (it never looks as if its newest instances were missing)."""
+    view = View()
+    for change_kind in ("node", "label", "instance", "job"):
+        for index, objects in await read_all(ask, KINDS[change_kind]):
+            view.loaded(change_kind, index, objects)
+    await fill(view, ask)
+    return view
+
+
+async def fill(view: View, ask: Ask) -> None:
+    """Read the specs the view misses (a job changed to a new version; instances placed
+    at an older version than their job's latest)."""
+    for job, version in sorted(view.missing()):
+        where = {"version": str(version)}
+        reply = await ask(QueryRequest(key=job, kind="jobs", where=where))
+        found = [msgspec.convert(s.value, JobRecord) for s in reply.objects]
+        view.learn(job, version, found[0] if found else None)
