@@ -21,7 +21,11 @@ def nats_url(text: str) -> str:
     return text
 
 
-def add_management_options(parser: argparse.ArgumentParser) -> None:
+def add_management_options(
+    parser: argparse.ArgumentParser,
+    timeout: float = 10.0,
+    timeout_help: str = "seconds to keep retrying while no leader answers",
+) -> None:
     """--server, --json, --timeout and --state-dir of a verb that asks the management voters."""
     parser.add_argument(
         "--server",
@@ -33,8 +37,8 @@ def add_management_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",
         type=seconds,
-        default=10.0,
-        help="seconds to keep retrying while no leader answers (default: 10)",
+        default=timeout,
+        help=f"{timeout_help} (default: {timeout:g})",
     )
     # also after the verb (`colony kv get k --state-dir D`), without resetting it
     parser.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)

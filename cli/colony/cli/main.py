@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from colony.cli import capacity, logs, node
+from colony.cli import capacity, events, job, logs, node
 from colony.cli.args import add_management_options, nats_url, seconds
 from colony.cli.kv import cmd_kv
 from colony.cli.local import plan, ports, start, wait, write
@@ -29,6 +29,7 @@ from colony.cli.status import (
     manager_line,
     raft,
     raft_line,
+    reservations,
     stopped_lines,
     table,
 )
@@ -78,7 +79,9 @@ starts those nodes again on their own state and leaves the rest alone.""",
     "logs": """examples:
   colony logs                    the last lines of every process of every node
   colony logs node-2 monitor -f  follow node-2's monitor
-  colony logs monitor            every node's monitor""",
+  colony logs monitor            every node's monitor
+  colony logs web-0-3fa2 -f      follow an instance's output, from the node that runs it
+  colony logs web-0-3fa2 --stderr --tail 4KiB   the last 4 KiB it wrote to stderr""",
 }
 
 
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  colony up --detach     start a local 3-node cluster in the background\n"
         "  colony status          see its nodes\n"
+        "  colony job run examples/web.yaml   run a job on it\n"
         "  colony down            stop it\n\n"
         "Run `colony <verb> --help` for a verb's options and examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -212,13 +216,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     capacity.add_parser(verb)
     node.add_parser(verb)
+    job.add_parser(verb)
+    events.add_parser(verb)
 
-    log = verb("logs", "Show (or follow) the logs of a cluster's processes.")
-    log.add_argument("node", nargs="?", help="node name or id (default: all nodes)")
+    log = verb("logs", "Show (or follow) the logs of a cluster's processes, or an instance's.")
+    log.add_argument(
+        "node", nargs="?", help="node name or id (default: all nodes), or an instance's id"
+    )
     log.add_argument("service", nargs="?", help="supervisor, nats, monitor ... (default: all)")
     log.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     log.add_argument("-n", "--lines", type=_count, default=20, help="lines per file (default: 20)")
     log.add_argument("--raw", action="store_true", help="print JSON log lines as they are")
+    log.add_argument("--stderr", action="store_true", help="an instance's stderr (not stdout)")
+    log.add_argument(
+        "--tail",
+        type=logs.tail_bytes,
+        metavar="BYTES",
+        help="how much of an instance's output to show first (default: 64KiB)",
+    )
+    log.add_argument("--json", action="store_true", help="an instance's output as JSON reads")
+    log.add_argument(
+        "--server",
+        action="append",
+        type=nats_url,
+        help="find the instance through this NATS URL, not the state dir's nodes (repeatable)",
+    )
+    log.add_argument(
+        "--timeout", type=seconds, default=5.0, help="seconds a node may take (default: 5)"
+    )
     log.set_defaults(func=logs.cmd_logs)
     return parser
 
@@ -417,6 +442,7 @@ async def _status(servers: list[str], known: dict[str, tuple[str, str]], timeout
             nodes = await gather(bus, known, timeout)
             leader = await raft(bus, nodes, timeout)
             await labels(bus, nodes, leader, timeout)
+            await reservations(bus, nodes, leader, timeout)
             return nodes, leader
     except TimeoutError:
         fail(f"the cluster did not answer within {timeout * 4 + 2:g} s", "try --timeout 5")

@@ -17,16 +17,19 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from colony.cli import records
 from colony.cli.members import first_view
 from colony.cli.output import human_age, human_bytes
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError
 from colony.shared.cluster import Cluster
+from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
     ConsensusStatus,
     LatestMetricsRequest,
     NodeMetrics,
     QueryRequest,
+    Resources,
     to_builtins,
 )
 from colony.shared.statedir import natural_key
@@ -57,6 +60,11 @@ class NodeStatus:
     """Why its replica stopped itself ('' while it runs)."""
     labels: dict[str, str] = field(default_factory=dict)
     """Its labels in the management database (`colony node label`)."""
+    declared: Resources | None = None
+    """The capacity its agent registered for jobs (None: it registered none)."""
+    reserved: Resources | None = None
+    """What the instances placed on it reserve of `declared` (the scheduler's figures,
+    beside the measured use in `metrics`)."""
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -70,6 +78,8 @@ class NodeStatus:
             "raft": self.raft or None,
             "raft_stopped": self.raft_stopped or None,
             "labels": self.labels,
+            "declared": to_builtins(self.declared) if self.declared else None,
+            "reserved": to_builtins(self.reserved) if self.reserved else None,
             "last_heard_seconds": _round(self.last_heard),
             "age_seconds": _round(time.time() - self.metrics.node_started)
             if self.metrics
@@ -195,6 +205,27 @@ async def labels(bus: Bus, nodes: list[NodeStatus], leader: ConsensusStatus | No
         node.labels = held.get(node.id, {})
 
 
+async def reservations(
+    bus: Bus, nodes: list[NodeStatus], leader: ConsensusStatus | None, timeout: float
+) -> None:
+    """Set each node's declared capacity and reservations, as the Raft leader holds them;
+    none if there is no leader, or it does not answer (or holds no nodes kind yet)."""
+    if leader is None:
+        return
+    client = Management(bus, [leader.node], timeout=timeout)
+    try:
+        declared = await records.nodes(client, stale=True)
+        reserved = records.reservations(await records.instances(client, stale=True))
+    except ManagementError:
+        return
+    held = {n.node: n for n in declared}
+    for node in nodes:
+        if node.id in held:
+            record = held[node.id]
+            node.declared = Resources(cpu=record.cpu, memory=record.memory)
+            node.reserved = reserved.get(node.id, Resources())
+
+
 def raft_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> Text:
     """One line for people: who leads, the term, the commit index, each voter's lag."""
     if not any(n.raft for n in nodes):
@@ -264,6 +295,8 @@ def table(nodes: list[NodeStatus]) -> Table:
         "SERVICES",
         "CPU FREE/CAP",
         "MEM FREE/CAP",
+        "RESERVED CPU",
+        "RESERVED MEM",
     ]
     for column in columns:
         grid.add_column(column, no_wrap=True)
@@ -282,13 +315,20 @@ def table(nodes: list[NodeStatus]) -> Table:
             )
         else:
             state = Text("unreachable", "red")
-        figures = ["-", "-", "-", "-"]
+        measured = ["-", "-"]
+        figures = ["-", "-"]
         if m and node.reachable:
-            figures = [
+            measured = [
                 f"{m.free.cpu:.2f}/{m.capacity.cpu:.2f}",
                 f"{human_bytes(m.free.memory)} / {human_bytes(m.capacity.memory)}",
-                f"{m.host.cpu_percent:.0f}%",
-                human_age(time.time() - m.node_started),
+            ]
+            figures = [f"{m.host.cpu_percent:.0f}%", human_age(time.time() - m.node_started)]
+        reserved = ["-", "-"]
+        if node.reserved is not None and node.declared is not None:
+            r, d = node.reserved, node.declared
+            reserved = [
+                f"{r.cpu:.2f}/{d.cpu:.2f}",
+                f"{human_bytes(r.memory)} / {human_bytes(d.memory)}",
             ]
         services = ", ".join(node.services) or "-"
         member = node.member or "-"
@@ -301,6 +341,6 @@ def table(nodes: list[NodeStatus]) -> Table:
         shown = [", ".join(f"{k}={v}" for k, v in node.labels.items()) or "-"] if labelled else []
         grid.add_row(
             node.name, node.id, state, member, role or "-", node.nats_url or "-", services,
-            *figures, *shown,
+            *measured, *reserved, *figures, *shown,
         )  # fmt: skip
     return grid

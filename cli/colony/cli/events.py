@@ -1,0 +1,278 @@
+"""`colony events`: the management database's change stream, replayed then followed.
+
+One line per change: INDEX TIME KIND ID VERSION SUMMARY, the summary in words made
+from the change's detail (the object's record after the change) and, when this run
+saw the object before, from what changed since (`job web v2 scaled to 6`). The
+changes' signatures are checked with the cluster secret of the state dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from colony.cli.args import nats_url, seconds
+from colony.cli.kv import management
+from colony.cli.output import err, fail, human_bytes, out
+from colony.shared import changes, subjects
+from colony.shared.bus import Bus, BusError, NotFound
+from colony.shared.messages import Change, DecodeError, decode, to_builtins
+from colony.shared.signing import read_secret
+from colony.shared.statedir import StateDir
+
+EXAMPLES = """examples:
+  colony events                      every change the stream keeps, then stop
+  colony events -f                   ... then follow new ones (Ctrl-C stops)
+  colony events -f --kind instance   only instances: placed, starting, running, exited
+  colony events --since 1200         the changes after index 1200
+  colony events --kind job --json    one JSON object per line, for scripts"""
+
+SECRET_FILE = "cluster.secret"
+"""The cluster secret's file in a state dir (`colony up` writes it)."""
+WALK_BACK = 16
+"""Stream messages read back from its end at most to find the last change's index."""
+QUIET = 3.0
+"""Without -f: seconds with nothing new after which the replay is over (a last change
+dropped as a forgery never comes)."""
+SUMMARY_MAX = 160
+
+
+def add_parser(verb) -> None:
+    events = verb("events", "Show the change stream: jobs, instances, nodes, leases...")
+    events.epilog = EXAMPLES
+    events.add_argument("-f", "--follow", action="store_true", help="keep printing new changes")
+    events.add_argument(
+        "--kind",
+        action="append",
+        type=_kind,
+        help="only changes of this kind: job, instance, node, label, lease, leader, voter, "
+        "kv... (repeatable)",
+    )
+    events.add_argument(
+        "--since",
+        type=_index,
+        default=0,
+        metavar="N",
+        help="only the changes after index N (default: every change the stream keeps)",
+    )
+    events.add_argument("--json", action="store_true", help="one JSON object per change")
+    events.add_argument(
+        "--server",
+        action="append",
+        type=nats_url,
+        help="read through this NATS URL instead of the state dir's nodes (repeatable)",
+    )
+    events.add_argument(
+        "--timeout", type=seconds, default=10.0, help="seconds to wait for a server (default: 10)"
+    )
+    events.set_defaults(func=cmd_events)
+
+
+def _kind(text: str) -> str:
+    try:
+        return subjects.token(text, "kind")
+    except subjects.SubjectError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a change index (0 or more), not {text!r}")
+    return value
+
+
+# --- summaries (pure) ------------------------------------------------------------
+
+
+def _ports(ports: dict[str, int]) -> str:
+    return ", ".join(f"{name}={port}" for name, port in ports.items())
+
+
+def instance_summary(d: dict[str, Any], before: dict[str, Any] | None) -> str:
+    what, node, state = f"instance {d.get('id')}", d.get("node", "?"), d.get("state")
+    reason = d.get("reason") or ""
+    if d.get("desired") == "stop" and (before is None or before.get("desired") != "stop"):
+        why = d.get("desired_reason") or "stopped"
+        return f"{what} on {node} to stop: {why}"
+    if state == "pending" and d.get("desired") == "run":
+        ports = f", {_ports(d['ports'])}" if d.get("ports") else ""
+        why = f": {d['desired_reason']}" if d.get("desired_reason") else ""
+        return f"{what} placed on {node} (slot {d.get('slot')}, v{d.get('version')}{ports}){why}"
+    restarts = f", restart {d['restarts']}" if d.get("restarts") else ""
+    if state == "running":
+        return f"{what} running on {node} (pid {d.get('pid')}{restarts})"
+    if state == "exited":
+        code = d.get("exit_code")
+        why = f": {reason}" if reason else ""
+        return f"{what} exited on {node} (code {code}{restarts}){why}"
+    return f"{what} {state} on {node}" + (f": {reason}" if reason else "")
+
+
+def job_summary(d: dict[str, Any], before: dict[str, Any] | None) -> str:
+    what = f"job {d.get('name')} v{d.get('version')}"
+    replicas = d.get("replicas")
+    if before is None:
+        if d.get("status") == "stopped":
+            return f"{what} stopped"
+        if d.get("version") == 1 and not d.get("blocked"):
+            return f"{what}: running, {replicas} replicas"
+        return f"{what}: {d.get('status')}, {replicas} replicas" + (
+            f"; blocked: {d['blocked']}" if d.get("blocked") else ""
+        )
+    if before.get("version") != d.get("version"):
+        return f"{what} submitted (changed spec, {replicas} replicas)"
+    if before.get("status") != d.get("status"):
+        if d.get("status") == "stopped":
+            return f"{what} stopped" + (" (purge)" if d.get("purge") else "")
+        return f"{what} running again ({replicas} replicas)"
+    if before.get("replicas") != replicas:
+        return f"{what} scaled to {replicas}"
+    if before.get("blocked") != d.get("blocked"):
+        return f"{what} blocked: {d['blocked']}" if d.get("blocked") else f"{what} unblocked"
+    return f"{what} changed"
+
+
+def node_summary(d: dict[str, Any], before: dict[str, Any] | None) -> str:
+    what = f"node {d.get('name') or d.get('node')}"
+    reason = f": {d['reason']}" if d.get("reason") else ""
+    if before is not None and before.get("status") != d.get("status"):
+        return f"{what} {before.get('status')} -> {d.get('status')}{reason}"
+    if before is not None and before.get("eligible") != d.get("eligible"):
+        return f"{what} {'eligible' if d.get('eligible') else 'not eligible'}{reason}"
+    drivers = ", ".join(d.get("drivers") or []) or "no drivers"
+    return (
+        f"{what} registered: {d.get('cpu', 0):g} cpu, {human_bytes(d.get('memory', 0))}, "
+        f"{drivers}, ports {d.get('port_lo')}-{d.get('port_hi')} at {d.get('address') or '?'} "
+        f"({d.get('status')})"
+    )
+
+
+def generic_summary(d: dict[str, Any]) -> str:
+    """key=value of every field that says something."""
+    return " ".join(f"{k}={v}" for k, v in d.items() if v not in ("", None, [], {}))
+
+
+SUMMARIES = {"instance": instance_summary, "job": job_summary, "node": node_summary}
+
+
+class Summaries:
+    """Summaries of changes in index order: remembers each object's last detail, to say
+    what changed (scaled, stopped, alive -> dead) rather than only where it is now."""
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def __call__(self, change: Change) -> str:
+        key, d = (change.kind, change.id), change.detail
+        before = self.last.get(key)
+        if change.version == 0:
+            self.last.pop(key, None)
+            if change.kind == "instance":  # its detail is its last record, reason and all
+                text = f"instance {change.id} removed from {d.get('node', '?')}"
+            else:
+                why = f": {d['reason']}" if d.get("reason") else ""
+                text = f"{change.kind} {change.id} removed{why}"
+        elif change.kind in SUMMARIES:
+            self.last[key] = d
+            text = SUMMARIES[change.kind](d, before)
+        elif change.kind == "label":
+            labels = d.get("labels") or {}
+            shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "none"
+            text = f"labels of {change.id}: {shown}"
+        else:
+            text = generic_summary(d)
+        return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1] + "…"
+
+
+def line(change: Change, summary: str) -> str:
+    """INDEX TIME KIND ID VERSION SUMMARY (the time in this machine's time zone)."""
+    when = time.strftime("%H:%M:%S", time.localtime(change.ts)) if change.ts else "-"
+    kind, id = f"{change.kind:<8}", f"{change.id:<24}"
+    return f"{change.index:>7} {when} {kind} {id} {change.version:>4} {summary}"
+
+
+# --- the verb --------------------------------------------------------------------
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    state = StateDir(args.state_dir)
+    secret = None
+    if (state.path / SECRET_FILE).exists():
+        try:
+            secret = read_secret(state.path / SECRET_FILE)
+        except ValueError as e:
+            fail(str(e))
+    elif args.server:
+        err.print(
+            f"warning: changes are not verified: no cluster secret in {state.path}/ "
+            "(a forged change would show as a real one)"
+        )
+    asyncio.run(_events(args, secret))
+    return 0
+
+
+async def _events(args: argparse.Namespace, secret: bytes | None) -> None:
+    summary = Summaries()
+    async with management(args, "colony-events") as client:
+        async for change in _changes(client.bus, args, secret):
+            if args.json:
+                print(json.dumps(to_builtins(change)), flush=True)
+            else:
+                out.print(line(change, summary(change)), soft_wrap=True)
+
+
+async def _changes(
+    bus: Bus, args: argparse.Namespace, secret: bytes | None
+) -> AsyncIterator[Change]:
+    """The changes asked for: with -f, for ever; else up to the last one the stream holds."""
+    kinds = set(args.kind or ())
+    last = None if args.follow else await last_index(bus)
+    if last is not None and last <= args.since:
+        return
+    # Without -f every kind is read (and filtered here): the replay ends at `last`, which
+    # may be a change of another kind.
+    asked = kinds if args.follow else ()
+    stream = changes.follow(bus, after=args.since, kinds=asked, secret=secret)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(None if args.follow else QUIET):
+                    change = await anext(stream)
+            except (StopAsyncIteration, TimeoutError):
+                return
+            if not kinds or change.kind in kinds:
+                yield change
+            if last is not None and change.index >= last:
+                return
+    except NotFound:
+        return  # no change stream yet: nothing has changed
+    finally:
+        await stream.aclose()
+
+
+async def last_index(bus: Bus) -> int:
+    """The index of the last change the stream holds (0: none). A stream sequence is not a
+    change index (a deleted forgery takes one): the last message that is a change says."""
+    try:
+        state = await bus.stream_state(subjects.CHANGES_STREAM)
+    except NotFound:
+        return 0
+    except BusError as e:
+        fail(f"cannot read the change stream: {e}", "is the cluster up? see `colony status`")
+    for seq in range(state.last_seq, max(state.first_seq, 1) - 1, -1)[:WALK_BACK]:
+        stored = await bus.stored(subjects.CHANGES_STREAM, seq)
+        if stored is None:
+            continue
+        try:
+            return decode(stored.data, Change).index
+        except DecodeError:
+            continue
+    return 0

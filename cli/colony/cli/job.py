@@ -1,0 +1,609 @@
+"""`colony job`: validate, plan, run, inspect, scale and stop jobs.
+
+A job file is checked here first (nothing reaches the cluster when it is invalid),
+then the acting manager's curator says what running it would do (`job plan`); `job
+run` refuses a job that does not fit, stores it through consensus, and follows its
+instances until every one runs. The rest read and change the jobs and instances
+kinds of the management database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.table import Table
+from rich.text import Text
+
+from colony.cli import records
+from colony.cli.args import add_management_options
+from colony.cli.kv import management
+from colony.cli.output import err, fail, human_age, human_bytes, out, print_json
+from colony.shared import jobspec, subjects
+from colony.shared.bus import BusError, NoResponders
+from colony.shared.jobspec import JobSpec
+from colony.shared.management import Management, ManagementError
+from colony.shared.messages import (
+    InstanceRecord,
+    JobRecord,
+    JobRun,
+    JobScale,
+    JobStop,
+    NodeRecord,
+    PlanReply,
+    PlanRequest,
+    ProposeReply,
+)
+
+PROGRESS_EVERY = 0.2
+"""Seconds between two reads of a job's instances while `job run` waits for them."""
+PLAN_ATTEMPT = 2.0
+"""Seconds the manager may take to answer one plan request."""
+
+EXAMPLES = {
+    "validate": """examples:
+  colony job validate examples/web.yaml          check a job file; nothing is sent anywhere
+  colony job validate web.yaml --json            {"file": ..., "valid": ..., "problems": [...]}""",
+    "plan": """examples:
+  colony job plan examples/web.yaml      what running it would place where, or why not
+  colony job plan web.yaml --json        the manager's plan as it answered it""",
+    "run": """examples:
+  colony job run examples/web.yaml       store it, then wait until every instance runs
+  colony job run web.yaml --detach       store it and return at once
+  colony job run web.yaml --timeout 120  wait up to 2 minutes for the instances""",
+    "status": """examples:
+  colony job status web          the job and its instances: node, state, address, restarts
+  colony job status web --all    also the instances stopped or being removed
+  colony job status web --json""",
+    "list": """examples:
+  colony job list                every job: version, status, desired and running instances
+  colony job list --json""",
+    "scale": """examples:
+  colony job scale web 6         six instances from now on (until the spec changes them)
+  colony job scale web 0         keep the job, run none of it""",
+    "stop": """examples:
+  colony job stop web            stop every instance; `colony job run` starts it again
+  colony job stop web --purge    stop it and forget it once its instances are gone""",
+}
+
+
+def add_parser(verb) -> None:
+    job = verb("job", "Run jobs on the cluster: validate, plan, run, status, list, scale, stop.")
+    verbs = job.add_subparsers(
+        dest="job_verb", required=True, metavar="validate|plan|run|status|list|scale|stop"
+    )
+
+    def sub(name: str, summary: str, func) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.set_defaults(func=func)
+        return parser
+
+    validate = sub(
+        "validate", "Check a job file and say what it asks for, or what is wrong.", cmd_validate
+    )
+    validate.add_argument("file", type=Path, help="the job file (YAML)")
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
+
+    plan = sub(
+        "plan", "Show what running a job file would place where (nothing is stored).", cmd_plan
+    )
+    plan.add_argument("file", type=Path, help="the job file (YAML)")
+    add_management_options(plan)
+
+    run = sub("run", "Run a job file: plan it, store it, wait until its instances run.", cmd_run)
+    run.add_argument("file", type=Path, help="the job file (YAML)")
+    run.add_argument(
+        "--detach", "-d", action="store_true", help="return once stored, without waiting"
+    )
+    add_management_options(
+        run, timeout=60.0, timeout_help="seconds to wait for every instance to run"
+    )
+
+    status = sub("status", "Show a job and its instances.", cmd_status)
+    status.add_argument("name", help="the job's name")
+    status.add_argument(
+        "--all", action="store_true", help="also instances desired stopped (not yet removed)"
+    )
+    add_management_options(status)
+
+    listing = sub("list", "Show every job.", cmd_list)
+    add_management_options(listing)
+
+    scale = sub("scale", "Change how many instances of a job run.", cmd_scale)
+    scale.add_argument("name", help="the job's name")
+    scale.add_argument("replicas", type=_replicas, help="how many instances")
+    add_management_options(scale)
+
+    stop = sub("stop", "Stop a job's instances (and, with --purge, forget the job).", cmd_stop)
+    stop.add_argument("name", help="the job's name")
+    stop.add_argument("--purge", action="store_true", help="forget the job once it has stopped")
+    add_management_options(stop)
+
+
+def _replicas(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= jobspec.MAX_REPLICAS:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 0 to {jobspec.MAX_REPLICAS}, not {text!r}"
+        )
+    return value
+
+
+# --- what people see (pure) ------------------------------------------------------
+
+
+def describe(spec: JobSpec) -> str:
+    """What a spec asks for, in a few words: '3 replicas of process python3 -m http.server
+    ${PORT}, 0.1 cpu and 64.0 MiB each, ports http'."""
+    command = " ".join(" ".join([spec.task.command, *spec.task.args]).split())
+    if len(command) > 40:
+        command = command[:39] + "…"
+    replicas = "1 replica" if spec.replicas == 1 else f"{spec.replicas} replicas"
+    words = [
+        f"{replicas} of {spec.driver} {command}",
+        f"{spec.resources.cpu:g} cpu and {human_bytes(spec.resources.memory)} each",
+    ]
+    if spec.ports:
+        words.append(f"ports {', '.join(spec.ports)}")
+    return ", ".join(words)
+
+
+def node_name(nodes: dict[str, NodeRecord], node: str) -> str:
+    """A node's name as people know it (its id if it never registered a name)."""
+    record = nodes.get(node)
+    return record.name if record and record.name else node
+
+
+def address(instance: InstanceRecord, nodes: dict[str, NodeRecord]) -> str:
+    """Where the instance answers: ADDRESS:PORT, or NAME=ADDRESS:PORT for each of several
+    ports ('-' while its node's address is unknown)."""
+    record = nodes.get(instance.node)
+    host = record.address if record and record.address else ""
+    if not host:
+        return "-"
+    if len(instance.ports) == 1:
+        [port] = instance.ports.values()
+        return f"{host}:{port}"
+    if not instance.ports:
+        return host
+    return " ".join(f"{name}={host}:{port}" for name, port in instance.ports.items())
+
+
+def shown_state(instance: InstanceRecord) -> Text:
+    colour = {"running": "green", "failed": "red", "lost": "red", "exited": "yellow"}
+    text = Text(instance.state, colour.get(instance.state, ""))
+    if instance.desired == "stop" and instance.state not in records.ENDED:
+        text.append(" (stopping)", "dim")
+    return text
+
+
+def age(instance: InstanceRecord, now: float) -> str:
+    """How long it has been running (or, until it runs, since it was placed)."""
+    since = instance.started_at if instance.state == "running" else instance.placed
+    return human_age(now - since) if since else "-"
+
+
+def instance_table(
+    instances: Sequence[InstanceRecord], nodes: dict[str, NodeRecord], now: float
+) -> Table:
+    grid = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("ID", "NODE", "STATE", "ADDRESS"):
+        grid.add_column(column, no_wrap=True)
+    grid.add_column("RESTARTS", justify="right")
+    grid.add_column("AGE", justify="right")
+    grid.add_column("LAST REASON")
+    for i in sorted(instances, key=lambda i: (i.slot, i.desired != "run", i.id)):
+        grid.add_row(
+            i.id,
+            node_name(nodes, i.node),
+            shown_state(i),
+            address(i, nodes),
+            str(i.restarts),
+            age(i, now),
+            i.reason or i.desired_reason or "-",
+        )
+    return grid
+
+
+def instance_json(instance: InstanceRecord, nodes: dict[str, NodeRecord]) -> dict[str, Any]:
+    shown = address(instance, nodes)
+    return {**msgspec.to_builtins(instance), "address": None if shown == "-" else shown}
+
+
+def job_json(job: JobRecord) -> dict[str, Any]:
+    """The job record for scripts (its file's text left out: `source` can be 64 KiB)."""
+    data = msgspec.to_builtins(job)
+    data.pop("source", None)
+    return data
+
+
+def plan_lines(plan: PlanReply, nodes: dict[str, NodeRecord]) -> list[Text | Table | str]:
+    """The manager's plan for people: what changes, a SLOT NODE PORTS table, what would
+    stop, and each reason something does not fit."""
+    change = {
+        "new": "new job",
+        "update": f"changed spec, version {plan.version}",
+        "unchanged": f"unchanged (version {plan.version})",
+    }[plan.change]
+    lines: list[Text | Table | str] = [f"{plan.job}: {change}"]
+    if plan.place:
+        grid = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("SLOT", "NODE", "PORTS"):
+            grid.add_column(column, no_wrap=True)
+        for p in plan.place:
+            ports = ", ".join(f"{name}={port}" for name, port in p.ports.items()) or "-"
+            grid.add_row(str(p.slot), node_name(nodes, p.node), ports)
+        lines.append(grid)
+    elif plan.unplaced == 0:
+        lines.append("nothing to place")
+    if plan.stop:
+        lines.append(f"would stop: {', '.join(plan.stop)}")
+    if plan.unplaced:
+        lines.append(
+            Text.assemble(
+                (f"{plan.unplaced} instance(s) fit on no node", "red"),
+                ":" if plan.no_fit else " (the manager gave no reason)",
+            )
+        )
+        lines.extend(f"  {reason}" for reason in plan.no_fit)
+    return lines
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a job's instances stand, counted over those desired to run."""
+
+    desired: int
+    placed: int
+    starting: int
+    running: int
+    failed: int
+    blocked: str
+
+    @property
+    def done(self) -> bool:
+        return self.running >= self.desired and self.placed <= self.desired
+
+    def line(self, job: str) -> str:
+        n = self.desired
+        text = (
+            f"{job}: {self.placed}/{n} placed, {self.starting} starting, {self.running}/{n} running"
+        )
+        if self.failed:
+            text += f", {self.failed} failed"
+        if self.blocked:
+            text += f"; blocked: {self.blocked}"
+        return text
+
+
+def progress(job: JobRecord | None, instances: Sequence[InstanceRecord]) -> Progress | None:
+    """How far the job's instances are (None while the job is not recorded yet)."""
+    if job is None:
+        return None
+    wanted = [i for i in instances if i.desired == "run" and i.job == job.name]
+    desired = job.replicas if job.status == "running" else 0
+    return Progress(
+        desired=desired,
+        placed=len(wanted),
+        starting=sum(i.state in ("pending", "starting") for i in wanted),
+        running=sum(i.state == "running" for i in wanted),
+        failed=sum(i.state in ("failed", "lost") for i in wanted),
+        blocked=job.blocked,
+    )
+
+
+def why_not_running(
+    job: JobRecord | None, instances: Sequence[InstanceRecord], nodes: dict[str, NodeRecord]
+) -> list[str]:
+    """Each reason the job's instances are not all running: the job's blocked reason,
+    then every instance desired to run that does not, with its state and last reason."""
+    if job is None:
+        return ["the job was not recorded"]
+    reasons = [f"blocked: {job.blocked}"] if job.blocked else []
+    for i in sorted(instances, key=lambda i: (i.slot, i.id)):
+        if i.desired == "run" and i.state != "running":
+            why = f": {i.reason}" if i.reason else ""
+            reasons.append(f"{i.id} on {node_name(nodes, i.node)} is {i.state}{why}")
+    return reasons
+
+
+def job_row(job: JobRecord, instances: Sequence[InstanceRecord]) -> list[str]:
+    """NAME VERSION STATUS DESIRED RUNNING BLOCKED of `job_list`."""
+    running = sum(
+        i.job == job.name and i.desired == "run" and i.state == "running" for i in instances
+    )
+    status = job.status + (" (purge)" if job.purge else "")
+    return [job.name, str(job.version), status, str(job.replicas), str(running), job.blocked or "-"]
+
+
+def job_list(jobs: Sequence[JobRecord], instances: Sequence[InstanceRecord]) -> Table:
+    grid = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("NAME", "VERSION", "STATUS", "DESIRED", "RUNNING"):
+        grid.add_column(column, no_wrap=True)
+    grid.add_column("BLOCKED")
+    for job in sorted(jobs, key=lambda j: j.name):
+        grid.add_row(*job_row(job, instances))
+    return grid
+
+
+# --- the verbs -------------------------------------------------------------------
+
+
+def load(path: Path, as_json: bool = False) -> jobspec.LoadedJob:
+    """The job file, checked; every problem and exit 1 if it is not valid."""
+    try:
+        loaded = jobspec.load(path)
+    except jobspec.SpecError as e:
+        if as_json:
+            problems = [{**msgspec.to_builtins(p), "message": str(p)} for p in e.problems]
+            print_json({"file": str(path), "valid": False, "problems": problems})
+            raise SystemExit(1) from None
+        *first, last = [str(p) for p in e.problems]
+        for problem in first:
+            err.print(Text.assemble(("error:", "bold red"), " ", problem), soft_wrap=True)
+        fail(last, f"{len(e.problems)} problems in {path}" if first else "")
+    for warning in loaded.warnings:
+        err.print(Text.assemble(("warning:", "yellow"), " ", str(warning)), soft_wrap=True)
+    return loaded
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    loaded = load(args.file, args.json)
+    if args.json:
+        spec = msgspec.to_builtins(loaded.spec)
+        print_json({"file": str(args.file), "valid": True, "problems": [], "spec": spec})
+    else:
+        out.print(f"{args.file}: valid ({describe(loaded.spec)})")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    loaded = load(args.file)
+    plan, nodes = _run(args, "colony-job-plan", _plan_and_nodes(loaded.spec, args.timeout))
+    if args.json:
+        print_json({**msgspec.to_builtins(plan), "fits": plan.unplaced == 0})
+    else:
+        for line in plan_lines(plan, nodes):
+            out.print(line)
+    return 0 if plan.unplaced == 0 else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = load(args.file)
+    return _run(args, "colony-job-run", _submit(args, loaded))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def read(client: Management):
+        job = await _job(client, args.name)
+        return job, await records.instances(client, args.name), await _nodes(client)
+
+    job, instances, nodes = _run(args, "colony-job-status", read)
+    if not args.all:
+        instances = [i for i in instances if i.desired == "run"]
+    if args.json:
+        shown = [instance_json(i, nodes) for i in instances]
+        print_json({"job": job_json(job), "instances": shown})
+        return 0
+    running = sum(i.desired == "run" and i.state == "running" for i in instances)
+    out.print(
+        f"job {job.name}: version {job.version}, {job.status}, "
+        f"{job.replicas} desired, {running} running"
+    )
+    if job.blocked:
+        out.print(Text.assemble(("blocked: ", "red"), job.blocked))
+    if instances:
+        out.print(instance_table(instances, nodes, time.time()))
+    else:
+        out.print("no instances" + ("" if args.all else " (--all shows the stopped ones)"))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    async def read(client: Management):
+        return await records.jobs(client), await records.instances(client)
+
+    jobs, instances = _run(args, "colony-job-list", read)
+    if args.json:
+        print_json(
+            [
+                {**job_json(j), "running": int(job_row(j, instances)[4])}
+                for j in sorted(jobs, key=lambda j: j.name)
+            ]
+        )
+    elif jobs:
+        out.print(job_list(jobs, instances))
+    else:
+        out.print("no jobs (run one with `colony job run FILE`)")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    reply = _run(
+        args, "colony-job-scale", _propose(JobScale(job=args.name, replicas=args.replicas))
+    )
+    return _changed(args, reply, f"scaled to {args.replicas}")
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    command = JobStop(job=args.name, purge=args.purge)
+    reply = _run(args, "colony-job-stop", _propose(command))
+    forgotten = "; forgotten once its instances are gone" if args.purge else ""
+    return _changed(args, reply, f"stopped: its instances stop now{forgotten}")
+
+
+def _changed(args: argparse.Namespace, reply: ProposeReply, done: str) -> int:
+    [outcome] = reply.outcomes
+    if not outcome.ok:
+        fail(f"job {args.name!r} not changed: {outcome.error}", "see the jobs: colony job list")
+    if args.json:
+        print_json({"job": args.name, **msgspec.to_builtins(reply)})
+    else:
+        out.print(f"{args.name}: {done} (log index {reply.index})")
+    return 0
+
+
+# --- talking to the cluster ------------------------------------------------------
+
+
+def _run(args: argparse.Namespace, name: str, work):
+    """Run `work(client)` against the cluster; a failure to reach it ends the command with
+    what went wrong."""
+
+    async def run():
+        async with management(args, name) as client:
+            return await work(client)
+
+    try:
+        return asyncio.run(run())
+    except ManagementError as e:
+        hint = "is a majority of the voters up? see `colony status`" if e.retryable else ""
+        fail(str(e), hint)
+
+
+def _propose(command):
+    async def work(client: Management) -> ProposeReply:
+        return await client.propose(command)
+
+    return work
+
+
+async def _nodes(client: Management) -> dict[str, NodeRecord]:
+    return {n.node: n for n in await records.nodes(client, stale=True)}
+
+
+async def _job(client: Management, name: str, *, stale: bool = False) -> JobRecord:
+    found = await records.one_of(client, records.JOBS, name, stale=stale)
+    if found is None:
+        fail(f"no job {name!r}", "see the jobs: colony job list")
+    return msgspec.convert(found.value, JobRecord)
+
+
+async def plan_of(client: Management, spec: JobSpec, timeout: float) -> PlanReply:
+    """The acting manager's plan for `spec`, asked until `timeout` while no manager acts
+    (right after a failover, or right after `colony up`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await client.bus.request(
+                subjects.curator_plan(), PlanRequest(spec=spec), timeout=PLAN_ATTEMPT
+            )
+        except NoResponders:
+            if loop.time() + 0.2 >= deadline:
+                fail(
+                    f"no manager is acting now (none answered within {timeout:g} s); try again",
+                    "`colony status` shows the manager; one is chosen when Raft has a leader",
+                )
+            await asyncio.sleep(0.2)
+        except BusError as e:
+            fail(f"the manager did not answer the plan: {e}", "try again, or see `colony status`")
+
+
+def _plan_and_nodes(spec: JobSpec, timeout: float):
+    async def work(client: Management) -> tuple[PlanReply, dict[str, NodeRecord]]:
+        return await plan_of(client, spec, timeout), await _nodes(client)
+
+    return work
+
+
+def _submit(args: argparse.Namespace, loaded: jobspec.LoadedJob):
+    """Plan, refuse what does not fit, store the job, then follow it (unless --detach)."""
+
+    async def work(client: Management) -> int:
+        spec = loaded.spec
+        plan, nodes = await _plan_and_nodes(spec, min(args.timeout, 10.0))(client)
+        if plan.unplaced:
+            for line in plan_lines(plan, nodes):
+                err.print(line)
+            fail(
+                f"{spec.name} does not fit: nothing was stored",
+                "free or add capacity, or "
+                "ask for less (see `colony status` for what each node has free)",
+            )
+        if not args.json:
+            for line in plan_lines(plan, nodes):
+                out.print(line)
+        reply = await client.propose(JobRun(spec=spec, source=loaded.source, file=str(loaded.file)))
+        [outcome] = reply.outcomes
+        if not outcome.ok:
+            fail(f"{spec.name} was not stored: {outcome.error}")
+        if args.detach:
+            if args.json:
+                print_json({"job": spec.name, "stored": True, **msgspec.to_builtins(reply)})
+            else:
+                out.print(
+                    f"{spec.name}: stored (log index {reply.index}); "
+                    f"follow it with `colony job status {spec.name}`"
+                )
+            return 0
+        return await _follow(client, spec.name, args)
+
+    return work
+
+
+async def _follow(client: Management, name: str, args: argparse.Namespace) -> int:
+    """Show the job's progress until every instance it wants runs; exit 1 with the
+    reasons when they do not all run within args.timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout
+    job: JobRecord | None = None
+    instances: list[InstanceRecord] = []
+    with contextlib.ExitStack() as stack:
+        # with --json, stdout is for the JSON and people see no progress
+        waiting = Text(f"{name}: waiting for the manager to place it")
+        show = (lambda _: None) if args.json else stack.enter_context(err.status(waiting)).update
+        while True:
+            # stale reads: a follower's copy is fine for progress, and costs no commit
+            found = await records.one_of(client, records.JOBS, name, stale=True)
+            job = msgspec.convert(found.value, JobRecord) if found else None
+            instances = await records.instances(client, name, stale=True)
+            now = progress(job, instances)
+            if now is not None:
+                show(Text(now.line(name)))
+                if now.done:
+                    break
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(PROGRESS_EVERY)
+    nodes = await _nodes(client)
+    running = [i for i in instances if i.desired == "run"]
+    finished = now is not None and now.done
+    if args.json:
+        print_json(
+            {
+                "job": name,
+                "running": finished,
+                "instances": [instance_json(i, nodes) for i in running],
+                "reasons": [] if finished else why_not_running(job, instances, nodes),
+            }
+        )
+    elif running:
+        out.print(instance_table(running, nodes, time.time()))
+    if finished:
+        if not args.json:
+            out.print(Text.assemble(("✓", "green"), f" {name}: {len(running)} running"))
+        return 0
+    if not args.json:
+        for reason in why_not_running(job, instances, nodes):
+            err.print(Text("  " + reason), soft_wrap=True)
+    fail(
+        f"{name}: not every instance runs after {args.timeout:g} s (reasons above)",
+        f"see `colony job status {name}` and `colony logs INSTANCE`",
+    )
