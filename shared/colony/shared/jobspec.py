@@ -207,7 +207,7 @@ def parse_size(text: str) -> int:
     """Bytes from `512MiB`, `2GiB`, `1.5GB`, `512M`, `512Mi` or `1048576`: every unit is
     binary (1GB = 1GiB), as Docker and `colony capacity` read them. Raises ValueError."""
     match = _SIZE.match(text)
-    if not match:
+    if not match or (not match[2] and "." in match[1]):  # 1.5 bytes
         raise ValueError(f"{_quoted(text)} is not a size (write 512MiB, 2GiB, 1.5GB or bytes)")
     return int(float(match[1]) * _SIZE_UNITS[(match[2] or "").lower()])
 
@@ -318,6 +318,8 @@ class _Reader:
         self.file = file
         self.problems: list[Problem] = []
         self.count = 0
+        self.inside: set[int] = set()
+        """The lists and mappings around the value being read (an alias may point to one)."""
         self.constructor = yaml.constructor.SafeConstructor()
 
     def tree(self, node: yaml.Node, path: str) -> _Y:
@@ -327,12 +329,19 @@ class _Reader:
             why = f"has more than {_MAX_NODES} values (aliases expand to too many)"
             self.problems.append(Problem(self.file, line, path, why))
             raise _TooBig
-        if isinstance(node, yaml.SequenceNode):
-            return _Y(
-                "list", [self.tree(n, f"{path}[{i}]") for i, n in enumerate(node.value)], "", line
-            )
-        if isinstance(node, yaml.MappingNode):
-            return self.mapping(node, path, line)
+        if id(node) in self.inside:
+            why = "contains itself (an alias to a list or mapping around it)"
+            self.problems.append(Problem(self.file, line, path, why))
+            return _Y("scalar", _BAD, "", line)
+        self.inside.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                items = [self.tree(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
+                return _Y("list", items, "", line)
+            if isinstance(node, yaml.MappingNode):
+                return self.mapping(node, path, line)
+        finally:
+            self.inside.discard(id(node))
         try:
             value = self.constructor.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as e:
@@ -758,6 +767,9 @@ def _too_big(file: str, size: int) -> Problem:
 
 def _syntax_problem(file: str, error: yaml.MarkedYAMLError) -> Problem:
     mark = error.problem_mark or error.context_mark
+    if "single document" in str(error.context):
+        why = "holds more than one document (---): a job file is one job"
+        return Problem(file, mark.line + 1 if mark else None, "", why)
     why = f"is not valid YAML: {error.problem or error.context}"
     if error.context and error.problem:
         why += f" ({error.context}"
