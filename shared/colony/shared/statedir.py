@@ -11,6 +11,8 @@
         nats/                    its nats-server's JetStream store
         run/<process>.json       a record per running process (pid, process group, start time)
         logs/<process>.log       each process's output (supervisor, nats, monitor, ...)
+        instances/<id>/          each instance the node's agent runs: its output, state and
+          process.json           the record of its process (for the process driver)
 
 Process records let `colony down` find and stop everything even after the
 CLI or a supervisor was killed with -9; the start time in each record guards
@@ -28,6 +30,7 @@ import os
 import secrets
 import signal
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
@@ -38,6 +41,8 @@ from colony.shared.config import ConfigError, load
 DEFAULT_STATE_DIR = Path(".colony")
 SUPERVISOR = "supervisor"
 NATS = "nats"
+INSTANCE_PROCESS = "process.json"
+"""In an instance's folder: a ProcessRecord of what runs it (`colony down` kills it)."""
 PRIVATE_UMASK = 0o077
 """What the CLI and the supervisor run under: files 0600, folders 0700, for every child too."""
 OWN_ENTRIES = {"cluster.toml", "cluster.secret", "nodes"}
@@ -107,6 +112,7 @@ class NodeDir:
         self.nats_store = self.path / "nats"
         self.run = self.path / "run"
         self.logs = self.path / "logs"
+        self.instances = self.path / "instances"
 
     def __repr__(self) -> str:
         return f"NodeDir({str(self.path)!r})"
@@ -153,13 +159,11 @@ class NodeDir:
 
     def records(self) -> list[ProcessRecord]:
         """Every process record of the node (the supervisor's included)."""
-        found = []
-        for path in sorted(self.run.glob("*.json")):
-            try:
-                found.append(msgspec.json.decode(path.read_bytes(), type=ProcessRecord))
-            except (OSError, msgspec.DecodeError):
-                continue  # a record being replaced or left half-written by a crash
-        return found
+        return _read_records(self.run.glob("*.json"))
+
+    def instance_records(self) -> list[ProcessRecord]:
+        """The processes of the instances the node's agent started (left running, or not)."""
+        return _read_records(self.instances.glob(f"*/{INSTANCE_PROCESS}"))
 
     def record(self, process: str) -> ProcessRecord | None:
         return next((r for r in self.records() if r.name == process), None)
@@ -173,6 +177,16 @@ class NodeDir:
         for record in sorted(self.records(), key=lambda r: r.name != SUPERVISOR):
             if record.alive():
                 os.kill(record.pid, signal.SIGKILL)
+
+
+def _read_records(paths: Iterable[Path]) -> list[ProcessRecord]:
+    found = []
+    for path in sorted(paths):
+        try:
+            found.append(msgspec.json.decode(path.read_bytes(), type=ProcessRecord))
+        except (OSError, msgspec.DecodeError):
+            continue  # a record being replaced or left half-written by a crash
+    return found
 
 
 class StateDir:

@@ -1,0 +1,1 @@
+"""How the agent runs instances: one driver per way (process, sim; docker and microvm later)."""
