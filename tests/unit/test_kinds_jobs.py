@@ -346,6 +346,12 @@ async def test_reports_apply_per_report_newer_seq_only_and_only_from_their_node(
     )  # fmt: skip
     assert [v for id, v, _ in placed.changes("instance") if id == "web-0"] == [1, 2, 3, 4]
 
+    many = InstancesReport(node="b", reports=[report("web-0", 10 + i) for i in range(12)])
+    refused = placed.one(many)
+    assert refused.value == "0 recorded" and refused.error.endswith(
+        "placed on node a, not b; 2 more"
+    )
+
 
 async def test_stop_then_remove_and_a_purged_job_goes_with_its_last_instance(placed):
     assert not placed.one(InstancesStop(["web-0"], reason="x")).ok  # the manager's only

@@ -56,6 +56,8 @@ CREATE INDEX IF NOT EXISTS instances_by_job ON instances (job, id);
 
 FILTERS = {"node": "node", "job": "job"}
 PAGE = 1000
+NAMED = 10
+"""Refused reports one outcome names at most (the rest are counted)."""
 
 
 def read(db: sqlite3.Connection, id: str) -> tuple[InstanceRecord | None, int]:
@@ -173,7 +175,8 @@ def report(txn: Txn, command: InstancesReport) -> Outcome:
         _write(txn, observed, version)
         applied += 1
     # ok: what could apply did; error names what only another node may report
-    return Outcome(ok=True, value=f"{applied} recorded", error="; ".join(refused))
+    named = refused[:NAMED] + ([f"{len(refused) - NAMED} more"] if len(refused) > NAMED else [])
+    return Outcome(ok=True, value=f"{applied} recorded", error="; ".join(named))
 
 
 def _placed(command: InstancesPlace) -> Iterable[str]:
