@@ -10,7 +10,7 @@ from rich.console import Console
 
 from colony.cli import events, job, records
 from colony.cli.main import main
-from colony.shared.jobspec import JobSpec, Task
+from colony.shared.jobspec import JobSpec, RestartPolicy, Task
 from colony.shared.messages import (
     Change,
     InstanceRecord,
@@ -118,6 +118,23 @@ def test_progress_counts_the_instances_desired_to_run():
     # scaled down: done only once the extra instances are no longer desired to run
     assert not job.progress(job_record(replicas=2), three).done
     assert job.progress(job_record(status="stopped"), []).done
+
+
+def test_progress_after_a_spec_change_waits_for_the_new_version():
+    old = [instance(id=f"web-{s}-0000", slot=s, state="running") for s in range(3)]
+    v2 = job_record(version=2)
+    now = job.progress(v2, old)
+    assert (now.placed, now.running, now.older, now.done) == (0, 0, 3, False)
+    assert now.line("web") == "web: 0/3 placed, 0 starting, 0/3 running, 3 of an older version"
+    new = [instance(id=f"web-{s}-1111", slot=s, version=2, state="running") for s in range(3)]
+    assert job.progress(v2, new).done
+
+
+def test_progress_sees_instances_failed_for_good():
+    spec = JobSpec(name="web", task=Task(command="x"), restart=RestartPolicy(then="fail"))
+    failed = instance(state="failed", reason="exit 1")
+    assert job.progress(job_record(spec=spec), [failed]).failed_for_good == 1
+    assert job.progress(job_record(), [failed]).failed_for_good == 0  # rescheduled instead
 
 
 def test_why_not_running_gives_the_blocked_reason_and_each_instance():

@@ -267,18 +267,22 @@ def plan_lines(plan: PlanReply, nodes: dict[str, NodeRecord]) -> list[Text | Tab
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a job's instances stand, counted over those desired to run."""
+    """Where a job's instances stand, counted over those desired to run at its version."""
 
     desired: int
     placed: int
     starting: int
     running: int
     failed: int
+    older: int
+    """Instances of an older spec version still desired to run (the manager replaces them)."""
+    failed_for_good: int
+    """Failed instances the manager leaves failed (`restart.then: fail`)."""
     blocked: str
 
     @property
     def done(self) -> bool:
-        return self.running >= self.desired and self.placed <= self.desired
+        return self.running >= self.desired and self.placed + self.older <= self.desired
 
     def line(self, job: str) -> str:
         n = self.desired
@@ -287,6 +291,8 @@ class Progress:
         )
         if self.failed:
             text += f", {self.failed} failed"
+        if self.older:
+            text += f", {self.older} of an older version"
         if self.blocked:
             text += f"; blocked: {self.blocked}"
         return text
@@ -297,13 +303,18 @@ def progress(job: JobRecord | None, instances: Sequence[InstanceRecord]) -> Prog
     if job is None:
         return None
     wanted = [i for i in instances if i.desired == "run" and i.job == job.name]
-    desired = job.replicas if job.status == "running" else 0
+    current = [i for i in wanted if i.version >= job.version]
+    failed = [i for i in current if i.state in ("failed", "lost")]
     return Progress(
-        desired=desired,
-        placed=len(wanted),
-        starting=sum(i.state in ("pending", "starting") for i in wanted),
-        running=sum(i.state == "running" for i in wanted),
-        failed=sum(i.state in ("failed", "lost") for i in wanted),
+        desired=job.replicas if job.status == "running" else 0,
+        placed=len(current),
+        starting=sum(i.state in ("pending", "starting") for i in current),
+        running=sum(i.state == "running" for i in current),
+        failed=len(failed),
+        older=len(wanted) - len(current),
+        failed_for_good=sum(i.state == "failed" for i in failed)
+        if job.spec.restart.then == "fail"
+        else 0,
         blocked=job.blocked,
     )
 
@@ -569,15 +580,17 @@ async def _follow(client: Management, name: str, args: argparse.Namespace) -> in
         # with --json, stdout is for the JSON and people see no progress
         waiting = Text(f"{name}: waiting for the manager to place it")
         show = (lambda _: None) if args.json else stack.enter_context(err.status(waiting)).update
+        stale = False  # the first read sees the job just stored (a commit makes it current)
         while True:
-            # stale reads: a follower's copy is fine for progress, and costs no commit
-            found = await records.one_of(client, records.JOBS, name, stale=True)
+            # then stale reads of the same voter: never older, and they cost no commit
+            found = await records.one_of(client, records.JOBS, name, stale=stale)
             job = msgspec.convert(found.value, JobRecord) if found else None
             instances = await records.instances(client, name, stale=True)
+            stale = True
             now = progress(job, instances)
             if now is not None:
                 show(Text(now.line(name)))
-                if now.done:
+                if now.done or now.failed_for_good:
                     break
             if loop.time() >= deadline:
                 break
@@ -603,7 +616,12 @@ async def _follow(client: Management, name: str, args: argparse.Namespace) -> in
     if not args.json:
         for reason in why_not_running(job, instances, nodes):
             err.print(Text("  " + reason), soft_wrap=True)
+    what = (
+        f"{now.failed_for_good} instance(s) failed and stay failed (restart.then: fail)"
+        if now is not None and now.failed_for_good
+        else f"not every instance runs after {args.timeout:g} s"
+    )
     fail(
-        f"{name}: not every instance runs after {args.timeout:g} s (reasons above)",
+        f"{name}: {what} (reasons above)",
         f"see `colony job status {name}` and `colony logs INSTANCE`",
     )
