@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from colony.harness import netns
-from colony.harness.jobs import all_running, instance_processes, one_process_each, table
+from colony.harness.jobs import all_running, copies, instance_processes, one_process_each, table
 from colony.harness.netns_nodes import NetnsNodes
 from colony.harness.processes import wait_for
 
@@ -118,7 +118,7 @@ def test_a_cut_off_node_s_instances_run_on_the_majority_and_it_stops_its_copies_
     replaced = time.monotonic() - cut
     assert status_of(nodes, "h1", "h4") == "dead"
     assert {i.replaces for i in moved if i.replaces} == set(cut_off), table(moved)
-    still = [p.pid for p in instance_processes(JOB) if p.node == "h4" and p.top]
+    still = [c for c in copies(JOB) if c.node == "h4"]
 
     healed = time.monotonic()
     network.heal()

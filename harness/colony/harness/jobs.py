@@ -11,7 +11,7 @@ share this machine's process table).
 
     jobs = LocalJobs(state)                       # a `colony up` cluster
     jobs.until(lambda seen: all_running(seen, 4), "web", 30, "4 instances running")
-    copies = instance_processes("web")            # the real processes, one per copy
+    copies("web")                                 # its running copies: one session each
 
 Inside a network-namespace host (nothing may talk to a host's address from outside),
 the same reads run as a process: ``python -m colony.harness.jobs URL VOTERS KIND
@@ -186,69 +186,70 @@ class InstanceProcess:
     """A process running for an instance, as this machine's process table shows it."""
 
     pid: int
-    ppid: int
     pgid: int
     sid: int
     instance: str
     job: str
     node: str
-    top: bool
-    """The process the agent started (its parent is not of the same instance); the
-    others are what it forked."""
 
 
 def instance_processes(job: str | None = None) -> list[InstanceProcess]:
     """Every live process of an instance (of `job`, if given) on this machine, by pid."""
-    mine: dict[int, dict[str, str]] = {}
-    parents: dict[int, int] = {}
-    for process in psutil.process_iter(["pid", "ppid"]):
+    found = []
+    for process in psutil.process_iter():
         try:
             if process.status() == psutil.STATUS_ZOMBIE:
                 continue
             env = process.environ()
-        except psutil.Error:
+            if "COLONY_INSTANCE" not in env or job not in (None, env.get("COLONY_JOB")):
+                continue
+            pgid, sid = os.getpgid(process.pid), os.getsid(process.pid)
+        except (psutil.Error, ProcessLookupError):
             continue  # gone meanwhile, or a kernel thread
-        if "COLONY_INSTANCE" in env and (job is None or env.get("COLONY_JOB") == job):
-            mine[process.pid] = env
-            parents[process.pid] = process.info["ppid"]
-    found = []
-    for pid, env in sorted(mine.items()):
-        try:
-            pgid, sid = os.getpgid(pid), os.getsid(pid)
-        except ProcessLookupError:
-            continue
-        parent = mine.get(parents[pid], {})
         found.append(
             InstanceProcess(
-                pid,
-                parents[pid],
+                process.pid,
                 pgid,
                 sid,
                 env["COLONY_INSTANCE"],
                 env.get("COLONY_JOB", ""),
                 env.get("COLONY_NODE", ""),
-                top=parent.get("COLONY_INSTANCE") != env["COLONY_INSTANCE"],
             )
         )
     return found
 
 
-def copies(job: str) -> dict[str, list[int]]:
-    """Instance id -> the pids of the processes the agents started for it (one each,
-    unless an instance runs twice)."""
-    found: dict[str, list[int]] = {}
-    for process in instance_processes(job):
-        if process.top:
-            found.setdefault(process.instance, []).append(process.pid)
-    return found
+@dataclass(frozen=True)
+class Copy:
+    """One running copy of an instance: the session its node's agent started it in (a
+    driver may wrap the workload: every process of the session counts)."""
+
+    instance: str
+    node: str
+    session: int
+    pids: tuple[int, ...]
 
 
-def one_process_each(job: str, instances: Iterable[InstanceRecord]) -> dict[str, list[int]] | None:
-    """`copies(job)` once they are exactly one process per instance desired to run, each
-    the pid its node reported; None until then (a copy too many, or one missing)."""
+def copies(job: str) -> list[Copy]:
+    """Every running copy of `job`'s instances, by instance: two copies of one instance
+    are two sessions."""
+    sessions: dict[tuple[str, str, int], list[int]] = {}
+    for p in instance_processes(job):
+        sessions.setdefault((p.instance, p.node, p.sid), []).append(p.pid)
+    return [Copy(i, node, sid, tuple(pids)) for (i, node, sid), pids in sorted(sessions.items())]
+
+
+def one_process_each(job: str, instances: Iterable[InstanceRecord]) -> list[Copy] | None:
+    """`copies(job)` once they are exactly one per instance desired to run, on its node,
+    running the pid its node reported; None until then (a copy too many, or missing)."""
     found = copies(job)
-    expected = {i.id: [i.pid] for i in instances if i.desired == "run"}
-    return found if found == expected else None
+    wanted = {i.id: i for i in instances if i.desired == "run"}
+    if sorted(c.instance for c in found) != sorted(wanted):
+        return None
+    if any(c.node != wanted[c.instance].node or wanted[c.instance].pid not in c.pids
+           for c in found):  # fmt: skip
+        return None
+    return found
 
 
 def in_session(sid: int) -> list[int]:
