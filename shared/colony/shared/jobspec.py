@@ -99,15 +99,14 @@ ARG_VARIABLE = re.compile(r"\$\{([^}]*)\}")
 """`${NAME}` in a task's args: replaced by the agent with that env variable's value."""
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)(?:([kmgtp])i?b?|b)?$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
-_CORES = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+# The unit forms, as patterns both Python and JSON Schema (ECMA 262) read the same way.
+_SIZE_FORM = r"^([0-9]+[Bb]?|[0-9]+(\.[0-9]+)?[KkMmGgTtPp][Ii]?[Bb]?)$"
+_SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
+_CORES_FORM = r"^[0-9]+(\.[0-9]+)?m?$"
+_DURATION_FORM = r"^([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _SHELLS = {"sh", "bash", "dash", "zsh", "ash", "ksh", "fish"}
-_MAX_NODES = 100_000
+_MAX_NODES = 50_000
 """YAML values in one file, at most (aliases can make a small file expand enormously)."""
 _PATTERNS = {
     JobName.__metadata__[0].pattern: "a job name is lowercase letters, digits and '-', "
@@ -176,11 +175,13 @@ def parse(text: str, file: str = "<stdin>") -> LoadedJob:
         raise SpecError([_too_big(file, size)])
     reader = _Reader(file)
     try:
-        root = yaml.compose(text, Loader=_Loader)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         raise SpecError([_syntax_problem(file, e)]) from None
-    except yaml.YAMLError as e:  # a character YAML does not allow, before any mark exists
-        raise SpecError([Problem(file, None, "", f"is not valid YAML: {e}")]) from None
+    except yaml.reader.ReaderError as e:  # a control character: YAML allows none
+        line = text[: e.position].count("\n") + 1
+        why = f"contains a character YAML does not allow ({chr(e.character)!r})"
+        raise SpecError([Problem(file, line, "", why)]) from None
     if root is None:
         raise SpecError([Problem(file, None, "", "is empty: a job needs at least name and task")])
     try:
@@ -191,9 +192,8 @@ def parse(text: str, file: str = "<stdin>") -> LoadedJob:
         why = f"a job file is a mapping of fields (name:, task:, ...), not {_shown(tree)}"
         raise SpecError([*reader.problems, Problem(file, tree.line, "", why)])
     checker = _Checker(file, reader.problems)
-    data = checker.struct(tree, _info(JobSpec), "")
-    if data is not _BAD:
-        checker.semantics(data)
+    data = checker.struct(tree, mi.type_info(JobSpec), "")
+    checker.semantics(data)
     if checker.problems:
         raise SpecError(sorted(checker.problems, key=lambda p: (p.line or 0, p.path)))
     try:
@@ -206,29 +206,27 @@ def parse(text: str, file: str = "<stdin>") -> LoadedJob:
 def parse_size(text: str) -> int:
     """Bytes from `512MiB`, `2GiB`, `1.5GB`, `512M`, `512Mi` or `1048576`: every unit is
     binary (1GB = 1GiB), as Docker and `colony capacity` read them. Raises ValueError."""
-    match = _SIZE.match(text)
-    if not match or (not match[2] and "." in match[1]):  # 1.5 bytes
+    if not re.match(_SIZE_FORM, text):
         raise ValueError(f"{_quoted(text)} is not a size (write 512MiB, 2GiB, 1.5GB or bytes)")
-    return int(float(match[1]) * _SIZE_UNITS[(match[2] or "").lower()])
+    number = text.rstrip("KkMmGgTtPpIiBb")
+    return int(float(number) * _SIZE_UNITS.get(text[len(number) :][:1].lower(), 1))
 
 
 def parse_cores(text: str) -> float:
     """Cores from `0.5`, `2` or `500m` (millicores, as in Kubernetes). Raises ValueError."""
-    match = _CORES.match(text)
-    if not match:
+    if not re.match(_CORES_FORM, text):
         raise ValueError(f"{_quoted(text)} is not a number of cores (write 0.5, 2 or 500m)")
-    return float(match[1]) / (1000 if match[2] else 1)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
 def parse_duration(text: str) -> float:
     """Seconds from `500ms`, `5s`, `5m`, `1h`, `1h30m` or a number. Raises ValueError."""
-    if _NUMBER.match(text):
-        return float(text)
-    if not _DURATION.match(text):
+    if not re.match(_DURATION_FORM, text):
         raise ValueError(
             f"{_quoted(text)} is not a duration (write 500ms, 5s, 5m, 1h30m or seconds)"
         )
-    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+    parts = re.findall(r"([0-9.]+)(ms|s|m|h)", text)
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in parts) if parts else float(text)
 
 
 def format_size(size: int) -> str:
@@ -270,13 +268,42 @@ def expand(arg: str, env: dict[str, str]) -> str:
     return ARG_VARIABLE.sub(lambda m: env.get(m[1], m[0]), arg)
 
 
-# What a field holds in the YAML form, where it differs from the JobSpec's number:
-# the parser, how a bound is shown, and the JSON Schema of the unit strings.
+@dataclass(frozen=True)
+class _Unit:
+    """A field that the YAML form writes with a unit, and the JobSpec holds as a number."""
+
+    parse: Callable[[str], float]
+    show: Callable[[Any], str]
+    form: str
+    """The pattern of its strings (for the JSON Schema)."""
+    description: str
+    least: float = 0.0
+    """Anything above 0 but below this is a mistake (64 bytes of memory: a unit left out)."""
+    most: float = math.inf
+
+
 _DURATIONS = ("interval", "delay", "max_delay")
-_UNIT_FIELDS: dict[tuple[type, str], tuple[Callable[[str], float], Callable[[Any], str]]] = {
-    (JobResources, "memory"): (parse_size, format_size),
-    (JobResources, "cpu"): (parse_cores, "{:g}".format),
-    **{(RestartPolicy, name): (parse_duration, format_duration) for name in _DURATIONS},
+_UNIT_FIELDS: dict[tuple[type, str], _Unit] = {
+    (JobResources, "memory"): _Unit(
+        parse_size,
+        format_size,
+        _SIZE_FORM,
+        "Bytes, or a size: 512MiB, 2GiB, 1.5GB, 512M (every unit binary: 1GB = 1GiB)",
+        least=MIN_MEMORY,
+    ),
+    (JobResources, "cpu"): _Unit(
+        parse_cores, "{:g}".format, _CORES_FORM, "Cores: 0.5, 2, or millicores: 500m", least=0.001
+    ),
+    **{
+        (RestartPolicy, name): _Unit(
+            parse_duration,
+            format_duration,
+            _DURATION_FORM,
+            "Seconds, or a duration: 500ms, 5s, 5m, 1h30m",
+            most=MAX_DURATION,
+        )
+        for name in _DURATIONS
+    },
 }
 
 
@@ -290,10 +317,6 @@ _BAD: Any = _Bad()
 
 
 class _TooBig(Exception):
-    pass
-
-
-class _Loader(yaml.SafeLoader):
     pass
 
 
@@ -463,10 +486,10 @@ class _Checker:
             self.keys[at] = y.keys[key]
             if key not in fields:
                 self.problem(at, f"unknown field{_suggest(key, fields, info.cls)}", y.keys[key])
-            elif (info.cls, key) in _UNIT_FIELDS and value.kind == "scalar":
-                data[key] = self.unit(value, fields[key].type, _UNIT_FIELDS[info.cls, key], at)
             elif value.kind == "scalar" and value.value is None and not fields[key].required:
                 self.lines[at] = value.line  # `env:` with nothing under it: the default
+            elif (info.cls, key) in _UNIT_FIELDS and value.kind == "scalar":
+                data[key] = self.unit(value, fields[key].type, _UNIT_FIELDS[info.cls, key], at)
             else:
                 data[key] = self.check(value, fields[key].type, at)
         for f in info.fields:
@@ -502,31 +525,29 @@ class _Checker:
             return self.problem(path, f"expected {_expected(info)}, got {_shown(y)}")
         return self.bounded(value, info, path, show)
 
-    def unit(self, y: _Y, info: Any, unit: tuple[Callable, Callable], path: str) -> Any:
+    def unit(self, y: _Y, info: Any, unit: _Unit, path: str) -> Any:
         self.lines[path] = y.line
-        parse, show = unit
         value = y.value
         if isinstance(value, str):
             try:
-                value = parse(value)
+                value = unit.parse(value)
             except ValueError as e:
                 return self.problem(path, str(e))
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             return self.problem(path, f"expected {_expected(info)}, got {_shown(y)}")
-        if isinstance(info, mi.IntType):
-            if isinstance(y.value, float):
-                why = f"{y.text} is not a size: a plain number is whole bytes (or write 512MiB)"
-                return self.problem(path, why)
-            if 0 < value < MIN_MEMORY:
-                hint = f"; did you mean {y.text}MiB?" if not isinstance(y.value, str) else ""
-                return self.problem(
-                    path, f"{format_size(value)} bytes is less than {format_size(MIN_MEMORY)}{hint}"
-                )
-        elif not math.isinf(MAX_DURATION) and show is format_duration and value > MAX_DURATION:
-            return self.problem(path, f"{y.text} is longer than {format_duration(MAX_DURATION)}")
-        return self.bounded(
-            int(value) if isinstance(info, mi.IntType) else float(value), info, path, show
-        )
+        elif isinstance(value, float) and isinstance(info, mi.IntType):
+            why = f"{y.text} is not a size: a plain number is whole bytes (or write 512MiB)"
+            return self.problem(path, why)
+        if 0 < value < unit.least:
+            # `memory: 64` is 64 bytes: surely 64MiB was meant
+            plain = isinstance(info, mi.IntType) and not isinstance(y.value, str)
+            hint = f"; did you mean {y.text}MiB?" if plain else ""
+            why = f"{_unit_text(y, unit)} is less than {unit.show(unit.least)}{hint}"
+            return self.problem(path, why)
+        if value > unit.most and math.isfinite(value):
+            return self.problem(path, f"{_unit_text(y, unit)} is more than {unit.show(unit.most)}")
+        value = int(value) if isinstance(info, mi.IntType) else float(value)
+        return self.bounded(value, info, path, unit.show)
 
     def bounded(self, value: float, info: Any, path: str, show: Callable[[Any], str]) -> Any:
         if not math.isfinite(value):
@@ -652,24 +673,13 @@ def json_schema() -> dict[str, Any]:
     units). docs/jobspec.schema.json is this, written out; a test keeps them equal."""
     schema = msgspec.json.schema(JobSpec)
     defs = schema["$defs"]
-    sizes = "^[0-9]+(\\.[0-9]+)?([KkMmGgTtPp][Ii]?[Bb]?|[Bb])?$"
-    durations = "^([0-9]+(\\.[0-9]+)?|([0-9]+(\\.[0-9]+)?(ms|s|m|h))+)$"
-    forms = {
-        "memory": ("integer", sizes, "Bytes, or a size: 512MiB, 2GiB, 1.5GB, 512M (binary units)"),
-        "cpu": ("number", "^[0-9]+(\\.[0-9]+)?m?$", "Cores: 0.5, 2, or millicores: 500m"),
-        **{
-            name: ("number", durations, "Seconds, or a duration: 500ms, 5s, 5m, 1h30m")
-            for name in _DURATIONS
-        },
-    }
-    for (cls, name), (_, show) in _UNIT_FIELDS.items():
+    for (cls, name), unit in _UNIT_FIELDS.items():
         prop = defs[cls.__name__]["properties"][name]
-        kind, pattern, description = forms[name]
         number = {k: v for k, v in prop.items() if k != "default"}
         prop.clear()
-        prop["description"] = description
-        prop["anyOf"] = [number | {"type": kind}, {"type": "string", "pattern": pattern}]
-        prop["default"] = show(getattr(cls(), name))
+        prop["description"] = unit.description
+        prop["anyOf"] = [number, {"type": "string", "pattern": unit.form}]
+        prop["default"] = unit.show(getattr(cls(), name))
     for name, cls in (("resources", JobResources), ("restart", RestartPolicy)):
         # the defaults of a whole section, in the YAML form too
         props = defs[cls.__name__]["properties"]
@@ -702,9 +712,14 @@ def _shown(y: _Y) -> str:
     return _quoted(y.text) if isinstance(y.value, str) else y.text
 
 
+def _unit_text(y: _Y, unit: _Unit) -> str:
+    """A value with a unit as written, or a plain number with the unit it is read in."""
+    if isinstance(y.value, str) or unit.show is not format_size:
+        return y.text
+    return f"{y.text} bytes"
+
+
 def _expected(info: Any) -> str:
-    if isinstance(info, mi.Metadata):
-        info = info.type
     names = {
         mi.StrType: "a string",
         mi.IntType: "a whole number",
@@ -756,10 +771,6 @@ def _label_value(text: str) -> bool:
     return len(text) <= meta.max_length and re.match(meta.pattern, text) is not None
 
 
-def _info(cls: type) -> mi.StructType:
-    return mi.type_info(cls)
-
-
 def _too_big(file: str, size: int) -> Problem:
     why = f"is {size} bytes: a job file may be at most {MAX_SOURCE_BYTES} bytes"
     return Problem(file, None, "", why)
@@ -779,3 +790,7 @@ def _syntax_problem(file: str, error: yaml.MarkedYAMLError) -> Problem:
     if "\\t" in why or "\t" in why:
         why += "; indent with spaces, not tabs"
     return Problem(file, mark.line + 1 if mark else None, "", why)
+
+
+if __name__ == "__main__":  # python -m colony.shared.jobspec > docs/jobspec.schema.json
+    print(json.dumps(json_schema(), indent=2))
