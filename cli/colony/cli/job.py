@@ -462,7 +462,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def _changed(args: argparse.Namespace, reply: ProposeReply, done: str) -> int:
     [outcome] = reply.outcomes
     if not outcome.ok:
-        fail(f"job {args.name!r} not changed: {outcome.error}", "see the jobs: colony job list")
+        fail(f"job {args.name!r} not changed: {outcome.error}")
     if args.json:
         print_json({"job": args.name, **msgspec.to_builtins(reply)})
     else:
