@@ -191,7 +191,8 @@ def test_unknown_key_from_env():
 
 def test_unknown_section_lists_the_known_sections(tmp_path):
     path = write(tmp_path, "[bogus]\nx = 1\n")
-    assert "unknown key (known keys: consensus, log, monitor, nats, node)" in load_error(path)
+    known = "agent, consensus, log, monitor, nats, node"
+    assert f"unknown key (known keys: {known})" in load_error(path)
 
 
 def test_a_key_where_a_section_belongs(tmp_path):
@@ -273,3 +274,8 @@ def test_servers_must_be_nats_urls_and_at_least_one(value):
 def test_an_unreadable_config_path_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot be read"):
         load(tmp_path)
+
+
+def test_the_agent_s_port_range_must_not_be_upside_down(tmp_path):
+    path = write(tmp_path, "[agent]\nport_lo = 21000\nport_hi = 20000\n")
+    assert "port_lo 21000 is above port_hi 20000" in load_error(path)

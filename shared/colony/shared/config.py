@@ -113,6 +113,37 @@ class ConsensusSettings(_Section):
     """Bytes the change stream keeps at most, per replica (the oldest changes go first)."""
 
 
+class AgentSettings(_Section):
+    port_lo: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 20000
+    port_hi: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 20999
+    """Instance ports are given from port_lo..port_hi (both included); nodes sharing a
+    host need ranges that do not overlap (`colony up` gives each its own)."""
+    address: str = "127.0.0.1"
+    """The host this node's instances are reached at (given to them as COLONY_ADDRESS)."""
+    dir: str = ""
+    """Where instances keep their output and state; '' : <node.dir>/instances."""
+    drivers: list[Literal["process", "sim"]] = msgspec.field(
+        default_factory=lambda: ["process", "sim"]
+    )
+    """The drivers this node offers (sim runs nothing: benchmarks only)."""
+    stop_grace: Positive = 10.0
+    """Seconds an instance gets to exit after SIGTERM before SIGKILL."""
+    shutdown_grace: Positive = 1.5
+    """The same when the node shuts down (its agent stops every instance in time)."""
+    log_max_bytes: Annotated[int, msgspec.Meta(ge=4096, le=2**40)] = 16 * 2**20
+    """An instance's stdout (or stderr) file is rotated once larger than this."""
+    log_keep: Annotated[int, msgspec.Meta(ge=0, le=100)] = 2
+    """Rotated files kept per stream (older output is dropped)."""
+    cgroup: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")] = "colony"
+    """The cgroup (under each controller) instances' cgroups are made in."""
+    resync: Positive = 10.0
+    """Seconds between full re-reads of the node's assignments (besides the changes)."""
+
+    def __post_init__(self) -> None:
+        if self.port_lo > self.port_hi:
+            raise ValueError(f"port_lo {self.port_lo} is above port_hi {self.port_hi}")
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -124,6 +155,7 @@ class Config(_Section):
     monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     consensus: ConsensusSettings = msgspec.field(default_factory=ConsensusSettings)
+    agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
 
     @property
     def node_name(self) -> str:

@@ -7,6 +7,9 @@ predictable (node i, counting from 0):
     routes  base + 2000 + i   6222, 6223, ...
     nats    base + 4000 + i   8222, ...  (nats-server's HTTP monitoring)
     metrics base + 5000 + i   9222, ...  (the monitor's Prometheus endpoint)
+
+Each node's instances get ports from a range of their own (`instance_ports`): node i
+from 20000 + 1000 i (narrower ranges when there are more than 45 nodes).
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ DEFAULT_BASE_PORT = 4222
 DEFAULT_NODES = 3
 MAX_NODES = 100
 PORT_OFFSETS = {"client": 0, "routes": 2000, "nats-http": 4000, "metrics": 5000}
+INSTANCE_PORTS = 20000
+"""Where the nodes' instance port ranges start."""
+INSTANCE_PORTS_PER_NODE = 1000
+
+
+def instance_ports(index: int, nodes: int) -> tuple[int, int]:
+    """Node `index`'s instance ports (first, last): disjoint from every other node's."""
+    width = min(INSTANCE_PORTS_PER_NODE, (65536 - INSTANCE_PORTS) // nodes)
+    first = INSTANCE_PORTS + width * index
+    return first, first + width - 1
 
 
 class ClusterError(Exception):
@@ -117,6 +130,7 @@ def node_config(
     """The node's config: `existing` (hand-edited capacity, labels... kept) with what the
     plan decides (name, id, ports, voters, roles) set. Paths are made absolute by the caller."""
     roles = [r for r in existing.node.roles if r != "voter"] + (["voter"] if node.voter else [])
+    lo, hi = instance_ports(plans.index(node), len(plans))
     replace = msgspec.structs.replace
     return replace(
         existing,
@@ -131,6 +145,7 @@ def node_config(
         nats=replace(existing.nats, servers=[f"nats://127.0.0.1:{node.ports['client']}"]),
         monitor=replace(existing.monitor, http_port=node.ports["metrics"]),
         consensus=replace(existing.consensus, voters=voter_ids, secret_file=str(secret_file)),
+        agent=replace(existing.agent, port_lo=lo, port_hi=hi),
     )
 
 

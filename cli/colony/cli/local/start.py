@@ -60,8 +60,10 @@ def running(state: StateDir) -> list[NodeDir]:
 
 
 def leftovers(state: StateDir) -> list[ProcessRecord]:
-    """Recorded processes (of any node) still running."""
-    return [r for n in state.nodes() for r in n.records() if r.group_alive()]
+    """Recorded processes (of any node, instances included) still running."""
+    return [
+        r for n in state.nodes() for r in [*n.records(), *n.instance_records()] if r.group_alive()
+    ]
 
 
 def stop(
@@ -69,9 +71,9 @@ def stop(
 ) -> list[ProcessRecord]:
     """Stop every recorded process of every node (or of `nodes`); return those that were running.
 
-    Supervisors get SIGTERM and stop their children in order; whatever is
-    still recorded and alive after that (a supervisor killed with -9 leaves
-    its children behind) is killed by process group.
+    Supervisors get SIGTERM and stop their children in order (the agent stops its
+    instances); whatever is still recorded and alive after that (a supervisor or an
+    agent killed with -9 leaves its children behind) is killed by process group.
     """
     nodes = state.nodes() if nodes is None else nodes
     was_running = [r for n in nodes for r in n.records() if r.group_alive()]
@@ -87,6 +89,11 @@ def stop(
             if record.group_alive():
                 _kill_group(record)
             node_dir.remove_record(record.name)
+        # instances an agent could not stop (it was killed): their records stay, for
+        # the agent that adopts what still runs
+        for record in node_dir.instance_records():
+            if record.group_alive():
+                _kill_group(record)
     return was_running
 
 
