@@ -319,6 +319,8 @@ def test_every_job_verb_teaches_with_examples(capsys):
     [
         (["job", "scale", "web", "-1"], "must be a whole number from 0 to 10000"),
         (["job", "scale", "web", "many"], "must be a whole number from 0 to 10000"),
+        (["job", "stop", "Web"], "'Web' is not a job name: lowercase letters"),
+        (["job", "status", "[/]"], "'[/]' is not a job name"),
         (["job", "run", "x.yaml", "--timeout", "0"], "must be a finite number of seconds > 0"),
         (["events", "--since", "-3"], "must be a change index (0 or more)"),
         (["events", "--kind", "a.b"], "kind"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from colony.shared.messages import (
     ProposeReply,
 )
 
+_JOB_NAME = re.compile(jobspec.JobName.__metadata__[0].pattern)
 PROGRESS_EVERY = 0.2
 """Seconds between two reads of a job's instances while `job run` waits for them."""
 PLAN_ATTEMPT = 2.0
@@ -113,7 +115,7 @@ def add_parser(verb) -> None:
     )
 
     status = sub("status", "Show a job and its instances.", cmd_status)
-    status.add_argument("name", help="the job's name")
+    status.add_argument("name", type=_job_name, help="the job's name")
     status.add_argument(
         "--all", action="store_true", help="also instances desired stopped (not yet removed)"
     )
@@ -123,14 +125,23 @@ def add_parser(verb) -> None:
     add_management_options(listing)
 
     scale = sub("scale", "Change how many instances of a job run.", cmd_scale)
-    scale.add_argument("name", help="the job's name")
+    scale.add_argument("name", type=_job_name, help="the job's name")
     scale.add_argument("replicas", type=_replicas, help="how many instances")
     add_management_options(scale)
 
     stop = sub("stop", "Stop a job's instances (and, with --purge, forget the job).", cmd_stop)
-    stop.add_argument("name", help="the job's name")
+    stop.add_argument("name", type=_job_name, help="the job's name")
     stop.add_argument("--purge", action="store_true", help="forget the job once it has stopped")
     add_management_options(stop)
+
+
+def _job_name(text: str) -> str:
+    if not _JOB_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a job name: lowercase letters, digits and '-', 1-40 characters, "
+            "starting and ending with a letter or digit"
+        )
+    return text
 
 
 def _replicas(text: str) -> int:
@@ -334,11 +345,13 @@ def why_not_running(
     return reasons
 
 
+def running_count(job: str, instances: Sequence[InstanceRecord]) -> int:
+    return sum(i.job == job and i.desired == "run" and i.state == "running" for i in instances)
+
+
 def job_row(job: JobRecord, instances: Sequence[InstanceRecord]) -> list[str]:
     """NAME VERSION STATUS DESIRED RUNNING BLOCKED of `job_list`."""
-    running = sum(
-        i.job == job.name and i.desired == "run" and i.state == "running" for i in instances
-    )
+    running = running_count(job.name, instances)
     status = job.status + (" (purge)" if job.purge else "")
     return [job.name, str(job.version), status, str(job.replicas), str(running), job.blocked or "-"]
 
@@ -412,7 +425,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         shown = [instance_json(i, nodes) for i in instances]
         print_json({"job": job_json(job), "instances": shown})
         return 0
-    running = sum(i.desired == "run" and i.state == "running" for i in instances)
+    running = running_count(job.name, instances)
     out.print(
         f"job {job.name}: version {job.version}, {job.status}, "
         f"{job.replicas} desired, {running} running"
@@ -434,7 +447,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(
             [
-                {**job_json(j), "running": int(job_row(j, instances)[4])}
+                {**job_json(j), "running": running_count(j.name, instances)}
                 for j in sorted(jobs, key=lambda j: j.name)
             ]
         )
