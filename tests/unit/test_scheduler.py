@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import random
 
-from colony.curator.scheduler import Ask, Decision, NodeView, holds, reserved, schedule
+from colony.curator.scheduler import (
+    Ask,
+    Decision,
+    NodeView,
+    holds,
+    reserved,
+    schedule,
+    schedule_all,
+)
 from colony.shared.jobspec import Constraint, JobResources, JobSpec, Task
 from colony.shared.messages import InstanceRecord, NodeRecord, Resources
 
@@ -358,6 +366,25 @@ def test_an_ask_never_oversubscribes_a_node():
     assert d.unplaced == (2, 3, 4)
 
 
+def test_schedule_all_places_each_ask_after_the_ones_before():
+    nodes = [node("n1", cpu=2, ports=(20000, 20001)), node("n2", cpu=2, ports=(20000, 20001))]
+    web, api = job("web", ports=["http"]), job("api", distinct_nodes=True, ports=["http"])
+    web_d, api_d = schedule_all(nodes, [], [Ask(web, 1, (0, 1)), Ask(api, 1, (0, 1, 2))])
+    assert web_d.placements == ((0, "n1", {"http": 20000}), (1, "n1", {"http": 20001}))
+    assert api_d.placements == ((0, "n2", {"http": 20000}),)
+    assert api_d.unplaced == (1, 2)
+    assert api_d.no_fit == (
+        "1 node already runs an instance of api (distinct_nodes)",
+        "1 node lacks cpu: need 1 core, it has 0 cores free",
+    )
+    # the same as asking one by one, adding each decision's instances
+    one = schedule(nodes, [], Ask(web, 1, (0, 1)))
+    placed = [
+        instance(f"web-{slot}", nid, job="web", ports=ports) for slot, nid, ports in one.placements
+    ]
+    assert (one, schedule(nodes, placed, Ask(api, 1, (0, 1, 2)))) == (web_d, api_d)
+
+
 # --- determinism, explanation, size ---------------------------------------------------------
 
 
@@ -464,15 +491,10 @@ def test_size_ten_thousand_instances_over_a_thousand_nodes_in_batches():
         for i in range(1000)
     ]
     instances: list[InstanceRecord] = []
-    specs = [
-        job("web", cpu=1, memory=2 * GiB, ports=["http"]),
-        job("api", cpu=0.5, memory=GiB, ports=["http", "grpc"], spread="zone"),
-    ]
-    for start in range(0, 10_000, 250):
-        spec = specs[(start // 250) % 2]
-        d = schedule(nodes, instances, Ask(spec, 1, tuple(range(start, start + 250))))
-        assert d.unplaced == () and d.no_fit == ()
-        for slot, nid, ports in d.placements:
+
+    def record(spec: JobSpec, decision: Decision) -> None:
+        assert decision.unplaced == () and decision.no_fit == ()
+        for slot, nid, ports in decision.placements:
             instances.append(
                 InstanceRecord(
                     id=f"{spec.name}-{slot}",
@@ -485,6 +507,17 @@ def test_size_ten_thousand_instances_over_a_thousand_nodes_in_batches():
                     ports=ports,
                 )
             )
+
+    web = job("web", cpu=1, memory=2 * GiB, ports=["http"])
+    api = job("api", cpu=0.5, memory=GiB, ports=["http", "grpc"], spread="zone")
+    for start in range(0, 8_000, 250):  # one job's batch per call
+        spec = (web, api)[(start // 250) % 2]
+        record(spec, schedule(nodes, instances, Ask(spec, 1, tuple(range(start, start + 250)))))
+    # and a round of several jobs' asks at once
+    asks = [Ask(job(f"j{k}", cpu=0.25, memory=GiB // 2), 1, tuple(range(400))) for k in range(5)]
+    for ask, decision in zip(asks, schedule_all(nodes, instances, asks), strict=True):
+        record(ask.spec, decision)
+
     assert len(instances) == 10_000
     per_node: dict[str, list[InstanceRecord]] = {}
     for i in instances:
@@ -498,4 +531,4 @@ def test_size_ten_thousand_instances_over_a_thousand_nodes_in_batches():
         if i.job == "api":
             zone = f"z{int(i.node[1:]) % 4}"
             api_zones[zone] = api_zones.get(zone, 0) + 1
-    assert sorted(api_zones.values()) == [1250] * 4
+    assert sorted(api_zones.values()) == [1000] * 4

@@ -11,12 +11,18 @@ from *scoring* (which feasible node is best):
 - ties go to the lowest node id, so the same inputs give the same decision, whatever the
   order of the nodes and instances given.
 
+An instance holds cpu, memory and ports on its node while it is desired `run` or not yet
+terminal (`holds`); it counts as one of its job's (distinct_nodes, spread) while desired
+`run`, so a replacement may go beside an instance that is being stopped.
+
 Slots are placed one by one, each placement updating its node's free cpu, memory and
 ports, so two slots of one ask never share a port or oversubscribe a node.
 
-Cost: the instances are indexed by node once per call; the feasible nodes sit in heaps
-(one per spread value) whose order changes only for the node just used, so a slot costs
-O(log nodes), not O(nodes) (except a slot with nodes to avoid: a scan of the nodes).
+Cost: the instances are indexed by node once per call (`schedule_all` places several
+jobs' asks on one index); the feasible nodes sit in heaps (one per spread value) whose
+order changes only for the node just used, so a slot costs O(log nodes), not O(nodes)
+(except a slot with nodes to avoid: a scan of the nodes). So a call costs about
+O(instances + nodes + slots x log nodes).
 """
 
 from __future__ import annotations
@@ -95,15 +101,29 @@ def reserved(
 
 def schedule(nodes: Sequence[NodeView], instances: Sequence[InstanceRecord], ask: Ask) -> Decision:
     """Place `ask.slots` on the best feasible nodes, slot by slot (lowest slot first)."""
+    return schedule_all(nodes, instances, (ask,))[0]
+
+
+def schedule_all(
+    nodes: Sequence[NodeView], instances: Sequence[InstanceRecord], asks: Sequence[Ask]
+) -> tuple[Decision, ...]:
+    """Place several asks in turn, each seeing what the ones before it placed. The
+    instances are indexed once for all of them: one call per reconcile round costs
+    O(instances), where one call per job would cost O(jobs x instances)."""
+    cluster = _Cluster(nodes, instances, {ask.spec.name for ask in asks})
+    return tuple(_decide(cluster, ask) for ask in asks)
+
+
+def _decide(cluster: _Cluster, ask: Ask) -> Decision:
     if not ask.slots:
         return Decision(placements=(), unplaced=(), no_fit=())
-    board = _Board(nodes, instances, ask.spec)
+    board = _Board(cluster, ask.spec)
     placements: list[tuple[int, str, dict[str, int]]] = []
     unplaced: list[int] = []
     no_fit: tuple[str, ...] = ()
     exhausted = False
     for slot in sorted(set(ask.slots)):
-        avoid = ask.avoid.get(slot, frozenset())
+        avoid = ask.avoid.get(slot, _NOTHING)
         # Once a slot with nothing to avoid fits nowhere, no later slot can fit either:
         # placing only ever takes resources away.
         node = None if exhausted else board.pick(avoid)
@@ -123,6 +143,7 @@ def schedule(nodes: Sequence[NodeView], instances: Sequence[InstanceRecord], ask
 # A node counts under the first one it fails.
 _STATUS, _INELIGIBLE, _DRIVER, _CONSTRAINT, _DISTINCT, _AVOIDED, _CPU, _MEMORY, _PORTS = range(9)
 _Why = tuple[int, str | int]
+_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -166,54 +187,33 @@ def _static_why(view: NodeView, spec: JobSpec, rules: Sequence[_Rule]) -> _Why |
     return None
 
 
-class _Node:
-    """A node that passed the static checks, with what is free on it, kept up to date as
-    this call places instances."""
+class _Room:
+    """What is free on a live, eligible node, kept up to date as a call places instances."""
 
     __slots__ = (
         "cpu_cap",
         "cpu_used",
-        "group",
         "held",
-        "id",
         "memory_cap",
         "memory_used",
         "next_port",
-        "own",
         "port_hi",
         "port_lo",
         "ports_free",
-        "version",
     )
 
-    def __init__(self, view: NodeView, group: str) -> None:
-        r = view.record
-        self.id = r.node
-        self.group = group
-        """Its value of the spread label ("" for all nodes without spread)."""
-        self.cpu_cap = _micro(r.cpu)
-        self.memory_cap = r.memory
+    def __init__(self, record: NodeRecord) -> None:
+        self.cpu_cap = _micro(record.cpu)
+        self.memory_cap = record.memory
         self.cpu_used = 0
         self.memory_used = 0
-        self.port_lo = r.port_lo
-        self.port_hi = r.port_hi
+        self.port_lo = record.port_lo
+        self.port_hi = record.port_hi
         self.held: set[int] = set()
         """Ports held by instances on it (some may lie outside its range)."""
-        self.ports_free = max(0, r.port_hi - r.port_lo + 1) if r.port_lo > 0 else 0
-        self.next_port = r.port_lo
+        self.ports_free = max(0, record.port_hi - record.port_lo + 1) if record.port_lo > 0 else 0
+        self.next_port = record.port_lo
         """No port below this one is free (ports are only taken during a call)."""
-        self.own = 0
-        """Instances of the job desired `run` on it."""
-        self.version = 0
-        """Bumped on every placement: heap entries of older versions are stale."""
-
-    def hold(self, instance: InstanceRecord) -> None:
-        self.cpu_used += _micro(instance.cpu)
-        self.memory_used += instance.memory
-        for port in instance.ports.values():
-            if self.port_lo <= port <= self.port_hi and port not in self.held:
-                self.ports_free -= 1
-            self.held.add(port)
 
     def take_port(self) -> int:
         port = self.next_port
@@ -225,12 +225,64 @@ class _Node:
         return port
 
 
-class _Board:
-    """The nodes during one schedule() call: which can take the job, in which order."""
+class _Cluster:
+    """The nodes and what their instances hold, indexed once per call."""
 
     def __init__(
-        self, nodes: Sequence[NodeView], instances: Sequence[InstanceRecord], spec: JobSpec
+        self, nodes: Sequence[NodeView], instances: Sequence[InstanceRecord], jobs: set[str]
     ) -> None:
+        self.views = nodes
+        self.rooms = {
+            v.record.node: _Room(v.record)
+            for v in nodes
+            if v.record.status == "alive" and v.record.eligible
+        }
+        self.running: dict[str, list[str]] = {job: [] for job in jobs}
+        """Per job asked for, the node of each of its instances desired `run` (for
+        distinct_nodes and spread: an instance being stopped does not count, so its
+        replacement may go beside it)."""
+        rooms = self.rooms
+        running = self.running
+        room_of = rooms.get
+        for i in instances:  # the hot loop of a call: kept to the bare minimum
+            if i.desired == "run":
+                if i.job in running:
+                    running[i.job].append(i.node)
+            elif i.state in TERMINAL:
+                continue  # holds nothing: see holds()
+            room = room_of(i.node)
+            if room is not None:
+                room.cpu_used += round(i.cpu * _MICRO)
+                room.memory_used += i.memory
+                if i.ports:
+                    room.held.update(i.ports.values())
+        for room in rooms.values():
+            if room.held:
+                lo, hi = room.port_lo, room.port_hi
+                room.ports_free -= len([p for p in room.held if lo <= p <= hi])
+
+
+class _Node:
+    """A node that passed the job's static checks: its room, and the job's view of it."""
+
+    __slots__ = ("group", "id", "own", "room", "version")
+
+    def __init__(self, nid: str, room: _Room, group: str) -> None:
+        self.id = nid
+        self.room = room
+        self.group = group
+        """Its value of the spread label ("" for all nodes without spread)."""
+        self.own = 0
+        """Instances of the job desired `run` on it."""
+        self.version = 0
+        """Bumped on every placement: heap entries of older versions are stale."""
+
+
+class _Board:
+    """The nodes for one ask: which can take the job, in which order."""
+
+    def __init__(self, cluster: _Cluster, spec: JobSpec) -> None:
+        self.cluster = cluster
         self.spec = spec
         self.cpu = _micro(spec.resources.cpu)
         self.memory = spec.resources.memory
@@ -242,62 +294,61 @@ class _Board:
         self.any_alive = False
         self.nodes: dict[str, _Node] = {}
         group_of: dict[str, str] = {}
-        for view in nodes:
+        for view in cluster.views:
             nid = view.record.node
             group_of[nid] = view.labels.get(self.spread, "") if self.spread else ""
             self.any_alive = self.any_alive or view.record.status == "alive"
             why = _static_why(view, spec, self.rules)
             if why is None:
-                self.nodes[nid] = _Node(view, group_of[nid])
+                self.nodes[nid] = _Node(nid, cluster.rooms[nid], group_of[nid])
             else:
                 self.statics.append(why)
         self.counts: Counter[str] = Counter()
         """Instances of the job desired `run` per spread value (only with spread)."""
-        for i in instances:
-            mine = i.job == spec.name and i.desired == "run"
-            if mine and self.spread and i.node in group_of:
-                self.counts[group_of[i.node]] += 1
-            n = self.nodes.get(i.node)
-            if n is None:
-                continue
-            if holds(i):
-                n.hold(i)
-            if mine:
+        for nid in cluster.running[spec.name]:
+            if self.spread and nid in group_of:
+                self.counts[group_of[nid]] += 1
+            n = self.nodes.get(nid)
+            if n is not None:
                 n.own += 1
         # Per spread value, a heap of (-score, node id, version); and a heap of the values
         # by (instances of the job, then their best node's key). Entries are checked when
-        # they reach the top (lazy deletion): a node that no longer fits, a stale score, or
-        # a value whose count or best node changed are dropped or pushed again.
+        # they reach the top (lazy deletion): a node that no longer fits or a stale score is
+        # dropped; a value whose count or best node changed is pushed again.
         self.heaps: dict[str, list[tuple[float, str, int]]] = {}
         for n in self.nodes.values():
             if self.fits(n):
                 self.heaps.setdefault(n.group, []).append((-self.score(n), n.id, 0))
         self.groups: list[tuple[int, float, str, str]] = []
+        self.pushed: dict[str, tuple[int, float, str, str]] = {}
+        """The entry last pushed per value: the one that may be current."""
         for group, heap in self.heaps.items():
             heapq.heapify(heap)
             self.push_group(group)
 
     # The per-node checks that placements change: they only ever fail more as a call goes.
-    def dynamic_why(self, n: _Node, avoid: frozenset[str]) -> _Why | None:
+    def dynamic_why(self, n: _Node, avoid: frozenset[str] = _NOTHING) -> _Why | None:
+        room = n.room
         if self.spec.distinct_nodes and n.own:
             return (_DISTINCT, "")
         if n.id in avoid:
             return (_AVOIDED, "")
-        if n.cpu_used + self.cpu > n.cpu_cap:
+        if room.cpu_used + self.cpu > room.cpu_cap:
             return (_CPU, "")
-        if n.memory_used + self.memory > n.memory_cap:
+        if room.memory_used + self.memory > room.memory_cap:
             return (_MEMORY, "")
-        if n.ports_free < len(self.ports):
+        if room.ports_free < len(self.ports):
             return (_PORTS, "")
         return None
 
     def fits(self, n: _Node) -> bool:
-        return self.dynamic_why(n, frozenset()) is None
+        return self.dynamic_why(n) is None
 
     def score(self, n: _Node) -> float:
         """How full the node is after placing one more instance (bin-pack: fuller is better)."""
-        cpu = (n.cpu_used + self.cpu) / (n.cpu_cap or 1)
-        memory = (n.memory_used + self.memory) / (n.memory_cap or 1)
+        room = n.room
+        cpu = (room.cpu_used + self.cpu) / (room.cpu_cap or 1)
+        memory = (room.memory_used + self.memory) / (room.memory_cap or 1)
         return (cpu + memory) / 2
 
     def key(self, n: _Node) -> tuple[int, float, str]:
@@ -316,9 +367,13 @@ class _Board:
         return None
 
     def push_group(self, group: str) -> None:
+        """Push the value's current entry, unless it is already in the heap."""
         best = self.top(group)
         if best is not None:
-            heapq.heappush(self.groups, (self.counts[group], *best, group))
+            entry = (self.counts[group], *best, group)
+            if entry != self.pushed.get(group):
+                self.pushed[group] = entry
+                heapq.heappush(self.groups, entry)
 
     def pick(self, avoid: frozenset[str]) -> _Node | None:
         """The best node for one more instance, None if none fits."""
@@ -327,22 +382,20 @@ class _Board:
             fitting = [n for n in self.nodes.values() if self.dynamic_why(n, avoid) is None]
             return min(fitting, key=self.key, default=None)
         while self.groups:
-            entry = self.groups[0]
-            group = entry[3]
-            best = self.top(group)
-            if best is None:
-                heapq.heappop(self.groups)
-            elif entry != (current := (self.counts[group], *best, group)):
-                heapq.heapreplace(self.groups, current)
-            else:
-                return self.nodes[best[1]]
+            count, neg, nid, group = self.groups[0]
+            if (neg, nid) == self.top(group) and count == self.counts[group]:
+                return self.nodes[nid]
+            heapq.heappop(self.groups)
+            self.push_group(group)
         return None
 
     def place(self, n: _Node) -> dict[str, int]:
         """Reserve one instance's cpu, memory and ports on `n`; returns its ports."""
-        n.cpu_used += self.cpu
-        n.memory_used += self.memory
-        ports = {name: n.take_port() for name in self.ports}
+        room = n.room
+        room.cpu_used += self.cpu
+        room.memory_used += self.memory
+        ports = {name: room.take_port() for name in self.ports}
+        self.cluster.running[self.spec.name].append(n.id)
         n.own += 1
         n.version += 1
         if self.spread:
@@ -363,10 +416,11 @@ class _Board:
             if why is None:
                 continue  # cannot happen when pick() found nothing; not a reason anyway
             counts[why] += 1
+            room = n.room
             free = {
-                _CPU: n.cpu_cap - n.cpu_used,
-                _MEMORY: n.memory_cap - n.memory_used,
-                _PORTS: n.ports_free,
+                _CPU: room.cpu_cap - room.cpu_used,
+                _MEMORY: room.memory_cap - room.memory_used,
+                _PORTS: room.ports_free,
             }.get(why[0])
             if free is not None:
                 best[why[0]] = max(best.get(why[0], free), free)
