@@ -608,3 +608,18 @@ def test_a_control_character_is_named_with_its_line() -> None:
 def test_unit_fields_left_empty_take_their_default() -> None:
     loaded = spec(JOB + "resources:\n  memory:\n  cpu:\nrestart:\n  delay:\n")
     assert (loaded.resources, loaded.restart) == (JobResources(), RestartPolicy())
+
+
+def test_the_errors_shown_in_the_docs_are_what_validate_says() -> None:
+    expected = (DATA / "bad-web.txt").read_text()
+    with pytest.raises(SpecError) as caught:
+        jobspec.parse((DATA / "bad-web.yaml").read_text(), "web.yaml")
+    assert str(caught.value) + "\n" == expected
+    docs = (ROOT / "docs" / "jobspec.md").read_text()
+    assert f"$ colony job validate web.yaml\n{expected}```" in docs
+
+
+def test_the_job_in_the_docs_is_valid() -> None:
+    docs = (ROOT / "docs" / "jobspec.md").read_text()
+    first = docs.split("```yaml\n")[1].split("```")[0]
+    assert jobspec.parse(first).spec.ports == ["http"]
