@@ -184,7 +184,7 @@ def test_constraints_each_operator():
     assert feasible(Constraint(label="zone", value="eu")) == {"a"}
     assert feasible(Constraint(label="zone", op="!=", value="eu")) == {"b", "c", "d"}
     assert feasible(Constraint(label="zone", op="in", value=["eu", "us"])) == {"a", "b"}
-    assert feasible(Constraint(label="zone", op="in", value="eu, ap")) == {"a", "c"}
+    assert feasible(Constraint(label="zone", op="in", value=["eu", "ap"])) == {"a", "c"}
     assert feasible(Constraint(label="zone", op="not_in", value=["eu", "us"])) == {"c", "d"}
     assert feasible(
         Constraint(label="zone", op="!=", value="us"), Constraint(label="disk", value="ssd")

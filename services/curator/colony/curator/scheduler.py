@@ -159,12 +159,9 @@ class _Rule:
 
     @staticmethod
     def of(c: Constraint) -> _Rule:
-        if isinstance(c.value, str):
-            # `in: "eu, us"` reads as a list, as people write it.
-            values = [v.strip() for v in c.value.split(",")] if "in" in c.op else [c.value]
-        else:
-            values = list(c.value)
-        shown = values[0] if len(values) == 1 and "in" not in c.op else f"({', '.join(values)})"
+        # The job file loader gives = and != one value, in and not_in a list.
+        values = [c.value] if isinstance(c.value, str) else list(c.value)
+        shown = f"({', '.join(values)})" if c.op in ("in", "not_in") else ", ".join(values)
         return _Rule(c.label, c.op in ("=", "in"), frozenset(values), f"{c.label} {c.op} {shown}")
 
     def holds(self, labels: dict[str, str]) -> bool:
@@ -430,36 +427,46 @@ class _Board:
         return tuple(([] if self.any_alive else ["0 nodes are alive"]) + lines)
 
     def line(self, why: _Why, count: int, total: int, best: int) -> str:
+        """One reason as people read it: "3 nodes lack memory: need ..."."""
         check, detail = why
-        nodes = _plural(count, "node")
-        one = count == 1
-        best_of = "it has" if one else "the best has"
+
+        def say(one: str, many: str) -> str:
+            return f"{_plural(count, 'node')} {one if count == 1 else many}"
+
+        best_has = "it has" if count == 1 else "the best has"
         if check == _STATUS:
-            verb = {"left": "has" if one else "have", "unknown": "has" if one else "have"}
-            state = {"left": "left", "unknown": "no status yet"}.get(str(detail), detail)
-            return f"{nodes} {verb.get(str(detail), 'is' if one else 'are')} {state}"
+            return say(*_STATUS_WORDS.get(str(detail), (f"is {detail}", f"are {detail}")))
         if check == _INELIGIBLE:
-            return f"{nodes} {'is' if one else 'are'} ineligible"
+            return say("is ineligible", "are ineligible")
         if check == _DRIVER:
             if count == total:
                 return f"no node has driver {detail}"
-            return f"{nodes} {'lacks' if one else 'lack'} driver {detail}"
+            return say(f"lacks driver {detail}", f"lack driver {detail}")
         if check == _CONSTRAINT:
-            return f"{nodes} {'fails' if one else 'fail'} constraint {self.rules[int(detail)].text}"
+            text = self.rules[int(detail)].text
+            return say(f"fails constraint {text}", f"fail constraint {text}")
         if check == _DISTINCT:
-            runs = "runs" if one else "run"
-            return f"{nodes} already {runs} an instance of {self.spec.name} (distinct_nodes)"
+            of = f"an instance of {self.spec.name} (distinct_nodes)"
+            return say(f"already runs {of}", f"already run {of}")
         if check == _AVOIDED:
-            return f"{nodes} {'was' if one else 'were'} avoided (the instance failed there)"
-        lack = "lacks" if one else "lack"
+            return say("was avoided", "were avoided") + " (the instance failed there)"
         if check == _CPU:
             need, free = _cores(self.cpu, up=True), _cores(best, up=False)
-            return f"{nodes} {lack} cpu: need {need}, {best_of} {free} free"
-        if check == _MEMORY:
+            what = f"cpu: need {need}, {best_has} {free} free"
+        elif check == _MEMORY:
             need, free = _size(self.memory, up=True), _size(best, up=False)
-            return f"{nodes} {lack} memory: need {need}, {best_of} {free} free"
-        need_ports = _plural(len(self.ports), "port")
-        return f"{nodes} {lack} ports: need {need_ports}, {best_of} {max(best, 0)} free"
+            what = f"memory: need {need}, {best_has} {free} free"
+        else:
+            need = _plural(len(self.ports), "port")
+            what = f"ports: need {need}, {best_has} {max(best, 0)} free"
+        return say(f"lacks {what}", f"lack {what}")
+
+
+_STATUS_WORDS = {
+    "left": ("has left", "have left"),
+    "unknown": ("has no status yet", "have no status yet"),
+}
+"""How to say a status that "is <status>" would say badly (one node, several nodes)."""
 
 
 # --- units ------------------------------------------------------------------------------
