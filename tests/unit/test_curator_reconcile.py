@@ -387,14 +387,31 @@ def test_labels_come_as_they_are_read_and_as_their_changes_say():
     assert view.labels == {"node-1": {"zone": "us"}}
 
 
-def test_the_curators_own_commits_are_not_undone_by_older_changes():
+def test_the_curators_own_writes_are_not_undone_by_older_changes():
     view = view_of(NODES, [job(replicas=1)], [instance("web-0-aaaa", "node-1", 0)])
     view.committed(InstancesStop(ids=["web-0-aaaa"], reason="node node-1 is dead"), 70, 1.0)
-    before = msgspec.to_builtins(instance("web-0-aaaa", "node-1", 0, state="running"))
-    assert not view.apply(change("instance", "web-0-aaaa", 65, before))
-    assert view.instances["web-0-aaaa"].desired == "stop"
+    before = msgspec.to_builtins(instance("web-0-aaaa", "node-1", 0, state="exited"))
+    assert view.apply(change("instance", "web-0-aaaa", 65, before))
+    assert (view.instances["web-0-aaaa"].desired, view.instances["web-0-aaaa"].state) == (
+        "stop",
+        "exited",
+    )
     view.committed(InstancesRemove(ids=["web-0-aaaa"]), 71, 1.0)
     assert "web-0-aaaa" not in view.instances
+    assert not view.apply(change("instance", "web-0-aaaa", 70, before))
+    assert "web-0-aaaa" not in view.instances
+
+
+def test_a_registration_from_before_the_curators_status_write_is_kept():
+    view = View()
+    view.committed(NodeStatus(node="node-9", status="alive", reason="membership"), 30, 1.0)
+    assert view.nodes["node-9"].status == "alive" and view.nodes["node-9"].drivers == []
+    registered = msgspec.to_builtins(node("node-9", status="unknown"))
+    assert view.apply(change("node", "node-9", 29, registered))
+    assert (view.nodes["node-9"].status, view.nodes["node-9"].drivers) == ("alive", ["process"])
+    later = msgspec.to_builtins(node("node-9", status="dead"))
+    assert view.apply(change("node", "node-9", 31, later))
+    assert view.nodes["node-9"].status == "dead"
 
 
 @pytest.mark.parametrize("status", ["dead", "left"])

@@ -1,11 +1,7 @@
-"""`python -m colony.curator`: wired to the runner; its behaviour arrives with its issue."""
+"""`python -m colony.curator`: the manager's reconcile loop (acts only on the manager's node)."""
 
-from colony.shared.runner import Unbuilt, main
+from colony.curator.service import CuratorService
+from colony.shared.runner import main
 
 if __name__ == "__main__":
-    main(
-        Unbuilt(
-            "curator",
-            "The management role: jobs, scheduling, reconciliation, rolling updates, draining",
-        )
-    )
+    main(CuratorService())

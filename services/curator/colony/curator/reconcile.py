@@ -35,6 +35,7 @@ import msgspec
 
 from colony.curator.scheduler import TERMINAL, Ask, Decision, NodeView, schedule
 from colony.curator.view import View
+from colony.shared.jobspec import JobSpec
 from colony.shared.messages import (
     Command,
     InstanceRecord,
@@ -45,6 +46,8 @@ from colony.shared.messages import (
     JobRecord,
     NodeStatus,
     Placement,
+    PlannedPlacement,
+    PlanReply,
 )
 
 GONE = frozenset({"dead", "left"})
@@ -304,6 +307,35 @@ def _remove(view: View, status: dict[str, str], actions: Actions) -> None:
         stopped = i.desired == "stop" or id in actions.stops
         if stopped and (i.state in TERMINAL or status.get(i.node) in GONE):
             actions.removes.append(id)
+
+
+def plan(view: View, spec: JobSpec, epoch: int, token: Callable[[], str] = token) -> PlanReply:
+    """What submitting `spec` (JobRun) would do now: the job as the jobs kind would record
+    it, reconciled in a copy of the view. Nothing is written."""
+    current = view.jobs.get(spec.name)
+    if current is None:
+        change, version, replicas = "new", 1, spec.replicas
+    elif current.spec == spec:  # run again as it is: its replicas stay (it may be scaled)
+        change, version, replicas = "unchanged", current.version, current.replicas
+    else:
+        change, version, replicas = "update", current.version + 1, spec.replicas
+    record = JobRecord(name=spec.name, version=version, spec=spec, replicas=replicas)
+    actions = reconcile(view.with_job(record), token)
+    decision = actions.decisions.get(spec.name)
+    return PlanReply(
+        job=spec.name,
+        change=change,
+        version=version,
+        place=[
+            PlannedPlacement(p.slot, p.node, dict(p.ports))
+            for p in actions.places
+            if p.job == spec.name
+        ],
+        stop=[id for id in actions.stops if view.instances[id].job == spec.name],
+        unplaced=len(decision.unplaced) if decision else 0,
+        no_fit=list(decision.no_fit) if decision else [],
+        epoch=epoch,
+    )
 
 
 def _chunks(items: list, size: int) -> list[list]:

@@ -11,7 +11,9 @@ point taken before the reads, so it replays changes the reads already hold, and 
 deletion (version 0) or a purged job made again (its version starts over at 1) cannot
 be ordered by version. Every object remembers the Raft log index its copy is from (a
 read's index, or the change's `log_index`), and a kind remembers the index of its first
-page: a change from no later than either is old news.
+page: a change from no later than either is old news. The curator's own writes apply
+to the view at once (`committed`); a change from before one of them still brings what
+others wrote (a node's registration, an instance's report), under the fields it wrote.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class View:
     """(change kind, id) -> the log index the view's copy is from (kept after a deletion)."""
     floor: dict[str, int] = field(default_factory=dict)
     """Change kind -> the log index its first page was read at."""
+    mine: dict[tuple[str, str], tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
+    """(change kind, id) -> the log index of the curator's own last write to it, and the
+    fields it wrote (None: it removed it), until the stream brings that change: a change
+    from before it keeps them (it still tells what others wrote, e.g. a registration)."""
 
     # --- reading it whole -------------------------------------------------------------
 
@@ -105,12 +111,21 @@ class View:
         if change.log_index <= max(self.seen.get(key, 0), self.floor.get(change.kind, 0)):
             return False
         self.seen[key] = change.log_index
+        detail = change.detail
+        if key in self.mine:
+            at, fields = self.mine[key]
+            if change.log_index >= at:  # its own write, or later: the database's word
+                del self.mine[key]
+            elif fields is None or change.version == 0:  # it removed the object since
+                return False
+            else:  # from before its own write: the rest of the record is news
+                detail = {**detail, **fields}
         if change.version == 0:
             self._drop(change.kind, change.id)
         elif change.kind == "label":  # a change says {"labels": ...}, a read the labels
             self._put(change.kind, change.id, change.detail.get("labels", {}))
         else:
-            self._put(change.kind, change.id, change.detail)
+            self._put(change.kind, change.id, detail)
         return True
 
     def _put(self, kind: str, id: str, value: Any) -> None:
@@ -157,17 +172,11 @@ class View:
         reconcile in between would decide them again)."""
         match command:
             case NodeStatus(node=node, status=status, reason=reason):
-                base = self.nodes.get(node) or NodeRecord(node=node)
-                self._mine("node", node, index)
-                self.nodes[node] = msgspec.structs.replace(
-                    base, status=status, reason=reason, changed=now
-                )
-            case JobBlocked(job=job, reason=reason) if job in self.jobs:
-                self._mine("job", job, index)
-                self.jobs[job] = msgspec.structs.replace(self.jobs[job], blocked=reason)
+                self._own("node", node, index, {"status": status, "reason": reason})
+            case JobBlocked(job=job, reason=reason):
+                self._own("job", job, index, {"blocked": reason})
             case InstancesPlace(placements=placements):
                 for p in placements:
-                    self._mine("instance", p.id, index)
                     self.instances[p.id] = InstanceRecord(
                         id=p.id,
                         job=p.job,
@@ -182,20 +191,24 @@ class View:
                         placed=now,
                         changed=now,
                     )
+                    self.mine[("instance", p.id)] = (index, {})
             case InstancesStop(ids=ids, reason=reason):
                 for id in ids:
-                    if (found := self.instances.get(id)) and found.desired != "stop":
-                        self._mine("instance", id, index)
-                        self.instances[id] = msgspec.structs.replace(
-                            found, desired="stop", desired_reason=reason, changed=now
-                        )
+                    if id in self.instances and self.instances[id].desired != "stop":
+                        fields = {"desired": "stop", "desired_reason": reason}
+                        self._own("instance", id, index, fields)
             case InstancesRemove(ids=ids):
                 for id in ids:
-                    self._mine("instance", id, index)
                     self.instances.pop(id, None)
+                    self.mine[("instance", id)] = (index, None)
 
-    def _mine(self, kind: str, id: str, index: int) -> None:
-        self.seen[(kind, id)] = max(self.seen.get((kind, id), 0), index)
+    def _own(self, kind: str, id: str, index: int, fields: dict[str, Any]) -> None:
+        """Write `fields` of object `id` (which the curator owns), committed at `index`."""
+        held = {"node": self.nodes, "job": self.jobs, "instance": self.instances}[kind]
+        base = held.get(id) or (NodeRecord(node=id) if kind == "node" else None)
+        if base is not None:
+            held[id] = msgspec.structs.replace(base, **fields)
+            self.mine[(kind, id)] = (index, fields)
 
     def with_job(self, record: JobRecord) -> View:
         """A copy in which job `record.name` is `record` (what a plan reconciles)."""

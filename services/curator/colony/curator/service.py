@@ -1,0 +1,412 @@
+"""The curator: on the node acting as manager, it keeps the desired state matching the jobs.
+
+Every node runs one; it stands by until its own node acts as manager — told by
+`manager.acting` events about its node, and by its node's consensus status, asked
+every `poll` seconds in case an event was missed — and stops acting when either says
+so, or when the database refuses one of its writes for a stale epoch.
+
+While acting, at epoch E:
+
+    read the change stream's last sequence S (before the reads: nothing is missed)
+    load the view (nodes, labels, instances, jobs; paged), ask membership for its view
+    follow the changes after S, and membership's changes (as this node sees them)
+    loop:
+        reconcile (pure) -> actions -> proposals at epoch E (several commands each)
+        apply what committed to the view (its own changes arrive later: old news)
+        wait for an event, gather more for `debounce` seconds, apply them
+    every `resync` seconds, or when following fails: load it all again
+
+It answers `curator.plan` only while acting (subscribed then, unsubscribed after),
+so a client that finds no responder knows no manager acts now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from colony.curator import reconcile as rules
+from colony.curator.metrics import CuratorMetrics
+from colony.curator.view import KINDS, View, fill, load
+from colony.shared import changes, subjects
+from colony.shared.bus import ERROR_CODE_HEADER, ERROR_HEADER, BusError, NotFound
+from colony.shared.cluster import Cluster
+from colony.shared.management import Management, ManagementError
+from colony.shared.messages import (
+    Command,
+    DecodeError,
+    InstancesPlace,
+    InstancesRemove,
+    InstancesStop,
+    JobBlocked,
+    ManagerActing,
+    MemberChanged,
+    MembersRequest,
+    NodeStatus,
+    PlanRequest,
+    ProposeReply,
+    ServiceMetrics,
+    ServiceMetricsRequest,
+    decode,
+    encode,
+    new_id,
+)
+from colony.shared.runner import Context
+from colony.shared.signing import read_secret
+
+DEBOUNCE = 0.005
+"""Seconds to gather more events after the first before reconciling once for all."""
+RESYNC = 30.0
+"""Seconds between two full reads of the view (a change the stream lost is found then)."""
+POLL = 1.0
+"""Seconds between two looks at the node's own consensus status."""
+RETRY = 0.5
+"""Seconds between two tries of a proposal no voter answered (same ids: never twice)."""
+PROPOSAL_BYTES = 400 * 1024
+"""A proposal's commands, encoded, at most (a request must stay under 1 MiB)."""
+FENCED = re.compile(r"^(stale epoch|epoch \d+ (was never granted|has ended))")
+"""How the database refuses a write at an epoch that is not the manager's (leases.fence)."""
+RESYNC_NOW = "resync"
+"""An event: read the whole view again (following the stream failed)."""
+
+
+class Deposed(Exception):
+    """This node no longer acts as manager at the epoch it wrote with."""
+
+
+class CuratorService:
+    name = "curator"
+    description = "The manager's reconcile loop: places, replaces and stops job instances"
+
+    def __init__(
+        self,
+        *,
+        debounce: float = DEBOUNCE,
+        resync: float = RESYNC,
+        poll: float = POLL,
+        token: Callable[[], str] = rules.token,
+    ) -> None:
+        self.debounce, self.resync, self.poll, self.token = debounce, resync, poll, token
+        self.epoch = 0
+        """The epoch this node acts as manager at (0: standing by)."""
+        self.fenced = 0
+        """The highest epoch a write was refused at: never acted at again."""
+        self.lease_changed = asyncio.Event()
+        self.view: View | None = None
+        """The view while acting (None: standing by, or still loading it)."""
+        self.queue: asyncio.Queue[Any] | None = None
+        """The events of the current turn of acting."""
+        self.metrics = CuratorMetrics()
+        self.management: Management | None = None
+
+    async def run(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.me = ctx.config.node.id
+        self.log = ctx.log
+        secret_file = ctx.config.consensus.secret_file
+        self.secret = read_secret(secret_file) if secret_file else None
+        await ctx.listen(subjects.manager_acting(), self._on_acting)
+        await ctx.listen(subjects.member_changes(subjects.ANY), self._on_member)
+        await ctx.serve(subjects.service_metrics(self.me, self.name), self._on_metrics)
+        poller = asyncio.create_task(self._poll_status())
+        try:
+            while True:
+                while not self.epoch:
+                    self.lease_changed.clear()
+                    await self.lease_changed.wait()
+                await self._act(self.epoch)
+        finally:
+            poller.cancel()
+
+    # --- knowing whether to act -----------------------------------------------------------
+
+    async def _on_acting(self, event: ManagerActing) -> None:
+        if event.node == self.me:
+            if event.acting:
+                self._set_epoch(event.epoch, "its node acts as manager")
+            elif event.epoch >= self.epoch:
+                self._set_epoch(0, f"its node stopped acting as manager: {event.reason}")
+        elif event.acting and self.epoch and event.epoch > self.epoch:
+            self._set_epoch(0, f"node {event.node} acts as manager at epoch {event.epoch}")
+
+    async def _poll_status(self) -> None:
+        cluster = Cluster(self.ctx.bus, ask=max(self.poll, 0.5))
+        while True:
+            status = await cluster.status(self.me)
+            lease = status.manager if status else None
+            if status and lease and lease.epoch >= self.epoch:  # an older answer says nothing
+                if status.acting and lease.holder == self.me:
+                    self._set_epoch(lease.epoch, "its node's consensus says it acts as manager")
+                else:
+                    self._set_epoch(0, "its node's consensus says it does not act as manager")
+            await asyncio.sleep(self.poll)
+
+    def _set_epoch(self, epoch: int, why: str) -> None:
+        if epoch == self.epoch or (epoch and epoch <= self.fenced):
+            return
+        self.log.info(
+            "acting as manager" if epoch else "standing by",
+            extra={"epoch": epoch or self.epoch, "why": why},
+        )
+        self.epoch = self.metrics.epoch = epoch
+        self.lease_changed.set()
+
+    # --- acting ---------------------------------------------------------------------------
+
+    async def _act(self, epoch: int) -> None:
+        """Act at `epoch` until this node no longer does."""
+        self.management = Management(self.ctx.bus, await self._voters())
+        plans = await self.ctx.bus.nc.subscribe(subjects.curator_plan().name, cb=self._on_plan)
+        session = asyncio.create_task(self._session(epoch), name=f"curator epoch {epoch}")
+        ended = asyncio.create_task(self._until_not_acting(epoch))
+        try:
+            await asyncio.wait({session, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if session.done() and not session.cancelled():
+                error = session.exception()
+                if isinstance(error, Deposed):
+                    self.fenced = max(self.fenced, epoch)
+                    self._set_epoch(0, str(error))
+                elif error is not None:  # a bug: start over from a fresh read
+                    self.log.error("acting failed; starting over", exc_info=error)
+                    await asyncio.sleep(1.0)
+        finally:
+            for task in (session, ended):
+                task.cancel()
+            await asyncio.gather(session, ended, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await plans.unsubscribe()
+            self.view = self.queue = None
+            self.metrics.objects = {}
+
+    async def _until_not_acting(self, epoch: int) -> None:
+        while self.epoch == epoch:
+            self.lease_changed.clear()
+            await self.lease_changed.wait()
+
+    async def _session(self, epoch: int) -> None:
+        """Turns of: a full read, then following changes until the next resync."""
+        while True:
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            self.queue = queue  # membership's changes from now on
+            try:
+                start = await self._last_change()
+                view = await load(self.management.query)
+                members = await self._members()
+            except (ManagementError, BusError) as e:
+                self.log.warning("could not read the view; trying again", extra={"why": str(e)})
+                await asyncio.sleep(1.0)
+                continue
+            while not queue.empty():  # membership's changes from before its answer
+                queue.get_nowait()
+            view.members = members
+            self.view = view
+            self.log.info(
+                "view loaded", extra={"epoch": epoch, "after_change": start, **_sizes(view)}
+            )
+            follower = asyncio.create_task(self._follow(start, queue))
+            try:
+                await self._loop(epoch, view, queue)
+            finally:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+
+    async def _loop(self, epoch: int, view: View, queue: asyncio.Queue[Any]) -> None:
+        deadline = time.monotonic() + self.resync
+        changed = True
+        while True:
+            if changed:
+                await self._reconcile(epoch, view)
+            events = await self._gather(queue, deadline)
+            if events is None or RESYNC_NOW in events:
+                return
+            changed = False
+            for event in events:
+                if isinstance(event, MemberChanged):
+                    changed |= view.members.get(event.node) != event.status
+                    view.members[event.node] = event.status
+                else:
+                    changed |= view.apply(event)
+            if view.missing():
+                try:
+                    await fill(view, self.management.query)
+                except (ManagementError, BusError) as e:
+                    self.log.warning("could not read a job's spec", extra={"why": str(e)})
+                    return
+
+    async def _gather(self, queue: asyncio.Queue[Any], deadline: float) -> list[Any] | None:
+        """The next events: the first one, then whatever arrives within `debounce`; None
+        once `deadline` passed without any."""
+        try:
+            first = await asyncio.wait_for(queue.get(), max(deadline - time.monotonic(), 0))
+        except TimeoutError:
+            return None
+        await asyncio.sleep(self.debounce)
+        events = [first]
+        while not queue.empty():
+            events.append(queue.get_nowait())
+        return events
+
+    async def _follow(self, after: int, queue: asyncio.Queue[Any]) -> None:
+        try:
+            async for change in changes.follow(
+                self.ctx.bus, after=after, kinds=KINDS, secret=self.secret, logger=self.log
+            ):
+                queue.put_nowait(change)
+        except BusError as e:
+            self.log.warning("following the changes failed", extra={"why": str(e)})
+            await asyncio.sleep(1.0)
+        queue.put_nowait(RESYNC_NOW)
+
+    async def _on_member(self, event: MemberChanged) -> None:
+        if event.observer == self.me and self.queue is not None:
+            self.queue.put_nowait(event)
+
+    async def _last_change(self) -> int:
+        """The change stream's last sequence (= change index) now; 0 if there is none yet."""
+        try:
+            return (await self.ctx.bus.stream_state(subjects.CHANGES_STREAM)).last_seq
+        except NotFound:
+            return 0
+
+    async def _members(self) -> dict[str, str]:
+        """Membership's statuses as this node sees them ({} if it does not answer: the
+        recorded statuses stand until it does)."""
+        try:
+            reply = await self.ctx.bus.request(subjects.members(self.me), MembersRequest())
+        except BusError as e:
+            self.log.warning("membership did not answer", extra={"why": str(e)})
+            return {}
+        return {m.node: m.status for m in reply.members}
+
+    async def _voters(self) -> list[str]:
+        """Who takes proposals: the configured voters, else those answering discovery
+        (this node among them: it acts, so it votes)."""
+        configured = self.ctx.config.consensus.voters
+        return configured or sorted({*await Cluster(self.ctx.bus).nodes(), self.me})
+
+    # --- deciding and committing ------------------------------------------------------------
+
+    async def _reconcile(self, epoch: int, view: View) -> None:
+        started = time.perf_counter()
+        actions = rules.reconcile(view, self.token)
+        self.metrics.reconcile.observe(time.perf_counter() - started)
+        self.metrics.objects = _sizes(view)
+        if not actions:
+            return
+        for batch in _proposals(actions.commands()):
+            reply = await self._propose(epoch, batch)
+            if reply is None:
+                return
+            for command, outcome in zip(batch, reply.outcomes, strict=False):
+                if outcome.ok:
+                    view.committed(command, reply.index, time.time())
+                    self._log_committed(command)
+                elif FENCED.match(outcome.error):
+                    raise Deposed(f"the database refused a write: {outcome.error}")
+                else:
+                    self.log.warning(
+                        "write refused",
+                        extra={"command": _tag(command), "why": outcome.error, "epoch": epoch},
+                    )
+
+    async def _propose(self, epoch: int, batch: list[Command]) -> ProposeReply | None:
+        """Commit `batch`, trying again with the same ids while no voter answers: a try that
+        did commit is answered with its first outcome, never applied twice."""
+        ids = [new_id() for _ in batch]
+        while True:
+            try:
+                return await self.management.propose(*batch, ids=ids, epoch=epoch)
+            except ManagementError as e:
+                if not e.retryable:
+                    self.log.error("proposal refused as invalid", extra={"why": str(e)})
+                    return None
+                self.log.warning("proposal not answered; trying again", extra={"why": str(e)})
+            if self.epoch != epoch:
+                raise Deposed(f"no longer acting at epoch {epoch}")
+            await asyncio.sleep(RETRY)
+
+    def _log_committed(self, command: Command) -> None:
+        log, count = self.log.info, self.metrics.committed.inc
+        match command:
+            case NodeStatus(node=node, status=status, reason=reason):
+                count("node_status")
+                log("node status", extra={"node": node, "status": status, "reason": reason})
+            case InstancesStop(ids=ids, reason=reason):
+                count("stop", len(ids))
+                log("stop", extra={"instances": ids, "reason": reason})
+            case InstancesPlace(placements=placements):
+                count("place", len(placements))
+                for p in placements:
+                    extra = {"instance": p.id, "node": p.node, "slot": p.slot, "reason": p.reason}
+                    log("place", extra={**extra, "replaces": p.replaces} if p.replaces else extra)
+            case JobBlocked(job=job, reason=reason):
+                count("job_blocked")
+                log("job blocked" if reason else "job unblocked", extra={"job": job, "why": reason})
+            case InstancesRemove(ids=ids):
+                count("remove", len(ids))
+                log("remove", extra={"instances": ids})
+
+    # --- requests -------------------------------------------------------------------------
+
+    async def _on_plan(self, msg: Msg) -> None:
+        """What submitting a job would do (answered only while acting)."""
+        view, epoch = self.view, self.epoch
+        try:
+            request = decode(msg.data, PlanRequest)
+        except DecodeError as e:
+            await self._refuse(msg, 400, str(e))
+            return
+        if view is None or not epoch:
+            await self._refuse(msg, 503, "the manager is still reading its view: ask again")
+            return
+        try:
+            reply = rules.plan(view, request.spec, epoch, self.token)
+        except Exception as e:  # a bug: the asker hears why, this curator goes on
+            self.log.exception("planning failed", extra={"job": request.spec.name})
+            await self._refuse(msg, 500, f"{type(e).__name__}: {e}")
+            return
+        with contextlib.suppress(Exception):
+            await msg.respond(encode(msgspec.structs.replace(reply, cause=request.cause)))
+
+    async def _refuse(self, msg: Msg, code: int, why: str) -> None:
+        """Answer with an error, as a NATS micro endpoint does (the bus raises RemoteError)."""
+        if msg.reply:
+            headers = {ERROR_CODE_HEADER: str(code), ERROR_HEADER: why}
+            with contextlib.suppress(Exception):
+                await self.ctx.bus.nc.publish(msg.reply, b"", headers=headers)
+
+    async def _on_metrics(self, _request: ServiceMetricsRequest) -> ServiceMetrics:
+        return ServiceMetrics(node=self.me, service=self.name, families=self.metrics.families())
+
+
+def _proposals(commands: list[Command]) -> list[list[Command]]:
+    """`commands` in order, cut into proposals of at most PROPOSAL_BYTES each."""
+    batches: list[list[Command]] = []
+    size = 0
+    for command in commands:
+        length = len(msgspec.json.encode(command))
+        if not batches or size + length > PROPOSAL_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(command)
+        size += length
+    return batches
+
+
+def _tag(command: Command) -> str:
+    return str(type(command).__struct_config__.tag)
+
+
+def _sizes(view: View) -> dict[str, int]:
+    return {
+        "nodes": len(view.nodes),
+        "jobs": len(view.jobs),
+        "instances": len(view.instances),
+    }

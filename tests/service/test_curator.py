@@ -1,0 +1,228 @@
+"""The curator against three real voters on a real nats-server, one curator per voter (only
+the manager's acts), the agents played by the test (NodeRegister, InstancesReport) and
+membership by a stand-in that answers `members` and publishes `MemberChanged`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+
+import msgspec
+import pytest
+from _voters import Membership, Voters
+
+from colony.curator.service import CuratorService
+from colony.harness.processes import poll
+from colony.shared import runner, subjects
+from colony.shared.bus import NoResponders
+from colony.shared.cluster import Cluster
+from colony.shared.config import ConsensusSettings
+from colony.shared.jobspec import JobResources, JobSpec, RestartPolicy, Task
+from colony.shared.management import Management
+from colony.shared.messages import (
+    InstanceRecord,
+    InstanceReport,
+    InstancesReport,
+    JobRecord,
+    JobRun,
+    JobScale,
+    MemberChanged,
+    NodeRecord,
+    NodeRegister,
+    PlanRequest,
+    QueryRequest,
+)
+
+VOTERS = ["v1", "v2", "v3"]
+AGENTS = ["a1", "a2", "a3"]
+MiB = 2**20
+
+
+class Curators:
+    """A curator per voter, in this process, each stoppable on its own."""
+
+    def __init__(self, voters: Voters) -> None:
+        self.voters = voters
+        self.stops: dict[str, asyncio.Event] = {}
+        self.tasks: dict[str, asyncio.Task[int]] = {}
+
+    def start(self, node: str) -> None:
+        config = self.voters.server.node_config(node)
+        config.consensus = ConsensusSettings(voters=VOTERS, secret_file=str(self.voters.secret))
+        self.stops[node] = asyncio.Event()
+        service = CuratorService(resync=5.0)
+        self.tasks[node] = asyncio.create_task(runner.run(service, config, stop=self.stops[node]))
+
+    async def stop(self, node: str) -> None:
+        self.stops[node].set()
+        assert await asyncio.wait_for(self.tasks.pop(node), runner.SHUTDOWN_GRACE) == 0
+
+
+@pytest.fixture
+async def cluster(nats_server, tmp_path, bus):
+    membership = Membership(AGENTS)
+    await membership.serve(bus)
+    voters = Voters(nats_server, tmp_path, VOTERS)
+    curators = Curators(voters)
+    for node in VOTERS:
+        voters.start(node)
+        curators.start(node)
+    try:
+        yield voters, curators, membership
+    finally:
+        for node in list(curators.tasks):
+            await curators.stop(node)
+        await voters.stop_all()
+
+
+def web(replicas: int = 3, then: str = "reschedule") -> JobSpec:
+    return JobSpec(
+        name="web",
+        task=Task(command="sleep", args=["600"]),
+        replicas=replicas,
+        resources=JobResources(cpu=1.0, memory=256 * MiB),
+        ports=["http"],
+        restart=RestartPolicy(then=then),  # type: ignore[arg-type]
+    )
+
+
+async def register(client: Management) -> None:
+    for node in AGENTS:
+        command = NodeRegister(
+            node=node,
+            name=node,
+            address="127.0.0.1",
+            cpu=2.0,
+            memory=2048 * MiB,
+            drivers=["process"],
+            port_lo=30000,
+            port_hi=30099,
+        )
+        assert (await client.propose(command)).outcomes[0].ok
+
+
+async def read(client: Management, kind: str, record: type) -> list:
+    reply = await client.query(QueryRequest(key="", kind=kind, limit=1000))
+    return [msgspec.convert(s.value, record) for s in reply.objects]
+
+
+async def running(client: Management, job: str = "web") -> list[InstanceRecord]:
+    """The job's instances desired run; fails if a slot has two of them."""
+    found = [i for i in await read(client, "instances", InstanceRecord) if i.job == job]
+    wanted = [i for i in found if i.desired == "run"]
+    slots = Counter(i.slot for i in wanted)
+    assert all(n == 1 for n in slots.values()), f"a slot with two instances to run: {wanted}"
+    return wanted
+
+
+async def report(client: Management, instance: InstanceRecord, state: str, seq: int, **fields):
+    said = InstanceReport(id=instance.id, state=state, seq=seq, **fields)  # type: ignore[arg-type]
+    await client.propose(InstancesReport(node=instance.node, reports=[said]))
+
+
+async def test_jobs_are_placed_failed_instances_and_dead_nodes_replaced(cluster, bus):
+    _voters, _curators, membership = cluster
+    manager = await Cluster(bus, VOTERS).wait_manager(30)
+    client = Management(bus, VOTERS)
+    await register(client)
+    await client.propose(JobRun(spec=web(replicas=3)))
+
+    async def placed(count: int, job: str = "web"):
+        found = await running(client, job)
+        return found if sorted(i.slot for i in found) == list(range(count)) else None
+
+    first = await poll(lambda: placed(3), 20, "3 instances of web placed")
+    assert {i.node for i in first} <= set(AGENTS)
+    assert all(i.desired_reason == "job web submitted" for i in first)
+    assert len({(i.node, i.ports["http"]) for i in first}) == 3  # no port given twice
+    nodes = {n.node: n for n in await read(client, "nodes", NodeRecord)}
+    assert {nodes[a].status for a in AGENTS} == {"alive"}  # from membership
+    for i in first:
+        await report(client, i, "running", 1, pid=100)
+
+    # The plan answers only on the manager: what running the same spec again would do.
+    plan = await bus.request(subjects.curator_plan(), PlanRequest(spec=web(3)), timeout=5)
+    assert (plan.change, plan.version, plan.place, plan.epoch) == (
+        "unchanged",
+        1,
+        [],
+        manager.epoch,
+    )
+    bigger = await bus.request(subjects.curator_plan(), PlanRequest(spec=web(4)), timeout=5)
+    assert (bigger.change, bigger.version, len(bigger.stop)) == ("update", 2, 3)
+
+    # Restarts ran out on one node: a replacement in its slot on another node.
+    failed = first[0]
+    await report(client, failed, "failed", 2, exit_code=1, reason="exit code 1")
+
+    async def replaced():
+        found = {i.slot: i for i in await running(client)}
+        again = found.get(failed.slot)
+        return again if again and again.replaces == failed.id else None
+
+    replacement = await poll(replaced, 20, f"a replacement of {failed.id}")
+    assert replacement.node != failed.node
+    assert replacement.desired_reason == f"restarts ran out on node {failed.node}: exit code 1"
+    everything = {i.id for i in await read(client, "instances", InstanceRecord)}
+    assert failed.id not in everything  # stopped and removed: it ran nothing any more
+
+    # A node membership finds dead: its instances run elsewhere.
+    by_node = Counter(i.node for i in await running(client))
+    dead = by_node.most_common(1)[0][0]
+    membership.set(dead, "dead")
+    for observer in VOTERS:  # whichever curator acts hears it from its own membership
+        event = MemberChanged(observer=observer, node=dead, status="dead", incarnation=1)
+        await bus.publish(subjects.member_changes(dead), event)
+
+    async def moved():
+        found = await running(client)
+        return found if len(found) == 3 and dead not in {i.node for i in found} else None
+
+    after = await poll(moved, 20, f"web's instances moved off dead node {dead}")
+    assert {i.desired_reason for i in after if i.node != dead} >= {f"node {dead} is dead"}
+    nodes = {n.node: n for n in await read(client, "nodes", NodeRecord)}
+    assert nodes[dead].status == "dead"
+
+
+async def test_what_cannot_be_placed_is_blocked_and_placed_once_it_fits(cluster, bus):
+    await Cluster(bus, VOTERS).wait_manager(30)
+    client = Management(bus, VOTERS)
+    await register(client)
+    await client.propose(JobRun(spec=web(replicas=8)))  # 3 nodes x 2 cores: 6 fit
+
+    async def blocked():
+        [job] = [j for j in await read(client, "jobs", JobRecord) if j.name == "web"]
+        return job.blocked
+
+    why = await poll(blocked, 20, "web blocked")
+    assert why.startswith("2 of 8 instances cannot be placed: 3 nodes lack cpu")
+    assert len(await running(client)) == 6
+    await client.propose(JobScale(job="web", replicas=6))
+    assert await poll(lambda: _not(blocked), 20, "web no longer blocked")
+
+
+async def _not(check):
+    return not await check()
+
+
+async def test_a_new_manager_finishes_what_the_old_one_began(cluster, bus):
+    voters, curators, _membership = cluster
+    manager = await Cluster(bus, VOTERS).wait_manager(30)
+    client = Management(bus, VOTERS)
+    await register(client)
+    await client.propose(JobRun(spec=web(replicas=6)))
+    # The manager's node goes away (voter and curator) as placing begins.
+    await asyncio.gather(voters.stop(manager.node), curators.stop(manager.node))
+    others = [n for n in VOTERS if n != manager.node]
+    await Cluster(bus, others).wait_manager(30, above_epoch=manager.epoch)
+    client = Management(bus, others)
+
+    async def all_placed():
+        found = await running(client)
+        return found if sorted(i.slot for i in found) == list(range(6)) else None
+
+    await poll(all_placed, 30, "6 instances placed by the new manager")
+    with contextlib.suppress(NoResponders):  # the old one answers no plan any more
+        plan = await bus.request(subjects.curator_plan(), PlanRequest(spec=web(6)), timeout=5)
+        assert plan.epoch > manager.epoch
