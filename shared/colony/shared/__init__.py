@@ -8,6 +8,8 @@
   only with its own errors.
 - `signing`: HMAC signatures, keyed with the cluster secret, on the messages only the
   cluster's own nodes may send.
+- `reservations`: what instances hold on their nodes (the scheduler's rule, and the
+  reserved cpu/memory `colony status` shows).
 - `changes`: following the change stream (replayed from a point, then live), checked.
 - `management`: a client of the management database: proposals and reads through any
   voter, retried until a deadline.

@@ -12,8 +12,9 @@ from *scoring* (which feasible node is best):
   order of the nodes and instances given.
 
 An instance holds cpu, memory and ports on its node while it is desired `run` or not yet
-terminal (`holds`); it counts as one of its job's (distinct_nodes, spread) while desired
-`run`, so a replacement may go beside an instance that is being stopped.
+terminal (`holds`: colony.shared.reservations, the rule `colony status` counts by too); it
+counts as one of its job's (distinct_nodes, spread) while desired `run`, so a replacement
+may go beside an instance that is being stopped.
 
 Slots are placed one by one, each placement updating its node's free cpu, memory and
 ports, so two slots of one ask never share a port or oversubscribe a node.
@@ -29,20 +30,24 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import overload
 
 from colony.shared.jobspec import Constraint, JobSpec
-from colony.shared.messages import InstanceRecord, NodeRecord, Resources
+from colony.shared.messages import InstanceRecord, NodeRecord
+from colony.shared.reservations import MICRO, TERMINAL, holds, micro, reserved
 
-TERMINAL = frozenset({"exited", "failed", "lost"})
-"""Instance states in which an instance runs nothing (it still holds its node's resources
-while it is desired `run`: its node may restart it)."""
-
-_MICRO = 1_000_000
-"""Cpu is summed in micro-cores (integers), so the sums do not depend on the order of
-the instances (float sums do, by a few ulps, which could flip a tie)."""
+__all__ = [
+    "TERMINAL",
+    "Ask",
+    "Decision",
+    "NodeView",
+    "holds",
+    "reserved",
+    "schedule",
+    "schedule_all",
+]
+"""holds, reserved and TERMINAL come from the shared library (the CLI counts by them too)."""
 
 
 @dataclass(frozen=True)
@@ -72,31 +77,6 @@ class Decision:
     no_fit: tuple[str, ...]
     """Why the first unplaced slot fits on no node, most frequent reason first, e.g.
     "3 nodes lack memory: need 512 MiB, the best has 300 MiB free"; () if all placed."""
-
-
-def holds(instance: InstanceRecord) -> bool:
-    """Whether the instance holds its cpu, memory and ports on its node: while it is
-    desired `run`, or has not yet reached a terminal state (it may still be running)."""
-    return instance.desired == "run" or instance.state not in TERMINAL
-
-
-@overload
-def reserved(instances: Iterable[InstanceRecord]) -> dict[str, Resources]: ...
-@overload
-def reserved(instances: Iterable[InstanceRecord], node: str) -> Resources: ...
-def reserved(
-    instances: Iterable[InstanceRecord], node: str | None = None
-) -> dict[str, Resources] | Resources:
-    """Cpu and memory held per node (nodes holding nothing are left out), or on `node`."""
-    cpu: Counter[str] = Counter()
-    memory: Counter[str] = Counter()
-    for i in instances:
-        if holds(i) and (node is None or i.node == node):
-            cpu[i.node] += _micro(i.cpu)
-            memory[i.node] += i.memory
-    if node is not None:
-        return Resources(cpu=cpu[node] / _MICRO, memory=memory[node])
-    return {n: Resources(cpu=cpu[n] / _MICRO, memory=memory[n]) for n in cpu}
 
 
 def schedule(nodes: Sequence[NodeView], instances: Sequence[InstanceRecord], ask: Ask) -> Decision:
@@ -200,7 +180,7 @@ class _Room:
     )
 
     def __init__(self, record: NodeRecord) -> None:
-        self.cpu_cap = _micro(record.cpu)
+        self.cpu_cap = micro(record.cpu)
         self.memory_cap = record.memory
         self.cpu_used = 0
         self.memory_used = 0
@@ -249,7 +229,7 @@ class _Cluster:
                 continue  # holds nothing: see holds()
             room = room_of(i.node)
             if room is not None:
-                room.cpu_used += round(i.cpu * _MICRO)
+                room.cpu_used += round(i.cpu * MICRO)
                 room.memory_used += i.memory
                 if i.ports:
                     room.held.update(i.ports.values())
@@ -281,7 +261,7 @@ class _Board:
     def __init__(self, cluster: _Cluster, spec: JobSpec) -> None:
         self.cluster = cluster
         self.spec = spec
-        self.cpu = _micro(spec.resources.cpu)
+        self.cpu = micro(spec.resources.cpu)
         self.memory = spec.resources.memory
         self.ports = tuple(dict.fromkeys(spec.ports))
         self.rules = [_Rule.of(c) for c in spec.constraints]
@@ -472,10 +452,6 @@ _STATUS_WORDS = {
 # --- units ------------------------------------------------------------------------------
 
 
-def _micro(cores: float) -> int:
-    return round(cores * _MICRO)
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -490,8 +466,8 @@ def _decimal(num: int, den: int, places: int, up: bool) -> str:
     return f"{whole}.{frac:0{places}d}".rstrip("0").rstrip(".")
 
 
-def _cores(micro: int, up: bool) -> str:
-    text = _decimal(max(micro, 0), _MICRO, 3, up)
+def _cores(micro_cores: int, up: bool) -> str:
+    text = _decimal(max(micro_cores, 0), MICRO, 3, up)
     return f"{text} core" if text == "1" else f"{text} cores"
 
 
