@@ -120,11 +120,12 @@ JOB = "name: web\ntask:\n  command: python3\n"
         ),
         (
             "constraints:\n  - {label: zone, op: '~', value: eu}",
-            'job.yaml:5: constraints[0].op: unknown op "~" (!=, =, in, not_in)',
+            'job.yaml:5: constraints[0].op: unknown operator "~" (!=, =, in, not_in)',
         ),
         (
             "constraints:\n  - {label: zone, op: ==, value: eu}",
-            'job.yaml:5: constraints[0].op: unknown op "=="; did you mean =? (!=, =, in, not_in)',
+            'job.yaml:5: constraints[0].op: unknown operator "=="; did you mean =? '
+            "(!=, =, in, not_in)",
         ),
         (
             "constraints:\n  - {label: zone, op: in, value: eu}",
@@ -140,7 +141,9 @@ JOB = "name: web\ntask:\n  command: python3\n"
         ),
         (
             "constraints:\n  - {label: 'my zone', value: eu}",
-            'job.yaml:5: constraints[0].label: "my zone" is not a node label key',
+            'job.yaml:5: constraints[0].label: "my zone" is not a node label key '
+            "(like zone or example.com/rack: "
+            "letters, digits, '-', '_' and '.')",
         ),
         (
             "constraints:\n  - {label: zone, value: 'eu west'}",
@@ -151,7 +154,11 @@ JOB = "name: web\ntask:\n  command: python3\n"
             "job.yaml:5: constraints[0].value: is required but missing",
         ),
         ("constraints: {label: zone}", "job.yaml:4: constraints: expected a list, got a mapping"),
-        ("spread: 'a b'", 'job.yaml:4: spread: "a b" is not a node label key'),
+        (
+            "spread: 'a b'",
+            'job.yaml:4: spread: "a b" is not a node label key (like zone or example.com/rack: '
+            "letters, digits, '-', '_' and '.')",
+        ),
         ("distinct_nodes: 'yes'", 'job.yaml:4: distinct_nodes: expected true or false, got "yes"'),
         (
             "restart:\n  delay: 10s\n  max_delay: 2s",
@@ -178,7 +185,7 @@ JOB = "name: web\ntask:\n  command: python3\n"
         ),
         (
             "restart: {then: retry}",
-            'job.yaml:4: restart.then: unknown then "retry" (fail, reschedule)',
+            'job.yaml:4: restart.then: unknown choice "retry" (fail, reschedule)',
         ),
         ("meta: [a]", "job.yaml:4: meta: expected a mapping, got a list"),
         ("meta: {team: null}", "job.yaml:4: meta.team: has no value: expected a string"),
