@@ -268,24 +268,24 @@ class _Board:
         self.spread = spec.spread
         self.statics: list[_Why] = []
         """The static reason of every node that failed a static check."""
-        self.any_alive = False
         self.nodes: dict[str, _Node] = {}
+        spread, nodes, rooms, rules = self.spread, self.nodes, cluster.rooms, self.rules
         group_of: dict[str, str] = {}
         for view in cluster.views:
             nid = view.record.node
-            group_of[nid] = view.labels.get(self.spread, "") if self.spread else ""
-            self.any_alive = self.any_alive or view.record.status == "alive"
-            why = _static_why(view, spec, self.rules)
+            group = group_of[nid] = view.labels.get(spread, "") if spread else ""
+            why = _static_why(view, spec, rules)
             if why is None:
-                self.nodes[nid] = _Node(nid, cluster.rooms[nid], group_of[nid])
+                nodes[nid] = _Node(nid, rooms[nid], group)
             else:
                 self.statics.append(why)
+        self.any_alive = any(v.record.status == "alive" for v in cluster.views)
         self.counts: Counter[str] = Counter()
         """Instances of the job desired `run` per spread value (only with spread)."""
         for nid in cluster.running[spec.name]:
-            if self.spread and nid in group_of:
+            if spread and nid in group_of:
                 self.counts[group_of[nid]] += 1
-            n = self.nodes.get(nid)
+            n = nodes.get(nid)
             if n is not None:
                 n.own += 1
         # Per spread value, a heap of (-score, node id, version); and a heap of the values
@@ -293,7 +293,7 @@ class _Board:
         # they reach the top (lazy deletion): a node that no longer fits or a stale score is
         # dropped; a value whose count or best node changed is pushed again.
         self.heaps: dict[str, list[tuple[float, str, int]]] = {}
-        for n in self.nodes.values():
+        for n in nodes.values():
             if self.fits(n):
                 self.heaps.setdefault(n.group, []).append((-self.score(n), n.id, 0))
         self.groups: list[tuple[int, float, str, str]] = []
