@@ -603,3 +603,8 @@ def test_the_job_in_the_docs_is_valid() -> None:
     docs = (ROOT / "docs" / "jobspec.md").read_text()
     first = docs.split("```yaml\n")[1].split("```")[0]
     assert jobspec.parse(first).spec.ports == ["http"]
+
+
+def test_a_mapping_merged_into_itself_is_refused() -> None:
+    found = problems("name: web\ntask: {command: x}\nmeta: &m {a: b, <<: *m}\n")
+    assert found == ["job.yaml:3: meta: contains itself (an alias to a list or mapping around it)"]

@@ -413,8 +413,8 @@ class _Reader:
                 why = "<< merges a mapping (an alias like *base), not a single value"
                 self.problems.append(Problem(self.file, base.start_mark.line + 1, path, why))
                 continue
-            extra = self.mapping(base, path, line)
-            for key, value in extra.value.items():
+            extra = self.tree(base, path)  # counted, and refused if it contains itself
+            for key, value in (extra.value if extra.kind == "map" else {}).items():
                 if key not in entries:
                     entries[key], keys[key] = value, extra.keys[key]
         return _Y("map", entries, "", line, keys)
