@@ -99,13 +99,14 @@ def test_nodes_not_alive_are_counted_by_status():
         node("n3", status="suspect"),
         node("n4", status="left"),
         node("n5", status="unknown"),
+        node("n6", status="left"),
     ]
     d = place(nodes, job())
     assert d.unplaced == (0,)
     assert d.no_fit == (
         "0 nodes are alive",
         "2 nodes are dead",
-        "1 node has left",
+        "2 nodes have left",
         "1 node is suspect",
         "1 node has no status yet",
     )
@@ -450,12 +451,8 @@ def test_placements_match_a_plain_reading_of_the_rules():
         for slot, nid, ports in d.placements:
             expected = _naive_best(list(views.values()), held, spec)
             assert nid == expected, f"slot {slot}"
-            held.append(instance(f"web-{slot}", nid, job="web", cpu=0.3, memory=300 * MiB))
-            held[-1] = InstanceRecord(**{**_fields(held[-1]), "ports": ports})
-
-
-def _fields(i: InstanceRecord) -> dict:
-    return {f: getattr(i, f) for f in i.__struct_fields__}
+            web = instance(f"web-{slot}", nid, job="web", cpu=0.3, memory=300 * MiB, ports=ports)
+            held.append(web)
 
 
 def _naive_best(nodes: list[NodeView], instances: list[InstanceRecord], spec: JobSpec) -> str:
@@ -495,16 +492,16 @@ def test_size_ten_thousand_instances_over_a_thousand_nodes_in_batches():
     def record(spec: JobSpec, decision: Decision) -> None:
         assert decision.unplaced == () and decision.no_fit == ()
         for slot, nid, ports in decision.placements:
+            resources = spec.resources
             instances.append(
-                InstanceRecord(
-                    id=f"{spec.name}-{slot}",
+                instance(
+                    f"{spec.name}-{slot}",
+                    nid,
                     job=spec.name,
-                    version=1,
-                    slot=slot,
-                    node=nid,
-                    cpu=spec.resources.cpu,
-                    memory=spec.resources.memory,
+                    cpu=resources.cpu,
+                    memory=resources.memory,
                     ports=ports,
+                    slot=slot,
                 )
             )
 
