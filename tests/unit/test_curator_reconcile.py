@@ -9,10 +9,13 @@ import itertools
 import msgspec
 import pytest
 
-from colony.curator.reconcile import Actions, reconcile
+from colony.consensus.kinds.leases import LeaseState, fence
+from colony.curator.reconcile import Actions, plan, reconcile
+from colony.curator.service import FENCED
 from colony.curator.view import View
 from colony.shared.jobspec import JobResources, JobSpec, RestartPolicy, Task
 from colony.shared.messages import (
+    MANAGER,
     Change,
     InstanceRecord,
     InstancesPlace,
@@ -425,3 +428,31 @@ def test_stopped_instances_on_a_gone_node_are_removed_whatever_they_last_said(st
         ],
     )
     assert settled(view).removes == ["web-1-bbbb"]
+
+
+def test_the_curator_knows_every_refusal_of_a_write_at_a_past_epoch():
+    held = {MANAGER: LeaseState("node-2", 7, 10.0)}
+    refusals = [fence(held, 6), fence(held, 8), fence({MANAGER: LeaseState("", 7, 10.0)}, 7)]
+    assert all(FENCED.match(why) for why in refusals), refusals
+    assert fence(held, 7) == ""
+    assert not FENCED.match("job web has no version 3")
+
+
+def test_a_plan_says_what_running_a_spec_would_do_and_changes_nothing():
+    running = [instance(f"web-{s}-000{s}", f"node-{s + 1}", s) for s in range(2)]
+    view = view_of(NODES, [job(replicas=2)], running)
+    same = plan(view, job(replicas=2).spec, epoch=4)
+    assert (same.change, same.version, same.place, same.stop, same.epoch) == (
+        "unchanged",
+        1,
+        [],
+        [],
+        4,
+    )
+    bigger = plan(view, job(replicas=3, cpu=2.0).spec, epoch=4)
+    assert (bigger.change, bigger.version, len(bigger.place)) == ("update", 2, 3)
+    assert sorted(bigger.stop) == ["web-0-0000", "web-1-0001"]
+    new = plan(view, job("db", replicas=9, cpu=2.0).spec, epoch=4)
+    assert (new.change, new.version, len(new.place), new.unplaced) == ("new", 1, 4, 5)
+    assert new.no_fit and "lack cpu" in new.no_fit[0]
+    assert view.jobs.keys() == {"web"} and len(view.instances) == 2

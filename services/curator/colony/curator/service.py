@@ -16,8 +16,9 @@ While acting, at epoch E:
         wait for an event, gather more for `debounce` seconds, apply them
     every `resync` seconds, or when following fails: load it all again
 
-It answers `curator.plan` only while acting (subscribed then, unsubscribed after),
-so a client that finds no responder knows no manager acts now.
+It answers `curator.plan` only while acting, from its first view on (subscribed then,
+unsubscribed when it stops), so a client that finds no responder knows no manager acts
+now, and asks again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from colony.curator import reconcile as rules
 from colony.curator.metrics import CuratorMetrics
@@ -105,6 +107,8 @@ class CuratorService:
         """The events of the current turn of acting."""
         self.metrics = CuratorMetrics()
         self.management: Management | None = None
+        self.plans: Subscription | None = None
+        """Its subscription to `curator.plan` while acting."""
 
     async def run(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -163,7 +167,6 @@ class CuratorService:
     async def _act(self, epoch: int) -> None:
         """Act at `epoch` until this node no longer does."""
         self.management = Management(self.ctx.bus, await self._voters())
-        plans = await self.ctx.bus.nc.subscribe(subjects.curator_plan().name, cb=self._on_plan)
         session = asyncio.create_task(self._session(epoch), name=f"curator epoch {epoch}")
         ended = asyncio.create_task(self._until_not_acting(epoch))
         try:
@@ -180,8 +183,10 @@ class CuratorService:
             for task in (session, ended):
                 task.cancel()
             await asyncio.gather(session, ended, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await plans.unsubscribe()
+            if self.plans is not None:
+                with contextlib.suppress(Exception):
+                    await self.plans.unsubscribe()
+                self.plans = None
             self.view = self.queue = None
             self.metrics.objects = {}
 
@@ -207,6 +212,9 @@ class CuratorService:
                 queue.get_nowait()
             view.members = members
             self.view = view
+            if self.plans is None:  # from its first view on (asked before, none answers)
+                subject = subjects.curator_plan().name
+                self.plans = await self.ctx.bus.nc.subscribe(subject, cb=self._on_plan)
             self.log.info(
                 "view loaded", extra={"epoch": epoch, "after_change": start, **_sizes(view)}
             )
