@@ -46,12 +46,13 @@ class Curators:
         self.voters = voters
         self.stops: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[int]] = {}
+        self.services: dict[str, CuratorService] = {}
 
     def start(self, node: str) -> None:
         config = self.voters.server.node_config(node)
         config.consensus = ConsensusSettings(voters=VOTERS, secret_file=str(self.voters.secret))
         self.stops[node] = asyncio.Event()
-        service = CuratorService(resync=5.0)
+        service = self.services[node] = CuratorService(resync=5.0)
         self.tasks[node] = asyncio.create_task(runner.run(service, config, stop=self.stops[node]))
 
     async def stop(self, node: str) -> None:
@@ -234,3 +235,26 @@ async def test_a_new_manager_finishes_what_the_old_one_began(cluster, bus):
     assert done[0] in ("web-0-aaaa", "web-0-bbbb") and done[1] == "web-1-cccc"
     plan = await bus.request(subjects.curator_plan(), PlanRequest(spec=web(6)), timeout=5)
     assert plan.epoch > manager.epoch and plan.change == "unchanged"
+
+
+async def test_a_deposed_curator_stands_by_and_the_new_one_alone_acts(cluster, bus):
+    voters, curators, _membership = cluster
+    manager = await Cluster(bus, VOTERS).wait_manager(30)
+    old = curators.services[manager.node]
+    await poll(lambda: old.view is not None, 20, "the manager's curator acting")
+    await voters.stop(manager.node)  # its curator goes on running, its lease does not
+    others = [n for n in VOTERS if n != manager.node]
+    chief = await Cluster(bus, others).wait_manager(30, above_epoch=manager.epoch)
+    await poll(lambda: old.epoch == 0 and old.view is None, 20, "the old curator standing by")
+    assert curators.services[chief.node].epoch == chief.epoch
+    client = Management(bus, others)
+    await register(client)
+    await client.propose(JobRun(spec=web(replicas=4)))
+
+    async def placed():
+        found = await running(client) or []
+        return found if sorted(i.slot for i in found) == list(range(4)) else None
+
+    await poll(placed, 20, "4 instances placed by the new manager")
+    plan = await bus.request(subjects.curator_plan(), PlanRequest(spec=web(4)), timeout=5)
+    assert plan.epoch == chief.epoch

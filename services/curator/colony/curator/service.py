@@ -36,7 +36,7 @@ from nats.aio.subscription import Subscription
 
 from colony.curator import reconcile as rules
 from colony.curator.metrics import CuratorMetrics
-from colony.curator.view import KINDS, View, fill, load
+from colony.curator.view import View, fill, load
 from colony.shared import changes, subjects
 from colony.shared.bus import ERROR_CODE_HEADER, ERROR_HEADER, BusError, NotFound
 from colony.shared.cluster import Cluster
@@ -75,6 +75,8 @@ PROPOSAL_BYTES = 400 * 1024
 """A proposal's commands, encoded, at most (a request must stay under 1 MiB)."""
 FENCED = re.compile(r"^(stale epoch|epoch \d+ (was never granted|has ended))")
 """How the database refuses a write at an epoch that is not the manager's (leases.fence)."""
+CATCH_UP = 1.0
+"""Seconds a fresh view may wait for the changes made while it was read."""
 RESYNC_NOW = "resync"
 """An event: read the whole view again (following the stream failed)."""
 
@@ -220,26 +222,36 @@ class CuratorService:
             )
             follower = asyncio.create_task(self._follow(start, queue))
             try:
-                await self._loop(epoch, view, queue)
+                await self._loop(epoch, view, queue, start, await self._last_change())
             finally:
                 follower.cancel()
                 await asyncio.gather(follower, return_exceptions=True)
 
-    async def _loop(self, epoch: int, view: View, queue: asyncio.Queue[Any]) -> None:
-        deadline = time.monotonic() + self.resync
-        changed = True
+    async def _loop(
+        self, epoch: int, view: View, queue: asyncio.Queue[Any], start: int, target: int
+    ) -> None:
+        """Reconcile whenever the view changed, until the next resync. Not before the
+        changes made during the reads (up to change `target`) are in: a kind read early
+        (nodes) would look older than one read late (jobs)."""
+        resync_at = time.monotonic() + self.resync
+        caught_up_by = time.monotonic() + CATCH_UP
+        last, changed = start, True
         while True:
-            if changed:
+            ready = last >= target or time.monotonic() >= caught_up_by
+            if changed and ready:
                 await self._reconcile(epoch, view)
-            events = await self._gather(queue, deadline)
-            if events is None or RESYNC_NOW in events:
+                changed = False
+            events = await self._gather(queue, resync_at if ready else caught_up_by)
+            if events is None and time.monotonic() >= resync_at:
                 return
-            changed = False
-            for event in events:
+            if RESYNC_NOW in (events or ()):
+                return
+            for event in events or ():
                 if isinstance(event, MemberChanged):
                     changed |= view.members.get(event.node) != event.status
                     view.members[event.node] = event.status
                 else:
+                    last = max(last, event.index)
                     changed |= view.apply(event)
             if view.missing():
                 try:
@@ -263,8 +275,9 @@ class CuratorService:
 
     async def _follow(self, after: int, queue: asyncio.Queue[Any]) -> None:
         try:
+            # every kind: the view takes its own kinds, and the loop sees how far it got
             async for change in changes.follow(
-                self.ctx.bus, after=after, kinds=KINDS, secret=self.secret, logger=self.log
+                self.ctx.bus, after=after, secret=self.secret, logger=self.log
             ):
                 queue.put_nowait(change)
         except BusError as e:
