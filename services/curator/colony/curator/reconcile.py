@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from colony.curator.scheduler import TERMINAL, Ask, Decision, NodeView, schedule
-from colony.curator.view import View
+from colony.curator.view import View, placed
 from colony.shared.jobspec import JobSpec
 from colony.shared.messages import (
     Command,
@@ -244,7 +244,7 @@ def _place(
                 why = slots[slot]
                 placement = _placement(job, slot, node, ports, why, taken, token)
                 actions.places.append(placement)
-                instances.append(_record(placement))
+                instances.append(placed(placement, 0.0))
                 if why.stop_if_placed:
                     actions.stops[why.replaces] = why.reason
         blocked = _blocked(job, decision)
@@ -276,19 +276,6 @@ def _placement(
         ports=ports,
         replaces=why.replaces,
         reason=why.reason[:MAX_REASON],
-    )
-
-
-def _record(p: Placement) -> InstanceRecord:
-    return InstanceRecord(
-        id=p.id,
-        job=p.job,
-        version=p.version,
-        slot=p.slot,
-        node=p.node,
-        cpu=p.cpu,
-        memory=p.memory,
-        ports=dict(p.ports),
     )
 
 

@@ -37,6 +37,7 @@ from colony.shared.messages import (
     JobRecord,
     NodeRecord,
     NodeStatus,
+    Placement,
     QueryReply,
     QueryRequest,
     Stored,
@@ -177,20 +178,7 @@ class View:
                 self._own("job", job, index, {"blocked": reason})
             case InstancesPlace(placements=placements):
                 for p in placements:
-                    self.instances[p.id] = InstanceRecord(
-                        id=p.id,
-                        job=p.job,
-                        version=p.version,
-                        slot=p.slot,
-                        node=p.node,
-                        cpu=p.cpu,
-                        memory=p.memory,
-                        ports=dict(p.ports),
-                        replaces=p.replaces,
-                        desired_reason=p.reason,
-                        placed=now,
-                        changed=now,
-                    )
+                    self.instances[p.id] = placed(p, now)
                     self.mine[("instance", p.id)] = (index, {})
             case InstancesStop(ids=ids, reason=reason):
                 for id in ids:
@@ -215,6 +203,25 @@ class View:
         other = copy.copy(self)
         other.jobs = {**self.jobs, record.name: record}
         return other
+
+
+def placed(p: Placement, at: float) -> InstanceRecord:
+    """The record of an instance just placed (desired run, pending), as the database
+    makes it."""
+    return InstanceRecord(
+        id=p.id,
+        job=p.job,
+        version=p.version,
+        slot=p.slot,
+        node=p.node,
+        cpu=p.cpu,
+        memory=p.memory,
+        ports=dict(p.ports),
+        replaces=p.replaces,
+        desired_reason=p.reason,
+        placed=at,
+        changed=at,
+    )
 
 
 Ask = Callable[[QueryRequest], Awaitable[QueryReply]]
