@@ -14,9 +14,10 @@ The rules, in the order they run:
    - two instances desired `run` in one slot (a manager died between placing a
      replacement and stopping what it replaced): the best one stays, the others stop.
 3. A stopped job: every instance of it is stopped.
-4. The empty slots are placed by the scheduler, job by job in name order, each job
-   seeing what the ones before it placed. What cannot be placed is recorded on the job
-   (`JobBlocked`, the scheduler's explanation), and cleared once all is placed.
+4. The empty slots are placed by the scheduler (one call for every job), job by job in
+   name order, each job seeing what the ones before it placed. What cannot be placed is
+   recorded on the job (`JobBlocked`, the scheduler's explanation), and cleared once all
+   is placed.
 5. Instances desired `stop` that run nothing any more (a terminal state, or a dead or
    left node that cannot say) are removed, those stopped in this very round included.
 
@@ -33,8 +34,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from colony.curator.scheduler import TERMINAL, Ask, Decision, NodeView, schedule
-from colony.curator.view import View, placed
+from colony.curator.scheduler import TERMINAL, Ask, Decision, NodeView, schedule_all
+from colony.curator.view import View
 from colony.shared.jobspec import JobSpec
 from colony.shared.messages import (
     Command,
@@ -227,26 +228,33 @@ def _place(
         )
         for node, record in sorted(view.nodes.items())
     ]
-    # What holds resources after this round: the stops are applied, new placements added.
+    # What holds resources after this round: the stops applied (the scheduler adds what it
+    # places for one job before it places the next).
     instances = [
         msgspec.structs.replace(i, desired="stop") if i.id in actions.stops else i
         for i in view.instances.values()
     ]
+    asks = {
+        name: Ask(
+            spec=view.jobs[name].spec,
+            version=view.jobs[name].version,
+            slots=tuple(sorted(slots)),
+            avoid={slot: s.avoid for slot, s in slots.items() if s.avoid},
+        )
+        for name, slots in wanted.items()
+        if slots
+    }
+    decisions = dict(zip(asks, schedule_all(nodes, instances, list(asks.values())), strict=True))
+    actions.decisions.update(decisions)
     taken = set(view.instances)
     for name, slots in wanted.items():
         job = view.jobs[name]
-        decision = None
-        if slots:
-            avoid = {slot: s.avoid for slot, s in slots.items() if s.avoid}
-            ask = Ask(spec=job.spec, version=job.version, slots=tuple(sorted(slots)), avoid=avoid)
-            decision = actions.decisions[name] = schedule(nodes, instances, ask)
-            for slot, node, ports in decision.placements:
-                why = slots[slot]
-                placement = _placement(job, slot, node, ports, why, taken, token)
-                actions.places.append(placement)
-                instances.append(placed(placement, 0.0))
-                if why.stop_if_placed:
-                    actions.stops[why.replaces] = why.reason
+        decision = decisions.get(name)
+        for slot, node, ports in decision.placements if decision else ():
+            why = slots[slot]
+            actions.places.append(_placement(job, slot, node, ports, why, taken, token))
+            if why.stop_if_placed:
+                actions.stops[why.replaces] = why.reason
         blocked = _blocked(job, decision)
         if blocked != job.blocked:
             actions.blocked.append(JobBlocked(job=name, reason=blocked))

@@ -145,7 +145,7 @@ class CuratorService:
     async def _poll_status(self) -> None:
         cluster = Cluster(self.ctx.bus, ask=max(self.poll, 0.5))
         while True:
-            status = await cluster.status(self.me)
+            status = await cluster.status(self.me)  # None if it does not answer
             lease = status.manager if status else None
             if status and lease and lease.epoch >= self.epoch:  # an older answer says nothing
                 if status.acting and lease.holder == self.me:
@@ -220,9 +220,13 @@ class CuratorService:
             self.log.info(
                 "view loaded", extra={"epoch": epoch, "after_change": start, **_sizes(view)}
             )
+            try:
+                target = await self._last_change()
+            except BusError:
+                target = start  # catching up is an optimisation: go on without it
             follower = asyncio.create_task(self._follow(start, queue))
             try:
-                await self._loop(epoch, view, queue, start, await self._last_change())
+                await self._loop(epoch, view, queue, start, target)
             finally:
                 follower.cancel()
                 await asyncio.gather(follower, return_exceptions=True)
