@@ -302,6 +302,20 @@ def test_two_instances_in_one_slot_keep_the_running_one():
     assert not actions.places
 
 
+def test_a_failed_instance_beside_a_live_one_in_its_slot_is_stopped():
+    view = view_of(
+        NODES,
+        [job(replicas=1)],
+        [
+            instance("web-0-aaaa", "node-1", 0, state="failed", exit_code=1),
+            instance("web-0-bbbb", "node-2", 0, state="running"),
+        ],
+    )
+    actions = settled(view)
+    assert actions.stops == {"web-0-aaaa": "slot 0 of web has web-0-bbbb already"}
+    assert actions.removes == ["web-0-aaaa"] and not actions.places
+
+
 def test_a_slot_whose_instance_was_stopped_is_placed_again_and_says_why():
     stopped = instance(
         "web-0-aaaa", "node-1", 0, desired="stop", desired_reason="updated to version 2"

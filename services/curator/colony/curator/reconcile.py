@@ -183,9 +183,11 @@ def _slots(
             slots[i.slot] = _Slot(why, i.id)
     for slot, found in holders.items():
         keep = max(found, key=lambda i: (RANK.get(i.state, 0), i.version, i.placed, i.id))
-        for i in found:
-            if i is not keep:
-                actions.stops[i.id] = f"slot {slot} of {job.name} has {keep.id} already"
+        extra = [i.id for i in found if i is not keep]
+        if slot in slots and slots[slot].stop_if_placed:  # failed, and held by another
+            extra.append(slots[slot].replaces)
+        for id in extra:
+            actions.stops[id] = f"slot {slot} of {job.name} has {keep.id} already"
     fresh = f"scaled to {job.replicas}" if instances else f"job {job.name} submitted"
     return {
         slot: slots.get(slot) or _Slot(fresh) for slot in range(job.replicas) if slot not in holders
