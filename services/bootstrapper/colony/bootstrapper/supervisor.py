@@ -27,10 +27,14 @@ from colony.shared.statedir import NATS, SUPERVISOR, NodeDir, ProcessRecord
 
 log = logging.getLogger("colony.bootstrapper")
 
-SERVICES = ["monitor", "membership", "consensus"]
+SERVICES = ["monitor", "membership", "consensus", "curator", "agent"]
 """Services every node runs (consensus stands by on a node that is not a voter, ready to
-be promoted). Curator and snapshotter join this list once they do something (no idle
-placeholder processes)."""
+be promoted; the curator stands by on a node that is not the manager). The snapshotter
+joins this list once it does something (no idle placeholder processes)."""
+
+MODULES = {"agent": "colony.bootstrapper.agent"}
+"""Where a service's program is when it is not `colony.<service>` (the node agent is
+part of the bootstrapper)."""
 
 LOG_ROTATE_BYTES = 16 * 2**20
 """A child's log is rotated when it starts with a log larger than this."""
@@ -48,7 +52,16 @@ class Child:
 def children(node_dir: NodeDir, config: Config) -> list[Child]:
     """What a node runs, in start order."""
     services = [
-        Child(name, [sys.executable, "-m", f"colony.{name}", "--config", str(node_dir.config_file)])
+        Child(
+            name,
+            [
+                sys.executable,
+                "-m",
+                MODULES.get(name, f"colony.{name}"),
+                "--config",
+                str(node_dir.config_file),
+            ],
+        )
         for name in SERVICES
     ]
     return [Child(NATS, [natsd.binary(), "-c", str(node_dir.nats_conf)]), *services]

@@ -64,12 +64,17 @@ def plan(root: Path, parent: str, instance: str, cpu: float, memory: int) -> Lim
     """Make the instance's cgroups and set its limits; raise LimitError if a limit the
     host offers cannot be set. Without usable cgroups: rlimits."""
     version = cgroup_version(root)
-    if version == 1:
-        limits = _v1(root, parent, instance, cpu, memory)
-    elif version == 2:
-        limits = _v2(root, parent, instance, cpu, memory)
-    else:
-        limits = None
+    made = [root / c / parent / instance for c in ("memory", "cpu")] + [root / parent / instance]
+    try:
+        if version == 1:
+            limits = _v1(root, parent, instance, cpu, memory)
+        elif version == 2:
+            limits = _v2(root, parent, instance, cpu, memory)
+        else:
+            limits = None
+    except LimitError:
+        remove([str(folder) for folder in made])
+        raise
     if limits is not None:
         return limits
     said = []
@@ -148,6 +153,18 @@ def members(cgroups: list[str] | tuple[str, ...]) -> set[int]:
         with contextlib.suppress(OSError, ValueError):
             pids.update(int(p) for p in Path(folder, "cgroup.procs").read_text().split())
     return pids
+
+
+def out_of_memory(cgroups: list[str] | tuple[str, ...]) -> bool:
+    """True if the kernel killed a process of these cgroups for going over the limit."""
+    for folder in cgroups:
+        for name in ("memory.oom_control", "memory.events"):  # v1, v2
+            with contextlib.suppress(OSError):
+                for line in Path(folder, name).read_text().splitlines():
+                    key, _, count = line.partition(" ")
+                    if key == "oom_kill" and count.strip() not in ("", "0"):
+                        return True
+    return False
 
 
 def remove(cgroups: list[str] | tuple[str, ...]) -> None:

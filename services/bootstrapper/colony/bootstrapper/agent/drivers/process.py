@@ -253,6 +253,8 @@ class ProcessDriver:
             with contextlib.suppress(OSError):
                 log.rotate_if_large()
         why = describe_exit(code) if code is not None else "its exit status was not recorded"
+        if code == -signal.SIGKILL and limits.out_of_memory(watch.handle.cgroups):
+            why = f"{why}: out of memory ({watch.handle.limits})"
         if not watch.exited.done():
             watch.exited.set_result(Exit(code, why, time.time()))
 

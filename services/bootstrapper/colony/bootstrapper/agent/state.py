@@ -1,0 +1,74 @@
+"""The agent's pure decisions: what an instance gets to run with, what a node should do
+about an instance, and when to restart one that ended. No I/O, no clock reads."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from colony.shared.jobspec import JobSpec, RestartPolicy
+from colony.shared.messages import InstanceRecord
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def instance_env(
+    record: InstanceRecord,
+    spec: JobSpec,
+    node: str,
+    address: str,
+    inherited: Mapping[str, str],
+) -> dict[str, str]:
+    """The instance's environment: `inherited` (the agent's PATH and locale), the spec's
+    env, then what Colony tells every instance (which wins)."""
+    env = {**inherited, **spec.task.env}
+    ports = [(name, record.ports[name]) for name in spec.ports if name in record.ports]
+    ports += [(n, p) for n, p in sorted(record.ports.items()) if n not in spec.ports]
+    if ports:
+        env["PORT"] = str(ports[0][1])
+    for name, port in ports:
+        env[f"PORT_{name.upper()}"] = str(port)
+    env.update(
+        COLONY_INSTANCE=record.id,
+        COLONY_JOB=record.job,
+        COLONY_NODE=node,
+        COLONY_ADDRESS=address,
+    )
+    return env
+
+
+def substitute(args: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """`${NAME}` in each arg replaced by the env's NAME (a name it lacks is left as is)."""
+    return [_REFERENCE.sub(lambda m: env.get(m.group(1), m.group(0)), arg) for arg in args]
+
+
+Wanted = Literal["run", "stop", "forget"]
+
+
+def wanted(record: InstanceRecord | None, node: str) -> Wanted:
+    """What this node should do about an instance, given the manager's record of it:
+    run it, stop it (desired stop, or placed elsewhere), or stop and forget it (gone)."""
+    if record is None:
+        return "forget"
+    if record.node != node:
+        return "stop"
+    return "run" if record.desired == "run" else "stop"
+
+
+def restart_delay(policy: RestartPolicy, restarted: Sequence[float], now: float) -> float | None:
+    """Seconds to wait before restarting an instance that ended, given when it was
+    restarted before (`restarted`); None once the policy's attempts within its interval
+    are used up (the instance has failed)."""
+    recent = sum(1 for at in restarted if now - at < policy.interval)
+    if recent >= policy.attempts:
+        return None
+    return min(policy.delay * policy.backoff**recent, policy.max_delay)
+
+
+def gave_up(policy: RestartPolicy, why: str) -> str:
+    """The reason of an instance whose restarts ran out."""
+    return (
+        f"{why}; restarted {policy.attempts} times within {policy.interval:g} s, "
+        "as many as its restart policy allows"
+    )

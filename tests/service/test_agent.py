@@ -1,0 +1,311 @@
+"""The node agent with three real voters and a real nats-server: it registers its node,
+starts what the manager places on it (the test proposes placements with the manager's
+epoch), reports it running with a live pid, restarts it when it is killed, stops it when
+desired, serves its output, and, after a kill -9 of the agent, adopts the same process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import psutil
+import pytest
+from _voters import running
+
+from colony.bootstrapper.agent.service import Agent
+from colony.harness.processes import poll
+from colony.shared import changes, runner, subjects
+from colony.shared.cluster import Cluster
+from colony.shared.config import AgentSettings, Config, ConsensusSettings
+from colony.shared.config import dumps as config_dumps
+from colony.shared.jobspec import JobSpec, RestartPolicy, Task
+from colony.shared.management import Management
+from colony.shared.messages import (
+    InstanceRecord,
+    InstancesPlace,
+    InstancesStop,
+    JobRun,
+    LogsRequest,
+    NodeRecord,
+    Placement,
+    QueryRequest,
+)
+from colony.shared.signing import read_secret
+
+VOTERS = ["v1", "v2", "v3"]
+CGROUPS = Path("/sys/fs/cgroup")
+NODE = "node-a"
+SCRIPT = 'echo "hello from $COLONY_INSTANCE on port $PORT ($1)"; exec sleep 300'
+SPEC = JobSpec(
+    name="web",
+    task=Task(command="sh", args=["-c", SCRIPT, "sh", "${PORT_HTTP}"]),
+    ports=["http"],
+    restart=RestartPolicy(attempts=3, delay=0.05, backoff=1.0),
+)
+
+
+@pytest.fixture
+async def voters(nats_server, tmp_path):
+    async with running(nats_server, tmp_path, VOTERS) as group:
+        yield group
+
+
+@pytest.fixture
+def config(nats_server, tmp_path):
+    config = nats_server.node_config(NODE)
+    config.consensus = ConsensusSettings(voters=VOTERS, secret_file=str(tmp_path / "secret"))
+    config.agent = AgentSettings(
+        port_lo=21000,
+        port_hi=21099,
+        dir=str(tmp_path / "instances"),
+        stop_grace=2.0,
+        cgroup=f"colony-test-{secrets.token_hex(3)}",
+    )
+    yield config
+    for parent in CGROUPS.glob(f"*/{config.agent.cgroup}"):  # the instances' cgroups
+        for folder in [*parent.iterdir(), parent]:
+            if folder.is_dir():
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+class InProcess:
+    """The agent service run in this process, stoppable (as SIGTERM stops it)."""
+
+    def __init__(self, config: Config) -> None:
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(runner.run(Agent(), config, stop=self.stop))
+
+    async def stopped(self) -> int:
+        self.stop.set()
+        return await asyncio.wait_for(self.task, runner.SHUTDOWN_GRACE)
+
+
+async def manager_epoch(bus) -> int:
+    return (await Cluster(bus, VOTERS).wait_manager(20)).epoch
+
+
+async def instance(client: Management, id: str) -> InstanceRecord | None:
+    reply = await client.query(QueryRequest(key=id, kind="instances"))
+    return msgspec.convert(reply.objects[0].value, InstanceRecord) if reply.objects else None
+
+
+async def registered(client: Management) -> NodeRecord | None:
+    reply = await client.query(QueryRequest(key=NODE, kind="nodes"))
+    return msgspec.convert(reply.objects[0].value, NodeRecord) if reply.objects else None
+
+
+def placement(id: str, slot: int = 0) -> Placement:
+    return Placement(
+        id=id, job="web", version=1, slot=slot, node=NODE, cpu=0.1, memory=2**26,
+        ports={"http": 21000 + slot}, reason="new job",
+    )  # fmt: skip
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def until(client: Management, id: str, check, what: str, timeout: float = 15):
+    async def seen():
+        record = await instance(client, id)
+        return record if record is not None and check(record) else None
+
+    return await poll(seen, timeout, what)
+
+
+async def test_placed_runs_restarts_serves_logs_and_stops_when_desired(
+    voters, bus, config, tmp_path
+):
+    epoch = await manager_epoch(bus)
+    client = Management(bus, VOTERS)
+    agent = InProcess(config)
+    try:
+        node = await poll(lambda: registered(client), 15, "the agent to register its node")
+        assert (node.port_lo, node.port_hi, node.drivers) == (21000, 21099, ["process", "sim"])
+        assert (await client.propose(JobRun(spec=SPEC))).outcomes[0].ok
+        placed = await client.propose(InstancesPlace([placement("web-0-aaaa")]), epoch=epoch)
+        assert placed.outcomes[0].ok, placed.outcomes[0].error
+
+        first = await until(client, "web-0-aaaa", lambda r: r.state == "running", "running")
+        assert alive(first.pid) and first.restarts == 0
+        env = psutil.Process(first.pid).environ()
+        assert (env["COLONY_INSTANCE"], env["COLONY_NODE"], env["PORT"]) == (
+            "web-0-aaaa", NODE, "21000"
+        )  # fmt: skip
+        said = "hello from web-0-aaaa on port 21000 (21000)\n"
+        reply = await poll(
+            lambda: _logs(bus, "web-0-aaaa"), 10, "the instance's output", every=0.05
+        )
+        assert (reply.data, reply.offset, reply.next, reply.running) == (said, 0, len(said), True)
+
+        os.kill(first.pid, signal.SIGKILL)
+        again = await until(
+            client, "web-0-aaaa", lambda r: r.state == "running" and r.restarts == 1, "a restart"
+        )
+        assert again.pid != first.pid and alive(again.pid) and not alive(first.pid)
+
+        stop = InstancesStop(["web-0-aaaa"], reason="scaled to 0")
+        assert (await client.propose(stop, epoch=epoch)).outcomes[0].ok
+        ended = await until(client, "web-0-aaaa", lambda r: r.state == "exited", "stopped")
+        assert ended.reason.startswith("stopped (scaled to 0): killed by SIGTERM"), ended.reason
+        assert ended.exit_code == -signal.SIGTERM and not alive(again.pid)
+    finally:
+        assert await agent.stopped() == 0
+
+
+async def test_sigterm_stops_every_instance(voters, bus, config):
+    epoch = await manager_epoch(bus)
+    client = Management(bus, VOTERS)
+    agent = InProcess(config)
+    try:
+        await poll(lambda: registered(client), 15, "the agent to register its node")
+        await client.propose(JobRun(spec=SPEC))
+        place = InstancesPlace([placement("web-0-aaaa", 0), placement("web-1-bbbb", 1)])
+        assert (await client.propose(place, epoch=epoch)).outcomes[0].ok
+        pids = [
+            (await until(client, id, lambda r: r.state == "running", f"{id} running")).pid
+            for id in ("web-0-aaaa", "web-1-bbbb")
+        ]
+    finally:
+        assert await agent.stopped() == 0
+    assert not any(alive(pid) for pid in pids)
+    for id in ("web-0-aaaa", "web-1-bbbb"):
+        record = await instance(client, id)
+        assert record is not None and record.state == "exited", record
+        assert "the node is shutting down" in record.reason
+
+
+async def test_an_agent_killed_with_kill_9_adopts_the_same_process(voters, bus, config, tmp_path):
+    epoch = await manager_epoch(bus)
+    id = f"web-0-{secrets.token_hex(2)}"  # its processes are told apart from any other's
+    client = Management(bus, VOTERS)
+    config_file = tmp_path / "node.toml"
+    config_file.write_text(config_dumps(config))
+    first_agent = _agent_process(config_file, tmp_path / "agent-1.log")
+    second_agent = None
+    try:
+        await poll(lambda: registered(client), 30, "the agent to register its node")
+        await client.propose(JobRun(spec=SPEC))
+        assert (await client.propose(InstancesPlace([placement(id)]), epoch=epoch)).outcomes[0].ok
+        before = await until(client, id, lambda r: r.state == "running", "running")
+
+        first_agent.kill()  # kill -9: the instance runs on
+        first_agent.wait()
+        assert alive(before.pid)
+        second_agent = _agent_process(config_file, tmp_path / "agent-2.log")
+        # the new agent serves once it has adopted: its logs endpoint answers
+        await poll(lambda: _logs(bus, id), 30, "the new agent to serve", every=0.1)
+        after = await instance(client, id)
+        assert after is not None
+        assert (after.state, after.pid, after.restarts) == ("running", before.pid, 0)
+
+        # it watches the adopted process: its end is noticed, and it is restarted
+        os.kill(before.pid, signal.SIGKILL)
+        restarted = await until(
+            client,
+            id,
+            lambda r: r.restarts == 1 and r.state == "running",
+            "a restart by the new agent",
+        )
+        assert restarted.pid != before.pid and alive(restarted.pid)
+        assert len([p for p in psutil.process_iter() if _of_instance(p, id)]) == 1
+    finally:
+        for agent in (first_agent, second_agent):
+            if agent is not None and agent.poll() is None:
+                agent.terminate()
+                agent.wait(10)
+    assert not [p for p in psutil.process_iter() if _of_instance(p, id)]
+
+
+async def test_cold_start_from_placement_committed_to_running(voters, bus, config, tmp_path):
+    """From a placement committed (its change on the stream) to its instance reported
+    running (its next change): the issue's bar is a p50 of 50 ms. The agent runs as its
+    own process, as on a node; the three voters share this test's process and loop (a
+    node's voter has its own), so this is slower than a cluster's figure: it is printed,
+    and bounded loosely."""
+    epoch = await manager_epoch(bus)
+    client = Management(bus, VOTERS)
+    config_file = tmp_path / "node.toml"
+    config_file.write_text(config_dumps(config))
+    agent = _agent_process(config_file, tmp_path / "agent.log")
+    try:
+        await poll(lambda: registered(client), 15, "the agent to register its node")
+        await client.propose(JobRun(spec=SPEC))
+        await _stream_ready(bus)
+        secret = read_secret(config.consensus.secret_file)
+        last = (await bus.stream_state(subjects.CHANGES_STREAM)).last_seq
+        feed = changes.follow(bus, after=last, kinds=["instance"], secret=secret)
+        took = []
+        for slot in range(10):
+            id = f"web-{slot}-{secrets.token_hex(2)}"
+            await client.propose(InstancesPlace([placement(id, slot)]), epoch=epoch)
+            committed = None
+            async with asyncio.timeout(10):
+                async for change in feed:
+                    if change.id == id and change.detail.get("state") == "pending":
+                        committed = time.perf_counter()
+                    elif change.id == id and change.detail.get("state") == "running":
+                        break
+            assert committed is not None
+            took.append(time.perf_counter() - committed)
+        await feed.aclose()
+        p50 = statistics.median(took) * 1000
+        print(
+            f"\ncold start, placement committed to running committed: "
+            f"p50 {p50:.0f} ms, max {max(took) * 1000:.0f} ms"
+        )
+        assert p50 < 500
+    finally:
+        agent.terminate()
+        assert agent.wait(10) == 0
+
+
+async def _logs(bus, id: str):
+    try:
+        reply = await bus.request(subjects.agent_logs(NODE), LogsRequest(instance=id), timeout=1)
+    except Exception:
+        return None
+    return reply if reply.data else None
+
+
+async def _stream_ready(bus) -> None:
+    async def exists():
+        try:
+            return await bus.stream_state(subjects.CHANGES_STREAM)
+        except Exception:
+            return None
+
+    await poll(exists, 10, "the change stream")
+
+
+def _agent_process(config_file: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "colony.bootstrapper.agent", "--config", str(config_file)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _of_instance(process: psutil.Process, id: str) -> bool:
+    try:
+        return (
+            process.environ().get("COLONY_INSTANCE") == id
+            and process.environ().get("COLONY_NODE") == NODE
+            and process.status() != psutil.STATUS_ZOMBIE
+            and process.name() == "sleep"
+        )
+    except psutil.Error:
+        return False

@@ -1,0 +1,69 @@
+"""The agent's pure decisions: an instance's env and args, what to do about an instance,
+and when to restart one by its job's policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from colony.bootstrapper.agent import state
+from colony.shared.jobspec import JobSpec, RestartPolicy, Task
+from colony.shared.messages import InstanceRecord
+
+
+def record(**fields) -> InstanceRecord:
+    base = dict(id="web-0-abcd", job="web", version=1, slot=0, node="n1", cpu=0.1, memory=1)
+    return InstanceRecord(**{**base, **fields})
+
+
+def test_the_env_has_the_spec_s_env_its_ports_and_colony_s_names_which_win():
+    spec = JobSpec(
+        name="web",
+        task=Task(command="x", env={"MODE": "prod", "COLONY_NODE": "spoofed"}),
+        ports=["http", "admin"],
+    )
+    env = state.instance_env(
+        record(ports={"admin": 20001, "http": 20000}), spec, "n1", "10.0.0.5", {"PATH": "/bin"}
+    )
+    assert env == {
+        "PATH": "/bin",
+        "MODE": "prod",
+        "PORT": "20000",  # the spec's first port
+        "PORT_HTTP": "20000",
+        "PORT_ADMIN": "20001",
+        "COLONY_INSTANCE": "web-0-abcd",
+        "COLONY_JOB": "web",
+        "COLONY_NODE": "n1",
+        "COLONY_ADDRESS": "10.0.0.5",
+    }
+
+
+def test_args_name_env_values_and_unknown_names_stay():
+    env = {"PORT": "20000", "PORT_HTTP": "20000"}
+    args = ["--port=${PORT}", "${PORT_HTTP}:${PORT}", "${NOPE}", "$PORT", "plain"]
+    assert state.substitute(args, env) == [
+        "--port=20000", "20000:20000", "${NOPE}", "$PORT", "plain"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("placed", "wanted"),
+    [
+        (record(), "run"),
+        (record(desired="stop"), "stop"),
+        (record(node="n2"), "stop"),
+        (None, "forget"),
+    ],
+)
+def test_what_a_node_does_about_an_instance(placed, wanted):
+    assert state.wanted(placed, "n1") == wanted
+
+
+def test_restarts_back_off_and_run_out_within_the_interval():
+    policy = RestartPolicy(attempts=3, interval=60, delay=1, backoff=2, max_delay=3)
+    assert state.restart_delay(policy, [], now=100) == 1
+    assert state.restart_delay(policy, [99], now=100) == 2
+    assert state.restart_delay(policy, [98, 99], now=100) == 3  # 4, capped
+    assert state.restart_delay(policy, [97, 98, 99], now=100) is None
+    # restarts older than the interval no longer count
+    assert state.restart_delay(policy, [10, 20, 99], now=100) == 2
+    assert state.restart_delay(RestartPolicy(attempts=0), [], now=0) is None
