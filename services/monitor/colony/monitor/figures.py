@@ -22,7 +22,7 @@ from colony.shared.bus import Bus, BusError
 from colony.shared.messages import MetricFamily, MetricSample, ServiceMetricsRequest
 from colony.shared.metrics import gauge, sample
 
-SERVICES = ("consensus", "membership")
+SERVICES = ("consensus", "membership", "curator")
 """The node's services that export metric families."""
 TIMEOUT = 1.0
 """Seconds a service has to answer a scrape's request (Prometheus waits 10 by default)."""
