@@ -5,6 +5,7 @@ and followed), reserved resources in `colony status`, stop."""
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import subprocess
@@ -41,20 +42,35 @@ def answer(address: str) -> str:
         return reply.read().decode()
 
 
-def lines_until(process: subprocess.Popen, wanted: str, timeout: float) -> list[str]:
-    """Lines `process` prints until one contains `wanted` (AssertionError after `timeout`)."""
-    seen: list[str] = []
+def answer_soon(address: str, timeout: float = 20) -> str:
+    """Its answer, once it listens (`running` means its process started: Python takes a
+    moment more to open the port)."""
+
+    def asked() -> str | None:
+        try:
+            return answer(address)
+        except OSError:
+            return None
+
+    return wait_for(asked, timeout, f"an answer at {address}", every=0.2)
+
+
+def lines_until(process: subprocess.Popen, wanted: str, timeout: float) -> str:
+    """What `process` prints until a line contains `wanted` (AssertionError after `timeout`).
+    Read from the pipe itself: a buffered reader could hold lines that select never shows."""
+    seen = b""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ready, _, _ = select.select([process.stdout], [], [], 0.5)
         if ready:
-            line = process.stdout.readline()
-            if not line:
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
                 break  # it ended
-            seen.append(line)
-            if wanted in line:
-                return seen
-    raise AssertionError(f"no line with {wanted!r} within {timeout:g} s; saw:\n{''.join(seen)}")
+            seen += chunk
+            if any(wanted in line for line in seen.decode(errors="replace").splitlines()):
+                return seen.decode(errors="replace")
+    said = seen.decode(errors="replace")
+    raise AssertionError(f"no line with {wanted!r} within {timeout:g} s; saw:\n{said}")
 
 
 def follow(state: Path, *args: str) -> subprocess.Popen:
@@ -63,14 +79,14 @@ def follow(state: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
-        text=True,
     )
 
 
 def interrupt(process: subprocess.Popen) -> str:
     """Ctrl-C it; its stderr, once it has ended."""
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=10)
+    _, said = process.communicate(timeout=10)
+    err = said.decode(errors="replace")
     assert process.returncode == 130, err
     assert "Traceback" not in err
     return err
@@ -108,7 +124,7 @@ def test_run_status_scale_logs_events_stop(ready):
     for instance in running(shown):
         assert instance["address"] in run.stdout
         # each instance answers where `job run` said, with its own id
-        assert answer(instance["address"]).startswith(instance["id"])
+        assert answer_soon(instance["address"]).startswith(instance["id"])
 
     table = colony("job", "status", "web", state=state).stdout.splitlines()
     assert table[0] == "job web: version 1, running, 3 desired, 3 running"
