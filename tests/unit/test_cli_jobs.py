@@ -287,6 +287,12 @@ def test_node_label_and_other_changes():
     assert summary(change("node", "node-2-bbbbbb", 3, dead)) == (
         "node node-2 alive -> dead: suspected for 5 s"
     )
+    # once its node is known by name, an instance's node is shown by it
+    placed = dict(id="web-0-1", slot=0, version=1, node="node-2-bbbbbb", state="pending",
+                  desired="run")  # fmt: skip
+    assert summary(change("instance", "web-0-1", 1, placed)).startswith(
+        "instance web-0-1 placed on node-2 (slot 0"
+    )
     labels = change("label", "node-2-bbbbbb", 1, {"labels": {"zone": "eu", "disk": "ssd"}})
     assert summary(labels) == "labels of node-2-bbbbbb: zone=eu, disk=ssd"
     lease = change("lease", "manager", 3, {"event": "granted", "holder": "node-1", "reason": ""})

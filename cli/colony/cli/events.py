@@ -165,14 +165,20 @@ SUMMARIES = {"instance": instance_summary, "job": job_summary, "node": node_summ
 
 class Summaries:
     """Summaries of changes in index order: remembers each object's last detail, to say
-    what changed (scaled, stopped, alive -> dead) rather than only where it is now."""
+    what changed (scaled, stopped, alive -> dead) rather than only where it is now, and
+    the names of the nodes seen, to name an instance's node as people know it."""
 
     def __init__(self) -> None:
         self.last: dict[tuple[str, str], dict[str, Any]] = {}
+        self.names: dict[str, str] = {}
 
     def __call__(self, change: Change) -> str:
         key, d = (change.kind, change.id), change.detail
         before = self.last.get(key)
+        if change.kind == "node" and d.get("name"):
+            self.names[change.id] = d["name"]
+        if change.kind == "instance" and "node" in d:
+            d = {**d, "node": self.names.get(d["node"], d["node"])}
         if change.version == 0:
             self.last.pop(key, None)
             if change.kind == "instance":  # its detail is its last record, reason and all
@@ -221,25 +227,29 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 async def _events(args: argparse.Namespace, secret: bytes | None) -> None:
     summary = Summaries()
+    kinds = set(args.kind or ())
     async with management(args, "colony-events") as client:
         async for change in _changes(client.bus, args, secret):
+            said = summary(change)  # of every change read: it learns the nodes' names
+            if kinds and change.kind not in kinds:
+                continue
             if args.json:
                 print(json.dumps(to_builtins(change)), flush=True)
             else:
-                out.print(line(change, summary(change)), soft_wrap=True)
+                out.print(line(change, said), soft_wrap=True)
 
 
 async def _changes(
     bus: Bus, args: argparse.Namespace, secret: bytes | None
 ) -> AsyncIterator[Change]:
-    """The changes asked for: with -f, for ever; else up to the last one the stream holds."""
-    kinds = set(args.kind or ())
+    """The changes after args.since: with -f, of the kinds asked, for ever; else of every
+    kind, up to the last one the stream holds."""
     last = None if args.follow else await last_index(bus)
     if last is not None and last <= args.since:
         return
-    # Without -f every kind is read (and filtered here): the replay ends at `last`, which
-    # may be a change of another kind.
-    asked = kinds if args.follow else ()
+    # Without -f every kind is read (the caller shows the kinds asked): the replay ends at
+    # `last`, which may be a change of another kind.
+    asked = (args.kind or ()) if args.follow else ()
     stream = changes.follow(bus, after=args.since, kinds=asked, secret=secret)
     try:
         while True:
@@ -248,8 +258,7 @@ async def _changes(
                     change = await anext(stream)
             except (StopAsyncIteration, TimeoutError):
                 return
-            if not kinds or change.kind in kinds:
-                yield change
+            yield change
             if last is not None and change.index >= last:
                 return
     except NotFound:
