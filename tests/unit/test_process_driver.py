@@ -223,8 +223,10 @@ async def test_output_is_rotated_by_size_and_read_by_offset(tmp_path):
 
 async def test_a_new_driver_adopts_a_running_instance_and_learns_its_exit_code(tmp_path):
     first = ProcessDriver()
-    script = 'trap "exit 7" USR1; while :; do sleep 0.02; done'
+    ready = tmp_path / "ready"
+    script = f'trap "exit 7" USR1; touch {ready}; while :; do sleep 0.02; done'
     handle = await first.start(spec(tmp_path, "sh", "-c", script))
+    await poll(ready.exists, 5, "the workload to handle SIGUSR1")
     await first.close()  # the agent is gone; the instance runs on
     assert not gone(handle.pid)
 

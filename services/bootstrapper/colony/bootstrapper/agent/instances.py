@@ -64,8 +64,15 @@ class LocalInstance(msgspec.Struct, kw_only=True):
             cpu=record.cpu,
             memory=record.memory,
             ports=dict(record.ports),
+            # what the database last recorded from this node (its own copy was lost, or
+            # it never had one): a failed instance stays failed
+            state=record.state,  # type: ignore[arg-type]
+            reason=record.reason,
+            exit_code=record.exit_code,
+            pid=record.pid,
             seq=record.seq,
             restarts=record.restarts,
+            done=record.state == "failed",
         )
 
     def report(self, at: float) -> InstanceReport:

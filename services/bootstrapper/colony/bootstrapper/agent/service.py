@@ -356,6 +356,11 @@ class Agent:
             self.log.error(
                 "instance task failed", extra={"instance": id}, exc_info=life.task.exception()
             )
+        instance = self.local.get(id)
+        driver = self.drivers.get(instance.driver) if instance else None
+        handle = instance.handle if instance else None
+        if handle and driver and driver.inspect(handle).state != "running":
+            driver.forget(handle)  # its cgroups and process record go now
         if id in self.local:
             self._converge(id)  # assignments changed meanwhile, or it is to be forgotten
 

@@ -134,14 +134,14 @@ class ProcessDriver:
         handle, pid_reader = self._spawn(spec)
         watch = self._watch(handle)
         pid = await _read_pid(pid_reader, watch.exited)
-        if pid is None:
+        if pid is None:  # the wrapper ended before the command ran
             ended = await watch.exited
+            self.forget(handle)
             if ended.code == SETUP_FAILED:
-                self.forget(handle)
                 said = self._logs(Path(spec.dir), "stderr").read(-1, 400).data
                 last = said.decode("utf-8", "replace").strip().splitlines()[-1:] or ["?"]
                 raise StartFailed(f"could not set it up: {last[0]}")
-            return handle  # it ended at once: `wait` says how
+            raise StartFailed(f"it ended before its command ran: {ended.reason}")
         watch.handle = msgspec.structs.replace(handle, pid=pid)
         return watch.handle
 
