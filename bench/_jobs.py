@@ -61,14 +61,16 @@ class Site:
         """The voter's own server; any other node's is the first one."""
         return self.voters.server_of.get(node, self.cluster.servers[0])
 
-    def start(self, module: str, node: str, **sections: dict[str, Any]) -> subprocess.Popen[bytes]:
+    def start(
+        self, module: str, node: str, sections: dict[str, dict[str, Any]] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Run `python -m <module>` as node `node`'s service; `sections` add config keys
         (validated: a key the config does not know is an error, named)."""
         config = msgspec.to_builtins(self.server(node).node_config(node))
         config["node"]["dir"] = str(self.workdir / "nodes" / node)
         config["consensus"] = {"voters": self.voters.ids, "secret_file": str(self.voters.secret)}
         config["log"] = {"level": "warning", "format": "json"}
-        for section, keys in sections.items():
+        for section, keys in (sections or {}).items():
             config.setdefault(section, {}).update(keys)
         name = f"{module.rsplit('.', 1)[-1]}-{node}"
         path = self.workdir / f"{name}.toml"

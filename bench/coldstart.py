@@ -7,9 +7,10 @@ commits each `InstancesPlace` itself, with the manager's epoch, so what is
 timed is the agent alone (no scheduling): it hears the placement on the change
 stream, starts the process, and reports it `running`.
 
-Two jobs, STARTS starts each, one instance at a time: a sleeping process
+Jobs started one instance at a time, STARTS times each: a sleeping process
 (`sleep 3600`), and a small HTTP server (a Python socket loop answering on its
-`PORT`, run with `-S`). Each start is timed from the moment the placement's
+`PORT`, run with `-S`) with a whole core, and with 0.1 core (a quarter as many
+starts). Each start is timed from the moment the placement's
 commit was answered here (`ProposeReply`):
 - to `started_at`: the agent's own timestamp of the process started, in its
   `running` report (same machine, same clock);
@@ -38,6 +39,7 @@ from bench._jobs import Site, site
 from bench._report import ms, quantile, say, table, verdict
 from colony.shared.changes import follow
 from colony.shared.jobspec import JobResources, JobSpec, Task
+from colony.shared.management import Management
 from colony.shared.messages import (
     Change,
     InstancesPlace,
@@ -72,17 +74,28 @@ JOBS = {
         name="sleeper",
         task=Task(command="sleep", args=["3600"]),
         replicas=0,
-        resources=JobResources(cpu=0.05, memory=32 * 2**20),
+        resources=JobResources(cpu=0.1, memory=32 * 2**20),
     ),
     "http": JobSpec(
         name="http",
         task=Task(command=sys.executable, args=["-S", "-c", SERVER]),
         replicas=0,
-        resources=JobResources(cpu=0.05, memory=64 * 2**20),
+        resources=JobResources(cpu=1.0, memory=256 * 2**20),
+        ports=["http"],
+    ),
+    "http-capped": JobSpec(
+        name="http-capped",
+        task=Task(command=sys.executable, args=["-S", "-c", SERVER]),
+        replicas=0,
+        resources=JobResources(cpu=0.1, memory=256 * 2**20),
         ports=["http"],
     ),
 }
-"""replicas 0: no curator runs here, this process places the instances itself."""
+"""replicas 0: no curator runs here, this process places the instances itself. The
+same server twice: with a whole core, and with 0.1 (its cgroup's cpu quota, where the
+host has one, slows the interpreter's start)."""
+SHARE = {"sleeper": 1.0, "http": 1.0, "http-capped": 0.25}
+"""The share of STARTS each job is started."""
 
 
 @dataclass
@@ -93,6 +106,8 @@ class Start:
     running_seen: float = 0.0
     answered: float = 0.0
     """HTTP only: the first TCP connect that succeeded."""
+    reason: str = ""
+    """What the agent said in its `running` report (the limits it applied)."""
 
 
 @dataclass
@@ -149,7 +164,7 @@ async def connects(port: int, timeout: float) -> float:
         return answered
 
 
-async def one(where: Site, watch: Watch, epoch: int, job: str, n: int) -> Start:
+async def one(client: Management, watch: Watch, epoch: int, job: str, n: int) -> Start:
     instance = f"{job}-{n}-{secrets.token_hex(2)}"
     spec = JOBS[job]
     ports = {"http": PORTS[0] + n % (PORTS[1] - PORTS[0])} if spec.ports else {}
@@ -165,7 +180,7 @@ async def one(where: Site, watch: Watch, epoch: int, job: str, n: int) -> Start:
         reason="bench/coldstart",
     )
     proposed = time.time()
-    reply = await where.management.propose(InstancesPlace(placements=[placement]), epoch=epoch)
+    reply = await client.propose(InstancesPlace(placements=[placement]), epoch=epoch)
     start = Start(proposed, time.time())
     if not reply.outcomes[0].ok:
         raise RuntimeError(f"placing {instance} refused: {reply.outcomes[0].error}")
@@ -179,23 +194,27 @@ async def one(where: Site, watch: Watch, epoch: int, job: str, n: int) -> Start:
     if detail["state"] != "running":
         raise RuntimeError(f"{instance} failed: {detail.get('reason')}")
     start.started_at = detail.get("started_at", 0.0)
-    await where.management.propose(InstancesStop(ids=[instance], reason="measured"), epoch=epoch)
+    start.reason = detail.get("reason", "")
+    await client.propose(InstancesStop(ids=[instance], reason="measured"), epoch=epoch)
     await wait(lambda: watch.state(instance, "exited"), 15, f"{instance} exited", every=0.01)
-    await where.management.propose(InstancesRemove(ids=[instance]), epoch=epoch)
+    await client.propose(InstancesRemove(ids=[instance]), epoch=epoch)
     return start
 
 
 async def measure() -> tuple[dict[str, list[Start]], dict]:
     async with site("colony-bench-coldstart-") as where:
         chief = await where.manager()
+        others = [v for v in where.voters.ids if v != chief.node]
         watch = Watch()
         following = asyncio.create_task(watch.follow(where))
         try:
             where.start(
                 "colony.bootstrapper.agent",
                 NODE,
-                node={"capacity_cpu": 2.0, "capacity_memory": 4 * 2**30},
-                agent={"port_lo": PORTS[0], "port_hi": PORTS[1]},
+                {
+                    "node": {"capacity_cpu": 2.0, "capacity_memory": 4 * 2**30},
+                    "agent": {"port_lo": PORTS[0], "port_hi": PORTS[1], "drivers": ["process"]},
+                },
             )
 
             def registered():
@@ -205,13 +224,16 @@ async def measure() -> tuple[dict[str, list[Start]], dict]:
             await wait(registered, 60, f"the agent to register {NODE}", every=0.05)
             for spec in JOBS.values():
                 await where.management.propose(JobRun(spec=spec))
+            # the leader first: it answers once the entry is committed and applied there
+            # (a follower would answer once it heard of the commit, a heartbeat later)
+            client = Management(where.bus, [chief.node, *others], timeout=30)
             starts: dict[str, list[Start]] = {}
             for job in JOBS:
-                for n in range(STARTS):
-                    epoch = (await where.manager()).epoch if n % 50 == 0 else chief.epoch
-                    starts.setdefault(job, []).append(await one(where, watch, epoch, job, n))
+                count = max(1, round(STARTS * SHARE[job]))
+                for n in range(count):
+                    starts.setdefault(job, []).append(await one(client, watch, chief.epoch, job, n))
                     if (n + 1) % 50 == 0:
-                        say(f"{job}: {n + 1} of {STARTS}")
+                        say(f"{job}: {n + 1} of {count}")
             return starts, {"manager": chief.node, "epoch": chief.epoch}
         finally:
             following.cancel()
@@ -239,19 +261,37 @@ def report(starts: dict[str, list[Start]], context: dict) -> str:
             "commit to `running` seen on the stream",
             [s.running_seen - s.committed for s in runs],
         )
+    jobs = table(
+        ["job", "starts", "command", "cpu, memory", "the agent said (first start)"],
+        [
+            [
+                job,
+                str(len(runs)),
+                f"`{os.path.basename(JOBS[job].task.command)} {JOBS[job].task.args[0]}`",
+                f"{JOBS[job].resources.cpu:g}, {JOBS[job].resources.memory / 2**20:g} MiB",
+                runs[0].reason or "-",
+            ]
+            for job, runs in starts.items()
+        ],
+    )
     worst = max(p50s)
     return f"""Three `python -m colony.consensus` voters on a 3-server NATS cluster and one
 node agent (`python -m colony.bootstrapper.agent`, process driver, its own node
 {NODE}). This process stands in for the manager's curator: it commits each
 `InstancesPlace` itself with the manager's epoch ({context["manager"]}, epoch
-{context["epoch"]}), so nothing is scheduled and the agent alone is timed. {STARTS}
-starts per job, one instance at a time, each stopped (and seen `exited`) and
-removed before the next: `sleeper` runs `sleep 3600`; `http` runs
-`{os.path.basename(sys.executable)} -S -c <a socket loop answering HTTP on $PORT>`.
+{context["epoch"]}), sent to the Raft leader, so nothing is scheduled and the agent
+alone is timed. One instance at a time, each stopped (and seen `exited`) and
+removed before the next. `http` runs a Python socket loop answering HTTP on `$PORT`
+(`python -S -c ...`), with a whole core and capped at 0.1 core:
+
+{jobs}
+
 Every figure is from the moment this process got the placement's commit answer
-(`ProposeReply`); `started_at` is the agent's timestamp in its `running` report
-(one machine, one clock); the port is tried every millisecond from the commit on;
-the `running` change is the report, committed and relayed, seen here.
+from the leader (`ProposeReply`, once the entry is committed and applied there);
+`started_at` is the agent's timestamp in its `running` report (one machine, one
+clock), taken once the workload's process exists (its pid came back from the
+driver's wrapper); the port is tried every millisecond from the commit on; the
+`running` change is the agent's report, committed and relayed, as seen here.
 
 {table(["job", "from", "p50 ms", "p99 ms", "max ms"], rows)}
 
