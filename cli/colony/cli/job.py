@@ -78,6 +78,10 @@ EXAMPLES = {
 
 def add_parser(verb) -> None:
     job = verb("job", "Run jobs on the cluster: validate, plan, run, status, list, scale, stop.")
+    job.epilog = """examples:
+  colony job run examples/web.yaml   plan it, store it, wait until its instances run
+  colony job status web              where its instances run and answer
+  colony job <verb> --help           each verb's options and examples"""
     verbs = job.add_subparsers(
         dest="job_verb", required=True, metavar="validate|plan|run|status|list|scale|stop"
     )
