@@ -17,11 +17,13 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import msgspec
 import psutil
 import pytest
 import yaml
@@ -37,6 +39,7 @@ from colony.harness.jobs import (
     table,
 )
 from colony.harness.processes import wait_for
+from colony.shared.messages import InstanceRecord
 from colony.shared.statedir import StateDir
 
 pytestmark = pytest.mark.e2e
@@ -139,6 +142,13 @@ def on_host(*names: str) -> list[dict]:
     return [{"label": "host", "op": "in", "value": list(names)}]
 
 
+def history(state: Path, instance: str) -> list[InstanceRecord]:
+    """The instance's records, change by change, as `colony events` shows them."""
+    shown = colony("events", "--kind", "instance", "--json", state=state).stdout
+    changes = [json.loads(line) for line in shown.splitlines() if line.strip()]
+    return [msgspec.convert(c["detail"], InstanceRecord) for c in changes if c["id"] == instance]
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("colony") / "state"
@@ -221,33 +231,42 @@ def test_bad_commands_fail_with_their_reason_and_the_agent_keeps_serving(cluster
             "bad-workdir": re.compile(r"/nonexistent/colony-workdir"),
             "memory-too-small": re.compile(r"memory", re.I),
         }
-        for name, reason in why.items():
-            [failed] = cluster.jobs.until(
-                lambda seen: [i for i in seen if i.slot == 0 and i.state == "failed"][:1],
-                name,
-                SETTLE,
-                f"{name}'s first instance to fail",
-            )
-            assert failed.restarts == 2, table([failed])  # the policy's attempts, then failed
-            assert failed.exit_code is not None or failed.reason, table([failed])
-            assert reason.search(failed.reason), f"{name}: {failed.reason!r}"
-            assert "Traceback" not in failed.reason
-            shown = json.loads(colony("job", "status", name, "--all", "--json",
-                                      state=cluster.state).stdout)  # fmt: skip
-            assert failed.reason in [i["reason"] for i in shown["instances"]]
-
-        # then: reschedule -> a replacement on the other node; then: fail -> left failed
-        first = next(i for i in cluster.jobs.instances("no-such-command") if i.state == "failed")
-        replacement = cluster.jobs.until(
-            lambda seen: [i for i in seen if i.replaces == first.id][:1],
+        # then: reschedule -> failed where it was placed, then a replacement elsewhere
+        # (the failed one is removed at once: the change stream tells its story)
+        [replacement] = cluster.jobs.until(
+            lambda seen: [i for i in seen if i.replaces][:1],
             "no-such-command",
             SETTLE,
-            f"a replacement of {first.id} elsewhere",
-        )[0]
-        assert replacement.node != first.node and replacement.slot == 0
+            "a replacement of no-such-command's first instance",
+        )
+        first = wait_for(
+            lambda: [r for r in history(cluster.state, replacement.replaces)
+                     if r.state == "failed"][-1:],
+            30,
+            f"the change stream to show {replacement.replaces} failed",
+        )[0]  # fmt: skip
+        assert replacement.node != first.node and replacement.slot == first.slot == 0
+        failed = {"no-such-command": first}
+        for name in ("bad-workdir", "memory-too-small"):
+            [failed[name]] = cluster.jobs.until(
+                lambda seen: [i for i in seen if i.state == "failed"],
+                name,
+                SETTLE,
+                f"{name}'s instance to fail",
+            )
+        for name, reason in why.items():
+            shown = table([failed[name]])
+            assert failed[name].restarts == 2, shown  # the policy's attempts, then failed
+            assert reason.search(failed[name].reason), shown
+            assert "Traceback" not in failed[name].reason
+
+        # then: fail -> left failed, desired to run, its reason in `colony job status`
         for name in ("bad-workdir", "memory-too-small"):
             [only] = cluster.jobs.instances(name)
             assert only.desired == "run" and only.state == "failed", table([only])
+            shown = json.loads(colony("job", "status", name, "--json",
+                                      state=cluster.state).stdout)  # fmt: skip
+            assert [i["reason"] for i in shown["instances"]] == [failed[name].reason]
 
         # The agent on `here` kept serving: its steady instances untouched, and it starts
         # a new one.
@@ -290,13 +309,12 @@ def test_a_forking_workload_that_ignores_sigterm_is_stopped_with_nothing_left(cl
             every=0.1,
         )
         took = time.monotonic() - stopped
-        ended = cluster.jobs.until(
-            lambda seen: [i for i in seen if i.state in harness.TERMINAL],
-            "stubborn",
-            SETTLE,
-            "the stopped instance reported ended",
+        # (then removed: the change stream tells how it ended)
+        wait_for(
+            lambda: [r for r in history(cluster.state, instance.id) if r.state == "exited"],
+            30,
+            f"the change stream to show {instance.id} exited",
         )
-        assert ended[0].id == instance.id
         print(
             f"\nstubborn workload (it and 4 forked processes, all ignoring SIGTERM) gone "
             f"{took:.1f} s after stop"
@@ -379,11 +397,18 @@ def test_the_manager_s_node_killed_while_placing_20_instances_the_next_manager_f
     cluster, tmp_path
 ):
     first = cluster.manager()
-    spec = job("twenty", 20, spread="host")
-    cluster.run(spec, tmp_path, "--detach")
-    cluster.crash(first.node, instances=True)  # a machine failure: everything on it dies
-    killed = time.monotonic()
-    at_the_kill = len(cluster.jobs.instances("twenty"))
+    path = tmp_path / "twenty.yaml"
+    path.write_text(yaml.safe_dump(job("twenty", 20, spread="host")))
+    argv = [sys.executable, "-m", "colony.cli", "job", "run", str(path), "--detach", "--json"]
+    with subprocess.Popen([*argv, "--state-dir", str(cluster.state)], stdout=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True) as submit:  # fmt: skip
+        assert submit.stdout is not None
+        stored = submit.stdout.readline()  # the moment the job is committed, not its exit
+        # a machine failure: everything on the manager's node dies, its instances too
+        cluster.crash(first.node, instances=True)
+        killed, killed_at = time.monotonic(), time.time()
+        stored += submit.stdout.read()
+    assert submit.returncode == 0 and json.loads(stored)["stored"], stored
     try:
         second = cluster.manager(above_epoch=first.epoch)
         assert second.node != first.node
@@ -402,9 +427,12 @@ def test_the_manager_s_node_killed_while_placing_20_instances_the_next_manager_f
                         30, "still one process per instance")  # fmt: skip
         again = cluster.running("twenty", 20)
         assert {i.id: i.pid for i in again} == {i.id: i.pid for i in done}
+        placed = [i for i in done if i.placed < killed_at]
+        running = [i for i in placed if i.started_at and i.started_at < killed_at]
         print(
-            f"\n20 instances ({at_the_kill} placed when the manager died) all running "
-            f"{took:.1f} s after the kill; epoch {first.epoch} -> {second.epoch}"
+            f"\n20 instances all running {took:.1f} s after the manager's node was killed "
+            f"(epoch {first.epoch} -> {second.epoch}); of them, placed before the kill: "
+            f"{len(placed)}, running before it: {len(running)}"
         )
     finally:
         cluster.purge("twenty")
