@@ -32,6 +32,7 @@ from colony.shared.management import Management
 from colony.shared.messages import (
     InstanceRecord,
     InstancesPlace,
+    InstancesRemove,
     InstancesStop,
     JobRun,
     LogsRequest,
@@ -228,6 +229,39 @@ async def test_an_agent_killed_with_kill_9_adopts_the_same_process(voters, bus, 
                 agent.terminate()
                 agent.wait(10)
     assert not [p for p in psutil.process_iter() if _of_instance(p, id)]
+
+
+async def test_an_instance_removed_while_its_agent_was_down_is_stopped_and_forgotten(
+    voters, bus, config, tmp_path
+):
+    """As after a partition: the manager stopped and removed an instance while its node
+    could not hear; its agent, back, finds the process running unassigned and stops it."""
+    epoch = await manager_epoch(bus)
+    client = Management(bus, VOTERS)
+    id = f"web-0-{secrets.token_hex(2)}"
+    config_file = tmp_path / "node.toml"
+    config_file.write_text(config_dumps(config))
+    agent = _agent_process(config_file, tmp_path / "agent-1.log")
+    try:
+        await poll(lambda: registered(client), 30, "the agent to register its node")
+        await client.propose(JobRun(spec=SPEC))
+        assert (await client.propose(InstancesPlace([placement(id)]), epoch=epoch)).outcomes[0].ok
+        before = await until(client, id, lambda r: r.state == "running", "running")
+        agent.kill()
+        agent.wait()
+        stop = InstancesStop([id], reason="node-a is dead")
+        assert (await client.propose(stop, epoch=epoch)).outcomes[0].ok
+        assert (await client.propose(InstancesRemove([id]), epoch=epoch)).outcomes[0].ok
+        assert alive(before.pid)
+
+        agent = _agent_process(config_file, tmp_path / "agent-2.log")
+        await poll(lambda: not alive(before.pid), 30, "the unassigned instance stopped")
+        folder = Path(config.agent.dir) / id
+        await poll(lambda: not folder.exists(), 10, "the instance forgotten")
+        assert await instance(client, id) is None  # nothing reported about it
+    finally:
+        agent.terminate()
+        agent.wait(10)
 
 
 async def test_cold_start_from_placement_committed_to_running(voters, bus, config, tmp_path):

@@ -333,6 +333,13 @@ class Agent:
                 life.stop.set()
             return  # once it has stopped, converged again
         instance = self.local.get(id)
+        if instance is not None and self._runs(instance):
+            # still running with nothing watching over it (adopted after a restart): its
+            # life stops it at once, reports it, and converges again
+            life = self._live(instance, record)
+            life.why = why
+            life.stop.set()
+            return
         if record is not None and record.node == self.me and record.state not in TERMINAL:
             # the database awaits an end (placed and stopped before it ran here, or its
             # process is gone): say it, or the manager never removes it
@@ -344,10 +351,16 @@ class Agent:
         if wanted == "forget" and instance is not None:
             self._forget(instance)
 
-    def _live(self, instance: LocalInstance, record: InstanceRecord) -> None:
+    def _live(self, instance: LocalInstance, record: InstanceRecord | None) -> Life:
         task = asyncio.create_task(self._life(instance, record), name=f"instance {instance.id}")
         life = self.lives[instance.id] = Life(task)
         task.add_done_callback(lambda _: self._lived(instance.id, life))
+        return life
+
+    def _runs(self, instance: LocalInstance) -> bool:
+        driver = self.drivers.get(instance.driver)
+        handle = instance.handle
+        return bool(handle and driver and driver.inspect(handle).state == "running")
 
     def _lived(self, id: str, life: Life) -> None:
         if self.lives.get(id) is life:
@@ -371,7 +384,7 @@ class Agent:
         self.local.pop(instance.id, None)
         self.store.remove(instance.id)
 
-    async def _life(self, instance: LocalInstance, record: InstanceRecord) -> None:
+    async def _life(self, instance: LocalInstance, record: InstanceRecord | None) -> None:
         """Run the instance until it is to stop or has failed for good."""
         life = self.lives[instance.id]
         driver = self.drivers.get(instance.driver)
@@ -379,7 +392,8 @@ class Agent:
         if instance.handle is not None and driver is not None:  # started by an earlier agent
             found = driver.inspect(instance.handle)
             running = found.state == "running"
-            if running and (record.state != "running" or record.pid != instance.pid):
+            missed = record is not None and (record.state, record.pid) != ("running", instance.pid)
+            if running and missed and not life.stop.is_set():
                 self._transition(instance, "running")  # the database missed it
             elif not running and instance.state == "running":  # it ended meanwhile
                 ended = found.exit or Exit(None, "ended while no agent watched it", time.time())
