@@ -286,8 +286,9 @@ class Agent:
                 self.ctx.bus, after=after, kinds=["instance"], secret=self.secret, logger=self.log
             ):
                 self._on_change(change)
-        except BusError as e:
+        except BusError as e:  # no stream yet, a lost server: read everything again soon
             self.log.warning("following the changes failed", extra={"why": str(e)})
+            await asyncio.sleep(1.0)
 
     def _on_change(self, change: Change) -> None:
         if change.log_index <= self.read_at:
@@ -365,11 +366,16 @@ class Agent:
     def _lived(self, id: str, life: Life) -> None:
         if self.lives.get(id) is life:
             del self.lives[id]
-        if not life.task.cancelled() and life.task.exception() is not None:
-            self.log.error(
-                "instance task failed", extra={"instance": id}, exc_info=life.task.exception()
-            )
         instance = self.local.get(id)
+        error = None if life.task.cancelled() else life.task.exception()
+        if error is not None:
+            self.log.error("instance task failed", extra={"instance": id}, exc_info=error)
+            if instance is not None and not self.closing:
+                # a bug, not the workload's doing: fail it (a replacement may go elsewhere)
+                # rather than start it again and again
+                instance.done = True
+                why = f"the node agent failed running it: {type(error).__name__}: {error}"
+                self._transition(instance, "failed", reason=why)
         driver = self.drivers.get(instance.driver) if instance else None
         handle = instance.handle if instance else None
         if handle and driver and driver.inspect(handle).state != "running":
