@@ -222,7 +222,11 @@ async def test_an_agent_killed_with_kill_9_adopts_the_same_process(voters, bus, 
             "a restart by the new agent",
         )
         assert restarted.pid != before.pid and alive(restarted.pid)
-        assert len([p for p in psutil.process_iter() if _of_instance(p, id)]) == 1
+        await poll(
+            lambda: len([p for p in psutil.process_iter() if _of_instance(p, id)]) == 1,
+            5,
+            "exactly one process of the instance",
+        )
     finally:
         for agent in (first_agent, second_agent):
             if agent is not None and agent.poll() is None:

@@ -83,7 +83,8 @@ async def test_runs_the_command_with_its_env_args_and_folder_and_reports_its_exi
 
 async def test_stop_sends_sigterm_and_the_exit_is_known(driver, tmp_path):
     handle = await driver.start(spec(tmp_path, "sleep", "300"))
-    assert psutil.Process(handle.pid).name() == "sleep"  # the pid is the workload's own
+    # the pid is the workload's own (once its wrapper's shell has exec'd it)
+    await poll(lambda: psutil.Process(handle.pid).name() == "sleep", 5, "sleep to run")
     record = ProcessRecord.of("x", handle.wrapper, [])
     assert record is not None and (tmp_path / "instance" / INSTANCE_PROCESS).exists()
     assert driver.inspect(handle).state == "running"
