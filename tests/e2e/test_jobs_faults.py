@@ -393,9 +393,12 @@ def test_a_killed_node_s_instances_run_elsewhere_soon_after_the_verdict_and_not_
         cluster.purge("rescued")
 
 
+@pytest.mark.parametrize("moment", ["stored", "placed"])
 def test_the_manager_s_node_killed_while_placing_20_instances_the_next_manager_finishes(
-    cluster, tmp_path
+    cluster, tmp_path, moment
 ):
+    """Killed the moment the job is committed (the next manager places it all), or the
+    moment its first placements are (the instances are starting)."""
     first = cluster.manager()
     path = tmp_path / "twenty.yaml"
     path.write_text(yaml.safe_dump(job("twenty", 20, spread="host")))
@@ -404,6 +407,8 @@ def test_the_manager_s_node_killed_while_placing_20_instances_the_next_manager_f
                           stdin=subprocess.DEVNULL, text=True) as submit:  # fmt: skip
         assert submit.stdout is not None
         stored = submit.stdout.readline()  # the moment the job is committed, not its exit
+        if moment == "placed":
+            wait_for(lambda: cluster.jobs.instances("twenty"), 10, "a placement", every=0.01)
         # a machine failure: everything on the manager's node dies, its instances too
         cluster.crash(first.node, instances=True)
         killed, killed_at = time.monotonic(), time.time()
@@ -431,6 +436,7 @@ def test_the_manager_s_node_killed_while_placing_20_instances_the_next_manager_f
         running = [i for i in placed if i.started_at and i.started_at < killed_at]
         print(
             f"\n20 instances all running {took:.1f} s after the manager's node was killed "
+            f"once the job was {moment} "
             f"(epoch {first.epoch} -> {second.epoch}); of them, placed before the kill: "
             f"{len(placed)}, running before it: {len(running)}"
         )
