@@ -72,11 +72,15 @@ def config(nats_server, tmp_path):
         cgroup=f"colony-test-{secrets.token_hex(3)}",
     )
     yield config
-    for parent in CGROUPS.glob(f"*/{config.agent.cgroup}"):  # the instances' cgroups
-        for folder in [*parent.iterdir(), parent]:
-            if folder.is_dir():
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+    # whatever a failed test left running, and the instances' cgroups
+    for parent in CGROUPS.glob(f"*/{config.agent.cgroup}"):
+        folders = [*(p for p in parent.iterdir() if p.is_dir()), parent]
+        for pid in {int(p) for f in folders for p in (f / "cgroup.procs").read_text().split()}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for folder in folders:
+            with contextlib.suppress(OSError):  # a killed process not reaped yet: left
+                folder.rmdir()
 
 
 class InProcess:
