@@ -273,7 +273,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             "See it with `colony status`; stop it with `colony down`."
         )
         return 0
-    stray = start.leftovers(state)
+    stray = start.leftovers(state, instances=False)
     if stray:
         names = ", ".join(f"{r.name} (pid {r.pid})" for r in stray)
         fail(f"processes of an earlier run are still alive: {names}", "run `colony down` first")

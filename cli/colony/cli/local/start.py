@@ -59,10 +59,15 @@ def running(state: StateDir) -> list[NodeDir]:
     return [n for n in state.nodes() if (r := n.record(SUPERVISOR)) is not None and r.alive()]
 
 
-def leftovers(state: StateDir) -> list[ProcessRecord]:
-    """Recorded processes (of any node, instances included) still running."""
+def leftovers(state: StateDir, instances: bool = True) -> list[ProcessRecord]:
+    """Recorded processes of any node still running (and its instances, with `instances`:
+    an instance that outlived its node is adopted by the node's next agent, so only
+    `colony down` needs to see it)."""
     return [
-        r for n in state.nodes() for r in [*n.records(), *n.instance_records()] if r.group_alive()
+        r
+        for n in state.nodes()
+        for r in [*n.records(), *(n.instance_records() if instances else ())]
+        if r.group_alive()
     ]
 
 
