@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from colony.cli.local import start
-from colony.cli.local.plan import ClusterError, NodePlan, Shape, choose, plan
+from colony.cli.local.plan import ClusterError, NodePlan, Shape, choose, plan, span
 from colony.cli.local.ports import ephemeral_ports, free_base_port, ports_taken
 from colony.cli.local.write import write_nodes
 from colony.cli.main import main
@@ -28,8 +28,21 @@ def test_port_layout():
         "metrics": 25001,
     }
     assert nodes[1].server == natsd.ServerPorts(20001, 22001, 24001)
-    every_port = [port for n in nodes for port in n.ports.values()]
+    assert nodes[1].instances == range(26100, 26200)
+    every_port = [port for n in nodes for port in [*n.ports.values(), *n.instances]]
     assert len(set(every_port)) == len(every_port)
+    assert max(every_port) == BASE + span(3) - 1
+
+
+def test_instance_ports_come_from_the_cluster_s_base_port():
+    # Two clusters on one host (one on the default ports, one moved with --base-port)
+    # once gave their instances the same ports (20000, ...): every instance of the
+    # second exited at once, and its ports answered from the first.
+    default, moved = plan(3), plan(5, 15222)
+    assert default[0].instances == range(10222, 10322)
+    assert moved[0].instances == range(21222, 21322)
+    ports = [{p for n in c for p in [*n.ports.values(), *n.instances]} for c in (default, moved)]
+    assert not ports[0] & ports[1]
 
 
 def test_default_base_port():
@@ -40,8 +53,8 @@ def test_default_base_port():
 
 def test_port_range_edges_are_allowed():
     assert plan(1, 1024)[0].ports["client"] == 1024
-    assert plan(1, 60535)[0].ports["metrics"] == 65535
-    assert len(plan(100, 1024)) == 100
+    assert plan(1, 59436)[0].instances[-1] == 65535
+    assert plan(100, 1024)[-1].instances[-1] == 1024 + 16000 - 1
 
 
 @pytest.mark.parametrize("nodes", [0, -1, 101])
@@ -52,7 +65,7 @@ def test_bad_node_count(nodes):
 
 
 @pytest.mark.parametrize(
-    ("nodes", "base", "top"), [(1, 1023, 6023), (1, 60536, 65536), (2, 60535, 65536)]
+    ("nodes", "base", "top"), [(1, 1023, 7122), (1, 59437, 65536), (2, 59337, 65536)]
 )
 def test_bad_base_port(nodes, base, top):
     with pytest.raises(ClusterError) as err:
@@ -71,12 +84,23 @@ def test_ports_taken_names_a_port_in_use():
         assert ports_taken(nodes) == [f"127.0.0.1:{port} (node-1 client)"]
 
 
+def test_ports_taken_names_an_instance_port_in_use_when_asked():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        nodes = [NodePlan("node-1", {}, instances=range(port - 1, port + 2))]
+        assert ports_taken(nodes) == []  # a node's own ports only, by default
+        assert ports_taken(nodes, instances=True) == [f"127.0.0.1:{port} (node-1 instances)"]
+
+
 def test_a_free_layout_stays_out_of_the_ephemeral_range():
     # An outgoing connection may take any ephemeral port at any moment (a test's layout
     # once lost its metrics port that way).
     first_ephemeral, _ = ephemeral_ports()
     for _ in range(20):
-        ports = [p for node in plan(5, free_base_port(5)) for p in node.ports.values()]
+        nodes = plan(5, free_base_port(5))
+        ports = [p for node in nodes for p in [*node.ports.values(), *node.instances]]
         assert max(ports) < first_ephemeral
 
 
@@ -98,6 +122,7 @@ def test_write_nodes_writes_each_nodes_files(tmp_path):
     assert config.node.dir == str(second.path.resolve())
     assert config.nats.servers == ["nats://127.0.0.1:20001"]
     assert config.monitor.http_port == 25001
+    assert (config.agent.port_lo, config.agent.port_hi) == (26100, 26199)
     first = load(node_dirs[0].config_file, env={})
     assert config.consensus.voters == first.consensus.voters == [node_dirs[0].node_id]
     assert first.node.roles == ["voter"] and config.node.roles == []
@@ -129,6 +154,19 @@ def test_write_nodes_keeps_a_hand_edited_capacity(tmp_path):
     config = load(node_dir.config_file, env={})
     assert config.node.capacity_cpu == 1.5
     assert config.nats.servers == [f"nats://127.0.0.1:{BASE + 100}"]
+
+
+def test_write_nodes_gives_an_existing_node_the_instance_ports_of_its_layout(tmp_path):
+    # a state dir written when every cluster's instances started at 20000
+    state = StateDir(tmp_path)
+    [node_dir, _] = write_nodes(state, plan(2, 15222))
+    text = node_dir.config_file.read_text()
+    old = text.replace("port_lo = 21222", "port_lo = 20000").replace("21321", "20999")
+    assert "port_lo = 20000" in old and "port_hi = 20999" in old
+    node_dir.config_file.write_text(old)
+    write_nodes(state, plan(2, 15222))
+    config = load(node_dir.config_file, env={})
+    assert (config.agent.port_lo, config.agent.port_hi) == (21222, 21321)
 
 
 def test_an_invalid_hand_edited_config_names_the_file(tmp_path):

@@ -7,9 +7,12 @@ predictable (node i, counting from 0):
     routes  base + 2000 + i   6222, 6223, ...
     nats    base + 4000 + i   8222, ...  (nats-server's HTTP monitoring)
     metrics base + 5000 + i   9222, ...  (the monitor's Prometheus endpoint)
+    instances base + 6000 + 100 i .. + 99   10222-10321, 10322-10421, ...
 
-Each node's instances get ports from a range of their own (`instance_ports`): node i
-from 20000 + 1000 i (narrower ranges when there are more than 45 nodes).
+Each node's instances get ports from a block of 100 of their own (the agent's
+port_lo..port_hi), right after the service ports: two clusters on layouts that do
+not overlap never hand out the same port. The whole layout spans `span(nodes)` ports
+from the base (6000 + 100 per node).
 """
 
 from __future__ import annotations
@@ -26,16 +29,22 @@ DEFAULT_BASE_PORT = 4222
 DEFAULT_NODES = 3
 MAX_NODES = 100
 PORT_OFFSETS = {"client": 0, "routes": 2000, "nats-http": 4000, "metrics": 5000}
-INSTANCE_PORTS = 20000
-"""Where the nodes' instance port ranges start."""
-INSTANCE_PORTS_PER_NODE = 1000
+INSTANCE_OFFSET = 6000
+"""Where the nodes' instance port blocks start, from the base port."""
+INSTANCE_PORTS_PER_NODE = 100
 
 
-def instance_ports(index: int, nodes: int) -> tuple[int, int]:
-    """Node `index`'s instance ports (first, last): disjoint from every other node's."""
-    width = min(INSTANCE_PORTS_PER_NODE, (65536 - INSTANCE_PORTS) // nodes)
-    first = INSTANCE_PORTS + width * index
-    return first, first + width - 1
+def instance_ports(base_port: int, index: int) -> range:
+    """Node `index`'s instance ports: a block of its own, disjoint from every other port
+    of the layout."""
+    first = base_port + INSTANCE_OFFSET + INSTANCE_PORTS_PER_NODE * index
+    return range(first, first + INSTANCE_PORTS_PER_NODE)
+
+
+def span(nodes: int) -> int:
+    """How many ports a layout of `nodes` covers from its base port (its instance
+    blocks last)."""
+    return INSTANCE_OFFSET + INSTANCE_PORTS_PER_NODE * nodes
 
 
 class ClusterError(Exception):
@@ -48,6 +57,8 @@ class NodePlan:
     ports: dict[str, int]
     voter: bool = False
     """Runs a Raft voter (consensus)."""
+    instances: range = range(0)
+    """The ports its agent gives instances."""
 
     @property
     def server(self) -> natsd.ServerPorts:
@@ -80,7 +91,7 @@ def plan(
             f"--voters must be 1, 3 or 5 and at most --nodes ({nodes}), not {voters}: "
             "an odd count keeps a majority through a split"
         )
-    top = base_port + max(PORT_OFFSETS.values()) + nodes - 1
+    top = base_port + span(nodes) - 1
     if base_port < 1024 or top > 65535:
         raise ClusterError(
             f"--base-port {base_port} puts ports outside 1024-65535 (the highest would be {top})"
@@ -90,6 +101,7 @@ def plan(
             f"node-{i + 1}",
             {kind: base_port + off + i for kind, off in PORT_OFFSETS.items()},
             voter=i < voters,
+            instances=instance_ports(base_port, i),
         )
         for i in range(nodes)
     ]
@@ -130,7 +142,6 @@ def node_config(
     """The node's config: `existing` (hand-edited capacity, labels... kept) with what the
     plan decides (name, id, ports, voters, roles) set. Paths are made absolute by the caller."""
     roles = [r for r in existing.node.roles if r != "voter"] + (["voter"] if node.voter else [])
-    lo, hi = instance_ports(plans.index(node), len(plans))
     replace = msgspec.structs.replace
     return replace(
         existing,
@@ -145,7 +156,9 @@ def node_config(
         nats=replace(existing.nats, servers=[f"nats://127.0.0.1:{node.ports['client']}"]),
         monitor=replace(existing.monitor, http_port=node.ports["metrics"]),
         consensus=replace(existing.consensus, voters=voter_ids, secret_file=str(secret_file)),
-        agent=replace(existing.agent, port_lo=lo, port_hi=hi),
+        agent=replace(
+            existing.agent, port_lo=node.instances.start, port_hi=node.instances.stop - 1
+        ),
     )
 
 
