@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import psutil
 import pytest
 
@@ -73,12 +74,40 @@ async def test_runs_the_command_with_its_env_args_and_folder_and_reports_its_exi
     )
     assert handle.pid > 0 and handle.pgid == handle.wrapper
     ended = await asyncio.wait_for(driver.wait(handle), 5)
-    assert (ended.code, ended.reason) == (3, "exited with code 3")
     folder = tmp_path / "instance"
+    # what it said last (stdout: its stderr is empty) says why it exited
+    assert (ended.code, ended.reason) == (3, f"exited with code 3: hello world from {folder}")
     out = driver.logs(handle, "stdout", 0, 1000)
     assert out.data.decode() == f"hello world from {folder}\n"
     assert out.next == len(out.data)
     assert driver.inspect(handle).state == "exited"
+
+
+async def test_a_failed_exit_says_the_last_line_the_workload_wrote_to_stderr(driver, tmp_path):
+    script = """
+import sys
+print("serving on port 20000", flush=True)
+print("Traceback (most recent call last):", file=sys.stderr)
+print('  File "web.py", line 3, in <module>', file=sys.stderr)
+print("OSError: [Errno 98] Address already in use", file=sys.stderr)
+print("   ", file=sys.stderr)
+sys.exit(1)
+"""
+    handle = await driver.start(spec(tmp_path, sys.executable, "-c", script))
+    ended = await asyncio.wait_for(driver.wait(handle), 10)
+    assert (ended.code, ended.reason) == (
+        1, "exited with code 1: OSError: [Errno 98] Address already in use"
+    )  # fmt: skip
+
+
+async def test_a_failed_exit_says_only_what_this_run_wrote_trimmed(driver, tmp_path):
+    first = spec(tmp_path, "sh", "-c", f"echo {'x' * 300} >&2; exit 2")
+    ended = await asyncio.wait_for(driver.wait(await driver.start(first)), 5)
+    assert ended.reason == f"exited with code 2: {'x' * 199}…"
+    # the same instance run again (a restart: same folder, same log files) says nothing
+    again = msgspec.structs.replace(first, args=["-c", "exit 4"])
+    ended = await asyncio.wait_for(driver.wait(await driver.start(again)), 5)
+    assert ended.reason == "exited with code 4"
 
 
 async def test_stop_sends_sigterm_and_the_exit_is_known(driver, tmp_path):

@@ -41,6 +41,25 @@ class LogFiles:
         except (OSError, ValueError):
             return 0
 
+    def end(self) -> int:
+        """The stream offset its next byte will have (every byte written so far)."""
+        try:
+            return self.base() + self.live.stat().st_size
+        except FileNotFoundError:
+            return self.base()
+
+    def last_line(self, since: int = 0, max_chars: int = 200) -> str:
+        """The last non-blank line written from offset `since` on ('' : none), stripped
+        and trimmed to `max_chars`: what a workload that failed said last."""
+        end = self.end()
+        window = 4096
+        chunk = self.read(max(since, end - window), window)
+        for line in reversed(chunk.data.decode("utf-8", "replace").splitlines()):
+            line = line.strip()
+            if line:
+                return line if len(line) <= max_chars else line[: max_chars - 1] + "…"
+        return ""
+
     def rotated(self, n: int) -> Path:
         return self.folder / f"{self.live.name}.{n}"
 
@@ -87,10 +106,7 @@ class LogFiles:
             files.insert(0, (end, path))
         first = end
         files.append((self.base(), self.live))
-        try:
-            total = self.base() + self.live.stat().st_size
-        except FileNotFoundError:
-            total = self.base()
+        total = self.end()
         if offset < 0:
             offset = max(total - max_bytes, first)
         offset = min(max(offset, first), total)

@@ -21,6 +21,9 @@ How an instance is run, and why:
 - The wrapper records a workload killed by signal N as 128+N (the shell's way); it is
   reported as -N, "killed by SIGNAME". A workload that itself exits with 129-192 is
   therefore reported as killed by a signal.
+- A workload that exits with a non-zero code is reported with the last line it wrote
+  in that run (stderr, else stdout), e.g. "exited with code 1: OSError: [Errno 98]
+  Address already in use": the reason says why without a trip to the logs.
 
 The workload's stdout and stderr go straight to files in its folder (`LogFiles`),
 rotated by size by the driver every `rotate_every` seconds. ``<dir>/process.json`` is
@@ -138,9 +141,7 @@ class ProcessDriver:
             ended = await watch.exited
             self.forget(handle)
             if ended.code == SETUP_FAILED:
-                said = self._logs(Path(spec.dir), "stderr").read(-1, 400).data
-                last = said.decode("utf-8", "replace").strip().splitlines()[-1:] or ["?"]
-                raise StartFailed(f"could not set it up: {last[0]}")
+                raise StartFailed(f"could not set it up: {self._said_last(handle) or '?'}")
             raise StartFailed(f"it ended before its command ran: {ended.reason}")
         watch.handle = msgspec.structs.replace(handle, pid=pid)
         return watch.handle
@@ -173,7 +174,11 @@ class ProcessDriver:
             command,
             *spec.args,
         ]
-        out, err = (self._logs(folder, s).open_for_writer() for s in ("stdout", "stderr"))
+        logs = {s: self._logs(folder, s) for s in ("stdout", "stderr")}
+        # where this run's output starts: what it says last is told apart from what an
+        # earlier run of the instance (same folder, same files) said
+        written_from = {f"{s}_from": str(log.end()) for s, log in logs.items()}
+        out, err = (log.open_for_writer() for log in logs.values())
         pid_reader, pid_writer = os.pipe()
         try:
             wrapper = os.posix_spawn(
@@ -210,11 +215,21 @@ class ProcessDriver:
             started_at=time.time(),
             limits=applied.summary,
             cgroups=list(applied.cgroups),
+            extra=written_from,
         )
         return handle, pid_reader
 
     def _logs(self, folder: Path, stream: Stream) -> LogFiles:
         return LogFiles(folder, stream, self.log_max_bytes, self.log_keep)
+
+    def _said_last(self, handle: Handle) -> str:
+        """The last line this run wrote to stderr, else to stdout ('' : nothing)."""
+        for stream in ("stderr", "stdout"):
+            since = int(handle.extra.get(f"{stream}_from", 0))  # 0: a handle from before
+            said = self._logs(Path(handle.dir), stream).last_line(since)
+            if said:
+                return said
+        return ""
 
     # --- watching ---------------------------------------------------------------
 
@@ -249,10 +264,13 @@ class ProcessDriver:
         if code is None:
             code = -signal.SIGKILL if watch.killed else wrapper_code
         _signal_all(watch.handle, signal.SIGKILL)  # forked children left behind
+        why = describe_exit(code) if code is not None else "its exit status was not recorded"
+        if code is not None and code > 0:  # it failed: what it said last tells why
+            said = self._said_last(watch.handle)
+            why = f"{why}: {said}" if said else why
         for log in watch.logs:
             with contextlib.suppress(OSError):
                 log.rotate_if_large()
-        why = describe_exit(code) if code is not None else "its exit status was not recorded"
         if code == -signal.SIGKILL and limits.out_of_memory(watch.handle.cgroups):
             why = f"{why}: out of memory ({watch.handle.limits})"
         if not watch.exited.done():
