@@ -242,6 +242,7 @@ def _place(
             version=view.jobs[name].version,
             slots=tuple(sorted(slots)),
             avoid={slot: s.avoid for slot, s in slots.items() if s.avoid},
+            replicas=view.jobs[name].replicas,
         )
         for name, slots in wanted.items()
         if slots

@@ -4,10 +4,19 @@ As in Nomad, *feasibility* (which nodes can take one more instance of the job, a
 none can, why not: each node is counted under the first check it fails) is kept apart
 from *scoring* (which feasible node is best):
 
-- bin-pack by default: the node fullest after placing (cpu and memory as fractions of its
-  capacity, averaged), so whole nodes stay free for big instances;
+- by default, bin-pack with job anti-affinity, as Nomad scores: bin-pack is how full the
+  node is after placing (cpu and memory as fractions of its capacity, averaged: 0..1), so
+  whole nodes stay free for big instances; on a node already running k instances of the
+  job, that is averaged with a penalty of -(k+1)/replicas, so copies of a service go to
+  different nodes (one node's death takes down one copy, not all) while a big job still
+  packs. Of two nodes alike but for the job (same capacity, same other load), one running
+  a copy never gets a second while the other has none (averaging halves its bin-pack
+  before the penalty; the other keeps all of its), so 6 instances on 5 equal nodes go
+  2,1,1,1,1. Among nodes running as many of the job, the fuller wins. It is a preference:
+  when only one node has room, all go there (`distinct_nodes` is the constraint);
 - with `spec.spread` naming a label: the label value with the fewest instances of the job
-  first (nodes without the label count as value ""), then bin-pack among its nodes;
+  first (nodes without the label count as value ""), then bin-pack (no anti-affinity)
+  among its nodes;
 - ties go to the lowest node id, so the same inputs give the same decision, whatever the
   order of the nodes and instances given.
 
@@ -21,7 +30,8 @@ ports, so two slots of one ask never share a port or oversubscribe a node.
 
 Cost: the instances are indexed by node once per call (`schedule_all` places several
 jobs' asks on one index); the feasible nodes sit in heaps (one per spread value) whose
-order changes only for the node just used, so a slot costs O(log nodes), not O(nodes)
+order changes only for the node just used (its fullness and its count of the job's
+instances are all its score depends on), so a slot costs O(log nodes), not O(nodes)
 (except a slot with nodes to avoid: a scan of the nodes). So a call costs about
 O(instances + nodes + slots x log nodes).
 """
@@ -67,6 +77,9 @@ class Ask:
     slots: tuple[int, ...]
     avoid: dict[int, frozenset[str]] = field(default_factory=dict)
     """Per slot: nodes not to use (where it failed)."""
+    replicas: int = 0
+    """How many instances the job runs (`JobRecord.replicas`: scaling changes it, not the
+    spec), which the anti-affinity penalty is relative to; 0: `spec.replicas`."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +110,7 @@ def schedule_all(
 def _decide(cluster: _Cluster, ask: Ask) -> Decision:
     if not ask.slots:
         return Decision(placements=(), unplaced=(), no_fit=())
-    board = _Board(cluster, ask.spec)
+    board = _Board(cluster, ask.spec, ask.replicas or ask.spec.replicas)
     placements: list[tuple[int, str, dict[str, int]]] = []
     unplaced: list[int] = []
     no_fit: tuple[str, ...] = ()
@@ -258,9 +271,10 @@ class _Node:
 class _Board:
     """The nodes for one ask: which can take the job, in which order."""
 
-    def __init__(self, cluster: _Cluster, spec: JobSpec) -> None:
+    def __init__(self, cluster: _Cluster, spec: JobSpec, replicas: int) -> None:
         self.cluster = cluster
         self.spec = spec
+        self.replicas = max(replicas, 1)
         self.cpu = micro(spec.resources.cpu)
         self.memory = spec.resources.memory
         self.ports = tuple(dict.fromkeys(spec.ports))
@@ -322,11 +336,17 @@ class _Board:
         return self.dynamic_why(n) is None
 
     def score(self, n: _Node) -> float:
-        """How full the node is after placing one more instance (bin-pack: fuller is better)."""
+        """How good the node is for one more instance: higher is better."""
         room = n.room
         cpu = (room.cpu_used + self.cpu) / (room.cpu_cap or 1)
         memory = (room.memory_used + self.memory) / (room.memory_cap or 1)
-        return (cpu + memory) / 2
+        fill = (cpu + memory) / 2  # bin-pack: fuller after placing is better
+        if self.spread or not n.own:
+            return fill
+        # Job anti-affinity, as Nomad's: a penalty growing with the job's instances already
+        # there, relative to its replicas, averaged with bin-pack (Nomad averages the scores
+        # a node gets; a node without the job's instances gets none from anti-affinity).
+        return (fill - (n.own + 1) / self.replicas) / 2
 
     def key(self, n: _Node) -> tuple[int, float, str]:
         """The order of preference among fitting nodes: lowest first."""
