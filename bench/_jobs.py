@@ -12,6 +12,7 @@ listens to.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,8 @@ from colony.shared.messages import (
 from colony.shared.signing import read_secret
 
 ROOT = Path(__file__).parent.parent
+PROFILE = os.environ.get("COLONY_BENCH_PROFILE", "")
+"""A folder: the services started here run under cProfile and leave their profiles there."""
 
 
 @dataclass
@@ -75,9 +78,13 @@ class Site:
         name = f"{module.rsplit('.', 1)[-1]}-{node}"
         path = self.workdir / f"{name}.toml"
         path.write_text(config_dumps(validate(config)))
+        profile = []
+        if PROFILE:  # where the time goes: read with `python -m pstats <file>`
+            Path(PROFILE).mkdir(parents=True, exist_ok=True)
+            profile = ["-m", "cProfile", "-o", str(Path(PROFILE) / f"{name}.prof")]
         with open(self.workdir / f"{name}.log", "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", module, "--config", str(path)],
+                [sys.executable, *profile, "-m", module, "--config", str(path)],
                 stdout=log,
                 stderr=log,
                 cwd=ROOT,
@@ -162,13 +169,14 @@ async def site(prefix: str) -> AsyncIterator[Site]:
 
 
 class Members:
-    """Membership, played: each observer's view of the group (`subjects.members`), every
-    node alive unless set otherwise, and a `MemberChanged` from each observer on a change."""
+    """Membership, played: each observer's view of the group (`subjects.members`), and a
+    `MemberChanged` from each observer when a node joins or changes status. The observers
+    are members from the start; other nodes once they `join`."""
 
-    def __init__(self, bus: Bus, observers: Iterable[str], nodes: Iterable[str]) -> None:
+    def __init__(self, bus: Bus, observers: Iterable[str]) -> None:
         self.bus = bus
         self.observers = list(observers)
-        self.status: dict[str, MemberStatus] = dict.fromkeys([*self.observers, *nodes], "alive")
+        self.status: dict[str, MemberStatus] = dict.fromkeys(self.observers, "alive")
         self.since: dict[str, float] = dict.fromkeys(self.status, time.monotonic())
         self.incarnation = 1
         self._subscriptions: list[Any] = []
@@ -194,19 +202,21 @@ class Members:
         observer = msg.subject.rsplit(".", 1)[-1]
         await msg.respond(encode(self.view(observer)))
 
-    async def set(self, node: str, status: MemberStatus) -> None:
-        """`node` is now `status` in every observer's view; each says so on the bus."""
-        previous, self.status[node] = self.status[node], status
-        self.since[node] = time.monotonic()
-        for observer in self.observers:
-            event = MemberChanged(
-                observer=observer,
-                node=node,
-                status=status,
-                incarnation=self.incarnation,
-                previous=previous,
-            )
-            await self.bus.publish(subjects.member_changes(node), event)
+    async def set(self, nodes: Iterable[str], status: MemberStatus) -> None:
+        """`nodes` are now `status` in every observer's view (a node not a member yet
+        joins); each observer says so on the bus."""
+        for node in nodes:
+            previous, self.status[node] = self.status.get(node), status
+            self.since[node] = time.monotonic()
+            for observer in self.observers:
+                event = MemberChanged(
+                    observer=observer,
+                    node=node,
+                    status=status,
+                    incarnation=self.incarnation,
+                    previous=previous,
+                )
+                await self.bus.publish(subjects.member_changes(node), event)
         await self.bus.flush()
 
     async def stop(self) -> None:

@@ -60,6 +60,9 @@ NODE_CPU, NODE_MEMORY = 8.0, 16 * 2**30
 CPU, MEMORY = 0.08, 128 * 2**20
 """Each instance's reservation: 100 fill a node's cores."""
 PORTS = (20000, 20999)
+JOINING = 250
+"""Nodes that join membership at once: the curator records a status for each in one
+proposal, and a proposal holds at most 512 commands."""
 REPORTS_PER_PROPOSAL = 1000
 """Instance reports per proposal at most (one InstancesReport per node in it)."""
 REPORTS_IN_FLIGHT = 4
@@ -383,7 +386,7 @@ async def replace(site: Site, sim: SimNodes, members: Members) -> Replacing:
     before = set(sim.instances)
     sim.live.discard(victim)
     died = time.time()
-    await members.set(victim, "dead")
+    await members.set([victim], "dead")
 
     def replacements() -> list[Seen]:
         return [
@@ -416,25 +419,27 @@ async def measure() -> tuple[Placing, Replacing, dict]:
     nodes = [node_id(i) for i in range(NODES)]
     async with site("colony-bench-schedule-") as where:
         chief = await where.manager()
-        members = await Members(where.bus, where.voters.ids, nodes).start()
-        curators = {n: where.start("colony.curator", n) for n in where.voters.ids}
+        members = await Members(where.bus, where.voters.ids).start()
+        curators = {n: where.start("bench._curator", n) for n in where.voters.ids}
         sim = SimNodes(where, nodes)
         tasks = [asyncio.create_task(sim.follow()), asyncio.create_task(sim.send())]
         try:
             started = time.monotonic()
             await sim.register()
             say(f"{NODES} nodes registered in {time.monotonic() - started:.1f} s")
+            for first in range(0, NODES, JOINING):
+                joining = nodes[first : first + JOINING]
+                await members.set(joining, "alive")
 
-            def alive() -> bool:
-                where.check_running()
-                return sum(s == "alive" for s, _ in sim.node_status.values()) >= NODES
+                def alive(joining=joining) -> bool:
+                    where.check_running()
+                    return all(sim.node_status.get(n, ("",))[0] == "alive" for n in joining)
 
-            if not await until(alive, 120, every=0.1):
-                raise TimeoutError(
-                    f"the curator recorded {sum(s == 'alive' for s, _ in sim.node_status.values())}"
-                    f" of {NODES} nodes alive within 120 s (log: "
-                    f"{where.log_tail('colony.curator', chief.node)})"
-                )
+                if not await until(alive, 60, every=0.05):
+                    raise TimeoutError(
+                        f"the curator did not record nodes {joining[0]}..{joining[-1]} alive "
+                        f"within 60 s (its log: {where.log_tail('bench._curator', chief.node)})"
+                    )
             say(f"{NODES} nodes alive after {time.monotonic() - started:.1f} s")
             manager = await where.manager()
             placing = await place(where, sim, curators[manager.node].pid)
