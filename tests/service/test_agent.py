@@ -10,6 +10,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -167,6 +168,57 @@ async def test_placed_runs_restarts_serves_logs_and_stops_when_desired(
         ended = await until(client, "web-0-aaaa", lambda r: r.state == "exited", "stopped")
         assert ended.reason.startswith("stopped (scaled to 0): killed by SIGTERM"), ended.reason
         assert ended.exit_code == -signal.SIGTERM and not alive(again.pid)
+    finally:
+        assert await agent.stopped() == 0
+
+
+async def test_an_instance_whose_port_is_taken_is_not_started_and_says_why(voters, bus, config):
+    """Another process (another cluster's instance, say) holds the port the instance was
+    given: it is not started, its start fails with a plain reason, by its restart policy
+    (then rescheduling, the manager's part) as any failed start."""
+    epoch = await manager_epoch(bus)
+    client = Management(bus, VOTERS)
+    agent = InProcess(config)
+    with socket.socket() as held:
+        held.bind((config.agent.address, 0))
+        held.listen()
+        port = held.getsockname()[1]
+        try:
+            await poll(lambda: registered(client), 15, "the agent to register its node")
+            assert (await client.propose(JobRun(spec=SPEC))).outcomes[0].ok
+            taken = msgspec.structs.replace(placement("web-0-aaaa"), ports={"http": port})
+            assert (await client.propose(InstancesPlace([taken]), epoch=epoch)).outcomes[0].ok
+            failed = await until(client, "web-0-aaaa", lambda r: r.state == "failed", "failed")
+            assert failed.reason.startswith(
+                f"port {port} is already in use on this host (another process holds it); "
+                "restarted 3 times"
+            ), failed.reason
+            assert failed.pid == 0  # never started
+        finally:
+            assert await agent.stopped() == 0
+
+
+async def test_an_instance_that_fails_says_what_it_said_last(voters, bus, config):
+    epoch = await manager_epoch(bus)
+    client = Management(bus, VOTERS)
+    crash = JobSpec(
+        name="crash",
+        task=Task(
+            command="sh", args=["-c", "echo starting; echo 'no such file: app.toml' >&2; exit 1"]
+        ),
+        restart=RestartPolicy(attempts=1, delay=2.0),
+    )
+    agent = InProcess(config)
+    try:
+        await poll(lambda: registered(client), 15, "the agent to register its node")
+        assert (await client.propose(JobRun(spec=crash))).outcomes[0].ok
+        place = msgspec.structs.replace(placement("crash-0-aaaa"), job="crash", ports={})
+        assert (await client.propose(InstancesPlace([place]), epoch=epoch)).outcomes[0].ok
+        said = "exited with code 1: no such file: app.toml"
+        waiting = await until(client, "crash-0-aaaa", lambda r: r.state == "exited", "exited")
+        assert (waiting.reason, waiting.exit_code) == (f"{said}; restarting in 2 s", 1)
+        failed = await until(client, "crash-0-aaaa", lambda r: r.state == "failed", "failed")
+        assert failed.reason.startswith(f"{said}; restarted 1 times"), failed.reason
     finally:
         assert await agent.stopped() == 0
 

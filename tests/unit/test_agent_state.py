@@ -1,11 +1,16 @@
 """The agent's pure decisions: an instance's env and args, what to do about an instance,
-and when to restart one by its job's policy."""
+and when to restart one by its job's policy; and its check of an instance's ports."""
 
 from __future__ import annotations
+
+import socket
+import time
 
 import pytest
 
 from colony.bootstrapper.agent import state
+from colony.bootstrapper.agent.service import ports_in_use
+from colony.shared import natsd
 from colony.shared.jobspec import JobSpec, RestartPolicy, Task
 from colony.shared.messages import InstanceRecord
 
@@ -67,3 +72,26 @@ def test_restarts_back_off_and_run_out_within_the_interval():
     # restarts older than the interval no longer count
     assert state.restart_delay(policy, [10, 20, 99], now=100) == 2
     assert state.restart_delay(RestartPolicy(attempts=0), [], now=0) is None
+
+
+def test_the_reason_of_an_instance_whose_ports_are_taken():
+    assert state.ports_taken([20000]) == (
+        "port 20000 is already in use on this host (another process holds it)"
+    )
+    assert state.ports_taken([20000, 20002]) == (
+        "ports 20000, 20002 are already in use on this host (other processes hold them)"
+    )
+
+
+@pytest.mark.parametrize("holder", ["127.0.0.1", "0.0.0.0"])
+def test_ports_in_use_finds_a_listener_on_the_address_or_on_every_address(holder):
+    with socket.socket() as held:
+        held.bind((holder, 0))
+        held.listen()
+        port = held.getsockname()[1]
+        free = natsd.free_ports(1)[0]
+        assert ports_in_use("127.0.0.1", [port, free]) == [port]
+    started = time.perf_counter()
+    for _ in range(100):
+        ports_in_use("127.0.0.1", [free])
+    assert (time.perf_counter() - started) / 100 < 0.001  # the cold start stays fast

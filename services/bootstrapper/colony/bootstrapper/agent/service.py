@@ -16,6 +16,11 @@ job's driver, wait for its exit or for a stop, restart it by the job's restart p
 transition is saved with the instance, then reported: `Reporter` sends the latest
 report of every instance in one InstancesReport, again until it is recorded.
 
+Before a start, every port the instance was given is checked free at the node's
+address (a bind and close each, microseconds): a port another process holds (another
+cluster's instance, say) fails that start with a plain reason, under the restart
+policy like any failed start, rather than run a workload that cannot bind it.
+
 The start path has no waits of its own: a placement seen on the stream is started at
 once (its job spec is read once per version and cached), and its first report goes
 out as soon as the process runs.
@@ -25,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -66,6 +73,27 @@ TERMINAL = ("exited", "failed", "lost")
 """States in which an instance holds nothing on its node."""
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 """What an instance inherits from the agent's environment (the rest it is given)."""
+
+
+def ports_in_use(address: str, ports: list[int]) -> list[int]:
+    """Which of `ports` a process already listens on at `address` (or at every address).
+
+    Bound and closed as a server binds (SO_REUSEADDR: what is left of a stopped run's
+    connections does not count), a few microseconds each. Only "in use" counts: any
+    other error (an address not this host's) is the workload's to meet.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    busy = []
+    for port in ports:
+        with socket.socket(family) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+                sock.listen()
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    busy.append(port)
+    return busy
 
 
 def make_drivers(config: Config) -> dict[str, Driver]:
@@ -480,6 +508,11 @@ class Agent:
             cpu=record.cpu,
             memory=record.memory,
         )
+        if driver.capabilities.runs:  # (sim runs nothing: it binds nothing)
+            busy = ports_in_use(self.settings.address, sorted(set(record.ports.values())))
+            if busy:
+                instance.handle = None
+                return Exit(None, state.ports_taken(busy), time.time())
         if instance.handle is not None:  # what its previous run left (cgroups, records)
             driver.forget(instance.handle)
         try:

@@ -72,3 +72,11 @@ def gave_up(policy: RestartPolicy, why: str) -> str:
         f"{why}; restarted {policy.attempts} times within {policy.interval:g} s, "
         "as many as its restart policy allows"
     )
+
+
+def ports_taken(ports: Sequence[int]) -> str:
+    """The reason of an instance not started: other processes hold ports it was given."""
+    if len(ports) == 1:
+        return f"port {ports[0]} is already in use on this host (another process holds it)"
+    listed = ", ".join(str(p) for p in ports)
+    return f"ports {listed} are already in use on this host (other processes hold them)"
