@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from bench._jobs import Members, Site, rss, site
 from bench._report import ms, quantile, say, table, verdict
 from bench.consensus import Cpu
+from colony.shared import subjects
 from colony.shared.changes import follow
 from colony.shared.jobspec import Constraint, JobResources, JobSpec, Task
 from colony.shared.management import Management, ManagementError
@@ -48,6 +49,7 @@ from colony.shared.messages import (
     JobRun,
     NodeLabel,
     NodeRegister,
+    ServiceMetricsRequest,
 )
 
 TITLE = "Scheduling"
@@ -256,6 +258,9 @@ class Placing:
     rss_end: int
     entries: int
     """Log entries holding the placements."""
+    reconciles: tuple[int, float]
+    """The manager's curator: reconciles over the placement, and seconds spent deciding
+    them (its own histogram, `colony_curator_reconcile_duration_seconds`)."""
 
     @property
     def start(self) -> float:
@@ -323,7 +328,18 @@ async def submit(site: Site, specs: list[JobSpec]) -> dict[str, float]:
     return sent
 
 
-async def place(site: Site, sim: SimNodes, curator: int) -> Placing:
+async def reconciles(site: Site, node: str) -> tuple[int, float]:
+    """How many reconciles the curator on `node` ran, and the seconds they took deciding."""
+    reply = await site.bus.request(
+        subjects.service_metrics(node, "curator"), ServiceMetricsRequest(), timeout=5
+    )
+    for family in reply.families:
+        if family.name == "colony_curator_reconcile_duration_seconds":
+            return family.samples[0].count, family.samples[0].sum
+    return 0, 0.0
+
+
+async def place(site: Site, sim: SimNodes, node: str, curator: int) -> Placing:
     specs = [job_spec(n) for n in range(JOBS)]
     jobs = {s.name for s in specs}
     total = JOBS * REPLICAS
@@ -351,6 +367,7 @@ async def place(site: Site, sim: SimNodes, curator: int) -> Placing:
         asyncio.create_task(sample()),
         asyncio.create_task(progress("running", running, total, done)),
     ]
+    decided = await reconciles(site, node)
     try:
         submitted = await submit(site, specs)
         committed = time.time()
@@ -364,6 +381,7 @@ async def place(site: Site, sim: SimNodes, curator: int) -> Placing:
         cores[n] for n in cores if n != "voters"
     )
     instances = sim.of_jobs(jobs)
+    count, seconds = await reconciles(site, node)
     return Placing(
         total,
         submitted,
@@ -374,6 +392,7 @@ async def place(site: Site, sim: SimNodes, curator: int) -> Placing:
         peak[0],
         rss(curator),
         len({s.log_index for s in instances}),
+        (count - decided[0], seconds - decided[1]),
     )
 
 
@@ -442,7 +461,7 @@ async def measure() -> tuple[Placing, Replacing, dict]:
                     )
             say(f"{NODES} nodes alive after {time.monotonic() - started:.1f} s")
             manager = await where.manager()
-            placing = await place(where, sim, curators[manager.node].pid)
+            placing = await place(where, sim, manager.node, curators[manager.node].pid)
             say(
                 f"placed {len(placing.instances):,} in {placing.last_placed - placing.start:.2f} s "
                 f"({placing.rate:,.0f}/s), all running after "
@@ -496,6 +515,10 @@ def report(placing: Placing, replacing: Replacing, context: dict) -> str:
             ["submission to first placement, p99 per job", f"{ms(quantile(delays, 0.99))} ms"],
             ["log entries holding the placements", f"{placing.entries:,} ({per_entry:,.0f} each)"],
             ["report proposals (this process)", f"{context['report_entries']:,}"],
+            [
+                "the curator's reconciles, and their deciding time",
+                f"{placing.reconciles[0]:,}, {placing.reconciles[1]:.2f} s",
+            ],
             ["manager's curator RSS, peak / end", memory],
         ],
     )  # fmt: skip
@@ -513,9 +536,13 @@ def report(placing: Placing, replacing: Replacing, context: dict) -> str:
     )
     errors = "; ".join(sorted(set(context["errors"]))[:3]) or "none"
     return f"""Three `python -m colony.consensus` voters, each on its own server of a 3-server
-NATS cluster, and `python -m colony.curator` on each voter's node (the manager's
-acts: {context["manager"]}, epochs {context["epochs"]} at start, placing, end). This
-process plays membership (every node alive, then one node's death event) and the
+NATS cluster, and the curator on each voter's node (the manager's acts:
+{context["manager"]}, epochs {context["epochs"]} at start, placing, end), run as
+`python -m bench._curator`: the curator with its proposals cut under the 256 KiB a
+log entry may hold (its own limit, 400 KiB, had every proposal of placements refused
+as invalid). This process plays membership (the nodes join {JOINING} at a time: the
+curator records their statuses in one proposal, which holds at most 512 commands;
+then one node's death event) and the
 agents of {NODES:,} simulated nodes: {NODE_CPU:g} cores, {NODE_MEMORY / 2**30:g} GiB, driver `sim`,
 ports {PORTS[0]}-{PORTS[1]}, label `zone` over {len(ZONES)} values. One follower of the
 change stream reports each instance placed on a live node `running` at once (one
