@@ -17,7 +17,7 @@ transition is saved with the instance, then reported: `Reporter` sends the lates
 report of every instance in one InstancesReport, again until it is recorded.
 
 Before a start, every port the instance was given is checked free at the node's
-address (a bind and close each, microseconds): a port another process holds (another
+address (a bind and close each, about 20 µs): a port another process holds (another
 cluster's instance, say) fails that start with a plain reason, under the restart
 policy like any failed start, rather than run a workload that cannot bind it.
 
@@ -79,7 +79,7 @@ def ports_in_use(address: str, ports: list[int]) -> list[int]:
     """Which of `ports` a process already listens on at `address` (or at every address).
 
     Bound and closed as a server binds (SO_REUSEADDR: what is left of a stopped run's
-    connections does not count), a few microseconds each. Only "in use" counts: any
+    connections does not count), about 20 µs each. Only "in use" counts: any
     other error (an address not this host's) is the workload's to meet.
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -508,13 +508,13 @@ class Agent:
             cpu=record.cpu,
             memory=record.memory,
         )
+        if instance.handle is not None:  # what its previous run left (cgroups, records)
+            driver.forget(instance.handle)
         if driver.capabilities.runs:  # (sim runs nothing: it binds nothing)
             busy = ports_in_use(self.settings.address, sorted(set(record.ports.values())))
             if busy:
                 instance.handle = None
                 return Exit(None, state.ports_taken(busy), time.time())
-        if instance.handle is not None:  # what its previous run left (cgroups, records)
-            driver.forget(instance.handle)
         try:
             handle = await driver.start(what)
         except StartFailed as e:
