@@ -45,8 +45,8 @@ T = TypeVar("T")
 
 ARGV = [sys.executable, "-m", "colony.harness.jobs"]
 """How a caller runs a read inside a host: ``[*ARGV, url, "h1,h2,h3", "instances"]``."""
-RECORDS = {"instances": InstanceRecord, "jobs": JobRecord, "nodes": NodeRecord}
-TERMINAL = {"exited", "failed", "lost"}
+KINDS = ("instances", "jobs", "nodes")
+"""The kinds `main` reads."""
 
 
 # --- reading the management database ------------------------------------------------
@@ -293,7 +293,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m colony.harness.jobs")
     parser.add_argument("url")
     parser.add_argument("voters", help="node ids of the voters, comma-separated")
-    parser.add_argument("kind", choices=sorted(RECORDS))
+    parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args()
     where = dict(w.split("=", 1) for w in args.where)
