@@ -64,8 +64,8 @@ JOB = "name: web\ntask:\n  command: python3\n"
             "(docker, microvm, process, sim)",
         ),
         (
-            "resources:\n  memory: 12 GB",
-            'job.yaml:5: resources.memory: "12 GB" is not a size '
+            "resources:\n  memory: 12 gigs",
+            'job.yaml:5: resources.memory: "12 gigs" is not a size '
             "(write 512MiB, 2GiB, 1.5GB or bytes)",
         ),
         (
@@ -307,7 +307,7 @@ def test_every_problem_is_listed_in_line_order() -> None:
           command: python3
           args: ["${PRT}"]
         resources:
-          memory: 12 GB
+          memory: 12 gigs
           cpu: 2000
         ports: [http, http]
         restart: {then: retry}
@@ -451,6 +451,11 @@ def test_expand_replaces_known_variables_only() -> None:
         ("1T", 2**40),
         ("1PiB", 2**50),
         ("100B", 100),
+        # a space between the number and its unit, as people write it
+        ("12 GB", 12 * 2**30),
+        ("2 G", 2 * 2**30),
+        ("1.5 GiB", 3 * 2**29),
+        ("100 B", 100),
     ],
 )
 def test_sizes(text: str, size: int) -> None:
@@ -458,7 +463,13 @@ def test_sizes(text: str, size: int) -> None:
     assert jobspec.parse_size(jobspec.format_size(size)) == size
 
 
-@pytest.mark.parametrize("text", ["12 GB", "GiB", "1.5", "-1GiB", "1e9", "2 G", "1XB", "1iB"])
+def test_a_size_in_a_job_file_may_have_a_space_before_its_unit() -> None:
+    assert spec(JOB + "resources: {memory: 12 GB}").resources.memory == 12 * 2**30
+
+
+@pytest.mark.parametrize(
+    "text", ["12 gigs", "GiB", "1.5", "-1GiB", "1e9", "2  G", "12 ", " 12G", "1XB", "1iB", "1.5 B"]
+)
 def test_not_sizes(text: str) -> None:
     with pytest.raises(ValueError, match="is not a size"):
         jobspec.parse_size(text)

@@ -101,7 +101,8 @@ ARG_VARIABLE = re.compile(r"\$\{([^}]*)\}")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # The unit forms, as patterns both Python and JSON Schema (ECMA 262) read the same way.
-_SIZE_FORM = r"^([0-9]+[Bb]?|[0-9]+(\.[0-9]+)?[KkMmGgTtPp][Ii]?[Bb]?)$"
+# A size may have one space before its unit ("12 GB"), as people write it.
+_SIZE_FORM = r"^([0-9]+( ?[Bb])?|[0-9]+(\.[0-9]+)? ?[KkMmGgTtPp][Ii]?[Bb]?)$"
 _SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
 _CORES_FORM = r"^[0-9]+(\.[0-9]+)?m?$"
 _DURATION_FORM = r"^([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$"
@@ -215,12 +216,13 @@ def parse(text: str, file: str = "<stdin>") -> LoadedJob:
 
 
 def parse_size(text: str) -> int:
-    """Bytes from `512MiB`, `2GiB`, `1.5GB`, `512M`, `512Mi` or `1048576`: every unit is
-    binary (1GB = 1GiB), as Docker and `colony capacity` read them. Raises ValueError."""
+    """Bytes from `512MiB`, `2GiB`, `1.5GB`, `12 GB`, `512M`, `512Mi` or `1048576`: every
+    unit is binary (1GB = 1GiB), as Docker and `colony capacity` read them. Raises
+    ValueError."""
     if not re.match(_SIZE_FORM, text):
         raise ValueError(f"{_quoted(text)} is not a size (write 512MiB, 2GiB, 1.5GB or bytes)")
-    number = text.rstrip("KkMmGgTtPpIiBb")
-    return int(float(number) * _SIZE_UNITS.get(text[len(number) :][:1].lower(), 1))
+    number = text.rstrip("KkMmGgTtPpIiBb ")
+    return int(float(number) * _SIZE_UNITS.get(text[len(number) :].lstrip()[:1].lower(), 1))
 
 
 def parse_cores(text: str) -> float:
@@ -299,7 +301,7 @@ _UNIT_FIELDS: dict[tuple[type, str], _Unit] = {
         parse_size,
         format_size,
         _SIZE_FORM,
-        "Bytes, or a size: 512MiB, 2GiB, 1.5GB, 512M (every unit binary: 1GB = 1GiB)",
+        "Bytes, or a size: 512MiB, 2GiB, 1.5GB, 12 GB, 512M (every unit binary: 1GB = 1GiB)",
         least=MIN_MEMORY,
     ),
     (JobResources, "cpu"): _Unit(
