@@ -11,6 +11,7 @@ service's (a no-op once it is) and leaves the rest as it is.
     python -m bench._curator --config FILE
 """
 
+import os
 import runpy
 
 from colony.curator import service
@@ -18,8 +19,9 @@ from colony.curator import service
 MAX_ENTRY_BYTES = 256 * 1024
 """colony.consensus.machine.MAX_ENTRY_BYTES (not imported: the consensus package costs
 the curator a slow start)."""
-LIMIT = MAX_ENTRY_BYTES * 3 // 4
-"""Room for what wraps the commands (each proposal's id and epoch, the entry's fields)."""
+LIMIT = int(os.environ.get("COLONY_BENCH_PROPOSAL_BYTES", MAX_ENTRY_BYTES * 3 // 4))
+"""Room for what wraps the commands (each proposal's id and epoch, the entry's fields);
+the environment may ask for less, to see what smaller entries do."""
 
 if __name__ == "__main__":
     service.PROPOSAL_BYTES = min(service.PROPOSAL_BYTES, LIMIT)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,8 @@ from colony.shared.messages import (
 from colony.shared.signing import read_secret
 
 ROOT = Path(__file__).parent.parent
+LOGS = os.environ.get("COLONY_BENCH_LOGS", "")
+"""A folder: the logs of the servers, voters and services are copied there at the end."""
 PROFILE = os.environ.get("COLONY_BENCH_PROFILE", "")
 """A folder: the services started here run under cProfile and leave their profiles there."""
 
@@ -166,6 +169,14 @@ async def site(prefix: str) -> AsyncIterator[Site]:
             else:
                 voters.kill_all()
             cluster.stop()
+            if LOGS:
+                keep_logs(workdir, Path(LOGS) / workdir.name)
+
+
+def keep_logs(workdir: Path, kept: Path) -> None:
+    for log in workdir.rglob("*.log"):
+        (kept / log.relative_to(workdir)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log, kept / log.relative_to(workdir))
 
 
 class Members:
