@@ -56,3 +56,39 @@ async def test_only_new_changes(bus):
     seen = await asyncio.wait_for(stored_until_seen(), 10)
     assert seen[0] >= 2
     await feed.aclose()
+
+
+async def test_last_index_and_follow_speak_change_indexes_when_sequences_are_not(bus):
+    """A stream recreated holds changes 101.. at sequences 1..: the last index is read from
+    the last change, and following after change 102 starts where 102 is, not at sequence
+    102 (past the stream's end, which would miss every change until it got there)."""
+    assert await changes.last_index(bus) == 0  # no stream yet
+    await bus.ensure_stream(subjects.CHANGES_STREAM, [subjects.every_change()])
+    assert await changes.last_index(bus) == 0
+    for index in (101, 102, 103):
+        await store(bus, index)
+    await store(bus, 999, secret=b"x" * 32)  # a forgery at the tail
+    assert await changes.last_index(bus, SECRET) == 103
+    feed = changes.follow(bus, after=102, secret=SECRET)
+    assert await take(feed, 1) == [103]
+    await store(bus, 104)
+    assert await take(feed, 1) == [104]
+    await feed.aclose()
+
+
+async def test_follow_after_an_index_behind_its_sequence(bus):
+    """Forgeries took sequences: change 3 is at sequence 5; after 3 comes 4, once."""
+    await bus.ensure_stream(subjects.CHANGES_STREAM, [subjects.every_change()])
+    await store(bus, 1)
+    await store(bus, 50, secret=b"x" * 32)
+    await store(bus, 2)
+    await store(bus, 60, secret=b"x" * 32)
+    await store(bus, 3)
+    await store(bus, 3)  # a duplicate sent again
+    await store(bus, 4)
+    assert await changes.last_index(bus, SECRET) == 4
+    feed = changes.follow(bus, after=3, secret=SECRET)
+    assert await take(feed, 1) == [4]
+    await store(bus, 5)
+    assert await take(feed, 1) == [5]
+    await feed.aclose()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError, RemoteError
@@ -21,6 +23,7 @@ from colony.shared.messages import (
     ProposeRequest,
     QueryReply,
     QueryRequest,
+    Stored,
     new_id,
 )
 
@@ -34,6 +37,35 @@ class ManagementError(Exception):
     def __init__(self, reason: str, retryable: bool) -> None:
         super().__init__(reason)
         self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Every object a query selected, read page by page: each page is a reply of its own,
+    read at its own log index (`QueryReply.index`), so the pages may be of different
+    moments. A follower of the change stream takes a change of an object only if it is
+    newer than the page the object came from (`each`), and a change of an object no page
+    held only if it is newer than `index`."""
+
+    pages: tuple[QueryReply, ...]
+
+    @property
+    def objects(self) -> list[Stored]:
+        """Every object, in id order."""
+        return [stored for page in self.pages for stored in page.objects]
+
+    @property
+    def index(self) -> int:
+        """The lowest log index a page was read at: every change up to it is in every page
+        (an object no page holds was absent, or removed, by then)."""
+        return min(page.index for page in self.pages)
+
+    def each(self) -> Iterator[tuple[int, Stored]]:
+        """Each object with the log index its page was read at (every change of it up to
+        that index is in this copy), in id order."""
+        for page in self.pages:
+            for stored in page.objects:
+                yield page.index, stored
 
 
 class Management:
@@ -63,6 +95,29 @@ class Management:
     async def query(self, request: QueryRequest) -> QueryReply:
         """Read what `request` selects (a kind's objects by id, fields, page)."""
         return await self._ask(subjects.query, request)
+
+    async def query_all(
+        self,
+        kind: str,
+        where: dict[str, str] | None = None,
+        key: str = "",
+        stale: bool = False,
+        limit: int = 0,
+    ) -> Listing:
+        """Every object of `kind` (with these field values; `key`: that id's), asking page
+        after page (`limit` objects each, 0: the kind's page size) until none is left."""
+        pages: list[QueryReply] = []
+        after = ""
+        while True:
+            reply = await self.query(
+                QueryRequest(
+                    key=key, kind=kind, where=where or {}, after=after, limit=limit, stale=stale
+                )
+            )
+            pages.append(reply)
+            if not reply.more or not reply.objects:
+                return Listing(tuple(pages))
+            after = reply.objects[-1].id
 
     async def _ask(self, subject_of, request):
         deadline = time.monotonic() + self.timeout
