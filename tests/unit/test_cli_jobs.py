@@ -3,12 +3,13 @@ arguments are refused (one-line errors, nothing sent). No cluster is started."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from colony.cli import events, job, records
+from colony.cli import events, job
 from colony.cli.main import main
 from colony.shared.jobspec import JobSpec, RestartPolicy, Task
 from colony.shared.messages import (
@@ -18,7 +19,6 @@ from colony.shared.messages import (
     NodeRecord,
     PlannedPlacement,
     PlanReply,
-    Resources,
 )
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -199,17 +199,69 @@ def test_job_json_leaves_the_source_out_and_instances_say_where_they_answer():
     assert job.instance_json(instance(node="node-9"), NODES)["address"] is None
 
 
-def test_reservations_count_instances_desired_to_run_or_not_ended():
-    rows = [
-        instance(cpu=0.5, memory=100),
-        instance(id="b", cpu=0.25, memory=50, desired="stop", state="running"),  # still holds
-        instance(id="c", cpu=1.0, memory=1000, desired="stop", state="exited"),  # freed
-        instance(id="d", node="node-2-bbbbbb", cpu=2.0, memory=7, state="failed"),  # desired run
+def test_plan_lines_say_a_stopped_job_runs_again():
+    again = PlanReply(job="web", change="restart", version=2,
+                      place=[PlannedPlacement(0, "node-1-aaaaaa", {"http": 20000})])  # fmt: skip
+    assert rendered(*job.plan_lines(again, NODES)).splitlines()[0] == (
+        "web: stopped, runs again (version 2)"
+    )
+
+
+def test_stop_says_whether_the_job_is_forgotten_now_or_once_its_instances_are_gone():
+    assert job.stopped_said(False, "stopped") == "stopped: its instances stop now"
+    assert job.stopped_said(True, "stopped") == (
+        "stopped: its instances stop now; forgotten once they are gone"
+    )
+    assert job.stopped_said(True, "forgotten") == "forgotten (it had no instances left)"
+
+
+def failed(id="web-0-aaaa", slot=0, **fields) -> InstanceRecord:
+    return instance(id=id, slot=slot, state="failed", reason="exit code 3: bad config", **fields)
+
+
+def test_failures_are_taken_once_each_and_never_from_an_older_record():
+    seen = job.Failures("web")
+    first = failed(changed=1.0)
+    assert seen.saw([instance(state="running"), first]) == [first]
+    replaced = failed(changed=2.0, desired="stop")
+    assert seen.saw([replaced]) == []  # not new: its later record is kept
+    assert seen.saw([first]) == []  # an older read does not undo what was seen
+    assert seen.failed == {"web-0-aaaa": replaced}
+    assert seen.saw([failed(id="api-0-bbbb", job="api")]) == []  # another job's
+
+
+def test_a_job_keeps_failing_once_every_slot_failed_and_was_rescheduled():
+    web = job_record(replicas=2)
+    seen = job.Failures("web")
+    # slot 0 failed and its replacement is starting; slot 1 still starting
+    seen.saw([failed(desired="stop"), failed(id="web-1-bbbb", slot=1)])
+    now = [instance(id="web-0-cccc", state="starting"), failed(id="web-1-bbbb", slot=1)]
+    assert not job.keeps_failing(web, now, seen.failed)  # slot 1 not rescheduled yet
+    seen.saw([failed(id="web-1-bbbb", slot=1, desired="stop", changed=5.0)])
+    now = [instance(id="web-0-cccc", state="starting"),
+           instance(id="web-1-dddd", slot=1, state="pending")]  # fmt: skip
+    assert job.keeps_failing(web, now, seen.failed)
+    # one replacement runs: the job may yet run, wait on
+    running = [instance(id="web-0-cccc", state="running"), now[1]]
+    assert not job.keeps_failing(web, running, seen.failed)
+    # failures of an older version do not count, nor those of a stopped job
+    assert not job.keeps_failing(job_record(replicas=2, version=2), now, seen.failed)
+    assert not job.keeps_failing(job_record(replicas=2, status="stopped"), now, seen.failed)
+    # failed where no replacement can be placed: it stays failed, the job blocked
+    stuck = job_record(replicas=1, blocked="1 of 1 instances cannot be placed: ...")
+    alone = job.Failures("web")
+    alone.saw([failed()])
+    assert job.keeps_failing(stuck, [failed()], alone.failed)
+    assert not job.keeps_failing(job_record(replicas=1), [failed()], alone.failed)
+
+
+def test_why_not_running_also_names_the_failures_seen():
+    replaced = failed(desired="stop")
+    rows = [instance(id="web-0-cccc", state="pending")]
+    assert job.why_not_running(job_record(replicas=1), rows, NODES, [replaced]) == [
+        "web-0-aaaa on node-1 is failed: exit code 3: bad config",
+        "web-0-cccc on node-1 is pending",
     ]
-    assert records.reservations(rows) == {
-        "node-1-aaaaaa": Resources(cpu=0.75, memory=150),
-        "node-2-bbbbbb": Resources(cpu=2.0, memory=7),
-    }
 
 
 # --- events --------------------------------------------------------------------------
@@ -301,6 +353,21 @@ def test_node_label_and_other_changes():
     assert len(long) == events.SUMMARY_MAX and long.endswith("…")
 
 
+def test_instances_are_shown_on_nodes_named_before_the_changes_read():
+    summary = events.Summaries({"node-2-bbbbbb": "node-2"})
+    placed = dict(id="web-0-1", slot=0, version=1, node="node-2-bbbbbb", state="pending",
+                  desired="run")  # fmt: skip
+    assert summary(change("instance", "web-0-1", 1, placed)).startswith(
+        "instance web-0-1 placed on node-2 (slot 0"
+    )
+
+
+def test_following_instances_follows_nodes_too_to_learn_their_names():
+    assert events.followed_kinds(["instance"]) == {"instance", "node"}
+    assert events.followed_kinds(["job"]) == {"job"}
+    assert events.followed_kinds(None) == set()
+
+
 def test_event_line_has_index_time_kind_id_version_summary():
     shown = events.line(change("job", "web", 3, {}, index=42), "job web v1 scaled to 6")
     assert shown.split() == ["42", "-", "job", "web", "3", "job", "web", "v1", "scaled", "to", "6"]
@@ -317,7 +384,7 @@ def test_every_job_verb_teaches_with_examples(capsys):
             assert "--json" in out and "--server" in out
     for verb in ("events", "logs"):
         code, out, _ = colony(capsys, verb, "--help")
-        assert code == 0 and "examples:" in out and "--json" in out
+        assert code == 0 and "examples:" in out and "--json" in out and "--server" in out
 
 
 @pytest.mark.parametrize(
@@ -364,6 +431,9 @@ def test_run_and_plan_send_nothing_when_the_file_is_invalid(tmp_path, capsys):
         code, _, err = colony(capsys, "job", verb, str(tmp_path / "missing.yaml"),
                               "--server", "nats://127.0.0.1:1")  # fmt: skip
         assert code == 1 and "cannot be read" in err and "Traceback" not in err
+        code, out, _ = colony(capsys, "job", verb, str(tmp_path / "missing.yaml"), "--json",
+                              "--server", "nats://127.0.0.1:1")  # fmt: skip
+        assert code == 1 and json.loads(out)["valid"] is False, out
 
 
 def test_instance_only_options_on_process_logs_are_refused(tmp_path, capsys):

@@ -25,8 +25,10 @@ def add_management_options(
     parser: argparse.ArgumentParser,
     timeout: float = 10.0,
     timeout_help: str = "seconds to keep retrying while no leader answers",
+    state_dir: bool = True,
 ) -> None:
-    """--server, --json, --timeout and --state-dir of a verb that asks the management voters."""
+    """--server, --json, --timeout and --state-dir (unless the parser has it: `state_dir`
+    False) of a verb that asks the management voters."""
     parser.add_argument(
         "--server",
         action="append",
@@ -40,5 +42,7 @@ def add_management_options(
         default=timeout,
         help=f"{timeout_help} (default: {timeout:g})",
     )
-    # also after the verb (`colony kv get k --state-dir D`), without resetting it
-    parser.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    if state_dir:  # also after the verb (`colony kv get k --state-dir D`), without resetting it
+        parser.add_argument(
+            "--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )

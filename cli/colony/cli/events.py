@@ -2,8 +2,10 @@
 
 One line per change: INDEX TIME KIND ID VERSION SUMMARY, the summary in words made
 from the change's detail (the object's record after the change) and, when this run
-saw the object before, from what changed since (`job web v2 scaled to 6`). The
-changes' signatures are checked with the cluster secret of the state dir.
+saw the object before, from what changed since (`job web v2 scaled to 6`). Nodes
+are named as people know them: their names are read once at the start, then learnt
+from node changes. The changes' signatures are checked with the cluster secret of
+the state dir.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from colony.cli.args import nats_url, seconds
+from colony.cli import records
+from colony.cli.args import add_management_options
 from colony.cli.kv import management
 from colony.cli.output import err, fail, human_bytes, out
 from colony.shared import changes, subjects
 from colony.shared.bus import Bus, BusError, NotFound
-from colony.shared.messages import Change, DecodeError, decode, to_builtins
+from colony.shared.management import ManagementError
+from colony.shared.messages import Change, to_builtins
 from colony.shared.signing import read_secret
 from colony.shared.statedir import StateDir
 
@@ -33,8 +37,6 @@ EXAMPLES = """examples:
 
 SECRET_FILE = "cluster.secret"
 """The cluster secret's file in a state dir (`colony up` writes it)."""
-WALK_BACK = 16
-"""Stream messages read back from its end at most to find the last change's index."""
 QUIET = 3.0
 """Without -f: seconds with nothing new after which the replay is over (a last change
 dropped as a forgery never comes)."""
@@ -59,16 +61,7 @@ def add_parser(verb) -> None:
         metavar="N",
         help="only the changes after index N (default: every change the stream keeps)",
     )
-    events.add_argument("--json", action="store_true", help="one JSON object per change")
-    events.add_argument(
-        "--server",
-        action="append",
-        type=nats_url,
-        help="read through this NATS URL instead of the state dir's nodes (repeatable)",
-    )
-    events.add_argument(
-        "--timeout", type=seconds, default=10.0, help="seconds to wait for a server (default: 10)"
-    )
+    add_management_options(events, timeout_help="seconds to wait for a server", state_dir=False)
     events.set_defaults(func=cmd_events)
 
 
@@ -168,9 +161,10 @@ class Summaries:
     what changed (scaled, stopped, alive -> dead) rather than only where it is now, and
     the names of the nodes seen, to name an instance's node as people know it."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: dict[str, str] | None = None) -> None:
         self.last: dict[tuple[str, str], dict[str, Any]] = {}
-        self.names: dict[str, str] = {}
+        self.names: dict[str, str] = dict(names or {})
+        """Node id -> name: those read at the start, then those of the node changes."""
 
     def __call__(self, change: Change) -> str:
         key, d = (change.kind, change.id), change.detail
@@ -208,15 +202,20 @@ def line(change: Change, summary: str) -> str:
 # --- the verb --------------------------------------------------------------------
 
 
+def cluster_secret(state: StateDir) -> bytes | None:
+    """The cluster secret the state dir keeps (None: it keeps none). Raises ValueError if
+    its file is not a secret."""
+    path = state.path / SECRET_FILE
+    return read_secret(path) if path.exists() else None
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
-    secret = None
-    if (state.path / SECRET_FILE).exists():
-        try:
-            secret = read_secret(state.path / SECRET_FILE)
-        except ValueError as e:
-            fail(str(e))
-    elif args.server:
+    try:
+        secret = cluster_secret(state)
+    except ValueError as e:
+        fail(str(e))
+    if secret is None and args.server:
         err.print(
             f"warning: changes are not verified: no cluster secret in {state.path}/ "
             "(a forged change would show as a real one)"
@@ -225,10 +224,21 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def followed_kinds(asked: Iterable[str] | None) -> set[str]:
+    """The kinds to follow to show `asked` (none: every kind): node changes too with
+    instances, to name their nodes."""
+    kinds = set(asked or ())
+    return kinds | {"node"} if "instance" in kinds else kinds
+
+
 async def _events(args: argparse.Namespace, secret: bytes | None) -> None:
-    summary = Summaries()
     kinds = set(args.kind or ())
     async with management(args, "colony-events") as client:
+        try:
+            names = {n.node: n.name for n in await records.nodes(client, stale=True) if n.name}
+        except ManagementError:
+            names = {}  # no voter answers: the node changes read may still name them
+        summary = Summaries(names)
         async for change in _changes(client.bus, args, secret):
             said = summary(change)  # of every change read: it learns the nodes' names
             if kinds and change.kind not in kinds:
@@ -244,12 +254,12 @@ async def _changes(
 ) -> AsyncIterator[Change]:
     """The changes after args.since: with -f, of the kinds asked, for ever; else of every
     kind, up to the last one the stream holds."""
-    last = None if args.follow else await last_index(bus)
+    last = None if args.follow else await last_index(bus, secret)
     if last is not None and last <= args.since:
         return
     # Without -f every kind is read (the caller shows the kinds asked): the replay ends at
     # `last`, which may be a change of another kind.
-    asked = (args.kind or ()) if args.follow else ()
+    asked = followed_kinds(args.kind) if args.follow else ()
     stream = changes.follow(bus, after=args.since, kinds=asked, secret=secret)
     try:
         while True:
@@ -267,21 +277,10 @@ async def _changes(
         await stream.aclose()
 
 
-async def last_index(bus: Bus) -> int:
-    """The index of the last change the stream holds (0: none). A stream sequence is not a
-    change index (a deleted forgery takes one): the last message that is a change says."""
+async def last_index(bus: Bus, secret: bytes | None) -> int:
+    """The index of the last change the stream holds (0: none); the command ends saying so
+    if the stream cannot be read."""
     try:
-        state = await bus.stream_state(subjects.CHANGES_STREAM)
-    except NotFound:
-        return 0
+        return await changes.last_index(bus, secret)
     except BusError as e:
         fail(f"cannot read the change stream: {e}", "is the cluster up? see `colony status`")
-    for seq in range(state.last_seq, max(state.first_seq, 1) - 1, -1)[:WALK_BACK]:
-        stored = await bus.stored(subjects.CHANGES_STREAM, seq)
-        if stored is None:
-            continue
-        try:
-            return decode(stored.data, Change).index
-        except DecodeError:
-            continue
-    return 0

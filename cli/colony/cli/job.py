@@ -3,8 +3,10 @@
 A job file is checked here first (nothing reaches the cluster when it is invalid),
 then the acting manager's curator says what running it would do (`job plan`); `job
 run` refuses a job that does not fit, stores it through consensus, and follows its
-instances until every one runs. The rest read and change the jobs and instances
-kinds of the management database.
+instances until every one runs, saying each failure as it comes (read from the
+change stream: the manager replaces and forgets a failed instance within moments),
+and gives up early once every one keeps failing. The rest read and change the jobs
+and instances kinds of the management database.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from colony.shared.messages import (
     PlanRequest,
     ProposeReply,
 )
+from colony.shared.reservations import TERMINAL
 
 _JOB_NAME = re.compile(jobspec.JobName.__metadata__[0].pattern)
 PROGRESS_EVERY = 0.2
@@ -203,7 +206,7 @@ def address(instance: InstanceRecord, nodes: dict[str, NodeRecord]) -> str:
 def shown_state(instance: InstanceRecord) -> Text:
     colour = {"running": "green", "failed": "red", "lost": "red", "exited": "yellow"}
     text = Text(instance.state, colour.get(instance.state, ""))
-    if instance.desired == "stop" and instance.state not in records.ENDED:
+    if instance.desired == "stop" and instance.state not in TERMINAL:
         text.append(" (stopping)", "dim")
     return text
 
@@ -255,7 +258,8 @@ def plan_lines(plan: PlanReply, nodes: dict[str, NodeRecord]) -> list[Text | Tab
         "new": "new job",
         "update": f"changed spec, version {plan.version}",
         "unchanged": f"unchanged (version {plan.version})",
-    }[plan.change]
+        "restart": f"stopped, runs again (version {plan.version})",
+    }.get(plan.change, f"{plan.change} (version {plan.version})")
     lines: list[Text | Table | str] = [f"{plan.job}: {change}"]
     if plan.place:
         grid = Table(box=None, header_style="bold", pad_edge=False)
@@ -334,19 +338,74 @@ def progress(job: JobRecord | None, instances: Sequence[InstanceRecord]) -> Prog
     )
 
 
+def instance_said(instance: InstanceRecord, nodes: dict[str, NodeRecord]) -> str:
+    """'web-0-3fa2 on node-1 is failed: exit code 3: bad config'"""
+    why = f": {instance.reason}" if instance.reason else ""
+    return f"{instance.id} on {node_name(nodes, instance.node)} is {instance.state}{why}"
+
+
 def why_not_running(
-    job: JobRecord | None, instances: Sequence[InstanceRecord], nodes: dict[str, NodeRecord]
+    job: JobRecord | None,
+    instances: Sequence[InstanceRecord],
+    nodes: dict[str, NodeRecord],
+    failed: Iterable[InstanceRecord] = (),
 ) -> list[str]:
     """Each reason the job's instances are not all running: the job's blocked reason,
-    then every instance desired to run that does not, with its state and last reason."""
+    then every instance desired to run that does not, and every one seen `failed` (the
+    manager may have replaced it since), with its state and last reason."""
     if job is None:
         return ["the job was not recorded"]
     reasons = [f"blocked: {job.blocked}"] if job.blocked else []
-    for i in sorted(instances, key=lambda i: (i.slot, i.id)):
-        if i.desired == "run" and i.state != "running":
-            why = f": {i.reason}" if i.reason else ""
-            reasons.append(f"{i.id} on {node_name(nodes, i.node)} is {i.state}{why}")
+    failed = {i.id: i for i in failed}
+    shown = {**failed, **{i.id: i for i in instances if i.id not in failed}}
+    for i in sorted(shown.values(), key=lambda i: (i.slot, i.id)):
+        if i.id in failed or (i.desired == "run" and i.state != "running"):
+            reasons.append(instance_said(i, nodes))
     return reasons
+
+
+class Failures:
+    """The instances of a job seen `failed` (their restarts ran out) while `job run`
+    waits, each as last seen: the manager replaces a failed instance and forgets it
+    within moments, so they are gathered from every read and change seen."""
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        self.failed: dict[str, InstanceRecord] = {}
+
+    def saw(self, instances: Iterable[InstanceRecord]) -> list[InstanceRecord]:
+        """Take these records of instances; return those seen failed for the first time."""
+        new = []
+        for i in instances:
+            was = self.failed.get(i.id)
+            if i.job != self.job or (was is None and i.state != "failed"):
+                continue
+            if was is None:
+                new.append(i)
+            if was is None or i.changed >= was.changed:  # reads and changes come unordered
+                self.failed[i.id] = i
+        return new
+
+
+def keeps_failing(
+    job: JobRecord | None, instances: Sequence[InstanceRecord], failed: Mapping[str, InstanceRecord]
+) -> bool:
+    """Whether every instance of the job's version keeps failing, so waiting longer is
+    pointless: in each slot nothing runs, and an instance of that version failed that the
+    manager then rescheduled (stopped, to place a replacement), or leaves failed (the job
+    is blocked: nowhere else to go; or `restart.then: fail`)."""
+    if job is None or job.status != "running" or job.replicas == 0:
+        return False
+    stays = bool(job.blocked) or job.spec.restart.then == "fail"
+    for slot in range(job.replicas):
+        if any(i.slot == slot and i.desired == "run" and i.state == "running" for i in instances):
+            return False
+        if not any(
+            i.slot == slot and i.version >= job.version and (i.desired == "stop" or stays)
+            for i in failed.values()
+        ):
+            return False
+    return True
 
 
 def running_count(job: str, instances: Sequence[InstanceRecord]) -> int:
@@ -402,7 +461,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    loaded = load(args.file)
+    loaded = load(args.file, args.json)
     plan, nodes = _run(args, "colony-job-plan", _plan_and_nodes(loaded.spec, args.timeout))
     if args.json:
         print_json({**msgspec.to_builtins(plan), "fits": plan.unplaced == 0})
@@ -413,7 +472,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    loaded = load(args.file)
+    loaded = load(args.file, args.json)
     return _run(args, "colony-job-run", _submit(args, loaded))
 
 
@@ -472,8 +531,16 @@ def cmd_scale(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     command = JobStop(job=args.name, purge=args.purge)
     reply = _run(args, "colony-job-stop", _propose(command))
-    forgotten = "; forgotten once its instances are gone" if args.purge else ""
-    return _changed(args, reply, f"stopped: its instances stop now{forgotten}")
+    [outcome] = reply.outcomes
+    return _changed(args, reply, stopped_said(args.purge, outcome.value))
+
+
+def stopped_said(purge: bool, outcome: str | None) -> str:
+    """What `job stop` did, as the jobs kind answered it (`Outcome.value`): forgotten at
+    once (a purge with no instance left), or stopped."""
+    if outcome == "forgotten":
+        return "forgotten (it had no instances left)"
+    return "stopped: its instances stop now" + ("; forgotten once they are gone" if purge else "")
 
 
 def _changed(args: argparse.Namespace, reply: ProposeReply, done: str) -> int:

@@ -234,16 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="how much of an instance's output to show first (default: 64KiB)",
     )
-    log.add_argument("--json", action="store_true", help="an instance's output as JSON reads")
-    log.add_argument(
-        "--server",
-        action="append",
-        type=nats_url,
-        help="find the instance through this NATS URL, not the state dir's nodes (repeatable)",
-    )
-    log.add_argument(
-        "--timeout", type=seconds, default=5.0, help="seconds a node may take (default: 5)"
-    )
+    add_management_options(log, 5.0, "seconds a node may take", state_dir=False)
     log.set_defaults(func=logs.cmd_logs)
     return parser
 

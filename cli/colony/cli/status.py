@@ -32,6 +32,7 @@ from colony.shared.messages import (
     Resources,
     to_builtins,
 )
+from colony.shared.reservations import reserved
 from colony.shared.statedir import natural_key
 
 LABELS = "labels"
@@ -215,15 +216,15 @@ async def reservations(
     client = Management(bus, [leader.node], timeout=timeout)
     try:
         declared = await records.nodes(client, stale=True)
-        reserved = records.reservations(await records.instances(client, stale=True))
+        held = reserved(await records.instances(client, stale=True))
     except ManagementError:
         return
-    held = {n.node: n for n in declared}
+    registered = {n.node: n for n in declared}
     for node in nodes:
-        if node.id in held:
-            record = held[node.id]
+        if node.id in registered:
+            record = registered[node.id]
             node.declared = Resources(cpu=record.cpu, memory=record.memory)
-            node.reserved = reserved.get(node.id, Resources())
+            node.reserved = held.get(node.id, Resources())
 
 
 def raft_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> Text:
