@@ -18,6 +18,7 @@ from colony.consensus.kinds.kind import Registry, Select
 from colony.consensus.machine import Machine, encode_batch
 from colony.shared.jobspec import JobSpec, Task
 from colony.shared.messages import (
+    FENCED,
     InstanceRecord,
     InstanceReport,
     InstancesPlace,
@@ -443,7 +444,7 @@ async def test_a_schema_5_file_migrates_to_the_new_kinds_and_keeps_its_data(tmp_
     old.machine.close()
 
     db = Db(path)
-    assert schema.version(db.machine.db) == 8
+    assert schema.version(db.machine.db) == 9
     assert db.machine.read("a") == ("1", 1) and db.machine.lease().epoch == 1
     assert [s.value for s in await db.read("labels")] == [{"disk": "ssd"}]
     db.one(register("a"))
@@ -456,3 +457,55 @@ async def test_a_schema_5_file_migrates_to_the_new_kinds_and_keeps_its_data(tmp_
             name for (name,) in file.execute("SELECT name FROM sqlite_master")
         }
     file.close()
+
+
+def test_a_schema_8_file_counts_the_instances_its_jobs_have(tmp_path):
+    path = tmp_path / "management.db"
+    db = Db(path)
+    db.one(register("a"))
+    db.one(JobRun(spec()))
+    db.one(JobRun(spec("idle")))
+    assert db.manager(InstancesPlace([placement("web-0"), placement("web-1", slot=1)])).ok
+    db.machine.close()
+    with sqlite3.connect(path) as file:  # as schema 8 left it: no count
+        file.execute("ALTER TABLE jobs DROP COLUMN instances")
+        file.execute("PRAGMA user_version = 8")
+    file.close()
+
+    db = Db(path)
+    assert schema.version(db.machine.db) == 9
+    assert db.one(JobStop("idle", purge=True)).value == "forgotten"
+    assert db.one(JobStop("web", purge=True)).value == "stopped"  # it has two
+    db.manager(InstancesStop(["web-0", "web-1"], reason="job stopped"))
+    assert db.manager(InstancesRemove(["web-0"])).ok
+    assert jobs.read(db.machine.db, "web")[0] is not None
+    assert db.manager(InstancesRemove(["web-1"])).ok
+    assert jobs.read(db.machine.db, "web") == (None, 0)
+    db.machine.close()
+
+
+def test_the_jobs_kind_reads_only_its_own_tables(db):
+    """It learns how many instances a job has from the instances kind (`jobs.counted`)."""
+    reads: list[str] = []
+
+    def note(action: int, table: str | None, *_) -> int:
+        if action == sqlite3.SQLITE_READ:
+            reads.append(table or "")
+        return sqlite3.SQLITE_OK
+
+    db.machine.db.set_authorizer(note)
+    db.one(JobRun(spec()))
+    db.one(JobStop("web", purge=True))
+    db.machine.db.set_authorizer(None)
+    assert "instances" not in reads and "jobs" in reads
+
+
+def test_a_write_at_an_epoch_not_the_managers_is_refused_with_code_fenced(db):
+    db.one(register("a"))
+    db.one(JobRun(spec()))
+    stale = db.one(InstancesStop(["web-0"], reason="x"), epoch=2)  # the lease is at 1
+    assert not stale.ok and stale.code == FENCED and "never granted" in stale.error
+    unknown = db.manager(InstancesPlace([placement("web-0", version=7)]))
+    assert not unknown.ok and unknown.code == "" and "has no version 7" in unknown.error
+    unfenced = db.one(InstancesStop(["web-0"], reason="x"))
+    assert not unfenced.ok and unfenced.code == ""  # no epoch at all: not a deposed manager

@@ -534,6 +534,10 @@ class JobBlocked(CommandStruct, tag="job.blocked"):
     reason: Reason
 
 
+MAX_FAILED_ON = 16
+"""Nodes a slot's failure history names at most (`Placement.failed_on`)."""
+
+
 class Placement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The manager's decision that instance `id` (replica `slot` of `job` at `version`)
     runs on `node`, reserving `cpu` and `memory` and the given ports there."""
@@ -550,6 +554,9 @@ class Placement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     """The instance this one replaces ('' : none)."""
     reason: Reason = ""
     """Why it was placed (new job, scaled to 6, node-3 is dead...)."""
+    failed_on: Annotated[list[ObjectId], msgspec.Meta(max_length=MAX_FAILED_ON)] = []
+    """The nodes where earlier instances of this slot failed (their restarts ran out),
+    least recent first: the slot's next replacement avoids them."""
 
 
 class InstancesPlace(CommandStruct, tag="instance.place"):
@@ -699,6 +706,29 @@ class InstanceRecord(msgspec.Struct, frozen=True, kw_only=True):
     changed: float = 0.0
     seq: int = 0
     """The seq of the last report recorded."""
+    failed_on: list[str] = []
+    """Its placement's `failed_on`: where earlier instances of its slot failed."""
+
+
+def placed_instance(p: Placement, at: float) -> InstanceRecord:
+    """The record of instance `p` just placed, at `at` (the entry's time): desired run,
+    pending. The instances kind stores it; the curator's view takes its own placements
+    so, without waiting for their changes."""
+    return InstanceRecord(
+        id=p.id,
+        job=p.job,
+        version=p.version,
+        slot=p.slot,
+        node=p.node,
+        cpu=p.cpu,
+        memory=p.memory,
+        ports=dict(p.ports),
+        replaces=p.replaces,
+        desired_reason=p.reason,
+        placed=at,
+        changed=at,
+        failed_on=list(p.failed_on),
+    )
 
 
 # --- the node agent and the curator -------------------------------------------------
@@ -740,7 +770,8 @@ class PlannedPlacement(msgspec.Struct, frozen=True):
 
 class PlanReply(Message, kw_only=True, frozen=True):
     job: str
-    change: Literal["new", "update", "unchanged"]
+    change: Literal["new", "update", "unchanged", "restart"]
+    """As JobRun's outcome would say: restart is a stopped job run again, same spec."""
     version: int
     """The version the job would be at."""
     place: list[PlannedPlacement] = []
@@ -776,6 +807,13 @@ class Outcome(msgspec.Struct, frozen=True):
     """Why it was refused (ok is False): the command was valid but did not apply."""
     index: int = 0
     """The log index where the proposal was first applied (a retry reports the same)."""
+    code: str = ""
+    """Why it was refused, for code to check ('' : no code; see FENCED)."""
+
+
+FENCED = "fenced"
+"""Outcome.code of a proposal refused for its manager's epoch: not the manager lease's
+current one (the proposer no longer acts as manager)."""
 
 
 class ProposeRequest(Message, kw_only=True, frozen=True):

@@ -48,7 +48,7 @@ from colony.consensus.kinds import REGISTRY, kv, retention
 from colony.consensus.kinds import leases as leases_kind
 from colony.consensus.kinds.kind import Applied, Registry, Txn
 from colony.consensus.kinds.leases import FREE, LeaseState
-from colony.shared.messages import MANAGER, Outcome, Proposal
+from colony.shared.messages import FENCED, MANAGER, Outcome, Proposal
 
 __all__ = ["Applied", "BadBatch", "LeaseState", "Machine", "NeedsNewerVersion", "encode_batch"]
 
@@ -230,13 +230,14 @@ class Machine:
         _kind, handles = self.kinds.handler(proposal.command)
         if handles.recorded and (seen := changelog.seen(self.db, proposal.id)):
             return seen
-        refusal = self.kinds.refusal(proposal, ids=False)
+        refusal, code = self.kinds.refusal(proposal, ids=False), ""
         if handles.recorded:  # an unrecorded command (a renewal) checks its epoch itself
-            refusal = refusal or leases_kind.fence(self._leases, proposal.epoch)
+            if not refusal and (fenced := leases_kind.fence(self._leases, proposal.epoch)):
+                refusal, code = fenced, FENCED
             # its id may have been forgotten: a retry of it must not apply twice
             refusal = refusal or late
         if refusal:
-            outcome = Outcome(ok=False, error=refusal, index=index)
+            outcome = Outcome(ok=False, error=refusal, index=index, code=code)
         else:
             outcome = self._run_or_refuse(index, entry.ts, proposal, noted)
         if handles.recorded:

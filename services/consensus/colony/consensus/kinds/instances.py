@@ -27,6 +27,7 @@ version 0: an agent follows the changes whose detail names its node). Read:
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable
 
 import aiosqlite
@@ -43,6 +44,7 @@ from colony.shared.messages import (
     InstancesStop,
     Outcome,
     Stored,
+    placed_instance,
 )
 
 TABLES = """
@@ -103,20 +105,9 @@ def place(txn: Txn, command: InstancesPlace) -> Outcome:
                 )  # fmt: skip
             known_nodes.add(p.node)
     for p in command.placements:
-        record = InstanceRecord(
-            id=p.id,
-            job=p.job,
-            version=p.version,
-            slot=p.slot,
-            node=p.node,
-            cpu=p.cpu,
-            memory=p.memory,
-            ports=dict(p.ports),
-            replaces=p.replaces,
-            desired_reason=p.reason,
-            placed=txn.ts,
-        )
-        _write(txn, record, 0)
+        _write(txn, placed_instance(p, txn.ts), 0)
+    for job, count in Counter(p.job for p in command.placements).items():
+        jobs.counted(txn, job, count)
     return Outcome(ok=True, value=f"{len(command.placements)} placed")
 
 
@@ -145,8 +136,8 @@ def remove(txn: Txn, command: InstancesRemove) -> Outcome:
     for record in removed:
         txn.db.execute("DELETE FROM instances WHERE id = ?", (record.id,))
         txn.changed("instance", record.id, 0, records.detail(record))
-    for job in dict.fromkeys(record.job for record in removed):
-        jobs.forget_if_purged(txn, job)
+    for job, count in Counter(record.job for record in removed).items():
+        jobs.counted(txn, job, -count)  # a purged job whose last instance went is forgotten
     return Outcome(ok=True, value=f"{len(removed)} removed")
 
 

@@ -12,17 +12,19 @@ given and never changed.
 - JobScale: replicas (refused for a stopped job: run it again first).
 - JobStop: status stopped; with `purge`, the job is forgotten once it has no
   instances left (at once if it has none; else when the instances kind removes
-  the last: `forget_if_purged`).
+  the last). The instances kind tells how many it holds (`counted`): this kind
+  reads only its own tables.
 - JobBlocked: the manager's explanation ('' : nothing blocked).
 
 Every outcome's `version` is the job's spec version (JobRecord.version); the row's
 own version (one more per change) is what reads and changes carry.
 
 Tables: `jobs`, one row per job: its `JobRecord` less the spec and source (the
-change's detail, as JSON), its status and spec version (the read's filters) and a
-version that grows by one per change; `job_versions`, every version's spec, source,
-file and submission time. Change kind `job` (id: the job; detail: the record less
-spec and source, which can be large: readers query the job; version 0: forgotten).
+change's detail, as JSON), its status and spec version (the read's filters), a
+version that grows by one per change and its count of instances; `job_versions`,
+every version's spec, source, file and submission time. Change kind `job` (id: the
+job; detail: the record less spec and source, which can be large: readers query the
+job; version 0: forgotten).
 Read: `query`, the latest `JobRecord` of one job or of every job; with
 `where={"version": "N"}`, the record at spec version N (what an instance placed at
 that version runs). The source text comes only when one job is asked for (by id).
@@ -52,7 +54,7 @@ from colony.shared.messages import (
 )
 from colony.shared.runner import Refused
 
-TABLES = """
+TABLES_7 = """
 CREATE TABLE IF NOT EXISTS jobs (
     name TEXT PRIMARY KEY, status TEXT NOT NULL, spec_version INTEGER NOT NULL,
     version INTEGER NOT NULL, record TEXT NOT NULL
@@ -62,8 +64,28 @@ CREATE TABLE IF NOT EXISTS job_versions (
     file TEXT NOT NULL, submitted REAL NOT NULL, PRIMARY KEY (name, version)
 );
 """
+"""The tables as schema version 7 made them (frozen: migration 7 runs this)."""
+
+COUNTED = """
+ALTER TABLE jobs ADD COLUMN instances INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET instances = (SELECT count(*) FROM instances WHERE instances.job = jobs.name);
+"""
+"""Schema version 9: each job's count of instances, kept from then on by what the instances
+kind tells (`counted`); the migration counts them once."""
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY, status TEXT NOT NULL, spec_version INTEGER NOT NULL,
+    version INTEGER NOT NULL, record TEXT NOT NULL, instances INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS job_versions (
+    name TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL, source TEXT NOT NULL,
+    file TEXT NOT NULL, submitted REAL NOT NULL, PRIMARY KEY (name, version)
+);
+"""
 """jobs.record: the JobRecord less spec and source (JSON), as its changes carry it;
-jobs.version: the row's version (one per change), jobs.spec_version: the record's."""
+jobs.version: the row's version (one per change), jobs.spec_version: the record's;
+jobs.instances: how many instances of it the instances kind holds."""
 
 LARGE = ("spec", "source")
 """What a job's row and its changes leave out (job_versions holds them)."""
@@ -246,9 +268,8 @@ def blocked(txn: Txn, command: JobBlocked) -> Outcome:
 
 
 def _has_instances(db: sqlite3.Connection, job: str) -> bool:
-    # The instances kind's table (kinds/instances.py imports this module, not the reverse).
-    found = db.execute("SELECT 1 FROM instances WHERE job = ? LIMIT 1", (job,)).fetchone()
-    return found is not None
+    found = db.execute("SELECT instances FROM jobs WHERE name = ?", (job,)).fetchone()
+    return bool(found and found[0])
 
 
 def _forget(txn: Txn, name: str) -> None:
@@ -257,12 +278,14 @@ def _forget(txn: Txn, name: str) -> None:
     txn.changed("job", name, 0, {"name": name, "reason": "purged: no instance of it is left"})
 
 
-def forget_if_purged(txn: Txn, name: str) -> None:
-    """Forget job `name` if it is stopped with purge and has no instances left (the
-    instances kind calls it once it removed some of the job's)."""
-    record, _version = read(txn.db, name)
-    if record and record.status == "stopped" and record.purge and not _has_instances(txn.db, name):
-        _forget(txn, name)
+def counted(txn: Txn, name: str, added: int) -> None:
+    """The instances kind placed (`added` > 0) or removed (< 0) instances of job `name`;
+    a job stopped with purge whose last instance went is forgotten."""
+    txn.db.execute("UPDATE jobs SET instances = instances + ? WHERE name = ?", (added, name))
+    if added < 0 and not _has_instances(txn.db, name):
+        record, _version = read(txn.db, name)
+        if record and record.status == "stopped" and record.purge:
+            _forget(txn, name)
 
 
 def _job(command: JobScale | JobStop | JobBlocked) -> tuple[str]:
@@ -279,7 +302,10 @@ KIND = Kind(
         Handles(JobStop, stop, ids=_job),
         Handles(JobBlocked, blocked, ids=_job, needs_epoch=True),
     ),
-    migrations=(Migration(7, "jobs and every version of their specs", TABLES),),
+    migrations=(
+        Migration(7, "jobs and every version of their specs", TABLES_7),
+        Migration(9, "jobs: how many instances each has (told by the instances kind)", COUNTED),
+    ),
     query=query,
     filters=FILTERS,
     page=PAGE,

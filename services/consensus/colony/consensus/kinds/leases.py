@@ -14,7 +14,8 @@ leader's expiry clock, the fencing check and `colony status` read.
 
 Fencing: a proposal made on the manager's behalf carries its epoch and is
 refused, with nothing applied, unless that epoch is the manager lease's current
-one (`fence`, which the machine runs for every proposal with an epoch).
+one (`fence`, which the machine runs for every proposal with an epoch; its outcome's
+`code` is messages.FENCED, which the proposer checks rather than the words).
 """
 
 from __future__ import annotations
