@@ -140,7 +140,7 @@ async def test_placed_runs_restarts_serves_logs_and_stops_when_desired(
     agent = InProcess(config)
     try:
         node = await poll(lambda: registered(client), 15, "the agent to register its node")
-        assert (node.port_lo, node.port_hi, node.drivers) == (21000, 21099, ["process", "sim"])
+        assert (node.port_lo, node.port_hi, node.drivers) == (21000, 21099, ["process"])
         assert (await client.propose(JobRun(spec=SPEC))).outcomes[0].ok
         placed = await client.propose(InstancesPlace([placement("web-0-aaaa")]), epoch=epoch)
         assert placed.outcomes[0].ok, placed.outcomes[0].error

@@ -11,10 +11,12 @@ from colony.shared.config import (
     MonitorSettings,
     NatsSettings,
     NodeSettings,
+    declared_capacity,
     dumps,
     load,
     validate,
 )
+from colony.shared.messages import Resources
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -279,3 +281,18 @@ def test_an_unreadable_config_path_is_a_config_error(tmp_path):
 def test_the_agent_s_port_range_must_not_be_upside_down(tmp_path):
     path = write(tmp_path, "[agent]\nport_lo = 21000\nport_hi = 20000\n")
     assert "port_lo 21000 is above port_hi 20000" in load_error(path)
+
+
+def test_a_node_offers_only_the_process_driver_by_default():
+    """sim runs nothing: a node that offered it would take jobs it never runs."""
+    assert load(env={}).agent.drivers == ["process"]
+
+
+def test_the_declared_capacity_is_as_configured_else_the_node_s_share_of_the_host():
+    gib = 2**30
+    assert declared_capacity(NodeSettings(), 8, 16 * gib) == Resources(8.0, 16 * gib)
+    assert declared_capacity(NodeSettings(local_nodes=3), 8, 16 * gib) == Resources(
+        2.67, 16 * gib // 3
+    )
+    configured = NodeSettings(capacity_cpu=1.5, capacity_memory=gib, local_nodes=3)
+    assert declared_capacity(configured, 8, 16 * gib) == Resources(1.5, gib)

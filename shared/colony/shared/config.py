@@ -11,6 +11,7 @@ List values are comma-separated. ``COLONY_CONFIG`` names the file.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -19,7 +20,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+import psutil
 import tomli_w
+
+from colony.shared.messages import Resources
 
 ENV_PREFIX = "COLONY_"
 ENV_FILE = "COLONY_CONFIG"
@@ -122,10 +126,9 @@ class AgentSettings(_Section):
     """The host this node's instances are reached at (given to them as COLONY_ADDRESS)."""
     dir: str = ""
     """Where instances keep their output and state; '' : <node.dir>/instances."""
-    drivers: list[Literal["process", "sim"]] = msgspec.field(
-        default_factory=lambda: ["process", "sim"]
-    )
-    """The drivers this node offers (sim runs nothing: benchmarks only)."""
+    drivers: list[Literal["process", "sim"]] = msgspec.field(default_factory=lambda: ["process"])
+    """The drivers this node offers: sim (runs nothing) is for benchmarks only, which
+    offer it themselves."""
     stop_grace: Positive = 10.0
     """Seconds an instance gets to exit after SIGTERM before SIGKILL."""
     shutdown_grace: Positive = 1.5
@@ -167,6 +170,57 @@ class ConfigError(ValueError):
 
 
 _PATH = re.compile(r"`\$((?:\.\w+|\[[^\]]*\])*)`")
+
+
+def declared_capacity(node: NodeSettings, host_cpus: int, host_memory: int) -> Resources:
+    """The node's capacity (what its monitor reports and its agent registers for the
+    scheduler): as configured, else its share of the host (`local_nodes` share it)."""
+    return Resources(
+        cpu=node.capacity_cpu or round(host_cpus / node.local_nodes, 2),
+        memory=node.capacity_memory or host_memory // node.local_nodes,
+    )
+
+
+def host_capacity(node: NodeSettings) -> Resources:
+    """`declared_capacity` on this host."""
+    return declared_capacity(node, psutil.cpu_count() or 1, psutil.virtual_memory().total)
+
+
+class DeclaredCapacity:
+    """The node's declared capacity, re-read from its config file when the file changes
+    (`colony capacity` edits it), so that it changes without a restart."""
+
+    def __init__(self, config_file: Path, at_start: Resources, log: logging.Logger) -> None:
+        self.file = config_file
+        self.value = at_start
+        self.log = log
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            stat = self.file.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def read(self) -> Resources:
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return self.value
+        self._stamp = stamp
+        try:
+            node = load(self.file, env={}).node
+        except ConfigError as e:  # a bad edit: say so once, and keep the capacity it had
+            self.log.warning("config not reloaded; capacity unchanged", extra={"reason": str(e)})
+            return self.value
+        changed = host_capacity(node)
+        if changed != self.value:
+            self.log.info(
+                "declared capacity changed",
+                extra={"cpu": changed.cpu, "memory": changed.memory},
+            )
+            self.value = changed
+        return self.value
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -14,18 +14,16 @@ them move Raft leadership, so membership believes only signed ones.
 from __future__ import annotations
 
 import asyncio
-import logging
-from pathlib import Path
 
 import psutil
 
 from colony.monitor.figures import ServiceFigures
 from colony.monitor.prometheus import MetricsServer
 from colony.monitor.sampling import NodeProcesses, read_host
-from colony.monitor.state import Samples, declared_capacity
+from colony.monitor.state import Samples
 from colony.shared import subjects
-from colony.shared.config import ConfigError, load
-from colony.shared.messages import LatestMetricsRequest, NodeMetrics, Resources
+from colony.shared.config import DeclaredCapacity, host_capacity
+from colony.shared.messages import LatestMetricsRequest, NodeMetrics
 from colony.shared.runner import Context
 from colony.shared.signing import read_secret, sign
 from colony.shared.statedir import SUPERVISOR, NodeDir
@@ -47,11 +45,7 @@ class Monitor:
         node_dir.create()
         self.samples = samples = Samples(settings.history)
         processes = NodeProcesses(node_dir)
-        capacity = DeclaredCapacity(
-            node_dir.config_file,
-            declared_capacity(node, psutil.cpu_count() or 1, psutil.virtual_memory().total),
-            ctx.log,
-        )
+        capacity = DeclaredCapacity(node_dir.config_file, host_capacity(node), ctx.log)
         supervisor = node_dir.record(SUPERVISOR)
         node_started = supervisor.started if supervisor else psutil.Process().create_time()
         publish_on = subjects.node_metrics(node.id)
@@ -101,39 +95,3 @@ class Monitor:
         """Signed with the cluster secret; as it is if the node has none (then neither
         does its membership, which takes unsigned samples only in that case)."""
         return sign(self.secret, sample) if self.secret is not None else sample
-
-
-class DeclaredCapacity:
-    """The node's declared capacity, re-read from its config file when the file changes."""
-
-    def __init__(self, config_file: Path, at_start: Resources, log: logging.Logger) -> None:
-        self.file = config_file
-        self.value = at_start
-        self.log = log
-        self._stamp = self._stat()
-
-    def _stat(self) -> tuple[int, int] | None:
-        try:
-            stat = self.file.stat()
-        except OSError:
-            return None
-        return stat.st_mtime_ns, stat.st_size
-
-    def read(self) -> Resources:
-        stamp = self._stat()
-        if stamp is None or stamp == self._stamp:
-            return self.value
-        self._stamp = stamp
-        try:
-            node = load(self.file, env={}).node
-        except ConfigError as e:  # a bad edit: say so once, and keep the capacity it had
-            self.log.warning("config not reloaded; capacity unchanged", extra={"reason": str(e)})
-            return self.value
-        changed = declared_capacity(node, psutil.cpu_count() or 1, psutil.virtual_memory().total)
-        if changed != self.value:
-            self.log.info(
-                "declared capacity changed",
-                extra={"cpu": changed.cpu, "memory": changed.memory},
-            )
-            self.value = changed
-        return self.value

@@ -8,15 +8,8 @@ from __future__ import annotations
 from collections import deque
 
 from colony.shared.config import NodeSettings
+from colony.shared.config import declared_capacity as declared_capacity  # the shared rule
 from colony.shared.messages import HostMetrics, NodeMetrics, ProcessUsage, Resources
-
-
-def declared_capacity(node: NodeSettings, host_cpus: int, host_memory: int) -> Resources:
-    """The node's capacity: as configured, else its share of the host."""
-    return Resources(
-        cpu=node.capacity_cpu or round(host_cpus / node.local_nodes, 2),
-        memory=node.capacity_memory or host_memory // node.local_nodes,
-    )
 
 
 def used_by(processes: list[ProcessUsage]) -> Resources:
