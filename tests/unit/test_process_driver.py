@@ -271,6 +271,36 @@ async def test_a_new_driver_adopts_a_running_instance_and_learns_its_exit_code(t
         await second.close()
 
 
+async def test_a_start_whose_handle_was_lost_is_ended_before_the_instance_starts_again(tmp_path):
+    """An agent killed while it started an instance never saved the handle: the next
+    start of that instance (by a new agent's driver) first ends the copy left running,
+    a child that left its process group included, so that it never runs twice."""
+    parent = f"colony-test-{secrets.token_hex(3)}"
+    first = ProcessDriver(cgroup_parent=parent)
+    what = spec(tmp_path, "sh", "-c", "setsid sleep 300 & exec sleep 300", cpu=0.5, memory=2**26)
+    lost = await first.start(what)
+    await first.close()  # the agent is gone, and the handle with it
+    second = ProcessDriver(cgroup_parent=parent)
+    try:
+        escaped = await poll(
+            lambda: next((c.pid for c in psutil.Process(lost.pid).children()), None),
+            5,
+            "the child that left the group",
+        )
+        if cgroup_version(CGROUPS) is None:  # no cgroups: only the group can be found
+            os.kill(escaped, signal.SIGKILL)
+        assert await second.end_leftovers(what) is True
+        assert gone(lost.pid) and gone(escaped)
+        assert not (tmp_path / "instance" / INSTANCE_PROCESS).exists()
+        again = await second.start(what)
+        assert again.pid != lost.pid and not gone(again.pid)
+        assert await second.end_leftovers(spec(tmp_path / "other", "true")) is False  # none
+        await second.stop(again, grace=1)
+        second.forget(again)
+    finally:
+        await second.close()
+
+
 async def test_an_instance_that_ended_while_no_agent_watched_is_adopted_as_ended(tmp_path):
     first = ProcessDriver()
     handle = await first.start(spec(tmp_path, "sh", "-c", "read x; exit 5"))  # stdin: /dev/null

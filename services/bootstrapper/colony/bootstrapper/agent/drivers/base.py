@@ -117,6 +117,13 @@ class Driver(Protocol):
         """Start the instance; return once it runs. Raises StartFailed saying why not."""
         ...
 
+    async def end_leftovers(self, spec: InstanceSpec) -> bool:
+        """End whatever of the instance an earlier start left running that no handle
+        names (an agent killed while it started it, before it could save the handle):
+        called before a start, so that an instance never runs twice. True if it ended
+        something."""
+        ...
+
     async def wait(self, handle: Handle) -> Exit:
         """Return as soon as the instance has ended (at once if it already has)."""
         ...

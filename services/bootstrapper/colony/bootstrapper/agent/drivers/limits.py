@@ -60,11 +60,16 @@ def cgroup_version(root: Path) -> int:
     return 0
 
 
+def folders(root: Path, parent: str, instance: str) -> list[Path]:
+    """Every cgroup folder an instance may have (v1's memory and cpu, v2's one)."""
+    return [root / c / parent / instance for c in ("memory", "cpu")] + [root / parent / instance]
+
+
 def plan(root: Path, parent: str, instance: str, cpu: float, memory: int) -> Limits:
     """Make the instance's cgroups and set its limits; raise LimitError if a limit the
     host offers cannot be set. Without usable cgroups: rlimits."""
     version = cgroup_version(root)
-    made = [root / c / parent / instance for c in ("memory", "cpu")] + [root / parent / instance]
+    made = folders(root, parent, instance)
     try:
         if version == 1:
             limits = _v1(root, parent, instance, cpu, memory)

@@ -25,6 +25,11 @@ How an instance is run, and why:
   in that run (stderr, else stdout), e.g. "exited with code 1: OSError: [Errno 98]
   Address already in use": the reason says why without a trip to the logs.
 
+- An agent killed after it spawned a wrapper but before it saved the handle leaves
+  that copy running with nothing pointing at it but ``<dir>/process.json``:
+  `end_leftovers`, called before every start, kills what that record (or the
+  instance's cgroups) still holds, so an instance never runs twice.
+
 The workload's stdout and stderr go straight to files in its folder (`LogFiles`),
 rotated by size by the driver every `rotate_every` seconds. ``<dir>/process.json`` is
 a `ProcessRecord` of the wrapper: `colony down` kills what it finds there even when
@@ -82,6 +87,10 @@ exit "$c"
 $4 how many cgroup.procs files follow, then those files, then the command and its args.
 The trap keeps the wrapper alive through the SIGTERM sent to the group (a trap that
 runs a command is reset to the default in the workload, unlike an ignored signal)."""
+
+LEFTOVER_LOOKS = 200
+"""Looks, 10 ms apart, `end_leftovers` takes for what it killed to be gone (SIGKILL:
+milliseconds)."""
 
 RESET_SIGNALS = {
     signal.SIGPIPE,
@@ -145,6 +154,34 @@ class ProcessDriver:
             raise StartFailed(f"it ended before its command ran: {ended.reason}")
         watch.handle = msgspec.structs.replace(handle, pid=pid)
         return watch.handle
+
+    async def end_leftovers(self, spec: InstanceSpec) -> bool:
+        """What `<dir>/process.json` names, or the instance's cgroups hold, from a start
+        whose handle was never saved: killed (SIGKILL: nothing of it is wanted), and
+        waited for, so that its ports are free again when this returns. Costs a failed
+        open or three when there is none (the usual case)."""
+        folder = Path(spec.dir)
+        record = _read_record(folder / INSTANCE_PROCESS)
+        cgroups = [str(f) for f in limits.folders(self.cgroup_root, self.cgroup_parent, spec.id)]
+        if not _remains(record, cgroups):
+            return False
+        left = Handle(
+            driver="process",
+            id=spec.id,
+            dir=spec.dir,
+            pgid=record.pgid if record else 0,
+            wrapper=record.pid if record else 0,
+            wrapper_started=record.started if record else 0.0,
+            cgroups=cgroups,
+        )
+        _signal_all(left, signal.SIGKILL)
+        # no pidfd to wait on (not this driver's child, maybe not one process): look
+        for _ in range(LEFTOVER_LOOKS):
+            if not _remains(record, cgroups):
+                break
+            await asyncio.sleep(0.01)
+        (folder / INSTANCE_PROCESS).unlink(missing_ok=True)
+        return True
 
     def _spawn(self, spec: InstanceSpec) -> tuple[Handle, int]:
         """Check what it needs, set its limits, start its wrapper; the handle (without
@@ -444,6 +481,41 @@ def _alive(handle: Handle) -> bool:
         return process.create_time() == handle.wrapper_started and process.status() != "zombie"
     except psutil.Error:
         return False
+
+
+def _read_record(path: Path) -> ProcessRecord | None:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=ProcessRecord)
+    except (OSError, msgspec.DecodeError):  # none (the usual case), or a crash's half
+        return None
+
+
+def _remains(record: ProcessRecord | None, cgroups: list[str]) -> bool:
+    """Something a start left still runs: its wrapper's process group, or a process in
+    the instance's cgroups (one that left the group), zombies aside."""
+    if record is not None and _group_runs(record):
+        return True
+    for pid in limits.members(cgroups):
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
+
+
+def _group_runs(record: ProcessRecord) -> bool:
+    """A process of the recorded wrapper's group runs (zombies aside: a killed wrapper
+    stays one until its parent reaps it). Looks at every process: for leftovers only."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        try:
+            if psutil.Process(record.pid).create_time() != record.started:
+                return False  # the pid is another process's now: so is any group of it
+        except psutil.Error:
+            return False
+    for process in psutil.process_iter(["status"]):
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(process.pid) == record.pgid and process.info["status"] != "zombie":
+                return True
+    return False
 
 
 def _group_is_ours(handle: Handle) -> bool:

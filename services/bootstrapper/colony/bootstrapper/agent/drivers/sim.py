@@ -39,6 +39,9 @@ class SimDriver:
         self._future(handle)
         return handle
 
+    async def end_leftovers(self, spec: InstanceSpec) -> bool:
+        return False  # it runs nothing
+
     async def wait(self, handle: Handle) -> Exit:
         return await asyncio.shield(self._future(handle))
 
