@@ -228,6 +228,10 @@ def test_failures_are_taken_once_each_and_never_from_an_older_record():
     assert seen.saw([first]) == []  # an older read does not undo what was seen
     assert seen.failed == {"web-0-aaaa": replaced}
     assert seen.saw([failed(id="api-0-bbbb", job="api")]) == []  # another job's
+    # a read shows what may be of before this run: it only updates the failures heard of
+    assert seen.saw([failed(id="web-1-cccc", slot=1)], new=False) == []
+    later = job.Failures("web", version=2)
+    assert later.saw([failed()]) == [] and later.failed == {}  # an older version's
 
 
 def test_a_job_keeps_failing_once_every_slot_failed_and_was_rescheduled():

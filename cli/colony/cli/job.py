@@ -27,9 +27,10 @@ from rich.text import Text
 
 from colony.cli import records
 from colony.cli.args import add_management_options
+from colony.cli.events import cluster_secret
 from colony.cli.kv import management
 from colony.cli.output import err, fail, human_age, human_bytes, out, print_json
-from colony.shared import jobspec, subjects
+from colony.shared import changes, jobspec, subjects
 from colony.shared.bus import BusError, NoResponders
 from colony.shared.jobspec import JobSpec
 from colony.shared.management import Management, ManagementError
@@ -45,6 +46,7 @@ from colony.shared.messages import (
     ProposeReply,
 )
 from colony.shared.reservations import TERMINAL
+from colony.shared.statedir import StateDir
 
 _JOB_NAME = re.compile(jobspec.JobName.__metadata__[0].pattern)
 PROGRESS_EVERY = 0.2
@@ -369,22 +371,27 @@ class Failures:
     waits, each as last seen: the manager replaces a failed instance and forgets it
     within moments, so they are gathered from every read and change seen."""
 
-    def __init__(self, job: str) -> None:
+    def __init__(self, job: str, version: int = 0) -> None:
         self.job = job
+        self.version = version
+        """Instances of older versions are not this run's."""
         self.failed: dict[str, InstanceRecord] = {}
 
-    def saw(self, instances: Iterable[InstanceRecord]) -> list[InstanceRecord]:
-        """Take these records of instances; return those seen failed for the first time."""
-        new = []
+    def saw(self, instances: Iterable[InstanceRecord], new: bool = True) -> list[InstanceRecord]:
+        """Take these records of instances (`new` False: only later records of those seen
+        failed already); return those seen failed for the first time."""
+        found = []
         for i in instances:
             was = self.failed.get(i.id)
-            if i.job != self.job or (was is None and i.state != "failed"):
+            if i.job != self.job or i.version < self.version:
+                continue
+            if was is None and (not new or i.state != "failed"):
                 continue
             if was is None:
-                new.append(i)
+                found.append(i)
             if was is None or i.changed >= was.changed:  # reads and changes come unordered
                 self.failed[i.id] = i
-        return new
+        return found
 
 
 def keeps_failing(
@@ -625,8 +632,11 @@ def _submit(args: argparse.Namespace, loaded: jobspec.LoadedJob):
         spec = loaded.spec
         plan, nodes = await _plan_and_nodes(spec, min(args.timeout, 10.0))(client)
         if plan.unplaced:
-            for line in plan_lines(plan, nodes):
-                err.print(line)
+            if args.json:
+                print_json({**msgspec.to_builtins(plan), "fits": False, "stored": False})
+            else:
+                for line in plan_lines(plan, nodes):
+                    err.print(line)
             fail(
                 f"{spec.name} does not fit: nothing was stored",
                 "free or add capacity, or "
@@ -635,6 +645,9 @@ def _submit(args: argparse.Namespace, loaded: jobspec.LoadedJob):
         if not args.json:
             for line in plan_lines(plan, nodes):
                 out.print(line)
+        secret = _secret(args)
+        # every change after this one is of this run (its failures are followed from it)
+        after = None if args.detach else await _last_index(client, secret)
         reply = await client.propose(JobRun(spec=spec, source=loaded.source, file=str(loaded.file)))
         [outcome] = reply.outcomes
         if not outcome.ok:
@@ -648,18 +661,76 @@ def _submit(args: argparse.Namespace, loaded: jobspec.LoadedJob):
                     f"follow it with `colony job status {spec.name}`"
                 )
             return 0
-        return await _follow(client, spec.name, args)
+        failures = Failures(spec.name, outcome.version)
+        if after is None:  # no change stream to follow: the reads alone see failures
+            return await _follow(client, spec.name, args, nodes, failures, None)
+        heard: asyncio.Queue[InstanceRecord | None] = asyncio.Queue()
+        watch = asyncio.create_task(_heard(client, spec.name, after, secret, heard))
+        try:
+            return await _follow(client, spec.name, args, nodes, failures, heard)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
 
     return work
 
 
-async def _follow(client: Management, name: str, args: argparse.Namespace) -> int:
-    """Show the job's progress until every instance it wants runs; exit 1 with the
-    reasons when they do not all run within args.timeout."""
+def _secret(args: argparse.Namespace) -> bytes | None:
+    """The state dir's cluster secret, to check the changes followed (None: unchecked)."""
+    try:
+        return cluster_secret(StateDir(args.state_dir))
+    except (ValueError, OSError):
+        return None  # `job run` only shows them; `colony events` says what is wrong
+
+
+async def _last_index(client: Management, secret: bytes | None) -> int | None:
+    """The last change's index (None: the change stream cannot be read now)."""
+    try:
+        return await changes.last_index(client.bus, secret)
+    except BusError:
+        return None
+
+
+async def _heard(
+    client: Management,
+    name: str,
+    after: int,
+    secret: bytes | None,
+    heard: asyncio.Queue[InstanceRecord | None],
+) -> None:
+    """Put each record of the job's instances the change stream carries after `after`
+    in `heard`, until cancelled; None once the stream cannot be read (the reads go on)."""
+    stream = changes.follow(client.bus, after=after, kinds=["instance"], secret=secret)
+    try:
+        async for change in stream:
+            if change.detail.get("job") == name:
+                with contextlib.suppress(msgspec.ValidationError):
+                    heard.put_nowait(msgspec.convert(change.detail, InstanceRecord))
+    except BusError:
+        heard.put_nowait(None)
+    finally:
+        await stream.aclose()
+
+
+async def _follow(
+    client: Management,
+    name: str,
+    args: argparse.Namespace,
+    nodes: dict[str, NodeRecord],
+    failures: Failures,
+    heard: asyncio.Queue[InstanceRecord | None] | None,
+) -> int:
+    """Show the job's progress, and each failure as it is heard of, until every instance
+    it wants runs; exit 1 with the reasons when every one keeps failing, or they do not
+    all run within args.timeout. The failures are those the change stream carries into
+    `heard` (without it: those the reads find, which can miss one replaced between two
+    reads)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args.timeout
     job: JobRecord | None = None
     instances: list[InstanceRecord] = []
+    given_up = False
     with contextlib.ExitStack() as stack:
         # with --json, stdout is for the JSON and people see no progress
         waiting = Text(f"{name}: waiting for the manager to place it")
@@ -671,15 +742,25 @@ async def _follow(client: Management, name: str, args: argparse.Namespace) -> in
             job = msgspec.convert(found.value, JobRecord) if found else None
             instances = await records.instances(client, name, stale=True)
             stale = True
+            changed = [heard.get_nowait() for _ in range(heard.qsize())] if heard else []
+            if None in changed:  # the stream ended
+                heard, changed = None, [i for i in changed if i is not None]
+            # while the stream is followed, the reads only update a failure it told of: a
+            # failed instance they show may be of before this run (same version, run again)
+            new = [*failures.saw(changed), *failures.saw(instances, new=heard is None)]
+            if not args.json:
+                for i in new:
+                    err.print(Text.assemble(("✗ ", "red"), instance_said(i, nodes)), soft_wrap=True)
             now = progress(job, instances)
+            given_up = keeps_failing(job, instances, failures.failed)
             if now is not None:
                 show(Text(now.line(name)))
-                if now.done or now.failed_for_good:
+                if now.done or now.failed_for_good or given_up:
                     break
             if loop.time() >= deadline:
                 break
             await asyncio.sleep(PROGRESS_EVERY)
-    nodes = await _nodes(client)
+    nodes = {**nodes, **await _nodes(client)}
     running = [i for i in instances if i.desired == "run"]
     finished = now is not None and now.done
     if args.json:
@@ -688,7 +769,9 @@ async def _follow(client: Management, name: str, args: argparse.Namespace) -> in
                 "job": name,
                 "running": finished,
                 "instances": [instance_json(i, nodes) for i in running],
-                "reasons": [] if finished else why_not_running(job, instances, nodes),
+                "reasons": []
+                if finished
+                else why_not_running(job, instances, nodes, failures.failed.values()),
             }
         )
     elif running:
@@ -698,13 +781,16 @@ async def _follow(client: Management, name: str, args: argparse.Namespace) -> in
             out.print(Text.assemble(("✓", "green"), f" {name}: {len(running)} running"))
         return 0
     if not args.json:
-        for reason in why_not_running(job, instances, nodes):
+        for reason in why_not_running(job, instances, nodes, failures.failed.values()):
             err.print(Text("  " + reason), soft_wrap=True)
-    what = (
-        f"{now.failed_for_good} instance(s) failed and stay failed (restart.then: fail)"
-        if now is not None and now.failed_for_good
-        else f"not every instance runs after {args.timeout:g} s"
-    )
+    if now is not None and now.failed_for_good:
+        what = f"{now.failed_for_good} instance(s) failed and stay failed (restart.then: fail)"
+    elif given_up:
+        what = "every instance keeps failing: their restarts ran out"
+        if job is not None and job.spec.restart.then == "reschedule" and not job.blocked:
+            what += " and the manager rescheduled them"
+    else:
+        what = f"not every instance runs after {args.timeout:g} s"
     fail(
         f"{name}: {what} (reasons above)",
         f"see `colony job status {name}` and `colony logs INSTANCE`",
