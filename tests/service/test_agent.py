@@ -22,6 +22,8 @@ import psutil
 import pytest
 from _voters import running
 
+from colony.bootstrapper.agent.drivers.base import Handle, InstanceSpec
+from colony.bootstrapper.agent.drivers.process import ProcessDriver
 from colony.bootstrapper.agent.service import Agent
 from colony.harness.processes import poll
 from colony.shared import changes, runner, subjects
@@ -42,6 +44,7 @@ from colony.shared.messages import (
     QueryRequest,
 )
 from colony.shared.signing import read_secret
+from colony.shared.statedir import NodeDir
 
 VOTERS = ["v1", "v2", "v3"]
 CGROUPS = Path("/sys/fs/cgroup")
@@ -87,9 +90,9 @@ def config(nats_server, tmp_path):
 class InProcess:
     """The agent service run in this process, stoppable (as SIGTERM stops it)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, agent: Agent | None = None) -> None:
         self.stop = asyncio.Event()
-        self.task = asyncio.create_task(runner.run(Agent(), config, stop=self.stop))
+        self.task = asyncio.create_task(runner.run(agent or Agent(), config, stop=self.stop))
 
     async def stopped(self) -> int:
         self.stop.set()
@@ -324,6 +327,82 @@ async def test_an_instance_removed_while_its_agent_was_down_is_stopped_and_forgo
         agent.wait(10)
 
 
+class KilledWhileStarting(ProcessDriver):
+    """Spawns the instance, then never hands the handle back: as an agent killed during
+    the start, before it could save the handle."""
+
+    def __init__(self, **settings) -> None:
+        super().__init__(**settings)
+        self.stuck: asyncio.Task | None = None
+
+    async def start(self, spec: InstanceSpec) -> Handle:
+        await super().start(spec)
+        await self.close()  # nothing watches it any more
+        self.stuck = asyncio.current_task()
+        await asyncio.Event().wait()
+        raise AssertionError("never")
+
+
+async def test_an_agent_killed_during_a_start_leaves_one_copy_and_says_starting(
+    voters, bus, config
+):
+    """The first agent reports `starting`, spawns the instance and is gone before the
+    handle is saved; the next one ends that copy and starts the instance once."""
+    config.agent.shutdown_grace = 0.1
+    epoch = await manager_epoch(bus)
+    client = Management(bus, VOTERS)
+    id = f"web-0-{secrets.token_hex(2)}"
+    killed = KilledWhileStarting(cgroup_parent=config.agent.cgroup)
+    first = InProcess(config, Agent({"process": killed}))
+    second = None
+    try:
+        await poll(lambda: registered(client), 15, "the agent to register its node")
+        assert (await client.propose(JobRun(spec=SPEC))).outcomes[0].ok
+        assert (await client.propose(InstancesPlace([placement(id)]), epoch=epoch)).outcomes[0].ok
+        await until(client, id, lambda r: r.state == "starting", "starting reported")
+        left = await poll(lambda: _processes_of(id) or None, 10, "the copy the start left")
+        assert await first.stopped() == 0
+        killed.stuck.cancel()  # (the agent is gone: nothing of it acts any more)
+        assert [p.pid for p in _processes_of(id)] == [p.pid for p in left]
+
+        second = InProcess(config)
+        again = await until(client, id, lambda r: r.state == "running", "running again")
+        assert [p.pid for p in _processes_of(id)] == [again.pid]
+        assert not any(alive(p.pid) for p in left)
+    finally:
+        if second is not None:
+            assert await second.stopped() == 0
+        elif not first.task.done():
+            await first.stopped()
+    assert not _processes_of(id)
+
+
+async def test_a_changed_capacity_is_registered_again_at_the_next_resync(voters, bus, config):
+    """`colony capacity` edits the node's config file: the scheduler's record follows."""
+    config.agent.resync = 0.2
+    config.node.capacity_cpu = 2.0
+    config_file = NodeDir(config.node.dir).config_file
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(config_dumps(config))
+    client = Management(bus, VOTERS)
+    agent = InProcess(config)
+    try:
+        node = await poll(lambda: registered(client), 15, "the agent to register its node")
+        assert node.cpu == 2.0
+        config.node.capacity_cpu = 3.5
+        config_file.write_text(config_dumps(config))
+        await poll(
+            lambda: _cpu_registered(client, 3.5), 10, "the new capacity registered", every=0.1
+        )
+    finally:
+        assert await agent.stopped() == 0
+
+
+async def _cpu_registered(client: Management, cpu: float) -> bool:
+    node = await registered(client)
+    return node is not None and node.cpu == cpu
+
+
 async def test_cold_start_from_placement_committed_to_running(voters, bus, config, tmp_path):
     """From a placement committed (its change on the stream) to its instance reported
     running (its next change): the issue's bar is a p50 of 50 ms. The agent runs as its
@@ -391,6 +470,10 @@ def _agent_process(config_file: Path, log: Path) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "colony.bootstrapper.agent", "--config", str(config_file)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+
+
+def _processes_of(id: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter() if _of_instance(p, id)]
 
 
 def _of_instance(process: psutil.Process, id: str) -> bool:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import socket
 import time
 
+import msgspec
 import pytest
 
 from colony.bootstrapper.agent import state
 from colony.bootstrapper.agent.service import ports_in_use
 from colony.shared import natsd
 from colony.shared.jobspec import JobSpec, RestartPolicy, Task
-from colony.shared.messages import InstanceRecord
+from colony.shared.management import Listing
+from colony.shared.messages import Change, InstanceRecord, QueryReply, Stored
 
 
 def record(**fields) -> InstanceRecord:
@@ -55,12 +57,51 @@ def test_args_name_env_values_and_unknown_names_stay():
     [
         (record(), "run"),
         (record(desired="stop"), "stop"),
-        (record(node="n2"), "stop"),
         (None, "forget"),
     ],
 )
 def test_what_a_node_does_about_an_instance(placed, wanted):
-    assert state.wanted(placed, "n1") == wanted
+    assert state.wanted(placed) == wanted
+
+
+def page(index: int, *records: InstanceRecord) -> QueryReply:
+    objects = [Stored(r.id, 1, msgspec.to_builtins(r)) for r in records]
+    return QueryReply(key="", value=None, version=0, index=index, objects=objects)
+
+
+def change(log_index: int, placed: InstanceRecord, version: int = 2) -> Change:
+    detail = msgspec.to_builtins(placed)
+    return Change(
+        index=log_index, kind="instance", id=placed.id, version=version, log_index=log_index,
+        detail=detail,
+    )  # fmt: skip
+
+
+def test_assignments_take_a_change_newer_than_the_page_its_instance_was_read_on():
+    """Pages are read at different log indexes: a change to an instance of the first page
+    committed before the last page was read is still news (it is not in the first)."""
+    a, b = record(id="a-0-0001"), record(id="b-0-0002")
+    assigned = state.Assignments("n1")
+    assigned.load(Listing((page(10, a), page(20, b))))
+    assert assigned.records == {"a-0-0001": a, "b-0-0002": b}
+    stopping = msgspec.structs.replace(a, desired="stop")
+    assert assigned.apply(change(15, stopping)) is True  # after page 1, before page 2
+    assert assigned.get("a-0-0001") == stopping
+    assert assigned.apply(change(18, msgspec.structs.replace(b, desired="stop"))) is False
+    assert assigned.get("b-0-0002") == b  # page 2 had it already
+
+
+def test_assignments_of_instances_no_page_held_and_of_other_nodes():
+    assigned = state.Assignments("n1")
+    assigned.load(Listing((page(10, record(id="a-0-0001")), page(20))))
+    new = record(id="c-0-0003")
+    assert assigned.apply(change(9, new)) is False  # before every page: it was gone
+    assert assigned.apply(change(11, new)) is True  # a placement after the first page
+    moved = record(id="a-0-0001", node="n2")
+    assert assigned.apply(change(12, moved)) is True and assigned.get("a-0-0001") is None
+    assert assigned.apply(change(13, record(id="z-0-0009", node="n2"))) is False
+    assert assigned.apply(change(14, new, version=0)) is True  # removed
+    assert assigned.records == {}
 
 
 def test_restarts_back_off_and_run_out_within_the_interval():

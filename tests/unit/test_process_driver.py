@@ -289,12 +289,12 @@ async def test_a_start_whose_handle_was_lost_is_ended_before_the_instance_starts
         )
         if cgroup_version(CGROUPS) is None:  # no cgroups: only the group can be found
             os.kill(escaped, signal.SIGKILL)
-        assert await second.end_leftovers(what) is True
+        assert await second.end_leftovers(what.id, what.dir) is True
         assert gone(lost.pid) and gone(escaped)
         assert not (tmp_path / "instance" / INSTANCE_PROCESS).exists()
         again = await second.start(what)
         assert again.pid != lost.pid and not gone(again.pid)
-        assert await second.end_leftovers(spec(tmp_path / "other", "true")) is False  # none
+        assert await second.end_leftovers("t-0-none", str(tmp_path / "none")) is False
         await second.stop(again, grace=1)
         second.forget(again)
     finally:

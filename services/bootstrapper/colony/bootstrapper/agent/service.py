@@ -4,17 +4,23 @@
     adopt the instances recorded under the node dir (their drivers find them again)
     serve logs (subjects.agent_logs(me))
     loop:
-        S = the change stream's last sequence; read the instances placed here (paged)
+        register again if the declared capacity changed (`colony capacity`)
+        S = the last change's index; read the instances placed here (paged, each page
+        at its own log index)
         converge every instance; follow instance changes after S, converging each one
-        that names this node (or one it runs), until `resync` seconds pass or the
-        stream fails: then read again
+        that names this node (or one it runs) and is newer than the copy read of it,
+        until `resync` seconds pass or the stream fails: then read again
     on SIGTERM: stop every instance (shutdown grace), send the last reports, exit
 
 Each instance desired to run here has one task (its "life"): start it through its
-job's driver, wait for its exit or for a stop, restart it by the job's restart policy
-(delay x backoff, at most `attempts` within `interval`) or report it failed. Every
-transition is saved with the instance, then reported: `Reporter` sends the latest
-report of every instance in one InstancesReport, again until it is recorded.
+job's driver (`starting`, then `running`), wait for its exit or for a stop, restart it
+by the job's restart policy (delay x backoff, at most `attempts` within `interval`) or
+report it failed. Every transition is saved with the instance, then reported:
+`Reporter` sends the latest report of every instance in one InstancesReport, again
+until it is recorded. `starting` is saved before anything is spawned: a new agent
+that finds an instance `starting` (its predecessor was killed during the start, maybe
+before it could save the handle) has the driver end what that start left running
+(`end_leftovers`) before anything starts it again, so it never runs twice.
 
 Before a start, every port the instance was given is checked free at the node's
 address (a bind and close each, about 20 µs): a port another process holds (another
@@ -40,7 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import psutil
 
 from colony.bootstrapper.agent import state
 from colony.bootstrapper.agent.drivers.base import Driver, Exit, InstanceSpec, StartFailed
@@ -48,8 +53,8 @@ from colony.bootstrapper.agent.drivers.process import ProcessDriver
 from colony.bootstrapper.agent.drivers.sim import SimDriver
 from colony.bootstrapper.agent.instances import LocalInstance, Store
 from colony.shared import changes, subjects
-from colony.shared.bus import BusError, NotFound
-from colony.shared.config import Config
+from colony.shared.bus import BusError
+from colony.shared.config import Config, DeclaredCapacity, host_capacity
 from colony.shared.jobspec import JobSpec
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
@@ -63,14 +68,21 @@ from colony.shared.messages import (
     NodeRegister,
     ProposeReply,
     QueryRequest,
+    Resources,
 )
+from colony.shared.reservations import TERMINAL
 from colony.shared.runner import Context, Refused
 from colony.shared.signing import read_secret
+from colony.shared.statedir import NodeDir
 
 MAX_REPORTS = 4096
 """Reports in one InstancesReport, at most (the command's bound)."""
-TERMINAL = ("exited", "failed", "lost")
-"""States in which an instance holds nothing on its node."""
+IN_FLIGHT = 4
+"""InstancesReport proposals on their way at once, at most."""
+STARTING_HOLD = 0.1
+"""Seconds a `starting` report waits for the start to end: a quick start is reported
+`running` alone (one commit, not two, from placement to running); a slow one (a
+leftover to end, a slow driver) shows `starting` meanwhile."""
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 """What an instance inherits from the agent's environment (the rest it is given)."""
 
@@ -111,15 +123,6 @@ def make_drivers(config: Config) -> dict[str, Driver]:
     return made
 
 
-def capacity(config: Config) -> tuple[float, int]:
-    """Declared cores and bytes: as configured, else this node's share of the host (the
-    rule the monitor reports capacity by)."""
-    node = config.node
-    cpu = node.capacity_cpu or round((psutil.cpu_count() or 1) / node.local_nodes, 2)
-    memory = node.capacity_memory or psutil.virtual_memory().total // node.local_nodes
-    return cpu, memory
-
-
 @dataclass
 class Life:
     """An instance's task and how to stop it."""
@@ -130,7 +133,13 @@ class Life:
 
 
 class Reporter:
-    """Sends the latest report of every instance, batched, until each is recorded."""
+    """Sends the latest report of every instance, batched, until each is recorded.
+
+    A report goes out at once, even while earlier batches are on their way (up to
+    `IN_FLIGHT` of them): a start's `running` does not wait for its `starting` to be
+    committed, which would double the time from a placement to its instance reported
+    running. Batches committed out of order are harmless: the database takes a report
+    only if its seq is newer than the one it recorded."""
 
     def __init__(
         self,
@@ -142,27 +151,63 @@ class Reporter:
         self.propose = propose
         self.log = log
         self.pending: dict[str, InstanceReport] = {}
+        """The latest report of each instance, until it is recorded."""
+        self.sent: dict[str, InstanceReport] = {}
+        """The report of each instance on its way (it is not sent twice at once)."""
         self.wake = asyncio.Event()
+        self.backoff = 0.05
 
-    def put(self, report: InstanceReport) -> None:
+    def put(self, report: InstanceReport, hold: float = 0.0) -> None:
+        """Send `report` (instead of any earlier one of its instance not sent yet): at
+        once, or, held, once `hold` seconds passed if no later report replaced it (it
+        rides along with any batch sent before)."""
         self.pending[report.id] = report
-        self.wake.set()
+        if hold:
+            asyncio.get_running_loop().call_later(hold, self.wake.set)
+        else:
+            self.wake.set()
 
     async def run(self) -> None:
-        backoff = 0.05
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.pending:
-                if await self.send_once():
-                    backoff = 0.05
-                    continue
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        flights: set[asyncio.Task[None]] = set()
+
+        def landed(flight: asyncio.Task[None]) -> None:
+            flights.discard(flight)
+            self.wake.set()  # what came meanwhile, or what it could not send
+
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while len(flights) < IN_FLIGHT:
+                    batch = [r for r in self.pending.values() if self.sent.get(r.id) is not r]
+                    if not batch:
+                        break
+                    flight = asyncio.create_task(self._fly(batch[:MAX_REPORTS]))
+                    flights.add(flight)
+                    flight.add_done_callback(landed)
+        finally:
+            for flight in flights:
+                flight.cancel()
+
+    async def _fly(self, batch: list[InstanceReport]) -> None:
+        for report in batch:
+            self.sent[report.id] = report
+        try:
+            if await self._send(batch):
+                self.backoff = 0.05
+            else:  # sent again once the backoff has passed
+                await asyncio.sleep(self.backoff)
+                self.backoff = min(self.backoff * 2, 2.0)
+        finally:
+            for report in batch:
+                if self.sent.get(report.id) is report:
+                    del self.sent[report.id]
 
     async def send_once(self) -> bool:
         """Send what is pending (one batch); False if it could not be recorded now."""
-        batch = list(self.pending.values())[:MAX_REPORTS]
+        return await self._send(list(self.pending.values())[:MAX_REPORTS])
+
+    async def _send(self, batch: list[InstanceReport]) -> bool:
         try:
             reply = await self.propose(InstancesReport(node=self.node, reports=batch))
         except ManagementError as e:
@@ -198,9 +243,12 @@ class Agent:
         self.secret = read_secret(secret_file) if secret_file else None
         self.inherited = {k: v for k, v in os.environ.items() if k in INHERITED}
         self.inherited.setdefault("PATH", os.defpath)
-        self.assigned: dict[str, InstanceRecord] = {}
-        self.read_at = 0
-        """The log index the assignments were read at: older changes are already in."""
+        self.capacity = DeclaredCapacity(
+            NodeDir(config.node.dir).config_file, host_capacity(config.node), self.log
+        )
+        self.registered: Resources | None = None
+        """The capacity the node's record has (None: not registered yet)."""
+        self.assigned = state.Assignments(self.me)
         self.local: dict[str, LocalInstance] = {}
         self.lives: dict[str, Life] = {}
         self.closing = False
@@ -209,7 +257,7 @@ class Agent:
         reporting = asyncio.create_task(self.reporter.run())
         try:
             await self._register()
-            self._adopt()
+            await self._adopt()
             await ctx.serve(subjects.agent_logs(self.me), self._logs)
             while True:
                 await self._session()
@@ -224,42 +272,58 @@ class Agent:
     # --- starting up ------------------------------------------------------------------
 
     async def _register(self) -> None:
-        cpu, memory = capacity(self.ctx.config)
+        """Register the node, trying until it is recorded."""
+        delay = 0.1
+        while not await self._register_once():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _register_once(self) -> bool:
+        """Register the node if its record lacks the declared capacity (not registered
+        yet, or `colony capacity` changed it since); False if it could not be now."""
+        capacity = self.capacity.read()
+        if capacity == self.registered:
+            return True
         command = NodeRegister(
             node=self.me,
             name=self.ctx.config.node_name,
             address=self.settings.address,
-            cpu=cpu,
-            memory=memory,
+            cpu=capacity.cpu,
+            memory=capacity.memory,
             drivers=sorted(self.drivers),
             port_lo=self.settings.port_lo,
             port_hi=self.settings.port_hi,
         )
-        delay = 0.1
-        while True:
-            try:
-                reply = await self.management.propose(command)
-            except ManagementError as e:
-                self.log.warning("could not register the node yet", extra={"why": str(e)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            outcome = reply.outcomes[0]
-            if outcome.ok:
-                self.log.info(
-                    "node registered",
-                    extra={"cpu": cpu, "memory": memory, "drivers": command.drivers},
-                )
-                return
+        try:
+            reply = await self.management.propose(command)
+        except ManagementError as e:
+            self.log.warning("could not register the node yet", extra={"why": str(e)})
+            return False
+        outcome = reply.outcomes[0]
+        if not outcome.ok:
             raise RuntimeError(f"the node's registration was refused: {outcome.error}")
+        self.registered = capacity
+        self.log.info(
+            "node registered",
+            extra={"cpu": capacity.cpu, "memory": capacity.memory, "drivers": command.drivers},
+        )
+        return True
 
-    def _adopt(self) -> None:
+    async def _adopt(self) -> None:
         """Find the instances an earlier agent started: what still runs is watched again
-        (its life resumes once the assignments are read)."""
+        (its life resumes once the assignments are read). One it was killed while
+        starting (`starting`, no handle saved) may run without a handle: it is ended
+        (its life starts it again, if it is still to run)."""
         for instance in self.store.load():
             self.local[instance.id] = instance
             driver = self.drivers.get(instance.driver)
-            if instance.handle is not None and driver is not None:
+            if instance.state == "starting" and instance.handle is None and driver is not None:
+                if await driver.end_leftovers(instance.id, str(self.store.dir(instance.id))):
+                    self.log.warning(
+                        "ended a copy left running by a start its agent did not finish",
+                        extra={"instance": instance.id},
+                    )
+            elif instance.handle is not None and driver is not None:
                 running = driver.adopt(instance.handle)
                 self.log.info(
                     "adopted" if running else "found ended",
@@ -270,15 +334,16 @@ class Agent:
 
     async def _session(self) -> None:
         """Read the assignments, then follow the changes until the next resync."""
+        await self._register_once()  # (not now: at the next resync)
         try:
-            start = await self._last_change()
-            assigned, index = await self._read_assignments()
+            start = await changes.last_index(self.ctx.bus, self.secret)
+            listing = await self.management.query_all("instances", {"node": self.me})
         except (ManagementError, BusError) as e:
             self.log.warning("could not read the assignments; trying again", extra={"why": str(e)})
             await asyncio.sleep(1.0)
             return
-        self.assigned, self.read_at = assigned, index
-        for id in sorted({*self.assigned, *self.local}):
+        self.assigned.load(listing)
+        for id in sorted({*self.assigned.records, *self.local}):
             self._converge(id)
         follower = asyncio.create_task(self._follow(start))
         try:
@@ -286,27 +351,6 @@ class Agent:
         finally:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
-
-    async def _last_change(self) -> int:
-        try:
-            return (await self.ctx.bus.stream_state(subjects.CHANGES_STREAM)).last_seq
-        except NotFound:
-            return 0
-
-    async def _read_assignments(self) -> tuple[dict[str, InstanceRecord], int]:
-        """The instances placed on this node (every page) and the log index read at."""
-        found: dict[str, InstanceRecord] = {}
-        after, index = "", 0
-        while True:
-            reply = await self.management.query(
-                QueryRequest(key="", kind="instances", where={"node": self.me}, after=after)
-            )
-            index = max(index, reply.index)
-            for stored in reply.objects:
-                found[stored.id] = msgspec.convert(stored.value, InstanceRecord)
-            if not reply.more or not reply.objects:
-                return found, index
-            after = reply.objects[-1].id
 
     async def _follow(self, after: int) -> None:
         try:
@@ -319,21 +363,13 @@ class Agent:
             await asyncio.sleep(1.0)
 
     def _on_change(self, change: Change) -> None:
-        if change.log_index <= self.read_at:
-            return  # already in the assignments read
-        id = change.id
-        mine = change.detail.get("node") == self.me
-        if not mine and id not in self.assigned and id not in self.local:
-            return  # another node's
-        if change.version == 0 or not mine:
-            self.assigned.pop(id, None)  # removed, or placed elsewhere
-        else:
-            try:
-                self.assigned[id] = msgspec.convert(change.detail, InstanceRecord)
-            except msgspec.ValidationError as e:
-                self.log.warning("bad instance change", extra={"id": id, "why": str(e)})
-                return
-        self._converge(id)
+        try:
+            changed = self.assigned.apply(change)
+        except msgspec.ValidationError as e:
+            self.log.warning("bad instance change", extra={"id": change.id, "why": str(e)})
+            return
+        if changed or change.id in self.local:  # (converging again changes nothing)
+            self._converge(change.id)
 
     # --- making the node match ----------------------------------------------------------
 
@@ -342,7 +378,7 @@ class Agent:
         if self.closing:
             return  # the node shuts down: nothing starts again
         record = self.assigned.get(id)
-        wanted = state.wanted(record, self.me)
+        wanted = state.wanted(record)
         life = self.lives.get(id)
         if wanted == "run":
             assert record is not None
@@ -353,9 +389,7 @@ class Agent:
             if life is None and not instance.done:
                 self._live(instance, record)
             return
-        why = (record.desired_reason if record and record.node == self.me else "") or (
-            "placed on another node" if record else "no longer placed on this node"
-        )
+        why = (record.desired_reason if record else "") or "no longer placed on this node"
         if life is not None:
             if not life.stop.is_set():
                 life.why = why
@@ -369,7 +403,7 @@ class Agent:
             life.why = why
             life.stop.set()
             return
-        if record is not None and record.node == self.me and record.state not in TERMINAL:
+        if record is not None and record.state not in TERMINAL:
             # the database awaits an end (placed and stopped before it ran here, or its
             # process is gone): say it, or the manager never removes it
             if instance is None:
@@ -510,18 +544,19 @@ class Agent:
         )
         if instance.handle is not None:  # what its previous run left (cgroups, records)
             driver.forget(instance.handle)
+            instance.handle = None
+        # saved before anything is spawned: an agent killed from here on leaves its
+        # successor a record saying so (`_adopt` ends what this start left)
+        self._transition(instance, "starting", pid=0, reason="", exit_code=None, finished_at=0.0)
         if driver.capabilities.runs:  # (sim runs nothing: it binds nothing)
             busy = ports_in_use(self.settings.address, sorted(set(record.ports.values())))
             if busy:
-                instance.handle = None
                 return Exit(None, state.ports_taken(busy), time.time())
         try:
             handle = await driver.start(what)
         except StartFailed as e:
-            instance.handle = None
             return Exit(None, str(e), time.time())
         except OSError as e:  # the node's own trouble (a full disk): say it, plainly
-            instance.handle = None
             return Exit(None, f"could not start: {e}", time.time())
         instance.handle = handle
         self._transition(
@@ -592,13 +627,15 @@ class Agent:
     # --- reporting ----------------------------------------------------------------------
 
     def _transition(self, instance: LocalInstance, new: str, **fields) -> None:
-        """Record a new state of the instance (saved first), then report it."""
+        """Record a new state of the instance (saved first), then report it (`starting`
+        held a moment: see STARTING_HOLD)."""
         instance.state = new  # type: ignore[assignment]
         for name, value in fields.items():
             setattr(instance, name, value)
         instance.seq += 1
         self.store.save(instance)
-        self.reporter.put(instance.report(time.time()))
+        hold = STARTING_HOLD if new == "starting" else 0.0
+        self.reporter.put(instance.report(time.time()), hold)
         self.log.info(
             "instance " + new,
             extra={"instance": instance.id, "pid": instance.pid, "reason": instance.reason},

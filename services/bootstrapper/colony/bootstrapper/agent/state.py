@@ -7,8 +7,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import msgspec
+
 from colony.shared.jobspec import JobSpec, RestartPolicy
-from colony.shared.messages import InstanceRecord
+from colony.shared.management import Listing
+from colony.shared.messages import Change, InstanceRecord
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -43,16 +46,49 @@ def substitute(args: Sequence[str], env: Mapping[str, str]) -> list[str]:
     return [_REFERENCE.sub(lambda m: env.get(m.group(1), m.group(0)), arg) for arg in args]
 
 
+class Assignments:
+    """The instances placed on a node: as read (page by page, each page at its own log
+    index), then as the change stream says they change."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.records: dict[str, InstanceRecord] = {}
+        self.read_at: dict[str, int] = {}
+        """The log index each record was read at: its changes up to it are in it."""
+        self.floor = 0
+        """The log index every page was read at or after: an instance no page held had
+        none of its changes up to it in effect (not placed here yet, or no longer)."""
+
+    def load(self, listing: Listing) -> None:
+        """Take the instances a query of this node's read (`Management.query_all`)."""
+        self.records = {s.id: msgspec.convert(s.value, InstanceRecord) for s in listing.objects}
+        self.read_at = {stored.id: index for index, stored in listing.each()}
+        self.floor = listing.index
+
+    def apply(self, change: Change) -> bool:
+        """Take an instance change; True if it changed what is placed on this node (an
+        instance placed, changed, removed or placed elsewhere). Raises msgspec's
+        ValidationError for a change whose detail is no InstanceRecord."""
+        if change.log_index <= self.read_at.get(change.id, self.floor):
+            return False  # the copy read has it already
+        if change.version != 0 and change.detail.get("node") == self.node:
+            self.records[change.id] = msgspec.convert(change.detail, InstanceRecord)
+            return True
+        return self.records.pop(change.id, None) is not None  # removed, or placed elsewhere
+
+    def get(self, id: str) -> InstanceRecord | None:
+        return self.records.get(id)
+
+
 Wanted = Literal["run", "stop", "forget"]
 
 
-def wanted(record: InstanceRecord | None, node: str) -> Wanted:
-    """What this node should do about an instance, given the manager's record of it:
-    run it, stop it (desired stop, or placed elsewhere), or stop and forget it (gone)."""
+def wanted(record: InstanceRecord | None) -> Wanted:
+    """What this node should do about an instance, given the manager's record of it
+    placed here (None: none, it was removed or placed elsewhere): run it, stop it
+    (desired stop), or stop and forget it."""
     if record is None:
         return "forget"
-    if record.node != node:
-        return "stop"
     return "run" if record.desired == "run" else "stop"
 
 

@@ -117,11 +117,10 @@ class Driver(Protocol):
         """Start the instance; return once it runs. Raises StartFailed saying why not."""
         ...
 
-    async def end_leftovers(self, spec: InstanceSpec) -> bool:
-        """End whatever of the instance an earlier start left running that no handle
-        names (an agent killed while it started it, before it could save the handle):
-        called before a start, so that an instance never runs twice. True if it ended
-        something."""
+    async def end_leftovers(self, id: str, dir: str) -> bool:
+        """End whatever of instance `id` (whose folder is `dir`) a start left running
+        with no handle saved to find it by (its agent was killed during the start), so
+        that it never runs twice. True if it ended something."""
         ...
 
     async def wait(self, handle: Handle) -> Exit:

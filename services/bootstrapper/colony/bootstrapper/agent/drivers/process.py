@@ -27,8 +27,9 @@ How an instance is run, and why:
 
 - An agent killed after it spawned a wrapper but before it saved the handle leaves
   that copy running with nothing pointing at it but ``<dir>/process.json``:
-  `end_leftovers`, called before every start, kills what that record (or the
-  instance's cgroups) still holds, so an instance never runs twice.
+  `end_leftovers` (the new agent calls it for an instance it finds `starting`)
+  kills what that record (or the instance's cgroups) still holds, so an instance
+  never runs twice.
 
 The workload's stdout and stderr go straight to files in its folder (`LogFiles`),
 rotated by size by the driver every `rotate_every` seconds. ``<dir>/process.json`` is
@@ -155,20 +156,19 @@ class ProcessDriver:
         watch.handle = msgspec.structs.replace(handle, pid=pid)
         return watch.handle
 
-    async def end_leftovers(self, spec: InstanceSpec) -> bool:
+    async def end_leftovers(self, id: str, dir: str) -> bool:
         """What `<dir>/process.json` names, or the instance's cgroups hold, from a start
         whose handle was never saved: killed (SIGKILL: nothing of it is wanted), and
-        waited for, so that its ports are free again when this returns. Costs a failed
-        open or three when there is none (the usual case)."""
-        folder = Path(spec.dir)
+        waited for, so that its ports are free again when this returns."""
+        folder = Path(dir)
         record = _read_record(folder / INSTANCE_PROCESS)
-        cgroups = [str(f) for f in limits.folders(self.cgroup_root, self.cgroup_parent, spec.id)]
+        cgroups = [str(f) for f in limits.folders(self.cgroup_root, self.cgroup_parent, id)]
         if not _remains(record, cgroups):
             return False
         left = Handle(
             driver="process",
-            id=spec.id,
-            dir=spec.dir,
+            id=id,
+            dir=dir,
             pgid=record.pgid if record else 0,
             wrapper=record.pid if record else 0,
             wrapper_started=record.started if record else 0.0,

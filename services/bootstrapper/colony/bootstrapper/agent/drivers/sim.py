@@ -39,7 +39,7 @@ class SimDriver:
         self._future(handle)
         return handle
 
-    async def end_leftovers(self, spec: InstanceSpec) -> bool:
+    async def end_leftovers(self, id: str, dir: str) -> bool:
         return False  # it runs nothing
 
     async def wait(self, handle: Handle) -> Exit:
