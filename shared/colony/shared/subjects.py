@@ -270,7 +270,8 @@ def every_change() -> str:
 # --- JetStream streams -------------------------------------------------------
 
 CHANGES_STREAM = "COLONY_CHANGES"
-"""The change log, relayed by the Raft leader: stream sequence = change index. Captures
+"""The change log, relayed by the Raft leader, in index order (a stream sequence is
+usually, not always, the change's index: read `Change.index`; colony.shared.changes). Captures
 ``change(kind, ANY)`` for every change kind of the consensus service's registry and
 SKIPPED (membership's events stay apart)."""
 
