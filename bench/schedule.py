@@ -75,9 +75,9 @@ PORTS = (20000, 20999)
 JOINING = 250
 """Nodes that join membership at once: the curator records a status for each in one
 proposal, and a proposal holds at most 512 commands."""
-REPORTS_PER_PROPOSAL = 1000
+REPORTS_PER_PROPOSAL = int(os.environ.get("COLONY_BENCH_REPORTS", "1000"))
 """Instance reports per proposal at most (one InstancesReport per node in it)."""
-REPORTS_IN_FLIGHT = 4
+REPORTS_IN_FLIGHT = int(os.environ.get("COLONY_BENCH_REPORTS_IN_FLIGHT", "4"))
 """Report proposals awaiting their commit at once."""
 DEADLINE = float(os.environ.get("COLONY_BENCH_DEADLINE", "900"))
 """Seconds the placement may take before the bench reports what it got."""
