@@ -334,7 +334,7 @@ class Agent:
 
     async def _session(self) -> None:
         """Read the assignments, then follow the changes until the next resync."""
-        await self._register_once()  # (not now: at the next resync)
+        await self._register_once()  # `colony capacity` changed it? (if it fails: next time)
         try:
             start = await changes.last_index(self.ctx.bus, self.secret)
             listing = await self.management.query_all("instances", {"node": self.me})
