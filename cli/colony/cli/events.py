@@ -41,6 +41,9 @@ QUIET = 3.0
 """Without -f: seconds with nothing new after which the replay is over (a last change
 dropped as a forgery never comes)."""
 SUMMARY_MAX = 160
+NAMES_WAIT = 2.0
+"""Seconds the voters may take to say the nodes' names (the change stream needs none of
+them: without an answer, names come from the node changes read)."""
 
 
 def add_parser(verb) -> None:
@@ -235,8 +238,10 @@ async def _events(args: argparse.Namespace, secret: bytes | None) -> None:
     kinds = set(args.kind or ())
     async with management(args, "colony-events") as client:
         try:
-            names = {n.node: n.name for n in await records.nodes(client, stale=True) if n.name}
-        except ManagementError:
+            async with asyncio.timeout(NAMES_WAIT):
+                nodes = await records.nodes(client, stale=True)
+            names = {n.node: n.name for n in nodes if n.name}
+        except (ManagementError, TimeoutError):
             names = {}  # no voter answers: the node changes read may still name them
         summary = Summaries(names)
         async for change in _changes(client.bus, args, secret):
