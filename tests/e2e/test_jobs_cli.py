@@ -1,11 +1,13 @@
 """The job verbs as a user runs them, on a real 3-node `colony up` cluster: plan, run
 (until every instance answers over HTTP), status, list, scale, logs, events (replayed
-and followed), reserved resources in `colony status`, stop."""
+and followed), reserved resources in `colony status`, stop; a job that does not fit, a
+job whose every instance fails, a job forgotten at once."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -27,6 +29,12 @@ FORM = 90
 """Seconds for a fresh cluster to appoint a manager and register every node."""
 SETTLE = 60
 """Seconds for a job's instances to be placed and running (or stopped)."""
+
+
+def job_file(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\n{text}")
+    return path
 
 
 def status_of(state: Path, job: str, *extra: str) -> dict:
@@ -147,20 +155,28 @@ def test_run_status_scale_logs_events_stop(ready):
     assert '"GET / HTTP/1.1" 200' in logs.stdout, logs.stdout
     followed = follow(state, "logs", first["id"], "--stderr", "-f", "--tail", "1")
     try:
-        time.sleep(0.5)  # let it start reading: a GET after this shows up as it is written
+        # once it printed its tail (the last byte: a newline) it follows: a GET after this
+        # shows up as it is written (one before would be behind the tail)
+        lines_until(followed, "", 30)
         answer(first["address"])
         answer(first["address"])
         lines_until(followed, '"GET / HTTP/1.1" 200', 20)
     finally:
         interrupt(followed)
 
-    # scale up; events followed live say so
+    # scale up; events followed live say so, naming the nodes as people know them (read
+    # at the start: the changes after --since tell none of their names)
+    last = json.loads(colony("events", "--json", state=state).stdout.splitlines()[-1])["index"]
     events = follow(state, "events", "-f", "--kind", "job")
+    placed = follow(state, "events", "-f", "--kind", "instance", "--since", str(last))
     try:
         colony("job", "scale", "web", "5", state=state)
         lines_until(events, "job web v1 scaled to 5", 20)
+        said = lines_until(placed, "placed on", 20)
+        assert re.search(r"placed on node-\d \(slot [34]", said), said
     finally:
         interrupt(events)
+        interrupt(placed)
     wait_for(lambda: len(running(status_of(state, "web"))) == 5, SETTLE, "5 instances running")
 
     # reserved beside measured: five instances of 0.1 cpu and 64 MiB
@@ -217,3 +233,48 @@ def test_unknown_jobs_and_instances_are_said_clearly(ready):
         result = colony(*args, state=state, check=False)
         assert result.returncode == 1 and says in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_job_that_does_not_fit_is_refused_in_json_too(ready, tmp_path):
+    state = ready
+    big = job_file(tmp_path, "big", "task: {command: sleep, args: ['60']}\n"
+                   "resources: {memory: 512 GiB}\n")  # fmt: skip
+    for verb in ("plan", "run"):
+        result = colony("job", verb, str(big), "--json", state=state, check=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        said = json.loads(result.stdout)
+        assert said["fits"] is False and said["unplaced"] == 1 and said["no_fit"], said
+    assert json.loads(result.stdout)["stored"] is False
+    assert "big" not in LocalJobs(state).jobs()
+
+
+def test_run_says_each_failure_and_gives_up_once_every_instance_keeps_failing(ready, tmp_path):
+    state = ready
+    # it never starts (a process that starts, then exits, runs for a moment: done)
+    crash = job_file(
+        tmp_path, "crash", "replicas: 2\ntask: {command: no-such-cmd}\nrestart: {attempts: 0}\n"
+    )
+    started = time.monotonic()
+    run = colony("job", "run", str(crash), "--timeout", "110", state=state, check=False)
+    took = time.monotonic() - started
+    try:
+        assert run.returncode == 1, run.stdout + run.stderr
+        # long before the timeout: both slots failed, and the manager rescheduled them
+        assert took < 60, f"took {took:.0f} s:\n{run.stderr}"
+        assert "crash: every instance keeps failing" in run.stderr, run.stderr
+        failed = [line for line in run.stderr.splitlines() if line.startswith("✗ crash-")]
+        assert {line.split("-")[1] for line in failed} == {"0", "1"}, run.stderr
+        assert all(" is failed: command not found: no-such-cmd" in line for line in failed), failed
+        assert "Traceback" not in run.stderr
+    finally:
+        colony("job", "stop", "crash", "--purge", state=state)
+    wait_for(lambda: "crash" not in LocalJobs(state).jobs(), SETTLE, "crash forgotten", every=0.5)
+
+
+def test_a_job_with_no_instance_is_forgotten_at_once(ready, tmp_path):
+    state = ready
+    idle = job_file(tmp_path, "idle", "replicas: 0\ntask: {command: sleep, args: ['60']}\n")
+    colony("job", "run", str(idle), state=state)
+    stopped = colony("job", "stop", "idle", "--purge", state=state)
+    assert stopped.stdout.startswith("idle: forgotten (it had no instances left)"), stopped.stdout
+    assert "idle" not in LocalJobs(state).jobs()
