@@ -22,6 +22,11 @@ replacements are timed.
 
     python -m bench schedule
     python -m bench.schedule --quick     # 100 nodes, 10 jobs of 50: printed, nothing written
+
+To see where the time goes: COLONY_BENCH_LOGS=DIR keeps every process's log,
+COLONY_BENCH_PROFILE=DIR runs the curators under cProfile, and
+COLONY_BENCH_PROPOSAL_BYTES, COLONY_BENCH_REPORTS, COLONY_BENCH_REPORTS_IN_FLIGHT try
+smaller entries of placements and of reports.
 """
 
 from __future__ import annotations
