@@ -5,6 +5,7 @@ membership by a stand-in that answers `members` and publishes `MemberChanged`.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 
 import msgspec
@@ -42,8 +43,9 @@ MiB = 2**20
 class Curators:
     """A curator per voter, in this process, each stoppable on its own."""
 
-    def __init__(self, voters: Voters) -> None:
+    def __init__(self, voters: Voters, resync: float = 5.0) -> None:
         self.voters = voters
+        self.resync = resync
         self.stops: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[int]] = {}
         self.services: dict[str, CuratorService] = {}
@@ -52,7 +54,7 @@ class Curators:
         config = self.voters.server.node_config(node)
         config.consensus = ConsensusSettings(voters=VOTERS, secret_file=str(self.voters.secret))
         self.stops[node] = asyncio.Event()
-        service = self.services[node] = CuratorService(resync=5.0)
+        service = self.services[node] = CuratorService(resync=self.resync)
         self.tasks[node] = asyncio.create_task(runner.run(service, config, stop=self.stops[node]))
 
     async def stop(self, node: str) -> None:
@@ -60,12 +62,12 @@ class Curators:
         assert await asyncio.wait_for(self.tasks.pop(node), runner.SHUTDOWN_GRACE) == 0
 
 
-@pytest.fixture
-async def cluster(nats_server, tmp_path, bus):
-    membership = Membership(AGENTS)
+@contextlib.asynccontextmanager
+async def running_with(membership: Membership, nats_server, tmp_path, bus, resync: float = 5.0):
+    """Three voters and their curators, membership played by `membership`."""
     await membership.serve(bus)
     voters = Voters(nats_server, tmp_path, VOTERS)
-    curators = Curators(voters)
+    curators = Curators(voters, resync)
     for node in VOTERS:
         voters.start(node)
         curators.start(node)
@@ -75,6 +77,12 @@ async def cluster(nats_server, tmp_path, bus):
         for node in list(curators.tasks):
             await curators.stop(node)
         await voters.stop_all()
+
+
+@pytest.fixture
+async def cluster(nats_server, tmp_path, bus):
+    async with running_with(Membership(AGENTS), nats_server, tmp_path, bus) as found:
+        yield found
 
 
 def web(replicas: int = 3, then: str = "reschedule") -> JobSpec:
@@ -258,3 +266,41 @@ async def test_a_deposed_curator_stands_by_and_the_new_one_alone_acts(cluster, b
     await poll(placed, 20, "4 instances placed by the new manager")
     plan = await bus.request(subjects.curator_plan(), PlanRequest(spec=web(4)), timeout=5)
     assert plan.epoch == chief.epoch
+
+
+async def test_a_membership_change_heard_before_its_answer_is_read_is_not_lost(
+    nats_server, tmp_path, bus
+):
+    membership = Membership(AGENTS)
+    async with running_with(membership, nats_server, tmp_path, bus, resync=120.0) as started:
+        told: list[str] = []
+
+        def late(node: str, curator: CuratorService) -> None:
+            """a3 dies just after membership answered the curator reading its view: the
+            change is queued before the curator takes the answer in."""
+            asked = curator._members
+
+            async def members():
+                answer = await asked()
+                if not told:
+                    told.append(node)
+                    membership.set("a3", "dead")
+                    event = MemberChanged(observer=node, node="a3", status="dead", incarnation=2)
+                    await bus.publish(subjects.member_changes("a3"), event)
+                    await poll(lambda: curator.queue and curator.queue.qsize(), 5, "a3's change")
+                return answer
+
+            curator._members = members  # type: ignore[method-assign]
+
+        for node, curator in started[1].services.items():
+            late(node, curator)
+        await Cluster(bus, VOTERS).wait_manager(30)
+        client = Management(bus, VOTERS)
+        await register(client)
+
+        async def a3_dead():
+            nodes = {n.node: n.status for n in await read(client, "nodes", NodeRecord)}
+            return nodes.get("a3") == "dead"
+
+        await poll(a3_dead, 20, "a3 recorded dead")
+        assert told

@@ -14,7 +14,7 @@ import pytest
 
 from colony.harness.processes import NatsServer, example_metrics, poll, wait_for
 from colony.shared import runner, subjects
-from colony.shared.bus import RemoteError, connect
+from colony.shared.bus import NoResponders, RemoteError, RequestTimeout, connect
 from colony.shared.cluster import Cluster
 from colony.shared.config import dumps
 from colony.shared.messages import LatestMetricsRequest
@@ -224,3 +224,59 @@ async def _answers(bus, service: str) -> bool:
 
 async def _async(value):
     return value
+
+
+class Idle:
+    """A service that serves nothing by itself: the test serves and unserves through it."""
+
+    name = "idle"
+    description = "test service"
+
+    def __init__(self) -> None:
+        self.ctx: runner.Context | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self, ctx: runner.Context) -> None:
+        self.ctx = ctx
+        self.ready.set()
+        await asyncio.Event().wait()
+
+
+async def test_an_endpoint_unserved_finds_no_responder_and_can_be_served_again(nats_server, bus):
+    service, stop = Idle(), asyncio.Event()
+    task = asyncio.create_task(runner.run(service, nats_server.node_config("node-i"), stop=stop))
+    await asyncio.wait_for(service.ready.wait(), 10)
+    ctx, subject = service.ctx, subjects.latest_metrics("idle")
+    assert ctx is not None
+
+    async def answer(_request: LatestMetricsRequest):
+        return example_metrics("idle")
+
+    # The server may take a moment to route another client's requests to a subscription
+    # just made or ended: a few tries.
+    async def answered() -> bool:
+        try:
+            return (await bus.request(subject, LatestMetricsRequest(), timeout=2)).node == "idle"
+        except NoResponders:
+            return False
+
+    async def unanswered() -> bool:
+        try:
+            await bus.request(subject, LatestMetricsRequest(), timeout=0.5)
+        except NoResponders:
+            return True
+        except RequestTimeout:
+            pass
+        return False
+
+    await ctx.serve(subject, answer)
+    await ctx.serve(subjects.latest_metrics("other"), answer)
+    await poll(answered, 5, "an answer")
+    await ctx.unserve(subject)
+    await poll(unanswered, 5, "no responder")
+    await ctx.serve(subject, answer)
+    await poll(answered, 5, "an answer again")
+    [found] = await Cluster(bus).services("idle")
+    assert sorted(found.endpoints) == sorted([subject.name, subjects.latest_metrics("other").name])
+    stop.set()
+    assert await asyncio.wait_for(task, runner.SHUTDOWN_GRACE) == 0

@@ -9,13 +9,11 @@ import itertools
 import msgspec
 import pytest
 
-from colony.consensus.kinds.leases import LeaseState, fence
-from colony.curator.reconcile import Actions, plan, reconcile
-from colony.curator.service import FENCED
+from colony.curator.reconcile import DEAD_AFTER, Actions, plan, reconcile
 from colony.curator.view import View
 from colony.shared.jobspec import JobResources, JobSpec, RestartPolicy, Task
 from colony.shared.messages import (
-    MANAGER,
+    MAX_FAILED_ON,
     Change,
     InstanceRecord,
     InstancesPlace,
@@ -81,8 +79,9 @@ def instance(
     id: str, node: str, slot: int, job: str = "web", version: int = 1, **fields
 ) -> InstanceRecord:
     fields.setdefault("state", "running")
+    fields.setdefault("cpu", 1.0)
     return InstanceRecord(
-        id=id, job=job, version=version, slot=slot, node=node, cpu=1.0, memory=GiB, **fields
+        id=id, job=job, version=version, slot=slot, node=node, memory=GiB, **fields
     )
 
 
@@ -234,15 +233,92 @@ def test_restart_policy_fail_leaves_a_failed_instance_failed():
     assert not reconcile(view, tokens())
 
 
-def test_a_failed_instance_stays_while_no_other_node_can_take_it():
+def test_a_failed_instance_is_replaced_where_it_failed_when_no_other_node_can_take_it():
+    failed = instance("web-0-aaaa", "node-1", 0, state="failed", exit_code=1)
+    view = view_of([node("node-1", cpu=1.0)], [job(replicas=1)], [failed])  # full with it
+    actions = settled(view)
+    [replacement] = actions.places
+    assert (replacement.node, replacement.failed_on) == ("node-1", ["node-1"])
+    assert actions.stops == {"web-0-aaaa": "restarts ran out on node node-1: exit code 1"}
+
+
+def test_a_failed_instance_stays_while_no_node_can_take_it():
     failed = instance("web-0-aaaa", "node-1", 0, state="failed", exit_code=1)
     view = view_of([node("node-1")], [job(replicas=1)], [failed])
+    view.nodes["node-1"] = msgspec.structs.replace(view.nodes["node-1"], eligible=False)
     actions = settled(view)
     assert not actions.stops and not actions.places
     [blocked] = actions.blocked
-    assert blocked.reason.startswith("1 of 1 instances cannot be placed: ")
-    assert "avoided" in blocked.reason
+    assert blocked.reason == "1 of 1 instances cannot be placed: 1 node is ineligible"
     assert view.instances["web-0-aaaa"].desired == "run"
+
+
+def fail(view: View, slot: int = 0) -> InstanceRecord:
+    """The slot's instance desired run fails (its restarts ran out)."""
+    [i] = [i for i in view.instances.values() if i.slot == slot and i.desired == "run"]
+    view.instances[i.id] = msgspec.structs.replace(i, state="failed", exit_code=1)
+    return i
+
+
+def test_a_slot_failing_everywhere_tries_each_node_before_one_it_failed_on_again():
+    view = view_of(NODES, [job(replicas=1)])
+    settled(view)
+    token = tokens()
+    tried = [fail(view).node]
+    for _ in range(4):
+        [replacement] = settled(view, token).places
+        # each node once, by its last failure there, least recent first
+        assert replacement.failed_on == [
+            n for at, n in enumerate(tried) if n not in tried[at + 1 :]
+        ]
+        tried.append(fail(view).node)
+    first = tried[:3]
+    assert sorted(first) == ["node-1", "node-2", "node-3"]  # no ping-pong between two
+    assert tried[3:] == first[:2]  # then the least recently failed first, in turn
+
+
+def test_a_slots_failure_history_is_bounded():
+    failed_on = [f"old-{n}" for n in range(MAX_FAILED_ON)]
+    failed = instance("web-0-aaaa", "node-1", 0, state="failed", failed_on=failed_on)
+    [replacement] = settled(view_of(NODES, [job(replicas=1)], [failed])).places
+    assert replacement.failed_on == [*failed_on[1:], "node-1"]
+
+
+def test_a_new_version_forgets_where_the_old_one_failed():
+    view = view_of(NODES, [job(replicas=1)])
+    settled(view)
+    fail(view)
+    settled(view)
+    view.jobs["web"] = msgspec.structs.replace(view.jobs["web"], version=2)
+    view.specs[("web", 2)] = view.jobs["web"].spec
+    [updated] = settled(view).places
+    assert updated.failed_on == [] and updated.version == 2
+
+
+def test_a_node_membership_does_not_know_gets_nothing_then_is_dead_after_a_while():
+    running = [instance("web-0-aaaa", "node-3", 0)]
+    members = {"node-1": "alive", "node-2": "alive"}
+    view = view_of(NODES, [job(replicas=2)], running, members=members)
+    view.answered = True
+    view.absent = {"node-3": 1.0}
+    actions = settled(view)
+    assert not actions.statuses and not actions.stops  # node-3 may be back soon
+    assert [p.node for p in actions.places] == ["node-1"]  # but gets nothing new
+    assert view.nodes["node-3"].status == "alive"
+
+    view.absent = {"node-3": DEAD_AFTER}
+    actions = settled(view)
+    why = f"membership has not known node node-3 for {DEAD_AFTER:g} s"
+    assert actions.statuses == [NodeStatus(node="node-3", status="dead", reason=why)]
+    assert actions.stops == {"web-0-aaaa": "node node-3 is dead"}
+    assert [p.node for p in actions.places] == ["node-2"]
+
+
+def test_a_membership_that_has_not_answered_leaves_the_recorded_statuses():
+    view = view_of(NODES, [job(replicas=3)], members={})
+    view.absent = {"node-3": DEAD_AFTER}  # not answered: this says nothing
+    actions = settled(view)
+    assert not actions.statuses and len({p.node for p in actions.places}) == 3
 
 
 def test_a_job_that_fits_nowhere_is_blocked_with_the_schedulers_reasons_then_cleared():
@@ -444,14 +520,6 @@ def test_stopped_instances_on_a_gone_node_are_removed_whatever_they_last_said(st
     assert settled(view).removes == ["web-1-bbbb"]
 
 
-def test_the_curator_knows_every_refusal_of_a_write_at_a_past_epoch():
-    held = {MANAGER: LeaseState("node-2", 7, 10.0)}
-    refusals = [fence(held, 6), fence(held, 8), fence({MANAGER: LeaseState("", 7, 10.0)}, 7)]
-    assert all(FENCED.match(why) for why in refusals), refusals
-    assert fence(held, 7) == ""
-    assert not FENCED.match("job web has no version 3")
-
-
 def test_a_plan_says_what_running_a_spec_would_do_and_changes_nothing():
     running = [instance(f"web-{s}-000{s}", f"node-{s + 1}", s) for s in range(2)]
     view = view_of(NODES, [job(replicas=2)], running)
@@ -470,3 +538,20 @@ def test_a_plan_says_what_running_a_spec_would_do_and_changes_nothing():
     assert (new.change, new.version, len(new.place), new.unplaced) == ("new", 1, 4, 5)
     assert new.no_fit and "lack cpu" in new.no_fit[0]
     assert view.jobs.keys() == {"web"} and len(view.instances) == 2
+
+
+def test_a_plan_of_an_update_fits_once_the_instances_it_replaces_are_gone():
+    view = view_of([node("node-1", cpu=1.0)], [job(replicas=1, cpu=0.8)])
+    view.instances = {"web-0-aaaa": instance("web-0-aaaa", "node-1", 0, cpu=0.8)}
+    spec = job(replicas=1, cpu=0.8).spec
+    changed = msgspec.structs.replace(spec, task=Task(command="sleep", args=["61"]))
+    update = plan(view, changed, epoch=1)
+    assert (update.change, update.unplaced, update.stop) == ("update", 0, ["web-0-aaaa"])
+    assert [p.node for p in update.place] == ["node-1"]
+    assert not reconcile(view, tokens())  # the view itself is as it was
+
+
+def test_a_plan_says_a_stopped_job_run_again_as_it_is_restarts():
+    view = view_of(NODES, [job(replicas=2, status="stopped")])
+    again = plan(view, job(replicas=2).spec, epoch=1)
+    assert (again.change, again.version, len(again.place)) == ("restart", 1, 2)

@@ -224,16 +224,25 @@ def test_distinct_nodes_places_one_instance_of_the_job_per_node():
 def test_a_slot_avoids_the_nodes_where_it_failed():
     nodes = [node("n1"), node("n2")]
     busy = [instance("a", "n1", cpu=2)]  # n1 is the fuller: bin-pack's choice
-    avoid = {0: frozenset({"n1"})}
+    avoid = {0: ("n1",)}
     assert where(place(nodes, job(), slots=[0, 1], instances=busy, avoid=avoid)) == {
         0: "n2",
         1: "n1",
     }
-    d = place(nodes, job(), slots=[0], avoid={0: frozenset({"n1", "n2"})})
-    assert d.no_fit == ("2 nodes were avoided (the instance failed there)",)
     # avoiding a node it would not have used changes nothing
     plain = place(nodes, job(), slots=range(5))
-    assert place(nodes, job(), slots=range(5), avoid={2: frozenset({"n9"})}) == plain
+    assert place(nodes, job(), slots=range(5), avoid={2: ("n9",)}) == plain
+
+
+def test_a_slot_that_failed_everywhere_goes_where_it_failed_least_recently():
+    nodes = [node("n1"), node("n2"), node("n3")]
+    # least recent first: n2, then n3, then n1
+    assert where(place(nodes, job(), avoid={0: ("n2", "n3", "n1")})) == {0: "n2"}
+    # a node that cannot take it is no choice, avoided or not
+    full = [instance("a", "n2", cpu=4)]
+    assert where(place(nodes, job(), instances=full, avoid={0: ("n2", "n3", "n1")})) == {0: "n3"}
+    d = place([node("n1", cpu=0.5)], job(), avoid={0: ("n1",)})
+    assert d.unplaced == (0,) and d.no_fit[0].startswith("1 node lacks cpu")
 
 
 def test_most_frequent_reason_first_and_each_node_counted_once():

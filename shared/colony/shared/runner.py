@@ -18,13 +18,13 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import nats.micro
 from nats.micro.request import Request
 
 from colony.shared import __version__, logs
-from colony.shared.bus import Bus, connect
+from colony.shared.bus import Bus, BusError, connect
 from colony.shared.clock import Clock, SystemClock
 from colony.shared.config import Config, ConfigError, load
 from colony.shared.messages import DecodeError, Message, decode, encode
@@ -80,6 +80,8 @@ class Context:
     log: logging.Logger
     micro: nats.micro.Service
     endpoints: list[str] = field(default_factory=list)
+    _served: int = 0
+    """Endpoints served so far (each one's name is its number)."""
     _requests: set[asyncio.Task[None]] = field(default_factory=set)
     """Requests being answered concurrently (kept so they are not collected)."""
     _listeners: set[asyncio.Task[None]] = field(default_factory=set)
@@ -161,9 +163,29 @@ class Context:
                 return
             await request.respond(encode(reply))
 
-        name = f"e{len(self.endpoints)}"
-        await self.micro.add_endpoint(name=name, subject=subject.name, handler=endpoint)
+        self._served += 1  # names stay unique when an endpoint is removed and served again
+        await self.micro.add_endpoint(
+            name=f"e{self._served}", subject=subject.name, handler=endpoint
+        )
         self.endpoints.append(subject.name)
+        await self._flushed()  # the server has the subscription: a request finds it
+
+    async def unserve(self, subject: RequestSubject[Any, Any]) -> None:
+        """Stop answering requests on `subject` (served by `serve`): requests find no
+        responder from now on. Nothing happens if it is not served."""
+        # nats.micro has no call to remove one endpoint: its own stop() does this per endpoint
+        for served in [e for e in self.micro._endpoints if e._subject == subject.name]:
+            self.micro._endpoints.remove(served)
+            await served._stop()
+        if subject.name in self.endpoints:
+            self.endpoints.remove(subject.name)
+        await self._flushed()  # the server has forgotten it: a request finds no responder
+
+    async def _flushed(self) -> None:
+        """Wait for the server to have what was sent (if the connection is down, it gets
+        the subscriptions again when it is back)."""
+        with contextlib.suppress(BusError):
+            await self.bus.flush()
 
     def _answered(self, task: asyncio.Task[None]) -> None:
         self._requests.discard(task)

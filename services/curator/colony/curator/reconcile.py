@@ -4,11 +4,14 @@ ids comes in as `token`).
 
 The rules, in the order they run:
 
-1. Node statuses follow membership (`NodeStatus` where the recorded one differs).
+1. Node statuses follow membership (`NodeStatus` where the recorded one differs); a
+   recorded node membership does not know is not alive, and dead after DEAD_AFTER.
 2. Per job that runs, each slot 0..replicas-1 needs exactly one instance desired `run`:
    - an instance on a dead or left node, lost, failed with `restart.then: reschedule`
-     (its restarts ran out: avoid that node), or placed at an older spec version is
-     stopped, and its slot gets a replacement (`replaces` names it);
+     (its restarts ran out), or placed at an older spec version is stopped, and its
+     slot gets a replacement (`replaces` names it). A slot remembers the nodes it
+     failed on (`Placement.failed_on`, bounded): a replacement avoids them while
+     another node fits, else goes where it failed least recently;
    - an instance failed with `restart.then: fail` keeps its slot: it stays failed;
    - a slot at or above replicas is stopped (scaled down);
    - two instances desired `run` in one slot (a manager died between placing a
@@ -31,6 +34,7 @@ import secrets
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import msgspec
 
@@ -38,6 +42,7 @@ from colony.curator.scheduler import TERMINAL, Ask, Decision, NodeView, schedule
 from colony.curator.view import View
 from colony.shared.jobspec import JobSpec
 from colony.shared.messages import (
+    MAX_FAILED_ON,
     Command,
     InstanceRecord,
     InstancesPlace,
@@ -51,6 +56,9 @@ from colony.shared.messages import (
     PlanReply,
 )
 
+DEAD_AFTER = 60.0
+"""Seconds a recorded node may be unknown to membership (once it answered) before it is
+taken for dead."""
 GONE = frozenset({"dead", "left"})
 """Node statuses whose instances run nowhere any more (as far as the cluster can tell)."""
 PLACE_BATCH = 500
@@ -103,8 +111,12 @@ class Actions:
         return found
 
 
-def reconcile(view: View, token: Callable[[], str] = token) -> Actions:
-    """What to write now so that the desired state matches `view`'s jobs and nodes."""
+def reconcile(
+    view: View, token: Callable[[], str] = token, *, stops_ended: bool = False
+) -> Actions:
+    """What to write now so that the desired state matches `view`'s jobs and nodes.
+    `stops_ended` (a plan): place as if what it stops had ended already, so a job whose
+    new version fits once its old one is gone is said to fit."""
     actions = Actions()
     status = _node_statuses(view, actions)
     by_job: dict[str, list[InstanceRecord]] = defaultdict(list)
@@ -120,7 +132,7 @@ def reconcile(view: View, token: Callable[[], str] = token) -> Actions:
                 actions.blocked.append(JobBlocked(job=name, reason=""))
         else:
             wanted[name] = _slots(view, job, by_job[name], status, actions)
-    _place(view, wanted, status, actions, token)
+    _place(view, wanted, status, actions, token, stops_ended)
     _remove(view, status, actions)
     return actions
 
@@ -131,21 +143,34 @@ class _Slot:
 
     reason: str
     replaces: str = ""
-    avoid: frozenset[str] = frozenset()
+    avoid: tuple[str, ...] = ()
+    """Where the slot's instances failed, least recent first (`Placement.failed_on`)."""
     stop_if_placed: bool = False
     """`replaces` stops only once its replacement is placed (a failed instance stays
-    put, and its slot blocked, while no other node can take it)."""
+    put, and its slot blocked, while no node can take it)."""
 
 
 def _node_statuses(view: View, actions: Actions) -> dict[str, str]:
-    """Every node's status after this round: membership's where it has one."""
+    """Every node's status after this round: membership's where it has one. Once it
+    answered, a recorded node it does not know is not alive (nothing is placed there)
+    and, after DEAD_AFTER seconds, dead: a node that never came back is not alive
+    forever."""
     status = {node: record.status for node, record in view.nodes.items()}
     for node, said in sorted(view.members.items()):
         if status.get(node) != said:
-            name = view.nodes[node].name if node in view.nodes else ""
-            reason = f"membership says node {name or node} is {said}"
+            reason = f"membership says node {_name(view, node)} is {said}"
             actions.statuses.append(NodeStatus(node=node, status=said, reason=reason))  # type: ignore[arg-type]
             status[node] = said
+    if not view.answered:
+        return status
+    for node in sorted(view.nodes.keys() - view.members.keys()):
+        if view.absent.get(node, 0.0) < DEAD_AFTER:
+            if status[node] == "alive":
+                status[node] = "unknown"  # for this round's placements: not recorded
+        elif status[node] not in GONE:
+            reason = f"membership has not known node {_name(view, node)} for {DEAD_AFTER:g} s"
+            actions.statuses.append(NodeStatus(node=node, status="dead", reason=reason))
+            status[node] = "dead"
     return status
 
 
@@ -168,19 +193,18 @@ def _slots(
         if i.desired == "stop":
             if i.slot < job.replicas and i.slot not in slots:  # its slot may be empty since
                 why = f"slot {i.slot} is empty: {i.id} stopped ({i.desired_reason})"
-                slots[i.slot] = _Slot(why, i.id)
+                slots[i.slot] = _Slot(why, i.id, _failed_on(job, i, i.state == "failed"))
             continue
         if i.slot >= job.replicas:
             actions.stops[i.id] = f"scaled to {job.replicas}"
             continue
-        why, avoid = _replace_why(view, job, i, status)
+        why, failed = _replace_why(view, job, i, status)
         if not why:
             holders[i.slot].append(i)
-        elif avoid:
-            slots[i.slot] = _Slot(why, i.id, avoid, stop_if_placed=True)
-        else:
+            continue
+        slots[i.slot] = _Slot(why, i.id, _failed_on(job, i, failed), stop_if_placed=failed)
+        if not failed:
             actions.stops[i.id] = why
-            slots[i.slot] = _Slot(why, i.id)
     for slot, found in holders.items():
         keep = max(found, key=lambda i: (RANK.get(i.state, 0), i.version, i.placed, i.id))
         extra = [i.id for i in found if i is not keep]
@@ -196,23 +220,33 @@ def _slots(
 
 def _replace_why(
     view: View, job: JobRecord, i: InstanceRecord, status: dict[str, str]
-) -> tuple[str, frozenset[str]]:
+) -> tuple[str, bool]:
     """Why instance `i` (desired run, in range) must be replaced ('' : it must not), and
-    the nodes its replacement must avoid."""
+    whether it failed there (its replacement avoids its node)."""
     node = _name(view, i.node)
     if status.get(i.node) in GONE:
-        return f"node {node} is {status[i.node]}", frozenset()
+        return f"node {node} is {status[i.node]}", False
     if i.state == "lost":
-        return f"instance {i.id} was lost on node {node}", frozenset()
+        return f"instance {i.id} was lost on node {node}", False
     if i.version < job.version:
-        return f"updated to version {job.version}", frozenset()
+        return f"updated to version {job.version}", False
     if i.state == "failed":
         spec = view.spec_of(i)
         if spec is None or spec.restart.then == "reschedule":
             said = i.reason or (f"exit code {i.exit_code}" if i.exit_code is not None else "")
             why = f"restarts ran out on node {node}" + (f": {said}" if said else "")
-            return why, frozenset({i.node})
-    return "", frozenset()
+            return why, True
+    return "", False
+
+
+def _failed_on(job: JobRecord, i: InstanceRecord, failed: bool) -> tuple[str, ...]:
+    """The nodes where the slot of `i` failed, least recent first, `i`'s own node last if
+    it `failed` there: what its replacement avoids, and carries on (at most
+    MAX_FAILED_ON). A new spec version starts over: it may not fail any more."""
+    if i.version < job.version:
+        return ()
+    nodes = [n for n in i.failed_on if not (failed and n == i.node)]
+    return tuple([*nodes, i.node][-MAX_FAILED_ON:] if failed else nodes[-MAX_FAILED_ON:])
 
 
 def _place(
@@ -221,8 +255,10 @@ def _place(
     status: dict[str, str],
     actions: Actions,
     token: Callable[[], str],
+    stops_ended: bool,
 ) -> None:
-    """Ask the scheduler for every job's empty slots; record what does not fit."""
+    """Ask the scheduler for every job's empty slots; record what does not fit. With
+    `stops_ended`, what this round stops holds nothing any more (as once it ended)."""
     nodes = [
         NodeView(
             msgspec.structs.replace(record, status=status[node]),
@@ -230,10 +266,16 @@ def _place(
         )
         for node, record in sorted(view.nodes.items())
     ]
-    # What holds resources after this round: the stops applied (the scheduler adds what it
-    # places for one job before it places the next).
+    # What holds resources after this round: the stops applied, the failed instances to
+    # replace among them (they run nothing: their replacement may take their node). The
+    # scheduler adds what it places for one job before it places the next.
+    stopping = set(actions.stops)
+    stopping.update(
+        s.replaces for slots in wanted.values() for s in slots.values() if s.stop_if_placed
+    )
+    state = {"state": "exited"} if stops_ended else {}
     instances = [
-        msgspec.structs.replace(i, desired="stop") if i.id in actions.stops else i
+        msgspec.structs.replace(i, desired="stop", **state) if i.id in stopping else i
         for i in view.instances.values()
     ]
     asks = {
@@ -287,6 +329,7 @@ def _placement(
         ports=ports,
         replaces=why.replaces,
         reason=why.reason[:MAX_REASON],
+        failed_on=list(why.avoid),
     )
 
 
@@ -309,16 +352,20 @@ def _remove(view: View, status: dict[str, str], actions: Actions) -> None:
 
 def plan(view: View, spec: JobSpec, epoch: int, token: Callable[[], str] = token) -> PlanReply:
     """What submitting `spec` (JobRun) would do now: the job as the jobs kind would record
-    it, reconciled in a copy of the view. Nothing is written."""
+    it, reconciled in a copy of the view. Nothing is written. What it places is decided
+    as if what it stops had ended: an update that fits once its older instances are
+    gone fits (they hold their nodes only until they exit)."""
     current = view.jobs.get(spec.name)
+    change: Literal["new", "update", "unchanged", "restart"]
     if current is None:
         change, version, replicas = "new", 1, spec.replicas
     elif current.spec == spec:  # run again as it is: its replicas stay (it may be scaled)
-        change, version, replicas = "unchanged", current.version, current.replicas
+        change = "unchanged" if current.status == "running" else "restart"
+        version, replicas = current.version, current.replicas
     else:
         change, version, replicas = "update", current.version + 1, spec.replicas
     record = JobRecord(name=spec.name, version=version, spec=spec, replicas=replicas)
-    actions = reconcile(view.with_job(record), token)
+    actions = reconcile(view.with_job(record), token, stops_ended=True)
     decision = actions.decisions.get(spec.name)
     return PlanReply(
         job=spec.name,

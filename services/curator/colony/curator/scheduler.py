@@ -18,7 +18,9 @@ from *scoring* (which feasible node is best):
   first (nodes without the label count as value ""), then bin-pack (no anti-affinity)
   among its nodes;
 - ties go to the lowest node id, so the same inputs give the same decision, whatever the
-  order of the nodes and instances given.
+  order of the nodes and instances given;
+- a slot whose instances failed on some nodes (`Ask.avoid`) goes elsewhere while another
+  node fits, else to the node where it failed least recently (never blocked by it).
 
 An instance holds cpu, memory and ports on its node while it is desired `run` or not yet
 terminal (`holds`: colony.shared.reservations, the rule `colony status` counts by too); it
@@ -75,8 +77,10 @@ class Ask:
     spec: JobSpec
     version: int
     slots: tuple[int, ...]
-    avoid: dict[int, frozenset[str]] = field(default_factory=dict)
-    """Per slot: nodes not to use (where it failed)."""
+    avoid: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """Per slot: nodes not to use (where it failed), least recently failed first. When
+    every node that fits is one of them, the slot goes to the least recently failed: a
+    job that fails everywhere keeps trying, on each node in turn."""
     replicas: int = 0
     """How many instances the job runs (`JobRecord.replicas`: scaling changes it, not the
     spec), which the anti-affinity penalty is relative to; 0: `spec.replicas`."""
@@ -114,17 +118,14 @@ def _decide(cluster: _Cluster, ask: Ask) -> Decision:
     placements: list[tuple[int, str, dict[str, int]]] = []
     unplaced: list[int] = []
     no_fit: tuple[str, ...] = ()
-    exhausted = False
     for slot in sorted(set(ask.slots)):
-        avoid = ask.avoid.get(slot, _NOTHING)
-        # Once a slot with nothing to avoid fits nowhere, no later slot can fit either:
-        # placing only ever takes resources away.
-        node = None if exhausted else board.pick(avoid)
+        # Once a slot fits nowhere (nodes to avoid are a preference), no later slot can
+        # fit either: placing only ever takes resources away.
+        node = None if unplaced else board.pick(ask.avoid.get(slot, ()))
         if node is None:
             if not unplaced:
-                no_fit = board.explain(avoid)
+                no_fit = board.explain()
             unplaced.append(slot)
-            exhausted = exhausted or not avoid
             continue
         placements.append((slot, node.id, board.place(node)))
     return Decision(placements=tuple(placements), unplaced=tuple(unplaced), no_fit=no_fit)
@@ -134,9 +135,8 @@ def _decide(cluster: _Cluster, ask: Ask) -> Decision:
 
 # Why a node cannot take the instance: (check, detail), the checks in the order they run.
 # A node counts under the first one it fails.
-_STATUS, _INELIGIBLE, _DRIVER, _CONSTRAINT, _DISTINCT, _AVOIDED, _CPU, _MEMORY, _PORTS = range(9)
+_STATUS, _INELIGIBLE, _DRIVER, _CONSTRAINT, _DISTINCT, _CPU, _MEMORY, _PORTS = range(8)
 _Why = tuple[int, str | int]
-_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -318,12 +318,10 @@ class _Board:
             self.push_group(group)
 
     # The per-node checks that placements change: they only ever fail more as a call goes.
-    def dynamic_why(self, n: _Node, avoid: frozenset[str] = _NOTHING) -> _Why | None:
+    def dynamic_why(self, n: _Node) -> _Why | None:
         room = n.room
         if self.spec.distinct_nodes and n.own:
             return (_DISTINCT, "")
-        if n.id in avoid:
-            return (_AVOIDED, "")
         if room.cpu_used + self.cpu > room.cpu_cap:
             return (_CPU, "")
         if room.memory_used + self.memory > room.memory_cap:
@@ -372,12 +370,14 @@ class _Board:
                 self.pushed[group] = entry
                 heapq.heappush(self.groups, entry)
 
-    def pick(self, avoid: frozenset[str]) -> _Node | None:
-        """The best node for one more instance, None if none fits."""
+    def pick(self, avoid: tuple[str, ...]) -> _Node | None:
+        """The best node for one more instance, None if none fits; a node in `avoid` only
+        if every node that fits is: the one that comes first there."""
         if avoid:
             # Rare (a replacement after failures): scan rather than disturb the heaps.
-            fitting = [n for n in self.nodes.values() if self.dynamic_why(n, avoid) is None]
-            return min(fitting, key=self.key, default=None)
+            fitting = [n for n in self.nodes.values() if self.fits(n)]
+            failed = {nid: at for at, nid in enumerate(avoid)}  # a node named twice: its last
+            return min(fitting, key=lambda n: (failed.get(n.id, -1), self.key(n)), default=None)
         while self.groups:
             count, neg, nid, group = self.groups[0]
             if (neg, nid) == self.top(group) and count == self.counts[group]:
@@ -403,13 +403,13 @@ class _Board:
 
     # --- the no-fit explanation -----------------------------------------------------------
 
-    def explain(self, avoid: frozenset[str]) -> tuple[str, ...]:
+    def explain(self) -> tuple[str, ...]:
         """Why no node fits now: per reason, how many nodes (most first) and, for the
         resources, how close the best of them came."""
         counts = Counter(self.statics)
         best: dict[int, int] = {}
         for n in self.nodes.values():
-            why = self.dynamic_why(n, avoid)
+            why = self.dynamic_why(n)
             if why is None:
                 continue  # cannot happen when pick() found nothing; not a reason anyway
             counts[why] += 1
@@ -448,8 +448,6 @@ class _Board:
         if check == _DISTINCT:
             of = f"an instance of {self.spec.name} (distinct_nodes)"
             return say(f"already runs {of}", f"already run {of}")
-        if check == _AVOIDED:
-            return say("was avoided", "were avoided") + " (the instance failed there)"
         if check == _CPU:
             need, free = _cores(self.cpu, up=True), _cores(best, up=False)
             what = f"cpu: need {need}, {best_has} {free} free"

@@ -3,21 +3,24 @@
 Every node runs one; it stands by until its own node acts as manager — told by
 `manager.acting` events about its node, and by its node's consensus status, asked
 every `poll` seconds in case an event was missed — and stops acting when either says
-so, or when the database refuses one of its writes for a stale epoch.
+so, or when the database refuses one of its writes for a stale epoch (its outcome's
+code says FENCED).
 
 While acting, at epoch E:
 
-    read the change stream's last sequence S (before the reads: nothing is missed)
-    load the view (nodes, labels, instances, jobs; paged), ask membership for its view
+    read the change stream's last change index S (before the reads: nothing is missed)
+    load the view (nodes, labels, instances, jobs; paged), then ask membership for its
+    view (its changes from then on queue up and apply after its answer)
     follow the changes after S, and membership's changes (as this node sees them)
     loop:
         reconcile (pure) -> actions -> proposals at epoch E (several commands each)
         apply what committed to the view (its own changes arrive later: old news)
-        wait for an event, gather more for `debounce` seconds, apply them
+        wait for an event (or a node unknown to membership for too long), gather more
+        for `debounce` seconds, apply them
     every `resync` seconds, or when following fails: load it all again
 
-It answers `curator.plan` only while acting, from its first view on (subscribed then,
-unsubscribed when it stops), so a client that finds no responder knows no manager acts
+It serves `curator.plan` only while acting, from its first view on (served then,
+unserved when it stops), so a client that finds no responder knows no manager acts
 now, and asks again.
 """
 
@@ -25,25 +28,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from colony.curator import reconcile as rules
 from colony.curator.metrics import CuratorMetrics
 from colony.curator.view import View, fill, load
 from colony.shared import changes, subjects
-from colony.shared.bus import ERROR_CODE_HEADER, ERROR_HEADER, BusError, NotFound
+from colony.shared.bus import BusError
 from colony.shared.cluster import Cluster
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
+    FENCED,
     Command,
-    DecodeError,
     InstancesPlace,
     InstancesRemove,
     InstancesStop,
@@ -52,15 +52,14 @@ from colony.shared.messages import (
     MemberChanged,
     MembersRequest,
     NodeStatus,
+    PlanReply,
     PlanRequest,
     ProposeReply,
     ServiceMetrics,
     ServiceMetricsRequest,
-    decode,
-    encode,
     new_id,
 )
-from colony.shared.runner import Context
+from colony.shared.runner import Context, Refused
 from colony.shared.signing import read_secret
 
 DEBOUNCE = 0.005
@@ -73,8 +72,6 @@ RETRY = 0.5
 """Seconds between two tries of a proposal no voter answered (same ids: never twice)."""
 PROPOSAL_BYTES = 400 * 1024
 """A proposal's commands, encoded, at most (a request must stay under 1 MiB)."""
-FENCED = re.compile(r"^(stale epoch|epoch \d+ (was never granted|has ended))")
-"""How the database refuses a write at an epoch that is not the manager's (leases.fence)."""
 CATCH_UP = 1.0
 """Seconds a fresh view may wait for the changes made while it was read."""
 RESYNC_NOW = "resync"
@@ -109,8 +106,10 @@ class CuratorService:
         """The events of the current turn of acting."""
         self.metrics = CuratorMetrics()
         self.management: Management | None = None
-        self.plans: Subscription | None = None
-        """Its subscription to `curator.plan` while acting."""
+        self.planning = False
+        """Whether it serves `curator.plan` (while acting, from its first view on)."""
+        self.absent_since: dict[str, float] = {}
+        """Recorded nodes membership does not know -> since when (monotonic), while acting."""
 
     async def run(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -169,6 +168,7 @@ class CuratorService:
     async def _act(self, epoch: int) -> None:
         """Act at `epoch` until this node no longer does."""
         self.management = Management(self.ctx.bus, await self._voters())
+        self.absent_since = {}
         session = asyncio.create_task(self._session(epoch), name=f"curator epoch {epoch}")
         ended = asyncio.create_task(self._until_not_acting(epoch))
         try:
@@ -185,10 +185,10 @@ class CuratorService:
             for task in (session, ended):
                 task.cancel()
             await asyncio.gather(session, ended, return_exceptions=True)
-            if self.plans is not None:
+            if self.planning:
                 with contextlib.suppress(Exception):
-                    await self.plans.unsubscribe()
-                self.plans = None
+                    await self.ctx.unserve(subjects.curator_plan())
+                self.planning = False
             self.view = self.queue = None
             self.metrics.objects = {}
 
@@ -203,25 +203,27 @@ class CuratorService:
             queue: asyncio.Queue[Any] = asyncio.Queue()
             self.queue = queue  # membership's changes from now on
             try:
-                start = await self._last_change()
-                view = await load(self.management.query)
+                start = await changes.last_index(self.ctx.bus, self.secret)
+                view = await load(self.management)
+                # Membership's changes so far are in its answer; those from now on queue
+                # up, and apply after it.
+                while not queue.empty():
+                    queue.get_nowait()
                 members = await self._members()
             except (ManagementError, BusError) as e:
                 self.log.warning("could not read the view; trying again", extra={"why": str(e)})
                 await asyncio.sleep(1.0)
                 continue
-            while not queue.empty():  # membership's changes from before its answer
-                queue.get_nowait()
-            view.members = members
+            view.members, view.answered = members or {}, members is not None
             self.view = view
-            if self.plans is None:  # from its first view on (asked before, none answers)
-                subject = subjects.curator_plan().name
-                self.plans = await self.ctx.bus.nc.subscribe(subject, cb=self._on_plan)
+            if not self.planning:  # from its first view on (asked before, none answers)
+                await self.ctx.serve(subjects.curator_plan(), self._on_plan)
+                self.planning = True
             self.log.info(
                 "view loaded", extra={"epoch": epoch, "after_change": start, **_sizes(view)}
             )
             try:
-                target = await self._last_change()
+                target = await changes.last_index(self.ctx.bus, self.secret)
             except BusError:
                 target = start  # catching up is an optimisation: go on without it
             follower = asyncio.create_task(self._follow(start, queue))
@@ -242,12 +244,16 @@ class CuratorService:
         last, changed = start, True
         while True:
             ready = last >= target or time.monotonic() >= caught_up_by
+            dead_at = self._absences(view)
             if changed and ready:
                 await self._reconcile(epoch, view)
                 changed = False
-            events = await self._gather(queue, resync_at if ready else caught_up_by)
-            if events is None and time.monotonic() >= resync_at:
-                return
+            wake = min(resync_at, dead_at or resync_at) if ready else caught_up_by
+            events = await self._gather(queue, wake)
+            if events is None:
+                if time.monotonic() >= resync_at:
+                    return
+                changed = True  # caught up by the clock, or a node's absence ran out
             if RESYNC_NOW in (events or ()):
                 return
             for event in events or ():
@@ -259,7 +265,7 @@ class CuratorService:
                     changed |= view.apply(event)
             if view.missing():
                 try:
-                    await fill(view, self.management.query)
+                    await fill(view, self.management)
                 except (ManagementError, BusError) as e:
                     self.log.warning("could not read a job's spec", extra={"why": str(e)})
                     return
@@ -293,22 +299,35 @@ class CuratorService:
         if event.observer == self.me and self.queue is not None:
             self.queue.put_nowait(event)
 
-    async def _last_change(self) -> int:
-        """The change stream's last sequence (= change index) now; 0 if there is none yet."""
-        try:
-            return (await self.ctx.bus.stream_state(subjects.CHANGES_STREAM)).last_seq
-        except NotFound:
-            return 0
-
-    async def _members(self) -> dict[str, str]:
-        """Membership's statuses as this node sees them ({} if it does not answer: the
+    async def _members(self) -> dict[str, str] | None:
+        """Membership's statuses as this node sees them (None if it does not answer: the
         recorded statuses stand until it does)."""
         try:
             reply = await self.ctx.bus.request(subjects.members(self.me), MembersRequest())
         except BusError as e:
             self.log.warning("membership did not answer", extra={"why": str(e)})
-            return {}
+            return None
         return {m.node: m.status for m in reply.members}
+
+    def _absences(self, view: View) -> float | None:
+        """Tell the view for how long each recorded node has been unknown to membership
+        (once it answered); return when the next of them is to be taken for dead
+        (monotonic; None: none is)."""
+        if not view.answered:
+            view.absent = {}
+            return None
+        now = time.monotonic()
+        since = self.absent_since
+        since = self.absent_since = {
+            node: since.get(node, now) for node in view.nodes.keys() - view.members.keys()
+        }
+        view.absent = {node: now - at for node, at in since.items()}
+        pending = [
+            at + rules.DEAD_AFTER
+            for node, at in since.items()
+            if now - at < rules.DEAD_AFTER and view.nodes[node].status not in rules.GONE
+        ]
+        return min(pending, default=None)
 
     async def _voters(self) -> list[str]:
         """Who takes proposals: the configured voters, else those answering discovery
@@ -333,7 +352,7 @@ class CuratorService:
                 if outcome.ok:
                     view.committed(command, reply.index, time.time())
                     self._log_committed(command)
-                elif FENCED.match(outcome.error):
+                elif outcome.code == FENCED:
                     raise Deposed(f"the database refused a write: {outcome.error}")
                 else:
                     self.log.warning(
@@ -380,32 +399,13 @@ class CuratorService:
 
     # --- requests -------------------------------------------------------------------------
 
-    async def _on_plan(self, msg: Msg) -> None:
-        """What submitting a job would do (answered only while acting)."""
+    async def _on_plan(self, request: PlanRequest) -> PlanReply:
+        """What submitting a job would do (served only while acting)."""
         view, epoch = self.view, self.epoch
-        try:
-            request = decode(msg.data, PlanRequest)
-        except DecodeError as e:
-            await self._refuse(msg, 400, str(e))
-            return
         if view is None or not epoch:
-            await self._refuse(msg, 503, "the manager is still reading its view: ask again")
-            return
-        try:
-            reply = rules.plan(view, request.spec, epoch, self.token)
-        except Exception as e:  # a bug: the asker hears why, this curator goes on
-            self.log.exception("planning failed", extra={"job": request.spec.name})
-            await self._refuse(msg, 500, f"{type(e).__name__}: {e}")
-            return
-        with contextlib.suppress(Exception):
-            await msg.respond(encode(msgspec.structs.replace(reply, cause=request.cause)))
-
-    async def _refuse(self, msg: Msg, code: int, why: str) -> None:
-        """Answer with an error, as a NATS micro endpoint does (the bus raises RemoteError)."""
-        if msg.reply:
-            headers = {ERROR_CODE_HEADER: str(code), ERROR_HEADER: why}
-            with contextlib.suppress(Exception):
-                await self.ctx.bus.nc.publish(msg.reply, b"", headers=headers)
+            raise Refused(503, "the manager is still reading its view: ask again")
+        reply = rules.plan(view, request.spec, epoch, self.token)
+        return msgspec.structs.replace(reply, cause=request.cause)
 
     async def _on_metrics(self, _request: ServiceMetricsRequest) -> ServiceMetrics:
         return ServiceMetrics(node=self.me, service=self.name, families=self.metrics.families())

@@ -19,13 +19,14 @@ others wrote (a node's registration, an instance's report), under the fields it 
 from __future__ import annotations
 
 import copy
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from colony.shared.jobspec import JobSpec
+from colony.shared.management import Management
 from colony.shared.messages import (
     Change,
     Command,
@@ -37,10 +38,9 @@ from colony.shared.messages import (
     JobRecord,
     NodeRecord,
     NodeStatus,
-    Placement,
-    QueryReply,
     QueryRequest,
     Stored,
+    placed_instance,
 )
 
 KINDS = {"node": "nodes", "label": "labels", "job": "jobs", "instance": "instances"}
@@ -55,8 +55,13 @@ class View:
     """The latest record of every job, with its spec."""
     instances: dict[str, InstanceRecord] = field(default_factory=dict)
     members: dict[str, str] = field(default_factory=dict)
-    """Membership's status of each node, as this node's membership sees it (a node it
-    does not mention keeps the status recorded for it)."""
+    """Membership's status of each node, as this node's membership sees it."""
+    answered: bool = False
+    """Whether membership answered: until it has, a node it does not mention keeps the
+    status recorded for it; from then on, such a node is unknown to it (`absent`)."""
+    absent: dict[str, float] = field(default_factory=dict)
+    """Recorded nodes membership does not mention -> for how many seconds now (the
+    curator's clock, set before each reconcile: reconcile reads no clock)."""
     specs: dict[tuple[str, int], JobSpec | None] = field(default_factory=dict)
     """Every (job, spec version) the view needs a spec of: None when it could not be read
     (the job is gone)."""
@@ -178,7 +183,7 @@ class View:
                 self._own("job", job, index, {"blocked": reason})
             case InstancesPlace(placements=placements):
                 for p in placements:
-                    self.instances[p.id] = placed(p, now)
+                    self.instances[p.id] = placed_instance(p, now)
                     self.mine[("instance", p.id)] = (index, {})
             case InstancesStop(ids=ids, reason=reason):
                 for id in ids:
@@ -205,58 +210,24 @@ class View:
         return other
 
 
-def placed(p: Placement, at: float) -> InstanceRecord:
-    """The record of an instance just placed (desired run, pending), as the database
-    makes it."""
-    return InstanceRecord(
-        id=p.id,
-        job=p.job,
-        version=p.version,
-        slot=p.slot,
-        node=p.node,
-        cpu=p.cpu,
-        memory=p.memory,
-        ports=dict(p.ports),
-        replaces=p.replaces,
-        desired_reason=p.reason,
-        placed=at,
-        changed=at,
-    )
-
-
-Ask = Callable[[QueryRequest], Awaitable[QueryReply]]
-"""Reads the management database (`Management.query`)."""
-
-
-async def read_all(ask: Ask, kind: str, key: str = "", where: dict[str, str] | None = None):
-    """Every page of `kind`'s objects: [(the log index a page was read at, its objects)]."""
-    pages, after = [], ""
-    while True:
-        reply = await ask(QueryRequest(key=key, kind=kind, where=where or {}, after=after))
-        pages.append((reply.index, reply.objects))
-        if not reply.more or not reply.objects:
-            return pages
-        after = reply.objects[-1].id
-
-
-async def load(ask: Ask) -> View:
+async def load(management: Management) -> View:
     """The whole view, read page by page. Instances before jobs: while this node acts
     nobody else places or stops an instance (fenced), so only clients change what the
     reads may disagree on, and a job read after its instances is the newer of the two
     (it never looks as if its newest instances were missing)."""
     view = View()
     for change_kind in ("node", "label", "instance", "job"):
-        for index, objects in await read_all(ask, KINDS[change_kind]):
-            view.loaded(change_kind, index, objects)
-    await fill(view, ask)
+        for page in (await management.query_all(KINDS[change_kind])).pages:
+            view.loaded(change_kind, page.index, page.objects)
+    await fill(view, management)
     return view
 
 
-async def fill(view: View, ask: Ask) -> None:
+async def fill(view: View, management: Management) -> None:
     """Read the specs the view misses (a job changed to a new version; instances placed
     at an older version than their job's latest)."""
     for job, version in sorted(view.missing()):
         where = {"version": str(version)}
-        reply = await ask(QueryRequest(key=job, kind="jobs", where=where))
+        reply = await management.query(QueryRequest(key=job, kind="jobs", where=where))
         found = [msgspec.convert(s.value, JobRecord) for s in reply.objects]
         view.learn(job, version, found[0] if found else None)
