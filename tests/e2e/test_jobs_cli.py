@@ -198,6 +198,8 @@ def test_run_status_scale_logs_events_stop(ready):
         )
 
     wait_for(all_ended, SETTLE, "every instance of web stopped", every=0.5)
+    again = colony("job", "plan", str(WEB), state=state)
+    assert again.stdout.startswith("web: stopped, runs again (version 1)"), again.stdout
 
     # the replay tells the whole story, in order, and stops at the stream's end
     replay = colony("events", state=state).stdout
