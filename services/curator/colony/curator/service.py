@@ -70,8 +70,11 @@ POLL = 1.0
 """Seconds between two looks at the node's own consensus status."""
 RETRY = 0.5
 """Seconds between two tries of a proposal no voter answered (same ids: never twice)."""
-PROPOSAL_BYTES = 400 * 1024
-"""A proposal's commands, encoded, at most (a request must stay under 1 MiB)."""
+PROPOSAL_BYTES = 192 * 1024
+"""A proposal's commands, encoded, at most: consensus refuses a log entry over 256 KiB,
+and the entry adds each proposal's id and epoch around its command."""
+PROPOSAL_COMMANDS = 512
+"""Commands in one proposal at most (consensus refuses more proposals in one entry)."""
 CATCH_UP = 1.0
 """Seconds a fresh view may wait for the changes made while it was read."""
 RESYNC_NOW = "resync"
@@ -412,17 +415,37 @@ class CuratorService:
 
 
 def _proposals(commands: list[Command]) -> list[list[Command]]:
-    """`commands` in order, cut into proposals of at most PROPOSAL_BYTES each."""
+    """`commands` in order, cut into proposals of at most PROPOSAL_COMMANDS commands and
+    PROPOSAL_BYTES each (a command too large alone is split first)."""
     batches: list[list[Command]] = []
     size = 0
-    for command in commands:
+    for command in (part for whole in commands for part in _fitting(whole)):
         length = len(msgspec.json.encode(command))
-        if not batches or size + length > PROPOSAL_BYTES:
+        if not batches or size + length > PROPOSAL_BYTES or len(batches[-1]) >= PROPOSAL_COMMANDS:
             batches.append([])
             size = 0
         batches[-1].append(command)
         size += length
     return batches
+
+
+_SPLITTABLE = {InstancesPlace: "placements", InstancesStop: "ids", InstancesRemove: "ids"}
+"""The commands carrying a list that may be cut in parts (each part applies on its own)."""
+
+
+def _fitting(command: Command) -> list[Command]:
+    """`command`, or its parts if it encodes to more than PROPOSAL_BYTES (halved until
+    each part fits)."""
+    field = _SPLITTABLE.get(type(command))
+    items = getattr(command, field) if field else []
+    if len(items) < 2 or len(msgspec.json.encode(command)) <= PROPOSAL_BYTES:
+        return [command]
+    half = len(items) // 2
+    return [
+        part
+        for chunk in (items[:half], items[half:])
+        for part in _fitting(msgspec.structs.replace(command, **{field: chunk}))
+    ]
 
 
 def _tag(command: Command) -> str:
