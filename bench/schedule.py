@@ -25,8 +25,7 @@ replacements are timed.
 
 To see where the time goes: COLONY_BENCH_LOGS=DIR keeps every process's log,
 COLONY_BENCH_PROFILE=DIR runs the curators under cProfile, and
-COLONY_BENCH_PROPOSAL_BYTES, COLONY_BENCH_REPORTS, COLONY_BENCH_REPORTS_IN_FLIGHT try
-smaller entries of placements and of reports.
+COLONY_BENCH_REPORTS, COLONY_BENCH_REPORTS_IN_FLIGHT try smaller entries of reports.
 """
 
 from __future__ import annotations
@@ -513,7 +512,7 @@ async def measure() -> tuple[Placing, Replacing, dict]:
     async with site("colony-bench-schedule-") as where:
         chief = await where.manager()
         members = await Members(where.bus, where.voters.ids).start()
-        curators = {n: where.start("bench._curator", n) for n in where.voters.ids}
+        curators = {n: where.start("colony.curator", n) for n in where.voters.ids}
         sim = SimNodes(where, nodes)
         tasks = [asyncio.create_task(sim.follow()), asyncio.create_task(sim.send())]
         try:
@@ -531,7 +530,7 @@ async def measure() -> tuple[Placing, Replacing, dict]:
                 if not await until(alive, 60, every=0.05):
                     raise TimeoutError(
                         f"the curator did not record nodes {joining[0]}..{joining[-1]} alive "
-                        f"within 60 s (its log: {where.log_tail('bench._curator', chief.node)})"
+                        f"within 60 s (its log: {where.log_tail('colony.curator', chief.node)})"
                     )
             say(f"{NODES} nodes alive after {time.monotonic() - started:.1f} s")
             manager = await where.manager()
@@ -616,10 +615,8 @@ def report(placing: Placing, replacing: Replacing, context: dict) -> str:
     stops = ", ".join(f"{n} ({why})" for why, n in context["stops"].most_common()) or "none"
     return f"""Three `python -m colony.consensus` voters, each on its own server of a 3-server
 NATS cluster, and the curator on each voter's node (the manager's acts:
-{context["manager"]}, epochs {context["epochs"]} at start, placing, end), run as
-`python -m bench._curator`: the curator with its proposals cut under the 256 KiB a
-log entry may hold (its own limit, 400 KiB, had every proposal of placements refused
-as invalid). This process plays membership (the nodes join {JOINING} at a time: the
+{context["manager"]}, epochs {context["epochs"]} at start, placing, end). This
+process plays membership (the nodes join {JOINING} at a time: the
 curator records their statuses in one proposal, which holds at most 512 commands;
 then one node's death event) and the
 agents of {NODES:,} simulated nodes: {NODE_CPU:g} cores, {NODE_MEMORY / 2**30:g} GiB, driver `sim`,
