@@ -1,9 +1,19 @@
-"""The change stream keeper's decisions: where the replicas may be, and what to do next."""
+"""The change stream keeper's decisions: where the replicas may be, and what to do next;
+and how it tries a failed step again (against a fake bus: the real one is in
+tests/service/test_stream_placement.py)."""
 
 from __future__ import annotations
 
-from colony.consensus.stream import LEADERLESS_GRACE, next_step, placement
-from colony.shared.bus import StreamPeer, StreamPlacement
+from colony.consensus import stream as streammod
+from colony.consensus.stream import (
+    LEADERLESS_GRACE,
+    RECREATE_GRACE,
+    StreamKeeper,
+    next_step,
+    placement,
+)
+from colony.shared.bus import StreamError, StreamPeer, StreamPlacement
+from colony.shared.messages import MembersReply, MemberView, NodeMeta
 
 VOTERS = {"v1", "v2", "v3"}
 NODES = {"v1", "v2", "v3", "s1", "s2"}
@@ -81,3 +91,87 @@ def test_a_placement_is_fixed_first_even_on_a_leaderless_stream():
 def test_a_single_replica_is_left_alone():
     single = StreamPlacement(leader="s1", peers=(StreamPeer("s1", True),), replicas=1, tags=())
     assert next_step(single, VOTERS, NODES, 60) is None
+
+
+# A move under way when the stream leader's server died: x1 (a voter, replaced since by v1)
+# was being moved off to v2, and x2 (the leader, a voter replaced since by v3) is lost too.
+MID_MOVE = stream(None, "x2", "x1", "v1", "v2", stale=("x1", "x2", "v2"), tags=("!node:x1",))
+KNOWN = NODES | {"x1", "x2"}
+
+
+def test_a_failed_removal_waits_while_the_other_lost_replica_is_removed():
+    step = next_step(MID_MOVE, VOTERS, KNOWN, LEADERLESS_GRACE)
+    assert step is not None and (step.kind, step.peer, step.key) == ("remove", "x2", "remove x2")
+    step = next_step(MID_MOVE, VOTERS, KNOWN, LEADERLESS_GRACE, waiting={"remove x2"})
+    assert step is not None and (step.kind, step.peer) == ("remove", "x1")
+    assert next_step(MID_MOVE, VOTERS, KNOWN, 10, waiting={"remove x1", "remove x2"}) is None
+
+
+def test_a_refused_placement_waits_while_lost_replicas_are_removed():
+    lost = stream(None, "v1", "s1", "s2", stale=("s1", "s2"), tags=())
+    step = next_step(lost, VOTERS, NODES, 60, waiting={"place"})
+    assert step is not None and (step.kind, step.peer) == ("remove", "s1")
+
+
+def test_a_stream_leaderless_for_long_is_recreated_on_the_voters_once_they_are_alive():
+    step = next_step(MID_MOVE, VOTERS, KNOWN, RECREATE_GRACE, alive=VOTERS | {"s1"})
+    assert step is not None and step.kind == "recreate"
+    assert step.tags == ("!node:s1", "!node:s2", "!node:x1", "!node:x2")
+    assert "v1, v2, v3" in step.reason and "no leader for 30 s" in step.reason
+    # not before the grace, nor while a voter is not alive (its replica could not be placed),
+    # nor without a membership view, nor while a failed re-creation waits: removals instead
+    assert next_step(MID_MOVE, VOTERS, KNOWN, RECREATE_GRACE - 1, alive=VOTERS).kind == "remove"
+    assert next_step(MID_MOVE, VOTERS, KNOWN, 60, alive={"v1", "v2", "s1"}).kind == "remove"
+    assert next_step(MID_MOVE, VOTERS, None, 60, alive=VOTERS).kind == "remove"
+    waiting = {"recreate"}
+    assert next_step(MID_MOVE, VOTERS, KNOWN, 60, alive=VOTERS, waiting=waiting).kind == "remove"
+    # a stream with its leader is never re-created
+    assert next_step(stream("v1", "v2", "v3"), VOTERS, NODES, 60, alive=VOTERS) is None
+
+
+class FakeBus:
+    """The stream stays leaderless mid-move; a removal of a peer in `refuse` fails."""
+
+    def __init__(self, refuse: set[str]) -> None:
+        self.refuse = refuse
+        self.removals: list[str] = []
+
+    async def stream_placement(self, stream: str) -> StreamPlacement:
+        return MID_MOVE
+
+    async def request(self, subject, msg, timeout: float) -> MembersReply:
+        members = [MemberView(n, "alive", 1, NodeMeta(), 0.0) for n in sorted(KNOWN)]
+        return MembersReply(observer="v1", members=members)
+
+    async def remove_stream_peer(self, stream: str, server: str) -> None:
+        self.removals.append(server)
+        if server in self.refuse:
+            raise StreamError(f"removing {server}'s replica", 503, "peer remap failed")
+
+
+async def test_the_keeper_tries_a_failed_removal_again_with_a_growing_backoff(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(streammod.time, "monotonic", lambda: now[0])
+    bus = FakeBus(refuse={"x2", "x1"})
+    keeper = StreamKeeper(bus, "v1", lambda: True, lambda: VOTERS)  # type: ignore[arg-type]
+
+    async def look(at: float) -> None:
+        now[0] = 100.0 + at
+        assert await keeper.keep() is None  # every removal fails
+
+    await look(0)  # leaderless from now
+    for at in (LEADERLESS_GRACE, LEADERLESS_GRACE + 0.5, LEADERLESS_GRACE + 0.6):
+        await look(at)
+    # x2 refused, then x1 (the other lost one) at the next look, then both wait 1 s
+    assert bus.removals == ["x2", "x1"]
+    await look(LEADERLESS_GRACE + 1)
+    await look(LEADERLESS_GRACE + 1.6)
+    assert bus.removals == ["x2", "x1", "x2", "x1"]
+    await look(LEADERLESS_GRACE + 2.5)  # each now waits 2 s
+    assert len(bus.removals) == 4
+    await look(LEADERLESS_GRACE + 3.1)
+    assert bus.removals[-1] == "x2"
+
+    bus.refuse.clear()  # once it works, the step is taken
+    now[0] += 10
+    assert (await keeper.keep()).peer in ("x1", "x2")

@@ -494,6 +494,22 @@ class Bus:
             config.placement = Placement(tags=tags) if tags else None
             await self.js.update_stream(config)
 
+    async def recreate_stream(self, stream: str, tags: list[str]) -> None:
+        """Delete `stream` and make it again, empty, with its configuration but placement
+        `tags`: the way back for a replicated stream whose replicas lost their quorum for good
+        (the JetStream meta leader does both without a stream leader). What it held is gone:
+        only for a stream whose writer can send it all again. If someone made it again in
+        between (its writer), that one stays."""
+        with _translated(f"re-creating stream {stream}"):
+            config = (await self.js.stream_info(stream)).config
+            config.placement = Placement(tags=tags) if tags else None
+            await self.js.delete_stream(stream)
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError as e:
+                if e.err_code != STREAM_EXISTS:
+                    raise
+
     async def remove_stream_peer(self, stream: str, server: str, timeout: float = 2.0) -> None:
         """Drop `stream`'s replica on `server`; the JetStream meta leader picks a replacement
         where the stream's placement allows. Works on a stream without a leader too."""

@@ -15,12 +15,28 @@ than before. When a lost voter is replaced, the placement follows: the old voter
 now excluded and its replica moves to a voter.
 
 Rescuing. A stream that lost a quorum of its replicas (two non-voters lost before
-they could be moved off) has no leader: it can neither store nor be moved. Once it has
-been leaderless for `LEADERLESS_GRACE` seconds, the keeper removes, one per look, a
-replica that is not current and not on a voter; the JetStream meta leader places a
-replacement where the placement allows, and the replicas left elect a leader. A
-voter's replica is never removed: a lost voter is replaced first (by the voter
-keeper), then excluded like any other non-voter.
+they could be moved off, or a voter's server lost while a replica was being moved off
+another) has no leader: it can neither store nor be moved, and JetStream refuses to
+change its placement ("stream move already in progress"). Once it has been leaderless
+for `LEADERLESS_GRACE` seconds, the keeper removes, one per look, a replica that is not
+current and not on a voter: the JetStream meta leader drops it from the stream's Raft
+group (the replicas left then need a smaller quorum) and places a replacement where
+the placement allows. It refuses ("peer remap failed", 503) when no allowed server is
+free for a replacement: in a move, a placement that predates the latest voter change.
+A step that fails is tried again with a growing backoff, and meanwhile the others are
+tried (the other lost replica). A voter's replica is never removed: a lost voter is
+replaced first (by the voter keeper), then excluded like any other non-voter.
+
+Re-creating. Removals may not be enough: the replicas left may each know a different
+Raft group (one added by a move that was not yet committed when the leader died), and
+none gathers a quorum. When the stream has been leaderless for `RECREATE_GRACE`
+seconds and enough voters are alive to hold every replica, the keeper deletes the
+stream and makes it again, empty, on the voters (the meta leader does both without a
+stream leader). The change log in the management database is the source of truth: the
+relay sees the stream went back (or is empty) and sends again every change the
+database holds (the newest `change_log_kept` at least), so no follower misses one the
+voters committed; only older history is gone. Should the making fail, the relay makes
+the stream (placed anywhere) and the keeper places it.
 
 A single-replica stream (a test's standalone server) has no quorum to keep and is
 left alone.
@@ -51,6 +67,12 @@ LOOK_EVERY = 1.0
 LEADERLESS_GRACE = 3.0
 """Seconds a stream must be seen without a leader before its lost replicas are removed
 (the JetStream meta leader only describes it after some 10 s without one anyway)."""
+RECREATE_GRACE = 30.0
+"""Seconds a stream must be seen without a leader before it is re-created: removals and
+a new election had their chance; a re-created stream loses what the change log pruned."""
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+"""Seconds before a failed step is tried again: doubling from the first to the max."""
 
 log = logging.getLogger("colony.consensus.stream")
 
@@ -62,12 +84,27 @@ def placement(voters: Collection[str], nodes: Collection[str]) -> tuple[str, ...
 
 @dataclass(frozen=True)
 class Step:
-    """One change to the stream: set its placement `tags`, or remove its replica on `peer`."""
+    """One change to the stream: set its placement `tags`, remove its replica on `peer`, or
+    re-create it (empty, placed by `tags`)."""
 
-    kind: Literal["place", "remove"]
+    kind: Literal["place", "remove", "recreate"]
     reason: str
     tags: tuple[str, ...] = ()
     peer: str = ""
+
+    @property
+    def key(self) -> str:
+        """What names the step among those backing off after a failure."""
+        return f"remove {self.peer}" if self.kind == "remove" else self.kind
+
+    @property
+    def action(self) -> str:
+        """The step as a log line says it."""
+        if self.kind == "remove":
+            return f"remove {self.peer}'s replica of the change stream"
+        if self.kind == "recreate":
+            return f"re-create the change stream, empty, placed by {list(self.tags)}"
+        return f"place the change stream by {list(self.tags)}"
 
 
 def next_step(
@@ -75,28 +112,45 @@ def next_step(
     voters: Collection[str],
     nodes: Collection[str] | None,
     leaderless_for: float,
+    alive: Collection[str] | None = None,
+    waiting: Collection[str] = (),
 ) -> Step | None:
-    """What to do next, if anything. `nodes`: every node membership knows of (None: no
-    view now); `leaderless_for`: seconds the stream has been seen without a leader."""
+    """What to do next, if anything. `nodes`: every node membership knows of, `alive`: those
+    it sees alive (None: no view now); `leaderless_for`: seconds the stream has been seen
+    without a leader; `waiting`: the keys of steps that failed and wait to be tried again."""
     if stream.replicas < 2:
         return None
     peers = [peer.name for peer in stream.peers if peer.name]
     moving = len(stream.peers) > stream.replicas  # JetStream is moving a replica: let it finish
-    if nodes is not None and not moving:
-        wanted = placement(voters, {*nodes, *peers})
-        if wanted != stream.tags:
-            strays = sorted(set(peers) - set(voters))
-            why = f"replicas on non-voters {strays}" if strays else "the non-voters changed"
-            return Step("place", f"keep replicas on the voters: {why}", tags=wanted)
-    if stream.leader is None and leaderless_for >= LEADERLESS_GRACE:
-        for peer in stream.peers:
-            if peer.name and not peer.current and peer.name not in voters:
-                return Step(
-                    "remove",
-                    f"the stream has had no leader for {leaderless_for:.0f} s, and {peer.name}"
-                    " (not a voter) is not current",
-                    peer=peer.name,
-                )
+    wanted = None if nodes is None else placement(voters, {*nodes, *peers})
+    if wanted is not None and wanted != stream.tags and not moving and "place" not in waiting:
+        strays = sorted(set(peers) - set(voters))
+        why = f"replicas on non-voters {strays}" if strays else "the non-voters changed"
+        return Step("place", f"keep replicas on the voters: {why}", tags=wanted)
+    if stream.leader is not None or leaderless_for < LEADERLESS_GRACE:
+        return None
+    hosts = set(voters) & set(alive or ())
+    if (
+        leaderless_for >= RECREATE_GRACE
+        and wanted is not None
+        and len(hosts) >= stream.replicas
+        and "recreate" not in waiting
+    ):
+        return Step(
+            "recreate",
+            f"the stream has had no leader for {leaderless_for:.0f} s, and the voters alive"
+            f" ({', '.join(sorted(hosts))}) can hold its {stream.replicas} replicas",
+            tags=wanted,
+        )
+    for peer in stream.peers:
+        lost = peer.name and not peer.current and peer.name not in voters
+        if lost and f"remove {peer.name}" not in waiting:
+            return Step(
+                "remove",
+                f"the stream has had no leader for {leaderless_for:.0f} s, and {peer.name}"
+                " (not a voter) is not current",
+                peer=peer.name,
+            )
     return None
 
 
@@ -126,6 +180,9 @@ class StreamKeeper:
         self.voters = voters
         self.stream = stream
         self._leaderless_since: float | None = None
+        self._failed: dict[str, tuple[int, float]] = {}
+        """Each step that failed (by its key): how many times in a row, and when it may be
+        tried again."""
         self._said = ""
         """The last failure logged: a failure that repeats at every look is logged once."""
 
@@ -134,6 +191,7 @@ class StreamKeeper:
             await asyncio.sleep(LOOK_EVERY)
             if not self.is_leader():
                 self._leaderless_since = None
+                self._failed.clear()
                 continue
             try:
                 await self.keep()
@@ -143,7 +201,7 @@ class StreamKeeper:
                 log.exception("keeping the change stream on the voters failed; trying again")
 
     async def keep(self) -> Step | None:
-        """One look: at most one step. Returns the step taken."""
+        """One look: at most one step. Returns the step taken, if it succeeded."""
         try:
             stream = await self.bus.stream_placement(self.stream)
         except (NotFound, RequestTimeout, NoResponders):
@@ -158,34 +216,71 @@ class StreamKeeper:
         except RuntimeError:  # pysyncobj's thread is changing them: next look
             return None
         leaderless_for = 0.0 if self._leaderless_since is None else now - self._leaderless_since
-        step = next_step(stream, voters, await self._nodes(), leaderless_for)
+        members = await self._members()
+        waiting = {key for key, (_, retry_at) in self._failed.items() if retry_at > now}
+        step = next_step(
+            stream,
+            voters,
+            None if members is None else set(members),
+            leaderless_for,
+            alive=None if members is None else {n for n, s in members.items() if s == "alive"},
+            waiting=waiting,
+        )
         if step is None:
+            if stream.leader is not None:
+                self._failed.clear()
             self._said = ""
             return None
         where = {"stream": self.stream, "reason": step.reason, "voters": sorted(voters)}
-        if step.kind == "remove":
-            await self.bus.remove_stream_peer(self.stream, step.peer)
+        try:
+            await self._take(step, where)
+        except BusError as e:
+            failures = self._failed.get(step.key, (0, 0.0))[0] + 1
+            delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+            self._failed[step.key] = (failures, now + delay)
             log.warning(
-                "removed a lost replica of the change stream", extra={**where, "peer": step.peer}
+                f"could not {step.action}: {e}; trying again in {delay:g} s, and meanwhile"
+                " any other step",
+                extra={**where, "failures": failures},
             )
-        else:
-            what = "placed the change stream"
-            try:
-                await self.bus.place_stream(self.stream, list(step.tags))
-            except RequestTimeout:  # leaderless: recorded, but no stream leader to confirm it
-                what += " (unconfirmed: it has no leader)"
-            log.info(what, extra={**where, "tags": step.tags})
+            return None
+        self._failed.pop(step.key, None)
         self._said = ""
         return step
 
-    async def _nodes(self) -> set[str] | None:
-        """Every node this node's membership knows of, whatever its status; None if it does
-        not answer (then the placement stays as it is)."""
+    async def _take(self, step: Step, where: dict[str, object]) -> None:
+        if step.kind == "remove":
+            log.info(f"removing {step.peer}'s replica of the change stream", extra=where)
+            await self.bus.remove_stream_peer(self.stream, step.peer)
+            log.warning(
+                f"removed {step.peer}'s replica of the change stream; the JetStream meta leader"
+                " places a replacement where the placement allows",
+                extra={**where, "peer": step.peer},
+            )
+        elif step.kind == "recreate":
+            log.error(
+                "re-creating the change stream, empty, on the voters: its replicas lost their"
+                " quorum for good; the relay sends the change log again",
+                extra={**where, "tags": step.tags},
+            )
+            await self.bus.recreate_stream(self.stream, list(step.tags))
+            self._leaderless_since = None
+            log.warning("re-created the change stream", extra={**where, "tags": step.tags})
+        else:
+            # A RequestTimeout (no stream leader to confirm it) counts as a failure: the meta
+            # leader may have recorded it, but if the tags did not change it is tried again
+            # only after a backoff, and meanwhile the rescue steps get their looks.
+            await self.bus.place_stream(self.stream, list(step.tags))
+            log.info("placed the change stream", extra={**where, "tags": step.tags})
+
+    async def _members(self) -> dict[str, str] | None:
+        """Every node this node's membership knows of, whatever its status, with its status;
+        None if it does not answer (then the placement stays as it is)."""
         try:
             reply = await self.bus.request(subjects.members(self.me), MembersRequest(), 1.0)
         except BusError:
             return None
-        return {member.node for member in reply.members}
+        return {member.node: member.status for member in reply.members}
 
     def _say(self, failure: str) -> None:
         if failure != self._said:
