@@ -109,8 +109,13 @@ def test_a_failed_removal_waits_while_the_other_lost_replica_is_removed():
 
 def test_a_refused_placement_waits_while_lost_replicas_are_removed():
     lost = stream(None, "v1", "s1", "s2", stale=("s1", "s2"), tags=())
-    step = next_step(lost, VOTERS, NODES, 60, waiting={"place"})
+    place = next_step(lost, VOTERS, NODES, 60)
+    assert place is not None and place.key == "place !node:s1,!node:s2"
+    step = next_step(lost, VOTERS, NODES, 60, waiting={place.key})
     assert step is not None and (step.kind, step.peer) == ("remove", "s1")
+    # a placement with other tags (the voters changed since) is tried at once
+    step = next_step(lost, VOTERS - {"v3"} | {"s2"}, NODES, 60, waiting={place.key})
+    assert step is not None and step.kind == "place"
 
 
 def test_a_stream_leaderless_for_long_is_recreated_on_the_voters_once_they_are_alive():
@@ -123,7 +128,7 @@ def test_a_stream_leaderless_for_long_is_recreated_on_the_voters_once_they_are_a
     assert next_step(MID_MOVE, VOTERS, KNOWN, RECREATE_GRACE - 1, alive=VOTERS).kind == "remove"
     assert next_step(MID_MOVE, VOTERS, KNOWN, 60, alive={"v1", "v2", "s1"}).kind == "remove"
     assert next_step(MID_MOVE, VOTERS, None, 60, alive=VOTERS).kind == "remove"
-    waiting = {"recreate"}
+    waiting = {step.key}
     assert next_step(MID_MOVE, VOTERS, KNOWN, 60, alive=VOTERS, waiting=waiting).kind == "remove"
     # a stream with its leader is never re-created
     assert next_step(stream("v1", "v2", "v3"), VOTERS, NODES, 60, alive=VOTERS) is None

@@ -34,9 +34,9 @@ seconds and enough voters are alive to hold every replica, the keeper deletes th
 stream and makes it again, empty, on the voters (the meta leader does both without a
 stream leader). The change log in the management database is the source of truth: the
 relay sees the stream went back (or is empty) and sends again every change the
-database holds (the newest `change_log_kept` at least), so no follower misses one the
-voters committed; only older history is gone. Should the making fail, the relay makes
-the stream (placed anywhere) and the keeper places it.
+database holds: every one not relayed yet (the database keeps those) and the newest
+`change_log_kept` at least; only older history is gone. Should the making fail, the
+relay makes the stream (placed anywhere) and the keeper places it.
 
 A single-replica stream (a test's standalone server) has no quorum to keep and is
 left alone.
@@ -94,8 +94,11 @@ class Step:
 
     @property
     def key(self) -> str:
-        """What names the step among those backing off after a failure."""
-        return f"remove {self.peer}" if self.kind == "remove" else self.kind
+        """What names the step among those backing off after a failure (a placement with
+        other tags is another step: tried at once)."""
+        if self.kind == "remove":
+            return f"remove {self.peer}"
+        return f"{self.kind} {','.join(self.tags)}"
 
     @property
     def action(self) -> str:
@@ -123,35 +126,23 @@ def next_step(
     peers = [peer.name for peer in stream.peers if peer.name]
     moving = len(stream.peers) > stream.replicas  # JetStream is moving a replica: let it finish
     wanted = None if nodes is None else placement(voters, {*nodes, *peers})
-    if wanted is not None and wanted != stream.tags and not moving and "place" not in waiting:
+    steps: list[Step] = []
+    if wanted is not None and wanted != stream.tags and not moving:
         strays = sorted(set(peers) - set(voters))
         why = f"replicas on non-voters {strays}" if strays else "the non-voters changed"
-        return Step("place", f"keep replicas on the voters: {why}", tags=wanted)
-    if stream.leader is not None or leaderless_for < LEADERLESS_GRACE:
-        return None
-    hosts = set(voters) & set(alive or ())
-    if (
-        leaderless_for >= RECREATE_GRACE
-        and wanted is not None
-        and len(hosts) >= stream.replicas
-        and "recreate" not in waiting
-    ):
-        return Step(
-            "recreate",
-            f"the stream has had no leader for {leaderless_for:.0f} s, and the voters alive"
-            f" ({', '.join(sorted(hosts))}) can hold its {stream.replicas} replicas",
-            tags=wanted,
-        )
-    for peer in stream.peers:
-        lost = peer.name and not peer.current and peer.name not in voters
-        if lost and f"remove {peer.name}" not in waiting:
-            return Step(
-                "remove",
-                f"the stream has had no leader for {leaderless_for:.0f} s, and {peer.name}"
-                " (not a voter) is not current",
-                peer=peer.name,
-            )
-    return None
+        steps.append(Step("place", f"keep replicas on the voters: {why}", tags=wanted))
+    leaderless = f"the stream has had no leader for {leaderless_for:.0f} s"
+    if stream.leader is None and leaderless_for >= LEADERLESS_GRACE:
+        hosts = set(voters) & set(alive or ())  # the servers `wanted` allows that are up
+        can_hold = len(hosts) >= stream.replicas
+        if wanted is not None and leaderless_for >= RECREATE_GRACE and can_hold:
+            why = f"the voters alive ({', '.join(sorted(hosts))}) can hold its replicas"
+            steps.append(Step("recreate", f"{leaderless}, and {why}", tags=wanted))
+        for peer in stream.peers:
+            if peer.name and not peer.current and peer.name not in voters:
+                why = f"{peer.name} (not a voter) is not current"
+                steps.append(Step("remove", f"{leaderless}, and {why}", peer=peer.name))
+    return next((step for step in steps if step.key not in waiting), None)
 
 
 async def placement_of(bus: Bus, stream: str) -> list[str]:
