@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+from dataclasses import replace
 
 import aiosqlite
 import msgspec
@@ -404,6 +405,70 @@ def test_several_commands_in_one_entry_apply_each_on_its_own(db):
     )
     assert [o.ok for o in outcomes] == [True, False, True, True]
     assert [c[:2] for c in db.changes("instance")] == [("web-0", 1), ("web-0", 2)]
+
+
+def _one_by_one(registry: Registry) -> Registry:
+    """`registry` with no command applied a run at a time (each proposal on its own)."""
+    kinds = []
+    for kind in registry.kinds:
+        commands = tuple(replace(h, apply_all=None) for h in kind.commands)
+        kinds.append(replace(kind, commands=commands))
+    return Registry(tuple(kinds))
+
+
+def test_a_run_of_reports_in_one_entry_applies_as_one_after_the_other_would(tmp_path):
+    run = [  # (proposal id, command)
+        ("r1", InstancesReport(node="a", reports=[report("web-0", 1, "starting")])),
+        ("r2", InstancesReport(node="a", reports=[report("web-0", 2), report("web-1", 1)])),
+        ("r3", InstancesReport(node="b", reports=[report("web-0", 5), report("web-2", 1)])),
+        ("r1", InstancesReport(node="a", reports=[report("web-0", 9)])),  # a retry of r1
+        ("r4", InstancesReport(node="a", reports=[report("web-1", 1, "exited")])),  # stale
+        ("k1", KvPut("between", "1")),  # ends the run
+        ("r5", InstancesReport(node="b", reports=[report("web-2", 2, "exited", exit_code=0)])),
+    ]
+    placements = [placement("web-0"), placement("web-1", slot=1), placement("web-2", "b", slot=2)]
+    log = [
+        [Proposal("grant", LeaseGrant("n1", 10.0, expected_epoch=0))],
+        [Proposal("a", register("a")), Proposal("b", register("b"))],
+        [Proposal("web", JobRun(spec(replicas=3)))],
+        [Proposal("placed", InstancesPlace(placements), epoch=1)],
+        [Proposal(id, command) for id, command in run],
+    ]
+    results = []
+    for name, kinds in (("together", REGISTRY), ("alone", _one_by_one(REGISTRY))):
+        machine = Machine(tmp_path / name, kinds=kinds)
+        for index, proposals in enumerate(log, start=1):
+            outcomes = machine.apply(index, encode_batch(proposals, ts=1000.0 + index))
+        results.append((outcomes, machine.dump()))
+        machine.close()
+    (together, dump), (alone, expected) = results
+    assert together == alone and dump == expected
+    assert [o.value for o in together] == [
+        "1 recorded", "2 recorded", "1 recorded", "1 recorded", "0 recorded", "1", "1 recorded",
+    ]  # fmt: skip
+    assert together[2].error == "instance web-0 is placed on node a, not b"
+
+
+def test_a_run_of_reports_with_one_that_fails_refuses_that_one_alone(placed, monkeypatch):
+    real = Machine._changed
+
+    def changed(self, txn, kind, changes):
+        if txn.proposal.id == "bad":
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return real(self, txn, kind, changes)
+
+    monkeypatch.setattr(Machine, "_changed", changed)
+    proposals = [
+        Proposal("good-1", InstancesReport(node="a", reports=[report("web-0", 1)])),
+        Proposal("bad", InstancesReport(node="a", reports=[report("web-1", 1)])),
+        Proposal("good-2", InstancesReport(node="b", reports=[report("web-2", 1)])),
+    ]
+    placed.index += 1
+    outcomes = placed.machine.apply(placed.index, encode_batch(proposals, ts=2000.0))
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert "OverflowError" in outcomes[1].error
+    versions = {id: v for id, v, _ in placed.changes("instance")}
+    assert versions == {"web-0": 2, "web-1": 1, "web-2": 2}
 
 
 def test_voters_applying_the_same_log_hold_the_same_database(tmp_path):

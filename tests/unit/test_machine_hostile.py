@@ -68,10 +68,11 @@ def test_an_error_applying_one_proposal_refuses_it_alone_and_undoes_its_writes(
     m = Machine(tmp_path / "db")
     real = Machine._changed
 
-    def changed(self, txn, kind, id, version, detail):
-        if id == "bad":  # the row is written, then the change log refuses: all undone
+    def changed(self, txn, kind, changes):
+        if any(id == "bad" for id, _version, _detail in changes):
+            # the row is written, then the change log refuses: all undone
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
-        return real(self, txn, kind, id, version, detail)
+        return real(self, txn, kind, changes)
 
     monkeypatch.setattr(machine_module.Machine, "_changed", changed)
     batch = [Proposal("a", KvPut("good", "1")), Proposal("b", KvPut("bad", "1"))]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import aiosqlite
@@ -76,17 +77,35 @@ APPLIED_INDEX = "(SELECT value FROM meta WHERE name = 'last_applied')"
 # --- idempotency records ---------------------------------------------------------
 
 
-def seen(db: sqlite3.Connection, proposal_id: str) -> Outcome | None:
-    """The first outcome of `proposal_id`, if it was applied before."""
-    row = db.execute("SELECT outcome FROM proposals WHERE id = ?", (proposal_id,)).fetchone()
-    return _outcome.decode(row[0]) if row else None
+def among(db: sqlite3.Connection, sql: str, ids: Iterable[str]) -> Iterator[tuple]:
+    """The rows `sql` selects for `ids`: its `{ids}` is replaced by their placeholders, a
+    few hundred ids at a time (one read for many objects rather than one each)."""
+    ids = list(ids)
+    for first in range(0, len(ids), _IDS_PER_READ):
+        some = ids[first : first + _IDS_PER_READ]
+        yield from db.execute(sql.format(ids=", ".join("?" * len(some))), some)
 
 
-def remember(db: sqlite3.Connection, proposal_id: str, index: int, outcome: Outcome) -> None:
-    db.execute(
+_IDS_PER_READ = 500
+"""Ids one `IN (...)` lists at most (SQLite's limit on parameters is 32,766 today, 999
+in builds before 3.32)."""
+
+
+def seen(db: sqlite3.Connection, proposal_ids: list[str]) -> dict[str, Outcome]:
+    """The first outcome of each of `proposal_ids` applied before (one read for an entry)."""
+    rows = among(db, "SELECT id, outcome FROM proposals WHERE id IN ({ids})", proposal_ids)
+    return {id: _outcome.decode(outcome) for id, outcome in rows}
+
+
+def remember(db: sqlite3.Connection, index: int, outcomes: list[tuple[str, Outcome]]) -> None:
+    """Keep the outcome of each (proposal id, outcome) applied at log `index`, in order."""
+    db.executemany(
         "INSERT INTO proposals (id, log_index, outcome) VALUES (?, ?, ?)",
-        (proposal_id, index, msgspec.json.encode(outcome)),
+        [(id, index, _encode(outcome)) for id, outcome in outcomes],
     )
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 FORGOTTEN = "proposals_forgotten_upto"
@@ -113,27 +132,34 @@ class Unpublishable(ValueError):
     detail is too large): refused at apply, the same way on every voter."""
 
 
-def record(
-    db: sqlite3.Connection,
+def rows(
     *,
     index: int,
     kind: str,
-    id: str,
-    version: int,
     cause: str,
     epoch: int,
-    detail: dict,
     ts: float,
     kinds: tuple[str, ...],
-) -> None:
-    """Append one change; raises Unpublishable unless the relay can publish it."""
+    changes: list[tuple[str, int, dict | bytes]],
+) -> list[tuple]:
+    """The rows (for `append`) of changes of `kind`, each (object id, version, detail);
+    raises Unpublishable unless the relay can publish every one. A detail is a dict, or
+    already its JSON (bytes: a kind's encoded record, encoded once for its row and its
+    change)."""
     if kind not in kinds:
         raise Unpublishable(f"change kind {kind!r} is not declared by any kind")
-    text = check_change(kind, id, detail)
-    db.execute(
+    return [
+        (index, kind, id, version, cause, epoch, check_change(kind, id, detail), ts)
+        for id, version, detail in changes
+    ]
+
+
+def append(db: sqlite3.Connection, rows: list[tuple]) -> None:
+    """Append changes (`rows`' rows) to the change log, in order."""
+    db.executemany(
         "INSERT INTO changes (log_index, kind, id, version, cause, epoch, detail, ts) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (index, kind, id, version, cause, epoch, text, ts),
+        rows,
     )
 
 
@@ -141,20 +167,26 @@ _DETAIL = json.JSONEncoder(allow_nan=False)
 """json.dumps(detail, allow_nan=False), without making an encoder for every change."""
 
 
-def check_change(kind: str, id: str, detail: dict) -> str:
-    """The detail as stored (JSON), if a change of `kind` on `id` with `detail`
-    can be published; else Unpublishable saying why."""
+def check_change(kind: str, id: str, detail: dict | bytes) -> str:
+    """The detail as stored (JSON text), if a change of `kind` on `id` with `detail` (a
+    dict, or its JSON already) can be published; else Unpublishable saying why."""
     try:  # what subjects.change(kind, id) checks of an id (kinds are checked at import)
         subjects.token(id, "object id")
     except subjects.SubjectError as e:
         raise Unpublishable(str(e)) from None
-    try:
-        text = _DETAIL.encode(detail)
-    except (TypeError, ValueError) as e:
-        raise Unpublishable(f"the detail of change {kind} {id} is not JSON: {e}") from None
-    if len(text) > MAX_DETAIL_BYTES:
+    if isinstance(detail, bytes):
+        # encoded by msgspec from a record decoded from the entry: its numbers are finite
+        # (msgspec refuses NaN and infinities when it decodes)
+        text, size = detail.decode(), len(detail)
+    else:
+        try:
+            text = _DETAIL.encode(detail)  # ASCII: as many bytes as characters
+        except (TypeError, ValueError) as e:
+            raise Unpublishable(f"the detail of change {kind} {id} is not JSON: {e}") from None
+        size = len(text)
+    if size > MAX_DETAIL_BYTES:
         raise Unpublishable(
-            f"the detail of change {kind} {id} is {len(text)} bytes of JSON, over the "
+            f"the detail of change {kind} {id} is {size} bytes of JSON, over the "
             f"{MAX_DETAIL_BYTES}-byte limit"
         )
     return text

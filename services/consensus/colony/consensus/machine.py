@@ -39,6 +39,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -46,7 +47,7 @@ import msgspec
 from colony.consensus import changelog, schema
 from colony.consensus.kinds import REGISTRY, kv, retention
 from colony.consensus.kinds import leases as leases_kind
-from colony.consensus.kinds.kind import Applied, Registry, Txn
+from colony.consensus.kinds.kind import Applied, Handles, Kind, Registry, Txn
 from colony.consensus.kinds.leases import FREE, LeaseState
 from colony.shared.messages import FENCED, MANAGER, Outcome, Proposal
 
@@ -156,6 +157,36 @@ def _unknown(entry: bytes, registry: Registry, error: Exception) -> str:
     return f"an entry it cannot decode ({error})"
 
 
+@dataclass
+class _Applying:
+    """One entry being applied: its proposals' outcomes so far, in order."""
+
+    index: int
+    entry: Entry
+    late: str
+    """Why its proposals must be refused, as made too long ago ('' : they may apply)."""
+    known: dict[str, Outcome]
+    """The first outcome of every proposal id applied before (this entry's too)."""
+    outcomes: list[Outcome | None] = field(default_factory=list)
+    """None: held in `group`, not applied yet."""
+    new: list[tuple[int, str, Outcome]] = field(default_factory=list)
+    """The outcomes to remember under their proposal ids, with their places in the entry."""
+    noted: list[Applied] = field(default_factory=list)
+    group: list[tuple[Kind, Handles, Proposal, int]] = field(default_factory=list)
+    """Consecutive proposals of one command whose kind applies them at once (`apply_all`),
+    each with where its outcome goes in `outcomes`."""
+    grouped: set[str] = field(default_factory=set)
+    """The ids of the proposals in `group`."""
+
+    def decided(self, at: int, proposal_id: str, outcome: Outcome) -> None:
+        self.known[proposal_id] = outcome
+        self.new.append((at, proposal_id, outcome))
+
+    def remembered(self) -> list[tuple[str, Outcome]]:
+        """The new outcomes, in the order of their proposals in the entry."""
+        return [(id, outcome) for _at, id, outcome in sorted(self.new, key=lambda n: n[0])]
+
+
 class Machine:
     """The management database of one voter, and the apply function."""
 
@@ -174,6 +205,8 @@ class Machine:
             raise
         self.memory: dict[str, object] = {}
         """Each kind's in-memory state (the leases: for the expiry clock and status)."""
+        self._changes: list[tuple] = []
+        """The changes recorded by the proposal being applied, written when it is done."""
         self.watchers: list[Watcher] = []
         """Told what each entry did once it commits (on the applying thread: be quick)."""
         self._load()
@@ -210,72 +243,131 @@ class Machine:
         if index <= self.last_applied:
             return None
         decoded = decode_entry(index, entry, self.kinds)
-        db, noted = self.db, []
+        db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._changes = []
             # Once per entry, not per proposal: made is the entry's, and Prune (which moves
             # the limit) comes in entries of its own (only the service proposes it).
             late = retention.too_old(db, decoded.made)
-            outcomes = [self._apply_one(index, decoded, p, noted, late) for p in decoded.proposals]
+            # Idempotency records read and written once per entry, not per proposal.
+            known = changelog.seen(db, [p.id for p in decoded.proposals if self._recorded(p)])
+            run = _Applying(index, decoded, late, known)
+            for proposal in decoded.proposals:
+                self._apply_one(run, proposal)
+            self._apply_group(run)
+            changelog.remember(db, index, run.remembered())
             changelog.set_applied(db, index)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             self._load()  # memory may hold what the rolled back proposals did
             raise
-        self._tell(noted)
-        return outcomes
+        self._tell(run.noted)
+        return run.outcomes  # type: ignore[return-value]  # every one is set by now
 
-    def _apply_one(self, index: int, entry: Entry, proposal: Proposal, noted, late: str) -> Outcome:
-        _kind, handles = self.kinds.handler(proposal.command)
-        if handles.recorded and (seen := changelog.seen(self.db, proposal.id)):
-            return seen
+    def _recorded(self, proposal: Proposal) -> bool:
+        return self.kinds.handler(proposal.command)[1].recorded
+
+    def _apply_one(self, run: _Applying, proposal: Proposal) -> None:
+        """Apply `proposal`, unless its id's first outcome is known (from an earlier entry,
+        or earlier in this one); or hold it in `run.group` if its kind applies a run of its
+        command at once, to apply with the others that follow."""
+        kind, handles = self.kinds.handler(proposal.command)
+        if run.group and (handles is not run.group[0][1] or proposal.id in run.grouped):
+            self._apply_group(run)  # the run ends (a repeated id must find the outcome)
+        if handles.recorded and (seen := run.known.get(proposal.id)):
+            run.outcomes.append(seen)
+            return
         refusal, code = self.kinds.refusal(proposal, ids=False), ""
         if handles.recorded:  # an unrecorded command (a renewal) checks its epoch itself
             if not refusal and (fenced := leases_kind.fence(self._leases, proposal.epoch)):
                 refusal, code = fenced, FENCED
             # its id may have been forgotten: a retry of it must not apply twice
-            refusal = refusal or late
+            refusal = refusal or run.late
         if refusal:
-            outcome = Outcome(ok=False, error=refusal, index=index, code=code)
+            outcome = Outcome(ok=False, error=refusal, index=run.index, code=code)
+        elif handles.apply_all is not None:
+            run.group.append((kind, handles, proposal, len(run.outcomes)))
+            run.grouped.add(proposal.id)
+            run.outcomes.append(None)
+            return
         else:
-            outcome = self._run_or_refuse(index, entry.ts, proposal, noted)
+            outcome = self._run_or_refuse(run, proposal, kind, handles)
         if handles.recorded:
-            changelog.remember(self.db, proposal.id, index, outcome)
-        return outcome
+            run.decided(len(run.outcomes), proposal.id, outcome)
+        run.outcomes.append(outcome)
 
-    def _run_or_refuse(self, index: int, ts: float, proposal: Proposal, noted) -> Outcome:
+    def _apply_group(self, run: _Applying) -> None:
+        """Apply the proposals held in `run.group` (consecutive, of one command type) at
+        once, as their kind's `apply_all` does it: what applying them one after the other
+        would do, in fewer statements. If one of them fails, all of them are undone and
+        applied again one by one, so that only that one is refused."""
+        if not run.group:
+            return
+        group, run.group, run.grouped = run.group, [], set()
+        kind, handles = group[0][0], group[0][1]
+        noted = len(run.noted)
+        runs = [(self._txn(run, proposal, kind), proposal.command) for *_, proposal, _ in group]
+        self.db.execute("SAVEPOINT proposals")
+        try:
+            outcomes = handles.apply_all(runs)  # type: ignore[misc]  # set: it is grouped
+            self._record_changes()
+        except _DETERMINISTIC:
+            self._changes.clear()
+            self.db.execute("ROLLBACK TO proposals")
+            self.db.execute("RELEASE proposals")
+            del run.noted[noted:]
+            outcomes = [self._run_or_refuse(run, p, kind, handles) for *_, p, _ in group]
+        else:
+            self.db.execute("RELEASE proposals")
+            outcomes = [msgspec.structs.replace(o, index=run.index) for o in outcomes]
+        for (*_, proposal, at), outcome in zip(group, outcomes, strict=True):
+            run.outcomes[at] = outcome
+            run.decided(at, proposal.id, outcome)
+
+    def _txn(self, run: _Applying, proposal: Proposal, kind: Kind) -> Txn:
+        memory = self.memory.get(kind.name)
+        return Txn(self.db, run.index, proposal, run.entry.ts, memory, run.noted, self._changed)
+
+    def _run_or_refuse(
+        self, run: _Applying, proposal: Proposal, kind: Kind, handles: Handles
+    ) -> Outcome:
         """Run one proposal; a deterministic error (the same on every voter: a value the
         database cannot hold, a broken constraint, a change that could not be published)
         refuses it and undoes its writes, so a bad command can never stop the log.
         Anything else (a full disk, an I/O error) is this voter's own trouble and
         propagates: the entry is not counted as applied."""
-        kind, handles = self.kinds.handler(proposal.command)
-        txn = Txn(self.db, index, proposal, ts, self.memory.get(kind.name), noted, self._changed)
+        txn = self._txn(run, proposal, kind)
         self.db.execute("SAVEPOINT proposal")
         try:
             outcome = handles.apply(txn, proposal.command)
+            self._record_changes()
         except _DETERMINISTIC as e:
+            self._changes.clear()
             self.db.execute("ROLLBACK TO proposal")
             self.db.execute("RELEASE proposal")
             error = f"{handles.tag} could not be applied: {type(e).__name__}: {e}"
-            return Outcome(ok=False, error=error, index=index)
+            return Outcome(ok=False, error=error, index=run.index)
         self.db.execute("RELEASE proposal")
-        return msgspec.structs.replace(outcome, index=index)
+        return msgspec.structs.replace(outcome, index=run.index)
 
-    def _changed(self, txn: Txn, kind: str, id: str, version: int, detail: dict) -> None:
-        changelog.record(
-            self.db,
+    def _changed(self, txn: Txn, kind: str, changes: list[tuple[str, int, dict | bytes]]) -> None:
+        """Check changes as a handler records them; they are written together when its
+        proposal (or its run of proposals) is done."""
+        self._changes += changelog.rows(
             index=txn.index,
             kind=kind,
-            id=id,
-            version=version,
             cause=txn.proposal.id,
             epoch=txn.proposal.epoch,
-            detail=detail,
             ts=txn.ts,
             kinds=self.kinds.change_kinds,
+            changes=changes,
         )
+
+    def _record_changes(self) -> None:
+        changelog.append(self.db, self._changes)
+        self._changes.clear()
 
     def read(self, key: str) -> tuple[str | None, int]:
         """A kv key's (value, version), as applied here."""

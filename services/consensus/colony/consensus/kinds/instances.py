@@ -33,6 +33,7 @@ from collections.abc import Iterable
 import aiosqlite
 import msgspec
 
+from colony.consensus import changelog
 from colony.consensus.kinds import jobs, nodes, records
 from colony.consensus.kinds.kind import Handles, Kind, Select, Txn
 from colony.consensus.schema import Migration
@@ -64,8 +65,13 @@ NAMED = 10
 
 def read(db: sqlite3.Connection, id: str) -> tuple[InstanceRecord | None, int]:
     """(record, version) of instance `id`; (None, 0) if there is none."""
-    row = db.execute("SELECT record, version FROM instances WHERE id = ?", (id,)).fetchone()
-    return (records.decode(row[0], InstanceRecord), row[1]) if row else (None, 0)
+    return read_all(db, [id]).get(id, (None, 0))
+
+
+def read_all(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, tuple[InstanceRecord, int]]:
+    """(record, version) of each of the instances `ids` that exists, by id."""
+    rows = changelog.among(db, "SELECT id, record, version FROM instances WHERE id IN ({ids})", ids)
+    return {id: (records.decode(record, InstanceRecord), version) for id, record, version in rows}
 
 
 async def query(reader: aiosqlite.Connection, select: Select) -> tuple[int, list[Stored]]:
@@ -74,100 +80,133 @@ async def query(reader: aiosqlite.Connection, select: Select) -> tuple[int, list
     return await records.query(reader, "instances", "id", FILTERS, select)
 
 
-def _write(txn: Txn, record: InstanceRecord, version: int) -> None:
-    record = msgspec.structs.replace(record, changed=txn.ts)
-    txn.db.execute(
-        "INSERT INTO instances (id, job, node, version, record) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (id) DO UPDATE SET version = excluded.version, record = excluded.record",
-        (record.id, record.job, record.node, version + 1, records.encode(record)),
-    )
-    txn.changed("instance", record.id, version + 1, records.detail(record))
+def _write(
+    db: sqlite3.Connection, written: list[tuple[Txn, InstanceRecord, int]], placed: bool = False
+) -> None:
+    """Store each record (stamped `changed` at its entry's time; its row was at the version
+    given, 0 when it is `placed`) and record its change as its proposal's (`txn`), in
+    order: each record encoded once, for its row and its change's detail."""
+    rows, changes = [], []
+    for txn, record, version in written:
+        text = records.encode(record)
+        rows.append(
+            (version + 1, text, record.id, record.job, record.node)
+            if placed
+            else (version + 1, text, record.id)
+        )
+        if not changes or changes[-1][0] is not txn:
+            changes.append((txn, []))
+        changes[-1][1].append((record.id, version + 1, text))
+    if placed:
+        db.executemany(
+            "INSERT INTO instances (version, record, id, job, node) VALUES (?, ?, ?, ?, ?)", rows
+        )
+    else:  # each row exists (its record was read in this proposal): its job and node stay
+        db.executemany("UPDATE instances SET version = ?, record = ? WHERE id = ?", rows)
+    for txn, theirs in changes:
+        txn.changed_all("instance", theirs)
 
 
 def place(txn: Txn, command: InstancesPlace) -> Outcome:
+    placements = command.placements
+    taken = set(read_all(txn.db, (p.id for p in placements)))  # one read for all of them
+    offered = nodes.registered(txn.db, {p.node for p in placements})
     known_versions: set[tuple[str, int]] = set()
-    known_nodes: set[str] = set()
-    ids: set[str] = set()
-    for p in command.placements:
+    for p in placements:
         what = f"instance {p.id} (job {p.job} version {p.version}, slot {p.slot}) on node {p.node}"
-        if p.id in ids or read(txn.db, p.id)[0] is not None:
+        if p.id in taken:
             return Outcome(ok=False, error=f"{what}: an instance {p.id} exists already")
-        ids.add(p.id)
+        taken.add(p.id)
         if (p.job, p.version) not in known_versions:
             if not jobs.has_version(txn.db, p.job, p.version):
                 return Outcome(ok=False, error=f"{what}: job {p.job} has no version {p.version}")
             known_versions.add((p.job, p.version))
-        if p.node not in known_nodes:
-            if not nodes.registered(txn.db, p.node):
-                return Outcome(
-                    ok=False, error=f"{what}: node {p.node} is not registered (no agent said "
-                    "what it offers)"
-                )  # fmt: skip
-            known_nodes.add(p.node)
-    for p in command.placements:
-        _write(txn, placed_instance(p, txn.ts), 0)
-    for job, count in Counter(p.job for p in command.placements).items():
+        if p.node not in offered:
+            return Outcome(
+                ok=False, error=f"{what}: node {p.node} is not registered (no agent said "
+                "what it offers)"
+            )  # fmt: skip
+    _write(txn.db, [(txn, placed_instance(p, txn.ts), 0) for p in placements], placed=True)
+    for job, count in Counter(p.job for p in placements).items():
         jobs.counted(txn, job, count)
-    return Outcome(ok=True, value=f"{len(command.placements)} placed")
+    return Outcome(ok=True, value=f"{len(placements)} placed")
+
+
+def _stopped(record: InstanceRecord, reason: str, ts: float) -> InstanceRecord:
+    return msgspec.structs.replace(record, desired="stop", desired_reason=reason, changed=ts)
 
 
 def stop(txn: Txn, command: InstancesStop) -> Outcome:
-    stopped = 0
-    for id in dict.fromkeys(command.ids):
-        record, version = read(txn.db, id)
-        if record is None or record.desired == "stop":
-            continue  # removed already, or stopped already: nothing changes
-        wanted = msgspec.structs.replace(record, desired="stop", desired_reason=command.reason)
-        _write(txn, wanted, version)
-        stopped += 1
-    return Outcome(ok=True, value=f"{stopped} stopped")
+    found = read_all(txn.db, command.ids)
+    stopping = [
+        (txn, _stopped(record, command.reason, txn.ts), version)
+        for record, version in (found[id] for id in dict.fromkeys(command.ids) if id in found)
+        if record.desired != "stop"  # else stopped already: nothing changes
+    ]  # an id not found was removed already: nothing to stop
+    _write(txn.db, stopping)
+    return Outcome(ok=True, value=f"{len(stopping)} stopped")
 
 
 def remove(txn: Txn, command: InstancesRemove) -> Outcome:
-    found = [(read(txn.db, id), id) for id in dict.fromkeys(command.ids)]
-    for (record, _version), id in found:
-        if record is not None and record.desired != "stop":
+    found = read_all(txn.db, command.ids)
+    removed = [found[id][0] for id in dict.fromkeys(command.ids) if id in found]
+    for record in removed:
+        if record.desired != "stop":
             return Outcome(
                 ok=False,
-                error=f"instance {id} (job {record.job}, node {record.node}) is desired to run: "
-                "stop it before removing it",
+                error=f"instance {record.id} (job {record.job}, node {record.node}) is desired "
+                "to run: stop it before removing it",
             )
-    removed = [record for (record, _version), _id in found if record is not None]
-    for record in removed:
-        txn.db.execute("DELETE FROM instances WHERE id = ?", (record.id,))
-        txn.changed("instance", record.id, 0, records.detail(record))
+    txn.db.executemany("DELETE FROM instances WHERE id = ?", [(r.id,) for r in removed])
+    txn.changed_all("instance", [(r.id, 0, records.encode(r)) for r in removed])
     for job, count in Counter(record.job for record in removed).items():
         jobs.counted(txn, job, -count)  # a purged job whose last instance went is forgotten
     return Outcome(ok=True, value=f"{len(removed)} removed")
 
 
 def report(txn: Txn, command: InstancesReport) -> Outcome:
-    applied, refused = 0, []
-    for r in command.reports:
-        record, version = read(txn.db, r.id)
-        if record is None:
-            continue  # removed since: its node stops it when it hears
-        if record.node != command.node:
-            refused.append(f"instance {r.id} is placed on node {record.node}, not {command.node}")
-            continue
-        if r.seq <= record.seq:
-            continue  # a re-sent or late report: what is recorded is newer
-        observed = msgspec.structs.replace(
-            record,
-            state=r.state,
-            exit_code=r.exit_code,
-            reason=r.reason,
-            restarts=r.restarts,
-            pid=r.pid,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-            seq=r.seq,
-        )
-        _write(txn, observed, version)
-        applied += 1
-    # ok: what could apply did; error names what only another node may report
-    named = refused[:NAMED] + ([f"{len(refused) - NAMED} more"] if len(refused) > NAMED else [])
-    return Outcome(ok=True, value=f"{applied} recorded", error="; ".join(named))
+    return report_all([(txn, command)])[0]
+
+
+def report_all(reports: list[tuple[Txn, InstancesReport]]) -> list[Outcome]:
+    """Apply consecutive InstancesReport proposals: one read and one write for all."""
+    db = reports[0][0].db
+    current = read_all(db, {r.id for _txn, command in reports for r in command.reports})
+    observed: list[tuple[Txn, InstanceRecord, int]] = []
+    outcomes = []
+    for txn, command in reports:
+        applied, refused = 0, []
+        for r in command.reports:
+            if r.id not in current:
+                continue  # removed since: its node stops it when it hears
+            record, version = current[r.id]
+            if record.node != command.node:
+                refused.append(
+                    f"instance {r.id} is placed on node {record.node}, not {command.node}"
+                )
+                continue
+            if r.seq <= record.seq:
+                continue  # a re-sent or late report: what is recorded is newer
+            record = msgspec.structs.replace(
+                record,
+                state=r.state,
+                exit_code=r.exit_code,
+                reason=r.reason,
+                restarts=r.restarts,
+                pid=r.pid,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+                seq=r.seq,
+                changed=txn.ts,
+            )
+            observed.append((txn, record, version))
+            current[r.id] = record, version + 1  # a later report of it sees this one
+            applied += 1
+        # ok: what could apply did; error names what only another node may report
+        named = refused[:NAMED] + ([f"{len(refused) - NAMED} more"] if len(refused) > NAMED else [])
+        outcomes.append(Outcome(ok=True, value=f"{applied} recorded", error="; ".join(named)))
+    _write(db, observed)
+    return outcomes
 
 
 def _placed(command: InstancesPlace) -> Iterable[str]:
@@ -186,7 +225,12 @@ KIND = Kind(
         Handles(InstancesPlace, place, ids=_placed, needs_epoch=True),
         Handles(InstancesStop, stop, ids=_ids, needs_epoch=True),
         Handles(InstancesRemove, remove, ids=_ids, needs_epoch=True),
-        Handles(InstancesReport, report, ids=lambda c: [r.id for r in c.reports]),
+        Handles(
+            InstancesReport,
+            report,
+            ids=lambda c: [r.id for r in c.reports],
+            apply_all=report_all,
+        ),
     ),
     migrations=(Migration(8, "instances: placed by the manager, reported by their nodes", TABLES),),
     query=query,

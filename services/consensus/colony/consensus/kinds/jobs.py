@@ -162,15 +162,15 @@ def _write(txn: Txn, record: JobRecord, version: int) -> None:
     """Store `record` as the job's latest (its spec version must be in job_versions) and
     record the change (the row was at `version`)."""
     record = msgspec.structs.replace(record, changed=txn.ts)
-    state = records.detail(record, LARGE)
+    state = records.encode(records.detail(record, LARGE))  # once, for the row and the change
     txn.db.execute(
         "INSERT INTO jobs (name, status, spec_version, version, record) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT (name) DO UPDATE SET status = excluded.status, "
         "spec_version = excluded.spec_version, version = excluded.version, "
         "record = excluded.record",
-        (record.name, record.status, record.version, version + 1, records.encode(state)),
+        (record.name, record.status, record.version, version + 1, state),
     )
-    txn.changed("job", record.name, version + 1, state)
+    txn.changed_all("job", [(record.name, version + 1, state)])
 
 
 def _add_version(txn: Txn, command: JobRun, version: int) -> None:

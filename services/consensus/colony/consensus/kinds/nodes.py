@@ -17,10 +17,12 @@ Labels are the labels kind's (read both).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 
 import aiosqlite
 import msgspec
 
+from colony.consensus import changelog
 from colony.consensus.kinds import records
 from colony.consensus.kinds.kind import Handles, Kind, Select, Txn
 from colony.consensus.schema import Migration
@@ -48,10 +50,16 @@ def read(db: sqlite3.Connection, node: str) -> tuple[NodeRecord | None, int]:
     return (records.decode(row[0], NodeRecord), row[1]) if row else (None, 0)
 
 
-def registered(db: sqlite3.Connection, node: str) -> bool:
-    """Whether `node`'s agent has registered it (what it offers is known)."""
-    record, _version = read(db, node)
-    return record is not None and record.registered > 0
+class _Registered(msgspec.Struct):
+    """The one field of a NodeRecord `registered` reads (msgspec skips the others)."""
+
+    registered: float = 0.0
+
+
+def registered(db: sqlite3.Connection, nodes: Iterable[str]) -> set[str]:
+    """Those of `nodes` whose agent has registered them (what they offer is known)."""
+    rows = changelog.among(db, "SELECT node, record FROM nodes WHERE node IN ({ids})", nodes)
+    return {node for node, record in rows if records.decode(record, _Registered).registered > 0}
 
 
 async def query(reader: aiosqlite.Connection, select: Select) -> tuple[int, list[Stored]]:
@@ -62,13 +70,14 @@ async def query(reader: aiosqlite.Connection, select: Select) -> tuple[int, list
 
 def _write(txn: Txn, record: NodeRecord, version: int) -> Outcome:
     record = msgspec.structs.replace(record, changed=txn.ts)
+    text = records.encode(record)  # once, for the row and the change
     txn.db.execute(
         "INSERT INTO nodes (node, status, version, record) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (node) DO UPDATE SET status = excluded.status, "
         "version = excluded.version, record = excluded.record",
-        (record.node, record.status, version + 1, records.encode(record)),
+        (record.node, record.status, version + 1, text),
     )
-    txn.changed("node", record.node, version + 1, records.detail(record))
+    txn.changed_all("node", [(record.node, version + 1, text)])
     return Outcome(ok=True, version=version + 1)
 
 

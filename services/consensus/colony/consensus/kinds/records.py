@@ -27,7 +27,13 @@ encode = msgspec.json.encode
 
 
 def decode(text: str | bytes, record: type[R]) -> R:
-    return msgspec.json.decode(text, type=record)
+    decoder = _decoders.get(record)
+    if decoder is None:  # one per record type: msgspec looks the type up once
+        decoder = _decoders[record] = msgspec.json.Decoder(record)
+    return decoder.decode(text)
+
+
+_decoders: dict[type, msgspec.json.Decoder] = {}
 
 
 def detail(record: msgspec.Struct, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
