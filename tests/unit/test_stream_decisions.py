@@ -7,6 +7,7 @@ from __future__ import annotations
 from colony.consensus import stream as streammod
 from colony.consensus.stream import (
     LEADERLESS_GRACE,
+    MOVE_GRACE,
     RECREATE_GRACE,
     StreamKeeper,
     next_step,
@@ -132,6 +133,18 @@ def test_a_stream_leaderless_for_long_is_recreated_on_the_voters_once_they_are_a
     assert next_step(MID_MOVE, VOTERS, KNOWN, 60, alive=VOTERS, waiting=waiting).kind == "remove"
     # a stream with its leader is never re-created
     assert next_step(stream("v1", "v2", "v3"), VOTERS, NODES, 60, alive=VOTERS) is None
+
+
+def test_a_move_that_waits_on_a_lost_replica_has_it_removed():
+    # x1 was replaced by v3: its replica moves to v3, which is current, but x1 is lost
+    stalled = stream("v1", "v2", "x1", "v3", stale=("x1",), tags=placement(VOTERS, KNOWN))
+    assert next_step(stalled, VOTERS, KNOWN, 0, moving_for=MOVE_GRACE - 1) is None
+    step = next_step(stalled, VOTERS, KNOWN, 0, moving_for=MOVE_GRACE)
+    assert step is not None and (step.kind, step.peer) == ("remove", "x1")
+    assert "move" in step.reason
+    # the new replica, catching up, is on a voter: never removed; nor a current old one
+    catching_up = stream("v1", "v2", "x1", "v3", stale=("v3",), tags=placement(VOTERS, KNOWN))
+    assert next_step(catching_up, VOTERS, KNOWN, 0, moving_for=60) is None
 
 
 class FakeBus:

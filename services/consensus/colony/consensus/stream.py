@@ -25,7 +25,10 @@ the placement allows. It refuses ("peer remap failed", 503) when no allowed serv
 free for a replacement: in a move, a placement that predates the latest voter change.
 A step that fails is tried again with a growing backoff, and meanwhile the others are
 tried (the other lost replica). A voter's replica is never removed: a lost voter is
-replaced first (by the voter keeper), then excluded like any other non-voter.
+replaced first (by the voter keeper), then excluded like any other non-voter. A move
+that has not finished after `MOVE_GRACE` seconds while the replica it would drop is
+lost (its server gone) has that replica removed the same way: JetStream may wait on it
+for good.
 
 Re-creating. Removals may not be enough: the replicas left may each know a different
 Raft group (one added by a move that was not yet committed when the leader died), and
@@ -70,6 +73,10 @@ LEADERLESS_GRACE = 3.0
 RECREATE_GRACE = 30.0
 """Seconds a stream must be seen without a leader before it is re-created: removals and
 a new election had their chance; a re-created stream loses what the change log pruned."""
+MOVE_GRACE = 10.0
+"""Seconds a move may take before a lost replica it would drop is removed: the new replica
+of the change stream catches up in a moment, but a move whose old replica's server is
+lost may never finish on its own (seen with followers' consumers coming and going)."""
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 """Seconds before a failed step is tried again: doubling from the first to the max."""
@@ -117,10 +124,12 @@ def next_step(
     leaderless_for: float,
     alive: Collection[str] | None = None,
     waiting: Collection[str] = (),
+    moving_for: float = 0.0,
 ) -> Step | None:
     """What to do next, if anything. `nodes`: every node membership knows of, `alive`: those
     it sees alive (None: no view now); `leaderless_for`: seconds the stream has been seen
-    without a leader; `waiting`: the keys of steps that failed and wait to be tried again."""
+    without a leader, `moving_for` with more replicas than it should have (a move);
+    `waiting`: the keys of steps that failed and wait to be tried again."""
     if stream.replicas < 2:
         return None
     peers = [peer.name for peer in stream.peers if peer.name]
@@ -131,17 +140,22 @@ def next_step(
         strays = sorted(set(peers) - set(voters))
         why = f"replicas on non-voters {strays}" if strays else "the non-voters changed"
         steps.append(Step("place", f"keep replicas on the voters: {why}", tags=wanted))
-    leaderless = f"the stream has had no leader for {leaderless_for:.0f} s"
-    if stream.leader is None and leaderless_for >= LEADERLESS_GRACE:
+    leaderless = stream.leader is None and leaderless_for >= LEADERLESS_GRACE
+    stalled = stream.leader is not None and moving and moving_for >= MOVE_GRACE
+    if leaderless:
+        since = f"the stream has had no leader for {leaderless_for:.0f} s"
         hosts = set(voters) & set(alive or ())  # the servers `wanted` allows that are up
         can_hold = len(hosts) >= stream.replicas
         if wanted is not None and leaderless_for >= RECREATE_GRACE and can_hold:
             why = f"the voters alive ({', '.join(sorted(hosts))}) can hold its replicas"
-            steps.append(Step("recreate", f"{leaderless}, and {why}", tags=wanted))
+            steps.append(Step("recreate", f"{since}, and {why}", tags=wanted))
+    else:
+        since = f"a move of a replica has not finished for {moving_for:.0f} s"
+    if leaderless or stalled:
         for peer in stream.peers:
             if peer.name and not peer.current and peer.name not in voters:
                 why = f"{peer.name} (not a voter) is not current"
-                steps.append(Step("remove", f"{leaderless}, and {why}", peer=peer.name))
+                steps.append(Step("remove", f"{since}, and {why}", peer=peer.name))
     return next((step for step in steps if step.key not in waiting), None)
 
 
@@ -171,6 +185,7 @@ class StreamKeeper:
         self.voters = voters
         self.stream = stream
         self._leaderless_since: float | None = None
+        self._moving_since: float | None = None
         self._failed: dict[str, tuple[int, float]] = {}
         """Each step that failed (by its key): how many times in a row, and when it may be
         tried again."""
@@ -181,7 +196,7 @@ class StreamKeeper:
         while True:
             await asyncio.sleep(LOOK_EVERY)
             if not self.is_leader():
-                self._leaderless_since = None
+                self._leaderless_since = self._moving_since = None
                 self._failed.clear()
                 continue
             try:
@@ -206,7 +221,12 @@ class StreamKeeper:
             voters = set(self.voters())
         except RuntimeError:  # pysyncobj's thread is changing them: next look
             return None
+        if len(stream.peers) <= stream.replicas:
+            self._moving_since = None
+        elif self._moving_since is None:
+            self._moving_since = now
         leaderless_for = 0.0 if self._leaderless_since is None else now - self._leaderless_since
+        moving_for = 0.0 if self._moving_since is None else now - self._moving_since
         members = await self._members()
         waiting = {key for key, (_, retry_at) in self._failed.items() if retry_at > now}
         step = next_step(
@@ -216,6 +236,7 @@ class StreamKeeper:
             leaderless_for,
             alive=None if members is None else {n for n, s in members.items() if s == "alive"},
             waiting=waiting,
+            moving_for=moving_for,
         )
         if step is None:
             if stream.leader is not None:
