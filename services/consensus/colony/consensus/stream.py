@@ -74,9 +74,9 @@ RECREATE_GRACE = 30.0
 """Seconds a stream must be seen without a leader before it is re-created: removals and
 a new election had their chance; a re-created stream loses what the change log pruned."""
 MOVE_GRACE = 10.0
-"""Seconds a move may take before a lost replica it would drop is removed: the new replica
-of the change stream catches up in a moment, but a move whose old replica's server is
-lost may never finish on its own (seen with followers' consumers coming and going)."""
+"""Seconds a move may take before a lost replica it would drop is removed: the move of a
+replica whose server is lost finishes in seconds on a stream without consumers, but one
+with followers' (ordered, ephemeral) consumers was seen to stay mid-move for good."""
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 """Seconds before a failed step is tried again: doubling from the first to the max."""
