@@ -148,14 +148,16 @@ def test_a_move_that_waits_on_a_lost_replica_has_it_removed():
 
 
 class FakeBus:
-    """The stream stays leaderless mid-move; a removal of a peer in `refuse` fails."""
+    """The stream stays as `view` (leaderless mid-move); a removal of a peer in `refuse`
+    fails."""
 
-    def __init__(self, refuse: set[str]) -> None:
+    def __init__(self, refuse: set[str], view: StreamPlacement = MID_MOVE) -> None:
         self.refuse = refuse
+        self.view = view
         self.removals: list[str] = []
 
     async def stream_placement(self, stream: str) -> StreamPlacement:
-        return MID_MOVE
+        return self.view
 
     async def request(self, subject, msg, timeout: float) -> MembersReply:
         members = [MemberView(n, "alive", 1, NodeMeta(), 0.0) for n in sorted(KNOWN)]
@@ -190,6 +192,22 @@ async def test_the_keeper_tries_a_failed_removal_again_with_a_growing_backoff(mo
     await look(LEADERLESS_GRACE + 3.1)
     assert bus.removals[-1] == "x2"
 
+    await look(LEADERLESS_GRACE + 3.5)  # both wait: their counts are kept
+    await look(LEADERLESS_GRACE + 3.7)
+    assert bus.removals[-1] == "x1" and len(bus.removals) == 6
+
     bus.refuse.clear()  # once it works, the step is taken
     now[0] += 10
     assert (await keeper.keep()).peer in ("x1", "x2")
+
+
+async def test_a_refused_removal_from_a_stalled_move_waits_its_backoff_too(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(streammod.time, "monotonic", lambda: now[0])
+    stalled = stream("v1", "v2", "x1", "v3", stale=("x1",), tags=placement(VOTERS, KNOWN))
+    bus = FakeBus(refuse={"x1"}, view=stalled)
+    keeper = StreamKeeper(bus, "v1", lambda: True, lambda: VOTERS)  # type: ignore[arg-type]
+    for at in (0, MOVE_GRACE, MOVE_GRACE + 0.5, MOVE_GRACE + 0.9, MOVE_GRACE + 1):
+        now[0] = 100.0 + at
+        await keeper.keep()
+    assert bus.removals == ["x1", "x1"]  # at the grace, then after a 1 s backoff

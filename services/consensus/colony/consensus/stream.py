@@ -239,7 +239,7 @@ class StreamKeeper:
             moving_for=moving_for,
         )
         if step is None:
-            if stream.leader is not None:
+            if not waiting:  # nothing to do, and no failed step waits: the counts start over
                 self._failed.clear()
             self._said = ""
             return None
