@@ -66,6 +66,10 @@ class Timers:
     """A leader cut off from its majority steps down after this (pysyncobj: 30 s)."""
     tick: float = 0.01
     """pysyncobj's timer resolution; frames wake it at once (the transport's pipe)."""
+    apply_budget: float = 0.02
+    """Seconds one tick spends applying committed entries, about (at least one entry): the
+    rest waits for the next tick, so heartbeats, acknowledgements and elections are never
+    held up for longer by a burst of large entries."""
     compaction_entries: int = 20_000
     compaction_seconds: float = 300
 
@@ -188,10 +192,18 @@ OnApply = Callable[[float], None]
 
 class _Replica(SyncObj):
     def __init__(
-        self, machine: Machine, me: str, peers: list[str], conf, link: Link, on_apply: OnApply
+        self,
+        machine: Machine,
+        me: str,
+        peers: list[str],
+        conf,
+        link: Link,
+        on_apply: OnApply,
+        apply_budget: float,
     ) -> None:
         self._machine = machine
         self._on_apply = on_apply  # set before pysyncobj starts: it may apply at once
+        self._apply_budget = apply_budget
         self.stopped_by: str | None = None
         """Why this replica stopped itself: its log conflicts with committed entries, or
         a committed entry needs a newer version of Colony."""
@@ -230,7 +242,33 @@ class _Replica(SyncObj):
         # pysyncobj counts the leader's own log toward the commit index first thing in a
         # tick: what it appended since the last flush must be on disk before that.
         self.flush_journal()
+        if self.raftLastApplied < self.raftCommitIndex:
+            timeToWait = 0.0  # committed entries the last tick left: no idling
         super()._onTick(timeToWait)
+
+    def _SyncObj__applyLogEntries(self) -> bool:
+        """pysyncobj's own (name-mangled) apply step, which applies every committed entry
+        in one go: a burst of large entries would keep its thread from Raft (heartbeats,
+        acknowledgements, lease renewals) for as long as they take, and a follower whose
+        tick ran past its election timeout campaigns before it reads the leader's
+        heartbeats. Here it applies them one at a time, in order, and stops once the tick's
+        `apply_budget` is spent; the next tick goes on from there. pysyncobj's step is
+        reused, shown one more committed entry at a time."""
+        commit = self._SyncObj__raftCommitIndex
+        began = time.perf_counter()
+        send = False
+        try:
+            while self.raftLastApplied < commit and self.stopped_by is None:
+                before = self.raftLastApplied
+                self._SyncObj__raftCommitIndex = before + 1
+                send = SyncObj._SyncObj__applyLogEntries(self) or send
+                if self.raftLastApplied == before:
+                    break  # not applied (it is tried again next tick)
+                if time.perf_counter() - began >= self._apply_budget:
+                    break
+        finally:
+            self._SyncObj__raftCommitIndex = commit
+        return send
 
     def _screen(self, message: dict) -> dict | None:
         if self.stopped_by is not None:
@@ -304,7 +342,7 @@ class Replica:
         )
         peers = [v for v in voters if v != me]
         self._initial = list(voters)
-        self._raft = _Replica(self.machine, me, peers, conf, link, on_apply)
+        self._raft = _Replica(self.machine, me, peers, conf, link, on_apply, timers.apply_budget)
 
     async def commit(self, entry: bytes, timeout: float) -> tuple[int, list[Outcome] | None]:
         """Append `entry` through the leader; return (log index, outcomes) once applied here."""
