@@ -407,21 +407,27 @@ def test_several_commands_in_one_entry_apply_each_on_its_own(db):
     assert [c[:2] for c in db.changes("instance")] == [("web-0", 1), ("web-0", 2)]
 
 
-def _one_by_one(registry: Registry) -> Registry:
-    """`registry` with no command applied a run at a time (each proposal on its own)."""
+def _reports(registry: Registry, *, recorded: bool, together: bool) -> Registry:
+    """`registry` with InstancesReport `recorded` or not, applied a run at a time or not."""
     kinds = []
     for kind in registry.kinds:
-        commands = tuple(replace(h, apply_all=None) for h in kind.commands)
+        commands = tuple(
+            replace(h, recorded=recorded, apply_all=h.apply_all if together else None)
+            if h.command is InstancesReport
+            else h
+            for h in kind.commands
+        )
         kinds.append(replace(kind, commands=commands))
     return Registry(tuple(kinds))
 
 
-def test_a_run_of_reports_in_one_entry_applies_as_one_after_the_other_would(tmp_path):
+@pytest.mark.parametrize("recorded", [False, True])
+def test_a_run_of_reports_in_one_entry_applies_as_one_after_the_other_would(tmp_path, recorded):
     run = [  # (proposal id, command)
         ("r1", InstancesReport(node="a", reports=[report("web-0", 1, "starting")])),
         ("r2", InstancesReport(node="a", reports=[report("web-0", 2), report("web-1", 1)])),
         ("r3", InstancesReport(node="b", reports=[report("web-0", 5), report("web-2", 1)])),
-        ("r1", InstancesReport(node="a", reports=[report("web-0", 9)])),  # a retry of r1
+        ("r1", InstancesReport(node="a", reports=[report("web-0", 1, "starting")])),  # again
         ("r4", InstancesReport(node="a", reports=[report("web-1", 1, "exited")])),  # stale
         ("k1", KvPut("between", "1")),  # ends the run
         ("r5", InstancesReport(node="b", reports=[report("web-2", 2, "exited", exit_code=0)])),
@@ -435,18 +441,34 @@ def test_a_run_of_reports_in_one_entry_applies_as_one_after_the_other_would(tmp_
         [Proposal(id, command) for id, command in run],
     ]
     results = []
-    for name, kinds in (("together", REGISTRY), ("alone", _one_by_one(REGISTRY))):
-        machine = Machine(tmp_path / name, kinds=kinds)
+    for together in (True, False):
+        machine = Machine(
+            tmp_path / str(together),
+            kinds=_reports(REGISTRY, recorded=recorded, together=together),
+        )
         for index, proposals in enumerate(log, start=1):
             outcomes = machine.apply(index, encode_batch(proposals, ts=1000.0 + index))
         results.append((outcomes, machine.dump()))
         machine.close()
     (together, dump), (alone, expected) = results
     assert together == alone and dump == expected
+    # recorded, r1 again gets its first outcome back; else it applies again: nothing new
+    again = "1 recorded" if recorded else "0 recorded"
     assert [o.value for o in together] == [
-        "1 recorded", "2 recorded", "1 recorded", "1 recorded", "0 recorded", "1", "1 recorded",
+        "1 recorded", "2 recorded", "1 recorded", again, "0 recorded", "1", "1 recorded",
     ]  # fmt: skip
     assert together[2].error == "instance web-0 is placed on node a, not b"
+
+
+def test_reports_keep_no_idempotency_record_applying_one_twice_changes_nothing(placed):
+    again = Proposal("again", InstancesReport(node="a", reports=[report("web-0", 1)]))
+    for value in ("1 recorded", "0 recorded"):
+        placed.index += 1
+        [outcome] = placed.machine.apply(placed.index, encode_batch([again], ts=2000.0))
+        assert outcome.ok and outcome.value == value
+    kept = placed.machine.db.execute("SELECT count(*) FROM proposals WHERE id = 'again'")
+    assert kept.fetchone() == (0,)
+    assert [v for id, v, _ in placed.changes("instance") if id == "web-0"] == [1, 2]
 
 
 def test_a_run_of_reports_with_one_that_fails_refuses_that_one_alone(placed, monkeypatch):

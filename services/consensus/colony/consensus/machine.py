@@ -176,7 +176,7 @@ class _Applying:
     """Consecutive proposals of one command whose kind applies them at once (`apply_all`),
     each with where its outcome goes in `outcomes`."""
     grouped: set[str] = field(default_factory=set)
-    """The ids of the proposals in `group`."""
+    """The ids of the recorded proposals in `group`."""
 
     def decided(self, at: int, proposal_id: str, outcome: Outcome) -> None:
         self.known[proposal_id] = outcome
@@ -289,7 +289,8 @@ class Machine:
             outcome = Outcome(ok=False, error=refusal, index=run.index, code=code)
         elif handles.apply_all is not None:
             run.group.append((kind, handles, proposal, len(run.outcomes)))
-            run.grouped.add(proposal.id)
+            if handles.recorded:
+                run.grouped.add(proposal.id)
             run.outcomes.append(None)
             return
         else:
@@ -324,7 +325,8 @@ class Machine:
             outcomes = [msgspec.structs.replace(o, index=run.index) for o in outcomes]
         for (*_, proposal, at), outcome in zip(group, outcomes, strict=True):
             run.outcomes[at] = outcome
-            run.decided(at, proposal.id, outcome)
+            if handles.recorded:
+                run.decided(at, proposal.id, outcome)
 
     def _txn(self, run: _Applying, proposal: Proposal, kind: Kind) -> Txn:
         memory = self.memory.get(kind.name)

@@ -44,6 +44,7 @@ from colony.shared.messages import (
     InstancesReport,
     InstancesStop,
     Outcome,
+    Placement,
     Stored,
     placed_instance,
 )
@@ -113,23 +114,24 @@ def place(txn: Txn, command: InstancesPlace) -> Outcome:
     offered = nodes.registered(txn.db, {p.node for p in placements})
     known_versions: set[tuple[str, int]] = set()
     for p in placements:
-        what = f"instance {p.id} (job {p.job} version {p.version}, slot {p.slot}) on node {p.node}"
         if p.id in taken:
-            return Outcome(ok=False, error=f"{what}: an instance {p.id} exists already")
+            return _not_placed(p, f"an instance {p.id} exists already")
         taken.add(p.id)
         if (p.job, p.version) not in known_versions:
             if not jobs.has_version(txn.db, p.job, p.version):
-                return Outcome(ok=False, error=f"{what}: job {p.job} has no version {p.version}")
+                return _not_placed(p, f"job {p.job} has no version {p.version}")
             known_versions.add((p.job, p.version))
         if p.node not in offered:
-            return Outcome(
-                ok=False, error=f"{what}: node {p.node} is not registered (no agent said "
-                "what it offers)"
-            )  # fmt: skip
+            return _not_placed(p, f"node {p.node} is not registered (no agent said what it offers)")
     _write(txn.db, [(txn, placed_instance(p, txn.ts), 0) for p in placements], placed=True)
     for job, count in Counter(p.job for p in placements).items():
         jobs.counted(txn, job, count)
     return Outcome(ok=True, value=f"{len(placements)} placed")
+
+
+def _not_placed(p: Placement, why: str) -> Outcome:
+    where = f"instance {p.id} (job {p.job} version {p.version}, slot {p.slot}) on node {p.node}"
+    return Outcome(ok=False, error=f"{where}: {why}")
 
 
 def _stopped(record: InstanceRecord, reason: str, ts: float) -> InstanceRecord:
@@ -230,6 +232,10 @@ KIND = Kind(
             report,
             ids=lambda c: [r.id for r in c.reports],
             apply_all=report_all,
+            # Applying one twice changes nothing (a report applies only if its seq is newer
+            # than the recorded one), and there is one for every instance transition: no
+            # idempotency record, which would cost as much as applying it.
+            recorded=False,
         ),
     ),
     migrations=(Migration(8, "instances: placed by the manager, reported by their nodes", TABLES),),
