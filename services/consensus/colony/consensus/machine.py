@@ -23,6 +23,11 @@ machine does for every proposal, whatever its kind:
   refused, with nothing applied, unless that epoch is the manager lease's current
   one (kinds/leases.py).
 - A deterministic error applying one proposal refuses it alone (its writes undone).
+- Consecutive proposals of a command whose kind applies them together (`apply_all`:
+  InstancesReport) are applied in one go, as applying them one after the other would;
+  if one fails, all of them are undone and applied one by one.
+- The changes a proposal records are written when it is done (one statement), and
+  the idempotency records of an entry are read and written once for all of it.
 - A command this voter cannot decode stops it (`NeedsNewerVersion`): it neither
   skips the entry (its database would silently diverge from the others') nor
   counts it as applied, so once upgraded it continues from that entry.

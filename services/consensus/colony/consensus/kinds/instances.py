@@ -15,7 +15,14 @@ the instance is placed on (InstancesReport, no epoch).
   instance was removed); a report about an instance placed on another node is
   refused (named in the outcome's `error`: that node must stop its copy) while
   the others apply; a report applies only if its `seq` is newer than the last
-  recorded (reports are re-sent until recorded, and may arrive late).
+  recorded (reports are re-sent until recorded, and may arrive late). So applying
+  one twice changes nothing: it keeps no idempotency record (a retry gets the
+  outcome of applying it again), and consecutive reports in one log entry are
+  applied together (`report_all`: one read and one write for all of them).
+
+Apply cost: one read for all the instances a command (or a run of reports) names,
+one `executemany` for their rows, and each record encoded once, for its row and its
+change's detail.
 
 Table `instances`: one row per instance, its `InstanceRecord` as JSON, its job and
 node (the read's filters) and a version that grows by one per change. Change kind
