@@ -82,6 +82,12 @@ def read_all(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, tuple[Inst
     return {id: (records.decode(record, InstanceRecord), version) for id, record, version in rows}
 
 
+def _existing(db: sqlite3.Connection, ids: list[str]) -> set[str]:
+    """Those of the instances `ids` that exist (their ids' index alone is read)."""
+    rows = changelog.among(db, "SELECT id FROM instances WHERE id IN ({ids})", ids)
+    return {id for (id,) in rows}
+
+
 async def query(reader: aiosqlite.Connection, select: Select) -> tuple[int, list[Stored]]:
     """(applied index, `InstanceRecord`s as dicts: of `select.id`, or of every instance,
     by node or job), from one state of the database."""
@@ -117,7 +123,7 @@ def _write(
 
 def place(txn: Txn, command: InstancesPlace) -> Outcome:
     placements = command.placements
-    taken = set(read_all(txn.db, (p.id for p in placements)))  # one read for all of them
+    taken = _existing(txn.db, [p.id for p in placements])  # one read for all of them
     offered = nodes.registered(txn.db, {p.node for p in placements})
     known_versions: set[tuple[str, int]] = set()
     for p in placements:
