@@ -98,6 +98,8 @@ class CuratorService:
         token: Callable[[], str] = rules.token,
     ) -> None:
         self.debounce, self.resync, self.poll, self.token = debounce, resync, poll, token
+        self.deciding = 0.0
+        """Seconds the last reconcile took to decide."""
         self.epoch = 0
         """The epoch this node acts as manager at (0: standing by)."""
         self.fenced = 0
@@ -274,13 +276,15 @@ class CuratorService:
                     return
 
     async def _gather(self, queue: asyncio.Queue[Any], deadline: float) -> list[Any] | None:
-        """The next events: the first one, then whatever arrives within `debounce`; None
-        once `deadline` passed without any."""
+        """The next events: the first one, then whatever arrives within `debounce` (or as
+        long as the last reconcile took to decide, if longer: under a stream of events a
+        large view is reconciled at most half the time); None once `deadline` passed
+        without any."""
         try:
             first = await asyncio.wait_for(queue.get(), max(deadline - time.monotonic(), 0))
         except TimeoutError:
             return None
-        await asyncio.sleep(self.debounce)
+        await asyncio.sleep(max(self.debounce, self.deciding))
         events = [first]
         while not queue.empty():
             events.append(queue.get_nowait())
@@ -343,7 +347,8 @@ class CuratorService:
     async def _reconcile(self, epoch: int, view: View) -> None:
         started = time.perf_counter()
         actions = rules.reconcile(view, self.token)
-        self.metrics.reconcile.observe(time.perf_counter() - started)
+        self.deciding = time.perf_counter() - started
+        self.metrics.reconcile.observe(self.deciding)
         self.metrics.objects = _sizes(view)
         if not actions:
             return
