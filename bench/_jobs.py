@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 import psutil
 
+from bench.consensus import stop_process
 from colony.harness.processes import NatsCluster, NatsServer, VoterProcesses
 from colony.shared import subjects
 from colony.shared.bus import Bus, connect
@@ -126,16 +127,6 @@ class Site:
             stop_process(process)
         for node in list(self.voters.processes):
             stop_process(self.voters.processes.pop(node))
-
-
-def stop_process(process: subprocess.Popen, grace: float = 10) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextlib.asynccontextmanager
