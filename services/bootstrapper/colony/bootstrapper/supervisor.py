@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from colony.bootstrapper import agent
 from colony.bootstrapper.state import RestartPolicy, describe_exit
 from colony.shared import natsd
 from colony.shared.config import Config
@@ -32,9 +33,9 @@ SERVICES = ["monitor", "membership", "consensus", "curator", "agent"]
 be promoted; the curator stands by on a node that is not the manager). The snapshotter
 joins this list once it does something (no idle placeholder processes)."""
 
-MODULES = {"agent": "colony.bootstrapper.agent"}
-"""Where a service's program is when it is not `colony.<service>` (the node agent is
-part of the bootstrapper)."""
+PROGRAMS = {"agent": agent.__name__}
+"""The module a service runs as when it is not `colony.<service>`: the node agent is
+part of the bootstrapper (its package's name, not a copy of it)."""
 
 LOG_ROTATE_BYTES = 16 * 2**20
 """A child's log is rotated when it starts with a log larger than this."""
@@ -57,7 +58,7 @@ def children(node_dir: NodeDir, config: Config) -> list[Child]:
             [
                 sys.executable,
                 "-m",
-                MODULES.get(name, f"colony.{name}"),
+                PROGRAMS.get(name, f"colony.{name}"),
                 "--config",
                 str(node_dir.config_file),
             ],
