@@ -38,7 +38,7 @@ import psutil
 from colony.shared.bus import Bus, connect
 from colony.shared.config import ConfigError, NatsSettings, load
 from colony.shared.management import Management
-from colony.shared.messages import InstanceRecord, JobRecord, NodeRecord, QueryRequest
+from colony.shared.messages import InstanceRecord, JobRecord, NodeRecord
 from colony.shared.statedir import StateDir
 
 T = TypeVar("T")
@@ -57,16 +57,8 @@ async def read(
 ) -> list[dict]:
     """Every object of `kind` (matching `where`), all pages, as the kind's query returns
     them (`Stored.value`: a record's fields)."""
-    client = Management(bus, voters, timeout=10.0)
-    found: list[dict] = []
-    after = ""
-    while True:
-        request = QueryRequest(key="", kind=kind, where=where or {}, after=after)
-        reply = await client.query(request)
-        found += [stored.value for stored in reply.objects]
-        if not reply.more or not reply.objects:
-            return found
-        after = reply.objects[-1].id
+    listing = await Management(bus, voters, timeout=10.0).query_all(kind, where)
+    return [stored.value for stored in listing.objects]
 
 
 def voters_in(state: Path) -> list[str]:
