@@ -6,6 +6,7 @@ import pytest
 from _cli import down, up
 
 from colony.cli.local.ports import free_base_port
+from colony.harness import netns
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +20,22 @@ def cluster(tmp_path_factory):
         yield state, base
     finally:
         down(state)
+
+
+@pytest.fixture
+def split_network():
+    """Makes `netns.SplitNetwork(side_a, side_b)` (skipping the test where network
+    namespaces are unavailable) and destroys it after the test: every process in its
+    namespaces, instances too, then the namespaces."""
+    made = []
+
+    def make(side_a, side_b):
+        reason = netns.unavailable()
+        if reason:
+            pytest.skip(f"the partition test needs network namespaces: {reason}")
+        made.append(netns.SplitNetwork(side_a, side_b).create())  # undoes itself if it fails
+        return made[-1]
+
+    yield make
+    for net in made:
+        net.destroy()

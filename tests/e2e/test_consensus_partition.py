@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from colony.harness import netns
 from colony.harness.netns_voters import HOSTS, NetnsVoters, arrange, parallel
 from colony.harness.processes import wait_for
 
@@ -37,16 +36,9 @@ LOST = re.compile(r"no quorum|no leader|the leader changed")
 
 
 @pytest.fixture
-def network():
-    reason = netns.unavailable()
-    if reason:
-        pytest.skip(f"the partition test needs network namespaces: {reason}")
+def network(split_network):
     # All on switch a to start with; the one to be cut off is moved to b once a leader is known.
-    net = netns.SplitNetwork(HOSTS, []).create()  # undoes itself if it fails
-    try:
-        yield net
-    finally:
-        net.destroy()  # every process in the namespaces, then the namespaces
+    return split_network(HOSTS, [])
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import time
 import pytest
 import yaml
 
-from colony.harness import netns
 from colony.harness.jobs import all_running, copies, instance_processes, one_process_each, table
 from colony.harness.netns_nodes import NetnsNodes
 from colony.harness.processes import wait_for
@@ -35,15 +34,8 @@ JOB = "partitioned"
 
 
 @pytest.fixture
-def network():
-    reason = netns.unavailable()
-    if reason:
-        pytest.skip(f"the partition test needs network namespaces: {reason}")
-    net = netns.SplitNetwork(MAJORITY, CUT).create()  # undoes itself if it fails
-    try:
-        yield net
-    finally:
-        net.destroy()  # every process in the namespaces (instances too), then the namespaces
+def network(split_network):
+    return split_network(MAJORITY, CUT)
 
 
 @pytest.fixture

@@ -121,15 +121,8 @@ class Group(netns.HostProcesses):
 
 
 @pytest.fixture
-def network():
-    reason = netns.unavailable()
-    if reason:
-        pytest.skip(f"the partition test needs network namespaces: {reason}")
-    net = netns.SplitNetwork(SIDE_A, SIDE_B).create()  # undoes itself if it fails
-    try:
-        yield net
-    finally:
-        net.destroy()  # every process in the namespaces, then the namespaces
+def network(split_network):
+    return split_network(SIDE_A, SIDE_B)
 
 
 @pytest.fixture
