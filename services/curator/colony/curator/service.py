@@ -37,7 +37,7 @@ import msgspec
 from colony.curator import reconcile as rules
 from colony.curator.metrics import CuratorMetrics
 from colony.curator.view import View, fill, load
-from colony.shared import changes, subjects
+from colony.shared import changes, subjects, tasks
 from colony.shared.bus import BusError
 from colony.shared.cluster import Cluster
 from colony.shared.management import Management, ManagementError
@@ -133,7 +133,7 @@ class CuratorService:
                     await self.lease_changed.wait()
                 await self._act(self.epoch)
         finally:
-            poller.cancel()
+            await tasks.cancel(poller)
 
     # --- knowing whether to act -----------------------------------------------------------
 
@@ -187,9 +187,7 @@ class CuratorService:
                     self.log.error("acting failed; starting over", exc_info=error)
                     await asyncio.sleep(1.0)
         finally:
-            for task in (session, ended):
-                task.cancel()
-            await asyncio.gather(session, ended, return_exceptions=True)
+            await tasks.cancel(session, ended)
             if self.planning:
                 with contextlib.suppress(Exception):
                     await self.ctx.unserve(subjects.curator_plan())
@@ -235,8 +233,7 @@ class CuratorService:
             try:
                 await self._loop(epoch, view, queue, start, target)
             finally:
-                follower.cancel()
-                await asyncio.gather(follower, return_exceptions=True)
+                await tasks.cancel(follower)
 
     async def _loop(
         self, epoch: int, view: View, queue: asyncio.Queue[Any], start: int, target: int

@@ -52,7 +52,7 @@ from colony.bootstrapper.agent.drivers.base import Driver, Exit, InstanceSpec, S
 from colony.bootstrapper.agent.drivers.process import ProcessDriver
 from colony.bootstrapper.agent.drivers.sim import SimDriver
 from colony.bootstrapper.agent.instances import LocalInstance, Store
-from colony.shared import changes, subjects
+from colony.shared import changes, subjects, tasks
 from colony.shared.bus import BusError
 from colony.shared.config import Config, DeclaredCapacity, host_capacity
 from colony.shared.jobspec import JobSpec
@@ -349,8 +349,7 @@ class Agent:
         try:
             await asyncio.wait({follower}, timeout=self.settings.resync)
         finally:
-            follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            await tasks.cancel(follower)
 
     async def _follow(self, after: int) -> None:
         try:
