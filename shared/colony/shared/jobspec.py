@@ -73,6 +73,51 @@ class RestartPolicy(_Spec, kw_only=True):
     """When the attempts run out: place a replacement on another node, or leave it failed."""
 
 
+class HealthCheck(_Spec, kw_only=True):
+    """How the node's monitor tells a healthy instance from a broken one."""
+
+    type: Literal["tcp", "http", "exec"]
+    name: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    """Shown in status and events ('' : "<type> <port>" or "exec <command>")."""
+    port: str = ""
+    """tcp, http: the name of one of the job's ports."""
+    path: Annotated[str, msgspec.Meta(max_length=2048)] = "/"
+    """http: the path asked for (GET)."""
+    status: Annotated[int, msgspec.Meta(ge=100, le=599)] = 200
+    """http: the status that means healthy."""
+    command: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    """exec: run with the instance's env and working dir; exit 0 means healthy."""
+    args: list[str] = []
+    interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    """A check that has not answered by then failed."""
+    healthy_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+    """Passes in a row that make an unhealthy (or new) instance healthy."""
+    unhealthy_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    """Failures in a row that make a healthy (or new) instance unhealthy."""
+    grace: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Seconds after the instance started during which failures do not count."""
+
+
+class UpdateStrategy(_Spec, kw_only=True):
+    """How a new version of the job replaces the running one."""
+
+    max_parallel: Annotated[int, msgspec.Meta(ge=1, le=MAX_REPLICAS)] = 1
+    """Instances replaced at a time (a batch): the next batch starts once these are healthy."""
+    min_healthy_time: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    """An instance counts as healthy only once it has stayed healthy this long."""
+    healthy_deadline: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    """A new instance not healthy this long after it was placed fails the rollout."""
+    progress_deadline: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    """A batch not all healthy this long after it started fails the rollout."""
+    canary: Annotated[int, msgspec.Meta(ge=0, le=MAX_REPLICAS)] = 0
+    """New-version instances run beside the old ones until promoted."""
+    auto_promote: bool = False
+    """Promote once every canary is healthy (else: `colony job promote`)."""
+    auto_revert: bool = False
+    """On a failed rollout, roll back to the last version that was healthy."""
+
+
 class JobSpec(_Spec, kw_only=True):
     name: JobName
     driver: Driver = "process"
@@ -85,7 +130,42 @@ class JobSpec(_Spec, kw_only=True):
     spread: str = ""
     """A node label whose values the instances spread evenly across ('' : none)."""
     restart: RestartPolicy = RestartPolicy()
+    checks: list[HealthCheck] = []
+    """No checks: an instance is healthy while it runs."""
+    update: UpdateStrategy = UpdateStrategy()
+    shutdown_delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Seconds an instance keeps running after it left the job's endpoints, before it is
+    told to stop (clients stop sending to it first)."""
     meta: dict[str, str] = {}
+
+
+# --- versions: what changed, and whether instances must be replaced -------------------
+
+IN_PLACE = ("replicas", "update", "meta")
+"""Top-level fields a new version may change without replacing running instances (they
+keep running at their version; the rest of their spec is the same)."""
+
+
+class SpecChange(msgspec.Struct, frozen=True):
+    """One field that differs between two versions of a job, as a person reads it."""
+
+    path: str
+    """Dotted, with list positions: "task.args[1]", "resources.memory", "checks[0].path"."""
+    old: str
+    """As a job file would say it ("512MiB", "10s", "[a, b]"); '' : not set (added)."""
+    new: str
+    """'' : removed."""
+
+
+def diff(old: JobSpec, new: JobSpec) -> list[SpecChange]:
+    """Every field that differs, deepest first in field order (lists element by element)."""
+    raise NotImplementedError  # issue 14: colony.shared.jobspec owner
+
+
+def replaces_instances(old: JobSpec, new: JobSpec) -> bool:
+    """Whether instances running `old` must be replaced to run `new` (a change outside
+    IN_PLACE), rather than kept as they are."""
+    raise NotImplementedError  # issue 14: colony.shared.jobspec owner
 
 
 # --- loading a job file ---------------------------------------------------------------

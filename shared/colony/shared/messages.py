@@ -16,7 +16,14 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
-from colony.shared.jobspec import MAX_REPLICAS, MAX_SOURCE_BYTES, JobName, JobSpec
+from colony.shared.jobspec import (
+    MAX_REPLICAS,
+    MAX_SOURCE_BYTES,
+    HealthCheck,
+    JobName,
+    JobSpec,
+    SpecChange,
+)
 
 M = TypeVar("M", bound="Message")
 
@@ -501,6 +508,27 @@ class NodeEligibility(CommandStruct, tag="node.eligibility"):
     reason: Reason = ""
 
 
+MAX_DRAIN_DEADLINE = 7 * 86400.0
+
+
+class NodeDrain(CommandStruct, tag="node.drain"):
+    """An operator drains a node (ineligible; its instances move away under each job's
+    update strategy, all of them at the deadline) or undrains it (eligible again).
+    Open to clients."""
+
+    node: ObjectId
+    drain: bool
+    deadline: Annotated[float, msgspec.Meta(ge=0, le=MAX_DRAIN_DEADLINE)] = 3600.0
+    """Seconds from now after which what still runs there is stopped at once (0: none)."""
+    reason: Reason = ""
+
+
+class NodeDrained(CommandStruct, tag="node.drained"):
+    """The manager records that a draining node runs nothing any more (with its epoch)."""
+
+    node: ObjectId
+
+
 class JobRun(CommandStruct, tag="job.run"):
     """Submit a job: a new job, or a new version of it when its spec changed (the same
     spec again changes nothing). Open to clients."""
@@ -510,6 +538,8 @@ class JobRun(CommandStruct, tag="job.run"):
     """The job file's text, as given."""
     file: Annotated[str, msgspec.Meta(max_length=4096)] = ""
     """Where it came from (for history)."""
+    cause: Reason = ""
+    """Who submitted it and how ("alice@host: colony job run web.yaml"), for history."""
 
 
 class JobScale(CommandStruct, tag="job.scale"):
@@ -532,6 +562,49 @@ class JobBlocked(CommandStruct, tag="job.blocked"):
 
     job: JobName
     reason: Reason
+
+
+class JobPromote(CommandStruct, tag="job.promote"):
+    """Promote the canaries of `job`'s rollout: the rest of its instances are replaced
+    next. Open to clients (and the manager, for auto_promote)."""
+
+    job: JobName
+    reason: Reason = ""
+
+
+class JobRollback(CommandStruct, tag="job.rollback"):
+    """Make a new version of `job` whose spec is version `version`'s (0: the latest
+    version before the current one whose rollout succeeded). Open to clients; the manager
+    proposes it for auto_revert."""
+
+    job: JobName
+    version: Count = 0
+    cause: Reason = ""
+
+
+RolloutStatus = Literal["running", "succeeded", "failed", "reverted", "superseded", "stopped"]
+"""running: placing or replacing; succeeded: every instance of the version is healthy;
+failed: a deadline passed or a new instance failed (the rollout halted where it was);
+reverted: failed, and a rollback to the last healthy version was made; superseded: a newer
+version was submitted first; stopped: the job was stopped first."""
+
+
+class RolloutProgress(CommandStruct, tag="job.rollout"):
+    """The manager records how `job`'s rollout of `version` is going (with its epoch).
+    Ignored unless `version` is the job's current rollout."""
+
+    job: JobName
+    version: Count
+    status: RolloutStatus = "running"
+    reason: Reason = ""
+    batch: Count = 0
+    """Batches started so far."""
+    batch_started: float = 0.0
+    """When the current batch started (its progress deadline runs from then)."""
+    placed: Count = 0
+    """Instances of the version placed (canaries included)."""
+    healthy: Count = 0
+    """Of those, healthy for at least min_healthy_time."""
 
 
 MAX_FAILED_ON = 16
@@ -557,6 +630,8 @@ class Placement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     failed_on: Annotated[list[ObjectId], msgspec.Meta(max_length=MAX_FAILED_ON)] = []
     """The nodes where earlier instances of this slot failed (their restarts ran out),
     least recent first: the slot's next replacement avoids them."""
+    canary: bool = False
+    """A canary of a rollout: it runs beside the slot's older instance until promoted."""
 
 
 class InstancesPlace(CommandStruct, tag="instance.place"):
@@ -610,6 +685,34 @@ class InstancesReport(CommandStruct, tag="instance.report"):
     reports: Annotated[list[InstanceReport], msgspec.Meta(min_length=1, max_length=4096)]
 
 
+Health = Literal["healthy", "unhealthy"]
+
+
+class HealthReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A health transition of one run of an instance, as its node's monitor saw it."""
+
+    id: ObjectId
+    health: Health
+    run: float
+    """The `started_at` of the run it checked: a report about an older run than the
+    recorded one is ignored; a newer run's report is kept for when its start is recorded."""
+    output: Reason = ""
+    """The deciding check's last output (an HTTP status line, an error, an exec's output)."""
+    check: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    """The name of the check that decided ('' : no checks: healthy while it runs)."""
+    seq: Count
+    """The monitor's clock in microseconds when it decided: a lower one never overwrites."""
+    at: float = 0.0
+
+
+class InstancesHealth(CommandStruct, tag="instance.health"):
+    """Observed state: health transitions from the monitor of `node` (no epoch: only
+    about instances placed on `node`)."""
+
+    node: ObjectId
+    reports: Annotated[list[HealthReport], msgspec.Meta(min_length=1, max_length=4096)]
+
+
 Command = (
     KvPut
     | KvDelete
@@ -626,14 +729,20 @@ Command = (
     | NodeRegister
     | NodeStatus
     | NodeEligibility
+    | NodeDrain
+    | NodeDrained
     | JobRun
     | JobScale
     | JobStop
     | JobBlocked
+    | JobPromote
+    | JobRollback
+    | RolloutProgress
     | InstancesPlace
     | InstancesStop
     | InstancesRemove
     | InstancesReport
+    | InstancesHealth
 )
 """Every command: the consensus service's kinds (colony.consensus.kinds) say which of
 them only the service itself proposes, and which need the manager's epoch."""
@@ -657,6 +766,10 @@ class NodeRecord(msgspec.Struct, frozen=True, kw_only=True):
     until the manager has recorded it."""
     reason: str = ""
     eligible: bool = True
+    drain: Literal["", "draining", "drained"] = ""
+    drain_deadline: float = 0.0
+    """When what still runs on a draining node is stopped at once (0: never)."""
+    drain_reason: str = ""
     registered: float = 0.0
     """When its agent last registered it (the entry's time)."""
     changed: float = 0.0
@@ -676,8 +789,53 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Stopped with --purge: forgotten once its instances are gone."""
     blocked: str = ""
     """Why some instances cannot be placed now ('' : none blocked)."""
+    cause: str = ""
+    """Who or what made this version (JobRun.cause, or the rollback's)."""
+    rollout: Rollout | None = None
+    """The rollout of this version (None: the job predates rollouts)."""
+    stable: int = 0
+    """The latest version whose rollout succeeded (0: none yet): what auto_revert and a
+    plain `colony job rollback` go back to."""
     submitted: float = 0.0
     changed: float = 0.0
+
+
+class Rollout(msgspec.Struct, frozen=True, kw_only=True):
+    """How a job's current version is replacing the one before (state in the management
+    database: a new manager resumes it from here)."""
+
+    version: int
+    previous: int = 0
+    """The version it replaces (0: a new job)."""
+    status: RolloutStatus = "running"
+    reason: str = ""
+    canaries: int = 0
+    """Canaries it runs before the rest (0: none)."""
+    promoted: bool = False
+    """Canaries promoted (True from the start without canaries)."""
+    batch: int = 0
+    batch_started: float = 0.0
+    placed: int = 0
+    healthy: int = 0
+    started: float = 0.0
+    """When the version was submitted (the entry's time)."""
+    ended: float = 0.0
+
+
+class JobVersion(msgspec.Struct, frozen=True, kw_only=True):
+    """One version of a job, for `colony job history` (the `job_versions` read)."""
+
+    job: str
+    version: int
+    submitted: float
+    cause: str = ""
+    file: str = ""
+    outcome: str = ""
+    """Its rollout's end: succeeded, failed, reverted, superseded, stopped ('' : still
+    rolling out, or from before rollouts)."""
+    reason: str = ""
+    current: bool = False
+    spec: JobSpec | None = None
 
 
 class InstanceRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -708,6 +866,19 @@ class InstanceRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The seq of the last report recorded."""
     failed_on: list[str] = []
     """Its placement's `failed_on`: where earlier instances of its slot failed."""
+    canary: bool = False
+    health: str = ""
+    """healthy or unhealthy, as its node's monitor last said of its current run ('' : not
+    known yet: starting, or in its grace)."""
+    health_output: str = ""
+    health_check: str = ""
+    health_at: float = 0.0
+    """When the monitor decided (its node's clock)."""
+    health_run: float = 0.0
+    """The `started_at` of the run the health is about."""
+    healthy_since: float = 0.0
+    """When it turned healthy (the entry's time; 0: not healthy)."""
+    health_seq: int = 0
 
 
 def placed_instance(p: Placement, at: float) -> InstanceRecord:
@@ -728,6 +899,7 @@ def placed_instance(p: Placement, at: float) -> InstanceRecord:
         placed=at,
         changed=at,
         failed_on=list(p.failed_on),
+        canary=p.canary,
     )
 
 
@@ -783,6 +955,104 @@ class PlanReply(Message, kw_only=True, frozen=True):
     """Why, per reason and node count ("3 nodes lack memory: ...")."""
     epoch: int = 0
     """The manager's epoch that planned it."""
+    diff: list[SpecChange] = []
+    """An update: every field that differs from the running version."""
+    in_place: bool = False
+    """An update the running instances take as they are (nothing is replaced)."""
+    replace: int = 0
+    """An update: instances it replaces, `max_parallel` at a time after `canary` canaries."""
+    max_parallel: int = 0
+    canary: int = 0
+
+
+# --- health checks: the agent tells its node's monitor what to check ---------------
+
+
+class CheckTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of an instance on this node, and how to check it."""
+
+    id: str
+    job: str
+    version: int
+    run: float
+    """Its `started_at` (HealthReport.run)."""
+    pid: int = 0
+    host: str
+    """Where its ports answer (the node's address)."""
+    ports: dict[str, int] = {}
+    env: dict[str, str] = {}
+    """Its env as the agent gave it (exec checks run with it)."""
+    workdir: str = ""
+    checks: list[HealthCheck] = []
+    """None: healthy while it runs."""
+
+
+class CheckTargetsRequest(Message, kw_only=True, frozen=True):
+    pass
+
+
+class CheckTargets(Message, kw_only=True, frozen=True):
+    """Every instance running on `node` now (the whole set, every time)."""
+
+    node: str
+    targets: list[CheckTarget] = []
+
+
+class CheckState(msgspec.Struct, frozen=True, kw_only=True):
+    instance: str
+    check: str
+    ok: bool
+    output: str = ""
+    at: float = 0.0
+    """When it last ran (0: not yet)."""
+    passes: int = 0
+    """In a row, up to now."""
+    failures: int = 0
+    health: str = ""
+    """The instance's health as this monitor decided it ('' : not yet)."""
+
+
+class CheckStatesRequest(Message, kw_only=True, frozen=True):
+    instances: list[str] = []
+    """These instances' checks ([] : every instance on the node)."""
+
+
+class CheckStates(Message, kw_only=True, frozen=True):
+    node: str
+    checks: list[CheckState] = []
+
+
+# --- service discovery ----------------------------------------------------------------
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+    instance: str
+    node: str
+    host: str
+    port: int = 0
+    """The asked-for port (0: the job has no ports)."""
+    ports: dict[str, int] = {}
+    version: int = 0
+    healthy_since: float = 0.0
+
+
+class EndpointsRequest(Message, kw_only=True, frozen=True):
+    job: str
+    port: str = ""
+    """A port name of the job ('' : its first port)."""
+
+
+class EndpointsReply(Message, kw_only=True, frozen=True):
+    """The healthy instances of `job` (desired run, running, healthy), in instance order.
+    Published on `endpoints_changed(job)` whenever the set changes."""
+
+    job: str
+    port: str = ""
+    endpoints: list[Endpoint] = []
+    epoch: int = 0
+    """The manager's epoch that said it (a watcher ignores a lower one)."""
+    index: int = 0
+    """The change index the set reflects."""
 
 
 class Proposal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -14,10 +14,16 @@ from typing import Generic, TypeVar
 
 from colony.shared.messages import (
     Change,
+    CheckStates,
+    CheckStatesRequest,
+    CheckTargets,
+    CheckTargetsRequest,
     ConsensusStatus,
     ConsensusStatusRequest,
     DigestReply,
     DigestRequest,
+    EndpointsReply,
+    EndpointsRequest,
     Gossip,
     JoinReply,
     JoinRequest,
@@ -242,6 +248,39 @@ def agent_logs(node: str) -> RequestSubject[LogsRequest, LogsReply]:
     return RequestSubject(f"{ROOT}.agent.logs.{token(node, 'node id')}", LogsRequest, LogsReply)
 
 
+def agent_checks(node: str) -> RequestSubject[CheckTargetsRequest, CheckTargets]:
+    """Ask `node`'s agent what runs there now and how to check it (its monitor asks at
+    start; `agent_checks_changed` tells every change after)."""
+    return RequestSubject(
+        f"{ROOT}.agent.checks.{token(node, 'node id')}", CheckTargetsRequest, CheckTargets
+    )
+
+
+def agent_checks_changed(node: str) -> Subject[CheckTargets]:
+    """`node`'s agent publishes the whole set of its running instances when it changes
+    (event; a few seconds apart at most while nothing changes)."""
+    return Subject(f"{ROOT}.agent.checks.changed.{token(node, 'node id')}", CheckTargets)
+
+
+def monitor_checks(node: str) -> RequestSubject[CheckStatesRequest, CheckStates]:
+    """Ask `node`'s monitor for its instances' checks as they last ran (output included)."""
+    return RequestSubject(
+        f"{ROOT}.monitor.checks.{token(node, 'node id')}", CheckStatesRequest, CheckStates
+    )
+
+
+def endpoints() -> RequestSubject[EndpointsRequest, EndpointsReply]:
+    """Ask for a job's healthy instances' addresses (the acting manager's curator
+    answers; programs use this, or watch `endpoints_changed`)."""
+    return RequestSubject(f"{ROOT}.endpoints.get", EndpointsRequest, EndpointsReply)
+
+
+def endpoints_changed(job: str) -> Subject[EndpointsReply]:
+    """A job's healthy endpoints, published by the acting manager's curator whenever the
+    set changes (and when a manager starts acting); ENDPOINTS_STREAM keeps the last."""
+    return Subject(f"{ROOT}.endpoints.changed.{token(job, 'job', wildcard=True)}", EndpointsReply)
+
+
 SKIPPED = "skipped"
 """The change kind of a marker the relay publishes in place of a change it could not
 publish (a bug or a newer version's kind): its detail says what and why."""
@@ -278,6 +317,11 @@ SKIPPED (membership's events stay apart)."""
 METRICS_STREAM = "COLONY_METRICS"
 """Keeps the last sample of every node, so a node that stopped answering can
 still be shown with when it was last heard. Captures ``node_metrics(ANY)``."""
+
+
+ENDPOINTS_STREAM = "COLONY_ENDPOINTS"
+"""Keeps the last endpoint set of every job (``endpoints_changed(ANY)``), so a watcher
+starts from the current set."""
 
 
 # --- service discovery (NATS micro protocol) ---------------------------------
