@@ -11,7 +11,9 @@ point taken before the reads, so it replays changes the reads already hold, and 
 deletion (version 0) or a purged job made again (its version starts over at 1) cannot
 be ordered by version. Every object remembers the Raft log index its copy is from (a
 read's index, or the change's `log_index`), and a kind remembers the index of its first
-page: a change from no later than either is old news. The curator's own writes apply
+page: a change from no later than either is old news. One entry may change an object
+more than once (a rollout's progress and the rollback it led to): of the changes from
+one entry, the later in the change log is the newer. The curator's own writes apply
 to the view at once (`committed`); a change from before one of them still brings what
 others wrote (a node's registration, an instance's report), under the fields it wrote.
 """
@@ -35,16 +37,21 @@ from colony.shared.messages import (
     InstancesRemove,
     InstancesStop,
     JobBlocked,
+    JobPromote,
     JobRecord,
+    NodeDrained,
     NodeRecord,
     NodeStatus,
     QueryRequest,
+    RolloutProgress,
     Stored,
     placed_instance,
 )
 
 KINDS = {"node": "nodes", "label": "labels", "job": "jobs", "instance": "instances"}
 """The change kinds the view follows, and the kinds that read them."""
+READ = 2**63
+"""The change index a read stands for: after every change of the log index it was read at."""
 
 
 @dataclass
@@ -67,8 +74,9 @@ class View:
     (the job is gone)."""
     waiting: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Jobs changed to a spec version the view does not hold yet: the change's detail."""
-    seen: dict[tuple[str, str], int] = field(default_factory=dict)
-    """(change kind, id) -> the log index the view's copy is from (kept after a deletion)."""
+    seen: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    """(change kind, id) -> the log index and change index the view's copy is from (a
+    read's: READ), kept after a deletion."""
     floor: dict[str, int] = field(default_factory=dict)
     """Change kind -> the log index its first page was read at."""
     mine: dict[tuple[str, str], tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
@@ -82,7 +90,7 @@ class View:
         """Take one page of change kind `kind`'s objects, read at log `index`."""
         self.floor.setdefault(kind, index)
         for stored in objects:
-            self.seen[(kind, stored.id)] = index
+            self.seen[(kind, stored.id)] = (index, READ)
             self._put(kind, stored.id, stored.value)
 
     def missing(self) -> set[tuple[str, int]]:
@@ -114,9 +122,10 @@ class View:
         key = (change.kind, change.id)
         if change.kind not in KINDS:
             return False
-        if change.log_index <= max(self.seen.get(key, 0), self.floor.get(change.kind, 0)):
+        this = (change.log_index, change.index)
+        if this <= max(self.seen.get(key, (0, 0)), (self.floor.get(change.kind, 0), READ)):
             return False
-        self.seen[key] = change.log_index
+        self.seen[key] = this
         detail = change.detail
         if key in self.mine:
             at, fields = self.mine[key]
@@ -181,6 +190,19 @@ class View:
                 self._own("node", node, index, {"status": status, "reason": reason})
             case JobBlocked(job=job, reason=reason):
                 self._own("job", job, index, {"blocked": reason})
+            case RolloutProgress():
+                self._rollout(command, index, now)
+            case JobPromote(job=job):
+                rollout = self.jobs[job].rollout if job in self.jobs else None
+                if rollout and rollout.status == "running" and not rollout.promoted:
+                    promoted = msgspec.structs.replace(rollout, promoted=True)
+                    self._own("job", job, index, {"rollout": promoted})
+            case NodeDrained(node=node):
+                if node in self.nodes and self.nodes[node].drain == "draining":
+                    self._own("node", node, index, {"drain": "drained"})
+            # JobRollback (auto_revert) makes a new version: the view learns its spec from
+            # the stream, as of any submitted version (its RolloutProgress, committed
+            # with it, already halted the rollout it reverts).
             case InstancesPlace(placements=placements):
                 for p in placements:
                     self.instances[p.id] = placed_instance(p, now)
@@ -194,6 +216,22 @@ class View:
                 for id in ids:
                     self.instances.pop(id, None)
                     self.mine[("instance", id)] = (index, None)
+
+    def _rollout(self, progress: RolloutProgress, index: int, now: float) -> None:
+        """As the jobs kind records a rollout's progress: only that of the job's current
+        rollout while it runs; its end ends it (a success makes the version stable)."""
+        record = self.jobs.get(progress.job)
+        rollout = record.rollout if record else None
+        if not rollout or rollout.version != progress.version or rollout.status != "running":
+            return
+        fields = {
+            name: getattr(progress, name)
+            for name in ("status", "reason", "batch", "batch_started", "placed", "healthy")
+        }
+        ended = progress.status != "running"
+        rollout = msgspec.structs.replace(rollout, **fields, ended=now if ended else 0.0)
+        stable = {"stable": progress.version} if progress.status == "succeeded" else {}
+        self._own("job", progress.job, index, {"rollout": rollout, **stable})
 
     def _own(self, kind: str, id: str, index: int, fields: dict[str, Any]) -> None:
         """Write `fields` of object `id` (which the curator owns), committed at `index`."""
