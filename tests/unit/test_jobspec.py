@@ -47,7 +47,8 @@ JOB = "name: web\ntask:\n  command: python3\n"
         (
             "zzz: 1",
             "job.yaml:4: zzz: unknown field (a job has: name, driver, task, replicas, "
-            "resources, ports, constraints, distinct_nodes, spread, restart, meta)",
+            "resources, ports, constraints, distinct_nodes, spread, restart, checks, update, "
+            "shutdown_delay, meta)",
         ),
         ("replicas: -1", "job.yaml:4: replicas: -1 is too small: must be at least 0"),
         ("replicas: 10001", "job.yaml:4: replicas: 10001 is too large: must be at most 10000"),

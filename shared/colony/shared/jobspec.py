@@ -158,14 +158,100 @@ class SpecChange(msgspec.Struct, frozen=True):
 
 
 def diff(old: JobSpec, new: JobSpec) -> list[SpecChange]:
-    """Every field that differs, deepest first in field order (lists element by element)."""
-    raise NotImplementedError  # issue 14: colony.shared.jobspec owner
+    """Every field that differs, in field order, each at the deepest path that differs
+    (sections field by field, lists element by element, env and meta key by key)."""
+    changes: list[SpecChange] = []
+    _diff(old, new, "", None, changes)
+    return changes
 
 
 def replaces_instances(old: JobSpec, new: JobSpec) -> bool:
     """Whether instances running `old` must be replaced to run `new` (a change outside
     IN_PLACE), rather than kept as they are."""
-    raise NotImplementedError  # issue 14: colony.shared.jobspec owner
+    return msgspec.structs.replace(old, **{name: getattr(new, name) for name in IN_PLACE}) != new
+
+
+def _default(f: mi.Field) -> Any:
+    return f.default_factory() if f.default is msgspec.NODEFAULT else f.default
+
+
+_ABSENT: Any = object()
+"""A list element, env or meta entry that one side of a diff does not have."""
+
+
+def _diff(old: Any, new: Any, path: str, unit: _Unit | None, changes: list[SpecChange]) -> None:
+    if old == new:
+        return
+    if isinstance(old, msgspec.Struct) and type(old) is type(new):
+        for name in old.__struct_fields__:
+            at, field_unit = _join(path, name), _UNIT_FIELDS.get((type(old), name))
+            _diff(getattr(old, name), getattr(new, name), at, field_unit, changes)
+    elif isinstance(old, list) and isinstance(new, list):
+        for i in range(max(len(old), len(new))):
+            before = old[i] if i < len(old) else _ABSENT
+            after = new[i] if i < len(new) else _ABSENT
+            _diff(before, after, f"{path}[{i}]", None, changes)
+    elif isinstance(old, dict) and isinstance(new, dict):
+        for key in [*old, *(key for key in new if key not in old)]:
+            _diff(old.get(key, _ABSENT), new.get(key, _ABSENT), _join(path, key), None, changes)
+    else:
+        changes.append(SpecChange(path, _written_text(old, unit), _written_text(new, unit)))
+
+
+def _written_text(value: Any, unit: _Unit | None = None, inside: bool = False) -> str:
+    """A value as a job file writes it: 64MiB, 10s, true, [a, b], {type: http, port: web};
+    '' for one not there."""
+    if value is _ABSENT:
+        return ""
+    if unit is not None:
+        return unit.show(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value).removesuffix(".0")  # backoff: 2, not 2.0
+    if isinstance(value, str):
+        # inside [..] or {..} a comma, bracket or blank would change what it says
+        plain = value and value.strip() == value and not re.search(r"[,:#\[\]{}\"'\s]", value)
+        return _quoted(value) if inside and not plain else value
+    if isinstance(value, list):
+        return "[" + ", ".join(_written_text(v, inside=True) for v in value) + "]"
+    if isinstance(value, dict):
+        pairs = (
+            f"{_written_text(k, inside=True)}: {_written_text(v, inside=True)}"
+            for k, v in value.items()
+        )
+        return "{" + ", ".join(pairs) + "}"
+    if isinstance(value, msgspec.Struct):  # a whole check or constraint, added or removed
+        items = []
+        for f in mi.type_info(type(value)).fields:
+            v = getattr(value, f.name)
+            if f.required or v != _default(f):
+                unit = _UNIT_FIELDS.get((type(value), f.name))
+                items.append(f"{f.name}: {_written_text(v, unit, inside=True)}")
+        return "{" + ", ".join(items) + "}"
+    return str(value)
+
+
+def check_name(check: HealthCheck) -> str:
+    """How a check is shown (status, events, errors): its name, else "http web" (type and
+    port) or "exec <command>"."""
+    return _check_name(check.type, check.name, check.port, check.command)
+
+
+def _check_name(kind: str, name: str, port: str, command: str) -> str:
+    return name or (f"exec {command}" if kind == "exec" else f"{kind} {port}")
+
+
+_CHECK_NEEDS = {"tcp": "port", "http": "port", "exec": "command"}
+"""What each type of check cannot do without."""
+_CHECK_FIELDS = {
+    "port": ("tcp", "http"),
+    "path": ("http",),
+    "status": ("http",),
+    "command": ("exec",),
+    "args": ("exec",),
+}
+"""The fields only some types of check have."""
 
 
 # --- loading a job file ---------------------------------------------------------------
@@ -349,11 +435,23 @@ def format_duration(seconds: float) -> str:
 
 def to_yaml(spec: JobSpec) -> str:
     """A spec as a job file (units as people write them) that `parse` reads back equal."""
-    data = msgspec.to_builtins(spec)
-    data["resources"]["memory"] = format_size(spec.resources.memory)
-    for name in _DURATIONS:
-        data["restart"][name] = format_duration(getattr(spec.restart, name))
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(_written(spec), sort_keys=False, allow_unicode=True)
+
+
+def _written(value: Any) -> Any:
+    """A spec's value as a job file holds it: sizes and durations with their units."""
+    if isinstance(value, msgspec.Struct):
+        written = {}
+        for name in value.__struct_fields__:
+            v = getattr(value, name)
+            unit = _UNIT_FIELDS.get((type(value), name))
+            text = unit.show(v) if unit else ""
+            # a plain number stays one (cpu: 0.5, memory: 1000), units as text (64MiB, 5s)
+            written[name] = text if re.search(r"[^0-9.]", text) else _written(v)
+        return written
+    if isinstance(value, list):
+        return [_written(v) for v in value]
+    return msgspec.to_builtins(value)
 
 
 def expand(arg: str, env: dict[str, str]) -> str:
@@ -375,7 +473,18 @@ class _Unit:
     most: float = math.inf
 
 
-_DURATIONS = ("interval", "delay", "max_delay")
+def _duration(most: float, least: float = 0.0) -> _Unit:
+    return _Unit(
+        parse_duration,
+        format_duration,
+        _DURATION_FORM,
+        "Seconds, or a duration: 500ms, 5s, 5m, 1h30m",
+        least=least,
+        most=most,
+    )
+
+
+_HOUR = 3600.0
 _UNIT_FIELDS: dict[tuple[type, str], _Unit] = {
     (JobResources, "memory"): _Unit(
         parse_size,
@@ -388,16 +497,21 @@ _UNIT_FIELDS: dict[tuple[type, str], _Unit] = {
         parse_cores, "{:g}".format, _CORES_FORM, "Cores: 0.5, 2, or millicores: 500m", least=0.001
     ),
     **{
-        (RestartPolicy, name): _Unit(
-            parse_duration,
-            format_duration,
-            _DURATION_FORM,
-            "Seconds, or a duration: 500ms, 5s, 5m, 1h30m",
-            most=MAX_DURATION,
-        )
-        for name in _DURATIONS
+        (RestartPolicy, name): _duration(MAX_DURATION)
+        for name in ("interval", "delay", "max_delay")
     },
+    # a check more often than every 10ms is a unit left out (`interval: 0.001`), and one
+    # rarer than hourly never tells anything in time
+    (HealthCheck, "interval"): _duration(_HOUR, least=0.01),
+    (HealthCheck, "timeout"): _duration(_HOUR, least=0.01),
+    (HealthCheck, "grace"): _duration(_HOUR),
+    (UpdateStrategy, "min_healthy_time"): _duration(_HOUR),
+    (UpdateStrategy, "healthy_deadline"): _duration(24 * _HOUR),
+    (UpdateStrategy, "progress_deadline"): _duration(24 * _HOUR),
+    # clients need seconds to stop sending; a stop that waits longer looks stuck
+    (JobSpec, "shutdown_delay"): _duration(5 * 60.0),
 }
+"""The fields written with units, by (struct, field): how to read, show and bound them."""
 
 
 class _Bad:
@@ -608,7 +722,7 @@ class _Checker:
             return text
         close = difflib.get_close_matches(text, values, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        what = {"driver": "driver", "op": "operator", "then": "choice"}.get(
+        what = {"driver": "driver", "op": "operator", "then": "choice", "type": "check type"}.get(
             path.rpartition(".")[2], "value"
         )
         return self.problem(path, f"unknown {what} {_quoted(text)}{hint} ({', '.join(values)})")
@@ -679,8 +793,10 @@ class _Checker:
                     f"{format_duration(most)} is less than delay ({format_duration(delay)})",
                 )
         task = job.get("task", _BAD)
-        if task is not _BAD:
-            self.task(task, ports)
+        known = self.task(task, ports) if task is not _BAD else None
+        raw = job.get("ports", [])
+        declared = raw if isinstance(raw, list) and _BAD not in raw else None
+        self.checks(_listed(job.get("checks")), declared, known)
 
     def constraint(self, constraint: dict[str, Any], path: str) -> None:
         label, op, value = (
@@ -703,7 +819,8 @@ class _Checker:
                 at = f"{path}.value[{i}]" if isinstance(value, list) else f"{path}.value"
                 self.problem(at, f"{_quoted(item)} can never match: not a node label value")
 
-    def task(self, task: dict[str, Any], ports: list[str]) -> None:
+    def task(self, task: dict[str, Any], ports: list[str]) -> list[str]:
+        """Checks the task's env and args; returns the variables an instance has."""
         env = task.get("env")
         env = env if isinstance(env, dict) else {}
         given = {"PORT", *(f"PORT_{port.upper()}" for port in ports)} if ports else set()
@@ -715,7 +832,12 @@ class _Checker:
             elif name in given or name.startswith("COLONY_"):
                 self.problem(at, "is set by Colony for each instance: choose another name")
         known = [*sorted(given), *AGENT_ENV, *env]
-        for i, arg in enumerate(_listed(task.get("args"))):
+        self.variables(task.get("args"), "task.args", known, ports)
+        return known
+
+    def variables(self, args: Any, path: str, known: list[str], ports: list[str]) -> None:
+        """Every `${NAME}` in args names a variable the instance has."""
+        for i, arg in enumerate(_listed(args)):
             if not isinstance(arg, str):
                 continue
             for match in ARG_VARIABLE.finditer(arg):
@@ -729,7 +851,74 @@ class _Checker:
                     close = difflib.get_close_matches(name, known, n=1)
                     hint = f"; did you mean {close[0]}?" if close else ""
                     why = f"${{{name}}} is not set for the instance{hint} (set it under task.env)"
-                self.problem(f"task.args[{i}]", why)
+                self.problem(f"{path}[{i}]", why)
+
+    def checks(self, checks: list[Any], ports: list[str] | None, known: list[str] | None) -> None:
+        """Each check has what its type needs (and nothing of other types), names one of
+        the job's ports, answers within its interval, and has a name of its own.
+        `ports` is None when they were wrong already (a port cannot be told missing then)."""
+        seen: dict[str, int] = {}
+        defaults = HealthCheck(type="exec")
+        for i, check in enumerate(checks):
+            kind = check.get("type", _BAD) if isinstance(check, dict) else _BAD
+            if kind is _BAD:
+                continue  # not a mapping, or no valid type: reported already
+            at = f"checks[{i}]"
+            for name, kinds in _CHECK_FIELDS.items():
+                if name in check and kind not in kinds:
+                    what = name if name == "args" else f"a {name}"
+                    only = " and ".join(kinds)
+                    self.problem(
+                        f"{at}.{name}", f"only {only} checks have {what} (this is a {kind} check)"
+                    )
+            port, command = check.get("port", ""), check.get("command", "")
+            if kind == "exec" and not command:
+                why = "an exec check needs a command (run in the instance's env; exit 0: healthy)"
+                self.problem(f"{at}.command", why)
+            elif kind != "exec" and ports is not None:
+                self.port(port, ports, f"{at}.port" if "port" in check else at, kind)
+            where = check.get("path", "/")
+            if kind == "http" and isinstance(where, str) and not where.startswith("/"):
+                self.problem(f"{at}.path", f"{_quoted(where)} must start with / (like /{where})")
+            interval = check.get("interval", defaults.interval)
+            timeout = check.get("timeout", defaults.timeout)
+            if _BAD not in (interval, timeout) and timeout > interval:
+                why = (
+                    f"{format_duration(timeout)} is longer than interval "
+                    f"({format_duration(interval)}): the next check would start first"
+                )
+                self.problem(f"{at}.timeout", why)
+            if known is not None and kind == "exec":
+                self.variables(check.get("args"), f"{at}.args", known, ports or [])
+            name = check.get("name", "")
+            if _BAD in (name, port, command):
+                continue
+            shown = _check_name(kind, name, port, command)
+            if shown in seen:
+                why = f"{_quoted(shown)} is also the name of checks[{seen[shown]}]"
+                why += ": give each check its own name"
+                self.problem(f"{at}.name" if name else at, why)
+            else:
+                seen[shown] = i
+
+    def port(self, port: Any, ports: list[str], path: str, kind: str) -> None:
+        """A tcp or http check's port: one the job declares."""
+        if port is _BAD:
+            return
+        if not ports:
+            why = f"a {kind} check needs a port, and the job declares none (add one under ports)"
+            if port:
+                why = f"the job has no port named '{port}' (it declares none: add one under ports)"
+            self.problem(path, why)
+        elif not port:
+            self.problem(
+                path, f"a {kind} check needs port: one of the job's ports ({', '.join(ports)})"
+            )
+        elif port not in ports:
+            close = difflib.get_close_matches(port, ports, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            why = f"the job has no port named '{port}' (its ports: {', '.join(ports)}){hint}"
+            self.problem(path, why)
 
     def warnings(self, spec: JobSpec) -> list[Problem]:
         found = []
@@ -739,15 +928,25 @@ class _Checker:
         elif spec.driver == "sim":
             why = "sim runs nothing (it is for benchmarks)"
             found.append(Problem(self.file, self.line("driver"), "driver", why))
+        update = spec.update
+        if update.canary > spec.replicas:
+            why = f"{update.canary} is more than replicas ({spec.replicas})"
+            found.append(Problem(self.file, self.line("update.canary"), "update.canary", why))
+        if update.auto_promote and not update.canary:
+            why = "does nothing without canaries (update.canary)"
+            at = "update.auto_promote"
+            found.append(Problem(self.file, self.line(at), at, why))
         known = {"PORT", *(f"PORT_{p.upper()}" for p in spec.ports), *AGENT_ENV, *spec.task.env}
-        shell = Path(spec.task.command).name in _SHELLS  # `sh -c 'echo $PORT'` expands it
-        for i, arg in enumerate([] if shell else spec.task.args):
-            for name in re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", arg):
-                if name in known:
-                    why = f"${name} is passed as is (no shell expands it): write ${{{name}}}"
-                    found.append(
-                        Problem(self.file, self.line(f"task.args[{i}]"), f"task.args[{i}]", why)
-                    )
+        commands = [("task.args", spec.task.command, spec.task.args)]
+        commands += [(f"checks[{i}].args", c.command, c.args) for i, c in enumerate(spec.checks)]
+        for path, command, args in commands:
+            shell = Path(command).name in _SHELLS  # `sh -c 'echo $PORT'` expands it
+            for i, arg in enumerate([] if shell else args):
+                for name in re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", arg):
+                    if name in known:
+                        why = f"${name} is passed as is (no shell expands it): write ${{{name}}}"
+                        at = f"{path}[{i}]"
+                        found.append(Problem(self.file, self.line(at), at, why))
         return found
 
 
@@ -762,11 +961,33 @@ def json_schema() -> dict[str, Any]:
         prop.clear()
         prop["description"] = unit.description
         prop["anyOf"] = [number, {"type": "string", "pattern": unit.form}]
-        prop["default"] = unit.show(getattr(cls(), name))
-    for name, cls in (("resources", JobResources), ("restart", RestartPolicy)):
+        (default,) = (f.default for f in mi.type_info(cls).fields if f.name == name)
+        prop["default"] = unit.show(default)
+    for name, cls in (
+        ("resources", JobResources),
+        ("restart", RestartPolicy),
+        ("update", UpdateStrategy),
+    ):
         # the defaults of a whole section, in the YAML form too
         props = defs[cls.__name__]["properties"]
         defs["JobSpec"]["properties"][name]["default"] = {k: v["default"] for k, v in props.items()}
+    # what each type of check needs and must not have (editors then say so as one types)
+    defs["HealthCheck"]["allOf"] = [
+        {
+            "if": {"properties": {"type": {"const": kind}}},
+            "then": {
+                "required": [needs],
+                "not": {
+                    "anyOf": [
+                        {"required": [name]}
+                        for name, kinds in _CHECK_FIELDS.items()
+                        if kind not in kinds
+                    ]
+                },
+            },
+        }
+        for kind, needs in _CHECK_NEEDS.items()
+    ]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Colony job",
