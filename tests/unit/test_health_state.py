@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from colony.monitor.health import Decision, RunHealth, changed_runs, check_name
+from colony.monitor.health import Decision, RunHealth, changed_runs
 from colony.shared.jobspec import HealthCheck
 from colony.shared.messages import CheckTarget
 
@@ -124,9 +124,3 @@ def test_a_new_run_starts_over_and_a_gone_instance_stops():
     old = RunHealth.of(target(HTTP))
     results(old, 0, "pp")
     assert old.health == "healthy" and RunHealth.of(restarted).health == ""
-
-
-def test_check_names():
-    assert check_name(HTTP) == "http web"
-    assert check_name(HealthCheck(type="exec", command="/bin/ready")) == "exec /bin/ready"
-    assert check_name(HealthCheck(type="tcp", port="db", name="database")) == "database"

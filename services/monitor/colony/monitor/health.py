@@ -19,20 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from colony.shared.jobspec import HealthCheck
+from colony.shared.jobspec import HealthCheck, check_name
 from colony.shared.messages import CheckState, CheckTarget
-
-try:  # the jobspec's own naming, once it has one (the same name everywhere)
-    from colony.shared.jobspec import check_name as check_name  # type: ignore[attr-defined]
-except ImportError:
-
-    def check_name(check: HealthCheck) -> str:
-        """The check's name as status and events show it."""
-        if check.name:
-            return check.name
-        if check.type == "exec":
-            return f"exec {check.command}"
-        return f"{check.type} {check.port}"
 
 
 @dataclass(frozen=True)
