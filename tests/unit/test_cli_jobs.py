@@ -93,13 +93,13 @@ def test_instance_table_shows_id_node_state_address_restarts_age_reason():
     ]  # fmt: skip
     lines = rendered(job.instance_table(rows, NODES, NOW)).splitlines()
     assert lines[0].split() == [
-        "ID", "NODE", "STATE", "ADDRESS", "RESTARTS", "AGE", "LAST", "REASON",
+        "ID", "NODE", "STATE", "HEALTH", "ADDRESS", "RESTARTS", "AGE", "LAST", "REASON",
     ]  # fmt: skip
-    assert lines[1].split() == ["web-0-3fa2", "node-1", "running", "127.0.0.1:20001", "2", "1m15s",
-                                "-"]  # fmt: skip
+    assert lines[1].split() == ["web-0-3fa2", "node-1", "running", "—", "127.0.0.1:20001", "2",
+                                "1m15s", "-"]  # fmt: skip
     assert lines[2].split()[:2] == ["web-0-0001", "node-1"]
     assert "running (stopping)" in lines[2] and lines[2].rstrip().endswith("scaled down")
-    assert lines[3].split()[:6] == ["web-1-77aa", "node-2", "failed", "10.0.0.2", "0", "10s"]
+    assert lines[3].split()[:7] == ["web-1-77aa", "node-2", "failed", "—", "10.0.0.2", "0", "10s"]
     assert lines[3].rstrip().endswith("command 'pyhton3' not found")
 
 

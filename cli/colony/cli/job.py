@@ -25,7 +25,7 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
-from colony.cli import records
+from colony.cli import endpoints, records, rollout
 from colony.cli.args import add_management_options
 from colony.cli.events import cluster_secret
 from colony.cli.kv import management
@@ -35,8 +35,13 @@ from colony.shared.bus import BusError, NoResponders
 from colony.shared.jobspec import JobSpec
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
+    CheckState,
+    CheckStatesRequest,
+    EndpointsReply,
     InstanceRecord,
+    JobPromote,
     JobRecord,
+    JobRollback,
     JobRun,
     JobScale,
     JobStop,
@@ -60,15 +65,35 @@ EXAMPLES = {
   colony job validate web.yaml --json            {"file": ..., "valid": ..., "problems": [...]}""",
     "plan": """examples:
   colony job plan examples/web.yaml      what running it would place where, or why not
+  colony job plan web.yaml               a changed spec: each field that differs, and whether
+                                         the update replaces instances (how many at a time)
   colony job plan web.yaml --json        the manager's plan as it answered it""",
     "run": """examples:
   colony job run examples/web.yaml       store it, then wait until every instance runs
+  colony job run web.yaml                a changed spec: follow its rollout (batches, canaries);
+                                         exits 1 if it fails or is reverted
   colony job run web.yaml --detach       store it and return at once
-  colony job run web.yaml --timeout 120  wait up to 2 minutes for the instances""",
+  colony job run web.yaml --timeout 120  give up after 2 minutes without progress""",
     "status": """examples:
-  colony job status web          the job and its instances: node, state, address, restarts
+  colony job status web          the job, its rollout and its instances: node, state, health
+                                 and the last check's output, address, restarts
   colony job status web --all    also the instances stopped or being removed
   colony job status web --json""",
+    "history": """examples:
+  colony job history web         every version, newest first: when, who (cause), outcome
+  colony job history web --json""",
+    "promote": """examples:
+  colony job promote web         the canaries look good: replace the rest, then follow it
+  colony job promote web -d      promote and return at once""",
+    "rollback": """examples:
+  colony job rollback web        back to the last version that rolled out well, and follow it
+  colony job rollback web 3      back to version 3's spec (as a new version)
+  colony job rollback web -d     store the rollback and return at once""",
+    "endpoints": """examples:
+  colony job endpoints web               HOST:PORT INSTANCE NODE VERSION of each healthy instance
+  colony job endpoints web --port admin  the addresses of its port named admin
+  colony job endpoints web --watch       print the set again each time it changes
+  colony job endpoints web --json""",
     "list": """examples:
   colony job list                every job: version, status, desired and running instances
   colony job list --json""",
@@ -82,13 +107,19 @@ EXAMPLES = {
 
 
 def add_parser(verb) -> None:
-    job = verb("job", "Run jobs on the cluster: validate, plan, run, status, list, scale, stop.")
+    job = verb(
+        "job",
+        "Run jobs on the cluster: validate, plan, run, status, list, scale, stop, history, "
+        "promote, rollback, endpoints.",
+    )
     job.epilog = """examples:
   colony job run examples/web.yaml   plan it, store it, wait until its instances run
   colony job status web              where its instances run and answer
   colony job <verb> --help           each verb's options and examples"""
     verbs = job.add_subparsers(
-        dest="job_verb", required=True, metavar="validate|plan|run|status|list|scale|stop"
+        dest="job_verb",
+        required=True,
+        metavar="validate|plan|run|status|list|scale|stop|history|promote|rollback|endpoints",
     )
 
     def sub(name: str, summary: str, func) -> argparse.ArgumentParser:
@@ -120,7 +151,9 @@ def add_parser(verb) -> None:
         "--detach", "-d", action="store_true", help="return once stored, without waiting"
     )
     add_management_options(
-        run, timeout=60.0, timeout_help="seconds to wait for every instance to run"
+        run,
+        timeout=60.0,
+        timeout_help="seconds to wait for every instance to run (a rollout: for progress)",
     )
 
     status = sub("status", "Show a job and its instances.", cmd_status)
@@ -143,6 +176,49 @@ def add_parser(verb) -> None:
     stop.add_argument("--purge", action="store_true", help="forget the job once it has stopped")
     add_management_options(stop)
 
+    history = sub(
+        "history", "Show a job's versions: when, who, and how each rolled out.", cmd_history
+    )
+    history.add_argument("name", type=_job_name, help="the job's name")
+    add_management_options(history)
+
+    promote = sub(
+        "promote", "Promote a rollout's canaries: the rest of the instances are replaced.",
+        cmd_promote,
+    )  # fmt: skip
+    promote.add_argument("name", type=_job_name, help="the job's name")
+    rollback = sub(
+        "rollback", "Roll a job back to an earlier version's spec (as a new version).", cmd_rollback
+    )
+    rollback.add_argument("name", type=_job_name, help="the job's name")
+    rollback.add_argument(
+        "version",
+        nargs="?",
+        type=_version,
+        default=0,
+        help="the version to go back to (default: the last one that rolled out well)",
+    )
+    for follows in (promote, rollback):
+        follows.add_argument(
+            "--detach", "-d", action="store_true", help="return once stored, without following"
+        )
+        add_management_options(
+            follows, timeout=60.0, timeout_help="seconds to wait for the rollout to progress"
+        )
+
+    found = sub("endpoints", "Show where a job's healthy instances answer.", cmd_endpoints)
+    found.add_argument("name", type=_job_name, help="the job's name")
+    found.add_argument(
+        "--port", "-p", default="", help="a port name of the job (default: its first)"
+    )
+    found.add_argument(
+        "--watch",
+        "-w",
+        action="store_true",
+        help="print the set again at each change (Ctrl-C stops)",
+    )
+    add_management_options(found)
+
 
 def _job_name(text: str) -> str:
     if not _JOB_NAME.fullmatch(text):
@@ -151,6 +227,16 @@ def _job_name(text: str) -> str:
             "starting and ending with a letter or digit"
         )
     return text
+
+
+def _version(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a version number (1 or more), not {text!r}")
+    return value
 
 
 def _replicas(text: str) -> int:
@@ -219,23 +305,62 @@ def age(instance: InstanceRecord, now: float) -> str:
     return human_age(now - since) if since else "-"
 
 
+def health_cell(instance: InstanceRecord, now: float) -> Text:
+    """'healthy (3m02s)', 'unhealthy (12s)' or '—' (not running, or not decided yet); a
+    canary says so."""
+    since = instance.healthy_since if instance.health == "healthy" else instance.health_at
+    if instance.state != "running" or not instance.health:
+        text = Text("—", "dim")
+    else:
+        colour = "green" if instance.health == "healthy" else "red"
+        text = Text(instance.health, colour)
+        if since:
+            text.append(f" ({human_age(now - since)})")
+    if instance.canary:
+        text.append(" canary", "yellow")
+    return text
+
+
+def last_check(instance: InstanceRecord, checks: Sequence[CheckState] = ()) -> str:
+    """The last check's output: what its node's monitor says now (a failing check first),
+    else what was recorded when its health was last decided ('-': nothing known)."""
+    mine = sorted((c for c in checks if c.instance == instance.id), key=lambda c: c.ok)
+    if mine and mine[0].at:
+        c = mine[0]
+        return f"{c.check}: {c.output}" if c.check else c.output or ("ok" if c.ok else "failed")
+    if instance.health_output:
+        check = f"{instance.health_check}: " if instance.health_check else ""
+        return check + instance.health_output
+    return "-"
+
+
 def instance_table(
-    instances: Sequence[InstanceRecord], nodes: dict[str, NodeRecord], now: float
+    instances: Sequence[InstanceRecord],
+    nodes: dict[str, NodeRecord],
+    now: float,
+    checks: Sequence[CheckState] | None = None,
 ) -> Table:
+    """ID NODE STATE HEALTH ADDRESS RESTARTS AGE LAST REASON (and, given the monitors'
+    `checks`, LAST CHECK)."""
     grid = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ID", "NODE", "STATE", "ADDRESS"):
+    for column in ("ID", "NODE", "STATE", "HEALTH", "ADDRESS"):
         grid.add_column(column, no_wrap=True)
     grid.add_column("RESTARTS", justify="right")
     grid.add_column("AGE", justify="right")
+    if checks is not None:
+        grid.add_column("LAST CHECK")
     grid.add_column("LAST REASON")
     for i in sorted(instances, key=lambda i: (i.slot, i.desired != "run", i.id)):
+        shown = [last_check(i, checks)] if checks is not None else []
         grid.add_row(
             i.id,
             node_name(nodes, i.node),
             shown_state(i),
+            health_cell(i, now),
             address(i, nodes),
             str(i.restarts),
             age(i, now),
+            *shown,
             i.reason or i.desired_reason or "-",
         )
     return grid
@@ -253,16 +378,19 @@ def job_json(job: JobRecord) -> dict[str, Any]:
     return data
 
 
-def plan_lines(plan: PlanReply, nodes: dict[str, NodeRecord]) -> list[Text | Table | str]:
-    """The manager's plan for people: what changes, a SLOT NODE PORTS table, what would
-    stop, and each reason something does not fit."""
+def plan_lines(
+    plan: PlanReply, nodes: dict[str, NodeRecord], spec: JobSpec | None = None
+) -> list[Text | Table | str]:
+    """The manager's plan for people: what changes (an update: each field that differs
+    and what the update does), a SLOT NODE PORTS table, what would stop, and each reason
+    something does not fit."""
     change = {
         "new": "new job",
         "update": f"changed spec, version {plan.version}",
         "unchanged": f"unchanged (version {plan.version})",
         "restart": f"stopped, runs again (version {plan.version})",
     }.get(plan.change, f"{plan.change} (version {plan.version})")
-    lines: list[Text | Table | str] = [f"{plan.job}: {change}"]
+    lines: list[Text | Table | str] = [f"{plan.job}: {change}", *rollout.diff_lines(plan, spec)]
     if plan.place:
         grid = Table(box=None, header_style="bold", pad_edge=False)
         for column in ("SLOT", "NODE", "PORTS"):
@@ -300,16 +428,23 @@ class Progress:
     failed_for_good: int
     """Failed instances the manager leaves failed (`restart.then: fail`)."""
     blocked: str
+    healthy: int = 0
+    """Of those running, the healthy ones (counted only for a job with checks)."""
+    checked: bool = False
+    """The job has health checks: done only once they pass."""
 
     @property
     def done(self) -> bool:
-        return self.running >= self.desired and self.placed + self.older <= self.desired
+        healthy = self.healthy >= self.desired or not self.checked
+        return self.running >= self.desired and self.placed + self.older <= self.desired and healthy
 
     def line(self, job: str) -> str:
         n = self.desired
         text = (
             f"{job}: {self.placed}/{n} placed, {self.starting} starting, {self.running}/{n} running"
         )
+        if self.checked:
+            text += f", {self.healthy}/{n} healthy"
         if self.failed:
             text += f", {self.failed} failed"
         if self.older:
@@ -337,6 +472,8 @@ def progress(job: JobRecord | None, instances: Sequence[InstanceRecord]) -> Prog
         if job.spec.restart.then == "fail"
         else 0,
         blocked=job.blocked,
+        healthy=sum(i.state == "running" and i.health == "healthy" for i in current),
+        checked=bool(job.spec.checks),
     )
 
 
@@ -473,7 +610,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**msgspec.to_builtins(plan), "fits": plan.unplaced == 0})
     else:
-        for line in plan_lines(plan, nodes):
+        for line in plan_lines(plan, nodes, loaded.spec):
             out.print(line)
     return 0 if plan.unplaced == 0 else 1
 
@@ -486,13 +623,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     async def read(client: Management):
         job = await _job(client, args.name)
-        return job, await records.instances(client, args.name), await _nodes(client)
+        instances = await records.instances(client, args.name)
+        checks = await monitors_checks(client, instances)
+        return job, instances, await _nodes(client), checks
 
-    job, instances, nodes = _run(args, "colony-job-status", read)
+    job, instances, nodes, checks = _run(args, "colony-job-status", read)
     if not args.all:
         instances = [i for i in instances if i.desired == "run"]
     if args.json:
-        shown = [instance_json(i, nodes) for i in instances]
+        shown = [
+            {**instance_json(i, nodes), "last_check": last_check(i, checks)} for i in instances
+        ]
         print_json({"job": job_json(job), "instances": shown})
         return 0
     running = running_count(job.name, instances)
@@ -502,11 +643,192 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     if job.blocked:
         out.print(Text.assemble(("blocked: ", "red"), job.blocked))
+    if line := rollout.rollout_line(job):
+        out.print(f"rollout: {line}")
     if instances:
-        out.print(instance_table(instances, nodes, time.time()))
+        out.print(instance_table(instances, nodes, time.time(), checks))
     else:
         out.print("no instances" + ("" if args.all else " (--all shows the stopped ones)"))
     return 0
+
+
+CHECKS_ASK = 0.5
+"""Seconds a node's monitor may take to say its checks (else the recorded output shows)."""
+
+
+async def monitors_checks(
+    client: Management, instances: Sequence[InstanceRecord]
+) -> list[CheckState]:
+    """The last result of each check of these instances, from their nodes' monitors (a
+    monitor that does not answer in time adds nothing)."""
+    by_node: dict[str, list[str]] = {}
+    for i in instances:
+        if i.desired == "run" and i.state == "running":
+            by_node.setdefault(i.node, []).append(i.id)
+
+    async def ask(node: str, ids: list[str]) -> list[CheckState]:
+        request = CheckStatesRequest(instances=ids)
+        try:
+            reply = await client.bus.request(subjects.monitor_checks(node), request, CHECKS_ASK)
+        except BusError:
+            return []
+        return reply.checks
+
+    found = await asyncio.gather(*(ask(node, ids) for node, ids in by_node.items()))
+    return [c for checks in found for c in checks]
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    async def read(client: Management):
+        await _job(client, args.name)  # a clear error for a job that does not exist
+        try:
+            return await rollout.versions_of(client, args.name)
+        except msgspec.ValidationError as e:
+            fail(f"the versions of {args.name} came back unreadable: {e}")
+
+    versions = _run(args, "colony-job-history", read)
+    if args.json:
+        print_json([rollout.version_json(v) for v in versions])
+    elif versions:
+        out.print(rollout.history_table(versions, time.time()))
+    else:
+        out.print(f"{args.name}: no versions recorded")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    async def work(client: Management) -> int:
+        job = await _job(client, args.name)
+        after = None if args.detach else await _last_index(client, _secret(args))
+        reply = await client.propose(
+            JobPromote(job=args.name, reason=rollout.cause("job", "promote", args.name))
+        )
+        [outcome] = reply.outcomes
+        if not outcome.ok:
+            fail(
+                f"{args.name} not promoted: {outcome.error}", f"see `colony job status {args.name}`"
+            )
+        version = job.rollout.version if job.rollout else job.version
+        said = f"version {version}'s canaries promoted: the rest of the instances are replaced next"
+        return await _stored_then_follow(client, args, version, said, reply, after)
+
+    return _run(args, "colony-job-promote", work)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    async def work(client: Management) -> int:
+        await _job(client, args.name)
+        after = None if args.detach else await _last_index(client, _secret(args))
+        words = ["job", "rollback", args.name, *([str(args.version)] if args.version else [])]
+        command = JobRollback(job=args.name, version=args.version, cause=rollout.cause(*words))
+        reply = await client.propose(command)
+        [outcome] = reply.outcomes
+        if not outcome.ok:
+            fail(
+                f"{args.name} not rolled back: {outcome.error}",
+                f"see `colony job history {args.name}`",
+            )
+        version = outcome.version or (await _job(client, args.name)).version
+        said = f"rolled back: version {version} runs " + (
+            f"version {args.version}'s spec" if args.version else "the last good version's spec"
+        )
+        return await _stored_then_follow(client, args, version, said, reply, after)
+
+    return _run(args, "colony-job-rollback", work)
+
+
+async def _stored_then_follow(
+    client: Management,
+    args: argparse.Namespace,
+    version: int,
+    said: str,
+    reply: ProposeReply,
+    after: int | None,
+) -> int:
+    """Say what was stored, then (unless --detach) follow the rollout of `version`."""
+    if args.detach:
+        if args.json:
+            print_json({"job": args.name, "version": version, **msgspec.to_builtins(reply)})
+        else:
+            out.print(f"{args.name}: {said} (log index {reply.index})")
+        return 0
+    if not args.json:
+        out.print(f"{args.name}: {said}")
+    return await _follow_rollout(client, args, args.name, version, await _nodes(client), after)
+
+
+async def _follow_rollout(
+    client: Management,
+    args: argparse.Namespace,
+    name: str,
+    version: int,
+    nodes: dict[str, NodeRecord],
+    after: int | None,
+) -> int:
+    """Follow the rollout of `version` until it ends; show the instances, say how it
+    ended; the exit status."""
+    heard = None if after is None else rollout.Heard(client, name, after, _secret(args))
+    try:
+        ended = await rollout.follow(
+            client, name, version, args, lambda i: instance_said(i, nodes), heard
+        )
+    finally:
+        if heard is not None:
+            await heard.stop()
+    if not args.json:
+        nodes = {**nodes, **await _nodes(client)}
+        running = [
+            i for i in await records.instances(client, name, stale=True) if i.desired == "run"
+        ]
+        if running:
+            out.print(instance_table(running, nodes, time.time()))
+    return rollout.said_verdict(name, ended, args.json)
+
+
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    async def work(client: Management) -> int:
+        try:
+            reply, stale = await endpoints.current(client.bus, args.name, args.port)
+        except endpoints.EndpointsError as e:
+            fail(f"no endpoints of {args.name}: {e}", "see the jobs with `colony job list`")
+        names: dict[str, str] = {}
+        if not args.json:
+            with contextlib.suppress(ManagementError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    names = {n: r.name for n, r in (await _nodes(client)).items() if r.name}
+        show_endpoints(args, reply, stale, names)
+        if not args.watch:
+            return 0
+        async for reply in endpoints.changed(client.bus, args.name):
+            if args.port and reply.port != args.port:
+                continue  # the curator publishes the default port's set
+            show_endpoints(args, reply, False, names)
+        return 0
+
+    return _run(args, "colony-job-endpoints", work)
+
+
+def show_endpoints(
+    args: argparse.Namespace, reply: EndpointsReply, stale: bool, names: dict[str, str]
+) -> None:
+    if args.json:
+        print(endpoints.endpoints_json(reply, stale), flush=True)
+        return
+    if args.watch:
+        out.print(f"— {time.strftime('%H:%M:%S')} {plural_endpoints(len(reply.endpoints))}")
+    for line in endpoints.endpoint_lines(reply, names):
+        out.print(line, soft_wrap=True)
+    if stale:
+        err.print(
+            Text.assemble(
+                ("warning:", "yellow"),
+                " no manager answers: this is the last set published, it may be stale",
+            )
+        )
+
+
+def plural_endpoints(n: int) -> str:
+    return rollout.plural(n, "endpoint")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -593,8 +915,17 @@ async def _nodes(client: Management) -> dict[str, NodeRecord]:
 async def _job(client: Management, name: str, *, stale: bool = False) -> JobRecord:
     found = await records.one_of(client, records.JOBS, name, stale=stale)
     if found is None:
-        fail(f"no job {name!r}", "see the jobs: colony job list")
+        names = sorted(j.name for j in await records.jobs(client, stale=True))
+        fail(f"no job {name!r} ({known('jobs', names)})", "see them with `colony job list`")
     return msgspec.convert(found.value, JobRecord)
+
+
+def known(what: str, names: Sequence[str], most: int = 10) -> str:
+    """'jobs: api, web' (the first `most`), or 'no jobs at all'."""
+    if not names:
+        return f"no {what} at all"
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return f"{what}: {', '.join(names[:most])}{more}"
 
 
 async def plan_of(client: Management, spec: JobSpec, timeout: float) -> PlanReply:
@@ -643,15 +974,30 @@ def _submit(args: argparse.Namespace, loaded: jobspec.LoadedJob):
                 "ask for less (see `colony status` for what each node has free)",
             )
         if not args.json:
-            for line in plan_lines(plan, nodes):
+            for line in plan_lines(plan, nodes, spec):
                 out.print(line)
         secret = _secret(args)
         # every change after this one is of this run (its failures are followed from it)
         after = None if args.detach else await _last_index(client, secret)
-        reply = await client.propose(JobRun(spec=spec, source=loaded.source, file=str(loaded.file)))
+        cause = rollout.cause("job", "run", str(args.file))
+        command = JobRun(spec=spec, source=loaded.source, file=str(loaded.file), cause=cause)
+        reply = await client.propose(command)
         [outcome] = reply.outcomes
         if not outcome.ok:
             fail(f"{spec.name} was not stored: {outcome.error}")
+        if outcome.value == "unchanged":
+            if args.json:
+                print_json(
+                    {
+                        "job": spec.name,
+                        "stored": False,
+                        "status": "unchanged",
+                        "version": outcome.version,
+                    }
+                )
+            else:
+                out.print(f"{spec.name}: unchanged (version {outcome.version}); nothing to do")
+            return 0
         if args.detach:
             if args.json:
                 print_json({"job": spec.name, "stored": True, **msgspec.to_builtins(reply)})
@@ -661,6 +1007,8 @@ def _submit(args: argparse.Namespace, loaded: jobspec.LoadedJob):
                     f"follow it with `colony job status {spec.name}`"
                 )
             return 0
+        if outcome.value == "update":
+            return await _follow_rollout(client, args, spec.name, outcome.version, nodes, after)
         failures = Failures(spec.name, outcome.version)
         if after is None:  # no change stream to follow: the reads alone see failures
             return await _follow(client, spec.name, args, nodes, failures, None)
