@@ -39,6 +39,7 @@ KINDS: tuple[Kind, ...] = (
     labels.KIND,
     nodes.KIND,
     jobs.KIND,
+    jobs.VERSIONS,
     instances.KIND,
 )
 

@@ -1,9 +1,10 @@
 """The instances kind: which instance of which job version runs on which node, and what
 it is doing.
 
-Who writes what (issue #13): desired state only the manager, with its epoch
+Who writes what (issues #13, #14): desired state only the manager, with its epoch
 (InstancesPlace, InstancesStop, InstancesRemove); observed state only the node
-the instance is placed on (InstancesReport, no epoch).
+the instance is placed on (InstancesReport from its agent, InstancesHealth from its
+monitor; no epoch).
 
 - InstancesPlace: all of its placements, or none (refused, naming the first bad
   one): each needs a job version that exists, a node whose agent registered it,
@@ -18,7 +19,15 @@ the instance is placed on (InstancesReport, no epoch).
   recorded (reports are re-sent until recorded, and may arrive late). So applying
   one twice changes nothing: it keeps no idempotency record (a retry gets the
   outcome of applying it again), and consecutive reports in one log entry are
-  applied together (`report_all`: one read and one write for all of them).
+  applied together (`report_all`: one read and one write for all of them). A
+  report that records a run other than the one its health is about, or a state
+  other than running, clears the health ('' , healthy_since 0).
+- InstancesHealth: health transitions from the node's monitor, applied as reports
+  are (only from the instance's node, each on its own, a newer `seq` only, no
+  idempotency record, runs of them together), and only about the recorded run or a
+  newer one (a newer run's health waits in the record for its start to be
+  recorded; an older or ended run's is dropped). `healthy_since` is the entry's
+  time when it turns healthy, kept while it stays healthy, 0 otherwise.
 
 Apply cost: one read for all the instances a command (or a run of reports) names,
 one `executemany` for their rows, and each record encoded once, for its row and its
@@ -35,7 +44,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import aiosqlite
 import msgspec
@@ -45,7 +55,10 @@ from colony.consensus.kinds import jobs, nodes, records
 from colony.consensus.kinds.kind import Handles, Kind, Select, Txn
 from colony.consensus.schema import Migration
 from colony.shared.messages import (
+    HealthReport,
     InstanceRecord,
+    InstanceReport,
+    InstancesHealth,
     InstancesPlace,
     InstancesRemove,
     InstancesReport,
@@ -183,39 +196,101 @@ def report(txn: Txn, command: InstancesReport) -> Outcome:
     return report_all([(txn, command)])[0]
 
 
+def _reported(record: InstanceRecord, r: InstanceReport, ts: float) -> InstanceRecord | None:
+    """`record` as report `r` says, at entry time `ts`; None if what is recorded is newer.
+    Health stays only while the run it is about is the one recorded running."""
+    if r.seq <= record.seq:
+        return None  # a re-sent or late report: what is recorded is newer
+    about_this_run = r.state == "running" and r.started_at == record.health_run
+    health = record.health if about_this_run else ""
+    return msgspec.structs.replace(
+        record,
+        state=r.state,
+        exit_code=r.exit_code,
+        reason=r.reason,
+        restarts=r.restarts,
+        pid=r.pid,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        seq=r.seq,
+        health=health,
+        healthy_since=record.healthy_since if health == "healthy" else 0.0,
+        changed=ts,
+    )
+
+
 def report_all(reports: list[tuple[Txn, InstancesReport]]) -> list[Outcome]:
     """Apply consecutive InstancesReport proposals: one read and one write for all."""
-    db = reports[0][0].db
-    current = read_all(db, {r.id for _txn, command in reports for r in command.reports})
+    return _observe(reports, _reported)
+
+
+def _health(record: InstanceRecord, r: HealthReport, ts: float) -> InstanceRecord | None:
+    """`record` with health report `r`, at entry time `ts`; None if it is older than what
+    is recorded, or about a run older than the recorded one or recorded as ended."""
+    if r.seq <= record.health_seq or r.run < record.started_at:
+        return None
+    if r.run == record.started_at and record.state != "running":
+        return None  # that run ended (an InstancesReport said so, clearing its health)
+    if r.health != "healthy":
+        since = 0.0
+    elif record.health == "healthy" and record.health_run == r.run and record.healthy_since:
+        since = record.healthy_since  # healthy still: since when it turned healthy
+    else:
+        since = ts
+    return msgspec.structs.replace(
+        record,
+        health=r.health,
+        health_output=r.output,
+        health_check=r.check,
+        health_at=r.at,
+        health_run=r.run,
+        health_seq=r.seq,
+        healthy_since=since,
+        changed=ts,
+    )
+
+
+def health(txn: Txn, command: InstancesHealth) -> Outcome:
+    return health_all([(txn, command)])[0]
+
+
+def health_all(reports: list[tuple[Txn, InstancesHealth]]) -> list[Outcome]:
+    """Apply consecutive InstancesHealth proposals (they come in bursts: a node's monitor
+    reports every instance it checks): one read and one write for all."""
+    return _observe(reports, _health)
+
+
+Observed = TypeVar("Observed", InstanceReport, HealthReport)
+
+
+def _observe(
+    proposals: list[tuple[Txn, InstancesReport | InstancesHealth]],
+    apply: Callable[[InstanceRecord, Observed, float], InstanceRecord | None],
+) -> list[Outcome]:
+    """Apply what nodes observed, each report on its own: `apply` makes the record it
+    leads to (None: it changes nothing). A report about an instance removed since is
+    skipped (its node stops it when it hears); one about an instance placed on another
+    node is refused and named in the outcome's error while the others apply."""
+    db = proposals[0][0].db
+    current = read_all(db, {r.id for _txn, command in proposals for r in command.reports})
     observed: list[tuple[Txn, InstanceRecord, int]] = []
     outcomes = []
-    for txn, command in reports:
+    for txn, command in proposals:
         applied, refused = 0, []
         for r in command.reports:
             if r.id not in current:
-                continue  # removed since: its node stops it when it hears
+                continue
             record, version = current[r.id]
             if record.node != command.node:
                 refused.append(
                     f"instance {r.id} is placed on node {record.node}, not {command.node}"
                 )
                 continue
-            if r.seq <= record.seq:
-                continue  # a re-sent or late report: what is recorded is newer
-            record = msgspec.structs.replace(
-                record,
-                state=r.state,
-                exit_code=r.exit_code,
-                reason=r.reason,
-                restarts=r.restarts,
-                pid=r.pid,
-                started_at=r.started_at,
-                finished_at=r.finished_at,
-                seq=r.seq,
-                changed=txn.ts,
-            )
-            observed.append((txn, record, version))
-            current[r.id] = record, version + 1  # a later report of it sees this one
+            changed = apply(record, r, txn.ts)
+            if changed is None:
+                continue
+            observed.append((txn, changed, version))
+            current[r.id] = changed, version + 1  # a later report of it sees this one
             applied += 1
         # ok: what could apply did; error names what only another node may report
         named = refused[:NAMED] + ([f"{len(refused) - NAMED} more"] if len(refused) > NAMED else [])
@@ -240,6 +315,13 @@ KIND = Kind(
         Handles(InstancesPlace, place, ids=_placed, needs_epoch=True),
         Handles(InstancesStop, stop, ids=_ids, needs_epoch=True),
         Handles(InstancesRemove, remove, ids=_ids, needs_epoch=True),
+        Handles(
+            InstancesHealth,
+            health,
+            ids=lambda c: [r.id for r in c.reports],
+            apply_all=health_all,
+            recorded=False,  # as reports: applying one twice changes nothing (its seq)
+        ),
         Handles(
             InstancesReport,
             report,

@@ -3,7 +3,10 @@
 Who writes what (issue #13): a node's agent registers what it offers
 (NodeRegister: capacity, drivers, port range, address; observed, no epoch); the
 manager records its status from membership (NodeStatus, with its epoch); an
-operator makes it (in)eligible (NodeEligibility). Each keeps the others' fields:
+operator makes it (in)eligible (NodeEligibility) or drains it (NodeDrain: ineligible,
+`drain` "draining", a deadline; undrained: eligible again) and the manager records
+when a draining node runs nothing any more (NodeDrained: "drained", with its epoch).
+Each keeps the others' fields:
 a node re-registering keeps its status and eligibility. A node the manager
 records before its agent registered gets a record with its status alone
 (`registered` 0: nothing may be placed on it yet).
@@ -27,6 +30,8 @@ from colony.consensus.kinds import records
 from colony.consensus.kinds.kind import Handles, Kind, Select, Txn
 from colony.consensus.schema import Migration
 from colony.shared.messages import (
+    NodeDrain,
+    NodeDrained,
     NodeEligibility,
     NodeRecord,
     NodeRegister,
@@ -116,21 +121,64 @@ def status(txn: Txn, command: NodeStatus) -> Outcome:
     )
 
 
+def _unknown(node: str) -> Outcome:
+    return Outcome(
+        ok=False,
+        error=f"no node {node} is known: its agent has not registered it "
+        "and the manager has not recorded it (`colony status` lists the nodes)",
+    )
+
+
 def eligibility(txn: Txn, command: NodeEligibility) -> Outcome:
     record, version = read(txn.db, command.node)
     if record is None:
-        return Outcome(
-            ok=False,
-            error=f"no node {command.node} is known: its agent has not registered it "
-            "and the manager has not recorded it",
-        )
+        return _unknown(command.node)
     if record.eligible == command.eligible:
         return Outcome(ok=True, version=version)
     changed = msgspec.structs.replace(record, eligible=command.eligible, reason=command.reason)
     return _write(txn, changed, version)
 
 
-def _node(command: NodeRegister | NodeStatus | NodeEligibility) -> tuple[str]:
+def drain(txn: Txn, command: NodeDrain) -> Outcome:
+    """Drain (a drained node drained again stays drained: it is empty and ineligible) or
+    undrain; the deadline counts from the entry's time."""
+    record, version = read(txn.db, command.node)
+    if record is None:
+        return _unknown(command.node)
+    if command.drain:
+        changed = msgspec.structs.replace(
+            record,
+            drain=record.drain or "draining",
+            eligible=False,
+            drain_deadline=txn.ts + command.deadline if command.deadline else 0.0,
+            drain_reason=command.reason,
+        )
+    else:
+        changed = msgspec.structs.replace(
+            record, drain="", eligible=True, drain_deadline=0.0, drain_reason=""
+        )
+    if changed == record:
+        return Outcome(ok=True, value=record.drain or "undrained", version=version)
+    return msgspec.structs.replace(
+        _write(txn, changed, version), value=changed.drain or "undrained"
+    )
+
+
+def drained(txn: Txn, command: NodeDrained) -> Outcome:
+    """A draining node runs nothing any more; ignored if it was undrained meanwhile."""
+    record, version = read(txn.db, command.node)
+    if record is None:
+        return _unknown(command.node)
+    if record.drain != "draining":
+        return Outcome(ok=True, value=record.drain or "ignored", version=version)
+    return msgspec.structs.replace(
+        _write(txn, msgspec.structs.replace(record, drain="drained"), version), value="drained"
+    )
+
+
+def _node(
+    command: NodeRegister | NodeStatus | NodeEligibility | NodeDrain | NodeDrained,
+) -> tuple[str]:
     return (command.node,)
 
 
@@ -142,6 +190,8 @@ KIND = Kind(
         Handles(NodeRegister, register, ids=_node),
         Handles(NodeStatus, status, ids=_node, needs_epoch=True),
         Handles(NodeEligibility, eligibility, ids=_node),
+        Handles(NodeDrain, drain, ids=_node),
+        Handles(NodeDrained, drained, ids=_node, needs_epoch=True),
     ),
     migrations=(Migration(6, "nodes: what each offers, its status and eligibility", TABLES),),
     query=query,
