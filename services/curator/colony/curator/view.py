@@ -69,6 +69,9 @@ class View:
     absent: dict[str, float] = field(default_factory=dict)
     """Recorded nodes membership does not mention -> for how many seconds now (the
     curator's clock, set before each reconcile: reconcile reads no clock)."""
+    now: float = 0.0
+    """The curator's clock (wall time), set before each reconcile: what time-based rules
+    (min_healthy_time, rollout and drain deadlines) compare with."""
     specs: dict[tuple[str, int], JobSpec | None] = field(default_factory=dict)
     """Every (job, spec version) the view needs a spec of: None when it could not be read
     (the job is gone)."""
