@@ -12,7 +12,7 @@ import pytest
 from colony.bootstrapper.agent import state
 from colony.bootstrapper.agent.service import ports_in_use
 from colony.shared import natsd
-from colony.shared.jobspec import JobSpec, RestartPolicy, Task
+from colony.shared.jobspec import HealthCheck, JobSpec, RestartPolicy, Task
 from colony.shared.management import Listing
 from colony.shared.messages import Change, InstanceRecord, QueryReply, Stored
 
@@ -136,3 +136,31 @@ def test_ports_in_use_finds_a_listener_on_the_address_or_on_every_address(holder
     for _ in range(100):
         ports_in_use("127.0.0.1", [free])
     assert (time.perf_counter() - started) / 100 < 0.001  # the cold start stays fast
+
+
+def test_only_a_verdict_on_the_run_it_runs_now_restarts_an_instance():
+    sick = record(health="unhealthy", health_run=100.5, health_check="http", health_output="503")
+    assert state.unhealthy(sick, 100.5) == "health check http failed: 503"
+    assert state.unhealthy(sick, 200.0) is None  # said of an earlier run
+    assert state.unhealthy(sick, 0.0) is None  # not running
+    healthy = msgspec.structs.replace(sick, health="healthy")
+    assert state.unhealthy(healthy, 100.5) is None
+    unnamed = msgspec.structs.replace(sick, health_check="", health_output="")
+    assert state.unhealthy(unnamed, 100.5) == "health check failed"
+
+
+def test_a_check_target_has_the_run_its_env_its_folder_and_the_spec_s_checks():
+    check = HealthCheck(type="http", port="http", path="/up")
+    spec = JobSpec(name="web", task=Task(command="x", workdir="app"), checks=[check])
+    env = {"PORT": "20000", "COLONY_INSTANCE": "web-0-abcd"}
+    target = state.check_target(
+        record(ports={"http": 20000}), spec, 12.5, 4242, "10.0.0.5", env, "/n/web-0-abcd"
+    )
+    assert (target.id, target.job, target.version, target.run, target.pid) == (
+        "web-0-abcd", "web", 1, 12.5, 4242
+    )  # fmt: skip
+    assert (target.host, target.ports, target.env) == ("10.0.0.5", {"http": 20000}, env)
+    assert (target.workdir, target.checks) == ("/n/web-0-abcd/app", [check])
+    plain = JobSpec(name="web", task=Task(command="x"))
+    target = state.check_target(record(), plain, 1.0, 1, "h", {}, "/n/web-0-abcd")
+    assert (target.workdir, target.checks) == ("/n/web-0-abcd", [])

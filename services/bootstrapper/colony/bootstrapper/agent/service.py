@@ -2,7 +2,7 @@
 
     register the node (NodeRegister: capacity, drivers, port range, address)
     adopt the instances recorded under the node dir (their drivers find them again)
-    serve logs (subjects.agent_logs(me))
+    serve logs (subjects.agent_logs(me)) and check targets (subjects.agent_checks(me))
     loop:
         register again if the declared capacity changed (`colony capacity`)
         S = the last change's index; read the instances placed here (paged, each page
@@ -21,6 +21,19 @@ until it is recorded. `starting` is saved before anything is spawned: a new agen
 that finds an instance `starting` (its predecessor was killed during the start, maybe
 before it could save the handle) has the driver end what that start left running
 (`end_leftovers`) before anything starts it again, so it never runs twice.
+
+What runs is what the node's monitor checks: the agent serves the set of its running
+instances (each run with its env, ports and the spec's checks: a `CheckTarget`) and
+publishes the whole set on `agent_checks_changed` whenever it changes, and every
+CHECKS_EVERY seconds anyway (one small message). The monitor's verdicts come back as
+instance changes: a change saying the run an instance runs now is unhealthy has it
+killed and restarted under its restart policy, as a failed attempt (as if it had
+exited with a failure). Health said of an earlier run is never acted on, and a run is
+restarted for its health once, however often the change is seen.
+
+A stop waits the job's `shutdown_delay` first (per instance, in its own task): the
+instance left the job's endpoints when its stop was committed, and clients stop
+sending to it meanwhile. The node's own shutdown does not wait.
 
 Before a start, every port the instance was given is checked free at the node's
 address (a bind and close each, about 20 µs): a port another process holds (another
@@ -59,6 +72,9 @@ from colony.shared.jobspec import JobSpec
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
     Change,
+    CheckTarget,
+    CheckTargets,
+    CheckTargetsRequest,
     InstanceRecord,
     InstanceReport,
     InstancesReport,
@@ -83,6 +99,8 @@ STARTING_HOLD = 0.1
 """Seconds a `starting` report waits for the start to end: a quick start is reported
 `running` alone (one commit, not two, from placement to running); a slow one (a
 leftover to end, a slow driver) shows `starting` meanwhile."""
+CHECKS_EVERY = 5.0
+"""Seconds between publications of the check targets while nothing changes, at most."""
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 """What an instance inherits from the agent's environment (the rest it is given)."""
 
@@ -130,6 +148,12 @@ class Life:
     task: asyncio.Task[None]
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     why: str = ""
+    sick: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when its record says the run it runs now is unhealthy: it is killed and
+    restarted (under its restart policy)."""
+    sick_run: float = 0.0
+    """The run (started_at) last found unhealthy: it is restarted for that only once."""
+    sick_why: str = ""
 
 
 class Reporter:
@@ -252,13 +276,21 @@ class Agent:
         self.local: dict[str, LocalInstance] = {}
         self.lives: dict[str, Life] = {}
         self.closing = False
+        self.down = asyncio.Event()
+        """Set when the node shuts down: stops wait no shutdown delay from then on."""
+        self.targets: dict[str, CheckTarget] = {}
+        """What the node's monitor is to check: every instance running here, by id."""
+        self.targets_changed = asyncio.Event()
+        self.helpers: set[asyncio.Task[None]] = set()
         self.specs: dict[tuple[str, int], JobSpec] = {}
         self.reporter = Reporter(self.me, self._propose_report, self.log)
         reporting = asyncio.create_task(self.reporter.run())
+        publishing = asyncio.create_task(self._publish_targets())
         try:
             await self._register()
             await self._adopt()
             await ctx.serve(subjects.agent_logs(self.me), self._logs)
+            await ctx.serve(subjects.agent_checks(self.me), self._checks)
             while True:
                 await self._session()
         except asyncio.CancelledError:
@@ -266,6 +298,7 @@ class Agent:
             raise
         finally:
             reporting.cancel()
+            await tasks.cancel(publishing, *self.helpers)
             for driver in self.drivers.values():
                 await driver.close()
 
@@ -386,7 +419,9 @@ class Agent:
                 instance = self.local[id] = LocalInstance.of(record)
             instance.seq = max(instance.seq, record.seq)
             if life is None and not instance.done:
-                self._live(instance, record)
+                life = self._live(instance, record)
+            if life is not None:
+                self._judge_health(instance, record, life)
             return
         why = (record.desired_reason if record else "") or "no longer placed on this node"
         if life is not None:
@@ -412,6 +447,20 @@ class Agent:
                 self._transition(instance, "exited", reason=f"stopped: {why}")
         if wanted == "forget" and instance is not None:
             self._forget(instance)
+
+    def _judge_health(self, instance: LocalInstance, record: InstanceRecord, life: Life) -> None:
+        """Have its life restart it if its record says the run it runs now is unhealthy
+        (once per run: the same verdict seen again changes nothing)."""
+        why = state.unhealthy(record, instance.started_at)
+        if why is None or instance.state != "running" or life.stop.is_set():
+            return
+        if life.sick_run == instance.started_at:
+            return  # restarting it for that already
+        life.sick_run, life.sick_why = instance.started_at, why
+        life.sick.set()
+        self.log.warning(
+            "instance unhealthy; restarting it", extra={"instance": instance.id, "why": why}
+        )
 
     def _live(self, instance: LocalInstance, record: InstanceRecord | None) -> Life:
         task = asyncio.create_task(self._life(instance, record), name=f"instance {instance.id}")
@@ -464,6 +513,8 @@ class Agent:
                 self._transition(instance, "running")  # the database missed it
             elif not running and instance.state == "running":  # it ended meanwhile
                 ended = found.exit or Exit(None, "ended while no agent watched it", time.time())
+            if running:  # checked again once its spec is known (read on the side)
+                self._helper(self._target_adopted(instance, life))
         while True:
             if ended is None and not running:
                 spec = None if life.stop.is_set() else await self._spec(instance, life)
@@ -567,21 +618,35 @@ class Agent:
             exit_code=None,
             finished_at=0.0,
         )
+        self._set_target(instance.id, self._target(instance, record, spec, env))
         return None
 
     async def _until_ended(
         self, instance: LocalInstance, driver: Driver, life: Life
     ) -> Exit | None:
-        """How it ended by itself; None if it was stopped (and reported so)."""
+        """How it ended by itself, or was killed for its health; None if it was stopped
+        (and reported so)."""
         assert instance.handle is not None
+        if life.sick_run != instance.started_at:
+            life.sick.clear()  # (a verdict on a run that ended by itself meanwhile)
         ended = asyncio.ensure_future(driver.wait(instance.handle))
         stopping = asyncio.ensure_future(life.stop.wait())
-        await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        sick = asyncio.ensure_future(life.sick.wait())
+        await asyncio.wait({ended, stopping, sick}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
+        sick.cancel()
         if ended.done():
             return ended.result()
-        ended.cancel()
-        stopped = await driver.stop(instance.handle, self.grace)
+        if not life.stop.is_set():  # unhealthy: killed, then restarted as a failed attempt
+            ended.cancel()
+            killed = await driver.stop(instance.handle, self.grace)
+            return Exit(killed.code, life.sick_why, killed.at)
+        await self._shutdown_delay(instance, ended)
+        if ended.done():  # it ended by itself during the delay
+            stopped = ended.result()
+        else:
+            ended.cancel()
+            stopped = await driver.stop(instance.handle, self.grace)
         self._transition(
             instance,
             "exited",
@@ -590,6 +655,24 @@ class Agent:
             finished_at=stopped.at,
         )
         return None
+
+    async def _shutdown_delay(self, instance: LocalInstance, ended: asyncio.Future[Exit]) -> None:
+        """Wait the job's shutdown delay before a stop (clients stop sending to it first:
+        it left the job's endpoints when its stop was committed), unless it ends first
+        or the node shuts down. A spec not read (an instance adopted and stopped at
+        once: its stop was committed while no agent ran) has none."""
+        spec = self.specs.get((instance.job, instance.version))
+        if self.closing or spec is None or not spec.shutdown_delay:
+            return
+        self.log.info(
+            "instance stops after its shutdown delay",
+            extra={"instance": instance.id, "delay": spec.shutdown_delay},
+        )
+        down = asyncio.ensure_future(self.down.wait())
+        await asyncio.wait(
+            {ended, down}, timeout=spec.shutdown_delay, return_when=asyncio.FIRST_COMPLETED
+        )
+        down.cancel()
 
     async def _spec(self, instance: LocalInstance, life: Life) -> JobSpec | None:
         """The spec of the job version the instance was placed at (None: stopped first)."""
@@ -633,6 +716,8 @@ class Agent:
             setattr(instance, name, value)
         instance.seq += 1
         self.store.save(instance)
+        if new != "running":
+            self._set_target(instance.id, None)  # (a new run has a new target)
         hold = STARTING_HOLD if new == "starting" else 0.0
         self.reporter.put(instance.report(time.time()), hold)
         self.log.info(
@@ -642,6 +727,74 @@ class Agent:
 
     async def _propose_report(self, command: InstancesReport) -> ProposeReply:
         return await self.management.propose(command)
+
+    # --- what the node's monitor checks ------------------------------------------------
+
+    def _target(
+        self,
+        instance: LocalInstance,
+        record: InstanceRecord,
+        spec: JobSpec,
+        env: Mapping[str, str],
+    ) -> CheckTarget:
+        return state.check_target(
+            record,
+            spec,
+            run=instance.started_at,
+            pid=instance.pid,
+            host=self.settings.address,
+            env=env,
+            folder=str(self.store.dir(instance.id)),
+        )
+
+    async def _target_adopted(self, instance: LocalInstance, life: Life) -> None:
+        """Check an instance an earlier agent started, once its spec is known (its env
+        made again as its start made it), if the same run still runs then."""
+        run = instance.started_at
+        spec = await self._spec(instance, life)
+        record = self.assigned.get(instance.id)
+        same_run = instance.state == "running" and instance.started_at == run
+        if spec is None or record is None or not same_run:
+            return
+        env = state.instance_env(record, spec, self.me, self.settings.address, self.inherited)
+        self._set_target(instance.id, self._target(instance, record, spec, env))
+
+    def _set_target(self, id: str, target: CheckTarget | None) -> None:
+        if self.targets.get(id) == target:
+            return
+        if target is None:
+            del self.targets[id]
+        else:
+            self.targets[id] = target
+        self.targets_changed.set()  # published at once
+
+    def _check_targets(self) -> CheckTargets:
+        return CheckTargets(node=self.me, targets=[self.targets[id] for id in sorted(self.targets)])
+
+    async def _checks(self, request: CheckTargetsRequest) -> CheckTargets:
+        return self._check_targets()
+
+    async def _publish_targets(self) -> None:
+        """Publish the check targets whenever they change, and every CHECKS_EVERY s."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.targets_changed.wait(), CHECKS_EVERY)
+            self.targets_changed.clear()
+            await self._publish_targets_once()
+
+    async def _publish_targets_once(self) -> None:
+        try:
+            await self.ctx.bus.publish(
+                subjects.agent_checks_changed(self.me), self._check_targets()
+            )
+        except BusError as e:  # sent again at the next change, or in CHECKS_EVERY s
+            self.log.warning("check targets not published", extra={"why": str(e)})
+
+    def _helper(self, work: Awaitable[None]) -> None:
+        """Run `work` on the side (ended with the agent)."""
+        task = asyncio.ensure_future(work)
+        self.helpers.add(task)
+        task.add_done_callback(self.helpers.discard)
 
     # --- logs ---------------------------------------------------------------------------
 
@@ -667,12 +820,15 @@ class Agent:
         """The node stops: stop every instance (quickly), then send the last reports."""
         self.grace = self.settings.shutdown_grace
         self.closing = True
+        self.down.set()
         lives = list(self.lives.values())
         for life in lives:
             life.why = "the node is shutting down"
             life.stop.set()
         if lives:
             await asyncio.wait([life.task for life in lives], timeout=self.grace + 0.5)
+        with contextlib.suppress(Exception):  # the monitor stops checking them at once
+            await asyncio.wait_for(self._publish_targets_once(), timeout=0.5)
         if self.reporter.pending:
             self.management.timeout = 0.5
             with contextlib.suppress(Exception):

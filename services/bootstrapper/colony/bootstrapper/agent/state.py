@@ -1,17 +1,19 @@
 """The agent's pure decisions: what an instance gets to run with, what a node should do
-about an instance, and when to restart one that ended. No I/O, no clock reads."""
+about an instance, when to restart one that ended (or is unhealthy), and what its node's
+monitor is to check. No I/O, no clock reads."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import msgspec
 
 from colony.shared.jobspec import JobSpec, RestartPolicy
 from colony.shared.management import Listing
-from colony.shared.messages import Change, InstanceRecord
+from colony.shared.messages import Change, CheckTarget, InstanceRecord
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -39,6 +41,42 @@ def instance_env(
         COLONY_ADDRESS=address,
     )
     return env
+
+
+def check_target(
+    record: InstanceRecord,
+    spec: JobSpec,
+    run: float,
+    pid: int,
+    host: str,
+    env: Mapping[str, str],
+    folder: str,
+) -> CheckTarget:
+    """What the node's monitor checks of one run of an instance (`run`: its started_at),
+    started with `env` in its own `folder`."""
+    return CheckTarget(
+        id=record.id,
+        job=record.job,
+        version=record.version,
+        run=run,
+        pid=pid,
+        host=host,
+        ports=dict(record.ports),
+        env=dict(env),
+        # as the driver takes it: relative to the instance's folder ('' : the folder)
+        workdir=str(Path(folder, spec.task.workdir)),
+        checks=list(spec.checks),
+    )
+
+
+def unhealthy(record: InstanceRecord, run: float) -> str | None:
+    """Why to restart the run of an instance that started at `run`, by what its record
+    says of its health: None unless the record says that very run is unhealthy (health
+    said of an earlier run is never acted on)."""
+    if record.health != "unhealthy" or not run or record.health_run != run:
+        return None
+    check = f"health check {record.health_check}" if record.health_check else "health check"
+    return f"{check} failed: {record.health_output}" if record.health_output else f"{check} failed"
 
 
 def substitute(args: Sequence[str], env: Mapping[str, str]) -> list[str]:
