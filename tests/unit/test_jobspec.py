@@ -7,16 +7,22 @@ import json
 import textwrap
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from colony.shared import jobspec
 from colony.shared.jobspec import (
+    IN_PLACE,
     Constraint,
+    HealthCheck,
     JobResources,
     JobSpec,
     RestartPolicy,
+    SpecChange,
     SpecError,
     Task,
+    UpdateStrategy,
+    check_name,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -620,3 +626,460 @@ def test_the_job_in_the_docs_is_valid() -> None:
 def test_a_mapping_merged_into_itself_is_refused() -> None:
     found = problems("name: web\ntask: {command: x}\nmeta: &m {a: b, <<: *m}\n")
     assert found == ["job.yaml:3: meta: contains itself (an alias to a list or mapping around it)"]
+
+
+# --- health checks, update strategy, shutdown delay -------------------------------------
+
+CHECKED = "name: web\nports: [http, admin]\ntask:\n  command: python3\nchecks:\n"
+"""A job with two ports (lines 1-5); cases below add checks from line 6."""
+
+
+@pytest.mark.parametrize(
+    ("checks", "expected"),
+    [
+        (
+            "  - {type: http, port: htp}",
+            "job.yaml:6: checks[0].port: the job has no port named 'htp' "
+            "(its ports: http, admin); did you mean http?",
+        ),
+        (
+            "  - {type: tcp}",
+            "job.yaml:6: checks[0]: a tcp check needs port: one of the job's ports (http, admin)",
+        ),
+        (
+            "  - {type: exec}",
+            "job.yaml:6: checks[0].command: an exec check needs a command "
+            "(run in the instance's env; exit 0: healthy)",
+        ),
+        (
+            "  - {type: tcp, port: http, path: /x}",
+            "job.yaml:6: checks[0].path: only http checks have a path (this is a tcp check)",
+        ),
+        (
+            "  - {type: exec, command: 'true', status: 204}",
+            "job.yaml:6: checks[0].status: only http checks have a status (this is an exec check)",
+        ),
+        (
+            "  - {type: exec, command: 'true', port: http}",
+            "job.yaml:6: checks[0].port: only tcp and http checks have a port "
+            "(this is an exec check)",
+        ),
+        (
+            "  - {type: http, port: http, command: curl}",
+            "job.yaml:6: checks[0].command: only exec checks have a command "
+            "(this is an http check)",
+        ),
+        (
+            "  - {type: tcp, port: http, args: [-v]}",
+            "job.yaml:6: checks[0].args: only exec checks have args (this is a tcp check)",
+        ),
+        (
+            "  - {type: http, port: http, path: health}",
+            'job.yaml:6: checks[0].path: "health" must start with / (like /health)',
+        ),
+        (
+            "  - {type: htp, port: http}",
+            'job.yaml:6: checks[0].type: unknown check type "htp"; did you mean http? '
+            "(exec, http, tcp)",
+        ),
+        ("  - {port: http}", "job.yaml:6: checks[0].type: is required but missing"),
+        (
+            "  - {type: tcp, port: http, interval: 1s, timeout: 5s}",
+            "job.yaml:6: checks[0].timeout: 5s is longer than interval (1s): "
+            "the next check would start first",
+        ),
+        (
+            "  - {type: tcp, port: http, interval: 1s}",
+            "job.yaml:6: checks[0].timeout: 2s is longer than interval (1s): "
+            "the next check would start first",
+        ),
+        (
+            "  - {type: tcp, port: http, interval: 10 sec}",
+            'job.yaml:6: checks[0].interval: "10 sec" is not a duration '
+            "(write 500ms, 5s, 5m, 1h30m or seconds)",
+        ),
+        (
+            "  - {type: tcp, port: http, interval: 0.001}",
+            "job.yaml:6: checks[0].interval: 0.001 is less than 10ms",
+        ),
+        (
+            "  - {type: tcp, port: http, timeout: 0}",
+            "job.yaml:6: checks[0].timeout: 0s is too small: must be more than 0s",
+        ),
+        (
+            "  - {type: tcp, port: http, grace: 2h}",
+            "job.yaml:6: checks[0].grace: 2h is more than 1h",
+        ),
+        (
+            "  - {type: tcp, port: http, unhealthy_threshold: 0}",
+            "job.yaml:6: checks[0].unhealthy_threshold: 0 is too small: must be at least 1",
+        ),
+        (
+            "  - {type: http, port: http, status: 700}",
+            "job.yaml:6: checks[0].status: 700 is too large: must be at most 599",
+        ),
+        (
+            "  - {type: tcp, port: http, intervall: 5s}",
+            "job.yaml:6: checks[0].intervall: unknown field; did you mean interval?",
+        ),
+        (
+            "  - {type: tcp, port: http}\n  - {type: tcp, port: http}",
+            'job.yaml:7: checks[1]: "tcp http" is also the name of checks[0]: '
+            "give each check its own name",
+        ),
+        (
+            "  - {type: tcp, port: http, name: up}\n  - {type: exec, command: x, name: up}",
+            'job.yaml:7: checks[1].name: "up" is also the name of checks[0]: '
+            "give each check its own name",
+        ),
+        (
+            "  - type: exec\n    command: check\n    args: ['${PRT}']",
+            "job.yaml:8: checks[0].args[0]: ${PRT} is not set for the instance; "
+            "did you mean PORT? (set it under task.env)",
+        ),
+        (
+            "  - {type: exec, command: check, args: ['${PORT_WEB}']}",
+            "job.yaml:6: checks[0].args[0]: ${PORT_WEB}: the job declares no port web; "
+            "it has http, admin",
+        ),
+        (
+            "  - http",
+            "job.yaml:6: checks[0]: expected a mapping (type, name, port, path, "
+            "status, command, args, interval, timeout, healthy_threshold, unhealthy_threshold, "
+            'grace), got "http"',
+        ),
+    ],
+)
+def test_check_mistakes(checks: str, expected: str) -> None:
+    found = problems(CHECKED + checks + "\n")
+    assert expected in found, "\n".join(found)
+    assert len(found) == 1, "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("check", "expected"),
+    [
+        (
+            "{type: http, port: http}",
+            "job.yaml:5: checks[0].port: the job has no port named 'http' "
+            "(it declares none: add one under ports)",
+        ),
+        (
+            "{type: tcp}",
+            "job.yaml:5: checks[0]: a tcp check needs a port, and the job declares none "
+            "(add one under ports)",
+        ),
+    ],
+)
+def test_a_job_without_ports_cannot_have_tcp_or_http_checks(check: str, expected: str) -> None:
+    assert problems(f"{JOB}checks:\n  - {check}\n") == [expected]
+
+
+def test_a_check_on_a_wrong_port_list_is_not_blamed_twice() -> None:
+    found = problems(
+        "name: web\nports: [HTTP]\ntask: {command: x}\nchecks:\n  - {type: tcp, port: HTTP}\n"
+    )
+    assert [p.split(":")[2].strip() for p in found] == ["ports[0]"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            "update: {min_healthy_time: 2 hours}",
+            'job.yaml:4: update.min_healthy_time: "2 hours" is not a duration '
+            "(write 500ms, 5s, 5m, 1h30m or seconds)",
+        ),
+        (
+            "update: {healthy_deadline: 48h}",
+            "job.yaml:4: update.healthy_deadline: 48h is more than 24h",
+        ),
+        (
+            "update: {progress_deadline: 0}",
+            "job.yaml:4: update.progress_deadline: 0s is too small: must be more than 0s",
+        ),
+        (
+            "update: {max_parallel: 0}",
+            "job.yaml:4: update.max_parallel: 0 is too small: must be at least 1",
+        ),
+        (
+            "update: {canary: -1}",
+            "job.yaml:4: update.canary: -1 is too small: must be at least 0",
+        ),
+        (
+            "update: {auto_revert: yes please}",
+            'job.yaml:4: update.auto_revert: expected true or false, got "yes please"',
+        ),
+        (
+            "update: {canaries: 1}",
+            "job.yaml:4: update.canaries: unknown field; did you mean canary?",
+        ),
+        (
+            "max_parallel: 2",
+            "job.yaml:4: max_parallel: unknown field; did you mean update.max_parallel?",
+        ),
+        ("shutdown_delay: 10m", "job.yaml:4: shutdown_delay: 10m is more than 5m"),
+        ("shutdown_delay: -1", "job.yaml:4: shutdown_delay: -1s is too small: must be at least 0s"),
+        ("checks: {type: tcp}", "job.yaml:4: checks: expected a list, got a mapping"),
+    ],
+)
+def test_update_and_shutdown_mistakes(extra: str, expected: str) -> None:
+    found = problems(JOB + extra + "\n")
+    assert expected in found, "\n".join(found)
+
+
+CHECKS_JOB = """\
+name: web
+replicas: 3
+ports: [http]
+task:
+  command: python3
+  env: {TOKEN: abc}
+checks:
+  - type: http
+    port: http
+    path: /health
+    status: 204
+    interval: 2s
+    timeout: 500ms
+    healthy_threshold: 2
+    unhealthy_threshold: 5
+    grace: 1m
+  - {type: tcp, port: http, name: listening}
+  - type: exec
+    command: /bin/check
+    args: [--token, "${TOKEN}", "${PORT}"]
+    interval: 30
+update:
+  max_parallel: 2
+  min_healthy_time: 3s
+  healthy_deadline: 2m
+  progress_deadline: 10m
+  canary: 1
+  auto_promote: true
+  auto_revert: true
+shutdown_delay: 1500ms
+"""
+
+
+def test_checks_update_and_shutdown_delay_load_with_their_units() -> None:
+    loaded = jobspec.parse(CHECKS_JOB, "web.yaml")
+    assert loaded.warnings == ()
+    assert loaded.spec.checks == [
+        HealthCheck(
+            type="http",
+            port="http",
+            path="/health",
+            status=204,
+            interval=2.0,
+            timeout=0.5,
+            healthy_threshold=2,
+            unhealthy_threshold=5,
+            grace=60.0,
+        ),
+        HealthCheck(type="tcp", port="http", name="listening"),
+        HealthCheck(
+            type="exec",
+            command="/bin/check",
+            args=["--token", "${TOKEN}", "${PORT}"],
+            interval=30.0,
+        ),
+    ]
+    assert loaded.spec.update == UpdateStrategy(
+        max_parallel=2,
+        min_healthy_time=3.0,
+        healthy_deadline=120.0,
+        progress_deadline=600.0,
+        canary=1,
+        auto_promote=True,
+        auto_revert=True,
+    )
+    assert loaded.spec.shutdown_delay == 1.5
+    assert [check_name(c) for c in loaded.spec.checks] == [
+        "http http",
+        "listening",
+        "exec /bin/check",
+    ]
+
+
+def test_the_defaults_of_checks_update_and_shutdown_delay() -> None:
+    loaded = spec(JOB + "ports: [http]\nchecks:\n  - {type: tcp, port: http}\n")
+    assert loaded.checks == [HealthCheck(type="tcp", port="http")]
+    assert (loaded.update, loaded.shutdown_delay) == (UpdateStrategy(), 0.0)
+    assert spec(JOB + "update:\n  canary:\n").update == UpdateStrategy()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            "replicas: 2\nupdate: {canary: 3}",
+            ["job.yaml:5: update.canary: 3 is more than replicas (2)"],
+        ),
+        (
+            "update:\n  auto_promote: true",
+            ["job.yaml:5: update.auto_promote: does nothing without canaries (update.canary)"],
+        ),
+        (
+            "ports: [http]\nchecks:\n  - {type: exec, command: curl, args: ['localhost:$PORT']}",
+            [
+                "job.yaml:6: checks[0].args[0]: $PORT is passed as is (no shell expands it): "
+                "write ${PORT}"
+            ],
+        ),
+        (
+            "ports: [http]\nchecks:\n  - {type: exec, command: sh, args: [-c, 'nc -z :: $PORT']}",
+            [],
+        ),
+    ],
+)
+def test_update_and_check_warnings(extra: str, expected: list[str]) -> None:
+    loaded = jobspec.parse(JOB + extra + "\n", "job.yaml")
+    assert [str(w) for w in loaded.warnings] == expected
+
+
+def test_check_name() -> None:
+    assert check_name(HealthCheck(type="http", port="web")) == "http web"
+    assert check_name(HealthCheck(type="tcp", port="db")) == "tcp db"
+    assert (
+        check_name(HealthCheck(type="exec", command="pg_isready", args=["-q"])) == "exec pg_isready"
+    )
+    assert check_name(HealthCheck(type="tcp", port="db", name="db up")) == "db up"
+
+
+def test_a_job_with_checks_round_trips_through_yaml() -> None:
+    loaded = jobspec.parse(CHECKS_JOB).spec
+    written = jobspec.to_yaml(loaded)
+    assert "interval: 2s" in written and "shutdown_delay: 1s500ms" in written
+    assert jobspec.parse(written).spec == loaded
+
+
+# --- versions: diff and in-place updates ------------------------------------------------
+
+BASE = jobspec.parse(CHECKS_JOB).spec
+
+
+def changed(**fields: object) -> JobSpec:
+    return msgspec.structs.replace(BASE, **fields)
+
+
+def test_no_change_no_diff() -> None:
+    assert jobspec.diff(BASE, jobspec.parse(CHECKS_JOB).spec) == []
+    assert not jobspec.replaces_instances(BASE, BASE)
+
+
+@pytest.mark.parametrize(
+    ("new", "expected"),
+    [
+        (changed(replicas=5), [SpecChange("replicas", "3", "5")]),
+        (
+            changed(resources=JobResources(cpu=0.5, memory=2**30)),
+            [
+                SpecChange("resources.cpu", "0.1", "0.5"),
+                SpecChange("resources.memory", "64MiB", "1GiB"),
+            ],
+        ),
+        (
+            changed(
+                task=msgspec.structs.replace(
+                    BASE.task, args=["-m", "x"], env={"TOKEN": "new", "A": "1"}
+                )
+            ),
+            [
+                SpecChange("task.args[0]", "", "-m"),
+                SpecChange("task.args[1]", "", "x"),
+                SpecChange("task.env.TOKEN", "abc", "new"),
+                SpecChange("task.env.A", "", "1"),
+            ],
+        ),
+        (
+            changed(ports=["http", "admin"]),
+            [SpecChange("ports[1]", "", "admin")],
+        ),
+        (
+            changed(checks=[msgspec.structs.replace(BASE.checks[0], path="/ready", interval=5.0)]),
+            [
+                SpecChange("checks[0].path", "/health", "/ready"),
+                SpecChange("checks[0].interval", "2s", "5s"),
+                SpecChange("checks[1]", "{type: tcp, name: listening, port: http}", ""),
+                SpecChange(
+                    "checks[2]",
+                    '{type: exec, command: /bin/check, args: [--token, "${TOKEN}", "${PORT}"], '
+                    "interval: 30s}",
+                    "",
+                ),
+            ],
+        ),
+        (
+            changed(update=UpdateStrategy(canary=0, auto_revert=True, min_healthy_time=90)),
+            [
+                SpecChange("update.max_parallel", "2", "1"),
+                SpecChange("update.min_healthy_time", "3s", "1m30s"),
+                SpecChange("update.healthy_deadline", "2m", "5m"),
+                SpecChange("update.canary", "1", "0"),
+                SpecChange("update.auto_promote", "true", "false"),
+            ],
+        ),
+        (changed(shutdown_delay=0.0), [SpecChange("shutdown_delay", "1s500ms", "0s")]),
+        (
+            changed(constraints=[Constraint(label="zone", op="in", value=["eu", "us west"])]),
+            [SpecChange("constraints[0]", "", '{label: zone, op: in, value: [eu, "us west"]}')],
+        ),
+        (changed(meta={"team": "web"}), [SpecChange("meta.team", "", "web")]),
+        (
+            changed(distinct_nodes=True, spread="zone"),
+            [
+                SpecChange("distinct_nodes", "false", "true"),
+                SpecChange("spread", "", "zone"),
+            ],
+        ),
+        (
+            changed(restart=RestartPolicy(backoff=1.5, then="fail")),
+            [
+                SpecChange("restart.backoff", "2", "1.5"),
+                SpecChange("restart.then", "reschedule", "fail"),
+            ],
+        ),
+    ],
+)
+def test_diff_says_each_changed_field_as_a_job_file_writes_it(
+    new: JobSpec, expected: list[SpecChange]
+) -> None:
+    assert jobspec.diff(BASE, new) == expected
+
+
+def test_diff_of_a_constraint_value_that_became_a_list() -> None:
+    old = changed(constraints=[Constraint(label="zone", value="eu")])
+    new = changed(constraints=[Constraint(label="zone", op="in", value=["eu", "us"])])
+    assert jobspec.diff(old, new) == [
+        SpecChange("constraints[0].op", "=", "in"),
+        SpecChange("constraints[0].value", "eu", "[eu, us]"),
+    ]
+    assert jobspec.diff(new, old)[1] == SpecChange("constraints[0].value", "[eu, us]", "eu")
+
+
+@pytest.mark.parametrize(
+    ("new", "replaces"),
+    [
+        (changed(replicas=10), False),
+        (changed(update=UpdateStrategy(max_parallel=5)), False),
+        (changed(meta={"owner": "me"}), False),
+        (changed(replicas=1, update=UpdateStrategy(), meta={"a": "b"}), False),
+        (changed(task=msgspec.structs.replace(BASE.task, env={"TOKEN": "x"})), True),
+        (changed(resources=JobResources(memory=2**30)), True),
+        (changed(checks=[]), True),
+        (changed(shutdown_delay=2.0), True),
+        (changed(restart=RestartPolicy(attempts=1)), True),
+        (changed(replicas=1, ports=["http", "admin"]), True),
+    ],
+)
+def test_replaces_instances_iff_a_field_outside_in_place_changed(
+    new: JobSpec, replaces: bool
+) -> None:
+    assert jobspec.replaces_instances(BASE, new) is replaces
+    assert jobspec.replaces_instances(new, BASE) is replaces
+    # IN_PLACE is exactly what may differ: every other changed field is in the diff
+    outside = [
+        c for c in jobspec.diff(BASE, new) if c.path.split(".")[0].split("[")[0] not in IN_PLACE
+    ]
+    assert bool(outside) is replaces

@@ -442,8 +442,11 @@ def _written(value: Any) -> Any:
     """A spec's value as a job file holds it: sizes and durations with their units."""
     if isinstance(value, msgspec.Struct):
         written = {}
-        for name in value.__struct_fields__:
-            v = getattr(value, name)
+        for f in mi.type_info(type(value)).fields:
+            name, v = f.name, getattr(value, f.name)
+            kinds = _CHECK_FIELDS.get(name) if isinstance(value, HealthCheck) else None
+            if kinds and value.type not in kinds and v == _default(f):
+                continue  # a tcp check's path: a field of another type of check
             unit = _UNIT_FIELDS.get((type(value), name))
             text = unit.show(v) if unit else ""
             # a plain number stays one (cpu: 0.5, memory: 1000), units as text (64MiB, 5s)
@@ -868,9 +871,9 @@ class _Checker:
                 if name in check and kind not in kinds:
                     what = name if name == "args" else f"a {name}"
                     only = " and ".join(kinds)
-                    self.problem(
-                        f"{at}.{name}", f"only {only} checks have {what} (this is a {kind} check)"
-                    )
+                    this = "an" if kind in ("exec", "http") else "a"
+                    why = f"only {only} checks have {what} (this is {this} {kind} check)"
+                    self.problem(f"{at}.{name}", why)
             port, command = check.get("port", ""), check.get("command", "")
             if kind == "exec" and not command:
                 why = "an exec check needs a command (run in the instance's env; exit 0: healthy)"
