@@ -17,12 +17,14 @@ import asyncio
 
 import psutil
 
+from colony.monitor.checking import Checker
 from colony.monitor.figures import ServiceFigures
 from colony.monitor.prometheus import MetricsServer
 from colony.monitor.sampling import NodeProcesses, read_host
 from colony.monitor.state import Samples
-from colony.shared import subjects
+from colony.shared import subjects, tasks
 from colony.shared.config import DeclaredCapacity, host_capacity
+from colony.shared.management import Management
 from colony.shared.messages import LatestMetricsRequest, NodeMetrics
 from colony.shared.runner import Context
 from colony.shared.signing import read_secret, sign
@@ -73,6 +75,13 @@ class Monitor:
             )
             return self._signed(added)
 
+        checking = None
+        if ctx.config.consensus.voters:
+            checker = Checker(ctx, Management(ctx.bus, ctx.config.consensus.voters))
+            checking = asyncio.create_task(checker.run(), name="health checks")
+            checking.add_done_callback(lambda t: _ended(t, ctx))
+        else:
+            ctx.log.warning("no consensus voters configured: health checks are not run")
         try:
             next_at = ctx.clock.monotonic()
             latest = await sample()
@@ -84,6 +93,7 @@ class Monitor:
                 await ctx.clock.sleep(max(0.0, next_at - ctx.clock.monotonic()))
                 latest = await sample()
         finally:
+            await tasks.cancel(checking)
             await http.close()
 
     async def latest(self, request: LatestMetricsRequest) -> NodeMetrics:
@@ -95,3 +105,13 @@ class Monitor:
         """Signed with the cluster secret; as it is if the node has none (then neither
         does its membership, which takes unsigned samples only in that case)."""
         return sign(self.secret, sample) if self.secret is not None else sample
+
+
+def _ended(task: asyncio.Task[None], ctx: Context) -> None:
+    """Health checking ends only when the service stops: if it failed, the service fails
+    (its supervisor restarts it) rather than run on without checking."""
+    if task.cancelled() or task.exception() is None:
+        return
+    ctx.log.error("health checking failed", exc_info=task.exception())
+    if not ctx.deaf.done():
+        ctx.deaf.set_result(f"health checking failed: {task.exception()!r}")
