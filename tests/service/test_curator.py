@@ -1,6 +1,7 @@
 """The curator against three real voters on a real nats-server, one curator per voter (only
-the manager's acts), the agents played by the test (NodeRegister, InstancesReport) and
-membership by a stand-in that answers `members` and publishes `MemberChanged`."""
+the manager's acts), the agents played by the test (NodeRegister, InstancesReport), their
+monitors too (InstancesHealth), and membership by a stand-in that answers `members` and
+publishes `MemberChanged`."""
 
 from __future__ import annotations
 
@@ -14,14 +15,19 @@ from _voters import Membership, Voters
 
 from colony.curator.service import CuratorService
 from colony.harness.processes import poll
-from colony.shared import runner, subjects
+from colony.shared import runner, subjects, tasks
+from colony.shared.bus import RemoteError
 from colony.shared.cluster import Cluster
 from colony.shared.config import ConsensusSettings
 from colony.shared.jobspec import JobResources, JobSpec, RestartPolicy, Task
 from colony.shared.management import Management
 from colony.shared.messages import (
+    EndpointsReply,
+    EndpointsRequest,
+    HealthReport,
     InstanceRecord,
     InstanceReport,
+    InstancesHealth,
     InstancesPlace,
     InstancesReport,
     JobRecord,
@@ -52,7 +58,11 @@ class Curators:
 
     def start(self, node: str) -> None:
         config = self.voters.server.node_config(node)
-        config.consensus = ConsensusSettings(voters=VOTERS, secret_file=str(self.voters.secret))
+        config.consensus = ConsensusSettings(
+            voters=VOTERS,
+            secret_file=str(self.voters.secret),
+            change_stream_replicas=1,  # one nats-server: the endpoints stream's replicas too
+        )
         self.stops[node] = asyncio.Event()
         service = self.services[node] = CuratorService(resync=self.resync)
         self.tasks[node] = asyncio.create_task(runner.run(service, config, stop=self.stops[node]))
@@ -306,3 +316,103 @@ async def test_a_membership_change_heard_before_its_answer_is_read_is_not_lost(
 
         await poll(a3_dead, 20, "a3 recorded dead")
         assert told
+
+
+async def health(client: Management, instance: InstanceRecord, said: str, seq: int) -> None:
+    """What `instance`'s node's monitor proposes when it decides its health."""
+    report = HealthReport(id=instance.id, health=said, run=instance.started_at, seq=seq)  # type: ignore[arg-type]
+    reply = await client.propose(InstancesHealth(node=instance.node, reports=[report]))
+    assert reply.outcomes[0].ok, reply.outcomes[0].error
+
+
+async def test_endpoints_are_the_healthy_instances_served_and_published_by_the_manager(
+    cluster, bus
+):
+    voters, _curators, _membership = cluster
+    manager = await Cluster(bus, VOTERS).wait_manager(30)
+    client = Management(bus, VOTERS)
+    await register(client)
+    await client.propose(JobRun(spec=web(replicas=3)))
+
+    async def placed():
+        found = await running(client) or []
+        return found if sorted(i.slot for i in found) == [0, 1, 2] else None
+
+    instances = sorted(await poll(placed, 20, "3 instances of web placed"), key=lambda i: i.id)
+    seen: list[EndpointsReply] = []
+    watching = await bus.subscribe(subjects.endpoints_changed("web"))
+
+    async def watch():
+        async for reply in watching:
+            seen.append(reply)
+
+    watcher = asyncio.create_task(watch())
+
+    async def served(port: str = "") -> list[tuple[str, int]]:
+        reply = await bus.request(subjects.endpoints(), EndpointsRequest(job="web", port=port))
+        return [(e.instance, e.port) for e in reply.endpoints]
+
+    def published() -> list[str] | None:
+        return [e.instance for e in seen[-1].endpoints] if seen else None
+
+    def all_of(*chosen: InstanceRecord) -> list[tuple[str, int]]:
+        return [(i.id, i.ports["http"]) for i in chosen]
+
+    try:
+        # running is not enough: healthy too, as the node's monitor says
+        for seq, i in enumerate(instances, 1):
+            await report(client, i, "running", 1, pid=100 + seq, started_at=1000.0 + seq)
+        instances = sorted(await running(client) or [], key=lambda i: i.id)
+        assert await served() == []
+        for i in instances:
+            await health(client, i, "healthy", 1)
+        every = all_of(*instances)
+        await poll(lambda: _equal(served, every), 20, "3 endpoints served")
+        await poll(lambda: published() == [i.id for i in instances], 20, "3 endpoints published")
+        last = seen[-1]
+        assert (last.port, last.epoch) == ("http", manager.epoch)
+        assert {(e.host, e.node) for e in last.endpoints} == {
+            ("127.0.0.1", i.node) for i in instances
+        }
+        kept = await bus.last_message(subjects.ENDPOINTS_STREAM, subjects.endpoints_changed("web"))
+        assert kept is not None and [e.instance for e in kept.endpoints] == published()
+
+        # unhealthy: out of the set, not stopped (its agent restarts it)
+        sick, *others = instances
+        await health(client, sick, "unhealthy", 2)
+        await poll(lambda: _equal(served, all_of(*others)), 20, f"{sick.id} out of the set")
+        await poll(lambda: published() == [i.id for i in others], 20, f"{sick.id} unpublished")
+
+        # stopped (scaled down): out of the set at the commit of its stop, its agent has
+        # not said anything yet
+        await client.propose(JobScale(job="web", replicas=2))
+        stopped = next(i for i in instances if i.slot == 2)
+        left = [i for i in others if i.id != stopped.id]
+        await poll(lambda: published() == [i.id for i in left], 20, f"{stopped.id} unpublished")
+        assert await served() == all_of(*left)
+        assert stopped.id in {i.id for i in await read(client, "instances", InstanceRecord)}
+
+        # what a program may ask wrong
+        with pytest.raises(RemoteError, match="no job named 'api'") as unknown:
+            await bus.request(subjects.endpoints(), EndpointsRequest(job="api"))
+        assert unknown.value.code == 404
+        with pytest.raises(RemoteError, match=r"no port named 'grpc' \(its ports: http\)") as bad:
+            await served("grpc")
+        assert bad.value.code == 400
+
+        # a new manager publishes every set again, at its epoch
+        await voters.stop(manager.node)
+        others_voters = [n for n in VOTERS if n != manager.node]
+        chief = await Cluster(bus, others_voters).wait_manager(30, above_epoch=manager.epoch)
+        await poll(
+            lambda: seen[-1].epoch >= chief.epoch and published() == [i.id for i in left],
+            30,
+            "the new manager's endpoints of web",
+        )
+    finally:
+        await tasks.cancel(watcher)
+        await watching.stop()
+
+
+async def _equal(check, expected) -> bool:
+    return await check() == expected

@@ -13,15 +13,27 @@ While acting, at epoch E:
     view (its changes from then on queue up and apply after its answer)
     follow the changes after S, and membership's changes (as this node sees them)
     loop:
-        reconcile (pure) -> actions -> proposals at epoch E (several commands each)
-        apply what committed to the view (its own changes arrive later: old news)
-        wait for an event (or a node unknown to membership for too long), gather more
+        publish the endpoint sets that changed
+        reconcile (pure, at the wall clock's `now`) -> actions -> proposals at epoch E
+        (several commands each)
+        apply what committed to the view (its own changes arrive later: old news), and
+        publish the endpoint sets that changed with it (an instance leaves its job's set
+        at the commit of its stop)
+        wait for an event (or a node unknown to membership for too long, or the time
+        the reconcile said something time-based changes: `Actions.wake`), gather more
         for `debounce` seconds, apply them
     every `resync` seconds, or when following fails: load it all again
 
-It serves `curator.plan` only while acting, from its first view on (served then,
-unserved when it stops), so a client that finds no responder knows no manager acts
-now, and asks again.
+It serves `curator.plan` and `endpoints` only while acting, from its first view on
+(served then, unserved when it stops), so a client that finds no responder knows no
+manager acts now, and asks again.
+
+Service discovery: each job's endpoint set (`endpoints.every_job`) is published on
+`endpoints_changed(job)` whenever it differs from the one this curator last published
+while acting, so every set once when it starts acting (a new manager says them all
+again). Each carries the epoch and the change index the view reflects; a curator that
+no longer acts at its epoch publishes nothing more. ENDPOINTS_STREAM keeps the last set
+of every job.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from typing import Any
 
 import msgspec
 
+from colony.curator import endpoints
 from colony.curator import reconcile as rules
 from colony.curator.metrics import CuratorMetrics
 from colony.curator.view import View, fill, load
@@ -44,17 +57,24 @@ from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
     FENCED,
     Command,
+    Endpoint,
+    EndpointsReply,
+    EndpointsRequest,
     InstancesPlace,
     InstancesRemove,
     InstancesStop,
     JobBlocked,
+    JobPromote,
+    JobRollback,
     ManagerActing,
     MemberChanged,
     MembersRequest,
+    NodeDrained,
     NodeStatus,
     PlanReply,
     PlanRequest,
     ProposeReply,
+    RolloutProgress,
     ServiceMetrics,
     ServiceMetricsRequest,
     new_id,
@@ -79,6 +99,11 @@ CATCH_UP = 1.0
 """Seconds a fresh view may wait for the changes made while it was read."""
 RESYNC_NOW = "resync"
 """An event: read the whole view again (following the stream failed)."""
+WAKE_AT_LEAST = 0.05
+"""Seconds a time-based wake is at least away (a wake already due must not spin)."""
+ENDPOINTS_BYTES = 256 * 2**20
+"""ENDPOINTS_STREAM's bound: one set per job, most a few KiB."""
+ENDPOINTS_MSGS = 1_000_000
 
 
 class Deposed(Exception):
@@ -115,6 +140,12 @@ class CuratorService:
         """Whether it serves `curator.plan` (while acting, from its first view on)."""
         self.absent_since: dict[str, float] = {}
         """Recorded nodes membership does not know -> since when (monotonic), while acting."""
+        self.published: dict[str, tuple[str, list[Endpoint]]] = {}
+        """Job -> its endpoint set (port name, endpoints) as last published while acting."""
+        self.index = 0
+        """The change index the view reflects (as far as the stream brought it)."""
+        self.stream_ready = False
+        """Whether ENDPOINTS_STREAM was made (or brought to its configuration) while acting."""
 
     async def run(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -172,8 +203,10 @@ class CuratorService:
 
     async def _act(self, epoch: int) -> None:
         """Act at `epoch` until this node no longer does."""
-        self.management = Management(self.ctx.bus, await self._voters())
-        self.absent_since = {}
+        voters = await self._voters()
+        self.management = Management(self.ctx.bus, voters)
+        self.absent_since, self.published, self.stream_ready, self.index = {}, {}, False, 0
+        self.replicas = self.ctx.config.consensus.change_stream_replicas or min(3, len(voters))
         session = asyncio.create_task(self._session(epoch), name=f"curator epoch {epoch}")
         ended = asyncio.create_task(self._until_not_acting(epoch))
         try:
@@ -189,8 +222,9 @@ class CuratorService:
         finally:
             await tasks.cancel(session, ended)
             if self.planning:
-                with contextlib.suppress(Exception):
-                    await self.ctx.unserve(subjects.curator_plan())
+                for served in (subjects.curator_plan(), subjects.endpoints()):
+                    with contextlib.suppress(Exception):
+                        await self.ctx.unserve(served)
                 self.planning = False
             self.view = self.queue = None
             self.metrics.objects = {}
@@ -221,7 +255,10 @@ class CuratorService:
             self.view = view
             if not self.planning:  # from its first view on (asked before, none answers)
                 await self.ctx.serve(subjects.curator_plan(), self._on_plan)
+                await self.ctx.serve(subjects.endpoints(), self._on_endpoints)
                 self.planning = True
+            if not self.stream_ready:
+                self.stream_ready = await self._endpoints_stream()
             self.log.info(
                 "view loaded", extra={"epoch": epoch, "after_change": start, **_sizes(view)}
             )
@@ -243,19 +280,23 @@ class CuratorService:
         (nodes) would look older than one read late (jobs)."""
         resync_at = time.monotonic() + self.resync
         caught_up_by = time.monotonic() + CATCH_UP
-        last, changed = start, True
+        last, changed, timer = start, True, None
         while True:
             ready = last >= target or time.monotonic() >= caught_up_by
             dead_at = self._absences(view)
             if changed and ready:
-                await self._reconcile(epoch, view)
+                self.index = max(self.index, last)
+                await self._publish(epoch, view)
+                timer = await self._reconcile(epoch, view)
                 changed = False
-            wake = min(resync_at, dead_at or resync_at) if ready else caught_up_by
+            due = [resync_at, dead_at or resync_at, timer or resync_at]
+            wake = min(due) if ready else caught_up_by
             events = await self._gather(queue, wake)
             if events is None:
                 if time.monotonic() >= resync_at:
                     return
-                changed = True  # caught up by the clock, or a node's absence ran out
+                changed = True  # caught up by the clock, a node's absence ran out, or
+                # a time-based rule is due
             if RESYNC_NOW in (events or ()):
                 return
             for event in events or ():
@@ -341,18 +382,23 @@ class CuratorService:
 
     # --- deciding and committing ------------------------------------------------------------
 
-    async def _reconcile(self, epoch: int, view: View) -> None:
+    async def _reconcile(self, epoch: int, view: View) -> float | None:
+        """Reconcile and commit what it decided; return when to reconcile again even if
+        nothing happens (monotonic; None: no time-based rule waits)."""
         started = time.perf_counter()
+        view.now = now = time.time()  # the clock entries are stamped with (Change.ts)
         actions = rules.reconcile(view, self.token)
         self.deciding = time.perf_counter() - started
         self.metrics.reconcile.observe(self.deciding)
         self.metrics.objects = _sizes(view)
+        wake = getattr(actions, "wake", None)  # when a time-based rule changes next
+        timer = time.monotonic() + max(wake - now, WAKE_AT_LEAST) if wake else None
         if not actions:
-            return
+            return timer
         for batch in _proposals(actions.commands()):
             reply = await self._propose(epoch, batch)
             if reply is None:
-                return
+                return timer
             for command, outcome in zip(batch, reply.outcomes, strict=False):
                 if outcome.ok:
                     view.committed(command, reply.index, time.time())
@@ -364,6 +410,8 @@ class CuratorService:
                         "write refused",
                         extra={"command": _tag(command), "why": outcome.error, "epoch": epoch},
                     )
+            await self._publish(epoch, view)  # e.g. stopped instances leave their sets
+        return timer
 
     async def _propose(self, epoch: int, batch: list[Command]) -> ProposeReply | None:
         """Commit `batch`, trying again with the same ids while no voter answers: a try that
@@ -401,6 +449,23 @@ class CuratorService:
             case InstancesRemove(ids=ids):
                 count("remove", len(ids))
                 log("remove", extra={"instances": ids})
+            case RolloutProgress(job=job, version=version, status=status, reason=reason):
+                count("rollout")
+                said = {"job": job, "version": version, "batch": command.batch}
+                counts = {"placed": command.placed, "healthy": command.healthy}
+                if status == "running":
+                    log("rollout progress", extra={**said, **counts})
+                else:
+                    log(f"rollout {status}", extra={**said, **counts, "why": reason})
+            case JobPromote(job=job, reason=reason):
+                count("promote")
+                log("promoted", extra={"job": job, "why": reason})
+            case JobRollback(job=job, version=version, cause=cause):
+                count("rollback")
+                log("rolled back", extra={"job": job, "to_version": version, "why": cause})
+            case NodeDrained(node=node):
+                count("node_drained")
+                log("node drained", extra={"node": node})
 
     # --- requests -------------------------------------------------------------------------
 
@@ -409,8 +474,71 @@ class CuratorService:
         view, epoch = self.view, self.epoch
         if view is None or not epoch:
             raise Refused(503, "the manager is still reading its view: ask again")
+        view.now = time.time()  # as a reconcile now would see it
         reply = rules.plan(view, request.spec, epoch, self.token)
         return msgspec.structs.replace(reply, cause=request.cause)
+
+    async def _on_endpoints(self, request: EndpointsRequest) -> EndpointsReply:
+        """Where a job's healthy instances answer (served only while acting)."""
+        view, epoch = self.view, self.epoch
+        if view is None or not epoch:
+            raise Refused(503, "the manager is still reading its view: ask again")
+        try:
+            port, found = endpoints.job_endpoints(view, request.job, request.port)
+        except endpoints.UnknownJob as e:
+            raise Refused(404, str(e)) from None
+        except endpoints.UnknownPort as e:
+            raise Refused(400, str(e)) from None
+        return EndpointsReply(
+            job=request.job, port=port, endpoints=found, epoch=epoch, index=self.index
+        )
+
+    # --- service discovery ------------------------------------------------------------------
+
+    async def _endpoints_stream(self) -> bool:
+        """Make ENDPOINTS_STREAM (the last set of every job); False if JetStream refused
+        (the sets are still published: watchers miss only the last one; tried again at
+        the next full read)."""
+        try:
+            await self.ctx.bus.ensure_stream(
+                subjects.ENDPOINTS_STREAM,
+                [subjects.endpoints_changed(subjects.ANY).name],
+                replicas=self.replicas,
+                max_msgs_per_subject=1,
+                max_msgs=ENDPOINTS_MSGS,
+                max_bytes=ENDPOINTS_BYTES,
+            )
+        except BusError as e:
+            self.log.warning(
+                "could not make the endpoints stream",
+                extra={"stream": subjects.ENDPOINTS_STREAM, "why": str(e)},
+            )
+            return False
+        return True
+
+    async def _publish(self, epoch: int, view: View) -> None:
+        """Publish every job's endpoint set that differs from the one last published (a
+        job gone from the view: an empty set, once). Nothing once no longer acting at
+        `epoch`: a deposed manager's word would be stale."""
+        sets = endpoints.every_job(view)
+        for job in self.published.keys() - sets.keys():
+            sets[job] = (self.published.pop(job)[0], [])
+        for job, (port, found) in sorted(sets.items()):
+            if self.epoch != epoch:
+                return
+            if self.published.get(job) == (port, found):
+                continue
+            if job in view.jobs:
+                self.published[job] = (port, found)
+            said = EndpointsReply(
+                job=job, port=port, endpoints=found, epoch=epoch, index=self.index
+            )
+            try:
+                await self.ctx.bus.publish(subjects.endpoints_changed(job), said)
+            except BusError as e:  # e.g. a set too large for one message: ask `endpoints`
+                self.log.warning(
+                    "could not publish a job's endpoints", extra={"job": job, "why": str(e)}
+                )
 
     async def _on_metrics(self, _request: ServiceMetricsRequest) -> ServiceMetrics:
         return ServiceMetrics(node=self.me, service=self.name, families=self.metrics.families())
