@@ -100,8 +100,12 @@ def instance_summary(d: dict[str, Any], before: dict[str, Any] | None) -> str:
         return f"{what} on {node} to stop: {why}"
     if state == "pending" and d.get("desired") == "run":
         ports = f", {_ports(d['ports'])}" if d.get("ports") else ""
+        canary = ", canary" if d.get("canary") else ""
         why = f": {d['desired_reason']}" if d.get("desired_reason") else ""
-        return f"{what} placed on {node} (slot {d.get('slot')}, v{d.get('version')}{ports}){why}"
+        slot = f"slot {d.get('slot')}, v{d.get('version')}{canary}{ports}"
+        return f"{what} placed on {node} ({slot}){why}"
+    if d.get("health") and (before is None or before.get("health") != d.get("health")):
+        return f"{what} {health_said(d)} on {node}"
     restarts = f", restart {d['restarts']}" if d.get("restarts") else ""
     if state == "running":
         return f"{what} running on {node} (pid {d.get('pid')}{restarts})"
@@ -110,6 +114,29 @@ def instance_summary(d: dict[str, Any], before: dict[str, Any] | None) -> str:
         why = f": {reason}" if reason else ""
         return f"{what} exited on {node} (code {code}{restarts}){why}"
     return f"{what} {state} on {node}" + (f": {reason}" if reason else "")
+
+
+def health_said(d: dict[str, Any]) -> str:
+    """'healthy', or 'unhealthy (http): 503 Service Unavailable'."""
+    if d.get("health") != "unhealthy":
+        return str(d.get("health"))
+    check = f" ({d['health_check']})" if d.get("health_check") else ""
+    output = f": {d['health_output']}" if d.get("health_output") else ""
+    return f"unhealthy{check}{output}"
+
+
+def rollout_said(now: dict[str, Any], before: dict[str, Any]) -> str:
+    """What changed in a job's rollout record ('' : nothing said)."""
+    if now.get("status") != before.get("status"):
+        why = f": {now['reason']}" if now.get("reason") else ""
+        return f"rollout {now.get('status')}{why}"
+    if now.get("promoted") and not before.get("promoted"):
+        return "canaries promoted"
+    if now.get("batch") != before.get("batch"):
+        return f"rollout batch {now.get('batch')} started"
+    if (now.get("placed"), now.get("healthy")) != (before.get("placed"), before.get("healthy")):
+        return f"rollout: {now.get('placed')} placed, {now.get('healthy')} healthy"
+    return ""
 
 
 def job_summary(d: dict[str, Any], before: dict[str, Any] | None) -> str:
@@ -124,7 +151,7 @@ def job_summary(d: dict[str, Any], before: dict[str, Any] | None) -> str:
             f"; blocked: {d['blocked']}" if d.get("blocked") else ""
         )
     if before.get("version") != d.get("version"):
-        return f"{what} submitted (changed spec, {replicas} replicas)"
+        return f"{what} submitted ({d.get('cause') or 'changed spec'}, {replicas} replicas)"
     if before.get("status") != d.get("status"):
         if d.get("status") == "stopped":
             return f"{what} stopped" + (" (purge)" if d.get("purge") else "")
@@ -133,6 +160,10 @@ def job_summary(d: dict[str, Any], before: dict[str, Any] | None) -> str:
         return f"{what} scaled to {replicas}"
     if before.get("blocked") != d.get("blocked"):
         return f"{what} blocked: {d['blocked']}" if d.get("blocked") else f"{what} unblocked"
+    rollout = d.get("rollout") or {}
+    said = rollout_said(rollout, before.get("rollout") or {}) if rollout else ""
+    if said:
+        return f"{what} {said}"
     return f"{what} changed"
 
 
@@ -141,6 +172,8 @@ def node_summary(d: dict[str, Any], before: dict[str, Any] | None) -> str:
     reason = f": {d['reason']}" if d.get("reason") else ""
     if before is not None and before.get("status") != d.get("status"):
         return f"{what} {before.get('status')} -> {d.get('status')}{reason}"
+    if before is not None and before.get("drain", "") != d.get("drain", ""):
+        return f"{what} {drain_said(d)}"
     if before is not None and before.get("eligible") != d.get("eligible"):
         return f"{what} {'eligible' if d.get('eligible') else 'not eligible'}{reason}"
     drivers = ", ".join(d.get("drivers") or []) or "no drivers"
@@ -149,6 +182,19 @@ def node_summary(d: dict[str, Any], before: dict[str, Any] | None) -> str:
         f"{drivers}, ports {d.get('port_lo')}-{d.get('port_hi')} at {d.get('address') or '?'} "
         f"({d.get('status')})"
     )
+
+
+def drain_said(d: dict[str, Any]) -> str:
+    """'draining until 14:02:11: alice@box: colony node drain node-2', 'drained (empty)'."""
+    drain = d.get("drain")
+    if drain == "drained":
+        return "drained (empty)"
+    if drain != "draining":
+        return "undrained (eligible again)"
+    deadline = d.get("drain_deadline") or 0
+    until = f" until {time.strftime('%H:%M:%S', time.localtime(deadline))}" if deadline else ""
+    why = f": {d['drain_reason']}" if d.get("drain_reason") else ""
+    return f"draining{until}{why}"
 
 
 def generic_summary(d: dict[str, Any]) -> str:

@@ -1,4 +1,10 @@
-"""`colony node label NODE KEY=VALUE... KEY-...`: set and remove a node's labels.
+"""`colony node label NODE KEY=VALUE... KEY-...`: set and remove a node's labels;
+`colony node drain NODE` / `undrain NODE`: empty a node for maintenance, and take it back.
+
+Draining makes the node ineligible; the manager moves its instances away under each
+job's update strategy (a replacement healthy elsewhere before the old one stops), all of
+them at the deadline, and records the node drained once nothing runs there; `drain`
+waits for that, saying how many instances are left.
 
 Labels live in the management database (the `labels` kind), so every voter
 holds them and `colony status` shows them. Keys and values follow Kubernetes'
@@ -11,20 +17,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
+import time
 
+from rich.text import Text
+
+from colony.cli import records
 from colony.cli.args import add_management_options
 from colony.cli.kv import management, not_utf8
-from colony.cli.output import fail, out, print_json
-from colony.shared.management import ManagementError
+from colony.cli.output import err, fail, human_age, out, print_json
+from colony.cli.rollout import cause
+from colony.shared.jobspec import format_duration, parse_duration
+from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
     LABEL_NAME,
     LABEL_PREFIX,
+    MAX_DRAIN_DEADLINE,
     MAX_NODE_LABELS,
+    InstanceRecord,
+    NodeDrain,
     NodeLabel,
+    NodeRecord,
     ObjectId,
     to_builtins,
 )
+from colony.shared.reservations import TERMINAL
 from colony.shared.statedir import StateDir
 
 _NAME = re.compile(LABEL_NAME)
@@ -33,9 +51,15 @@ _NODE = re.compile(ObjectId.__metadata__[0].pattern)
 NAME_RULE = "1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
 
 
+DRAIN_EVERY = 0.5
+"""Seconds between two reads of a draining node while `node drain` waits."""
+
+
 def add_parser(verb) -> None:
-    node = verb("node", "Change what the cluster records about a node (its labels).")
-    node_verbs = node.add_subparsers(dest="node_verb", required=True, metavar="label")
+    node = verb(
+        "node", "Change what the cluster records about a node: its labels, drain it, undrain it."
+    )
+    node_verbs = node.add_subparsers(dest="node_verb", required=True, metavar="label|drain|undrain")
     label = node_verbs.add_parser(
         "label",
         help="set (KEY=VALUE) or remove (KEY-) labels of NODE",
@@ -50,6 +74,162 @@ def add_parser(verb) -> None:
     label.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
     label.set_defaults(func=cmd_node_label)
     add_management_options(label)
+
+    drain = node_verbs.add_parser(
+        "drain",
+        help="make NODE ineligible and move its instances away; wait until it is empty",
+        description="Make NODE ineligible and move its instances away under each job's update "
+        "strategy (a replacement healthy elsewhere before the old one stops); past the deadline "
+        "what is left there stops at once. Waits until the node is empty (Ctrl-C stops waiting; "
+        "the drain goes on).",
+        epilog="examples:\n"
+        "  colony node drain node-2                  drain it, wait until it is empty\n"
+        "  colony node drain node-2 --deadline 10m   stop what is still there after 10 minutes\n"
+        "  colony node drain node-2 --deadline 0     no deadline: wait for every job's rollout\n"
+        "  colony node drain node-2 --detach         start the drain and return\n"
+        "  colony node undrain node-2                take it back (eligible again)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    drain.add_argument("node", help="node name or id (with --server: its id)")
+    drain.add_argument(
+        "--deadline",
+        type=drain_deadline,
+        default=3600.0,
+        metavar="D",
+        help="after this long (5m, 1h, 90s; 0: never) what still runs there stops at once "
+        "(default: 1h)",
+    )
+    drain.add_argument(
+        "--detach", "-d", action="store_true", help="return once stored, without waiting"
+    )
+    drain.set_defaults(func=cmd_node_drain)
+    add_management_options(drain)
+
+    undrain = node_verbs.add_parser(
+        "undrain",
+        help="make a drained (or draining) NODE eligible again",
+        description="Make a drained or draining NODE eligible again: the manager may place "
+        "instances there again (those moved away stay where they are).",
+        epilog="examples:\n  colony node undrain node-2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    undrain.add_argument("node", help="node name or id (with --server: its id)")
+    undrain.set_defaults(func=cmd_node_undrain)
+    add_management_options(undrain)
+
+
+def drain_deadline(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value > MAX_DRAIN_DEADLINE:
+        most = format_duration(MAX_DRAIN_DEADLINE)
+        raise argparse.ArgumentTypeError(f"must be at most {most} (7 days), not {text}")
+    return value
+
+
+def left_on(node: str, instances: list[InstanceRecord]) -> list[InstanceRecord]:
+    """The instances still on `node`: desired to run, or not stopped yet."""
+    return [
+        i for i in instances if i.node == node and (i.desired == "run" or i.state not in TERMINAL)
+    ]
+
+
+def drain_line(record: NodeRecord | None, left: int, now: float) -> str:
+    """'3 instances left on node-2 (deadline in 9m58s)' while it drains; what it is else."""
+    if record is None:
+        return "the node is not recorded"
+    name = record.name or record.node
+    if record.drain == "drained":
+        return f"{name} is drained (empty)"
+    if record.drain != "draining":
+        return f"{name} is not draining (undrained?)"
+    what = f"{left} instance{'' if left == 1 else 's'} left on {name}"
+    if record.drain_deadline:
+        due = record.drain_deadline - now
+        what += f" (deadline in {human_age(due)})" if due > 0 else " (deadline passed: stopping)"
+    return what
+
+
+def cmd_node_drain(args: argparse.Namespace) -> int:
+    async def work(client: Management, node: str) -> int:
+        reason = cause("node", "drain", args.node)
+        reply = await client.propose(
+            NodeDrain(node=node, drain=True, deadline=args.deadline, reason=reason)
+        )
+        [outcome] = reply.outcomes
+        if not outcome.ok:
+            fail(f"{args.node} not drained: {outcome.error}", "see the nodes with `colony status`")
+        if args.detach:
+            if args.json:
+                print_json({"node": node, "drain": "draining", **to_builtins(reply)})
+            else:
+                out.print(
+                    f"{args.node}: draining (log index {reply.index}); see it with `colony status`"
+                )
+            return 0
+        if not args.json:
+            out.print(f"{args.node}: draining; Ctrl-C stops waiting (the drain goes on)")
+        record = await _wait_drained(client, node, args.json)
+        if args.json:
+            print_json({"node": node, "drain": record.drain if record else None})
+        if record is None or record.drain != "drained":
+            fail(f"{args.node}: {drain_line(record, 0, time.time())}")
+        if not args.json:
+            out.print(Text.assemble(("✓ ", "green"), drain_line(record, 0, time.time())))
+        return 0
+
+    return _on_node(args, "colony-node-drain", work)
+
+
+def cmd_node_undrain(args: argparse.Namespace) -> int:
+    async def work(client: Management, node: str) -> int:
+        command = NodeDrain(node=node, drain=False, reason=cause("node", "undrain", args.node))
+        reply = await client.propose(command)
+        [outcome] = reply.outcomes
+        if not outcome.ok:
+            fail(
+                f"{args.node} not undrained: {outcome.error}", "see the nodes with `colony status`"
+            )
+        if args.json:
+            print_json({"node": node, "drain": "", **to_builtins(reply)})
+        else:
+            out.print(f"{args.node}: eligible again (log index {reply.index})")
+        return 0
+
+    return _on_node(args, "colony-node-undrain", work)
+
+
+def _on_node(args: argparse.Namespace, name: str, work) -> int:
+    async def run() -> int:
+        node = node_id(StateDir(args.state_dir), args.node, args.server)
+        async with management(args, name) as client:
+            return await work(client, node)
+
+    try:
+        return asyncio.run(run())
+    except ManagementError as e:
+        hint = "is a majority of the voters up? see `colony status`" if e.retryable else ""
+        fail(str(e), hint)
+
+
+async def _wait_drained(client: Management, node: str, quiet: bool) -> NodeRecord | None:
+    """Read the node's record and what is left on it until it is drained (or undrained,
+    or forgotten); show how many instances are left."""
+    with contextlib.ExitStack() as stack:
+        show = (lambda _: None) if quiet else stack.enter_context(err.status("draining")).update
+        stale = False  # the first read sees the drain just stored
+        while True:
+            found = await records.one_of(client, records.NODES, node, stale=stale)
+            stale = True
+            record = records.as_records([found], NodeRecord)[0] if found else None
+            if record is None or record.drain != "draining":
+                return record
+            listing = await client.query_all(records.INSTANCES, {"node": node}, stale=True)
+            left = left_on(node, records.as_records(listing.objects, InstanceRecord))
+            show(Text(drain_line(record, len(left), time.time())))
+            await asyncio.sleep(DRAIN_EVERY)
 
 
 def parse_labels(words: list[str]) -> dict[str, str | None]:

@@ -66,6 +66,10 @@ class NodeStatus:
     reserved: Resources | None = None
     """What the instances placed on it reserve of `declared` (the scheduler's figures,
     beside the measured use in `metrics`)."""
+    drain: str = ""
+    """draining or drained (`colony node drain`), '' : neither."""
+    eligible: bool = True
+    """Whether the manager may place instances there (as the nodes kind records it)."""
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -81,6 +85,8 @@ class NodeStatus:
             "labels": self.labels,
             "declared": to_builtins(self.declared) if self.declared else None,
             "reserved": to_builtins(self.reserved) if self.reserved else None,
+            "drain": self.drain or None,
+            "eligible": self.eligible,
             "last_heard_seconds": _round(self.last_heard),
             "age_seconds": _round(time.time() - self.metrics.node_started)
             if self.metrics
@@ -225,6 +231,7 @@ async def reservations(
             record = registered[node.id]
             node.declared = Resources(cpu=record.cpu, memory=record.memory)
             node.reserved = held.get(node.id, Resources())
+            node.drain, node.eligible = record.drain, record.eligible
 
 
 def raft_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> Text:
@@ -284,6 +291,15 @@ def manager_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> Tex
     return line
 
 
+def scheduling(node: NodeStatus) -> Text:
+    """' (draining)', ' (drained)', ' (ineligible)': why no instance is placed there."""
+    if node.drain:
+        return Text(f" ({node.drain})", "yellow")
+    if not node.eligible:
+        return Text(" (ineligible)", "yellow")
+    return Text("")
+
+
 def table(nodes: list[NodeStatus]) -> Table:
     grid = Table(box=None, header_style="bold", pad_edge=False)
     columns = [
@@ -316,6 +332,7 @@ def table(nodes: list[NodeStatus]) -> Table:
             )
         else:
             state = Text("unreachable", "red")
+        state.append_text(scheduling(node))
         measured = ["-", "-"]
         figures = ["-", "-"]
         if m and node.reachable:
