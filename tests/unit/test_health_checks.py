@@ -112,6 +112,13 @@ async def test_http_garbage_is_not_an_http_answer():
     assert not ok and output.startswith("not an HTTP answer: xxxx") and took < TIMEOUT
 
 
+async def test_a_path_that_would_break_the_request_is_not_sent():
+    async with server(b"HTTP/1.1 200 OK\r\n\r\n") as (port, requests):
+        ok, output = await probe(http("/x HTTP/1.1\r\nEvil: 1"), target(port))
+    assert not ok and output.startswith("the path '/x HTTP/1.1\\r\\nEvil: 1' has spaces")
+    assert requests == []
+
+
 async def test_closed_port_fails_for_tcp_and_http():
     port = closed_port()
     for check in (HealthCheck(type="tcp", port="web", timeout=TIMEOUT), http()):
@@ -163,6 +170,8 @@ async def test_exec_fails_on_nonzero_exit_with_its_last_line(tmp_path):
     assert (ok, output) == (False, "exit 3: not ready yet")
     ok, output = await probe(HealthCheck(type="exec", command="/no/such/ready"), target())
     assert not ok and output == "cannot run /no/such/ready: No such file or directory"
+    ok, output = await probe(sh("true"), target(workdir=str(tmp_path / "gone")))
+    assert not ok and output == f"cannot run sh ({tmp_path}/gone): No such file or directory"
 
 
 async def test_exec_that_hangs_is_killed_with_its_process_group(tmp_path):

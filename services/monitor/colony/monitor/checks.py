@@ -46,6 +46,8 @@ async def probe(check: HealthCheck, target: CheckTarget) -> tuple[bool, str]:
         # asyncio's connect errors carry no words of the errno's own: use them
         said = os.strerror(e.errno).lower() if e.errno else str(e)
         ok, output = False, f"{_where(check, target)}: {said}"
+    except Exception as e:  # a bug here must not end the check's schedule: a failure
+        ok, output = False, f"{_where(check, target)}: check failed: {type(e).__name__}: {e}"
     return ok, one_line(output)
 
 
@@ -67,6 +69,9 @@ async def _tcp(host: str, port: int) -> tuple[bool, str]:
 
 
 async def _http(check: HealthCheck, host: str, port: int) -> tuple[bool, str]:
+    if not check.path.isprintable() or " " in check.path:
+        # sent as it is, it would split the request line or add headers
+        return False, f"the path {check.path!r} has spaces or control characters"
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(
@@ -113,8 +118,9 @@ async def _exec(check: HealthCheck, target: CheckTarget) -> tuple[bool, str]:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: a timeout kills all of it
         )
-    except OSError as e:
-        return False, f"cannot run {check.command}: {e.strerror or e}"
+    except OSError as e:  # no such command, not executable, no such workdir
+        where = f" ({e.filename})" if e.filename and e.filename != check.command else ""
+        return False, f"cannot run {check.command}{where}: {e.strerror or e}"
     tail = b""
 
     async def read() -> None:
