@@ -578,6 +578,35 @@ def test_the_web_example_is_the_quickstart_job() -> None:
     assert (web.name, web.replicas, web.ports) == ("web", 3, ["http"])
     assert web.resources == JobResources(cpu=0.1, memory=64 * 2**20)
     assert web.task.command == "python3"
+    assert web.checks == [HealthCheck(type="http", port="http", path="/", interval=2, timeout=1)]
+    assert web.update == UpdateStrategy(
+        max_parallel=1,
+        min_healthy_time=3,
+        healthy_deadline=30,
+        progress_deadline=60,
+        auto_revert=True,
+    )
+    assert web.shutdown_delay == 1.0
+
+
+def test_the_web_versions_differ_from_web_only_where_they_demonstrate() -> None:
+    web, v2, broken = (
+        jobspec.load(ROOT / "examples" / f"{name}.yaml").spec
+        for name in ("web", "web-v2", "web-broken")
+    )
+    assert [c.path for c in jobspec.diff(web, v2)] == [
+        "task.args[1]",
+        "task.env.GREETING",
+        "update.canary",
+    ]
+    assert (v2.update.canary, v2.update.auto_promote, v2.task.env) == (
+        1,
+        False,
+        {"GREETING": "hello"},
+    )
+    assert [c.path for c in jobspec.diff(web, broken)] == ["task.args[1]", "checks[0].path"]
+    assert jobspec.diff(web, broken)[1] == SpecChange("checks[0].path", "/", "/health")
+    assert jobspec.replaces_instances(web, v2) and jobspec.replaces_instances(web, broken)
 
 
 def test_the_published_schema_is_the_generated_one() -> None:
