@@ -47,6 +47,19 @@ def test_its_own_rollout_progress_applies_at_commit_and_its_end_ends_it():
     assert view.jobs["web"].rollout.status == "succeeded"
 
 
+def test_a_failed_rollout_may_still_be_marked_reverted_keeping_where_it_ended():
+    view = with_rollout()
+    view.committed(RolloutProgress(job="web", version=2, batch=2, placed=4, healthy=1), 10, 6.0)
+    failed = RolloutProgress(job="web", version=2, status="failed", reason="deadline")
+    view.committed(failed, 11, 7.0)
+    view.committed(RolloutProgress(job="web", version=2, status="reverted"), 11, 7.0)
+    job = view.jobs["web"]
+    assert (job.rollout.status, job.rollout.reason, job.rollout.batch, job.rollout.placed) == (
+        "reverted", "deadline", 2, 4,
+    )  # fmt: skip
+    assert job.stable == 0
+
+
 def test_a_promotion_and_a_drained_node_apply_at_commit():
     view = with_rollout(canaries=1)
     view.committed(JobPromote(job="web"), 10, 1.0)

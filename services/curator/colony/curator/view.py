@@ -222,17 +222,23 @@ class View:
 
     def _rollout(self, progress: RolloutProgress, index: int, now: float) -> None:
         """As the jobs kind records a rollout's progress: only that of the job's current
-        rollout while it runs; its end ends it (a success makes the version stable)."""
+        rollout while it runs (a failed one may still be marked reverted); a final status
+        ends it, keeping the counters and reason it leaves 0 or empty, and a success makes
+        the version stable."""
         record = self.jobs.get(progress.job)
         rollout = record.rollout if record else None
-        if not rollout or rollout.version != progress.version or rollout.status != "running":
+        open_to = ("running", "failed") if progress.status == "reverted" else ("running",)
+        if not rollout or rollout.version != progress.version or rollout.status not in open_to:
             return
-        fields = {
-            name: getattr(progress, name)
-            for name in ("status", "reason", "batch", "batch_started", "placed", "healthy")
+        final = progress.status != "running"
+        fields: dict[str, Any] = {
+            name: getattr(progress, name) or (getattr(rollout, name) if final else 0)
+            for name in ("batch", "batch_started", "placed", "healthy")
         }
-        ended = progress.status != "running"
-        rollout = msgspec.structs.replace(rollout, **fields, ended=now if ended else 0.0)
+        fields["reason"] = progress.reason or (rollout.reason if final else "")
+        rollout = msgspec.structs.replace(
+            rollout, status=progress.status, ended=now if final else 0.0, **fields
+        )
         stable = {"stable": progress.version} if progress.status == "succeeded" else {}
         self._own("job", progress.job, index, {"rollout": rollout, **stable})
 
