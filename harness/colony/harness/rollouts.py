@@ -85,9 +85,9 @@ def web_job(
                 "port": "http",
                 "path": "/health",
                 "interval": "500ms",
-                "timeout": "1s",
+                "timeout": "500ms",
                 "healthy_threshold": 1,
-                "unhealthy_threshold": 2,
+                "unhealthy_threshold": 3,
                 **(check or {}),
             }
         ],
@@ -399,6 +399,8 @@ class Sampler(Background):
         self.violations: list[tuple[float, str]] = []
         self.seen: dict[str, list[InstanceRecord]] = {}
         """Every distinct record of each instance sampled, in order."""
+        self.records: list[JobRecord] = []
+        """Every distinct record of the job sampled, in order."""
         self.last: list[InstanceRecord] = []
 
     async def loop(self, bus: Bus) -> None:
@@ -418,6 +420,8 @@ class Sampler(Background):
             )
             self.samples += 1
             self.last = instances
+            if record is not None and (not self.records or self.records[-1] != record):
+                self.records.append(record)
             for i in instances:
                 history = self.seen.setdefault(i.id, [])
                 if not history or history[-1] != i:
@@ -439,7 +443,8 @@ class Sampler(Background):
 
 def rollout_violations(replicas: int, max_parallel: int, old: int, new: int) -> Check:
     """What must hold at every moment of a rolling update from version `old` to `new`:
-    the job stays at version `new`; no instance desired to run is at another version;
+    the job stays at version `new`, its rollout running or succeeded; no instance
+    desired to run is at another version;
     no slot runs two instances of one version (an old and a new may run side by side);
     at least `replicas - max_parallel` instances are healthy."""
 
@@ -447,6 +452,8 @@ def rollout_violations(replicas: int, max_parallel: int, old: int, new: int) -> 
         wrong = []
         if job is not None and job.version != new:
             wrong.append(f"the job is at version {job.version}, not {new}")
+        if job is not None and job.rollout and job.rollout.status not in ("running", "succeeded"):
+            wrong.append(f"the rollout {job.rollout.status}: {job.rollout.reason}")
         run = [i for i in instances if i.desired == "run"]
         if others := [i.id for i in run if i.version not in (old, new)]:
             wrong.append(f"desired to run at another version than {old} or {new}: {others}")

@@ -2,7 +2,8 @@
 ``python webapp.py PORT`` (the standard library alone: it starts fast, and it runs
 with any interpreter).
 
-``GET /`` answers ``<instance> v<VERSION>`` (200). ``GET /health`` answers by the
+``GET /`` answers ``<instance> v<VERSION>`` (200); ``GET /checks``, how many times
+/health was asked so far. ``GET /health`` answers by the
 instance's health mode: the first line of the file ``$CONTROL/<instance id>`` when
 ``CONTROL`` names a folder and the file exists, else ``$HEALTH``, else ``ok``:
 
@@ -26,6 +27,8 @@ VERSION = os.environ.get("VERSION", "")
 CONTROL = os.environ.get("CONTROL", "")
 _turns = itertools.cycle((200, 500))
 _lock = threading.Lock()
+asked = 0
+"""/health requests so far."""
 
 
 def mode() -> str:
@@ -40,9 +43,15 @@ def mode() -> str:
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        global asked
+        if self.path == "/checks":
+            self.answer(200, f"{asked}\n")
+            return
         if self.path != "/health":
             self.answer(200, f"{INSTANCE} v{VERSION}\n")
             return
+        with _lock:
+            asked += 1
         health = mode()
         if health == "hang":
             threading.Event().wait()
