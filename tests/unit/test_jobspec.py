@@ -652,6 +652,15 @@ def test_the_job_in_the_docs_is_valid() -> None:
     assert jobspec.parse(first).spec.ports == ["http"]
 
 
+def test_every_job_in_the_docs_loads_without_problems() -> None:
+    docs = (ROOT / "docs" / "jobspec.md").read_text()
+    jobs = [block.split("```")[0] for block in docs.split("```yaml\n")[1:]]
+    jobs = [job for job in jobs if "task:" in job]
+    assert len(jobs) >= 3
+    for job in jobs:
+        assert jobspec.parse(job).warnings == ()
+
+
 def test_a_mapping_merged_into_itself_is_refused() -> None:
     found = problems("name: web\ntask: {command: x}\nmeta: &m {a: b, <<: *m}\n")
     assert found == ["job.yaml:3: meta: contains itself (an alias to a list or mapping around it)"]
