@@ -18,6 +18,7 @@ from _voters import running
 from colony.harness.processes import poll
 from colony.monitor.service import Monitor
 from colony.shared import runner, subjects
+from colony.shared.bus import BusError
 from colony.shared.cluster import Cluster
 from colony.shared.config import ConsensusSettings
 from colony.shared.jobspec import HealthCheck, JobSpec, Task
@@ -225,6 +226,42 @@ async def test_checks_start_once_the_agent_answers(nats_server, voters, bus):
         agent.targets = CheckTargets(node=NODE, targets=[target("plain-0-bbbb", PLAIN, {})])
         await agent.start()
         await until(client, "plain-0-bbbb", lambda r: r.health == "healthy", "healthy once asked")
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(monitor, runner.SHUTDOWN_GRACE) == 0
+
+
+async def test_reports_decided_without_a_quorum_are_recorded_once_it_is_back(
+    nats_server, voters, bus
+):
+    """Two voters of three down: the monitor decides, cannot get its report committed, and
+    sends it again (the same proposal) until the voters are back."""
+    client = Management(bus, VOTERS)
+    await running_instances(client, bus, {"web": 1})
+    agent = StandInAgent(bus)
+    agent.targets = CheckTargets(node=NODE, targets=[target("plain-0-bbbb", PLAIN, {})])
+    await agent.start()
+    for lost in VOTERS[1:]:
+        await voters.stop(lost)
+    config = nats_server.node_config(NODE)
+    config.consensus = ConsensusSettings(voters=VOTERS, secret_file=str(voters.secret))
+    stop = asyncio.Event()
+    monitor = asyncio.create_task(runner.run(Monitor(), config, stop=stop))
+    try:
+
+        async def serving():
+            with contextlib.suppress(BusError):
+                return await bus.request(subjects.monitor_checks(NODE), CheckStatesRequest())
+
+        await poll(serving, 10, "the monitor to serve its checks")
+        await asyncio.sleep(1.0)  # it decides at once (no checks); the proposal cannot commit
+        alone = Management(bus, VOTERS[:1])
+        reply = await alone.query(QueryRequest(key="plain-0-bbbb", kind="instances", stale=True))
+        assert reply.objects[0].value["health"] == ""
+        for lost in VOTERS[1:]:
+            voters.start(lost)
+        plain = await until(client, "plain-0-bbbb", lambda r: r.health == "healthy", "healthy", 40)
+        assert plain.health_run == RUN
     finally:
         stop.set()
         assert await asyncio.wait_for(monitor, runner.SHUTDOWN_GRACE) == 0
