@@ -1121,3 +1121,8 @@ def test_replaces_instances_iff_a_field_outside_in_place_changed(
         c for c in jobspec.diff(BASE, new) if c.path.split(".")[0].split("[")[0] not in IN_PLACE
     ]
     assert bool(outside) is replaces
+
+
+def test_checks_without_their_port_are_not_also_called_duplicates() -> None:
+    found = problems(CHECKED + "  - {type: tcp}\n  - {type: tcp}\n")
+    assert [p.split(": ")[1] for p in found] == ["checks[0]", "checks[1]"]

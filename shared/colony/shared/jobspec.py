@@ -435,10 +435,10 @@ def format_duration(seconds: float) -> str:
 
 def to_yaml(spec: JobSpec) -> str:
     """A spec as a job file (units as people write them) that `parse` reads back equal."""
-    return yaml.safe_dump(_written(spec), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(_yaml_data(spec), sort_keys=False, allow_unicode=True)
 
 
-def _written(value: Any) -> Any:
+def _yaml_data(value: Any) -> Any:
     """A spec's value as a job file holds it: sizes and durations with their units."""
     if isinstance(value, msgspec.Struct):
         written = {}
@@ -450,10 +450,10 @@ def _written(value: Any) -> Any:
             unit = _UNIT_FIELDS.get((type(value), name))
             text = unit.show(v) if unit else ""
             # a plain number stays one (cpu: 0.5, memory: 1000), units as text (64MiB, 5s)
-            written[name] = text if re.search(r"[^0-9.]", text) else _written(v)
+            written[name] = text if re.search(r"[^0-9.]", text) else _yaml_data(v)
         return written
     if isinstance(value, list):
-        return [_written(v) for v in value]
+        return [_yaml_data(v) for v in value]
     return msgspec.to_builtins(value)
 
 
@@ -894,8 +894,8 @@ class _Checker:
             if known is not None and kind == "exec":
                 self.variables(check.get("args"), f"{at}.args", known, ports or [])
             name = check.get("name", "")
-            if _BAD in (name, port, command):
-                continue
+            if _BAD in (name, port, command) or not check.get(_CHECK_NEEDS[kind]):
+                continue  # its name is not known (or its problem is said already)
             shown = _check_name(kind, name, port, command)
             if shown in seen:
                 why = f"{_quoted(shown)} is also the name of checks[{seen[shown]}]"
