@@ -552,6 +552,15 @@ def keeps_failing(
     return True
 
 
+def rollout_halted(job: JobRecord | None, version: int) -> str:
+    """Why the rollout of the job's first version (or of a stopped job run again) ended
+    badly: a deadline passed, an instance failed ('' : it did not)."""
+    r = job.rollout if job is not None else None
+    if r is None or r.version < version or r.status in ("running", "succeeded"):
+        return ""
+    return f"the rollout of version {r.version} {r.status}" + (f": {r.reason}" if r.reason else "")
+
+
 def running_count(job: str, instances: Sequence[InstanceRecord]) -> int:
     return sum(i.job == job and i.desired == "run" and i.state == "running" for i in instances)
 
@@ -799,10 +808,15 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
         show_endpoints(args, reply, stale, names)
         if not args.watch:
             return 0
-        async for reply in endpoints.changed(client.bus, args.name):
-            if args.port and reply.port != args.port:
-                continue  # the curator publishes the default port's set
-            show_endpoints(args, reply, False, names)
+        async for published in endpoints.changed(client.bus, args.name):
+            reply, stale = published, False
+            if args.port and published.port != args.port:
+                # the set changed, but was published for the job's first port: ask for ours
+                with contextlib.suppress(endpoints.EndpointsError):
+                    reply, stale = await endpoints.current(client.bus, args.name, args.port)
+                if reply is published:
+                    continue
+            show_endpoints(args, reply, stale, names)
         return 0
 
     return _run(args, "colony-job-endpoints", work)
@@ -1079,6 +1093,7 @@ async def _follow(
     job: JobRecord | None = None
     instances: list[InstanceRecord] = []
     given_up = False
+    halted = ""
     with contextlib.ExitStack() as stack:
         # with --json, stdout is for the JSON and people see no progress
         waiting = Text(f"{name}: waiting for the manager to place it")
@@ -1101,9 +1116,10 @@ async def _follow(
                     err.print(Text.assemble(("✗ ", "red"), instance_said(i, nodes)), soft_wrap=True)
             now = progress(job, instances)
             given_up = keeps_failing(job, instances, failures.failed)
+            halted = rollout_halted(job, failures.version)
             if now is not None:
                 show(Text(now.line(name)))
-                if now.done or now.failed_for_good or given_up:
+                if now.done or now.failed_for_good or given_up or halted:
                     break
             if loop.time() >= deadline:
                 break
@@ -1131,7 +1147,9 @@ async def _follow(
     if not args.json:
         for reason in why_not_running(job, instances, nodes, failures.failed.values()):
             err.print(Text("  " + reason), soft_wrap=True)
-    if now is not None and now.failed_for_good:
+    if halted:
+        what = halted
+    elif now is not None and now.failed_for_good:
         what = f"{now.failed_for_good} instance(s) failed and stay failed (restart.then: fail)"
     elif given_up:
         what = "every instance keeps failing: their restarts ran out"

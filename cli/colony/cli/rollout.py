@@ -316,12 +316,12 @@ async def follow(
             news = heard.taken() if heard else []
             news += [i for i in await records.instances(client, name, stale=True)]
             for i in news:
-                if i.version != version:
-                    continue
-                if (line := instance_news(i, seen.get(i.id), said)) and not args.json:
+                before = seen.get(i.id)
+                if i.version != version or (before is not None and i.changed < before.changed):
+                    continue  # reads and changes come unordered: an older record says nothing
+                if (line := instance_news(i, before, said)) and not args.json:
                     err.print(line, soft_wrap=True)
-                if i.id not in seen or i.changed >= seen[i.id].changed:
-                    seen[i.id] = i
+                seen[i.id] = i
             history = None
             if job is not None and job.version != version:
                 history = await _history_of(client, name, version)
