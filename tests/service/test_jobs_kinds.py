@@ -19,16 +19,24 @@ from colony.shared.jobspec import JobSpec, Task
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
     Change,
+    HealthReport,
     InstanceRecord,
     InstanceReport,
+    InstancesHealth,
     InstancesPlace,
     InstancesReport,
+    JobPromote,
     JobRecord,
+    JobRollback,
     JobRun,
+    JobVersion,
+    NodeDrain,
+    NodeDrained,
     NodeRegister,
     NodeStatus,
     Placement,
     QueryRequest,
+    RolloutProgress,
     Stored,
 )
 from colony.shared.signing import read_secret
@@ -140,3 +148,72 @@ async def _stream_exists(bus) -> bool:
     except BusError:
         return False
     return True
+
+
+async def test_rollouts_history_health_and_drain_through_every_voter(voters, bus):
+    """Issue 14's commands through real voters: each voter holds the same records."""
+    manager = await Cluster(bus, VOTERS).wait_manager(20)
+    client = Management(bus, VOTERS)
+    v1 = JobSpec(name="web", task=Task(command="sleep", args=["60"]), replicas=1)
+    v2 = msgspec.structs.replace(v1, task=Task(command="sleep", args=["61"]))
+    await client.propose(register("node-a"), register("node-b"))
+    [new] = (await client.propose(JobRun(spec=v1, cause="ann@box: colony job run"))).outcomes
+    assert new.value == "new"
+    place = InstancesPlace([placement("web-0-aaaa", "node-a", 0)])
+    assert (await client.propose(place, epoch=manager.epoch)).outcomes[0].ok
+    started = InstanceReport(id="web-0-aaaa", state="running", seq=1, started_at=5.0)
+    await client.propose(InstancesReport("node-a", [started]))
+
+    # health: only from the instance's node
+    report = HealthReport(id="web-0-aaaa", health="healthy", run=5.0, seq=10, output="ok")
+    [wrong] = (await client.propose(InstancesHealth("node-b", [report]))).outcomes
+    assert wrong.error == "instance web-0-aaaa is placed on node node-a, not node-b"
+    [right] = (await client.propose(InstancesHealth("node-a", [report]))).outcomes
+    assert right.value == "1 recorded"
+
+    # the rollout: the manager's progress, then a new version and a rollback to the first
+    with pytest.raises(ManagementError, match="needs the manager's epoch"):
+        await client.propose(RolloutProgress("web", 1, status="succeeded"))
+    done = RolloutProgress("web", 1, status="succeeded", placed=1, healthy=1)
+    assert (await client.propose(done, epoch=manager.epoch)).outcomes[0].value == "recorded"
+    await client.propose(JobRun(spec=v2, cause="ann@box: colony job run"))
+    [promote] = (await client.propose(JobPromote("web"))).outcomes
+    assert "has no canaries to promote" in promote.error
+    [back] = (await client.propose(JobRollback("web"))).outcomes
+    assert (back.ok, back.value, back.version) == (True, "rollback", 3)
+
+    # drain
+    [drain] = (await client.propose(NodeDrain("node-a", True, deadline=60.0))).outcomes
+    assert drain.value == "draining"
+    [ghost] = (await client.propose(NodeDrain("ghost", True))).outcomes
+    assert "no node ghost is known" in ghost.error
+    [drained] = (await client.propose(NodeDrained("node-a"), epoch=manager.epoch)).outcomes
+    assert drained.value == "drained"
+
+    seen = []
+    for voter in VOTERS:
+        [job] = await read(bus, voter, "jobs", "web")
+        [instance] = await read(bus, voter, "instances", "web-0-aaaa")
+        [node] = await read(bus, voter, "nodes", "node-a")
+        seen.append((job.value, instance.value, node.value))
+    assert seen[0] == seen[1] == seen[2]
+    job, instance, node = seen[0]
+    assert (job["version"], job["stable"], job["cause"]) == (3, 1, "rollback to version 1")
+    assert (job["rollout"]["version"], job["rollout"]["previous"]) == (3, 2)
+    assert (instance["health"], instance["health_run"], instance["health_output"]) == (
+        "healthy", 5.0, "ok",
+    )  # fmt: skip
+    assert (node["drain"], node["eligible"]) == ("drained", False)
+
+    # history: every version newest first, a page at a time; an unknown job at once
+    listing = await client.query_all("job_versions", key="web", limit=2)
+    versions = [msgspec.convert(s.value, JobVersion) for s in listing.objects]
+    assert [(v.version, v.outcome, v.current) for v in versions] == [
+        (3, "", True), (2, "superseded", False), (1, "succeeded", False),
+    ]  # fmt: skip
+    assert versions[0].spec == v1 and versions[1].cause == "ann@box: colony job run"
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    with pytest.raises(ManagementError, match="no job nope"):
+        await client.query_all("job_versions", key="nope")
+    assert loop.time() - asked < 5  # refused, not retried until the client gives up

@@ -131,7 +131,7 @@ class Management:
                 timeout = min(max(left, 0.1), ATTEMPT)
                 return await self.bus.request(subject_of(voter), request, timeout=timeout)
             except RemoteError as e:
-                if e.code == 400:
+                if e.code in (400, 404):  # bad input, or no such object: asking again won't help
                     raise ManagementError(str(e), retryable=False) from None
                 last = e
             except BusError as e:  # no responders, timeout: that voter is down
