@@ -45,7 +45,7 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any
 
 import aiosqlite
 import msgspec
@@ -260,12 +260,9 @@ def health_all(reports: list[tuple[Txn, InstancesHealth]]) -> list[Outcome]:
     return _observe(reports, _health)
 
 
-Observed = TypeVar("Observed", InstanceReport, HealthReport)
-
-
 def _observe(
     proposals: list[tuple[Txn, InstancesReport | InstancesHealth]],
-    apply: Callable[[InstanceRecord, Observed, float], InstanceRecord | None],
+    apply: Callable[[InstanceRecord, Any, float], InstanceRecord | None],
 ) -> list[Outcome]:
     """Apply what nodes observed, each report on its own: `apply` makes the record it
     leads to (None: it changes nothing). A report about an instance removed since is

@@ -24,7 +24,8 @@ JobStop ends it `stopped`. Its end is its version's outcome (job_versions).
 - JobPromote (clients; the manager for auto_promote): the canaries are promoted.
 - JobRollback (clients; the manager for auto_revert): a new version with an
   earlier version's spec, source and file (0: `stable`, else the newest earlier
-  version whose rollout succeeded); cause "rollback to version N" unless given.
+  version whose rollout succeeded); cause "rollback to version N" unless given. A
+  stopped job runs again, at that version.
 - RolloutProgress (the manager, with its epoch): its record of the rollout's
   batches and counts; a final status ends it (`succeeded` makes it `stable`).
   Ignored (value "ignored") unless it is about the running rollout (or marks a
@@ -36,14 +37,14 @@ own version (one more per change) is what reads and changes carry.
 Tables: `jobs`, one row per job: its `JobRecord` less the spec and source (the
 change's detail, as JSON), its status and spec version (the read's filters), a
 version that grows by one per change and its count of instances; `job_versions`,
-every version's spec, source, file, submission time, cause and outcome. Change kind `job` (id: the
-job; detail: the record less spec and source, which can be large: readers query the
-job; version 0: forgotten).
-Read: `query`, the latest `JobRecord` of one job or of every job; with
+every version's spec, source, file, submission time, cause and outcome. Change kind
+`job` (id: the job; detail: the record less spec and source, which can be large:
+readers query the job; version 0: forgotten).
+Reads: `query`, the latest `JobRecord` of one job or of every job; with
 `where={"version": "N"}`, the record at spec version N (what an instance placed at
-that version runs). The source text comes only when one job is asked for (by id). `history`, the
-`job_versions` read (a kind of its own, `VERSIONS`, with no tables or commands): one
-job's versions as `JobVersion`s, newest first.
+that version runs). The source text comes only when one job is asked for (by id).
+`history`, the `job_versions` read (a kind of its own, `VERSIONS`, with no tables or
+commands): one job's versions as `JobVersion`s, newest first.
 """
 
 from __future__ import annotations
