@@ -289,8 +289,9 @@ def test_a_new_version_forgets_where_the_old_one_failed():
     settled(view)
     fail(view)
     settled(view)
-    view.jobs["web"] = msgspec.structs.replace(view.jobs["web"], version=2)
-    view.specs[("web", 2)] = view.jobs["web"].spec
+    spec = msgspec.structs.replace(view.jobs["web"].spec, task=Task(command="sleep", args=["1"]))
+    view.jobs["web"] = msgspec.structs.replace(view.jobs["web"], version=2, spec=spec)
+    view.specs[("web", 2)] = spec
     [updated] = settled(view).places
     assert updated.failed_on == [] and updated.version == 2
 

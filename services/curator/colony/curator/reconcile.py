@@ -23,9 +23,26 @@ The rules, in the order they run:
    is placed.
 5. Instances desired `stop` that run nothing any more (a terminal state, or a dead or
    left node that cannot say) are removed, those stopped in this very round included.
+6. Rollouts (colony.curator.rollouts: running, halted or steady) and drain change rule 2:
+   - an older instance (one whose spec differs from the current version's outside
+     IN_PLACE) is replaced at once only in a steady job; in a rolling job it *leaves*
+     gently: a replacement (`replaces` = it) is placed beside it, and it stops once the
+     replacement is ready. So is an instance on a draining node (until the drain
+     deadline: then it stops at once). A slot may so hold one staying and one leaving
+     instance: they are not duplicates;
+   - a running rollout places its canaries (slots 0..canaries-1), proposes JobPromote
+     once they are ready (auto_promote), then replaces `max_parallel` slots at a time (a
+     batch, started when nothing is in flight; where no node has room beside the older
+     instance, the older one stops first), and records its progress (RolloutProgress,
+     only when it changed); it fails on a failed or unhealthy new instance or a missed
+     deadline (and with auto_revert proposes the rollback to the stable version), and
+     succeeds once every slot holds one ready current instance and nothing older runs;
+   - a draining node's instances migrate at most `max_parallel` per job at a time; a
+     draining node without instances is recorded drained (NodeDrained).
+   `Actions.wake` says when a time-based rule changes next (reconcile again then).
 
-Idempotent: applying the actions to the view and reconciling again yields none.
-Every decision carries its reason in plain words.
+Idempotent: applying the actions to the view and reconciling again (at the same `now`)
+yields none. Every decision carries its reason in plain words.
 """
 
 from __future__ import annotations
@@ -38,9 +55,11 @@ from typing import Literal
 
 import msgspec
 
+from colony.curator import rollouts
+from colony.curator.rollouts import Mode, earliest, ready
 from colony.curator.scheduler import TERMINAL, Ask, Decision, NodeView, schedule_all
 from colony.curator.view import View
-from colony.shared.jobspec import JobSpec
+from colony.shared.jobspec import JobSpec, diff, replaces_instances
 from colony.shared.messages import (
     MAX_FAILED_ON,
     Command,
@@ -49,11 +68,15 @@ from colony.shared.messages import (
     InstancesRemove,
     InstancesStop,
     JobBlocked,
+    JobPromote,
     JobRecord,
+    JobRollback,
+    NodeDrained,
     NodeStatus,
     Placement,
     PlannedPlacement,
     PlanReply,
+    RolloutProgress,
 )
 
 DEAD_AFTER = 60.0
@@ -79,23 +102,52 @@ class Actions:
     """What one reconcile decided, in the order it must be committed."""
 
     statuses: list[NodeStatus] = field(default_factory=list)
+    promotes: list[JobPromote] = field(default_factory=list)
+    """auto_promote: canaries all ready."""
+    progress: list[RolloutProgress] = field(default_factory=list)
+    """Rollouts' progress and ends (a failure and its revert one after the other)."""
+    rollbacks: list[JobRollback] = field(default_factory=list)
+    """auto_revert: each right after its job's failed and reverted progress."""
     stops: dict[str, str] = field(default_factory=dict)
     """Instance id -> why it stops."""
     places: list[Placement] = field(default_factory=list)
     blocked: list[JobBlocked] = field(default_factory=list)
+    drained: list[NodeDrained] = field(default_factory=list)
     removes: list[str] = field(default_factory=list)
     decisions: dict[str, Decision] = field(default_factory=dict)
     """The scheduler's decision per job that had slots to place (not an action: what a
     plan shows)."""
+    wake: float | None = None
+    """The next `View.now` at which a time-based rule decides otherwise (an instance
+    reaching min_healthy_time, a healthy, progress or drain deadline); None: nothing
+    waits for time. Not an action: the curator reconciles again then."""
 
     def __bool__(self) -> bool:
-        return bool(self.statuses or self.stops or self.places or self.blocked or self.removes)
+        return bool(
+            self.statuses
+            or self.promotes
+            or self.progress
+            or self.rollbacks
+            or self.stops
+            or self.places
+            or self.blocked
+            or self.drained
+            or self.removes
+        )
 
     def commands(self) -> list[Command]:
-        """As commands, in commit order: statuses, stops, placements (per job), blocked
-        jobs, removals. Within one proposal, a replacement commits with the stop of what
-        it replaces."""
-        found: list[Command] = list(self.statuses)
+        """As commands, in commit order: statuses, promotions, rollout progress (a
+        failure, its revert and the rollback together), stops, placements (per job),
+        blocked jobs, drained nodes, removals. Within one proposal, a replacement commits
+        with the stop of what it replaces; a batch's start is recorded before its
+        placements."""
+        found: list[Command] = [*self.statuses, *self.promotes]
+        rollbacks = {r.job: r for r in self.rollbacks}
+        for progress in self.progress:
+            found.append(progress)
+            if progress.status == "reverted" and progress.job in rollbacks:
+                found.append(rollbacks.pop(progress.job))
+        found += rollbacks.values()
         by_reason: dict[str, list[str]] = defaultdict(list)
         for id, why in self.stops.items():
             by_reason[why].append(id)
@@ -107,6 +159,7 @@ class Actions:
         for placements in by_job.values():  # a refused job's placements stop no other job's
             found += [InstancesPlace(placements=c) for c in _chunks(placements, PLACE_BATCH)]
         found += self.blocked
+        found += self.drained
         found += [InstancesRemove(ids=chunk) for chunk in _chunks(self.removes, IDS_BATCH)]
         return found
 
@@ -123,6 +176,7 @@ def reconcile(
     for instance in sorted(view.instances.values(), key=lambda i: i.id):
         by_job[instance.job].append(instance)
     wanted: dict[str, dict[int, _Slot]] = {}
+    rounds: list[_Round] = []
     for name, job in sorted(view.jobs.items()):
         if job.status == "stopped":
             for i in by_job[name]:
@@ -131,9 +185,15 @@ def reconcile(
             if job.blocked:
                 actions.blocked.append(JobBlocked(job=name, reason=""))
         else:
-            wanted[name] = _slots(view, job, by_job[name], status, actions)
+            one = _Round(view, job, status)
+            wanted[name] = one.slots(by_job[name], actions)
+            rounds.append(one)
     _place(view, wanted, status, actions, token, stops_ended)
+    for one in rounds:
+        one.finish(actions)
     _remove(view, status, actions)
+    _drained(view, status, actions)
+    actions.wake = earliest(*(one.wake for one in rounds), _drain_wake(view))
     return actions
 
 
@@ -148,6 +208,12 @@ class _Slot:
     stop_if_placed: bool = False
     """`replaces` stops only once its replacement is placed (a failed instance stays
     put, and its slot blocked, while no node can take it)."""
+    stop_unless_placed: bool = False
+    """A batch: `replaces` keeps running beside its replacement, or, where no node has
+    room for it, stops first (its replacement is placed once it is gone)."""
+    canary: bool = False
+    stop_reason: str = ""
+    """Why `replaces` stops when `stop_unless_placed` finds no room."""
 
 
 def _node_statuses(view: View, actions: Actions) -> dict[str, str]:
@@ -179,64 +245,278 @@ def _name(view: View, node: str) -> str:
     return (record.name if record else "") or node
 
 
-def _slots(
-    view: View,
-    job: JobRecord,
-    instances: list[InstanceRecord],
-    status: dict[str, str],
-    actions: Actions,
-) -> dict[int, _Slot]:
-    """Decide the job's stops; return its slots to place."""
-    holders: dict[int, list[InstanceRecord]] = defaultdict(list)
-    slots: dict[int, _Slot] = {}
-    for i in instances:
-        if i.desired == "stop":
-            if i.slot < job.replicas and i.slot not in slots:  # its slot may be empty since
-                why = f"slot {i.slot} is empty: {i.id} stopped ({i.desired_reason})"
-                slots[i.slot] = _Slot(why, i.id, _failed_on(job, i, i.state == "failed"))
-            continue
-        if i.slot >= job.replicas:
-            actions.stops[i.id] = f"scaled to {job.replicas}"
-            continue
-        why, failed = _replace_why(view, job, i, status)
-        if not why:
-            holders[i.slot].append(i)
-            continue
-        slots[i.slot] = _Slot(why, i.id, _failed_on(job, i, failed), stop_if_placed=failed)
-        if not failed:
-            actions.stops[i.id] = why
-    for slot, found in holders.items():
-        keep = max(found, key=lambda i: (RANK.get(i.state, 0), i.version, i.placed, i.id))
-        extra = [i.id for i in found if i is not keep]
-        if slot in slots and slots[slot].stop_if_placed:  # failed, and held by another
-            extra.append(slots[slot].replaces)
-        for id in extra:
-            actions.stops[id] = f"slot {slot} of {job.name} has {keep.id} already"
-    fresh = f"scaled to {job.replicas}" if instances else f"job {job.name} submitted"
-    return {
-        slot: slots.get(slot) or _Slot(fresh) for slot in range(job.replicas) if slot not in holders
-    }
+class _Round:
+    """One job (not stopped) in one reconcile: which of its instances stay, which leave
+    (older ones in a rolling job, those on a draining node) and which are replaced at
+    once; its rollout's canaries, batches, failure or success; its drain migrations."""
 
+    def __init__(self, view: View, job: JobRecord, status: dict[str, str]) -> None:
+        self.view, self.job, self.status = view, job, status
+        self.now = view.now
+        self.mode: Mode = rollouts.mode(job)
+        self.rolling = self.mode == "running"
+        """Whether the rollout ran at the start of this round (it may fail in it)."""
+        rollout = job.rollout
+        self.promoted = rollout.promoted if rollout else True
+        self.canaries = min(rollout.canaries, job.replicas) if rollout else 0
+        self.batch = rollout.batch if rollout else 0
+        self.batch_started = rollout.batch_started if rollout else 0.0
+        self.failure = ""
+        self.keep: dict[int, InstanceRecord] = {}
+        """Per slot, the instance that stays (current, not on a draining node)."""
+        self.leave: dict[int, InstanceRecord] = {}
+        """Per slot, the instance that leaves once its replacement is ready."""
+        self.deadlines: list[float | None] = []
+        """When a running rollout fails if nothing changes (its healthy and progress
+        deadlines)."""
+        self.wake: float | None = None
+        self._current: dict[int, bool] = {}
 
-def _replace_why(
-    view: View, job: JobRecord, i: InstanceRecord, status: dict[str, str]
-) -> tuple[str, bool]:
-    """Why instance `i` (desired run, in range) must be replaced ('' : it must not), and
-    whether it failed there (its replacement avoids its node)."""
-    node = _name(view, i.node)
-    if status.get(i.node) in GONE:
-        return f"node {node} is {status[i.node]}", False
-    if i.state == "lost":
-        return f"instance {i.id} was lost on node {node}", False
-    if i.version < job.version:
-        return f"updated to version {job.version}", False
-    if i.state == "failed":
-        spec = view.spec_of(i)
-        if spec is None or spec.restart.then == "reschedule":
-            said = i.reason or (f"exit code {i.exit_code}" if i.exit_code is not None else "")
-            why = f"restarts ran out on node {node}" + (f": {said}" if said else "")
-            return why, True
-    return "", False
+    def current(self, i: InstanceRecord) -> bool:
+        """Whether `i` runs the current version as it is: placed at it, or at an older
+        one that differs only in what changes in place (IN_PLACE)."""
+        job = self.job
+        if i.version == job.version:
+            return True
+        found = self._current.get(i.version)
+        if found is None:
+            spec = self.view.specs.get((job.name, i.version))
+            found = (
+                spec is not None
+                and i.version < job.version
+                and not replaces_instances(spec, job.spec)
+            )
+            self._current[i.version] = found
+        return found
+
+    def draining(self, i: InstanceRecord) -> bool:
+        record = self.view.nodes.get(i.node)
+        return record is not None and record.drain == "draining"
+
+    def ready(self, i: InstanceRecord | None) -> bool:
+        return i is not None and ready(i, self.job.spec, self.now)
+
+    def slots(self, instances: list[InstanceRecord], actions: Actions) -> dict[int, _Slot]:
+        """Decide the job's stops and rollout; return its slots to place."""
+        job = self.job
+        holders: dict[int, list[InstanceRecord]] = defaultdict(list)
+        leaving: dict[int, list[InstanceRecord]] = defaultdict(list)
+        slots: dict[int, _Slot] = {}
+        replaced: set[int] = set()
+        for i in instances:
+            if i.desired == "stop":
+                if i.slot < job.replicas and i.slot not in slots:  # its slot may be empty since
+                    why = f"slot {i.slot} is empty: {i.id} stopped ({i.desired_reason})"
+                    slots[i.slot] = _Slot(why, i.id, _failed_on(job, i, i.state == "failed"))
+                continue
+            if i.slot >= job.replicas:
+                actions.stops[i.id] = f"scaled to {job.replicas}"
+                continue
+            why, failed = self.replace_why(i)
+            if why:
+                slots[i.slot] = _Slot(why, i.id, _failed_on(job, i, failed), stop_if_placed=failed)
+                replaced.add(i.slot)
+                if not failed:
+                    actions.stops[i.id] = why
+                continue
+            leaves = self.draining(i) or (self.mode != "steady" and not self.current(i))
+            (leaving if leaves else holders)[i.slot].append(i)
+        # One staying and one leaving instance per slot: the best of each (a manager may
+        # have died between placing a replacement and stopping what it replaced).
+        for group, kept in ((holders, self.keep), (leaving, self.leave)):
+            for slot, found in group.items():
+                keep = kept[slot] = max(
+                    found, key=lambda i: (RANK.get(i.state, 0), i.version, i.placed, i.id)
+                )
+                extra = [i.id for i in found if i is not keep]
+                if group is holders and slot in slots and slots[slot].stop_if_placed:
+                    extra.append(slots[slot].replaces)  # failed, and held by another
+                for id in extra:
+                    actions.stops[id] = f"slot {slot} of {job.name} has {keep.id} already"
+        places = {
+            slot: slots.get(slot) or _Slot(self.fresh(instances))
+            for slot in range(job.replicas)
+            if slot not in holders and (slot not in leaving or slot in replaced)
+        }
+        if self.rolling:
+            self.fail_or_promote(instances, places, actions)
+        self.stop_replaced(actions)
+        self.migrate(places)
+        return places
+
+    def fresh(self, instances: list[InstanceRecord]) -> str:
+        return f"scaled to {self.job.replicas}" if instances else f"job {self.job.name} submitted"
+
+    def replace_why(self, i: InstanceRecord) -> tuple[str, bool]:
+        """Why instance `i` (desired run, in range) must be replaced at once ('' : it
+        must not), and whether it failed there (its replacement avoids its node)."""
+        view, job = self.view, self.job
+        node = _name(view, i.node)
+        if self.status.get(i.node) in GONE:
+            return f"node {node} is {self.status[i.node]}", False
+        if i.state == "lost":
+            return f"instance {i.id} was lost on node {node}", False
+        record = view.nodes.get(i.node)
+        deadline = record.drain_deadline if record and record.drain == "draining" else 0.0
+        if deadline and self.now >= deadline:
+            return f"node {node} is draining and its deadline passed", False
+        if self.mode == "steady" and not self.current(i):
+            return f"updated to version {job.version}", False
+        if i.state == "failed":
+            spec = view.spec_of(i)
+            if spec is None or spec.restart.then == "reschedule":
+                said = i.reason or (f"exit code {i.exit_code}" if i.exit_code is not None else "")
+                why = f"restarts ran out on node {node}" + (f": {said}" if said else "")
+                return why, True
+        return "", False
+
+    def in_flight(self, places: dict[int, _Slot]) -> set[int]:
+        """Slots being replaced: placed now, or whose new instance is not ready yet."""
+        version = self.job.version
+        found = set(places)
+        found.update(
+            slot
+            for slot, new in self.keep.items()
+            if new.version == version and not self.ready(new)
+        )
+        return found
+
+    def fail_or_promote(
+        self, instances: list[InstanceRecord], places: dict[int, _Slot], actions: Actions
+    ) -> None:
+        """A running rollout: fail it (a new instance failed, or a deadline passed), or
+        promote its canaries once all are ready (auto_promote)."""
+        job, spec = self.job, self.job.spec
+        deadlines = self.deadlines
+        for i in instances:
+            if i.desired != "run" or i.slot >= job.replicas or i.version != job.version:
+                continue
+            why, at = rollouts.instance_failure(i, spec, self.now, _name(self.view, i.node))
+            if why:
+                self.fail(why)
+                return
+            deadlines.append(at)
+        if self.promoted and job.rollout is not None and self.in_flight(places):
+            why, at = rollouts.batch_failure(job.rollout, spec, self.now)
+            if why:
+                self.fail(why)
+                return
+            deadlines.append(at)
+        if self.promoted or not spec.update.auto_promote:
+            return
+        if all(self.ready(self.keep.get(slot)) for slot in range(self.canaries)):
+            said = f"{self.canaries} canaries of version {job.version} healthy (auto_promote)"
+            if self.canaries == 1:
+                said = f"the canary of version {job.version} is healthy (auto_promote)"
+            actions.promotes.append(JobPromote(job=job.name, reason=said))
+            self.promoted = True
+
+    def fail(self, why: str) -> None:
+        self.failure = why[:MAX_REASON]
+        self.mode = "halted"
+
+    def stop_replaced(self, actions: Actions) -> None:
+        """A leaving instance stops once the one that stays in its slot is ready: always
+        on a draining node; in a running rollout, unless it waits beside an unpromoted
+        canary; never in a halted rollout (it halted where it was)."""
+        for slot, old in self.leave.items():
+            new = self.keep.get(slot)
+            if new is None or not self.ready(new):
+                continue
+            if self.draining(old):
+                where = _name(self.view, old.node)
+                actions.stops[old.id] = f"node {where} is draining: {new.id} replaced it"
+            elif self.mode == "running" and (self.promoted or slot >= self.canaries):
+                said = f"updated to version {self.job.version}: {new.id} is healthy"
+                actions.stops[old.id] = said
+
+    def migrate(self, places: dict[int, _Slot]) -> None:
+        """Start replacing leaving instances: a running rollout's canaries, or its next
+        batch once nothing is in flight; then drain migrations, up to max_parallel of the
+        job in flight."""
+        job, update = self.job, self.job.spec.update
+        pending = [
+            slot for slot in sorted(self.leave) if slot not in self.keep and slot not in places
+        ]
+        olds = [slot for slot in pending if not self.draining(self.leave[slot])]
+        if self.mode == "running" and olds:
+            if not self.promoted:
+                for slot in olds:
+                    if slot < self.canaries:
+                        old = self.leave[slot]
+                        why = f"canary of version {job.version} beside {old.id}"
+                        places[slot] = _Slot(why, old.id, canary=True)
+            elif not self.in_flight(places):
+                self.batch += 1
+                self.batch_started = self.now
+                for slot in olds[: update.max_parallel]:
+                    old = self.leave[slot]
+                    why = f"batch {self.batch} of version {job.version}: replaces {old.id}"
+                    stop = f"batch {self.batch} of version {job.version}: no room beside it"
+                    places[slot] = _Slot(why, old.id, stop_unless_placed=True, stop_reason=stop)
+        room = update.max_parallel - len(self.in_flight(places))
+        for slot in [slot for slot in pending if slot not in olds][: max(room, 0)]:
+            old = self.leave[slot]
+            why = f"node {_name(self.view, old.node)} is draining: replaces {old.id}"
+            places[slot] = _Slot(why, old.id)
+
+    def finish(self, actions: Actions) -> None:
+        """After placement: the rollout's progress, failure, revert or success; when
+        something here changes with time."""
+        job = self.job
+        if any(self.draining(old) for old in self.leave.values()) or self.mode == "running":
+            self.wake = earliest(
+                *(
+                    at
+                    for new in self.keep.values()
+                    if (at := rollouts.ready_at(new, job.spec)) is not None and at > self.now
+                ),
+            )
+        if not self.rolling or job.rollout is None:
+            return
+        placed_now = {p.slot for p in actions.places if p.job == job.name}
+        placed = healthy = 0
+        done = True
+        for slot in range(job.replicas):
+            new = self.keep.get(slot)
+            old = self.leave.get(slot)
+            placed += new is not None or slot in placed_now
+            healthy += self.ready(new)
+            gone = old is None or old.id in actions.stops
+            done = done and self.ready(new) and slot not in placed_now and gone
+        rollout = job.rollout
+        said = dict(job=job.name, version=job.version, batch=self.batch)
+        said.update(batch_started=self.batch_started, placed=placed, healthy=healthy)
+        if self.failure:
+            actions.progress.append(RolloutProgress(**said, status="failed", reason=self.failure))
+            stable = job.stable
+            if job.spec.update.auto_revert and stable and stable != job.version:
+                cause = f"auto-revert: version {job.version} failed: {self.failure}"
+                reverted = f"reverted to version {stable}: {self.failure}"
+                actions.progress.append(
+                    RolloutProgress(**said, status="reverted", reason=reverted[:MAX_REASON])
+                )
+                actions.rollbacks.append(
+                    JobRollback(job=job.name, version=stable, cause=cause[:MAX_REASON])
+                )
+            return
+        if done:
+            actions.progress.append(RolloutProgress(**said, status="succeeded"))
+            return
+        # What this round started has deadlines too (a wake too early decides nothing).
+        update = job.spec.update
+        if placed_now:
+            self.deadlines.append(self.now + update.healthy_deadline)
+        if self.promoted and self.batch:
+            self.deadlines.append(self.batch_started + update.progress_deadline)
+        self.wake = earliest(self.wake, *self.deadlines)
+        if (self.batch, self.batch_started, placed, healthy) != (
+            rollout.batch,
+            rollout.batch_started,
+            rollout.placed,
+            rollout.healthy,
+        ):
+            actions.progress.append(RolloutProgress(**said))
 
 
 def _failed_on(job: JobRecord, i: InstanceRecord, failed: bool) -> tuple[str, ...]:
@@ -258,25 +538,17 @@ def _place(
     stops_ended: bool,
 ) -> None:
     """Ask the scheduler for every job's empty slots; record what does not fit. With
-    `stops_ended`, what this round stops holds nothing any more (as once it ended)."""
+    `stops_ended`, what this round stops holds nothing any more (as once it ended). A
+    batch's slot that finds no room beside the instance it replaces has that instance
+    stopped first, and is asked for again."""
     nodes = [
         NodeView(
-            msgspec.structs.replace(record, status=status[node]),
+            msgspec.structs.replace(
+                record, status=status[node], eligible=record.eligible and not record.drain
+            ),
             view.labels.get(node, {}),
         )
         for node, record in sorted(view.nodes.items())
-    ]
-    # What holds resources after this round: the stops applied, the failed instances to
-    # replace among them (they run nothing: their replacement may take their node). The
-    # scheduler adds what it places for one job before it places the next.
-    stopping = set(actions.stops)
-    stopping.update(
-        s.replaces for slots in wanted.values() for s in slots.values() if s.stop_if_placed
-    )
-    state = {"state": "exited"} if stops_ended else {}
-    instances = [
-        msgspec.structs.replace(i, desired="stop", **state) if i.id in stopping else i
-        for i in view.instances.values()
     ]
     asks = {
         name: Ask(
@@ -289,7 +561,47 @@ def _place(
         for name, slots in wanted.items()
         if slots
     }
+    instances = _after(view, wanted, actions, stops_ended)
     decisions = dict(zip(asks, schedule_all(nodes, instances, list(asks.values())), strict=True))
+    first = {
+        name: [slot for slot in d.unplaced if wanted[name][slot].stop_unless_placed]
+        for name, d in decisions.items()
+    }
+    if again := {name: slots for name, slots in first.items() if slots}:
+        for name, slots in again.items():
+            for slot in slots:
+                why = wanted[name][slot]
+                actions.stops[why.replaces] = why.stop_reason
+                reason = f"{why.reason} (it stopped first: no room beside it)"
+                wanted[name][slot] = _Slot(reason, why.replaces)
+        placed = [
+            InstanceRecord(
+                id=f"{name}-{slot}-?",
+                job=name,
+                version=view.jobs[name].version,
+                slot=slot,
+                node=node,
+                cpu=view.jobs[name].spec.resources.cpu,
+                memory=view.jobs[name].spec.resources.memory,
+                ports=ports,
+            )
+            for name, decision in decisions.items()
+            for slot, node, ports in decision.placements
+        ]
+        instances = _after(view, wanted, actions, stops_ended) + placed
+        retry = {
+            name: msgspec.structs.replace(asks[name], slots=decisions[name].unplaced)
+            for name in again
+        }
+        for name, decision in zip(
+            retry, schedule_all(nodes, instances, list(retry.values())), strict=True
+        ):
+            before = decisions[name]
+            decisions[name] = Decision(
+                placements=before.placements + decision.placements,
+                unplaced=decision.unplaced,
+                no_fit=decision.no_fit,
+            )
     actions.decisions.update(decisions)
     taken = set(view.instances)
     for name, slots in wanted.items():
@@ -303,6 +615,24 @@ def _place(
         blocked = _blocked(job, decision)
         if blocked != job.blocked:
             actions.blocked.append(JobBlocked(job=name, reason=blocked))
+
+
+def _after(
+    view: View, wanted: dict[str, dict[int, _Slot]], actions: Actions, stops_ended: bool
+) -> list[InstanceRecord]:
+    """The instances as they hold resources after this round: the stops applied, the
+    failed instances to replace among them (they run nothing: their replacement may take
+    their node). The scheduler adds what it places for one job before it places the
+    next."""
+    stopping = set(actions.stops)
+    stopping.update(
+        s.replaces for slots in wanted.values() for s in slots.values() if s.stop_if_placed
+    )
+    state = {"state": "exited"} if stops_ended else {}
+    return [
+        msgspec.structs.replace(i, desired="stop", **state) if i.id in stopping else i
+        for i in view.instances.values()
+    ]
 
 
 def _placement(
@@ -330,6 +660,7 @@ def _placement(
         replaces=why.replaces,
         reason=why.reason[:MAX_REASON],
         failed_on=list(why.avoid),
+        canary=why.canary,
     )
 
 
@@ -350,6 +681,30 @@ def _remove(view: View, status: dict[str, str], actions: Actions) -> None:
             actions.removes.append(id)
 
 
+def _drained(view: View, status: dict[str, str], actions: Actions) -> None:
+    """A draining node with no instance desired run and none running is drained."""
+    draining = {node for node, record in view.nodes.items() if record.drain == "draining"}
+    if not draining:
+        return
+    busy = set()
+    for i in view.instances.values():
+        if i.node in draining:
+            running = i.state not in TERMINAL and status.get(i.node) not in GONE
+            if running or (i.desired == "run" and i.id not in actions.stops):
+                busy.add(i.node)
+    actions.drained += [NodeDrained(node=node) for node in sorted(draining - busy)]
+
+
+def _drain_wake(view: View) -> float | None:
+    return earliest(
+        *(
+            record.drain_deadline
+            for record in view.nodes.values()
+            if record.drain == "draining" and record.drain_deadline > view.now
+        )
+    )
+
+
 def plan(view: View, spec: JobSpec, epoch: int, token: Callable[[], str] = token) -> PlanReply:
     """What submitting `spec` (JobRun) would do now: the job as the jobs kind would record
     it, reconciled in a copy of the view. Nothing is written. What it places is decided
@@ -367,7 +722,18 @@ def plan(view: View, spec: JobSpec, epoch: int, token: Callable[[], str] = token
     record = JobRecord(name=spec.name, version=version, spec=spec, replicas=replicas)
     actions = reconcile(view.with_job(record), token, stops_ended=True)
     decision = actions.decisions.get(spec.name)
+    changes, replace, canary = [], 0, 0
+    if current is not None and change == "update":
+        changes = diff(current.spec, spec)
+        running = [i for i in view.instances.values() if i.job == spec.name and i.desired == "run"]
+        replace = sum(1 for i in running if _replaced(view, i, spec))
+        canary = min(spec.update.canary, replace)
     return PlanReply(
+        diff=changes,
+        in_place=change == "update" and replace == 0,
+        replace=replace,
+        max_parallel=spec.update.max_parallel,
+        canary=canary,
         job=spec.name,
         change=change,
         version=version,
@@ -381,6 +747,12 @@ def plan(view: View, spec: JobSpec, epoch: int, token: Callable[[], str] = token
         no_fit=list(decision.no_fit) if decision else [],
         epoch=epoch,
     )
+
+
+def _replaced(view: View, i: InstanceRecord, spec: JobSpec) -> bool:
+    """Whether instance `i` must be replaced to run `spec` (its own spec unknown: yes)."""
+    own = view.specs.get((i.job, i.version))
+    return own is None or replaces_instances(own, spec)
 
 
 def _chunks(items: list, size: int) -> list[list]:
