@@ -48,6 +48,11 @@ HTTP = HealthCheck(
 )  # fmt: skip
 WEB = JobSpec(name="web", task=Task(command="sleep", args=["300"]), ports=["web"], checks=[HTTP])
 PLAIN = JobSpec(name="plain", task=Task(command="sleep", args=["300"]))
+LONG_TRUE = "/" + "./" * 80 + "bin/true"  # its check's name is longer than a report holds
+TOOL = JobSpec(
+    name="tool", task=Task(command="sleep", args=["300"]),
+    checks=[HealthCheck(type="exec", command=LONG_TRUE, interval=0.1, timeout=1)],
+)  # fmt: skip
 
 
 class Sick:
@@ -131,16 +136,20 @@ async def running_instances(client: Management, bus, ports: dict[str, int]) -> N
         node=NODE, name=NODE, address=HOST, cpu=4, memory=2**32, drivers=["process"],
         port_lo=21000, port_hi=21099,
     )  # fmt: skip
-    for command in (register, JobRun(spec=WEB), JobRun(spec=PLAIN)):
+    for command in (register, JobRun(spec=WEB), JobRun(spec=PLAIN), JobRun(spec=TOOL)):
         assert (await client.propose(command)).outcomes[0].ok
     places = InstancesPlace(
-        [placement("web-0-aaaa", "web", ports), placement("plain-0-bbbb", "plain", {})]
+        [
+            placement("web-0-aaaa", "web", ports),
+            placement("plain-0-bbbb", "plain", {}),
+            placement("tool-0-cccc", "tool", {}),
+        ]
     )
     placed = await client.propose(places, epoch=epoch)
     assert placed.outcomes[0].ok, placed.outcomes[0].error
     reports = [
         InstanceReport(id=id, state="running", seq=2, pid=os.getpid(), started_at=RUN, at=RUN)
-        for id in ("web-0-aaaa", "plain-0-bbbb")
+        for id in ("web-0-aaaa", "plain-0-bbbb", "tool-0-cccc")
     ]
     reported = await client.propose(InstancesReport(node=NODE, reports=reports))
     assert reported.outcomes[0].ok, reported.outcomes[0].error
@@ -223,9 +232,14 @@ async def test_checks_start_once_the_agent_answers(nats_server, voters, bus):
     try:
         await samples.next(timeout=10)
         agent = StandInAgent(bus)
-        agent.targets = CheckTargets(node=NODE, targets=[target("plain-0-bbbb", PLAIN, {})])
+        agent.targets = CheckTargets(
+            node=NODE,
+            targets=[target("plain-0-bbbb", PLAIN, {}), target("tool-0-cccc", TOOL, {})],
+        )
         await agent.start()
         await until(client, "plain-0-bbbb", lambda r: r.health == "healthy", "healthy once asked")
+        tool = await until(client, "tool-0-cccc", lambda r: r.health == "healthy", "exec passes")
+        assert tool.health_check == f"exec {LONG_TRUE}"[:128] and tool.health_output == "exit 0"
     finally:
         stop.set()
         assert await asyncio.wait_for(monitor, runner.SHUTDOWN_GRACE) == 0

@@ -43,6 +43,8 @@ MAX_REPORTS = 4096
 """Reports in one InstancesHealth, at most (the command's bound)."""
 ASK_TIMEOUT = 2.0
 """Seconds the agent may take to say what runs here before it is asked again."""
+MAX_CHECK_NAME = 128
+"""Characters of a check's name a HealthReport holds (its bound)."""
 NEW_RUN_SPREAD = 0.5
 """Seconds at most a new run's first check waits (checks of runs found at start are
 spread over their whole interval)."""
@@ -105,9 +107,7 @@ class Checker:
         first, self.started = not self.started, True
         runs = {id: c.health.run for id, c in self.checked.items()}
         start, stop = changed_runs(runs, targets.targets)
-        for id in stop:
-            gone = self.checked.pop(id)
-            await tasks.cancel(*gone.tasks)
+        await tasks.cancel(*(t for id in stop for t in self.checked.pop(id).tasks))
         for target in start:
             checked = self.checked[target.id] = Checked(target, RunHealth.of(target))
             self._decided(checked, checked.health.start())
@@ -141,7 +141,7 @@ class Checker:
                 health=decision.health,  # type: ignore[arg-type]
                 run=target.run,
                 output=decision.output,
-                check=decision.check,
+                check=decision.check[:MAX_CHECK_NAME],  # an exec's command may be longer
                 seq=self.outbox.seq(),
                 at=self.clock.time(),
             )
