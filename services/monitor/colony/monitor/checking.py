@@ -138,7 +138,7 @@ class Checker:
         self.outbox.put(
             HealthReport(
                 id=target.id,
-                health=decision.health,  # type: ignore[arg-type]
+                health=decision.health,
                 run=target.run,
                 output=decision.output,
                 check=decision.check[:MAX_CHECK_NAME],  # an exec's command may be longer

@@ -20,14 +20,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from colony.shared.jobspec import HealthCheck, check_name
-from colony.shared.messages import CheckState, CheckTarget
+from colony.shared.messages import CheckState, CheckTarget, Health
 
 
 @dataclass(frozen=True)
 class Decision:
     """A health the run turned to, and the check (and its output) that decided it."""
 
-    health: str
+    health: Health
     check: str = ""
     output: str = ""
 
@@ -86,7 +86,7 @@ class RunHealth:
             return self._turn("healthy", record)
         return None
 
-    def _turn(self, health: str, by: CheckRecord) -> Decision | None:
+    def _turn(self, health: Health, by: CheckRecord) -> Decision | None:
         if health == self.health:
             return None
         self.health = health
