@@ -1,7 +1,9 @@
 """The node agent with three real voters and a real nats-server: it registers its node,
 starts what the manager places on it (the test proposes placements with the manager's
 epoch), reports it running with a live pid, restarts it when it is killed, stops it when
-desired, serves its output, and, after a kill -9 of the agent, adopts the same process."""
+desired, serves its output, and, after a kill -9 of the agent, adopts the same process.
+It tells its node's monitor what runs (served and published), restarts an instance the
+monitor's recorded verdict says is unhealthy, and waits a job's shutdown delay before a stop."""
 
 from __future__ import annotations
 
@@ -22,18 +24,23 @@ import psutil
 import pytest
 from _voters import running
 
+from colony.bootstrapper.agent import service as agent_service
 from colony.bootstrapper.agent.drivers.base import Handle, InstanceSpec
 from colony.bootstrapper.agent.drivers.process import ProcessDriver
 from colony.bootstrapper.agent.service import Agent
 from colony.harness.processes import poll
-from colony.shared import changes, runner, subjects
+from colony.shared import changes, runner, subjects, tasks
 from colony.shared.cluster import Cluster
 from colony.shared.config import AgentSettings, Config, ConsensusSettings
 from colony.shared.config import dumps as config_dumps
-from colony.shared.jobspec import JobSpec, RestartPolicy, Task
+from colony.shared.jobspec import HealthCheck, JobSpec, RestartPolicy, Task
 from colony.shared.management import Management
 from colony.shared.messages import (
+    CheckTargets,
+    CheckTargetsRequest,
+    HealthReport,
     InstanceRecord,
+    InstancesHealth,
     InstancesPlace,
     InstancesRemove,
     InstancesStop,
@@ -486,3 +493,193 @@ def _of_instance(process: psutil.Process, id: str) -> bool:
         )
     except psutil.Error:
         return False
+
+
+# --- what the node's monitor checks, health, shutdown delay (issue 14) ----------------
+
+CHECKED = msgspec.structs.replace(
+    SPEC,
+    checks=[HealthCheck(type="tcp", port="http", interval=1.0)],
+    restart=RestartPolicy(attempts=3, delay=1.0, backoff=1.0),
+)
+
+
+@contextlib.asynccontextmanager
+async def hearing(bus, subject):
+    """Every message on `subject` from now on, in the list it yields (as they come)."""
+    heard: list = []
+    subscription = await bus.subscribe(subject)
+
+    async def hear():
+        async for message in subscription:
+            heard.append(message)
+
+    task = asyncio.create_task(hear())
+    try:
+        yield heard
+    finally:
+        await tasks.cancel(task)
+        await subscription.stop()
+
+
+def runs(targets: CheckTargets) -> dict[str, float]:
+    return {t.id: t.run for t in targets.targets}
+
+
+async def served(bus) -> CheckTargets:
+    return await bus.request(subjects.agent_checks(NODE), CheckTargetsRequest(), timeout=2)
+
+
+async def test_the_running_instances_are_served_and_published_for_the_monitor(
+    voters, bus, config, monkeypatch
+):
+    """Each run of an instance is a target (its started_at the run) from the moment it is
+    running until it ends: published at once at every change, and again while nothing
+    changes; asked for, the same set."""
+    monkeypatch.setattr(agent_service, "CHECKS_EVERY", 0.3)
+    epoch = await manager_epoch(bus)
+    client = Management(bus, VOTERS)
+    id = "web-0-aaaa"
+    async with hearing(bus, subjects.agent_checks_changed(NODE)) as heard:
+        agent = InProcess(config)
+        try:
+            await poll(lambda: registered(client), 15, "the agent to register its node")
+            assert (await client.propose(JobRun(spec=CHECKED))).outcomes[0].ok
+            placed = await client.propose(InstancesPlace([placement(id)]), epoch=epoch)
+            assert placed.outcomes[0].ok
+            first = await until(client, id, lambda r: r.state == "running", "running")
+            await poll(
+                lambda: any(runs(m) == {id: first.started_at} for m in heard), 10, "published"
+            )
+            (target,) = (await served(bus)).targets
+            assert (target.id, target.job, target.version, target.run, target.pid) == (
+                id, "web", 1, first.started_at, first.pid
+            )  # fmt: skip
+            assert (target.host, target.ports, target.checks) == (
+                config.agent.address, {"http": 21000}, CHECKED.checks
+            )  # fmt: skip
+            process = psutil.Process(first.pid)
+            assert target.env.items() <= process.environ().items()  # as it was given
+            assert {"PORT", "PORT_HTTP", "COLONY_INSTANCE", "COLONY_NODE"} <= target.env.keys()
+            assert target.workdir == str(Path(config.agent.dir) / id) == process.cwd()
+
+            # nothing changes: published again all the same
+            seen = len(heard)
+            await poll(lambda: len(heard) >= seen + 3, 10, "the set published again")
+            assert all(runs(m) == {id: first.started_at} for m in heard[seen:])
+
+            seen = len(heard)
+            os.kill(first.pid, signal.SIGKILL)  # exits: gone; restarted a second later: a new run
+            again = await until(
+                client, id, lambda r: r.state == "running" and r.restarts == 1, "a restart"
+            )
+            await poll(
+                lambda: any(runs(m) == {id: again.started_at} for m in heard[seen:]),
+                10,
+                "the restarted run published",
+            )
+            between = [runs(m) for m in heard[seen:]]
+            assert {} in between[: between.index({id: again.started_at})], between
+            assert again.started_at > first.started_at
+
+            stop = InstancesStop([id], reason="scaled to 0")
+            assert (await client.propose(stop, epoch=epoch)).outcomes[0].ok
+            await until(client, id, lambda r: r.state == "exited", "stopped")
+            await poll(lambda: heard and runs(heard[-1]) == {}, 10, "the stop published")
+            assert (await served(bus)).targets == []
+        finally:
+            assert await agent.stopped() == 0
+
+
+async def test_an_instance_its_monitor_finds_unhealthy_is_restarted_by_its_policy(
+    voters, bus, config
+):
+    """The monitor's verdict on the run it runs now, recorded: the agent kills that run
+    and restarts it as a failed attempt (its reason says which check said what), once."""
+    epoch = await manager_epoch(bus)
+    client = Management(bus, VOTERS)
+    id = "web-0-aaaa"
+    secret = read_secret(config.consensus.secret_file)
+    agent = InProcess(config)
+    try:
+        await poll(lambda: registered(client), 15, "the agent to register its node")
+        assert (await client.propose(JobRun(spec=CHECKED))).outcomes[0].ok
+        assert (await client.propose(InstancesPlace([placement(id)]), epoch=epoch)).outcomes[0].ok
+        first = await until(client, id, lambda r: r.state == "running", "running")
+        seen: list = []
+        start = await changes.last_index(bus, secret)
+        follower = asyncio.create_task(_changes_of(bus, secret, start, id, seen))
+        try:
+            verdict = HealthReport(
+                id=id, health="unhealthy", run=first.started_at, output="connection refused",
+                check="tcp http", seq=int(time.time() * 1e6), at=time.time(),
+            )  # fmt: skip
+            told = await client.propose(InstancesHealth(node=NODE, reports=[verdict]))
+            assert told.outcomes[0].ok and told.outcomes[0].value == "1 recorded", told.outcomes[0]
+            again = await until(
+                client, id, lambda r: r.state == "running" and r.restarts == 1, "a restart"
+            )
+            assert not alive(first.pid) and alive(again.pid)
+            assert again.started_at > first.started_at and again.health == ""
+            exits = [c for c in seen if c.detail.get("state") == "exited"]
+            assert [(c.detail["reason"], c.detail["exit_code"]) for c in exits] == [
+                ("health check tcp http failed: connection refused; restarting in 1 s", -15)
+            ]
+
+            # the new run healthy, recorded: nothing else happened meanwhile
+            healthy = msgspec.structs.replace(
+                verdict, health="healthy", run=again.started_at, seq=verdict.seq + 1, output=""
+            )
+            await client.propose(InstancesHealth(node=NODE, reports=[healthy]))
+            now = await until(client, id, lambda r: r.health == "healthy", "healthy recorded")
+            assert (now.restarts, now.pid, now.state) == (1, again.pid, "running")
+        finally:
+            await tasks.cancel(follower)
+    finally:
+        assert await agent.stopped() == 0
+
+
+async def test_a_stop_waits_the_shutdown_delay_and_holds_up_no_other_instance(voters, bus, config):
+    """Desired stop: the instance runs on for the job's shutdown_delay (it left the
+    endpoints at the commit), then is stopped; meanwhile the node's other instances are
+    looked after as ever. The node's own shutdown waits for no delay."""
+    epoch = await manager_epoch(bus)
+    client = Management(bus, VOTERS)
+    delayed = msgspec.structs.replace(SPEC, shutdown_delay=3.0)
+    agent = InProcess(config)
+    try:
+        await poll(lambda: registered(client), 15, "the agent to register its node")
+        assert (await client.propose(JobRun(spec=delayed))).outcomes[0].ok
+        place = InstancesPlace([placement("web-0-aaaa", 0), placement("web-1-bbbb", 1)])
+        assert (await client.propose(place, epoch=epoch)).outcomes[0].ok
+        stopping, other = [
+            await until(client, id, lambda r: r.state == "running", f"{id} running")
+            for id in ("web-0-aaaa", "web-1-bbbb")
+        ]
+        stop = InstancesStop(["web-0-aaaa"], reason="scaled to 1")
+        assert (await client.propose(stop, epoch=epoch)).outcomes[0].ok
+        committed = time.monotonic()
+
+        os.kill(other.pid, signal.SIGKILL)  # looked after during the other's delay
+        await until(
+            client, "web-1-bbbb", lambda r: r.state == "running" and r.restarts == 1, "a restart"
+        )
+        assert alive(stopping.pid), "stopped before its shutdown delay"
+        assert (await instance(client, "web-0-aaaa")).state == "running"
+        ended = await until(client, "web-0-aaaa", lambda r: r.state == "exited", "stopped")
+        took = time.monotonic() - committed
+        assert not alive(stopping.pid)
+        assert 2.8 <= took < 10, took  # (the change is seen a moment before its commit's reply)
+        assert ended.reason.startswith("stopped (scaled to 1): killed by SIGTERM"), ended.reason
+    finally:
+        started = time.monotonic()
+        assert await agent.stopped() == 0
+    record = await instance(client, "web-1-bbbb")
+    assert record.state == "exited" and not alive(record.pid)
+    assert time.monotonic() - started < delayed.shutdown_delay  # (it did not wait)
+
+
+async def _changes_of(bus, secret, after: int, id: str, into: list) -> None:
+    async for change in changes.follow(bus, after=after, kinds=["instance"], secret=secret):
+        if change.id == id:
+            into.append(change)
