@@ -30,12 +30,14 @@ from colony.bootstrapper.agent.drivers.process import ProcessDriver
 from colony.bootstrapper.agent.service import Agent
 from colony.harness.processes import poll
 from colony.shared import changes, runner, subjects, tasks
+from colony.shared.bus import BusError
 from colony.shared.cluster import Cluster
 from colony.shared.config import AgentSettings, Config, ConsensusSettings
 from colony.shared.config import dumps as config_dumps
 from colony.shared.jobspec import HealthCheck, JobSpec, RestartPolicy, Task
 from colony.shared.management import Management
 from colony.shared.messages import (
+    CheckTarget,
     CheckTargets,
     CheckTargetsRequest,
     HealthReport,
@@ -278,6 +280,10 @@ async def test_an_agent_killed_with_kill_9_adopts_the_same_process(voters, bus, 
         after = await instance(client, id)
         assert after is not None
         assert (after.state, after.pid, after.restarts) == ("running", before.pid, 0)
+        # and its node's monitor is told to check the same run
+        adopted = await poll(lambda: _served_targets(bus), 10, "the adopted run a target")
+        assert [(t.id, t.run, t.pid) for t in adopted] == [(id, before.started_at, before.pid)]
+        assert adopted[0].env["COLONY_INSTANCE"] == id
 
         # it watches the adopted process: its end is noticed, and it is restarted
         os.kill(before.pid, signal.SIGKILL)
@@ -677,6 +683,13 @@ async def test_a_stop_waits_the_shutdown_delay_and_holds_up_no_other_instance(vo
     record = await instance(client, "web-1-bbbb")
     assert record.state == "exited" and not alive(record.pid)
     assert time.monotonic() - started < delayed.shutdown_delay  # (it did not wait)
+
+
+async def _served_targets(bus) -> list[CheckTarget]:
+    try:
+        return (await served(bus)).targets
+    except BusError:  # (not serving yet)
+        return []
 
 
 async def _changes_of(bus, secret, after: int, id: str, into: list) -> None:
