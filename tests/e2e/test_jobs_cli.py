@@ -136,10 +136,23 @@ def test_run_status_scale_logs_events_stop(ready):
 
     table = colony("job", "status", "web", state=state).stdout.splitlines()
     assert table[0] == "job web: version 1, running, 3 desired, 3 running"
-    assert table[1].split() == [
-        "ID", "NODE", "STATE", "ADDRESS", "RESTARTS", "AGE", "LAST", "REASON",
+    assert table[1].startswith("rollout: version 1: succeeded"), table[1]
+    assert table[2].split() == [
+        "ID", "NODE", "STATE", "HEALTH", "ADDRESS", "RESTARTS", "AGE", "LAST", "CHECK", "LAST",
+        "REASON",
     ]  # fmt: skip
-    assert sum(" running " in line for line in table[2:]) == 3
+    assert sum(" running " in line and " healthy (" in line for line in table[3:]) == 3
+    # the monitors say their last check: web's is an http GET that answered 200
+    assert all("200" in i["last_check"] for i in running(status_of(state, "web")))
+
+    # where the healthy instances answer, and who made the version
+    found = colony("job", "endpoints", "web", state=state).stdout.splitlines()
+    assert sorted(line.split()[:2] for line in found) == sorted(
+        [i["address"], i["id"]] for i in running(shown)
+    ), found
+    [first_version] = json.loads(colony("job", "history", "web", "--json", state=state).stdout)
+    assert first_version["version"] == 1 and first_version["current"]
+    assert first_version["cause"].endswith(f": colony job run {WEB}"), first_version
     [listed] = [j for j in json.loads(colony("job", "list", "--json", state=state).stdout)
                 if j["name"] == "web"]  # fmt: skip
     assert (listed["version"], listed["replicas"], listed["running"]) == (1, 3, 3)

@@ -155,7 +155,11 @@ def test_a_reverted_rollout_says_why_and_to_which_version():
         rollout=Rollout(version=3, previous=2),
     )  # fmt: skip
     row = JobVersion(
-        job="web", version=2, submitted=NOW, outcome="reverted", reason="web-1-bb unhealthy"
+        job="web",
+        version=2,
+        submitted=NOW,
+        outcome="reverted",
+        reason="reverted to version 1: web-1-bb unhealthy",
     )
     said = rollout.verdict(after, 2, row)
     assert said is not None and said.code == 1 and said.status == "reverted"

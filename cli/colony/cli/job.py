@@ -1158,6 +1158,6 @@ async def _follow(
     else:
         what = f"not every instance runs after {args.timeout:g} s"
     fail(
-        f"{name}: {what} (reasons above)",
+        f"{name}: {what}" + ("" if halted else " (reasons above)"),
         f"see `colony job status {name}` and `colony logs INSTANCE`",
     )

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import getpass
 import math
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -161,7 +162,8 @@ def verdict(
         reason = history.reason if history else ""
         reverted = outcome == "reverted" or job.cause.startswith("auto-revert")
         if reverted:
-            why = reason or job.cause
+            # the manager's reason may already name the version it went back to
+            why = re.sub(r"^reverted to version \d+: ", "", reason) or job.cause
             to = f" to version {job.stable}" if job.stable else ""
             return Verdict(
                 1,
@@ -181,9 +183,8 @@ def verdict(
     if r is None or r.version != version:
         return None  # the rollout is not recorded yet
     if r.status == "succeeded":
-        return Verdict(
-            0, f"version {version} rolled out: {rollout_line(job)}", "succeeded", version
-        )
+        healthy = f"{min(r.healthy, job.replicas)} of {job.replicas} healthy"
+        return Verdict(0, f"version {version} rolled out, {healthy}", "succeeded", version)
     if waiting_canaries(r) and not job.spec.update.auto_promote:
         return Verdict(0, rollout_line(job), "canaries", version)
     if r.status == "running":
