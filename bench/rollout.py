@@ -77,7 +77,8 @@ def spec(
         version=version,
         health=health,
         control=control,
-        check={"interval": "1s", "timeout": "1s", "unhealthy_threshold": 2},
+        check={"interval": "1s", "timeout": "1s", "unhealthy_threshold": 2, "grace": "20s"},
+        cpu=0.02,
         update={
             "max_parallel": PARALLEL,
             "min_healthy_time": "1s",

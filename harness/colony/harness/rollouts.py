@@ -63,12 +63,14 @@ def web_job(
     control: Path | None = None,
     check: dict[str, Any] | None = None,
     update: dict[str, Any] | None = None,
+    cpu: float = 0.05,
     **fields: Any,
 ) -> dict[str, Any]:
     """A job of `replicas` `webapp` instances answering `<instance> v<version>`, checked
     over HTTP on /health (`check`'s keys change the check's); `health` is what /health
     says unless an instance's file in `control` says otherwise. Another `version` (or
-    `health`) is a spec change that replaces the instances."""
+    `health`) is a spec change that replaces the instances. The check's grace covers
+    the server's start (its cpu is capped at `cpu` cores, where the host can)."""
     env = {"VERSION": version, "HEALTH": health}
     if control is not None:
         env["CONTROL"] = str(control)
@@ -76,7 +78,7 @@ def web_job(
         "name": name,
         "replicas": replicas,
         "ports": ["http"],
-        "resources": {"cpu": 0.01, "memory": "48MiB"},
+        "resources": {"cpu": cpu, "memory": "48MiB"},
         "task": {"command": sys.executable, "args": [str(WEBAPP), "${PORT}"], "env": env},
         "checks": [
             {
@@ -88,6 +90,7 @@ def web_job(
                 "timeout": "500ms",
                 "healthy_threshold": 1,
                 "unhealthy_threshold": 3,
+                "grace": "5s",
                 **(check or {}),
             }
         ],
