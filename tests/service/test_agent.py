@@ -627,6 +627,9 @@ async def test_an_instance_its_monitor_finds_unhealthy_is_restarted_by_its_polic
             )
             assert not alive(first.pid) and alive(again.pid)
             assert again.started_at > first.started_at and again.health == ""
+            await poll(
+                lambda: any(c.detail.get("restarts") == 1 for c in seen), 10, "the restart's change"
+            )
             exits = [c for c in seen if c.detail.get("state") == "exited"]
             assert [(c.detail["reason"], c.detail["exit_code"]) for c in exits] == [
                 ("health check tcp http failed: connection refused; restarting in 1 s", -15)
