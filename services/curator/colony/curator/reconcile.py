@@ -47,6 +47,7 @@ yields none. Every decision carries its reason in plain words.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections import defaultdict
 from collections.abc import Callable
@@ -418,7 +419,8 @@ class _Round:
     def stop_replaced(self, actions: Actions) -> None:
         """A leaving instance stops once the one that stays in its slot is ready: always
         on a draining node; in a running rollout, unless it waits beside an unpromoted
-        canary; never in a halted rollout (it halted where it was)."""
+        canary (an instance of another version that needs no replacing is no canary);
+        never in a halted rollout (it halted where it was)."""
         for slot, old in self.leave.items():
             new = self.keep.get(slot)
             if new is None or not self.ready(new):
@@ -426,9 +428,14 @@ class _Round:
             if self.draining(old):
                 where = _name(self.view, old.node)
                 actions.stops[old.id] = f"node {where} is draining: {new.id} replaced it"
-            elif self.mode == "running" and (self.promoted or slot >= self.canaries):
+            elif self.mode == "running" and not (self.waits(slot) and new.canary):
                 said = f"updated to version {self.job.version}: {new.id} is healthy"
                 actions.stops[old.id] = said
+
+    def waits(self, slot: int) -> bool:
+        """Whether slot `slot` waits for the canaries' promotion: a canary of the
+        version rolling out runs there beside the instance it replaces until then."""
+        return not self.promoted and slot < self.canaries
 
     def migrate(self, places: dict[int, _Slot]) -> None:
         """Start replacing leaving instances: a running rollout's canaries, or its next
@@ -590,8 +597,7 @@ def _place(
         ]
         instances = _after(view, wanted, actions, stops_ended) + placed
         retry = {
-            name: msgspec.structs.replace(asks[name], slots=decisions[name].unplaced)
-            for name in again
+            name: dataclasses.replace(asks[name], slots=decisions[name].unplaced) for name in again
         }
         for name, decision in zip(
             retry, schedule_all(nodes, instances, list(retry.values())), strict=True
