@@ -331,7 +331,7 @@ def test_events_say_health_canaries_rollouts_and_drains():
     sick = {**base, "state": "running", "health": "unhealthy", "health_check": "http",
             "health_output": "HTTP 500"}  # fmt: skip
     assert said(change("instance", "web-0-aa", sick)) == (
-        "instance web-0-aa unhealthy (http): HTTP 500 on node-1"
+        "instance web-0-aa on node-1 unhealthy (http): HTTP 500"
     )
 
     job_v1 = {"name": "web", "version": 2, "status": "running", "replicas": 3,

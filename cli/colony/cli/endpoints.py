@@ -22,6 +22,11 @@ ASK = 2.0
 class EndpointsError(Exception):
     """The set cannot be had: unknown job or port, or nobody answers and nothing is kept."""
 
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        """The manager's error code (404: no such job; 400: no such port); 0: not its."""
+
 
 def endpoint_row(e: Endpoint, names: dict[str, str]) -> list[str]:
     """HOST:PORT INSTANCE NODE VERSION (the node by its name when known)."""
@@ -52,7 +57,7 @@ async def current(bus: Bus, job: str, port: str) -> tuple[EndpointsReply, bool]:
     try:
         return await bus.request(subjects.endpoints(), request, timeout=ASK), False
     except RemoteError as e:  # unknown job (404), unknown port name (400)
-        raise EndpointsError(e.description or str(e)) from None
+        raise EndpointsError(e.description or str(e), e.code) from None
     except NoResponders:
         why = "no manager answers"
     except BusError as e:

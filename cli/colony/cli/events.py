@@ -105,7 +105,7 @@ def instance_summary(d: dict[str, Any], before: dict[str, Any] | None) -> str:
         slot = f"slot {d.get('slot')}, v{d.get('version')}{canary}{ports}"
         return f"{what} placed on {node} ({slot}){why}"
     if d.get("health") and (before is None or before.get("health") != d.get("health")):
-        return f"{what} {health_said(d)} on {node}"
+        return f"{what} on {node} {health_said(d)}"
     restarts = f", restart {d['restarts']}" if d.get("restarts") else ""
     if state == "running":
         return f"{what} running on {node} (pid {d.get('pid')}{restarts})"

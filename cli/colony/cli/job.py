@@ -799,7 +799,8 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
         try:
             reply, stale = await endpoints.current(client.bus, args.name, args.port)
         except endpoints.EndpointsError as e:
-            fail(f"no endpoints of {args.name}: {e}", "see the jobs with `colony job list`")
+            hints = {404: "see the jobs with `colony job list`", 400: ""}
+            fail(f"no endpoints of {args.name}: {e}", hints.get(e.code, "see `colony status`"))
         names: dict[str, str] = {}
         if not args.json:
             with contextlib.suppress(ManagementError, TimeoutError):
