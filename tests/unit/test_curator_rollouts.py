@@ -706,3 +706,39 @@ def test_a_whole_rollout_step_by_step_never_drops_below_replicas_minus_max_paral
     assert world.job.rollout.status == "succeeded"
     assert versions_seen == {2}
     assert sorted(i.slot for i in world.instances(desired="run", version=2)) == list(range(6))
+
+
+def test_an_instance_of_an_earlier_batch_restarting_does_not_fail_the_rollout():
+    world = World(NODES)
+    world.running_job(replicas=2, max_parallel=1)
+    world.submit(spec(2, args="2", max_parallel=1, healthy_deadline=60.0))
+    [first] = world.round().places
+    world.agents()
+    world.now += 100  # ready long ago; batch 2 starts
+    assert [p.slot for p in world.round().places] == [1]
+    world.set(world.view.instances[first.id], state="starting", health="", healthy_since=0.0)
+    [restarting] = world.round().progress  # not a missed healthy deadline
+    assert (restarting.status, restarting.healthy) == ("running", 0)
+    world.set(world.view.instances[first.id], state="failed", reason="exit code 2")
+    [failed] = world.round().progress
+    assert failed.reason == f"instance {first.id} failed on node {first.node}: exit code 2"
+
+
+def test_a_manager_that_died_before_recording_its_batch_starts_no_other():
+    world = World(NODES)
+    world.running_job(replicas=3, max_parallel=1)
+    world.submit(spec(3, args="2", max_parallel=1))
+    started = world.round()
+    world.rollout(batch=0, batch_started=0.0, placed=0)  # as if the record never came
+    resumed = world.round()
+    assert not resumed.places and not resumed.stops
+    [progress] = resumed.progress  # what it sees is recorded; the batch's is not
+    assert (progress.placed, progress.batch) == (1, 0)
+    assert world.instances(slot=0, version=2)[0].id == started.places[0].id
+
+
+def test_nothing_time_based_means_no_wake():
+    world = World(NODES)
+    world.running_job(replicas=2)
+    world.now += 1000
+    assert world.round().wake is None

@@ -190,8 +190,11 @@ def reconcile(
             wanted[name] = one.slots(by_job[name], actions)
             rounds.append(one)
     _place(view, wanted, status, actions, token, stops_ended)
+    placed: dict[str, set[int]] = defaultdict(set)
+    for p in actions.places:
+        placed[p.job].add(p.slot)
     for one in rounds:
-        one.finish(actions)
+        one.finish(actions, placed[one.job.name])
     _remove(view, status, actions)
     _drained(view, status, actions)
     actions.wake = earliest(*(one.wake for one in rounds), _drain_wake(view))
@@ -392,7 +395,11 @@ class _Round:
         for i in instances:
             if i.desired != "run" or i.slot >= job.replicas or i.version != job.version:
                 continue
-            why, at = rollouts.instance_failure(i, spec, self.now, _name(self.view, i.node))
+            # An instance placed before the current batch was ready when it started: not
+            # ready now, it restarts (a failure, or the next check, will tell).
+            fresh = self.batch < 1 or i.placed >= self.batch_started
+            node = _name(self.view, i.node)
+            why, at = rollouts.instance_failure(i, spec, self.now, node, deadline=fresh)
             if why:
                 self.fail(why)
                 return
@@ -467,9 +474,9 @@ class _Round:
             why = f"node {_name(self.view, old.node)} is draining: replaces {old.id}"
             places[slot] = _Slot(why, old.id)
 
-    def finish(self, actions: Actions) -> None:
-        """After placement: the rollout's progress, failure, revert or success; when
-        something here changes with time."""
+    def finish(self, actions: Actions, placed_now: set[int]) -> None:
+        """After placement (of slots `placed_now`): the rollout's progress, failure,
+        revert or success; when something here changes with time."""
         job = self.job
         if any(self.draining(old) for old in self.leave.values()) or self.mode == "running":
             self.wake = earliest(
@@ -481,7 +488,6 @@ class _Round:
             )
         if not self.rolling or job.rollout is None:
             return
-        placed_now = {p.slot for p in actions.places if p.job == job.name}
         placed = healthy = 0
         done = True
         for slot in range(job.replicas):

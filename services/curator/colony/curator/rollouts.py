@@ -50,17 +50,18 @@ def ready_at(i: InstanceRecord, spec: JobSpec) -> float | None:
 
 
 def instance_failure(
-    i: InstanceRecord, spec: JobSpec, now: float, node: str
+    i: InstanceRecord, spec: JobSpec, now: float, node: str, deadline: bool = True
 ) -> tuple[str, float | None]:
     """Why instance `i` of the version rolling out fails the rollout ('' : it does not),
-    and when it will if nothing changes (its healthy deadline; None: never)."""
+    and when it will if nothing changes (its healthy deadline, unless not `deadline`;
+    None: never)."""
     if i.state == "failed":
         said = i.reason or (f"exit code {i.exit_code}" if i.exit_code is not None else "")
         return f"instance {i.id} failed on node {node}" + (f": {said}" if said else ""), None
     if i.health == "unhealthy":
         said = ": ".join(s for s in (i.health_check, i.health_output) if s)
         return f"instance {i.id} unhealthy" + (f": {said}" if said else ""), None
-    if ready(i, spec, now):
+    if not deadline or ready(i, spec, now):
         return "", None
     deadline = i.placed + spec.update.healthy_deadline
     if now >= deadline:
