@@ -742,3 +742,15 @@ def test_nothing_time_based_means_no_wake():
     world.running_job(replicas=2)
     world.now += 1000
     assert world.round().wake is None
+
+
+def test_a_drain_is_not_held_up_by_unhealthy_instances_elsewhere():
+    world = World([node("node-1", cpu=8.0), node("node-2", cpu=8.0)])
+    world.running_job(replicas=3, max_parallel=1)
+    for i in world.instances():
+        world.set(i, node="node-2" if i.slot else "node-1")
+    for i in world.instances(node="node-2"):
+        world.set(i, health="unhealthy", healthy_since=0.0)  # not ready, not migrating
+    drain(world, "node-1")
+    [moved] = world.round().places
+    assert (moved.slot, moved.node) == (0, "node-2")

@@ -375,13 +375,14 @@ class _Round:
         return "", False
 
     def in_flight(self, places: dict[int, _Slot]) -> set[int]:
-        """Slots being replaced: placed now, or whose new instance is not ready yet."""
-        version = self.job.version
+        """Slots being replaced: placed now, or whose new instance is not ready yet (in a
+        running rollout, any instance of its version; else one beside a leaving one)."""
+        version, rolling = self.job.version, self.mode == "running"
         found = set(places)
         found.update(
             slot
             for slot, new in self.keep.items()
-            if new.version == version and not self.ready(new)
+            if ((rolling and new.version == version) or slot in self.leave) and not self.ready(new)
         )
         return found
 
