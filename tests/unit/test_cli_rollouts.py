@@ -400,3 +400,40 @@ def test_cause_names_who_and_what():
     said = rollout.cause("job", "run", "web.yaml")
     assert "@" in said and said.endswith(": colony job run web.yaml")
     assert len(rollout.cause("job", "run", "x" * 5000)) == rollout.CAUSE_MAX
+
+
+class FakeBus:
+    """Answers the endpoints request as told, and keeps one published set (a pure stand-in:
+    what is tested is what `endpoints.current` makes of each answer)."""
+
+    def __init__(self, answer, kept=None) -> None:
+        self.answer, self.kept = answer, kept
+
+    async def request(self, subject, request, timeout):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    async def last_message(self, stream, subject):
+        assert stream == "COLONY_ENDPOINTS" and subject.name.endswith(".web")
+        return self.kept
+
+
+def test_endpoints_come_from_the_manager_else_from_the_last_set_published_said_stale():
+    import asyncio
+
+    from colony.shared.bus import NoResponders, RemoteError
+
+    fresh = EndpointsReply(job="web", port="http", endpoints=[])
+    kept = EndpointsReply(job="web", port="http", epoch=3)
+    assert asyncio.run(endpoints.current(FakeBus(fresh, kept), "web", "")) == (fresh, False)
+    asked = FakeBus(NoResponders("no service answers"), kept)
+    assert asyncio.run(endpoints.current(asked, "web", "")) == (kept, True)
+    with pytest.raises(endpoints.EndpointsError, match="published is of port 'http', not 'admin'"):
+        asyncio.run(endpoints.current(asked, "web", "admin"))
+    with pytest.raises(endpoints.EndpointsError, match="no manager answers, and no manager has"):
+        asyncio.run(endpoints.current(FakeBus(NoResponders("x")), "web", ""))
+    unknown = FakeBus(RemoteError("colony.endpoints.get", 404, "no job named 'web'"))
+    with pytest.raises(endpoints.EndpointsError, match="no job named 'web'") as refused:
+        asyncio.run(endpoints.current(unknown, "web", ""))
+    assert refused.value.code == 404
