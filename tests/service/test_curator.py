@@ -19,7 +19,7 @@ from colony.shared import runner, subjects, tasks
 from colony.shared.bus import RemoteError
 from colony.shared.cluster import Cluster
 from colony.shared.config import ConsensusSettings
-from colony.shared.jobspec import JobResources, JobSpec, RestartPolicy, Task
+from colony.shared.jobspec import JobResources, JobSpec, RestartPolicy, Task, UpdateStrategy
 from colony.shared.management import Management
 from colony.shared.messages import (
     EndpointsReply,
@@ -167,7 +167,15 @@ async def test_jobs_are_placed_failed_instances_and_dead_nodes_replaced(cluster,
         manager.epoch,
     )
     bigger = await bus.request(subjects.curator_plan(), PlanRequest(spec=web(4)), timeout=5)
-    assert (bigger.change, bigger.version, len(bigger.stop)) == ("update", 2, 3)
+    # replicas change in place: nothing replaced, one more placed
+    assert (bigger.change, bigger.version, len(bigger.stop), bigger.in_place) == (
+        "update", 2, 0, True,
+    )  # fmt: skip
+    assert len(bigger.place) == 1 and [c.path for c in bigger.diff] == ["replicas"]
+    bigger = await bus.request(subjects.curator_plan(), PlanRequest(spec=web(3, "fail")), timeout=5)
+    assert (bigger.change, len(bigger.stop), bigger.in_place, bigger.replace) == (
+        "update", 3, False, 3,
+    )  # fmt: skip
 
     # Restarts ran out on one node: a replacement in its slot on another node.
     failed = first[0]
@@ -416,3 +424,35 @@ async def test_endpoints_are_the_healthy_instances_served_and_published_by_the_m
 
 async def _equal(check, expected) -> bool:
     return await check() == expected
+
+
+async def test_a_time_based_rule_is_reconciled_when_due_with_nothing_else_happening(
+    nats_server, tmp_path, bus
+):
+    """A new job's rollout succeeds once its instances have been healthy for
+    min_healthy_time: no event comes then, the curator wakes up for it (its resync is
+    much later)."""
+    async with running_with(Membership(AGENTS), nats_server, tmp_path, bus, resync=120.0):
+        await Cluster(bus, VOTERS).wait_manager(30)
+        client = Management(bus, VOTERS)
+        await register(client)
+        spec = msgspec.structs.replace(web(replicas=2), update=UpdateStrategy(min_healthy_time=1.5))
+        await client.propose(JobRun(spec=spec))
+
+        async def placed():
+            found = await running(client) or []
+            return found if sorted(i.slot for i in found) == [0, 1] else None
+
+        for seq, i in enumerate(await poll(placed, 20, "2 instances of web placed"), 1):
+            await report(client, i, "running", 1, pid=100 + seq, started_at=1000.0 + seq)
+        for i in await running(client) or []:
+            await health(client, i, "healthy", 1)
+
+        async def rollout():
+            [job] = [j for j in await read(client, "jobs", JobRecord) if j.name == "web"]
+            return job if job.rollout and job.rollout.status != "running" else None
+
+        job = await poll(rollout, 20, "web's rollout ended")
+        assert (job.rollout.status, job.rollout.healthy, job.stable) == ("succeeded", 2, 1)
+        since = max(i.healthy_since for i in await running(client) or [])
+        assert job.rollout.ended - since >= 1.5

@@ -391,7 +391,7 @@ class CuratorService:
         self.deciding = time.perf_counter() - started
         self.metrics.reconcile.observe(self.deciding)
         self.metrics.objects = _sizes(view)
-        wake = getattr(actions, "wake", None)  # when a time-based rule changes next
+        wake = actions.wake  # when a time-based rule decides otherwise next
         timer = time.monotonic() + max(wake - now, WAKE_AT_LEAST) if wake else None
         if not actions:
             return timer
