@@ -60,37 +60,46 @@ def add_parser(verb) -> None:
         "node", "Change what the cluster records about a node: its labels, drain it, undrain it."
     )
     node_verbs = node.add_subparsers(dest="node_verb", required=True, metavar="label|drain|undrain")
-    label = node_verbs.add_parser(
+
+    def sub(name: str, summary: str, description: str, examples: str, func):
+        """A verb on NODE (a name or id), with the management options."""
+        parser = node_verbs.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=f"examples:\n{examples}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.add_argument("node", help="node name or id (with --server: its id)")
+        parser.set_defaults(func=func)
+        add_management_options(parser)
+        return parser
+
+    label = sub(
         "label",
-        help="set (KEY=VALUE) or remove (KEY-) labels of NODE",
-        description="Set (KEY=VALUE) or remove (KEY-) labels of NODE, all in one commit; "
+        "set (KEY=VALUE) or remove (KEY-) labels of NODE",
+        "Set (KEY=VALUE) or remove (KEY-) labels of NODE, all in one commit; "
         "the node's other labels stay. `colony status` shows them.",
-        epilog="examples:\n"
         "  colony node label node-1 disk=ssd zone=eu-1\n"
         "  colony node label node-1 example.com/gpu=a100 zone-",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        cmd_node_label,
     )
-    label.add_argument("node", help="node name or id (with --server: its id)")
     label.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
-    label.set_defaults(func=cmd_node_label)
-    add_management_options(label)
 
-    drain = node_verbs.add_parser(
+    drain = sub(
         "drain",
-        help="make NODE ineligible and move its instances away; wait until it is empty",
-        description="Make NODE ineligible and move its instances away under each job's update "
+        "make NODE ineligible and move its instances away; wait until it is empty",
+        "Make NODE ineligible and move its instances away under each job's update "
         "strategy (a replacement healthy elsewhere before the old one stops); past the deadline "
         "what is left there stops at once. Waits until the node is empty (Ctrl-C stops waiting; "
         "the drain goes on).",
-        epilog="examples:\n"
         "  colony node drain node-2                  drain it, wait until it is empty\n"
         "  colony node drain node-2 --deadline 10m   stop what is still there after 10 minutes\n"
         "  colony node drain node-2 --deadline 0     no deadline: wait for every job's rollout\n"
         "  colony node drain node-2 --detach         start the drain and return\n"
         "  colony node undrain node-2                take it back (eligible again)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        cmd_node_drain,
     )
-    drain.add_argument("node", help="node name or id (with --server: its id)")
     drain.add_argument(
         "--deadline",
         type=drain_deadline,
@@ -102,20 +111,15 @@ def add_parser(verb) -> None:
     drain.add_argument(
         "--detach", "-d", action="store_true", help="return once stored, without waiting"
     )
-    drain.set_defaults(func=cmd_node_drain)
-    add_management_options(drain)
 
-    undrain = node_verbs.add_parser(
+    sub(
         "undrain",
-        help="make a drained (or draining) NODE eligible again",
-        description="Make a drained or draining NODE eligible again: the manager may place "
+        "make a drained (or draining) NODE eligible again",
+        "Make a drained or draining NODE eligible again: the manager may place "
         "instances there again (those moved away stay where they are).",
-        epilog="examples:\n  colony node undrain node-2",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "  colony node undrain node-2",
+        cmd_node_undrain,
     )
-    undrain.add_argument("node", help="node name or id (with --server: its id)")
-    undrain.set_defaults(func=cmd_node_undrain)
-    add_management_options(undrain)
 
 
 def drain_deadline(text: str) -> float:
