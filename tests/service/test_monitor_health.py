@@ -9,19 +9,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
+import sys
 import time
 
 import msgspec
 import pytest
 from _voters import running
 
+from colony.bootstrapper.agent.service import Agent
 from colony.harness.processes import poll
+from colony.harness.rollouts import WEBAPP, sick
 from colony.monitor.service import Monitor
 from colony.shared import runner, subjects
 from colony.shared.bus import BusError
 from colony.shared.cluster import Cluster
-from colony.shared.config import ConsensusSettings
-from colony.shared.jobspec import HealthCheck, JobSpec, Task
+from colony.shared.config import AgentSettings, ConsensusSettings
+from colony.shared.jobspec import HealthCheck, JobSpec, RestartPolicy, Task
 from colony.shared.management import Management
 from colony.shared.messages import (
     CheckStatesRequest,
@@ -279,3 +283,71 @@ async def test_reports_decided_without_a_quorum_are_recorded_once_it_is_back(
     finally:
         stop.set()
         assert await asyncio.wait_for(monitor, runner.SHUTDOWN_GRACE) == 0
+
+
+async def test_with_the_real_agent_an_unhealthy_instance_is_restarted_and_heals(
+    nats_server, voters, bus, tmp_path
+):
+    """The node's agent and monitor together: the agent lists its running instance, the
+    monitor finds it healthy, then (its /health turned to 500) unhealthy, and the agent
+    restarts it; the new run is checked afresh and found healthy."""
+    port_lo = random.randrange(30000, 39900, 100)
+    control = tmp_path / "control"
+    spec = JobSpec(
+        name="app",
+        task=Task(
+            command=sys.executable, args=[str(WEBAPP), "${PORT}"], env={"CONTROL": str(control)}
+        ),
+        ports=["http"],
+        checks=[
+            HealthCheck(
+                type="http", name="health", port="http", path="/health", interval=0.2,
+                timeout=0.2, healthy_threshold=1, unhealthy_threshold=2, grace=2,
+            )  # the grace: the interpreter's start (until it listens) fails no check
+        ],
+        restart=RestartPolicy(attempts=10, delay=0.1, backoff=1.0),
+    )  # fmt: skip
+    config = nats_server.node_config(NODE)
+    config.consensus = ConsensusSettings(voters=VOTERS, secret_file=str(voters.secret))
+    config.agent = AgentSettings(
+        port_lo=port_lo, port_hi=port_lo + 99, dir=str(tmp_path / "instances"), stop_grace=2.0,
+        cgroup="colony-test-monitor",
+    )  # fmt: skip
+    client = Management(bus, VOTERS)
+    epoch = (await Cluster(bus, VOTERS).wait_manager(20)).epoch
+    stop = asyncio.Event()
+    agent = asyncio.create_task(runner.run(Agent(), config, stop=stop))
+    monitor = asyncio.create_task(runner.run(Monitor(), config, stop=stop))
+    try:
+
+        async def registered():
+            reply = await client.query(QueryRequest(key=NODE, kind="nodes"))
+            return reply.objects or None
+
+        await poll(registered, 15, "the agent to register its node")
+        assert (await client.propose(JobRun(spec=spec))).outcomes[0].ok
+        app = Placement(
+            id="app-0-aaaa", job="app", version=1, slot=0, node=NODE, cpu=0.5,
+            memory=2**26, ports={"http": port_lo}, reason="new job",
+        )  # fmt: skip
+        placed = await client.propose(InstancesPlace([app]), epoch=epoch)
+        assert placed.outcomes[0].ok, placed.outcomes[0].error
+
+        def healthy_run(r: InstanceRecord) -> bool:
+            return r.state == "running" and r.health == "healthy" and r.health_run == r.started_at
+
+        first = await until(client, app.id, healthy_run, "the instance healthy", 20)
+        assert (first.health_check, first.health_output) == ("health", "HTTP/1.0 200 OK")
+
+        sick(control, app.id)
+        await until(
+            client, app.id, lambda r: r.started_at > first.started_at and r.restarts >= 1,
+            "a restart", 20,
+        )  # fmt: skip
+        sick(control, app.id, "ok")  # within the new run's grace
+        again = await until(client, app.id, healthy_run, "the new run healthy", 20)
+        assert again.health_run > first.health_run and again.healthy_since > 0
+    finally:
+        stop.set()
+        for task in (monitor, agent):
+            assert await asyncio.wait_for(task, runner.SHUTDOWN_GRACE) == 0
