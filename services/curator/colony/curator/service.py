@@ -104,6 +104,7 @@ WAKE_AT_LEAST = 0.05
 ENDPOINTS_BYTES = 256 * 2**20
 """ENDPOINTS_STREAM's bound: one set per job, most a few KiB."""
 ENDPOINTS_MSGS = 1_000_000
+"""...and jobs' sets kept at most (one message per job: the last)."""
 
 
 class Deposed(Exception):
@@ -137,7 +138,8 @@ class CuratorService:
         self.metrics = CuratorMetrics()
         self.management: Management | None = None
         self.planning = False
-        """Whether it serves `curator.plan` (while acting, from its first view on)."""
+        """Whether it serves `curator.plan` and `endpoints` (while acting, from its first
+        view on)."""
         self.absent_since: dict[str, float] = {}
         """Recorded nodes membership does not know -> since when (monotonic), while acting."""
         self.published: dict[str, tuple[str, list[Endpoint]]] = {}
@@ -146,6 +148,8 @@ class CuratorService:
         """The change index the view reflects (as far as the stream brought it)."""
         self.stream_ready = False
         """Whether ENDPOINTS_STREAM was made (or brought to its configuration) while acting."""
+        self.replicas = 1
+        """ENDPOINTS_STREAM's replicas: as many as the change stream's."""
 
     async def run(self, ctx: Context) -> None:
         self.ctx = ctx
