@@ -1027,14 +1027,11 @@ def _submit(args: argparse.Namespace, loaded: jobspec.LoadedJob):
         failures = Failures(spec.name, outcome.version)
         if after is None:  # no change stream to follow: the reads alone see failures
             return await _follow(client, spec.name, args, nodes, failures, None)
-        heard: asyncio.Queue[InstanceRecord | None] = asyncio.Queue()
-        watch = asyncio.create_task(_heard(client, spec.name, after, secret, heard))
+        heard = rollout.Heard(client, spec.name, after, secret)
         try:
             return await _follow(client, spec.name, args, nodes, failures, heard)
         finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+            await heard.stop()
 
     return work
 
@@ -1055,34 +1052,13 @@ async def _last_index(client: Management, secret: bytes | None) -> int | None:
         return None
 
 
-async def _heard(
-    client: Management,
-    name: str,
-    after: int,
-    secret: bytes | None,
-    heard: asyncio.Queue[InstanceRecord | None],
-) -> None:
-    """Put each record of the job's instances the change stream carries after `after`
-    in `heard`, until cancelled; None once the stream cannot be read (the reads go on)."""
-    stream = changes.follow(client.bus, after=after, kinds=["instance"], secret=secret)
-    try:
-        async for change in stream:
-            if change.detail.get("job") == name:
-                with contextlib.suppress(msgspec.ValidationError):
-                    heard.put_nowait(msgspec.convert(change.detail, InstanceRecord))
-    except BusError:
-        heard.put_nowait(None)
-    finally:
-        await stream.aclose()
-
-
 async def _follow(
     client: Management,
     name: str,
     args: argparse.Namespace,
     nodes: dict[str, NodeRecord],
     failures: Failures,
-    heard: asyncio.Queue[InstanceRecord | None] | None,
+    heard: rollout.Heard | None,
 ) -> int:
     """Show the job's progress, and each failure as it is heard of, until every instance
     it wants runs; exit 1 with the reasons when every one keeps failing, or they do not
@@ -1106,9 +1082,9 @@ async def _follow(
             job = msgspec.convert(found.value, JobRecord) if found else None
             instances = await records.instances(client, name, stale=True)
             stale = True
-            changed = [heard.get_nowait() for _ in range(heard.qsize())] if heard else []
-            if None in changed:  # the stream ended
-                heard, changed = None, [i for i in changed if i is not None]
+            changed = heard.taken() if heard else []
+            if heard is not None and heard.ended:  # the reads go on alone
+                heard = None
             # while the stream is followed, the reads only update a failure it told of: a
             # failed instance they show may be of before this run (same version, run again)
             new = [*failures.saw(changed), *failures.saw(instances, new=heard is None)]

@@ -157,6 +157,8 @@ def verdict(
     if job is None:
         return Verdict(1, f"the job no longer exists (version {version} was followed)", "stopped")
     r = job.rollout
+    if job.version < version:
+        return None  # a read from before the version was stored
     if job.version != version:
         outcome = history.outcome if history else ""
         reason = history.reason if history else ""
@@ -257,11 +259,12 @@ async def versions_of(client: Management, name: str, *, stale: bool = False) -> 
 
 
 class Heard:
-    """The records of a job's instances the change stream carries, put in a queue (None:
-    the stream cannot be read any more) until stopped."""
+    """The records of a job's instances the change stream carries after change `after`,
+    gathered until stopped (`ended` once the stream cannot be read any more)."""
 
     def __init__(self, client: Management, job: str, after: int, secret: bytes | None) -> None:
         self.queue: asyncio.Queue[InstanceRecord | None] = asyncio.Queue()
+        self.ended = False
         self.task = asyncio.create_task(self._run(client, job, after, secret))
 
     async def _run(self, client: Management, job: str, after: int, secret: bytes | None):
@@ -277,7 +280,10 @@ class Heard:
             await stream.aclose()
 
     def taken(self) -> list[InstanceRecord]:
-        return [i for i in (self.queue.get_nowait() for _ in range(self.queue.qsize())) if i]
+        """The records heard since the last call."""
+        taken = [self.queue.get_nowait() for _ in range(self.queue.qsize())]
+        self.ended = self.ended or None in taken
+        return [i for i in taken if i is not None]
 
     async def stop(self) -> None:
         self.task.cancel()
