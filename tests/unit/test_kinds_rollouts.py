@@ -177,6 +177,18 @@ async def test_a_failed_rollout_may_be_marked_reverted_in_the_proposal_that_roll
     assert (v3.cause, v3.outcome, v3.current) == (record.cause, "", True)
 
 
+async def test_a_rollback_runs_no_canaries(db):
+    # it goes back to a known version: auto_revert must not wait for a promotion
+    db.one(register("a"))
+    db.one(JobRun(canaried("sleep")))
+    assert db.manager(InstancesPlace([placement("web-0", version=1)])).ok
+    db.one(JobRun(canaried("sleepier")))
+    assert job(db).rollout.canaries == 1
+    db.one(JobRollback("web", 1))
+    assert (job(db).rollout.version, job(db).rollout.canaries) == (3, 0)
+    assert job(db).rollout.promoted
+
+
 async def test_rollback_makes_a_new_version_of_an_earlier_ones_spec_source_and_file(db):
     db.one(JobRun(spec(), source="v1 text", file="web-v1.yaml"))
     succeed(db, 1)

@@ -25,7 +25,7 @@ JobStop ends it `stopped`. Its end is its version's outcome (job_versions).
 - JobRollback (clients; the manager for auto_revert): a new version with an
   earlier version's spec, source and file (0: `stable`, else the newest earlier
   version whose rollout succeeded); cause "rollback to version N" unless given. A
-  stopped job runs again, at that version.
+  stopped job runs again, at that version. Its rollout runs no canaries.
 - RolloutProgress (the manager, with its epoch): its record of the rollout's
   batches and counts; a final status ends it (`succeeded` makes it `stable`).
   Ignored (value "ignored") unless it is about the running rollout (or marks a
@@ -237,10 +237,19 @@ def _outcome(txn: Txn, name: str, version: int, outcome: str, reason: str) -> No
 
 
 def _new_version(
-    txn: Txn, record: JobRecord, version: int, spec: JobSpec, source: str, file: str, cause: str
+    txn: Txn,
+    record: JobRecord,
+    version: int,
+    spec: JobSpec,
+    source: str,
+    file: str,
+    cause: str,
+    canaries: bool = True,
 ) -> Outcome:
     """Make version `record.version + 1` of the job, running `spec`, and start its rollout
-    (a running rollout it replaces is superseded). The row was at `version`."""
+    (a running rollout it replaces is superseded; a rollback's runs no canaries: it goes
+    back to a known version, and auto_revert must not wait for a promotion). The row was
+    at `version`."""
     latest = record.version + 1
     _add_version(txn, record.name, latest, records.encode(spec), source, file, cause)
     record = _ended(txn, record, "superseded", f"version {latest} replaced it before it ended")
@@ -255,16 +264,18 @@ def _new_version(
         status="running",
         purge=False,
         submitted=txn.ts,
-        rollout=_rollout(txn, record, spec, latest),
+        rollout=_rollout(txn, record, spec, latest, canaries),
     )
     _write(txn, updated, version)
     return Outcome(ok=True, value="update", version=latest)
 
 
-def _rollout(txn: Txn, record: JobRecord, spec: JobSpec, version: int) -> Rollout:
+def _rollout(
+    txn: Txn, record: JobRecord, spec: JobSpec, version: int, canaries: bool = True
+) -> Rollout:
     """The rollout of `spec` (at `version`) replacing `record`'s version: canaries only when
     its instances must be replaced to run it (and it has some), at most one per replica."""
-    canary = min(spec.update.canary, spec.replicas)
+    canary = min(spec.update.canary, spec.replicas) if canaries else 0
     if canary and not (
         _has_instances(txn.db, record.name) and jobspec.replaces_instances(record.spec, spec)
     ):
@@ -444,7 +455,7 @@ def rollback(txn: Txn, command: JobRollback) -> Outcome:
             "runs now: there is nothing to roll back",
         )
     cause = command.cause or f"rollback to version {target}"
-    done = _new_version(txn, record, version, old, source, file, cause)
+    done = _new_version(txn, record, version, old, source, file, cause, canaries=False)
     return msgspec.structs.replace(done, value="rollback")
 
 
