@@ -95,13 +95,14 @@ class World:
     def job(self) -> JobRecord:
         return self.view.jobs["web"]
 
-    def submit(self, new: JobSpec, cause: str = "") -> None:
-        """JobRun: a new job, or a new version with its rollout (as the jobs kind does)."""
+    def submit(self, new: JobSpec, cause: str = "", canaries: bool = True) -> None:
+        """JobRun: a new job, or a new version with its rollout (as the jobs kind does; a
+        rollback runs no canaries)."""
         old = self.view.jobs.get(new.name)
         version = old.version + 1 if old else 1
         live = [i for i in self.view.instances.values() if i.desired == "run"]
         replaces = any(replaces_instances(self.view.specs[(i.job, i.version)], new) for i in live)
-        canaries = new.update.canary if replaces and live else 0
+        canaries = new.update.canary if replaces and live and canaries else 0
         rollout = Rollout(
             version=version,
             previous=old.version if old else 0,
@@ -141,7 +142,8 @@ class World:
                 self.rollout(promoted=True)
             case RolloutProgress(version=version) as p:
                 rollout = self.job.rollout
-                if version != rollout.version or rollout.status != "running":
+                reverts = rollout.status == "failed" and p.status == "reverted"
+                if version != rollout.version or (rollout.status != "running" and not reverts):
                     return  # ignored, as the jobs kind does
                 fields = msgspec.structs.asdict(p)
                 del fields["job"], fields["version"]
@@ -150,7 +152,7 @@ class World:
                     self.view.jobs["web"] = msgspec.structs.replace(self.job, stable=version)
             case JobRollback(version=version, cause=cause):
                 stable = self.job.stable
-                self.submit(view.specs[("web", version)], cause)
+                self.submit(view.specs[("web", version)], cause, canaries=False)
                 self.view.jobs["web"] = msgspec.structs.replace(self.job, stable=stable)
             case InstancesPlace(placements=placements):
                 for p in placements:
@@ -432,7 +434,7 @@ def test_a_failing_canary_reverts_to_the_stable_version_in_one_proposal():
     assert not actions.stops and not actions.places  # the old ones were never touched
     # Version 3 is version 1's spec: the old instances are current; the canary goes.
     assert world.job.version == 3 and world.job.rollout.status == "running"
-    assert world.job.rollout.canaries == 1  # the canary is replaced, by a canary
+    assert world.job.rollout.canaries == 0  # a rollback runs no canaries
     for _ in range(10):
         world.agents()
         world.now += 10
@@ -440,6 +442,21 @@ def test_a_failing_canary_reverts_to_the_stable_version_in_one_proposal():
             break
     assert world.job.rollout.status == "succeeded" and world.job.stable == 3
     assert {i.id for i in world.instances(desired="run")} == old
+
+
+def test_a_failure_recorded_without_its_revert_is_reverted_by_the_next_round():
+    """A manager that died after committing the failure, before the revert: the next
+    one sees a failed rollout with auto_revert and makes the revert."""
+    world = World(NODES)
+    world.running_job(replicas=2, auto_revert=True)
+    world.submit(spec(2, args="2", auto_revert=True))
+    world.round()
+    world.rollout(status="failed", reason="instance web-0-0009 unhealthy")
+    actions = world.round()
+    assert [p.status for p in actions.progress] == ["reverted"]
+    cause = "auto-revert: version 2 failed: instance web-0-0009 unhealthy"
+    assert actions.rollbacks == [JobRollback(job="web", version=1, cause=cause)]
+    assert world.job.version == 3
 
 
 def test_auto_revert_without_a_stable_version_just_fails():

@@ -420,6 +420,19 @@ class _Round:
             actions.promotes.append(JobPromote(job=job.name, reason=said))
             self.promoted = True
 
+    def revert(self, actions: Actions, said: dict, failure: str) -> None:
+        """auto_revert: roll back to the last version that rolled out healthy (if any)."""
+        job, stable = self.job, self.job.stable
+        if not (job.spec.update.auto_revert and stable and stable != job.version):
+            return
+        cause = f"auto-revert: version {job.version} failed: {failure}"
+        reverted = f"reverted to version {stable}: {failure}"
+        actions.progress.append(
+            RolloutProgress(**said, status="reverted", reason=reverted[:MAX_REASON])
+        )
+        rollback = JobRollback(job=job.name, version=stable, cause=cause[:MAX_REASON])
+        actions.rollbacks.append(rollback)
+
     def fail(self, why: str) -> None:
         self.failure = why[:MAX_REASON]
         self.mode = "halted"
@@ -487,7 +500,12 @@ class _Round:
                     if (at := rollouts.ready_at(new, job.spec)) is not None and at > self.now
                 ),
             )
-        if not self.rolling or job.rollout is None:
+        rollout = job.rollout
+        if rollout is not None and rollout.status == "failed" and self.mode == "halted":
+            # failed, and its revert not recorded (a manager died between the two)
+            said = dict(job=job.name, version=job.version)
+            self.revert(actions, said, rollout.reason)
+        if not self.rolling or rollout is None:
             return
         placed = healthy = 0
         done = True
@@ -498,21 +516,11 @@ class _Round:
             healthy += self.ready(new)
             gone = old is None or old.id in actions.stops
             done = done and self.ready(new) and slot not in placed_now and gone
-        rollout = job.rollout
         said = dict(job=job.name, version=job.version, batch=self.batch)
         said.update(batch_started=self.batch_started, placed=placed, healthy=healthy)
         if self.failure:
             actions.progress.append(RolloutProgress(**said, status="failed", reason=self.failure))
-            stable = job.stable
-            if job.spec.update.auto_revert and stable and stable != job.version:
-                cause = f"auto-revert: version {job.version} failed: {self.failure}"
-                reverted = f"reverted to version {stable}: {self.failure}"
-                actions.progress.append(
-                    RolloutProgress(**said, status="reverted", reason=reverted[:MAX_REASON])
-                )
-                actions.rollbacks.append(
-                    JobRollback(job=job.name, version=stable, cause=cause[:MAX_REASON])
-                )
+            self.revert(actions, said, self.failure)
             return
         if done:
             actions.progress.append(RolloutProgress(**said, status="succeeded"))

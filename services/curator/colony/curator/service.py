@@ -550,17 +550,35 @@ class CuratorService:
 
 def _proposals(commands: list[Command]) -> list[list[Command]]:
     """`commands` in order, cut into proposals of at most PROPOSAL_COMMANDS commands and
-    PROPOSAL_BYTES each (a command too large alone is split first)."""
+    PROPOSAL_BYTES each (a command too large alone is split first), never between
+    commands that must commit together (`_follows`)."""
+    groups: list[list[Command]] = []
+    for command in (part for whole in commands for part in _fitting(whole)):
+        if groups and _follows(groups[-1][-1], command):
+            groups[-1].append(command)
+        else:
+            groups.append([command])
     batches: list[list[Command]] = []
     size = 0
-    for command in (part for whole in commands for part in _fitting(whole)):
-        length = len(msgspec.json.encode(command))
-        if not batches or size + length > PROPOSAL_BYTES or len(batches[-1]) >= PROPOSAL_COMMANDS:
+    for group in groups:
+        length = sum(len(msgspec.json.encode(command)) for command in group)
+        full = batches and len(batches[-1]) + len(group) > PROPOSAL_COMMANDS
+        if not batches or full or size + length > PROPOSAL_BYTES:
             batches.append([])
             size = 0
-        batches[-1].append(command)
+        batches[-1] += group
         size += length
     return batches
+
+
+def _follows(previous: Command, command: Command) -> bool:
+    """Whether `command` must commit with `previous`: a failed rollout's revert and its
+    rollback go with the failure."""
+    return (
+        isinstance(previous, RolloutProgress)
+        and isinstance(command, RolloutProgress | JobRollback)
+        and command.job == previous.job
+    )
 
 
 _SPLITTABLE = {InstancesPlace: "placements", InstancesStop: "ids", InstancesRemove: "ids"}
