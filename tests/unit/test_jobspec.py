@@ -578,7 +578,9 @@ def test_the_web_example_is_the_quickstart_job() -> None:
     assert (web.name, web.replicas, web.ports) == ("web", 3, ["http"])
     assert web.resources == JobResources(cpu=0.1, memory=64 * 2**20)
     assert web.task.command == "python3"
-    assert web.checks == [HealthCheck(type="http", port="http", path="/", interval=2, timeout=1)]
+    assert web.checks == [
+        HealthCheck(type="http", port="http", path="/", interval=2, timeout=1, grace=5)
+    ]
     assert web.update == UpdateStrategy(
         max_parallel=1,
         min_healthy_time=3,
