@@ -39,15 +39,16 @@ import yaml
 
 from bench._cluster import Cluster, colony, local_cluster
 from bench._report import ms, quantile, say, table, verdict
-from colony.harness.jobs import LocalJobs, wanted
+from colony.harness.jobs import LocalJobs
 from colony.harness.processes import wait_for
 from colony.harness.rollouts import (
     EndpointWatch,
     Probed,
     Prober,
     Sampler,
-    healthy,
+    all_healthy,
     nats_urls,
+    rollout_ended,
     sick,
     web_job,
 )
@@ -107,21 +108,15 @@ class Bench:
         return time.time()
 
     def rolled_out(self, job: str, version: int, ends=("succeeded",)) -> JobRecord:
-        def ended() -> JobRecord | None:
-            record = self.jobs.jobs().get(job)
-            rollout = record.rollout if record else None
-            done = rollout and rollout.version == version and rollout.status in ends
-            return record if done else None
-
-        return wait_for(ended, LONG, f"{job}'s rollout of version {version} to end", every=0.5)
+        return wait_for(
+            lambda: rollout_ended(self.jobs.jobs().get(job), version, ends),
+            LONG,
+            f"{job}'s rollout of version {version} to end",
+            every=0.5,
+        )
 
     def all_healthy(self, job: str, replicas: int) -> list:
-        def check():
-            run = wanted(self.jobs.instances(job))
-            ok = [i.slot for i in run] == list(range(replicas)) and all(map(healthy, run))
-            return run if ok else None
-
-        return wait_for(check, LONG, f"{replicas} healthy instances of {job}", every=0.5)
+        return self.jobs.until(all_healthy(replicas), job, LONG, f"{replicas} healthy", every=0.5)
 
 
 def phase(name: str, seconds: float, probe: Probed, before: Probed, note: str) -> list[str]:

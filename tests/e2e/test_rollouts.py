@@ -13,7 +13,6 @@ node killed last.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -28,8 +27,11 @@ from colony.harness.rollouts import (
     EndpointWatch,
     Prober,
     Sampler,
+    all_healthy,
+    body,
     healthy,
     nats_urls,
+    rollout_ended,
     rollout_violations,
     sick,
     web_job,
@@ -61,13 +63,11 @@ def job_record(cluster: Colony, job: str) -> JobRecord | None:
 def rolled_out(cluster: Colony, job: str, version: int, ends=("succeeded",), timeout=ROLLOUT):
     """The job's record once its rollout of `version` ended as one of `ends`."""
 
-    def ended() -> JobRecord | None:
-        record = job_record(cluster, job)
-        rollout = record.rollout if record else None
-        done = rollout and rollout.version == version and rollout.status in ends
-        return record if done else None
-
-    return wait_for(ended, timeout, f"{job}'s rollout of version {version} {'/'.join(ends)}")
+    return wait_for(
+        lambda: rollout_ended(job_record(cluster, job), version, ends),
+        timeout,
+        f"{job}'s rollout of version {version} {'/'.join(ends)}",
+    )
 
 
 def history(cluster: Colony, job: str) -> dict[int, dict]:
@@ -90,30 +90,7 @@ def refused(cluster: Colony, *args: str, said: str) -> str:
 
 def answers(instances: list[InstanceRecord]) -> set[str]:
     """What each instance answers on GET / ("<id> v<version>"), by asking it."""
-
-    async def ask() -> set[str]:
-        said = set()
-        for i in instances:
-            reader, writer = await asyncio.open_connection("127.0.0.1", i.ports["http"])
-            writer.write(b"GET / HTTP/1.0\r\n\r\n")
-            said.add((await reader.read()).decode().rsplit("\r\n", 1)[-1].strip())
-            writer.close()
-        return said
-
-    return asyncio.run(ask())
-
-
-def all_healthy(replicas: int, version: int | None = None):
-    """A check for `jobs.until`: one healthy instance per slot (at `version`), no other
-    instance desired to run."""
-
-    def check(seen: list[InstanceRecord]) -> list[InstanceRecord] | None:
-        run = wanted(seen)
-        ok = [i.slot for i in run] == list(range(replicas)) and all(map(healthy, run))
-        ok = ok and (version is None or all(i.version == version for i in run))
-        return run if ok else None
-
-    return check
+    return {body("127.0.0.1", i.ports["http"]) for i in instances}
 
 
 # --- bad input, canaries, rollback by hand --------------------------------------------------
@@ -263,8 +240,7 @@ def test_a_flapping_instance_does_not_flap_the_endpoint_set(cluster, tmp_path):
     both = tuple(sorted((first.id, other.id)))
 
     def checks_done() -> int:
-        reply = asyncio.run(get_text("127.0.0.1", first.ports["http"], "/checks"))
-        return int(reply)
+        return int(body("127.0.0.1", first.ports["http"], "/checks"))
 
     # past the grace, where failures count
     wait_for(lambda: time.time() > first.started_at + 3, 10, "the grace over")
@@ -286,14 +262,6 @@ def test_a_flapping_instance_does_not_flap_the_endpoint_set(cluster, tmp_path):
             watch.until(lambda ids: ids == both, SETTLE, "both back")
     finally:
         cluster.purge("flappy")
-
-
-async def get_text(host: str, port: int, path: str) -> str:
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-    text = (await reader.read()).decode()
-    writer.close()
-    return text.rsplit("\r\n", 1)[-1].strip()
 
 
 # --- drain ---------------------------------------------------------------------------------

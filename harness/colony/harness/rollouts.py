@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from colony.harness.jobs import read, records, voters_in
+from colony.harness.jobs import read, records, voters_in, wanted
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError, connect
 from colony.shared.config import NatsSettings
@@ -117,6 +117,30 @@ def healthy(instance: InstanceRecord) -> bool:
     return (
         instance.desired == "run" and instance.state == "running" and instance.health == "healthy"
     )
+
+
+def all_healthy(
+    replicas: int, version: int | None = None
+) -> Callable[[list[InstanceRecord]], list[InstanceRecord] | None]:
+    """A check for `LocalJobs.until`: the instances desired to run once there is one per
+    slot 0..replicas-1, each healthy (and at `version`); else None."""
+
+    def check(seen: list[InstanceRecord]) -> list[InstanceRecord] | None:
+        run = wanted(seen)
+        ok = [i.slot for i in run] == list(range(replicas)) and all(map(healthy, run))
+        ok = ok and (version is None or all(i.version == version for i in run))
+        return run if ok else None
+
+    return check
+
+
+def rollout_ended(
+    record: JobRecord | None, version: int, ends: Iterable[str] = ("succeeded",)
+) -> JobRecord | None:
+    """`record` if its rollout of `version` ended as one of `ends`; else None."""
+    rollout = record.rollout if record else None
+    done = rollout and rollout.version == version and rollout.status in tuple(ends)
+    return record if done else None
 
 
 # --- in a thread of its own -----------------------------------------------------------
@@ -221,6 +245,20 @@ async def get(host: str, port: int, path: str = "/", timeout: float = 2.0) -> st
     if len(words) < 2 or words[1] != "200":
         return f"answered {head[:60].decode(errors='replace').strip()!r}"
     return ""
+
+
+def body(host: str, port: int, path: str = "/", timeout: float = 5.0) -> str:
+    """The body of GET http://host:port/path, stripped (HTTP/1.0, from a test's thread)."""
+
+    async def ask() -> str:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            return (await reader.read()).decode(errors="replace").split("\r\n\r\n", 1)[-1]
+        finally:
+            writer.close()
+
+    return asyncio.run(asyncio.wait_for(ask(), timeout)).strip()
 
 
 @dataclass
