@@ -13,6 +13,10 @@ with a service.
   the real processes of its instances (found by their environment).
 - `probe`: the small programs run inside a namespace host: a voter's status or digest, a
   proposal sent on a signal, a subject's messages, a server's routes, a TCP connect.
+- `rollouts`: a job watched while it changes version, drains or turns sick: a client
+  loop of its endpoints counting failed requests, the endpoint sets published, its
+  instances sampled against a rolling update's invariants.
+- `webapp`: the HTTP service those jobs run, whose /health a test turns sick.
 - `busy`: keeps one CPU core busy until killed, the load a benchmark puts beside the cluster.
 - `promlint`: a check of a Prometheus text exposition, as `promtool check metrics` and
   a little stricter.

@@ -2,7 +2,11 @@
 turns sick, from outside, as its clients and an operator would see it.
 
 - `web_job`: the spec of an HTTP job (`webapp.py`, an HTTP health check) as a YAML
-  file holds it; `sick` turns one of its instances' health (`webapp` modes).
+  file holds it; `sick` turns one of its instances' health (`webapp` modes); `body`
+  asks one of them.
+- `all_healthy`, `rollout_ended`, `rollout_violations`: what the instances and the
+  job's record must say (one per slot and healthy; a rollout ended so; nothing wrong
+  at any moment of a rolling update).
 - `Prober`: a client loop that asks the job's endpoints (`subjects.endpoints()`, the
   request programs use) and GETs one endpoint per request, round robin, counting
   every failed request with its reason: what a client of the service would suffer.
