@@ -371,6 +371,18 @@ def test_health_of_an_older_or_ended_run_is_dropped_a_newer_runs_waits_for_its_s
     assert instance(running, "web-1").health == ""
 
 
+def test_a_new_runs_health_outlives_late_reports_of_the_run_before_and_its_start(running):
+    """The monitor judges run 60 before the agent's reports commit: the old run's late
+    report and the new run's `starting` keep the verdict, `running` shows it."""
+    running.one(InstancesHealth("a", [healthy("web-0", 1, run=60.0)]))
+    running.one(InstancesReport("a", [report("web-0", 2, "exited", started_at=50.0)]))
+    running.one(InstancesReport("a", [report("web-0", 3, "starting", started_at=60.0)]))
+    assert instance(running, "web-0").health == "healthy"
+    running.one(InstancesReport("a", [report("web-0", 4, started_at=60.0)]))
+    web0 = instance(running, "web-0")
+    assert (web0.state, web0.health, web0.health_run) == ("running", "healthy", 60.0)
+
+
 def test_health_needs_no_epoch_and_keeps_no_idempotency_record(running):
     again = Proposal("again", InstancesHealth("a", [healthy("web-0", 1)]))
     for value in ("1 recorded", "0 recorded"):

@@ -192,17 +192,23 @@ def remove(txn: Txn, command: InstancesRemove) -> Outcome:
     return Outcome(ok=True, value=f"{len(removed)} removed")
 
 
+LIVE = ("starting", "running")
+"""The states of a run that has not ended."""
+
+
 def report(txn: Txn, command: InstancesReport) -> Outcome:
     return report_all([(txn, command)])[0]
 
 
 def _reported(record: InstanceRecord, r: InstanceReport, ts: float) -> InstanceRecord | None:
     """`record` as report `r` says, at entry time `ts`; None if what is recorded is newer.
-    Health stays only while the run it is about is the one recorded running."""
+    Health stays unless the report is about a newer run than it, or says its run ended
+    (the monitor may judge a run before the agent's reports of it commit)."""
     if r.seq <= record.seq:
         return None  # a re-sent or late report: what is recorded is newer
-    about_this_run = r.state == "running" and r.started_at == record.health_run
-    health = record.health if about_this_run else ""
+    alive = r.state in LIVE
+    stays = record.health_run > r.started_at or (record.health_run == r.started_at and alive)
+    health = record.health if stays else ""
     return msgspec.structs.replace(
         record,
         state=r.state,
@@ -229,7 +235,7 @@ def _health(record: InstanceRecord, r: HealthReport, ts: float) -> InstanceRecor
     is recorded, or about a run older than the recorded one or recorded as ended."""
     if r.seq <= record.health_seq or r.run < record.started_at:
         return None
-    if r.run == record.started_at and record.state != "running":
+    if r.run == record.started_at and record.state not in LIVE:
         return None  # that run ended (an InstancesReport said so, clearing its health)
     if r.health != "healthy":
         since = 0.0
