@@ -398,7 +398,7 @@ def test_auto_promote_promotes_healthy_canaries_and_starts_the_first_batch():
     world.now += 5
     actions = world.round()
     assert actions.promotes == [
-        JobPromote(job="web", reason="2 canaries of version 2 healthy (auto_promote)")
+        JobPromote(job="web", reason="2 canaries of version 2 healthy (auto_promote)", version=2)
     ]
     assert len(actions.stops) == 2 and [p.slot for p in actions.places] == [2]
     assert [type(c) for c in actions.commands()][:2] == [JobPromote, RolloutProgress]
@@ -429,7 +429,9 @@ def test_a_failing_canary_reverts_to_the_stable_version_in_one_proposal():
             reason=f"reverted to version 1: {reason}",
             placed=1,
         ),
-        JobRollback(job="web", version=1, cause=f"auto-revert: version 2 failed: {reason}"),
+        JobRollback(
+            job="web", version=1, cause=f"auto-revert: version 2 failed: {reason}", from_version=2
+        ),
     ]
     assert not actions.stops and not actions.places  # the old ones were never touched
     # Version 3 is version 1's spec: the old instances are current; the canary goes.
@@ -455,7 +457,7 @@ def test_a_failure_recorded_without_its_revert_is_reverted_by_the_next_round():
     actions = world.round()
     assert [p.status for p in actions.progress] == ["reverted"]
     cause = "auto-revert: version 2 failed: instance web-0-0009 unhealthy"
-    assert actions.rollbacks == [JobRollback(job="web", version=1, cause=cause)]
+    assert actions.rollbacks == [JobRollback(job="web", version=1, cause=cause, from_version=2)]
     assert world.job.version == 3
 
 

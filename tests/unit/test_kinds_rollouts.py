@@ -177,6 +177,23 @@ async def test_a_failed_rollout_may_be_marked_reverted_in_the_proposal_that_roll
     assert (v3.cause, v3.outcome, v3.current) == (record.cause, "", True)
 
 
+async def test_the_managers_promote_and_revert_touch_only_the_version_they_decided_on(db):
+    """A user's newer version committed first is neither promoted nor rolled back."""
+    db.one(register("a"))
+    db.one(JobRun(canaried("sleep")))
+    succeed(db, 1)
+    db.manager(InstancesPlace([placement("web-0", version=1)]))
+    db.one(JobRun(canaried("sleepier")))  # version 2, a canary
+    db.one(JobRun(canaried("sleepiest")))  # version 3 by the user, before the manager's
+    promote = db.manager(JobPromote("web", version=2))
+    assert not promote.ok and "rolls out version 3 now, not 2" in promote.error
+    assert not job(db).rollout.promoted
+    revert = db.manager(JobRollback("web", 1, cause="auto-revert", from_version=2))
+    assert not revert.ok and "is at version 3 now, not 2: nothing was rolled back" in revert.error
+    assert job(db).version == 3
+    assert db.manager(JobPromote("web", version=3)).ok
+
+
 async def test_a_rollback_runs_no_canaries(db):
     # it goes back to a known version: auto_revert must not wait for a promotion
     db.one(register("a"))
@@ -513,4 +530,5 @@ async def test_a_schema_9_file_gets_history_columns_and_its_jobs_go_on(tmp_path)
     newest = (await history(db))[0]
     assert (newest.version, newest.cause) == (3, "rollback to version 1")
     assert job(db).rollout.previous == 2
+    assert job(db).stable == 2  # it ran before rollouts: what auto_revert goes back to
     db.machine.close()

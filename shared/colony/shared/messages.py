@@ -570,6 +570,9 @@ class JobPromote(CommandStruct, tag="job.promote"):
 
     job: JobName
     reason: Reason = ""
+    version: Count = 0
+    """Only the canaries of this version's rollout (0: of the rollout running now): the
+    manager's auto_promote must not promote a version submitted since it decided."""
 
 
 class JobRollback(CommandStruct, tag="job.rollback"):
@@ -580,6 +583,9 @@ class JobRollback(CommandStruct, tag="job.rollback"):
     job: JobName
     version: Count = 0
     cause: Reason = ""
+    from_version: Count = 0
+    """Only if the job is at this version now (0: whichever): the manager's auto_revert
+    must not undo a version submitted since it decided."""
 
 
 RolloutStatus = Literal["running", "succeeded", "failed", "reverted", "superseded", "stopped"]

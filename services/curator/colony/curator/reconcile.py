@@ -417,7 +417,7 @@ class _Round:
             said = f"{self.canaries} canaries of version {job.version} healthy (auto_promote)"
             if self.canaries == 1:
                 said = f"the canary of version {job.version} is healthy (auto_promote)"
-            actions.promotes.append(JobPromote(job=job.name, reason=said))
+            actions.promotes.append(JobPromote(job=job.name, reason=said, version=job.version))
             self.promoted = True
 
     def revert(self, actions: Actions, said: dict, failure: str) -> None:
@@ -425,12 +425,16 @@ class _Round:
         job, stable = self.job, self.job.stable
         if not (job.spec.update.auto_revert and stable and stable != job.version):
             return
+        if self.view.specs.get((job.name, stable)) == job.spec:
+            return  # it is the revert that failed: going back again would change nothing
         cause = f"auto-revert: version {job.version} failed: {failure}"
         reverted = f"reverted to version {stable}: {failure}"
         actions.progress.append(
             RolloutProgress(**said, status="reverted", reason=reverted[:MAX_REASON])
         )
-        rollback = JobRollback(job=job.name, version=stable, cause=cause[:MAX_REASON])
+        rollback = JobRollback(
+            job=job.name, version=stable, cause=cause[:MAX_REASON], from_version=job.version
+        )
         actions.rollbacks.append(rollback)
 
     def fail(self, why: str) -> None:

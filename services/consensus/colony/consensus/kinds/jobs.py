@@ -265,6 +265,8 @@ def _new_version(
         purge=False,
         submitted=txn.ts,
         rollout=_rollout(txn, record, spec, latest, canaries),
+        # a job from before rollouts ran its version as it should: the one to go back to
+        stable=record.stable or (record.version if record.rollout is None else 0),
     )
     _write(txn, updated, version)
     return Outcome(ok=True, value="update", version=latest)
@@ -382,6 +384,11 @@ def promote(txn: Txn, command: JobPromote) -> Outcome:
             f"the rollout of job {name} version {rollout.version} has no canaries to promote: "
             "it replaces the instances batch by batch on its own"
         )
+    elif command.version and command.version != rollout.version:
+        refusal = (
+            f"job {name} rolls out version {rollout.version} now, not {command.version}: "
+            "its canaries were not promoted"
+        )
     elif rollout.promoted:
         refusal = (
             f"the canaries of job {name} version {rollout.version} are promoted already: "
@@ -439,6 +446,13 @@ def rollback(txn: Txn, command: JobRollback) -> Outcome:
     record, version = read(txn.db, command.job)
     if record is None:
         return _unknown(command.job)
+    if command.from_version and command.from_version != record.version:
+        return Outcome(
+            ok=False,
+            version=record.version,
+            error=f"job {command.job} is at version {record.version} now, not "
+            f"{command.from_version}: nothing was rolled back",
+        )
     target = _rollback_target(txn.db, record, command.version)
     if isinstance(target, str):
         return Outcome(ok=False, version=record.version, error=target)
