@@ -113,3 +113,15 @@ def test_every_job_has_a_set_even_when_empty_and_matches_each_jobs_own():
     assert set(found) == {"web", "batch"}
     assert found["web"] == job_endpoints(v, "web")
     assert found["batch"] == ("", [])
+
+
+def test_an_instance_on_a_node_membership_no_longer_sees_alive_leaves_at_once():
+    """Before the manager records the node dead (a suspicion window, then DEAD_AFTER),
+    membership's word takes its instances out: clients stop sending there now."""
+    v = view(healthy("web-0-a", "n1"), healthy("web-1-b", "n2"))
+    v.answered, v.members = True, {"n1": "alive", "n2": "suspect"}
+    assert ids(job_endpoints(v, "web")[1]) == ["web-0-a"]
+    v.members = {"n1": "alive"}  # n2 unknown to membership
+    assert ids(job_endpoints(v, "web")[1]) == ["web-0-a"]
+    v.members = {"n1": "alive", "n2": "alive"}
+    assert ids(job_endpoints(v, "web")[1]) == ["web-0-a", "web-1-b"]

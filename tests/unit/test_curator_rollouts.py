@@ -579,6 +579,21 @@ def test_a_newer_version_mid_rollout_replaces_both_older_ones():
     assert {i.version for i in world.instances(desired="run")} == {3}
 
 
+def test_of_two_older_instances_in_a_slot_the_ready_one_stays_not_the_broken_newer_one():
+    world = World(NODES)
+    world.running_job(replicas=1, max_parallel=1)
+    [v1] = world.instances()
+    world.submit(spec(1, args="2", max_parallel=1))
+    [v2] = world.round().places
+    world.agents(healthy=False)
+    world.set(world.view.instances[v2.id], health="unhealthy", health_output="500")
+    assert world.round().progress[0].status == "failed"
+    world.submit(spec(1, args="3", max_parallel=1))  # the user's fix
+    actions = world.round()
+    assert v1.id not in actions.stops and v2.id in actions.stops
+    assert [p.version for p in actions.places] == [3]
+
+
 def test_scaling_a_running_rollout_up_places_the_new_slots_at_once():
     world = World(NODES)
     world.running_job(replicas=2, max_parallel=1)

@@ -66,6 +66,8 @@ def _serving(view: View, i: InstanceRecord) -> bool:
     if i.desired != "run" or i.state != "running" or i.health != "healthy":
         return False
     node = view.nodes.get(i.node)
+    if view.answered and view.members.get(i.node) != "alive":
+        return False  # suspect, or gone before the manager recorded it: clients stop now
     return node is not None and node.status not in GONE
 
 

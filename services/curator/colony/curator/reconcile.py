@@ -330,7 +330,8 @@ class _Round:
         for group, kept in ((holders, self.keep), (leaving, self.leave)):
             for slot, found in group.items():
                 keep = kept[slot] = max(
-                    found, key=lambda i: (RANK.get(i.state, 0), i.version, i.placed, i.id)
+                    found,
+                    key=lambda i: (self.ready(i), RANK.get(i.state, 0), i.version, i.placed, i.id),
                 )
                 extra = [i.id for i in found if i is not keep]
                 if group is holders and slot in slots and slots[slot].stop_if_placed:
