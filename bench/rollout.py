@@ -43,9 +43,9 @@ from colony.harness.jobs import LocalJobs
 from colony.harness.processes import wait_for
 from colony.harness.rollouts import (
     EndpointWatch,
+    InstanceChanges,
     Probed,
     Prober,
-    Sampler,
     all_healthy,
     nats_urls,
     rollout_ended,
@@ -65,6 +65,8 @@ RATE = float(os.environ.get("COLONY_BENCH_ROLLOUT_RATE", "50"))
 """Client requests per second (the loop's target)."""
 INTERVAL = 1.0
 """The check's interval, seconds."""
+GRACE = 20
+"""The check's grace, seconds: a start capped at 0.02 core takes seconds."""
 LONG = 600.0
 """Seconds any one phase may take before the bench gives up."""
 
@@ -78,7 +80,7 @@ def spec(
         version=version,
         health=health,
         control=control,
-        check={"interval": "1s", "timeout": "1s", "unhealthy_threshold": 2, "grace": "20s"},
+        check={"interval": "1s", "timeout": "1s", "unhealthy_threshold": 2, "grace": f"{GRACE}s"},
         cpu=0.02,
         update={
             "max_parallel": PARALLEL,
@@ -160,7 +162,7 @@ def measure(workdir: Path) -> tuple[list[list[str]], dict]:
         with (
             Prober(urls, "web", workers=4, rate=RATE) as client,
             EndpointWatch(urls, "web") as watch,
-            Sampler(here.state, "web", every=0.1) as seen,
+            InstanceChanges(urls, "web") as seen,
         ):
             wait_for(lambda: client.result.requests >= 50, 60, "the client's first requests")
 
@@ -180,13 +182,12 @@ def measure(workdir: Path) -> tuple[list[list[str]], dict]:
             say(f"update: {took:.1f} s")
 
             before, began = snapshot(client.result), time.monotonic()
-            here.submit(spec("web", REPLICAS, here.control, version="3", health="fail"))
-            failed = here.rolled_out("web", 3, ends=("reverted", "failed"))
-            reverted_after = time.monotonic() - began
+            submitted = here.submit(spec("web", REPLICAS, here.control, "3", health="fail"))
+            # the revert is version 4, made in the same entry as version 3's failure
             back = here.rolled_out("web", 4)
             here.all_healthy("web", REPLICAS)
             took = time.monotonic() - began
-            note = f"failed after {reverted_after:.1f} s: {failed.rollout.reason[:80]}"
+            note = f"reverted after {back.rollout.started - submitted:.1f} s ({back.cause})"
             rows.append(
                 phase(
                     f"broken version 3, auto-reverted to {back.version}",
@@ -198,8 +199,7 @@ def measure(workdir: Path) -> tuple[list[list[str]], dict]:
             )
             say(f"revert: {took:.1f} s")
 
-            before = snapshot(client.result)
-            took, moved = drain(here)
+            took, moved, before = drain(here, client.result)
             rows.append(
                 phase(
                     f"drain of a node with {moved} instances",
@@ -218,9 +218,10 @@ def measure(workdir: Path) -> tuple[list[list[str]], dict]:
     return rows, figures
 
 
-def drain(here: Bench) -> tuple[float, int]:
-    """Fill the non-manager node with the most of web's instances up to DRAIN with a
-    second job's, then drain it: seconds until drained, instances it held."""
+def drain(here: Bench, client: Probed) -> tuple[float, int, Probed]:
+    """Fill the node with the most of web's instances up to DRAIN with a second job's,
+    then drain it: seconds until drained, instances it held, the client's figures when
+    the drain began."""
     instances = [i for i in here.jobs.instances("web") if i.desired == "run"]
     nodes = here.jobs.nodes()
     counts = {n: sum(i.node == n for i in instances) for n in nodes}
@@ -246,24 +247,34 @@ def drain(here: Bench) -> tuple[float, int]:
         for job in ("web", "pack")
         for i in here.jobs.instances(job)
     )
-    began = time.monotonic()
+    before, began = snapshot(client), time.monotonic()
     colony("node", here.cluster.state, "drain", name, "--deadline", str(int(LONG)))
     wait_for(lambda: here.jobs.nodes()[target].drain == "drained", LONG, f"{name} drained")
     took = time.monotonic() - began
     colony("node", here.cluster.state, "undrain", name)
-    return took, held
+    return took, held, before
 
 
-def unhealthy_latency(here: Bench, watch: EndpointWatch, seen: Sampler) -> dict:
-    """SAMPLES instances made unhealthy one at a time: from the monitor's decision and
+def unhealthy_latency(here: Bench, watch: EndpointWatch, seen: InstanceChanges) -> dict:
+    """SAMPLES instances made unhealthy one at a time (each past its check's grace, and
+    a different one each time where there are enough): from the monitor's decision and
     from the break to a set without it; each healthy again before the next."""
     decided: list[float] = []
     broken: list[float] = []
     missed = 0
-    for n in range(SAMPLES):
+    used: list[str] = []
+
+    def candidate() -> str | None:
+        current = set(watch.current() or ())
+        settled = [i.id for i in here.jobs.instances("web")
+                   if i.id in current and i.started_at < time.time() - GRACE - 1]  # fmt: skip
+        fresh = [i for i in settled if i not in used] or sorted(settled, key=used.index)
+        return fresh[0] if fresh else None
+
+    for _ in range(SAMPLES):
         watch.until(lambda ids: len(ids) == REPLICAS, LONG, f"{REPLICAS} endpoints")
-        current = watch.current() or ()
-        victim = current[n % len(current)]
+        victim = wait_for(candidate, LONG, "an instance past its grace", every=0.5)
+        used.append(victim)
         sick(here.control, victim, "fail")
         began = time.time()
         left = watch.until(lambda ids, v=victim: v not in ids, LONG, f"{victim} gone")
@@ -274,7 +285,7 @@ def unhealthy_latency(here: Bench, watch: EndpointWatch, seen: Sampler) -> dict:
             )
             decided.append(left - record.health_at)
         except AssertionError:
-            missed += 1  # restarted before a sample saw it unhealthy
+            missed += 1  # its unhealthy record not seen on the change stream
         sick(here.control, victim, "ok")
         watch.until(lambda ids, v=victim: v in ids, LONG, f"{victim} back")
     return {"decided": decided, "broken": broken, "missed": missed}
@@ -316,9 +327,9 @@ request failed if it was refused, reset, timed out or did not answer 200.
 {table(["phase", "seconds", "requests", "req/s", "failed requests", "note"], rows)}
 
 An instance made unhealthy leaves the endpoint set ({SAMPLES} samples, one at a
-time; {latency["missed"]} restarted before a sample of the records saw them
-unhealthy; {figures["latency_failed"]} requests failed meanwhile, the restarts
-being immediate):
+time; {latency["missed"]} whose unhealthy record was not seen on the change stream;
+{figures["latency_failed"]} requests failed meanwhile: its agent restarts an unhealthy
+instance as soon as its record says so, without the shutdown delay of a stop):
 
 {lat}
 

@@ -11,6 +11,7 @@ turns sick, from outside, as its clients and an operator would see it.
   request programs use) and GETs one endpoint per request, round robin, counting
   every failed request with its reason: what a client of the service would suffer.
 - `EndpointWatch`: every endpoint set published on `endpoints_changed(job)`, timed.
+- `InstanceChanges`: every record of the job's instances on the change stream.
 - `Sampler`: the job's instances (and record) read again and again, each sample given
   to a check that names what is wrong in it (`rollout_violations`); every record seen
   kept, by instance.
@@ -42,6 +43,7 @@ import msgspec
 from colony.harness.jobs import read, records, voters_in, wanted
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError, connect
+from colony.shared.changes import follow
 from colony.shared.config import NatsSettings
 from colony.shared.messages import (
     Endpoint,
@@ -152,8 +154,8 @@ def rollout_ended(
 
 class Background:
     """Runs `setup(bus)` then `loop(bus)` in a thread with its own event loop and NATS
-    connection; `start` returns once `setup` did, `stop` ends the loop (and raises what
-    it raised)."""
+    connection; `start` returns once `setup` did, `stop` cancels the loop (and raises
+    what it raised)."""
 
     name = "test-background"
 
@@ -162,6 +164,8 @@ class Background:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
+        self._asyncio: asyncio.AbstractEventLoop | None = None
+        self._looping: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
 
     @property
@@ -184,8 +188,12 @@ class Background:
             settings = NatsSettings(servers=self.urls, connect_timeout=2.0)
             bus = await connect(settings, self.name)
             await self.setup(bus)
+            self._looping = asyncio.create_task(self.loop(bus))
+            self._asyncio = asyncio.get_running_loop()
             self._ready.set()
-            await self.loop(bus)
+            await self._looping
+        except asyncio.CancelledError:
+            pass  # stopped while it waited
         except BaseException as e:  # kept for stop() to raise in the test's thread
             self.error = e
         finally:
@@ -205,6 +213,9 @@ class Background:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._asyncio is not None and self._looping is not None:
+            # a loop waiting for a message, or a change, ends now
+            self._asyncio.call_soon_threadsafe(self._looping.cancel)
         if self._thread is not None:
             self._thread.join(30)
             if self._thread.is_alive():
@@ -424,12 +435,51 @@ class EndpointWatch(Background):
             time.sleep(0.01)
 
 
-# --- the job's instances, sampled ---------------------------------------------------------
+# --- the job's instances, sampled or followed --------------------------------------------
 
 Check = Callable[[list[InstanceRecord], JobRecord | None], Iterable[str]]
 
 
-class Sampler(Background):
+class Records:
+    """Every distinct record seen of each instance, in order."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[InstanceRecord]] = {}
+
+    def saw(self, record: InstanceRecord) -> None:
+        history = self.seen.setdefault(record.id, [])
+        if not history or history[-1] != record:
+            history.append(record)
+
+    def first(self, instance: str, where: Callable[[InstanceRecord], bool]) -> InstanceRecord:
+        """The first record seen of `instance` that `where` holds for."""
+        found = [r for r in self.seen.get(instance, []) if where(r)]
+        if not found:
+            raise AssertionError(
+                f"no record of {instance} seen as wanted; seen: {self.seen.get(instance)}"
+            )
+        return found[0]
+
+
+class InstanceChanges(Background, Records):
+    """Every record of `job`'s instances the change stream carries from about when
+    `start` returns (every change, where sampling could miss a short-lived one)."""
+
+    name = "test-instance-changes"
+
+    def __init__(self, urls: list[str], job: str) -> None:
+        Background.__init__(self, urls)
+        Records.__init__(self)
+        self.job = job
+
+    async def loop(self, bus: Bus) -> None:
+        async for change in follow(bus, after=None, kinds=["instance"]):
+            if change.detail.get("job") == self.job:
+                with contextlib.suppress(msgspec.ValidationError):
+                    self.saw(msgspec.convert(change.detail, InstanceRecord))
+
+
+class Sampler(Background, Records):
     """Reads `job`'s instances and record through the voters every `every` seconds;
     `check(instances, job record)` names what is wrong in each sample (kept in
     `violations` with when). Reads that fail (an election) are counted and skipped."""
@@ -437,13 +487,12 @@ class Sampler(Background):
     name = "test-sampler"
 
     def __init__(self, state: Path, job: str, check: Check | None = None, every: float = 0.2):
-        super().__init__(nats_urls(state))
+        Background.__init__(self, nats_urls(state))
+        Records.__init__(self)
         self.state, self.job, self.check, self.every = state, job, check, every
         self.samples = 0
         self.failed_reads: Counter[str] = Counter()
         self.violations: list[tuple[float, str]] = []
-        self.seen: dict[str, list[InstanceRecord]] = {}
-        """Every distinct record of each instance sampled, in order."""
         self.records: list[JobRecord] = []
         """Every distinct record of the job sampled, in order."""
         self.last: list[InstanceRecord] = []
@@ -468,22 +517,11 @@ class Sampler(Background):
             if record is not None and (not self.records or self.records[-1] != record):
                 self.records.append(record)
             for i in instances:
-                history = self.seen.setdefault(i.id, [])
-                if not history or history[-1] != i:
-                    history.append(i)
+                self.saw(i)
             if self.check is not None:
                 now = time.time()
                 self.violations += [(now, v) for v in self.check(instances, record)]
             await self.pause(self.every - (time.monotonic() - began))
-
-    def first(self, instance: str, where: Callable[[InstanceRecord], bool]) -> InstanceRecord:
-        """The first record sampled of `instance` that `where` holds for."""
-        found = [r for r in self.seen.get(instance, []) if where(r)]
-        if not found:
-            raise AssertionError(
-                f"no record of {instance} sampled as wanted; seen: {self.seen.get(instance)}"
-            )
-        return found[0]
 
 
 def rollout_violations(replicas: int, max_parallel: int, old: int, new: int) -> Check:
