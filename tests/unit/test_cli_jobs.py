@@ -19,6 +19,7 @@ from colony.shared.messages import (
     NodeRecord,
     PlannedPlacement,
     PlanReply,
+    Rollout,
 )
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -128,6 +129,18 @@ def test_progress_after_a_spec_change_waits_for_the_new_version():
     assert now.line("web") == "web: 0/3 placed, 0 starting, 0/3 running, 3 of an older version"
     new = [instance(id=f"web-{s}-1111", slot=s, version=2, state="running") for s in range(3)]
     assert job.progress(v2, new).done
+
+
+def test_a_first_version_is_done_once_its_rollout_succeeded():
+    """Running is not enough: until its instances stayed healthy min_healthy_time, a
+    failed next version would have nothing to revert to."""
+    three = [instance(id=f"web-{s}-0000", slot=s, state="running") for s in range(3)]
+    rolling = job_record(rollout=Rollout(version=1))
+    now = job.progress(rolling, three)
+    assert not now.done
+    assert now.line("web").endswith("; staying healthy for min_healthy_time")
+    succeeded = job_record(rollout=Rollout(version=1, status="succeeded"))
+    assert job.progress(succeeded, three).done
 
 
 def test_progress_sees_instances_failed_for_good():

@@ -432,11 +432,15 @@ class Progress:
     """Of those running, the healthy ones (counted only for a job with checks)."""
     checked: bool = False
     """The job has health checks: done only once they pass."""
+    settled: bool = True
+    """Its version's rollout succeeded (its instances stayed healthy min_healthy_time):
+    only then is the version the one a failed next version reverts to."""
 
     @property
     def done(self) -> bool:
         healthy = self.healthy >= self.desired or not self.checked
-        return self.running >= self.desired and self.placed + self.older <= self.desired and healthy
+        placed = self.placed + self.older <= self.desired
+        return self.running >= self.desired and placed and healthy and self.settled
 
     def line(self, job: str) -> str:
         n = self.desired
@@ -451,6 +455,8 @@ class Progress:
             text += f", {self.older} of an older version"
         if self.blocked:
             text += f"; blocked: {self.blocked}"
+        elif self.running >= self.desired and not self.settled:
+            text += "; staying healthy for min_healthy_time"
         return text
 
 
@@ -459,6 +465,7 @@ def progress(job: JobRecord | None, instances: Sequence[InstanceRecord]) -> Prog
     if job is None:
         return None
     wanted = [i for i in instances if i.desired == "run" and i.job == job.name]
+    rollout = job.rollout
     current = [i for i in wanted if i.version >= job.version]
     failed = [i for i in current if i.state in ("failed", "lost")]
     return Progress(
@@ -474,6 +481,7 @@ def progress(job: JobRecord | None, instances: Sequence[InstanceRecord]) -> Prog
         blocked=job.blocked,
         healthy=sum(i.state == "running" and i.health == "healthy" for i in current),
         checked=bool(job.spec.checks),
+        settled=rollout is None or rollout.version != job.version or rollout.status != "running",
     )
 
 
