@@ -437,3 +437,16 @@ def test_endpoints_come_from_the_manager_else_from_the_last_set_published_said_s
     with pytest.raises(endpoints.EndpointsError, match="no job named 'web'") as refused:
         asyncio.run(endpoints.current(unknown, "web", ""))
     assert refused.value.code == 404
+
+
+def test_a_changed_field_reads_old_to_new_and_a_script_as_its_changed_lines():
+    assert rollout.change_line(SpecChange("resources.memory", "64MiB", "128MiB")) == (
+        "  resources.memory: 64MiB -> 128MiB"
+    )
+    assert rollout.change_line(SpecChange("task.env.A", "", "1")).endswith("(not set) -> 1")
+    script = SpecChange("task.args[1]", "import os\nprint(1)\nrun()", "import os\nprint(2)\nrun()")
+    assert rollout.change_line(script).splitlines() == [
+        "  task.args[1]:",
+        "      -print(1)",
+        "      +print(2)",
+    ]

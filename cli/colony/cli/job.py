@@ -402,7 +402,9 @@ def plan_lines(
     elif plan.unplaced == 0:
         lines.append("nothing to place")
     if plan.stop:
-        lines.append(f"would stop: {', '.join(plan.stop)}")
+        rolling = plan.change == "update" and plan.replace
+        said = "replaces, as above" if rolling else "would stop"
+        lines.append(f"{said}: {', '.join(plan.stop)}")
     if plan.unplaced:
         lines.append(
             Text.assemble(

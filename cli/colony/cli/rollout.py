@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import getpass
 import math
 import re
@@ -56,8 +57,14 @@ def cause(*words: str) -> str:
 
 
 def change_line(change: SpecChange) -> str:
-    """'  resources.memory: 64MiB -> 128MiB' ('(not set)' / '(removed)' for a side missing)."""
-    return f"  {change.path}: {change.old or '(not set)'} -> {change.new or '(removed)'}"
+    """'  resources.memory: 64MiB -> 128MiB' ('(not set)' / '(removed)' for a side missing);
+    a value of several lines (a script) as the lines that differ, - old and + new."""
+    if "\n" not in change.old + change.new:
+        return f"  {change.path}: {change.old or '(not set)'} -> {change.new or '(removed)'}"
+    old, new = change.old.splitlines(), change.new.splitlines()
+    lines = list(difflib.unified_diff(old, new, n=0, lineterm=""))[2:]  # no file names
+    changed = [f"      {line}" for line in lines if not line.startswith("@@")]
+    return "\n".join([f"  {change.path}:", *changed])
 
 
 def plural(n: int, one: str, many: str = "") -> str:
