@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from colony.shared.jobspec import JobSpec
+from colony.shared.jobspec import JobSpec, format_duration
 from colony.shared.messages import InstanceRecord, JobRecord, Rollout
 
 Mode = Literal["steady", "running", "halted"]
@@ -65,7 +65,8 @@ def instance_failure(
         return "", None
     deadline = i.placed + spec.update.healthy_deadline
     if now >= deadline:
-        return f"instance {i.id} not healthy within {duration(spec.update.healthy_deadline)}", None
+        within = format_duration(spec.update.healthy_deadline)
+        return f"instance {i.id} not healthy within {within}", None
     return "", deadline
 
 
@@ -75,21 +76,9 @@ def batch_failure(rollout: Rollout, spec: JobSpec, now: float) -> tuple[str, flo
         return "", None
     deadline = rollout.batch_started + spec.update.progress_deadline
     if now >= deadline:
-        within = duration(spec.update.progress_deadline)
+        within = format_duration(spec.update.progress_deadline)
         return f"batch {rollout.batch} not healthy within {within}", None
     return "", deadline
-
-
-def duration(seconds: float) -> str:
-    """As a job file says it: 1m, 90s -> 1m30s, 1.5s, 2h."""
-    if seconds != int(seconds) or seconds < 60:
-        return f"{seconds:g}s"
-    left, parts = int(seconds), []
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        count, left = divmod(left, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
 
 
 def earliest(*times: float | None) -> float | None:
