@@ -23,6 +23,7 @@
   NATS micro registration, shutdown.
 - `natsd`: the embedded nats-server: its binary, its config file, and readiness checks.
 - `clock`: the injectable clock, real or a fake that moves only when a test advances it.
+- `tasks`: stopping asyncio tasks for sure (Python 3.11 can lose a cancellation).
 - `statedir`: the on-disk layout of a state directory (node configs, process records, logs).
 """
 
