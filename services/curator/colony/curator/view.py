@@ -224,7 +224,7 @@ class View:
         """As the jobs kind records a rollout's progress: only that of the job's current
         rollout while it runs (a failed one may still be marked reverted); a final status
         ends it, keeping the counters and reason it leaves 0 or empty, and a success makes
-        the version stable."""
+        the version stable (`colony.consensus.kinds.jobs.progress`: change both together)."""
         record = self.jobs.get(progress.job)
         rollout = record.rollout if record else None
         open_to = ("running", "failed") if progress.status == "reverted" else ("running",)

@@ -480,7 +480,8 @@ def progress(txn: Txn, command: RolloutProgress) -> Outcome:
     """The manager's record of the rollout of `command.version`: applied only while that
     rollout runs (a halted, failed one may still be marked reverted); a final status ends
     it and is its version's outcome. A final word's counters left 0 keep the recorded
-    ones (the progress it ended at)."""
+    ones (the progress it ended at). The curator's view applies the same rule to the
+    manager's own writes (`View._rollout`): change both together."""
     record, version = read(txn.db, command.job)
     if record is None:
         return _unknown(command.job)
