@@ -84,6 +84,9 @@ class ConsensusSettings(_Section):
     """Node ids of the Raft voters (1, 3 or 5 of them), the same list on every node."""
     secret_file: str = ""
     """File holding the cluster secret that signs Raft frames (kept out of this config)."""
+    cluster_id: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{15})?\Z")] = ""
+    """The cluster's id (15 hex digits), kept in its database and its snapshots (a
+    snapshot of another cluster is refused); '' : derived from the secret."""
     propose_timeout: Positive = 5.0
     """Seconds a proposal may wait to be committed before it is answered 'no quorum'."""
     change_stream_replicas: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
@@ -147,6 +150,21 @@ class AgentSettings(_Section):
             raise ValueError(f"port_lo {self.port_lo} is above port_hi {self.port_hi}")
 
 
+class SnapshotterSettings(_Section):
+    target: str = "nats"
+    """Where each voter's database is replicated: 'nats' (an object store bucket of the
+    cluster's own JetStream, one per voter), 'file:///DIR' (DIR/<node>), or an
+    S3-compatible 's3://BUCKET/PATH' (litestream's own settings and environment)."""
+    sync_interval: Positive = 1.0
+    """Seconds between litestream's syncs: at most this much is lost with every voter."""
+    snapshot_interval: Positive = 3600.0
+    """Seconds between full snapshots in the replica (a restore replays less after one)."""
+    retention: Positive = 24 * 3600.0
+    """Seconds of history the replica keeps (older snapshots and changes are removed)."""
+    report_interval: Positive = 5.0
+    """Seconds between updates of this voter's entry in the replica manifest."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -159,6 +177,7 @@ class Config(_Section):
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     consensus: ConsensusSettings = msgspec.field(default_factory=ConsensusSettings)
     agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
+    snapshotter: SnapshotterSettings = msgspec.field(default_factory=SnapshotterSettings)
 
     @property
     def node_name(self) -> str:

@@ -1279,3 +1279,110 @@ class Change(Signed, kw_only=True, frozen=True):
             raise ValueError(
                 f"a change's detail is {size} bytes of JSON, over the {MAX_DETAIL_BYTES}-byte limit"
             )
+
+
+# --- snapshots and replication (snapshotter, consensus, `colony snapshot`) -----------
+
+
+class SnapshotHeader(msgspec.Struct, frozen=True, kw_only=True):
+    """What a snapshot file says of itself (colony.shared.snapshot: the format)."""
+
+    format: int
+    cluster: str
+    """The cluster's id (15 hex digits) its database belongs to ('' : made before ids)."""
+    index: int
+    """The last Raft log index applied to its database."""
+    term: int
+    """That entry's Raft term."""
+    schema: int
+    """The database's schema version (SQLite's user_version)."""
+    counts: dict[str, int]
+    """Rows per table of objects (jobs, instances, nodes, kv, ...)."""
+    size: int
+    """Bytes of the database that follow the header."""
+    sha256: str
+    """Checksum of those bytes (hex)."""
+    made_at: float
+    made_by: str
+    """The node that made it."""
+    origin: str
+    """How it was made: 'save' (colony snapshot save), 'compaction' (Raft's log
+    compaction), 'replica' (restored from a litestream replica), 'seed'."""
+    voters: list[str] = []
+    raft: bytes = b""
+    """pysyncobj's bookkeeping (its last two log entries and the voters), in a compaction
+    snapshot only: opaque to everyone but consensus, and kept out of the database."""
+
+
+class SnapshotSaveRequest(Message, kw_only=True, frozen=True):
+    """Ask a voter to write a snapshot of its database, consistent at one Raft index, to
+    the snapshot object store (`SNAPSHOT_BUCKET`) under `name`. Sent to the Raft leader,
+    after a read barrier, so the snapshot holds every write acknowledged before."""
+
+    name: str = ""
+    """The object's name ('' : saved/<cluster>/<index>-<time>)."""
+
+
+class SnapshotSaveReply(Message, kw_only=True, frozen=True):
+    node: str
+    name: str
+    """Where it is in `SNAPSHOT_BUCKET`."""
+    header: SnapshotHeader
+    seconds: float
+
+
+class SnapshotFetchRequest(Message, kw_only=True, frozen=True):
+    """Ask a node's snapshotter to restore the freshest replica of the management database
+    (by Raft term, then index, from the manifest) into a snapshot file at `path` on its
+    node. Consensus asks it to seed a new voter; `colony up --restore replica` to bring a
+    cluster back."""
+
+    path: str
+    """Where to write the snapshot file (on the snapshotter's node)."""
+    min_index: int = 0
+    """Refuse (404) if the freshest replica holds less than this index."""
+
+
+class SnapshotFetchReply(Message, kw_only=True, frozen=True):
+    node: str
+    path: str
+    replica: str
+    """Whose replica it was restored from (a voter's node id)."""
+    header: SnapshotHeader
+    seconds: float
+
+
+class ReplicaPosition(Message, kw_only=True, frozen=True):
+    """A voter's replica of the management database, as its snapshotter reports it: the
+    manifest, kept in the `REPLICAS_BUCKET` key-value bucket under the voter's node id."""
+
+    node: str
+    target: str
+    """Where litestream writes it (nats://.../bucket, file:///dir, s3://...), without secrets."""
+    index: int = 0
+    """The Raft index the replica holds (the database's applied index at its last sync)."""
+    term: int = 0
+    synced_at: float = 0.0
+    """When litestream last synced (wall clock); 0: never yet."""
+    lag: float = 0.0
+    """Seconds the replica is behind the database (0 when caught up)."""
+    replica_bytes: int = 0
+    """Storage the replica takes, where the target tells."""
+    healthy: bool = True
+    problem: str = ""
+    """Why it is not healthy ('' when it is): litestream's own error, the target
+    unwritable or full, the object store unavailable, litestream restarting."""
+    restarts: int = 0
+
+
+class ReplicationStatusRequest(Message, kw_only=True, frozen=True):
+    pass
+
+
+class ReplicationStatus(Message, kw_only=True, frozen=True):
+    """A node's snapshotter: its replica (None when the node is no voter) and sidecar."""
+
+    node: str
+    voter: bool
+    replica: ReplicaPosition | None = None
+    litestream_pid: int = 0

@@ -42,10 +42,16 @@ from colony.shared.messages import (
     ProposeRequest,
     QueryReply,
     QueryRequest,
+    ReplicationStatus,
+    ReplicationStatusRequest,
     RetireReply,
     RetireRequest,
     ServiceMetrics,
     ServiceMetricsRequest,
+    SnapshotFetchReply,
+    SnapshotFetchRequest,
+    SnapshotSaveReply,
+    SnapshotSaveRequest,
 )
 
 P = TypeVar("P")
@@ -279,6 +285,44 @@ def endpoints_changed(job: str) -> Subject[EndpointsReply]:
     """A job's healthy endpoints, published by the acting manager's curator whenever the
     set changes (and when a manager starts acting); ENDPOINTS_STREAM keeps the last."""
     return Subject(f"{ROOT}.endpoints.changed.{token(job, 'job', wildcard=True)}", EndpointsReply)
+
+
+def snapshot_save(node: str) -> RequestSubject[SnapshotSaveRequest, SnapshotSaveReply]:
+    """Served by a voter's consensus: write a snapshot of its database to `SNAPSHOT_BUCKET`."""
+    return RequestSubject(
+        f"{ROOT}.consensus.snapshot.{token(node, 'node')}", SnapshotSaveRequest, SnapshotSaveReply
+    )
+
+
+def snapshot_fetch(node: str) -> RequestSubject[SnapshotFetchRequest, SnapshotFetchReply]:
+    """Served by a node's snapshotter: restore the freshest replica into a snapshot file."""
+    return RequestSubject(
+        f"{ROOT}.snapshotter.fetch.{token(node, 'node')}", SnapshotFetchRequest, SnapshotFetchReply
+    )
+
+
+def replication_status(
+    node: str,
+) -> RequestSubject[ReplicationStatusRequest, ReplicationStatus]:
+    """Served by a node's snapshotter: its replica's position and health."""
+    return RequestSubject(
+        f"{ROOT}.snapshotter.status.{token(node, 'node')}",
+        ReplicationStatusRequest,
+        ReplicationStatus,
+    )
+
+
+REPLICAS_BUCKET = "COLONY_REPLICAS"
+"""Key-value bucket: the manifest, one `ReplicaPosition` per voter's node id."""
+SNAPSHOT_BUCKET = "COLONY_SNAPSHOTS"
+"""Object store bucket: snapshots saved with `colony snapshot save` (snapshot files)."""
+REPLICA_BUCKET_PREFIX = "COLONY_REPLICA_"
+
+
+def replica_bucket(node: str) -> str:
+    """The object store bucket litestream replicates voter `node`'s database into (one
+    writer per replica: each voter its own)."""
+    return REPLICA_BUCKET_PREFIX + token(node, "node")
 
 
 SKIPPED = "skipped"
