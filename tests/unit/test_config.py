@@ -193,7 +193,7 @@ def test_unknown_key_from_env():
 
 def test_unknown_section_lists_the_known_sections(tmp_path):
     path = write(tmp_path, "[bogus]\nx = 1\n")
-    known = "agent, consensus, log, monitor, nats, node"
+    known = "agent, consensus, log, monitor, nats, node, snapshotter"
     assert f"unknown key (known keys: {known})" in load_error(path)
 
 
