@@ -1197,6 +1197,10 @@ class JoinRequest(Signed, kw_only=True, frozen=True):
     start a voter with these `voters` (the node itself among them)."""
 
     voters: list[str]
+    seed: bool = False
+    """Start from the freshest replica snapshot (its snapshotter fetches it) and catch up
+    from the leader's log after it. False when the leader compacted its log for the
+    join instead (its log holds a removal of a current voter, unsafe to replay)."""
 
 
 class JoinReply(Message, kw_only=True, frozen=True):
