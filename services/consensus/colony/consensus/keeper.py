@@ -20,6 +20,12 @@ resources is added, a returning voter as soon as membership says it is
 alive. A node that did not come to stand by, or did not join, is passed over
 for a while (`NOT_READY_FOR`, `SHUNNED_FOR`).
 
+Seeding. A node about to join may start from a replica snapshot and replay
+the leader's log after it (`may_seed`), unless that log holds the removal of
+a voter of today: replaying it, the node would pass through a set of voters
+without that one, and drop its frames as a stranger's. Then the leader
+compacts its log instead, and the node is sent that snapshot.
+
 Preferring. The leader hands leadership (Raft TimeoutNow) to a caught-up
 voter whose free resources score clearly higher than its own (`margin`), only
 once the same voter was preferred at `STEADY_LOOKS` consecutive looks
@@ -32,11 +38,16 @@ cluster (the machine records transfers), so leadership never ping-pongs.
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from colony.shared.messages import MemberView, Resources
+
+MEMBERSHIP = 2
+"""The first byte of a pysyncobj log entry that changes the voters (its _COMMAND_TYPE);
+the rest is a pickle of [change, node id, node], change 'add' or 'rem'."""
 
 GRACE = 3.0
 """Seconds a voter must be dead (or gone) in this view, and silent on the Raft link, before
@@ -164,6 +175,29 @@ def voter_change(
     if len(voters) < target and chosen is not None:
         return Change("add", chosen, f"voters were {len(voters)} of {target}; most free resources")
     return None
+
+
+def membership_change(command: bytes) -> tuple[str, str] | None:
+    """(change, node id) of a log entry's command that adds ('add') or removes ('rem') a
+    voter; None for any other entry (or one that does not decode: pysyncobj's own)."""
+    if command[:1] != bytes([MEMBERSHIP]):
+        return None
+    try:
+        change = pickle.loads(command[1:])  # this leader's own log: trusted
+        return str(change[0]), str(change[1])
+    except Exception:  # not ours to judge: pysyncobj applies it
+        return None
+
+
+def may_seed(log: Iterable[bytes], voters: Collection[str]) -> bool:
+    """Whether a node about to join may start from a replica snapshot and replay this
+    leader's log (its entries' commands) after it: not if the log removes one of
+    today's `voters` (the replay would pass through a set of voters without it)."""
+    for command in log:
+        change = membership_change(command)
+        if change is not None and change[0] == "rem" and change[1] in voters:
+            return False
+    return True
 
 
 def strays(voters: list[str], members: Mapping[str, MemberView]) -> list[str]:

@@ -9,12 +9,15 @@ Adding a node: first it must be standing by. A removed voter that restarts
 runs its old replica, campaigning at an ever higher term (the voters drop its
 frames); added as it is, that term would unseat the leader. So it is told to
 `retire` (it drops its replica, journal and database) and added only once it
-reports standby. The leader compacts its log (so the node is sent a snapshot
-holding today's voters, not the history of every earlier set of them),
-appends the change, then tells the node to `join` with the new voters: it
-starts a fresh replica at term 0 and follows the leader's frames, which it
-is already sent; with a lost voter still in the group the change commits
-only once the new one holds the log, and the lost voter is removed at once.
+reports standby. Unless its log removes one of today's voters, the leader
+tells the node to seed its replica from the freshest replica snapshot (its
+snapshotter fetches it) and replay the log after it (`keeper.may_seed`);
+else it compacts its log (so the node is sent a snapshot holding today's
+voters, not the history of every earlier set of them). It appends the
+change, then tells the node to `join` with the new voters: it starts a
+replica at term 0 and follows the leader's frames, which it is already sent;
+with a lost voter still in the group the change commits only once the new
+one holds the log, and the lost voter is removed at once.
 One change at a time: pysyncobj refuses a second while the first is
 uncommitted. `join` and `retire` are signed with the cluster secret: a node
 obeys no one else.
@@ -29,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from colony.consensus.keeper import (
     NOT_READY_FOR,
@@ -37,6 +40,7 @@ from colony.consensus.keeper import (
     Keeping,
     Preference,
     Transfer,
+    may_seed,
     strays,
 )
 from colony.consensus.machine import encode_batch
@@ -84,9 +88,12 @@ class VoterKeeper:
         secret: bytes,
         heard: Mapping[str, float],
         clock: Clock | None = None,
+        log_commands: Callable[[], Sequence[bytes]] | None = None,
     ) -> None:
         """`secret` signs `join` and `retire`; `heard` is the Raft link's record of when
-        each voter's last frame arrived (`Link.heard`, read only), on `clock` (the system's)."""
+        each voter's last frame arrived (`Link.heard`, read only), on `clock` (the system's).
+        `log_commands` reads the commands of this leader's log (`log_commands`): whether
+        a joining node may seed from a snapshot (None: never, the log is compacted)."""
         self.replica = replica
         self.bus = bus
         self.role = role
@@ -94,6 +101,7 @@ class VoterKeeper:
         self.secret = secret
         self.heard = heard
         self.clock = clock or SystemClock()
+        self.log_commands = log_commands
         self.keeping = Keeping(self.me, target, preference or Preference())
 
     async def run(self) -> None:
@@ -149,7 +157,11 @@ class VoterKeeper:
             self.keeping.pass_over(node, self.clock.monotonic(), NOT_READY_FOR)
             log.info("not adding a voter: it did not come to stand by", extra={"voter": node})
             return
-        await self._snapshot_log()
+        # The node itself counts: a replay of its own earlier removal would unsettle it.
+        voting = [*voters, node]
+        seed = self.log_commands is not None and may_seed(self.log_commands(), voting)
+        if not seed:
+            await self._snapshot_log()
         adding = asyncio.create_task(self.replica.add_voter(node))
         # Told to join only once the change is appended here: from then on this leader
         # sends it frames (so it follows at once rather than campaign) and hears its own.
@@ -160,14 +172,14 @@ class VoterKeeper:
         if node not in self._voters():
             await adding  # refused (another change pending, or not the leader): raises
             return
-        joined = await self._join(node, self._voters())
+        joined = await self._join(node, self._voters(), seed)
         if not joined:
             self.keeping.pass_over(node, self.clock.monotonic(), SHUNNED_FOR)
         await adding
         if not joined:
             await self._remove(node, f"did not start its replica within {JOIN_PATIENCE:g} s")
             return
-        log.warning("voter added", extra={"voter": node, "reason": reason})
+        log.warning("voter added", extra={"voter": node, "reason": reason, "seeded": seed})
         if replacing is not None:
             # At once, not at the next look, nor after recording the add: until it is gone
             # every commit waits for the new voter, busy applying the log it was just sent.
@@ -221,11 +233,11 @@ class VoterKeeper:
             await self.clock.sleep(0.1)
         return False
 
-    async def _join(self, node: str, voters: list[str]) -> bool:
+    async def _join(self, node: str, voters: list[str], seed: bool) -> bool:
         deadline = self.clock.monotonic() + JOIN_PATIENCE
         while self.clock.monotonic() < deadline:
             try:
-                request = sign(self.secret, JoinRequest(voters=voters))
+                request = sign(self.secret, JoinRequest(voters=voters, seed=seed))
                 await self.bus.request(subjects.consensus_join(node), request, 2.0)
                 return True
             except BusError:
@@ -271,3 +283,21 @@ class VoterKeeper:
 
     async def _record(self, command) -> None:
         await self.replica.commit(encode_batch([Proposal(new_id(), command)]), 5.0)
+
+
+def log_commands(replica: Replica) -> list[bytes]:
+    """The commands of `replica`'s Raft log, as one consistent copy. Read here, off
+    pysyncobj's thread, which may be appending or compacting (a compaction rebuilds the
+    list): two copies in a row that agree are taken as one that was not caught midway."""
+    journal = replica._raft.journal  # raft.py has no reader of its log (yet)
+    previous: list | None = None
+    for _ in range(50):
+        copy = journal[:]  # a list slice: one copy under the GIL
+        if previous is not None and _shape(copy) == _shape(previous):
+            break
+        previous = copy
+    return [entry[0] for entry in copy]
+
+
+def _shape(entries: list) -> tuple:
+    return (len(entries), entries[0][1], entries[-1][1]) if entries else ()
