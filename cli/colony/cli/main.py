@@ -12,11 +12,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.text import Text
 
-from colony.cli import capacity, events, job, logs, node
+from colony.cli import capacity, events, job, logs, node, snapshot
 from colony.cli.args import add_management_options, nats_url, seconds
 from colony.cli.kv import cmd_kv
 from colony.cli.local import plan, ports, start, wait, write
@@ -29,6 +30,8 @@ from colony.cli.status import (
     manager_line,
     raft,
     raft_line,
+    replication,
+    replication_lines,
     reservations,
     stopped_lines,
     table,
@@ -52,6 +55,8 @@ EXAMPLES = {
   colony up --nodes 5 --detach   5 nodes in the background; stop with `colony down`
   colony up --nodes 5 --voters 5 every node a Raft voter (default: the first 3)
   colony up --base-port 14222    move every port (clients, routes, monitoring, metrics)
+  colony up --restore backup.snapshot --state-dir /tmp/c   a new cluster from a snapshot
+  colony up --restore replica    a stopped cluster, back from its freshest replica
 
 On a cluster that is running but for some nodes (killed, crashed), `colony up`
 starts those nodes again on their own state and leaves the rest alone.""",
@@ -157,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many nodes run a Raft voter: 1, 3 or 5 (default: 3, 1 below 3 nodes, "
         "or as last time); they are the first nodes",
     )
+    up.add_argument(
+        "--restore",
+        metavar="FILE|replica",
+        help="start from a snapshot: FILE (into a new state dir, which takes its cluster id, "
+        "or into this stopped cluster), or `replica`: this stopped cluster's freshest replica "
+        "(see `colony snapshot --help`)",
+    )
     up.add_argument("--detach", "-d", action="store_true", help="return once the cluster is ready")
     up.add_argument(
         "--timeout", type=seconds, default=60, help="seconds to wait for ready (default: 60)"
@@ -218,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_parser(verb)
     job.add_parser(verb)
     events.add_parser(verb)
+    snapshot.add_parser(verb)
 
     log = verb("logs", "Show (or follow) the logs of a cluster's processes, or an instance's.")
     log.add_argument(
@@ -253,6 +266,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     start.check_installed()
     state = StateDir(args.state_dir)
     live = start.running(state)
+    if live and args.restore:
+        names = ", ".join(n.name for n in live)
+        fail(f"{snapshot.REFUSED_RUNNING} ({names} of {state.path}/ run)")
     if live:
         state.create()  # a state dir made before files were private becomes private
         down = [n for n in state.nodes() if n.name not in {m.name for m in live}]
@@ -276,9 +292,29 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"{len(taken)} port(s) already in use: {', '.join(taken)}",
             "stop what uses them, or move the cluster with --base-port",
         )
+    restore = snapshot.UpRestore.checked(state, args.restore) if args.restore else None
     started = time.monotonic()
-    node_dirs = write.write_nodes(state, plans)
-    _start_and_wait(state, node_dirs, args.timeout, f"starting {nodes} nodes", state.nodes())
+    node_dirs = write.write_nodes(state, plans, restore.cluster if restore else "")
+    doing = f"starting {nodes} nodes"
+    if restore:
+        restore.prepare(node_dirs)
+        doing += " (restoring a snapshot)"
+    elif delivered := [
+        n for n in node_dirs if (snapshot.consensus_dir(n) / snapshot.RESTORE).exists()
+    ]:
+        out.print(
+            f"The voters restore the snapshot `colony snapshot restore` left in "
+            f"{delivered[0].path}/consensus/{snapshot.RESTORE} (and on every node) as they start."
+        )
+    _start_and_wait(
+        state,
+        node_dirs,
+        args.timeout,
+        doing,
+        state.nodes(),
+        once_nats=restore.once_nats(state, node_dirs) if restore else None,
+        abandon=(lambda: restore.abandon(node_dirs)) if restore else None,
+    )
     try:
         out.print(
             Text.assemble(
@@ -287,6 +323,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"(nats://127.0.0.1:{base_port}..{base_port + nodes - 1})",
             )
         )
+        if restore:
+            out.print(f"  {restore.summary}")
         out.print(
             f"  state: {state.path.resolve()}/\n"
             f"  logs:  {state.path.resolve()}/nodes/<node>/logs/  (or `colony logs`)\n"
@@ -327,10 +365,17 @@ def _restart(state: StateDir, nodes: list[NodeDir], timeout: float) -> int:
 
 
 def _start_and_wait(
-    state: StateDir, nodes: list[NodeDir], timeout: float, doing: str, owned: list[NodeDir]
+    state: StateDir,
+    nodes: list[NodeDir],
+    timeout: float,
+    doing: str,
+    owned: list[NodeDir],
+    once_nats=None,
+    abandon: Callable[[], None] | None = None,
 ) -> None:
-    """Start the nodes' supervisors and wait until ready; on failure or an interrupt,
-    stop `owned` (whatever this command started) and exit saying why."""
+    """Start the nodes' supervisors and wait until ready (`once_nats`: a step once NATS
+    answers, see wait.wait_ready); on failure or an interrupt, stop `owned` (whatever
+    this command started), `abandon` what was prepared, and exit saying why."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
@@ -338,12 +383,18 @@ def _start_and_wait(
             start.start_supervisor(node_dir)
         # a spinner parses markup in plain strings: give it Text (names are not markup)
         with err.status(Text(doing)) as spinner:
-            asyncio.run(wait.wait_ready(state, nodes, timeout, lambda s: spinner.update(Text(s))))
+            asyncio.run(
+                wait.wait_ready(state, nodes, timeout, lambda s: spinner.update(Text(s)), once_nats)
+            )
     except KeyboardInterrupt:
         start.stop(state, nodes=owned)
+        if abandon:
+            abandon()
         fail("interrupted; stopped what had started", code=130)
     except (ClusterError, NotConnected) as e:
         start.stop(state, nodes=owned)
+        if abandon:
+            abandon()
         logs_dir = state.path / "nodes" / "*" / "logs"
         fail(f"not ready: {e}", f"see the logs in {logs_dir}; stopped what had started")
 
@@ -415,7 +466,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         out.print(table(nodes))
         out.print(raft_line(leader, nodes))
-        for line in stopped_lines(nodes):
+        for line in [*stopped_lines(nodes), *replication_lines(nodes)]:
             out.print(line)
         if line := manager_line(leader, nodes):
             out.print(line)
@@ -434,6 +485,7 @@ async def _status(servers: list[str], known: dict[str, tuple[str, str]], timeout
             leader = await raft(bus, nodes, timeout)
             await labels(bus, nodes, leader, timeout)
             await reservations(bus, nodes, leader, timeout)
+            await replication(bus, nodes, timeout)
             return nodes, leader
     except TimeoutError:
         fail(f"the cluster did not answer within {timeout * 4 + 2:g} s", "try --timeout 5")

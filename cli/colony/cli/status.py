@@ -18,8 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from colony.cli import records
+from colony.cli.local.plan import ClusterError
 from colony.cli.members import first_view
 from colony.cli.output import human_age, human_bytes
+from colony.cli.snapshot import manifest
 from colony.shared import subjects
 from colony.shared.bus import Bus, BusError
 from colony.shared.cluster import Cluster
@@ -29,6 +31,9 @@ from colony.shared.messages import (
     LatestMetricsRequest,
     NodeMetrics,
     QueryRequest,
+    ReplicaPosition,
+    ReplicationStatus,
+    ReplicationStatusRequest,
     Resources,
     to_builtins,
 )
@@ -70,6 +75,9 @@ class NodeStatus:
     """draining or drained (`colony node drain`), '' : neither."""
     eligible: bool = True
     """Whether the manager may place instances there (as the nodes kind records it)."""
+    replica: ReplicaPosition | None = None
+    """Its replica of the management database (a voter's), as its snapshotter reports it
+    (or, when that does not answer, its last entry in the replica manifest)."""
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -87,6 +95,7 @@ class NodeStatus:
             "reserved": to_builtins(self.reserved) if self.reserved else None,
             "drain": self.drain or None,
             "eligible": self.eligible,
+            "replica": to_builtins(self.replica) if self.replica else None,
             "last_heard_seconds": _round(self.last_heard),
             "age_seconds": _round(time.time() - self.metrics.node_started)
             if self.metrics
@@ -232,6 +241,42 @@ async def reservations(
             node.declared = Resources(cpu=record.cpu, memory=record.memory)
             node.reserved = held.get(node.id, Resources())
             node.drain, node.eligible = record.drain, record.eligible
+
+
+async def replication(bus: Bus, nodes: list[NodeStatus], timeout: float) -> None:
+    """Set each voter's replica: its snapshotter's answer, else its manifest entry."""
+
+    async def ask(node: NodeStatus) -> ReplicationStatus | None:
+        try:
+            subject = subjects.replication_status(node.id)
+            return await bus.request(subject, ReplicationStatusRequest(), timeout=timeout)
+        except BusError:
+            return None
+
+    asked = [n for n in nodes if "snapshotter" in n.services]
+    answers = await asyncio.gather(*(ask(n) for n in asked))
+    live = {a.node: a.replica for a in answers if a is not None and a.replica is not None}
+    kept: dict[str, ReplicaPosition] = {}
+    if any(n.id not in live for n in nodes if n.raft):
+        with contextlib.suppress(ClusterError, TimeoutError):  # status shows what answers
+            async with asyncio.timeout(timeout):
+                kept = await manifest(bus)
+    for node in nodes:
+        node.replica = live.get(node.id) or kept.get(node.id)
+
+
+def replication_lines(nodes: list[NodeStatus]) -> list[Text]:
+    """A line for each replica that is not healthy, and why: what is lost in a disaster
+    grows while it lasts."""
+    return [
+        Text.assemble(
+            ("replication: ", "red"),
+            (f"{n.name} unhealthy", "red"),
+            f": {n.replica.problem or 'no reason given'}",
+        )
+        for n in nodes
+        if n.replica is not None and not n.replica.healthy
+    ]
 
 
 def raft_line(leader: ConsensusStatus | None, nodes: list[NodeStatus]) -> Text:

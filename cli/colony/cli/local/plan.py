@@ -138,6 +138,7 @@ def node_config(
     node_dir: Path,
     voter_ids: list[str],
     secret_file: Path,
+    cluster_id: str = "",
 ) -> Config:
     """The node's config: `existing` (hand-edited capacity, labels... kept) with what the
     plan decides (name, id, ports, voters, roles) set. Paths are made absolute by the caller."""
@@ -155,7 +156,12 @@ def node_config(
         ),
         nats=replace(existing.nats, servers=[f"nats://127.0.0.1:{node.ports['client']}"]),
         monitor=replace(existing.monitor, http_port=node.ports["metrics"]),
-        consensus=replace(existing.consensus, voters=voter_ids, secret_file=str(secret_file)),
+        consensus=replace(
+            existing.consensus,
+            voters=voter_ids,
+            secret_file=str(secret_file),
+            cluster_id=cluster_id,
+        ),
         agent=replace(
             existing.agent, port_lo=node.instances.start, port_hi=node.instances.stop - 1
         ),

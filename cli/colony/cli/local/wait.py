@@ -1,12 +1,15 @@
 """Waiting until a local cluster is ready: every nats-server up under one JetStream
 meta leader, a first metrics sample from every node, and a Raft leader that every
-voter follows. A supervisor that exits meanwhile ends the wait with its log's name."""
+voter follows. A supervisor that exits meanwhile ends the wait with its log's name.
+
+A step can be put between NATS answering and the rest (`once_nats`): `colony up
+--restore replica` fetches the snapshot the voters wait for there."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from colony.cli.local.plan import ClusterError
 from colony.cli.local.write import voters_of
@@ -30,8 +33,10 @@ async def wait_ready(
     node_dirs: list[NodeDir],
     timeout: float,
     progress: Callable[[str], None] = lambda _: None,
+    once_nats: Callable[[Bus, float, Callable[[str], None]], Awaitable[None]] | None = None,
 ) -> None:
-    """Wait for a JetStream meta leader and a first metrics sample from every node."""
+    """Wait for a JetStream meta leader and a first metrics sample from every node;
+    `once_nats(bus, deadline, progress)` runs as soon as JetStream answers."""
     deadline = time.monotonic() + timeout
     http_urls = [_nats_http(n) for n in node_dirs]
 
@@ -57,6 +62,8 @@ async def wait_ready(
     try:
         replicas = min(3, len(state.nodes()))
         await _ensure_metrics_stream(bus, replicas=replicas, deadline=deadline)
+        if once_nats is not None:
+            await once_nats(bus, deadline, progress)
         expected = {n.node_id for n in node_dirs}
         seen: set[str] = set()
         sub = await bus.subscribe(subjects.node_metrics(subjects.ANY))

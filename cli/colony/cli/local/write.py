@@ -6,6 +6,9 @@ In the state dir:
     cluster.secret            signs Raft frames and metrics (0600, made once)
     nodes/<node>/config.toml  each node's config (hand edits to it are kept)
     nodes/<node>/nats.conf    each node's nats-server config
+
+Every node's config names the cluster's id (`consensus.cluster_id`): its database
+and snapshots carry it, so a snapshot of another cluster is refused.
 """
 
 from __future__ import annotations
@@ -28,15 +31,20 @@ from colony.cli.local.plan import (
 )
 from colony.shared.config import Config, ConfigError, load
 from colony.shared.config import dumps as dump_config
+from colony.shared.signing import read_secret
+from colony.shared.snapshot import cluster_id_of
 from colony.shared.statedir import NodeDir, StateDir
 
 
-def write_nodes(state: StateDir, plans: list[NodePlan]) -> list[NodeDir]:
-    """Write each node's config and nats.conf; keep ids and hand-edited capacity/labels."""
+def write_nodes(state: StateDir, plans: list[NodePlan], cluster: str = "") -> list[NodeDir]:
+    """Write each node's config and nats.conf; keep ids and hand-edited capacity/labels.
+    The cluster's id is `cluster` (a new cluster restored from a snapshot takes the
+    snapshot's), else the one the configs name, else the one its secret gives."""
     state.create()
     state.cluster_file.write_text(tomli_w.dumps(msgspec.to_builtins(shape_of(plans))))
     voter_ids = [state.node(p.name).node_id for p in plans if p.voter]
     secret = cluster_secret(state)
+    cluster = cluster or cluster_id(state)
     node_dirs = []
     for node in plans:
         node_dir = state.node(node.name)
@@ -49,6 +57,7 @@ def write_nodes(state: StateDir, plans: list[NodePlan]) -> list[NodeDir]:
             node_dir.path.resolve(),
             voter_ids,
             secret.resolve(),
+            cluster,
         )
         node_dir.config_file.write_text(dump_config(config))
         server = nats_config(node, plans, node_dir.node_id, node_dir.nats_store.resolve())
@@ -65,6 +74,23 @@ def cluster_secret(state: StateDir) -> Path:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
     return path
+
+
+def cluster_id(state: StateDir) -> str:
+    """The id of the state dir's cluster: as its nodes' configs name it, else as its
+    secret gives it ('' for a state dir with neither: a new cluster)."""
+    for node_dir in state.nodes():
+        if node_dir.config_file.exists() and (
+            named := existing_config(node_dir).consensus.cluster_id
+        ):
+            return named
+    secret = state.path / "cluster.secret"
+    if not secret.exists():
+        return ""
+    try:
+        return cluster_id_of(read_secret(secret))
+    except ValueError as e:
+        raise ClusterError(str(e)) from None
 
 
 def existing_config(node_dir: NodeDir) -> Config:
