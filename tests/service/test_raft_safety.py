@@ -161,10 +161,10 @@ async def test_a_voter_acknowledges_and_applies_only_entries_its_journal_flushed
                     )
             return real(peer, message)
 
-        def apply(index, entry, node=node, real=voter.replica.machine.apply):
+        def apply(index, entry, entry_term=0, node=node, real=voter.replica.machine.apply):
             if index > flushed[node]:
                 problems.append(f"{node} applied {index}: flushed up to {flushed[node]}")
-            return real(index, entry)
+            return real(index, entry, entry_term)
 
         journal.flush = flush  # all three run on pysyncobj's thread, as flushed does
         flushed[node] = getattr(voter.raft, "durable_index", 0)
@@ -191,12 +191,12 @@ async def test_a_burst_of_slow_entries_costs_no_leadership_and_applies_in_order(
     applied: dict[str, list[int]] = {node: [] for node in VOTERS}
     for node, voter in group.voters.items():
 
-        def apply(index, entry, node=node, real=voter.replica.machine.apply):
+        def apply(index, entry, entry_term=0, node=node, real=voter.replica.machine.apply):
             # 60 ms an entry: the burst is 1.8 s of applying on every voter, three times
             # the longest election timeout, committed nearly at once
             time.sleep(0.06)
             applied[node].append(index)
-            return real(index, entry)
+            return real(index, entry, entry_term)
 
         voter.replica.machine.apply = apply
 

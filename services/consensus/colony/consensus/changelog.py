@@ -1,7 +1,8 @@
 """The machine's own bookkeeping in the management database: every SQL statement on it.
 
-- `meta`: the last applied log index, written in each entry's transaction, and the
-  marks of retention (kinds/retention.py): how far records and changes were pruned.
+- `meta`: the last applied log index and its Raft term, written in each entry's
+  transaction; the cluster's id (machine.py, at open); the marks of retention
+  (kinds/retention.py): how far records and changes were pruned.
 - `changes`: the append-only change log; rows numbered 1, 2, 3... identically on every
   voter, each with the entry's timestamp (`ts`), the proposal's epoch and a JSON detail.
   The Raft leader relays it to the change stream (relay.py reads it through `after`).
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import aiosqlite
 import msgspec
 
-from colony.shared import subjects
+from colony.shared import snapshot, subjects
 from colony.shared.messages import MAX_DETAIL_BYTES, Outcome
 
 TABLES = """
@@ -63,14 +64,22 @@ def set_meta(db: sqlite3.Connection, name: str, value: int) -> None:
 
 
 def last_applied(db: sqlite3.Connection) -> int:
-    return meta(db, "last_applied")
+    return meta(db, snapshot.APPLIED)
 
 
-def set_applied(db: sqlite3.Connection, index: int) -> None:
-    set_meta(db, "last_applied", index)
+def applied_term(db: sqlite3.Connection) -> int:
+    """The Raft term of the last applied entry (0: applied before terms were recorded)."""
+    return meta(db, snapshot.APPLIED_TERM)
 
 
-APPLIED_INDEX = "(SELECT value FROM meta WHERE name = 'last_applied')"
+def set_applied(db: sqlite3.Connection, index: int, term: int) -> None:
+    """Entry `index`, of Raft term `term`, is applied (inside its transaction): a copy of
+    the database says where in the log it stands, so a replica can start its log there."""
+    set_meta(db, snapshot.APPLIED, index)
+    set_meta(db, snapshot.APPLIED_TERM, term)
+
+
+APPLIED_INDEX = f"(SELECT value FROM meta WHERE name = '{snapshot.APPLIED}')"
 """A scalar subquery: kinds' reads join it so a value and its index come from one state."""
 
 

@@ -33,7 +33,16 @@ machine does for every proposal, whatever its kind:
   counts it as applied, so once upgraded it continues from that entry.
 
 The file is brought to this code's schema version at open and when a snapshot
-is loaded, before anything is applied to it (schema.py).
+is loaded, before anything is applied to it (schema.py). It belongs to one cluster:
+opened with the cluster's id, a file that names none is given it, one that names
+another is refused (`ForeignDatabase`), so a copy of another cluster's database
+never joins this one's log. With the last applied index, each entry's transaction
+records its Raft term: a copy of the file says where in the log it stands, which
+is what lets a replica start its log there (raft.py, `seed_log`).
+
+Snapshots are colony.shared.snapshot's format: `save` writes one, `load` takes a
+database extracted from one (or a snapshot file of the old kind: a bare database
+with pysyncobj's bookkeeping in a table, `read_snapshot_meta`).
 
 The machine tells its watchers what each entry did (`Applied`, after the
 commit); the watcher, not apply, reads the clock (`manager.AppliedClock`).
@@ -54,9 +63,18 @@ from colony.consensus.kinds import REGISTRY, kv, retention
 from colony.consensus.kinds import leases as leases_kind
 from colony.consensus.kinds.kind import Applied, Handles, Kind, Registry, Txn
 from colony.consensus.kinds.leases import FREE, LeaseState
-from colony.shared.messages import FENCED, MANAGER, Outcome, Proposal
+from colony.shared import snapshot
+from colony.shared.messages import FENCED, MANAGER, Outcome, Proposal, SnapshotHeader
 
-__all__ = ["Applied", "BadBatch", "LeaseState", "Machine", "NeedsNewerVersion", "encode_batch"]
+__all__ = [
+    "Applied",
+    "BadBatch",
+    "ForeignDatabase",
+    "LeaseState",
+    "Machine",
+    "NeedsNewerVersion",
+    "encode_batch",
+]
 
 MAX_BATCH = 512
 """Proposals in one log entry at most."""
@@ -100,6 +118,11 @@ Watcher = Callable[[Applied], None]
 
 class BadBatch(ValueError):
     """A log entry that is not a list of valid proposals (rejected before proposing)."""
+
+
+class ForeignDatabase(Exception):
+    """The database belongs to another cluster than the one this node is in: it is left as
+    it is, and this voter does not start (its log and the file's history are not one)."""
 
 
 class NeedsNewerVersion(Exception):
@@ -195,9 +218,11 @@ class _Applying:
 class Machine:
     """The management database of one voter, and the apply function."""
 
-    def __init__(self, path: Path, kinds: Registry = REGISTRY) -> None:
+    def __init__(self, path: Path, kinds: Registry = REGISTRY, cluster: str = "") -> None:
         self.path = path
         self.kinds = kinds
+        self.cluster = cluster
+        """The id of the cluster this database belongs to ('' : not checked)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         # Used by pysyncobj's thread only (apply, snapshots); readers open their own.
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -205,8 +230,9 @@ class Machine:
         self.db.execute("PRAGMA synchronous=NORMAL")
         try:
             schema.migrate(self.db, str(path), kinds.migrations)
-        except BaseException:  # a newer Colony's file (schema.TooNew): left as it is
-            self.db.close()
+            self._claim(self.db, str(path))
+        except BaseException:  # a newer Colony's file (schema.TooNew), another cluster's
+            self.db.close()  # (ForeignDatabase): left as it is
             raise
         self.memory: dict[str, object] = {}
         """Each kind's in-memory state (the leases: for the expiry clock and status)."""
@@ -215,6 +241,22 @@ class Machine:
         self.watchers: list[Watcher] = []
         """Told what each entry did once it commits (on the applying thread: be quick)."""
         self._load()
+
+    def _claim(self, db: sqlite3.Connection, where: str, mark: bool = True) -> None:
+        """ForeignDatabase if the database on `db` names another cluster than this one;
+        if it names none, `mark` it as this cluster's."""
+        if not self.cluster:
+            return
+        found = changelog.meta(db, snapshot.CLUSTER)
+        if found and found != snapshot.cluster_number(self.cluster):
+            raise ForeignDatabase(
+                f"{where} belongs to cluster {snapshot.cluster_name(found)}, but this node "
+                f"is in cluster {self.cluster}: it is a copy of another cluster's database, "
+                "left as it is. Remove it (a voter then catches up from the leader) or "
+                "restore from one of this cluster's own snapshots"
+            )
+        if not found and mark:
+            changelog.set_meta(db, snapshot.CLUSTER, snapshot.cluster_number(self.cluster))
 
     def _load(self) -> None:
         """Every kind's memory from the database (at start, after a snapshot): watchers
@@ -241,10 +283,16 @@ class Machine:
     def last_applied(self) -> int:
         return changelog.last_applied(self.db)
 
-    def apply(self, index: int, entry: bytes) -> list[Outcome] | None:
-        """Apply log entry `index`; None if it was applied already (a journal replay).
-        Raises NeedsNewerVersion, with nothing applied, if it holds a command this code
-        does not know."""
+    @property
+    def applied_term(self) -> int:
+        """The Raft term of the last applied entry (0: not known, applied before terms
+        were recorded)."""
+        return changelog.applied_term(self.db)
+
+    def apply(self, index: int, entry: bytes, term: int = 0) -> list[Outcome] | None:
+        """Apply log entry `index`, of Raft term `term`; None if it was applied already (a
+        journal replay). Raises NeedsNewerVersion, with nothing applied, if it holds a
+        command this code does not know."""
         if index <= self.last_applied:
             return None
         decoded = decode_entry(index, entry, self.kinds)
@@ -262,7 +310,7 @@ class Machine:
                 self._apply_one(run, proposal)
             self._apply_group(run)
             changelog.remember(db, index, run.remembered())
-            changelog.set_applied(db, index)
+            changelog.set_applied(db, index, term)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -382,24 +430,51 @@ class Machine:
 
     # --- snapshots (pysyncobj's serializer hooks) -------------------------------
 
-    def save(self, path: Path) -> None:
-        """Write a consistent copy of the database to `path` (SQLite's online backup)."""
-        with sqlite3.connect(path) as copy:
-            self.db.backup(copy)
-        copy.close()
+    def save(
+        self,
+        path: Path,
+        *,
+        made_by: str = "",
+        origin: str = "compaction",
+        voters: list[str] | None = None,
+        raft: bytes = b"",
+    ) -> SnapshotHeader:
+        """Write a snapshot of the database to `path` (colony.shared.snapshot's format: an
+        online backup behind a header), with `raft`, pysyncobj's bookkeeping, in its
+        header."""
+        return snapshot.make(self.db, path, made_by=made_by, origin=origin, voters=voters,
+                             raft=raft)  # fmt: skip
 
     def load(self, path: Path) -> None:
-        """Replace the database with the copy at `path`, migrated to this code's schema
-        version; NeedsNewerVersion, with nothing replaced, if a newer Colony made it."""
-        with sqlite3.connect(path) as source:
+        """Replace the database with the one in the snapshot at `path` (or in a bare
+        database file: a snapshot of the old kind), migrated to this code's schema version.
+        Nothing is replaced if the snapshot is damaged (snapshot.BadSnapshot), a newer
+        Colony made it (NeedsNewerVersion) or it belongs to another cluster
+        (ForeignDatabase)."""
+        if not is_snapshot(path):
+            self._load_database(path, str(path))
+            return
+        incoming = self.path.with_name(f".{self.path.name}.incoming")
+        try:
+            snapshot.extract(path, incoming)  # its checksum and SQLite's check first
+            self._load_database(incoming, str(path))
+        finally:
+            incoming.unlink(missing_ok=True)
+
+    def _load_database(self, path: Path, where: str) -> None:
+        source = sqlite3.connect(path, isolation_level=None)
+        try:
             try:
-                schema.check(source, f"snapshot {path}", schema.migrations(self.kinds.migrations))
+                schema.check(source, f"snapshot {where}", schema.migrations(self.kinds.migrations))
             except schema.TooNew as e:
                 raise NeedsNewerVersion(str(e)) from None
+            self._claim(source, f"snapshot {where}", mark=False)
             source.backup(self.db)
-        source.close()
+        finally:
+            source.close()
         self.db.execute(f"DROP TABLE IF EXISTS {SNAPSHOT_TABLE}")
-        schema.migrate(self.db, f"{self.path} (from snapshot {path})", self.kinds.migrations)
+        schema.migrate(self.db, f"{self.path} (from snapshot {where})", self.kinds.migrations)
+        self._claim(self.db, f"{self.path} (from snapshot {where})")
         self._load()
 
     def dump(self) -> list[str]:
@@ -411,19 +486,20 @@ class Machine:
 
 
 SNAPSHOT_TABLE = "raft_snapshot"
-"""Where a snapshot file keeps pysyncobj's own bookkeeping beside the database copy."""
+"""Where a snapshot file of the old kind (a bare database copy, before the snapshot format)
+keeps pysyncobj's own bookkeeping beside the database."""
 
 
-def write_snapshot_meta(path: Path, meta: bytes) -> None:
-    """Add pysyncobj's bookkeeping to the database copy at `path`."""
-    with sqlite3.connect(path) as copy:
-        copy.execute(f"CREATE TABLE {SNAPSHOT_TABLE} (meta BLOB NOT NULL)")
-        copy.execute(f"INSERT INTO {SNAPSHOT_TABLE} VALUES (?)", (meta,))
-    copy.close()
+def is_snapshot(path: Path) -> bool:
+    """Whether the file at `path` is in the snapshot format (not a bare database: a snapshot
+    of the old kind)."""
+    with open(path, "rb") as f:
+        return f.read(len(snapshot.MAGIC)) == snapshot.MAGIC
 
 
 def read_snapshot_meta(path: Path) -> tuple[bytes, int]:
-    """(pysyncobj's bookkeeping, the applied index) of the snapshot file at `path`."""
+    """(pysyncobj's bookkeeping, the applied index) of the snapshot file of the old kind at
+    `path`."""
     with sqlite3.connect(path) as copy:
         (meta,) = copy.execute(f"SELECT meta FROM {SNAPSHOT_TABLE}").fetchone()
         applied = changelog.last_applied(copy)

@@ -3,8 +3,21 @@
 pysyncobj stays in this module. Its tick thread applies committed entries to
 the `Machine` and calls back; `commit` turns that callback into an awaitable
 on the service's loop (`call_soon_threadsafe`). Its snapshots (log
-compaction, and catching up a voter that fell too far behind) are SQLite
-online backups of the database, not pickles of Python objects.
+compaction, and catching up a voter that fell too far behind) are
+colony.shared.snapshot files (an online backup of the database behind a
+header; pysyncobj's bookkeeping rides in the header), not pickles of Python
+objects. One that fails its checks (truncated, corrupted, another cluster's)
+is refused: the database is left as it is, and the file the replica had
+before is put back.
+
+A replica folder holding only a database (restored from a snapshot, or seeded
+from one: no journal) starts its log where the database stands (`seed_log`):
+at its last applied index N, in that entry's term, from a snapshot whose
+last two entries are markers (`SEED_COMMAND`, N-1 and N) that stand for
+entries it never holds. It catches up from the leader's log from N+1, and
+once it has applied two entries past N it compacts its log, so the markers
+go. They are never applied anywhere: a follower drops a frame that would
+hand it one (`screen_append`).
 
 Two Raft rules pysyncobj does not keep are kept here, with hooks rather than
 changes to it:
@@ -30,6 +43,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -38,18 +52,21 @@ from pathlib import Path
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
+from pysyncobj.journal import FileJournal
 from pysyncobj.node import Node
 
 from colony.consensus import frames
 from colony.consensus.kinds import REGISTRY
 from colony.consensus.kinds.kind import Registry
 from colony.consensus.machine import (
+    ForeignDatabase,
     Machine,
     NeedsNewerVersion,
+    is_snapshot,
     read_snapshot_meta,
-    write_snapshot_meta,
 )
 from colony.consensus.transport import Link, NatsTransport
+from colony.shared import snapshot
 from colony.shared.messages import Outcome
 
 
@@ -125,6 +142,82 @@ def sync_conf(timers: Timers, state_dir: Path, save, load, on_state_changed=None
     )
 
 
+JOURNAL = "raft.journal"
+SNAPSHOT = "raft.snapshot"
+KEPT = "raft.snapshot.kept"
+"""A second name for the last snapshot file that passed its checks: a snapshot received
+from a leader replaces `SNAPSHOT` before it is checked, and this puts the good one back."""
+
+SEED_COMMAND = b"\x01colony-seed"
+"""The command of the two entries a seeded log starts with: they stand for entries the
+replica never holds (its database has their effects). pysyncobj's no-op type byte first:
+were one ever applied, it would do nothing; but none is (`screen_append`)."""
+
+
+def seed_log(state_dir: Path, machine: Machine, voters: list[str], me: str) -> int:
+    """Start the Raft log of a replica folder that holds only a database (restored or
+    seeded from a snapshot: no journal) at the database's last applied index N: write a
+    snapshot whose last entries are (SEED_COMMAND, N-1, T) and (SEED_COMMAND, N, T), T
+    the term of entry N, with the cluster of `voters`, and a journal holding the same
+    two entries, committed, in term T (so a new leader's term is above T). Returns N,
+    or 0 if the log starts as it is (a journal exists, or nothing was applied, or the
+    database does not know its term: it then catches up from the leader)."""
+    journal_path = state_dir / JOURNAL
+    index, term = machine.last_applied, machine.applied_term
+    if journal_path.exists() or index < 2:
+        return 0
+    if term < 1:
+        log.warning(
+            "the database does not say which Raft term it was applied in (made before "
+            "terms were recorded): this replica catches up from the leader's log instead",
+            extra={"applied_index": index},
+        )
+        return 0
+    began = time.perf_counter()
+    last, previous = (SEED_COMMAND, index, term), (SEED_COMMAND, index - 1, term)
+    raft = frames.dumps((last, previous, sorted(voters)))
+    machine.save(state_dir / SNAPSHOT, made_by=me, origin="seed", voters=voters, raft=raft)
+    _keep(state_dir / SNAPSHOT)
+    # The journal last, under a temporary name: its presence says the seed is complete.
+    seeding = state_dir / f"{JOURNAL}.seeding"
+    for leftover in (seeding, Path(f"{seeding}.meta"), Path(f"{journal_path}.meta")):
+        leftover.unlink(missing_ok=True)
+    journal = FileJournal(str(seeding))
+    journal.add(*previous)
+    journal.add(*last)
+    journal.setRaftCommitIndex(index)
+    journal.setCurrentTerm(term, None)  # stores the commit index too
+    journal._destroy()  # flushed and closed
+    os.replace(f"{seeding}.meta", f"{journal_path}.meta")
+    os.replace(seeding, journal_path)
+    log.info(
+        "the Raft log starts at the database's applied index",
+        extra={"index": index, "term": term, "seconds": round(time.perf_counter() - began, 3)},
+    )
+    return index
+
+
+def _keep(path: Path) -> None:
+    """Give the snapshot file at `path`, checked, the second name KEPT."""
+    kept = path.with_name(KEPT)
+    linking = path.with_name(f"{KEPT}.tmp")
+    linking.unlink(missing_ok=True)
+    os.link(path, linking)
+    os.replace(linking, kept)
+
+
+def _put_back(path: Path) -> bool:
+    """Put the last checked snapshot file back at `path`, if there is one; whether so."""
+    kept = path.with_name(KEPT)
+    if not kept.exists() or (path.exists() and os.path.samefile(kept, path)):
+        return False
+    linking = path.with_name(f"{SNAPSHOT}.restoring")
+    linking.unlink(missing_ok=True)
+    os.link(kept, linking)
+    os.replace(linking, path)
+    return True
+
+
 class LogConflict(Exception):
     """A leader's entries contradict entries this voter holds as committed."""
 
@@ -145,6 +238,16 @@ def screen_append(
     if message["term"] < current_term or prev is None:
         return message  # pysyncobj ignores an earlier term's; a snapshot install cuts nothing
     first, last = journal[0][1], journal[-1][1]
+    entries = message.get("entries") or []
+    for command, index, _term in entries:
+        if command == SEED_COMMAND and not (
+            first <= index <= last and journal[index - first][0] == SEED_COMMAND
+        ):
+            # A seeded leader's marker for an entry this log lacks or holds for real: it
+            # must not be applied, and its term stands for the entry's only, not the one
+            # before it (prevLogTerm). The leader steps back, and sends a snapshot once its
+            # log is compacted past the markers.
+            return None
     if "transmission" in message:
         # One entry too large for a frame, sent in pieces: Colony's entries never are
         # (machine.MAX_ENTRY_BYTES), so refuse any that would cut this log, unchecked.
@@ -159,7 +262,6 @@ def screen_append(
         if prev <= commit_index:
             raise LogConflict(_conflict(prev, term_at(prev), message["prevLogTerm"], message))
         return message  # pysyncobj refuses it; the leader steps back
-    entries = message.get("entries") or []
     held = 0  # how many of them this log holds already
     for _command, index, term in entries:
         if index > last or term_at(index) != term:
@@ -212,6 +314,8 @@ class _Replica(SyncObj):
         self.flushes = 0
         self.flush_seconds = 0.0
         self._flushed_shape: tuple[int, int, int] | None = None
+        self._seed_compaction = False
+        """Whether the compaction that removes a seeded log's markers was asked for."""
         transport = functools.partial(
             NatsTransport, link=link, screen=self._screen, make_durable=self.flush_journal
         )
@@ -242,9 +346,24 @@ class _Replica(SyncObj):
         # pysyncobj counts the leader's own log toward the commit index first thing in a
         # tick: what it appended since the last flush must be on disk before that.
         self.flush_journal()
+        self._compact_seed()
         if self.raftLastApplied < self.raftCommitIndex:
             timeToWait = 0.0  # committed entries the last tick left: no idling
         super()._onTick(timeToWait)
+
+    def _compact_seed(self) -> None:
+        """A seeded log (`seed_log`) is compacted once two entries past its markers are
+        applied (a compaction snapshot names the last two applied entries: real ones
+        then), so its log holds real entries only."""
+        journal = self.journal
+        if (
+            not self._seed_compaction
+            and len(journal) >= 2
+            and journal[0][0] == SEED_COMMAND
+            and self.raftLastApplied >= journal[1][1] + 2
+        ):
+            self._seed_compaction = True
+            self.forceLogCompaction()
 
     def _SyncObj__applyLogEntries(self) -> bool:
         """pysyncobj's own (name-mangled) apply step, which applies every committed entry
@@ -296,9 +415,11 @@ class _Replica(SyncObj):
     @replicated
     def _apply_entry(self, entry: bytes) -> tuple[int, list[Outcome] | None]:
         index = self.raftLastApplied + 1  # pysyncobj counts it applied after this returns
+        journal = self.journal
+        term = journal[index - journal[0][1]][2]
         began = time.perf_counter()
         try:
-            outcomes = self._machine.apply(index, entry)
+            outcomes = self._machine.apply(index, entry, term)
         except NeedsNewerVersion as e:
             # Raised on: pysyncobj then neither counts the entry applied nor applies the
             # next ones, and its thread stops. Restarted with a version that knows the
@@ -331,9 +452,18 @@ class Replica:
         timers: Timers = Timers(),
         on_apply: OnApply = lambda _seconds: None,
         kinds: Registry = REGISTRY,
+        cluster: str = "",
     ) -> None:
+        """`cluster`: the cluster's id ('' : not checked); a database of another cluster
+        raises ForeignDatabase (machine.py), a newer Colony's schema.TooNew."""
         self.me = me
-        self.machine = Machine(state_dir / "management.db", kinds)
+        self.machine = Machine(state_dir / "management.db", kinds, cluster)
+        try:
+            self.seeded_at = seed_log(state_dir, self.machine, voters, me)
+            """The log index this replica's log was started at from its database (0: not)."""
+        except BaseException:
+            self.machine.close()
+            raise
         self._loop = asyncio.get_running_loop()
         self._link = link
         self._stopped_leading_at = 0.0
@@ -482,23 +612,65 @@ class Replica:
     # --- snapshots (called on pysyncobj's thread) -----------------------------------
 
     def _save_snapshot(self, path: str, raft_state) -> None:
-        """The database copy, with pysyncobj's own bookkeeping (last entries) inside it."""
+        """A snapshot of the database, with pysyncobj's own bookkeeping (its last two
+        applied entries, the voters) in its header. pysyncobj renames `path` to SNAPSHOT
+        once it is written: the second name (KEPT) goes with it."""
         last_entry, previous_entry, cluster = raft_state
-        self.machine.save(Path(path))
-        meta = frames.dumps((last_entry, previous_entry, sorted(node.id for node in cluster)))
-        write_snapshot_meta(Path(path), meta)
+        voters = sorted(node.id for node in cluster)
+        meta = frames.dumps((last_entry, previous_entry, voters))
+        self.machine.save(Path(path), made_by=self.me, origin="compaction", voters=voters,
+                          raft=meta)  # fmt: skip
+        _keep(Path(path))
 
     def _load_snapshot(self, path: str):
-        meta, snapshot_applied = read_snapshot_meta(Path(path))
+        """pysyncobj's bookkeeping from the snapshot file at `path` (at start, or one a
+        leader sent), the database loaded from it if it is ahead of ours. A file that fails
+        its checks is refused with nothing loaded (an exception: pysyncobj keeps its log as
+        it was), and the last good file is put back in its place."""
+        path = Path(path)
+        try:
+            meta, index = self._check_snapshot(path)
+            if index > self.machine.last_applied:  # else ours is newer: keep it
+                self.machine.load(path)
+            elif is_snapshot(path):
+                snapshot.verify(path)  # not loaded, but kept: it may be sent to a voter
+        except NeedsNewerVersion as e:  # a newer Colony's schema: stop, as for an entry
+            _put_back(path)
+            self._raft._stop(str(e), "a snapshot needs a newer version of Colony")
+            raise
+        except (snapshot.BadSnapshot, ForeignDatabase, sqlite3.DatabaseError, frames.BadFrame,
+                OSError) as e:  # fmt: skip
+            put_back = _put_back(path)
+            log.error(
+                "refused a Raft snapshot: the database is left as it is",
+                extra={"reason": str(e), "snapshot_file": "put back" if put_back else "none"},
+            )
+            raise
+        _keep(path)
         last_entry, previous_entry, *rest = frames.loads(meta)
         cluster = rest[0] if rest else self._initial  # a snapshot from before dynamic voters
-        if snapshot_applied > self.machine.last_applied:  # else ours is newer: keep it
-            try:
-                self.machine.load(Path(path))
-            except NeedsNewerVersion as e:  # a newer Colony's schema: stop, as for an entry
-                self._raft._stop(str(e), "a snapshot needs a newer version of Colony")
-                raise
         return last_entry, previous_entry, {Node(node) for node in cluster}
+
+    def _check_snapshot(self, path: Path) -> tuple[bytes, int]:
+        """(pysyncobj's bookkeeping, the database's applied index) of the snapshot at
+        `path`, once its header says it fits this cluster (its checksum is checked as it
+        is loaded or verified)."""
+        if not is_snapshot(path):  # a bare database: a snapshot of the old kind
+            return read_snapshot_meta(path)
+        header = snapshot.read_header(path)
+        if header.schema > snapshot.SCHEMA:
+            raise NeedsNewerVersion(
+                f"snapshot {path} has schema version {header.schema}, but this version of "
+                f"Colony knows schema versions up to {snapshot.SCHEMA}: a newer Colony "
+                "wrote it"
+            )
+        snapshot.check_fits(header, f"snapshot {path}", self.machine.cluster or None)
+        if not header.raft:
+            raise snapshot.BadSnapshot(
+                f"snapshot {path} holds no Raft bookkeeping (made by {header.origin}, not "
+                "by a voter's log compaction): it cannot stand in the Raft log"
+            )
+        return header.raft, header.index
 
 
 def _settle(future: asyncio.Future, result, error) -> None:
