@@ -1,0 +1,220 @@
+"""A voter's snapshots of its management database: saved to the object store, restored at
+start, and the seed a new replica starts from (colony.shared.snapshot is the format).
+
+- **Save** (`save`): the Raft leader writes a snapshot, consistent at one index, to the
+  `SNAPSHOT_BUCKET` object store; `colony snapshot save` downloads it from there.
+- **Restore** (`restore_at_start`): `colony snapshot restore` (or `colony up --restore`)
+  leaves `restore.snapshot` in a stopped voter's consensus folder; at start the voter
+  checks it whole, puts its database in place of the replica's files, and starts from it
+  (a folder holding only management.db starts its Raft log at the database's index).
+  `restore.pending` says a snapshot is on its way (`colony up --restore replica`): the
+  voter waits for it. A bad snapshot leaves everything as it was.
+- **Seed** (`seed_from_replica`): a newly promoted voter asks its own node's snapshotter
+  for the freshest replica and starts from it, catching up from the leader's log after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
+from nats.js.client import JetStreamContext
+
+from colony.shared import snapshot, subjects
+from colony.shared.bus import Bus, BusError
+from colony.shared.config import ConsensusSettings
+from colony.shared.messages import SnapshotFetchRequest, SnapshotHeader
+
+DATABASE = "management.db"
+RESTORE = "restore.snapshot"
+"""In the consensus folder: the snapshot to restore at the next start (the CLI puts it)."""
+PENDING = "restore.pending"
+"""In the consensus folder: a restore is on its way; wait for `RESTORE` before starting."""
+RESTORING = "restoring.db"
+"""The restore's database, checked whole, before it replaces the replica's files."""
+SEED = "seed.snapshot"
+SAVING = "saving"
+"""The consensus folder's subfolder where a save writes its file before uploading it."""
+WAIT_POLL = 0.2
+"""Seconds between looks for the snapshot a pending restore waits for."""
+SEED_TIMEOUT = 60.0
+"""Seconds the snapshotter has to restore a replica for a seed (else: start empty)."""
+MAX_REPLICAS = 3
+
+log = logging.getLogger("colony.consensus.snapshots")
+
+
+def cluster_of(settings: ConsensusSettings, secret: bytes) -> str:
+    """This cluster's id: the configured one, else the one its secret implies."""
+    return settings.cluster_id or snapshot.cluster_id_of(secret)
+
+
+def drop_replica(state_dir: Path, keep: set[str]) -> None:
+    """Delete the replica's files (database, journal, raft snapshot): every file of the
+    consensus folder but those named in `keep`."""
+    for path in state_dir.iterdir():
+        if path.name not in keep and path.is_file():
+            path.unlink()
+
+
+# --- save ----------------------------------------------------------------------------
+
+
+def saved_name(cluster: str, index: int, at: float) -> str:
+    """The object name a save gets when the request names none."""
+    return f"saved/{cluster}/{index}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(at))}"
+
+
+async def save(
+    js: JetStreamContext,
+    db: Path,
+    folder: Path,
+    *,
+    me: str,
+    cluster: str,
+    voters: int,
+    name: str = "",
+) -> tuple[str, SnapshotHeader]:
+    """Snapshot the database at `db` (a live one: SQLite's online backup reads one state)
+    through a file in `folder`, and put it in the `SNAPSHOT_BUCKET` object store (made if
+    missing, on min(3, `voters`) servers); (object name, header). Raises BusError."""
+    path = folder / f"{os.getpid()}-{time.monotonic_ns()}.snapshot"
+    try:
+        header = await asyncio.to_thread(_make, db, path, me)
+        name = name or saved_name(cluster or header.cluster, header.index, header.made_at)
+        await _upload(js, path, name, header, min(MAX_REPLICAS, max(voters, 1)))
+    finally:
+        path.unlink(missing_ok=True)
+    return name, header
+
+
+def _make(db: Path, path: Path, me: str) -> SnapshotHeader:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return snapshot.make_from_file(db, path, made_by=me, origin="save")
+
+
+async def _upload(
+    js: JetStreamContext, path: Path, name: str, header: SnapshotHeader, replicas: int
+) -> None:
+    bucket = subjects.SNAPSHOT_BUCKET
+    try:
+        try:
+            store = await js.object_store(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            config = ObjectStoreConfig(
+                description="snapshots saved with colony snapshot save",
+                storage=StorageType.FILE,
+                replicas=replicas,
+            )
+            store = await js.create_object_store(bucket, config=config)
+        # The header rides in the object's description: listing shows what each holds.
+        meta = ObjectMeta(name=name, description=msgspec.json.encode(header).decode())
+        # Read in chunks (nats-py reads each in a thread), never whole.
+        with await asyncio.to_thread(open, path, "rb") as f:
+            await store.put(name, f, meta=meta)
+    except (TimeoutError, nats.errors.Error) as e:
+        why = str(e) or type(e).__name__
+        raise BusError(f"putting snapshot {name!r} into object store {bucket}: {why}") from None
+
+
+# --- restore -------------------------------------------------------------------------
+
+
+async def restore_at_start(
+    state_dir: Path, cluster: str, voter: bool, keep: set[str], waiting=None
+) -> SnapshotHeader | None:
+    """Carry out a restore the CLI left in `state_dir` (see the module's docstring); the
+    header restored, None if there was none. `keep`: files of the folder that are no
+    replica's (role.json). `waiting()` is called once if it waits for a pending one.
+    Raises BadSnapshot (nothing changed) if the snapshot cannot be restored here."""
+    restore, pending = state_dir / RESTORE, state_dir / PENDING
+    if not voter:
+        for marker in (restore, pending):
+            if marker.exists():
+                marker.unlink()
+                log.warning("not a voter: dropped its restore", extra={"file": marker.name})
+        return None
+    if pending.exists() and not restore.exists():
+        log.warning("waiting for a restore", extra={"file": str(restore)})
+        if waiting is not None:
+            waiting()
+        while not restore.exists():  # noqa: ASYNC110 (the CLI writes it: nothing to await)
+            await asyncio.sleep(WAIT_POLL)
+    if not restore.exists():
+        return None
+    began = time.monotonic()
+    header = await asyncio.to_thread(_restore, state_dir, cluster, keep)
+    log.warning(
+        "restored from snapshot",
+        extra={
+            "index": header.index, "term": header.term, "origin": header.origin,
+            "made_by": header.made_by, "seconds": round(time.monotonic() - began, 3),
+        },
+    )  # fmt: skip
+    return header
+
+
+def _restore(state_dir: Path, cluster: str, keep: set[str]) -> SnapshotHeader:
+    source, restoring = state_dir / RESTORE, state_dir / RESTORING
+    header = snapshot.read_header(source)
+    snapshot.check_fits(header, str(source), cluster)
+    # Checked whole (checksum, SQLite's check) before anything of the replica goes.
+    snapshot.extract(source, restoring)
+    drop_replica(state_dir, keep | {RESTORE, PENDING, RESTORING})
+    os.replace(restoring, state_dir / DATABASE)
+    # The marker goes last: a crash before it does the restore again, from the start.
+    (state_dir / PENDING).unlink(missing_ok=True)
+    source.unlink()
+    return header
+
+
+# --- seed ----------------------------------------------------------------------------
+
+
+async def seed_from_replica(
+    bus: Bus, me: str, state_dir: Path, cluster: str, timeout: float = SEED_TIMEOUT
+) -> str | None:
+    """Fill a new replica's empty folder with the freshest replica snapshot, fetched by
+    this node's snapshotter; where it came from, or None (any failure: the reason is
+    logged, and the replica starts empty, fed by the leader)."""
+    path = state_dir / SEED
+    began = time.monotonic()
+    try:
+        reply = await bus.request(
+            subjects.snapshot_fetch(me), SnapshotFetchRequest(path=str(path)), timeout
+        )
+        header = await asyncio.to_thread(_seed, path, state_dir / DATABASE, cluster)
+    except (BusError, snapshot.BadSnapshot, OSError) as e:
+        log.warning(
+            "new replica not seeded from a snapshot: it starts empty, fed by the leader",
+            extra={"node": me, "reason": str(e)},
+        )
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    seconds = round(time.monotonic() - began, 3)
+    log.warning(
+        "new replica seeded from a snapshot",
+        extra={
+            "node": me, "replica": reply.replica, "index": header.index, "term": header.term,
+            "seconds": seconds,
+        },
+    )  # fmt: skip
+    return f"{reply.replica}'s replica, index {header.index} (term {header.term})"
+
+
+def _seed(path: Path, db: Path, cluster: str) -> SnapshotHeader:
+    header = snapshot.read_header(path)
+    snapshot.check_fits(header, f"the replica snapshot {path}", cluster)
+    if header.index <= 0:
+        raise snapshot.BadSnapshot(f"the replica snapshot {path} holds no applied entry")
+    return snapshot.extract(path, db)
