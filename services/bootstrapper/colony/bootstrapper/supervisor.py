@@ -28,10 +28,10 @@ from colony.shared.statedir import NATS, SUPERVISOR, NodeDir, ProcessRecord
 
 log = logging.getLogger("colony.bootstrapper")
 
-SERVICES = ["monitor", "membership", "consensus", "curator", "agent"]
+SERVICES = ["monitor", "membership", "consensus", "curator", "agent", "snapshotter"]
 """Services every node runs (consensus stands by on a node that is not a voter, ready to
-be promoted; the curator stands by on a node that is not the manager). The snapshotter
-joins this list once it does something (no idle placeholder processes)."""
+be promoted; the curator stands by on a node that is not the manager; the snapshotter
+runs litestream only while its node is a voter, and answers fetches everywhere)."""
 
 PROGRAMS = {"agent": agent.__name__}
 """The module a service runs as when it is not `colony.<service>`: the node agent is

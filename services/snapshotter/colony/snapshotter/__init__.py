@@ -1,4 +1,6 @@
 """The snapshotter service.
 
-Continuous replication of the management database with litestream; backup and restore.
+Continuous replication of each voter's management database with litestream (a
+supervised child), the replica manifest, and snapshots fetched from the freshest
+replica (to seed a new voter, or to bring a cluster back).
 """

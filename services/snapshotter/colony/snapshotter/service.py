@@ -1,0 +1,358 @@
+"""The snapshotter service: litestream beside every voter, the replica manifest, fetches.
+
+Every node runs it. While its node is a voter with a management database
+(consensus/role.json says so, or the config's voters when there is none), it
+runs `litestream replicate` (`Sidecar`) on that database, to the configured
+target: its own object store bucket in the cluster's JetStream (`nats`), a
+folder (`file:///DIR`, DIR/<node>) or S3. Litestream's own log tells how far the
+replica got (`Tracker`); every `report_interval`, and whenever its health
+changes, the voter's `ReplicaPosition` goes into the manifest (the
+`REPLICAS_BUCKET` key-value bucket, key = node id).
+
+It stops litestream when the node stops being a voter or the database goes, and
+restarts it when the database is replaced (a restore, a seed: another file).
+
+`snapshot_fetch` restores the freshest healthy replica in the manifest (by Raft
+term, then index; any voter's) with `litestream restore` and writes it as a
+snapshot file (colony.shared.snapshot) where asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import nats.js.errors
+from nats.js.api import KeyValueConfig, ObjectStoreConfig
+
+from colony.shared import snapshot, subjects, tasks
+from colony.shared.messages import (
+    ReplicaPosition,
+    ReplicationStatus,
+    ReplicationStatusRequest,
+    SnapshotFetchReply,
+    SnapshotFetchRequest,
+    decode,
+    encode,
+)
+from colony.shared.runner import Context, Refused
+from colony.snapshotter import litestream
+from colony.snapshotter.fetching import choose, restore
+from colony.snapshotter.position import Tracker
+
+TICK = 0.1
+"""Seconds between reads of the database's position (and checks of the role)."""
+BEHIND = 30.0
+"""Seconds changes may wait for the replica (beyond 10 sync intervals) before it is
+reported unhealthy even without an error from litestream."""
+
+
+class Snapshotter:
+    name = "snapshotter"
+    description = "Continuous replication of the management database with litestream; fetches"
+
+    def __init__(self) -> None:
+        self.me = ""
+        self.sidecar: litestream.Sidecar | None = None
+        self.tracker = Tracker()
+        self.voter = False
+        self.url = ""
+        self.problem = ""
+        """Why litestream cannot run ('' : it can); litestream's own problems are the
+        tracker's."""
+
+    async def run(self, ctx: Context) -> None:
+        node, self.settings = ctx.config.node, ctx.config.snapshotter
+        self.ctx, self.me = ctx, node.id
+        self.consensus = Path(node.dir) / "consensus"
+        self.db = self.consensus / "management.db"
+        self.own = Path(node.dir) / "snapshotter"
+        self.own.mkdir(parents=True, exist_ok=True)
+        self.bucket = subjects.replica_bucket(self.me)
+        try:
+            self.url = litestream.replica_url(
+                self.settings.target, self.me, ctx.config.nats.servers[0], self.bucket
+            )
+        except litestream.TargetError as e:
+            self.problem = str(e)
+            ctx.log.error("cannot replicate", extra={"reason": self.problem})
+        await ctx.serve(subjects.replication_status(self.me), self._on_status)
+        await ctx.serve(subjects.snapshot_fetch(self.me), self._on_fetch, concurrent=True)
+        running: asyncio.Task[None] | None = None
+        reader = _Reader(self.db)
+        reported, last_report = None, 0.0
+        try:
+            while True:
+                self.voter = self._is_voter()
+                held = await asyncio.to_thread(reader.read) if self.voter else None
+                if held is not None:
+                    self.tracker.read(time.time(), *held)
+                wanted = self.voter and held is not None and not self.problem
+                if running is not None and (not wanted or reader.replaced):
+                    why = "the database was replaced" if wanted else "no voter database"
+                    ctx.log.info("stopping litestream", extra={"reason": why})
+                    await self._stop(running)
+                    running = None
+                    reader.replaced = False
+                if wanted and running is None and await self._target_ready():
+                    running = await self._start()
+                now = time.time()
+                entry = self.position(now)
+                if entry is None and reported is not None:
+                    entry = self._retired()
+                health = (entry.healthy, entry.problem) if entry else None
+                if entry is not None and (
+                    health != reported or now - last_report >= self.settings.report_interval
+                ):
+                    if health != reported:
+                        ctx.log.log(
+                            20 if entry.healthy else 30,
+                            "replica healthy" if entry.healthy else "replica unhealthy",
+                            extra={"problem": entry.problem, "index": entry.index},
+                        )
+                    if await self._report(entry):
+                        reported, last_report = health, now
+                        if not self.voter:
+                            reported = None  # said once
+                    if not entry.healthy and self.settings.target == "nats":
+                        await self._target_ready()  # the bucket deleted: make it again
+                await asyncio.sleep(TICK)
+        finally:
+            if running is not None:
+                await self._stop(running)
+            reader.close()
+
+    def _is_voter(self) -> bool:
+        """consensus/role.json once the leader promoted or retired this node, else the
+        config's voters (the file consensus keeps; read here, never written)."""
+        try:
+            role = json.loads((self.consensus / "role.json").read_text())
+            return bool(role.get("voter"))
+        except FileNotFoundError:
+            return self.me in self.ctx.config.consensus.voters
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    # --- litestream -----------------------------------------------------------------
+
+    async def _start(self) -> asyncio.Task[None]:
+        config = self.own / "litestream.yml"
+        litestream.write_config(config, litestream.render(self.db, self.url, self.settings))
+        self.tracker = Tracker()
+        self.sidecar = sidecar = litestream.Sidecar(
+            config,
+            self.ctx.log,
+            on_event=self.tracker.line,
+            on_exit=self.tracker.failed,
+            on_start=self.tracker.restarted,
+        )
+        self.ctx.log.info(
+            "replicating the management database",
+            extra={"target": litestream.shown(self.url), "db": str(self.db)},
+        )
+        return asyncio.create_task(sidecar.run(), name="litestream")
+
+    async def _stop(self, running: asyncio.Task[None]) -> None:
+        if self.sidecar is not None:
+            await self.sidecar.close()
+        await tasks.cancel(running)
+        self.sidecar = None
+
+    async def _target_ready(self) -> bool:
+        """The object store bucket exists (made if not); other targets need nothing."""
+        if self.settings.target != "nats":
+            return True
+        js = self.ctx.bus.js
+        try:
+            try:
+                await js.object_store(self.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                replicas = self._replicas()
+                await js.create_object_store(
+                    self.bucket, ObjectStoreConfig(bucket=self.bucket, replicas=replicas)
+                )
+                self.ctx.log.info(
+                    "made the replica bucket", extra={"bucket": self.bucket, "replicas": replicas}
+                )
+        except Exception as e:  # JetStream unavailable: said in the manifest, tried again
+            self.tracker.failed(f"the object store bucket {self.bucket} is unavailable: {e!r}")
+            return False
+        return True
+
+    def _replicas(self) -> int:
+        """min(3, the NATS servers of the cluster): what the node's server advertises."""
+        info = getattr(self.ctx.bus.nc, "_server_info", None) or {}
+        return max(1, min(3, len(info.get("connect_urls") or [])))
+
+    # --- the manifest ---------------------------------------------------------------
+
+    def position(self, now: float) -> ReplicaPosition | None:
+        """This voter's manifest entry (None when the node is no voter)."""
+        if not self.voter:
+            return None
+        held = self.tracker.position()
+        lag = self.tracker.lag(now)
+        problem = self.problem or self.tracker.problem
+        if not problem and self.sidecar is None:
+            problem = "litestream is not running: no management database yet"
+        behind = max(BEHIND, 10 * self.settings.sync_interval)
+        if not problem and lag > behind:
+            problem = f"the replica is {lag:.0f} s behind the database (no sync since)"
+        size = litestream.replica_bytes(self.url) if self.url else None
+        return ReplicaPosition(
+            node=self.me,
+            target=litestream.shown(self.url),
+            index=held.index,
+            term=held.term,
+            synced_at=self.tracker.synced_at,
+            lag=round(lag, 3),
+            replica_bytes=size if size is not None else self._bucket_bytes,
+            healthy=not problem,
+            problem=problem,
+            restarts=self.sidecar.restarts if self.sidecar else 0,
+        )
+
+    _bucket_bytes = 0
+
+    def _retired(self) -> ReplicaPosition:
+        """The last word of a node that is no voter any more: its replica is stale."""
+        held = self.tracker.position()
+        return ReplicaPosition(
+            node=self.me,
+            target=litestream.shown(self.url),
+            index=held.index,
+            term=held.term,
+            synced_at=self.tracker.synced_at,
+            healthy=False,
+            problem="not a voter any more: this replica is no longer updated",
+        )
+
+    async def _report(self, entry: ReplicaPosition) -> bool:
+        try:
+            kv = await self._manifest()
+            await kv.put(self.me, encode(entry))
+            if self.settings.target == "nats":
+                store = await self.ctx.bus.js.object_store(self.bucket)
+                self._bucket_bytes = (await store.status()).size
+        except Exception as e:
+            self.ctx.log.warning("manifest not updated", extra={"reason": repr(e)})
+            return False
+        return True
+
+    async def _manifest(self):
+        js = self.ctx.bus.js
+        try:
+            return await js.key_value(subjects.REPLICAS_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            config = KeyValueConfig(
+                bucket=subjects.REPLICAS_BUCKET, history=1, replicas=self._replicas()
+            )
+            return await js.create_key_value(config)
+
+    async def _entries(self) -> list[ReplicaPosition]:
+        kv = await self._manifest()
+        entries = []
+        with contextlib.suppress(nats.js.errors.NoKeysError):
+            for key in await kv.keys():
+                with contextlib.suppress(Exception):
+                    got = await kv.get(key)
+                    if got.value:
+                        entries.append(decode(got.value, ReplicaPosition))
+        return entries
+
+    # --- requests -------------------------------------------------------------------
+
+    async def _on_status(self, _request: ReplicationStatusRequest) -> ReplicationStatus:
+        return ReplicationStatus(
+            node=self.me,
+            voter=self.voter,
+            replica=self.position(time.time()),
+            litestream_pid=self.sidecar.pid if self.sidecar else 0,
+        )
+
+    async def _on_fetch(self, request: SnapshotFetchRequest) -> SnapshotFetchReply:
+        started = time.monotonic()
+        out = Path(request.path)
+        if not out.is_absolute():
+            raise Refused(400, f"{request.path!r}: give an absolute path")
+        candidates = choose(await self._entries(), request.min_index)
+        if not candidates:
+            raise Refused(404, "no healthy replica in the manifest holds index "
+                          f"{request.min_index} or more")  # fmt: skip
+        failures = []
+        for entry in candidates:
+            url = self._reachable(entry.target)
+            try:
+                header = await restore(url, out, made_by=self.me, min_index=request.min_index)
+            except Exception as e:
+                failures.append(f"{entry.node}: {e}")
+                self.ctx.log.warning(
+                    "restore from a replica failed", extra={"replica": entry.node, "reason": str(e)}
+                )
+                continue
+            seconds = time.monotonic() - started
+            self.ctx.log.info(
+                "snapshot fetched from a replica",
+                extra={"replica": entry.node, "index": header.index, "term": header.term,
+                       "path": str(out), "seconds": round(seconds, 2)},
+            )  # fmt: skip
+            return SnapshotFetchReply(
+                node=self.me, path=str(out), replica=entry.node, header=header, seconds=seconds
+            )
+        raise Refused(404, "no replica could be restored: " + "; ".join(failures))
+
+    def _reachable(self, target: str) -> str:
+        """A replica URL as this node reaches it: an object store bucket through its own
+        NATS server (the cluster's JetStream is one), anything else as it is."""
+        if target.startswith("nats://"):
+            bucket = target.rsplit("/", 1)[-1]
+            return litestream.replica_url("nats", self.me, self.ctx.config.nats.servers[0], bucket)
+        return target
+
+
+class _Reader:
+    """Reads (last_applied, applied_term) from the database, read-only; notices when the
+    file is replaced by another (a restore renames a new one in)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+        self.inode = 0
+        self.replaced = False
+
+    def read(self) -> tuple[int, int] | None:
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            self.close()
+            return None
+        if self.conn is not None and inode != self.inode:
+            self.replaced = True
+            self.close()
+        try:
+            if self.conn is None:
+                self.conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                    check_same_thread=False,
+                )  # fmt: skip
+                self.inode = inode
+            rows = dict(
+                self.conn.execute(
+                    f"SELECT name, value FROM {snapshot.META} WHERE name IN (?, ?)",
+                    (snapshot.APPLIED, snapshot.APPLIED_TERM),
+                ).fetchall()
+            )
+        except sqlite3.Error:
+            self.close()  # not a database yet (being made), or no meta table yet
+            return None
+        return rows.get(snapshot.APPLIED, 0), rows.get(snapshot.APPLIED_TERM, 0)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

@@ -1,0 +1,193 @@
+"""The snapshotter with a real nats-server and a real litestream: replication, the manifest,
+fetches, and who replicates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+
+import psutil
+import pytest
+from _snapshotter import Running, VoterDb, keep_writing, snapshotter_config
+
+from colony.harness.processes import poll
+from colony.shared import snapshot, subjects, tasks
+from colony.shared.bus import RemoteError
+from colony.shared.messages import (
+    ReplicaPosition,
+    ReplicationStatusRequest,
+    SnapshotFetchRequest,
+    decode,
+)
+
+NODE = "v1"
+
+
+async def manifest_entry(bus, node: str = NODE) -> ReplicaPosition | None:
+    try:
+        kv = await bus.js.key_value(subjects.REPLICAS_BUCKET)
+        return decode((await kv.get(node)).value, ReplicaPosition)
+    except Exception:
+        return None
+
+
+async def until_replica_holds(bus, index: int, timeout: float = 20) -> ReplicaPosition:
+    async def holds() -> ReplicaPosition | None:
+        entry = await manifest_entry(bus)
+        return entry if entry and entry.healthy and entry.index >= index else None
+
+    return await poll(holds, timeout, f"the manifest to say the replica holds index {index}")
+
+
+def restored_kv(path) -> tuple[int, dict[str, int]]:
+    folder = path.parent / "extracted"
+    header = snapshot.extract(path, folder / "db")
+    conn = sqlite3.connect(folder / "db")
+    try:
+        return header.index, dict(conn.execute("SELECT key, value FROM kv").fetchall())
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def voter(nats_server):
+    config = snapshotter_config(nats_server, NODE)
+    db = VoterDb(config.node.dir)
+    yield config, db
+    db.close()
+
+
+async def test_a_voter_replicates_to_its_bucket_and_a_fetch_restores_it(voter, bus, tmp_path):
+    config, db = voter
+    for i in range(30):
+        db.write(f"k{i}")
+    running = Running(config)
+    writing = asyncio.create_task(keep_writing(db))
+    try:
+        entry = await until_replica_holds(bus, 30)
+        assert entry.node == NODE and entry.problem == ""
+        assert entry.target == f"{config.nats.servers[0]}/{subjects.replica_bucket(NODE)}"
+        await tasks.cancel(writing)
+        final = db.index
+        entry = await until_replica_holds(bus, final)  # an idle database: all of it, in the end
+        assert entry.index == final and entry.term == 1 and entry.lag == 0
+        assert entry.synced_at > 0 and entry.replica_bytes > 0 and entry.restarts == 0
+
+        status = await bus.request(
+            subjects.replication_status(NODE), ReplicationStatusRequest(), timeout=2
+        )
+        assert status.voter and status.replica is not None and status.replica.index == final
+        assert psutil.Process(status.litestream_pid).name() == "litestream"
+
+        path = tmp_path / "fetched" / "seed.snapshot"
+        reply = await bus.request(
+            subjects.snapshot_fetch(NODE), SnapshotFetchRequest(path=str(path)), timeout=30
+        )
+        assert reply.replica == NODE and reply.path == str(path)
+        assert reply.header.origin == "replica" and reply.header.made_by == NODE
+        assert reply.header.index == final and reply.header.cluster == "0123456789abcde"
+        index, kv = restored_kv(path)
+        assert index == final and kv == db.kv()
+        assert not any(name.startswith(".fetch-") for name in os.listdir(path.parent))
+        config_file = f"{config.node.dir}/snapshotter/litestream.yml"
+        assert os.stat(config_file).st_mode & 0o777 == 0o600
+    finally:
+        await tasks.cancel(writing)
+        assert await running.stop() == 0
+    assert not psutil.pid_exists(status.litestream_pid) or (
+        psutil.Process(status.litestream_pid).status() == psutil.STATUS_ZOMBIE
+    )
+
+
+async def test_a_fetch_asking_for_more_than_any_replica_holds_is_refused(voter, bus, tmp_path):
+    config, db = voter
+    db.write("a")
+    running = Running(config)
+    try:
+        await until_replica_holds(bus, 1)
+        path = tmp_path / "seed.snapshot"
+        request = SnapshotFetchRequest(path=str(path), min_index=1000)
+        with pytest.raises(RemoteError, match=r"no healthy replica .* index 1000 or more"):
+            await bus.request(subjects.snapshot_fetch(NODE), request, timeout=30)
+        assert not path.exists()
+    finally:
+        assert await running.stop() == 0
+
+
+async def test_a_file_target_gets_a_folder_per_node(nats_server, bus, tmp_path):
+    config = snapshotter_config(nats_server, NODE, target=f"file://{tmp_path}/replicas")
+    db = VoterDb(config.node.dir)
+    running = Running(config)
+    writing = asyncio.create_task(keep_writing(db))
+    try:
+        entry = await until_replica_holds(bus, 10)
+        assert entry.target == f"file://{tmp_path}/replicas/{NODE}"
+        assert (tmp_path / "replicas" / NODE / "ltx").is_dir() and entry.replica_bytes > 0
+        await tasks.cancel(writing)
+        await until_replica_holds(bus, db.index)
+        path = tmp_path / "seed.snapshot"
+        reply = await bus.request(
+            subjects.snapshot_fetch(NODE), SnapshotFetchRequest(path=str(path)), timeout=30
+        )
+        assert restored_kv(path) == (db.index, db.kv()) and reply.header.index == db.index
+    finally:
+        await tasks.cancel(writing)
+        db.close()
+        assert await running.stop() == 0
+
+
+async def test_a_node_that_is_no_voter_runs_no_litestream(nats_server, bus, tmp_path):
+    config = snapshotter_config(nats_server, NODE, voters=["someone-else"])
+    db = VoterDb(config.node.dir)  # a database left behind: still not to be replicated
+    db.write("a")
+    running = Running(config)
+    try:
+        await poll(lambda: running.service.ctx if hasattr(running.service, "ctx") else None, 10,
+                   "the service to start")  # fmt: skip
+        status = await poll(
+            lambda: bus.request(
+                subjects.replication_status(NODE), ReplicationStatusRequest(), timeout=2
+            ),
+            10,
+            "a status",
+        )
+        assert not status.voter and status.replica is None and status.litestream_pid == 0
+    finally:
+        db.close()
+        assert await running.stop() == 0
+
+
+async def test_a_promoted_node_replicates_and_once_retired_stops_and_says_it_is_stale(
+    nats_server, bus, tmp_path
+):
+    config = snapshotter_config(nats_server, NODE, voters=["someone-else"])
+    db = VoterDb(config.node.dir)
+    role = db.path.parent / "role.json"
+    role.write_text(json.dumps({"voter": True, "voters": [NODE]}))  # promoted since
+    running = Running(config)
+    writing = asyncio.create_task(keep_writing(db))
+    try:
+        await until_replica_holds(bus, 5)
+        pid = running.service.sidecar.pid
+        role.write_text(json.dumps({"voter": False, "voters": []}))  # retired
+
+        async def retired() -> ReplicaPosition | None:
+            entry = await manifest_entry(bus)
+            return entry if entry and not entry.healthy else None
+
+        entry = await poll(retired, 10, "the manifest to mark the replica stale")
+        assert "not a voter" in entry.problem
+        await poll(lambda: not psutil.pid_exists(pid) or _zombie(pid), 10, "litestream to stop")
+    finally:
+        await tasks.cancel(writing)
+        db.close()
+        assert await running.stop() == 0
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
