@@ -62,8 +62,9 @@ def replica_url(target: str, node: str, nats_server: str, bucket: str) -> str:
         address = urlsplit(nats_server).netloc
         return f"nats://{address}/{bucket}"
     if target.startswith("file://"):
-        folder = urlsplit(target).path
-        if not folder.startswith("/"):
+        parts = urlsplit(target)
+        folder = parts.path
+        if parts.netloc not in ("", "localhost") or not folder.startswith("/"):
             raise TargetError(f"snapshotter.target {target!r}: give an absolute path (file:///DIR)")
         return f"file://{folder.rstrip('/')}/{node}"
     if target.startswith("s3://"):
@@ -131,6 +132,26 @@ def write_config(path: Path, text: str) -> None:
 
 
 # --- the child ----------------------------------------------------------------------
+
+
+def parse(line: str) -> dict:
+    """One line of litestream's: its JSON object, or {"msg": line} for anything else.
+
+    Its lines may repeat a key ("level": the severity, then "level": 0 for the LTX
+    compaction level): the first stays, a repeat is kept as KEY2."""
+    try:
+        event = json.loads(line, object_pairs_hook=_first_stays)
+    except ValueError:
+        event = None
+    return event if isinstance(event, dict) else {"msg": line, "level": "INFO"}
+
+
+def _first_stays(pairs: list[tuple[str, object]]) -> dict:
+    event: dict = {}
+    for key, value in pairs:
+        event[key if key not in event else f"{key}2"] = value
+    return event
+
 
 LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
           "ERROR": logging.ERROR}  # fmt: skip
@@ -207,12 +228,7 @@ class Sidecar:
     def _line(self, text: str) -> None:
         if not text:
             return
-        try:
-            event = json.loads(text)
-            if not isinstance(event, dict):
-                raise ValueError
-        except ValueError:
-            event = {"msg": text, "level": "INFO"}
+        event = parse(text)
         self.on_event(event)
         level = LEVELS.get(str(event.get("level", "INFO")), logging.INFO)
         if level >= logging.INFO:

@@ -84,7 +84,7 @@ class Tracker:
         self.problem = problem
 
     def line(self, event: dict) -> None:
-        """One JSON log line of litestream's."""
+        """One log line of litestream's (`litestream.parse`d)."""
         msg = event.get("msg", "")
         try:
             at = log_time(event["time"])
@@ -92,7 +92,7 @@ class Tracker:
             return
         if msg == "sync" and "txid" in event:
             self._sync_started(_txid(event["txid"]), at)
-        elif msg == "ltx file uploaded" and event.get("level") == 0:
+        elif msg == "ltx file uploaded" and event.get("level2") == 0:  # level 0: one sync
             self._uploaded(_txid(event.get("maxTXID", "0")), at)
         elif msg == "replica sync" and isinstance(event.get("txid"), dict):
             txid = event["txid"]
