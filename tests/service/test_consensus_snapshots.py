@@ -52,7 +52,7 @@ async def download(bus, name: str) -> tuple[bytes, SnapshotHeader]:
 async def test_a_save_puts_a_whole_snapshot_into_the_object_store(bus, tmp_path):
     db = management(tmp_path / "management.db", 1234, rows=10)
     name, header = await snapshots.save(
-        bus.js, db, tmp_path / "saving", me="v1", cluster=CLUSTER, voters=1
+        bus.js, db, tmp_path / "saving", me="v1", cluster=CLUSTER, replicas=1
     )
     assert name.startswith(f"saved/{CLUSTER}/1234-") and name.endswith("Z")
     assert (header.index, header.term, header.cluster, header.origin) == (1234, 3, CLUSTER, "save")
@@ -67,7 +67,7 @@ async def test_a_save_puts_a_whole_snapshot_into_the_object_store(bus, tmp_path)
 async def test_a_large_database_is_saved_in_chunks_under_the_name_asked(bus, tmp_path):
     db = management(tmp_path / "management.db", 99, rows=100_000)
     name, header = await snapshots.save(
-        bus.js, db, tmp_path / "saving", me="v1", cluster=CLUSTER, voters=1, name="nightly"
+        bus.js, db, tmp_path / "saving", me="v1", cluster=CLUSTER, replicas=1, name="nightly"
     )
     assert name == "nightly" and header.size > 30 * 2**20
     store = await bus.js.object_store(subjects.SNAPSHOT_BUCKET)

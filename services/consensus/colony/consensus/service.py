@@ -37,16 +37,25 @@ import aiosqlite
 from colony.consensus import changelog, schema
 from colony.consensus.kinds import REGISTRY, retention
 from colony.consensus.kinds.kind import Registry, Select
-from colony.consensus.machine import BadBatch, encode_batch
+from colony.consensus.machine import BadBatch, ForeignDatabase, encode_batch
 from colony.consensus.manager import LeaseTimers, ManagerRole
 from colony.consensus.metrics import ConsensusMetrics
 from colony.consensus.pruner import Pruner
 from colony.consensus.raft import NotCommitted, Replica, Timers
 from colony.consensus.relay import ChangeRelay
+from colony.consensus.snapshots import (
+    SAVING,
+    cluster_of,
+    drop_replica,
+    restore_at_start,
+    seed_from_replica,
+)
+from colony.consensus.snapshots import save as save_snapshot
 from colony.consensus.stream import StreamKeeper
 from colony.consensus.transport import Link
-from colony.consensus.voters import Preference, VoterKeeper
-from colony.shared import subjects
+from colony.consensus.voters import Preference, VoterKeeper, log_commands
+from colony.shared import snapshot, subjects
+from colony.shared.bus import BusError
 from colony.shared.config import ConsensusSettings
 from colony.shared.messages import (
     MANAGER,
@@ -66,6 +75,8 @@ from colony.shared.messages import (
     QueryRequest,
     RetireReply,
     RetireRequest,
+    SnapshotSaveReply,
+    SnapshotSaveRequest,
     Stored,
     VoterView,
     new_id,
@@ -75,20 +86,17 @@ from colony.shared.signing import FRESH_FOR, BadSignature, read_secret, verify
 
 NO_QUORUM = 503
 """The refusal code of a proposal or read that could not be committed (retry later)."""
+NOT_LEADER = 409
+"""The refusal code of a request only the Raft leader serves (snapshot save): the reason
+ends with the leader's id when one is known."""
 RELEASE_GRACE = 0.5
 """Seconds a stopping manager may take to release its lease (else it expires)."""
 
 
 Seed = Callable[[Path], Awaitable[str | None]]
 """Fills a new replica's state folder before it starts (the freshest snapshot there is, as
-its management.db); returns where it came from, or None if it left the folder empty."""
-
-
-async def from_the_log(_state_dir: Path) -> None:
-    """No seed: the replica catches up from the leader (its snapshot, then its log). The
-    snapshotter will provide a seed that starts it from the latest stored snapshot (the
-    machine skips the entries that snapshot already holds)."""
-    return None
+its management.db); returns where it came from, or None if it left the folder empty. The
+default asks this node's snapshotter (snapshots.seed_from_replica)."""
 
 
 class VoterRole:
@@ -123,7 +131,17 @@ class ConsensusService:
         self, timers: Timers | None = None, seed: Seed | None = None, kinds: Registry = REGISTRY
     ) -> None:
         self.timers = timers or Timers()
-        self.seed = seed or from_the_log
+        self.seed = seed
+        """None: the default seed (this node's snapshotter), built at run."""
+        self._seed_next = False
+        """The JoinRequest that promoted this node allowed a seed from a replica snapshot."""
+        self.cluster = ""
+        """This cluster's id (configured, or derived from its secret)."""
+        self.state_dir = Path()
+        self._js = None
+        self._settings = ConsensusSettings()
+        self._waiting = ""
+        """What this voter waits for before it starts its replica ('' : nothing)."""
         self.kinds = kinds
         """The object kinds this voter applies (tests leave one out: an older version)."""
         self.replica: Replica | None = None
@@ -135,7 +153,8 @@ class ConsensusService:
         self._retired = asyncio.Event()
         self._voter_role: VoterRole | None = None
         self.refused_to_start = ""
-        """Why this voter runs no replica: its database is a newer Colony's ('' if not)."""
+        """Why this voter runs no replica: its database is a newer Colony's or another
+        cluster's, or the snapshot left to restore cannot be ('' if none of these)."""
         self._standing_by = False
         """True once this node runs no replica and has dropped a retired one's files."""
         self._secret = b""
@@ -151,7 +170,12 @@ class ConsensusService:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._secret = secret = read_secret(settings.secret_file)
         self.log = ctx.log
+        self.state_dir, self._js, self._settings = state_dir, ctx.bus.js, settings
+        self.cluster = cluster_of(settings, secret)
         self._voter_role = voter_role = VoterRole(state_dir, self.me, settings)
+        if self.seed is None:
+            bus, me, cluster = ctx.bus, self.me, self.cluster
+            self.seed = lambda folder: seed_from_replica(bus, me, folder, cluster)
         # concurrent: each waits for a commit, and proposals pipeline through Raft
         propose = self.metrics.counting(self._on_propose)
         await ctx.serve(subjects.propose(self.me), propose, concurrent=True)
@@ -160,13 +184,15 @@ class ConsensusService:
         await ctx.serve(subjects.consensus_digest(self.me), self._on_digest)
         await ctx.serve(subjects.consensus_join(self.me), self._on_join)
         await ctx.serve(subjects.consensus_retire(self.me), self._on_retire)
+        await ctx.serve(subjects.snapshot_save(self.me), self._on_snapshot_save)
         await self.metrics.serve(ctx, self.me, self._on_status)
+        await self._restore(state_dir, voter_role)
         while True:
             voters = voter_role.voters()
             if voters is None:
                 # A standby keeps no replica state: what a crash in the middle of retiring
                 # left would start a later replica at its old term.
-                _drop_replica(state_dir, voter_role.file)
+                drop_replica(state_dir, {voter_role.file.name})
                 ctx.log.info("standing by: not a voter (the Raft leader may promote this node)")
                 self._joined.clear()
                 self._standing_by = True
@@ -175,11 +201,14 @@ class ConsensusService:
                 continue
             self._retired.clear()
             if not (state_dir / "management.db").exists():
-                source = await self.seed(state_dir)
+                source = None
+                if self._seed_next:  # promoted by a leader whose log is safe to start within
+                    source = await self.seed(state_dir)
+                self._seed_next = False
                 ctx.log.info("new replica", extra={"from": source or "the leader's log"})
             await self._serve_as_voter(ctx, settings, voters, state_dir, secret)
             ctx.log.warning("retired: no longer a voter; dropping the replica")
-            _drop_replica(state_dir, voter_role.file)
+            drop_replica(state_dir, {voter_role.file.name})
 
     async def _serve_as_voter(
         self, ctx: Context, settings: ConsensusSettings, voters: list[str], state_dir, secret
@@ -197,10 +226,15 @@ class ConsensusService:
                 self.timers,
                 self.metrics.apply_seconds.observe,
                 self.kinds,
+                self.cluster,
             )
         except schema.TooNew as e:
             await link.stop()
             await self._refuse_to_start(str(e))
+            return
+        except ForeignDatabase as e:
+            await link.stop()
+            await self._refuse_to_start(str(e), "its database is another cluster's")
             return
         self.reader = await aiosqlite.connect(replica.machine.path)
         lease = LeaseTimers(settings.lease_ttl, settings.lease_renew, settings.lease_margin)
@@ -213,8 +247,9 @@ class ConsensusService:
             preference=Preference(settings.transfer_margin, settings.transfer_hold),
             secret=secret,
             heard=link.heard,
+            log_commands=lambda: log_commands(replica),
         )
-        replicas = settings.change_stream_replicas or min(3, len(voters))
+        replicas = self._replicas(replica)
         relay = ChangeRelay(
             ctx.bus, self.reader, lambda: replica.is_leader, replicas, secret,
             settings.change_stream_max_msgs, settings.change_stream_max_bytes,
@@ -245,12 +280,33 @@ class ConsensusService:
             await asyncio.to_thread(replica.destroy)
             await link.stop()
 
-    async def _refuse_to_start(self, reason: str) -> NoReturn:
-        """A newer Colony wrote this voter's database: run no replica (it would neither
+    async def _restore(self, state_dir: Path, voter_role: VoterRole) -> None:
+        """Restore the snapshot the CLI left for this voter (snapshots.restore_at_start);
+        one that cannot be restored stops this voter before its replica starts."""
+
+        def waiting() -> None:
+            self._waiting = "waiting for a restore (colony up --restore delivers it)"
+
+        try:
+            await restore_at_start(
+                state_dir, self.cluster, voter_role.voters() is not None,
+                {voter_role.file.name}, waiting,
+            )  # fmt: skip
+        except (snapshot.BadSnapshot, OSError) as e:
+            what = f"not restoring {state_dir / 'restore.snapshot'}: {e}"
+            await self._refuse_to_start(what, "its replica is left as it was")
+        finally:
+            self._waiting = ""
+
+    async def _refuse_to_start(
+        self, reason: str, what: str = "upgrade Colony on this node"
+    ) -> NoReturn:
+        """This voter cannot run its replica (a newer Colony or another cluster wrote its
+        database, or the snapshot left to restore is bad): run none (it would neither
         apply nor vote correctly), say why in the log and in status, and wait for the
-        operator to upgrade this node (a restart crash-looping would say it nowhere)."""
+        operator (a restart crash-looping would say it nowhere)."""
         self.refused_to_start = reason
-        what = "not starting the replica: upgrade Colony on this node"
+        what = f"not starting the replica: {what}"
         self.log.critical(what, extra={"reason": reason})
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
@@ -263,6 +319,7 @@ class ConsensusService:
             return JoinReply(node=self.me, started=False)
         assert self._voter_role is not None
         self._voter_role.save(request.voters)
+        self._seed_next = request.seed
         self._joined.set()
         return JoinReply(node=self.me, started=True)
 
@@ -361,6 +418,8 @@ class ConsensusService:
                 applied_index=0, has_quorum=False, voters=[], stopped=self.refused_to_start,
             )  # fmt: skip
         if replica is None or role is None:
+            if self._waiting:
+                raise Refused(503, f"{self.me} is {self._waiting}")
             if not self._standing_by:
                 raise Refused(503, f"{self.me} is starting or dropping a replica; ask again")
             return ConsensusStatus(
@@ -400,6 +459,35 @@ class ConsensusService:
             stopped=replica.stopped_by or "",
         )
 
+    async def _on_snapshot_save(self, request: SnapshotSaveRequest) -> SnapshotSaveReply:
+        """Save a snapshot holding every write acknowledged before this request (the
+        leader's read barrier) to the object store: only the leader does."""
+        replica = self._replica
+        if not replica.is_leader:
+            leader = replica.status()["leader"]
+            known = f"ask {leader}" if leader else "no leader is known now"
+            raise Refused(NOT_LEADER, f"{self.me} is not the Raft leader: {known}")
+        began = time.monotonic()
+        await self._commit(encode_batch([Proposal(new_id(), Barrier())]))
+        try:
+            name, header = await save_snapshot(
+                self._js, replica.machine.path, self.state_dir / SAVING, me=self.me,
+                cluster=self.cluster, replicas=self._replicas(replica), name=request.name,
+            )  # fmt: skip
+        except (BusError, OSError, snapshot.BadSnapshot) as e:
+            raise Refused(503, f"{self.me} could not save a snapshot: {e}") from None
+        seconds = round(time.monotonic() - began, 3)
+        self.log.info(
+            "snapshot saved",
+            extra={"name": name, "index": header.index, "bytes": header.size, "seconds": seconds},
+        )
+        return SnapshotSaveReply(node=self.me, name=name, header=header, seconds=seconds)
+
+    def _replicas(self, replica: Replica) -> int:
+        """Servers that keep a copy of the change stream and of saved snapshots: the
+        configured number, else one per voter up to three."""
+        return self._settings.change_stream_replicas or min(3, len(replica.voters))
+
     async def _on_digest(self, _request: DigestRequest) -> DigestReply:
         """A digest of the whole database, read in one transaction (one consistent state)."""
         replica = self._replica
@@ -419,13 +507,6 @@ class ConsensusService:
         if self.replica is None:
             raise Refused(NO_QUORUM, f"{self.me} is standing by, not a voter: ask a voter")
         return self.replica
-
-
-def _drop_replica(state_dir: Path, keep: Path) -> None:
-    """Delete the replica's files (database, journal, snapshot): all but `keep` (role.json)."""
-    for path in state_dir.iterdir():
-        if path != keep and path.is_file():
-            path.unlink()
 
 
 def _age(at: float | None, now: float) -> float | None:

@@ -47,7 +47,6 @@ WAIT_POLL = 0.2
 """Seconds between looks for the snapshot a pending restore waits for."""
 SEED_TIMEOUT = 60.0
 """Seconds the snapshotter has to restore a replica for a seed (else: start empty)."""
-MAX_REPLICAS = 3
 
 log = logging.getLogger("colony.consensus.snapshots")
 
@@ -80,17 +79,17 @@ async def save(
     *,
     me: str,
     cluster: str,
-    voters: int,
+    replicas: int,
     name: str = "",
 ) -> tuple[str, SnapshotHeader]:
     """Snapshot the database at `db` (a live one: SQLite's online backup reads one state)
     through a file in `folder`, and put it in the `SNAPSHOT_BUCKET` object store (made if
-    missing, on min(3, `voters`) servers); (object name, header). Raises BusError."""
+    missing, on `replicas` servers); (object name, header). Raises BusError."""
     path = folder / f"{os.getpid()}-{time.monotonic_ns()}.snapshot"
     try:
         header = await asyncio.to_thread(_make, db, path, me)
         name = name or saved_name(cluster or header.cluster, header.index, header.made_at)
-        await _upload(js, path, name, header, min(MAX_REPLICAS, max(voters, 1)))
+        await _upload(js, path, name, header, replicas)
     finally:
         path.unlink(missing_ok=True)
     return name, header
