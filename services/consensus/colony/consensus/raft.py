@@ -206,16 +206,20 @@ def _keep(path: Path) -> None:
     os.replace(linking, kept)
 
 
-def _put_back(path: Path) -> bool:
-    """Put the last checked snapshot file back at `path`, if there is one; whether so."""
+def _put_back(path: Path) -> str:
+    """Put the last checked snapshot file back at `path` in place of a refused one (none:
+    remove the refused one, it must not be loaded or sent again); what was done."""
     kept = path.with_name(KEPT)
-    if not kept.exists() or (path.exists() and os.path.samefile(kept, path)):
-        return False
+    if not kept.exists():
+        path.unlink(missing_ok=True)
+        return "removed"
+    if path.exists() and os.path.samefile(kept, path):
+        return "left as it was"  # the checked file itself failed (its disk?)
     linking = path.with_name(f"{SNAPSHOT}.restoring")
     linking.unlink(missing_ok=True)
     os.link(kept, linking)
     os.replace(linking, path)
-    return True
+    return "the previous one put back"
 
 
 class LogConflict(Exception):
@@ -640,10 +644,9 @@ class Replica:
             raise
         except (snapshot.BadSnapshot, ForeignDatabase, sqlite3.DatabaseError, frames.BadFrame,
                 OSError) as e:  # fmt: skip
-            put_back = _put_back(path)
             log.error(
                 "refused a Raft snapshot: the database is left as it is",
-                extra={"reason": str(e), "snapshot_file": "put back" if put_back else "none"},
+                extra={"reason": str(e), "snapshot_file": _put_back(path)},
             )
             raise
         _keep(path)

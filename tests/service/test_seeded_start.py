@@ -1,0 +1,245 @@
+"""Replicas that start from a copy of the management database (restored or seeded from a
+snapshot: a folder with only management.db), on real pysyncobj replicas over a real
+nats-server, each with its own NATS connection, `Link` and `Replica`:
+
+- a new voter seeded with a snapshot of a voter's database catches up from the leader's
+  log (no snapshot is sent to it) and ends with the same database;
+- every voter restored from one snapshot file: they elect a leader in a later term,
+  commit new writes, and hold the same database;
+- a snapshot from another cluster, or a truncated one, sent to a voter is refused: its
+  database and its snapshot file stay as they were, and it goes on committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from colony.consensus import changelog
+from colony.consensus.machine import ForeignDatabase, Machine, encode_batch
+from colony.consensus.raft import SEED_COMMAND, Replica, Timers
+from colony.consensus.transport import Link
+from colony.harness.processes import poll
+from colony.shared import snapshot
+from colony.shared.bus import Bus, connect
+from colony.shared.config import NatsSettings
+from colony.shared.messages import KvPut, Proposal, new_id
+
+VOTERS = ["v1", "v2", "v3"]
+SECRET = b"a-cluster-secret-for-seed-tests"
+CLUSTER = snapshot.cluster_id_of(SECRET)
+OTHER = snapshot.cluster_id_of(b"another cluster's secret")
+
+
+@dataclass
+class Voter:
+    bus: Bus
+    link: Link
+    replica: Replica
+    heard: list[dict] = field(default_factory=list)
+    """Every Raft message handed to its tick thread."""
+
+    @property
+    def raft(self):
+        return self.replica._raft
+
+    @property
+    def snapshots_received(self) -> int:
+        return sum("serialized" in m for m in self.heard if m.get("type") == "append_entries")
+
+
+class Group:
+    def __init__(self, url: str, workdir: Path) -> None:
+        self.url = url
+        self.workdir = workdir
+        self.voters: dict[str, Voter] = {}
+
+    async def start(self, node: str, voters: list[str] = VOTERS) -> Voter:
+        bus = await connect(NatsSettings(servers=[self.url], ping_interval=1.0), node)
+        link = Link(bus.nc, node, voters, SECRET)
+        await link.start()
+        try:
+            replica = Replica(node, voters, self.workdir / node, link, Timers(), cluster=CLUSTER)
+        except BaseException:
+            await link.stop()
+            await bus.close()
+            raise
+        voter = self.voters[node] = Voter(bus, link, replica)
+        push = link._push
+
+        def record(kind: str, peer: str, message) -> None:
+            if kind == "message" and isinstance(message, dict):
+                voter.heard.append(message)
+            push(kind, peer, message)
+
+        link._push = record
+        return voter
+
+    async def stop(self, node: str) -> None:
+        voter = self.voters.pop(node)
+        await asyncio.to_thread(voter.replica.destroy)
+        await voter.link.stop()
+        await voter.bus.close()
+
+    def leader(self, among: list[str] | None = None) -> str | None:
+        """The voter every running voter (of `among`) names as leader, once they agree."""
+        with contextlib.suppress(RuntimeError):  # pysyncobj's thread is mid-update
+            named = {self.voters[n].replica.status()["leader"] for n in among or self.voters}
+            if len(named) == 1 and (chief := named.pop()) in self.voters:
+                return chief if self.voters[chief].replica.is_leader else None
+        return None
+
+    async def chief(self, among: list[str] | None = None) -> Voter:
+        return self.voters[await poll(lambda: self.leader(among), 20, "a leader")]
+
+    async def write(self, first: int, count: int, per_entry: int = 50) -> int:
+        """Put keys first..first+count-1, `per_entry` to a log entry; the last index."""
+        chief = await self.chief()
+        index = 0
+        for start in range(first, first + count, per_entry):
+            keys = range(start, min(start + per_entry, first + count))
+            entry = encode_batch([Proposal(new_id(), KvPut(f"k{k}", f"v{k}")) for k in keys])
+            index, _outcomes = await chief.replica.commit(entry, timeout=10)
+        return index
+
+    async def applied_everywhere(self, index: int) -> None:
+        await poll(
+            lambda: all(v.raft.raftLastApplied >= index for v in self.voters.values()),
+            30,
+            f"every voter to apply entry {index}",
+        )
+
+    async def digests(self) -> dict[str, str]:
+        return {n: (await changelog.digest(v.replica.machine.path))[1]
+                for n, v in self.voters.items()}  # fmt: skip
+
+
+@pytest.fixture
+async def group(nats_server, tmp_path):
+    voters = Group(nats_server.url, tmp_path)
+    yield voters
+    for node in list(voters.voters):
+        await voters.stop(node)
+
+
+def save(voter: Voter, out: Path) -> snapshot.SnapshotHeader:
+    """A snapshot of a running voter's database, through a reader's connection."""
+    reader = sqlite3.connect(voter.replica.machine.path, isolation_level=None)
+    try:
+        return snapshot.make(reader, out, made_by=voter.replica.me, origin="save")
+    finally:
+        reader.close()
+
+
+def seeded_markers_gone(voter: Voter) -> bool:
+    journal = voter.raft.journal
+    return len(journal) > 0 and journal[0][0] != SEED_COMMAND
+
+
+async def test_a_seeded_voter_catches_up_from_the_log_not_a_snapshot(group, tmp_path):
+    for node in VOTERS:
+        await group.start(node)
+    await group.write(0, 3000)
+    header = save(group.voters["v1"], tmp_path / "v1.snapshot")
+    assert header.index > 50 and header.term >= 1 and header.cluster == CLUSTER
+    last = await group.write(3000, 500)  # written after the snapshot: only the log has them
+    snapshot.extract(tmp_path / "v1.snapshot", tmp_path / "v4" / "management.db")
+
+    new = await group.start("v4", [*VOTERS, "v4"])
+    assert new.replica.seeded_at == header.index
+    await (await group.chief(VOTERS)).replica.add_voter("v4")
+    last = await group.write(3500, 200)
+    await group.applied_everywhere(last)
+    assert new.snapshots_received == 0  # from the log, not a snapshot
+    assert new.replica.machine.read("k3499") == ("v3499", 1)
+    await poll(lambda: seeded_markers_gone(new), 10, "v4 to compact its seed markers away")
+    assert snapshot.read_header(tmp_path / "v4" / "raft.snapshot").origin == "compaction"
+    digests = await group.digests()
+    assert len(set(digests.values())) == 1, digests
+
+
+async def test_every_voter_restored_from_one_snapshot_starts_a_later_term(group, tmp_path):
+    for node in VOTERS:
+        await group.start(node)
+    await group.applied_everywhere(await group.write(0, 1000))
+    header = save(group.voters["v2"], tmp_path / "v2.snapshot")
+    for node in VOTERS:
+        await group.stop(node)
+    for node in VOTERS:  # the replicas' files go; each gets the snapshot's database only
+        for path in (tmp_path / node).iterdir():
+            path.unlink()
+        snapshot.extract(tmp_path / "v2.snapshot", tmp_path / node / "management.db")
+
+    for node in VOTERS:
+        assert (await group.start(node)).replica.seeded_at == header.index
+    chief = await group.chief()
+    assert chief.replica.term > header.term
+    last = await group.write(1000, 300)
+    await group.applied_everywhere(last)
+    for voter in group.voters.values():
+        assert voter.replica.machine.read("k999") == ("v999", 1)
+        assert voter.replica.machine.read("k1299") == ("v1299", 1)
+        assert voter.snapshots_received == 0
+    await poll(lambda: all(map(seeded_markers_gone, group.voters.values())), 10,
+               "every voter to compact its seed markers away")  # fmt: skip
+    digests = await group.digests()
+    assert len(set(digests.values())) == 1, digests
+
+
+async def test_a_foreign_or_truncated_snapshot_is_refused_and_changes_nothing(
+    group, tmp_path, caplog
+):
+    for node in VOTERS:
+        await group.start(node)
+    await group.applied_everywhere(await group.write(0, 500))
+    chief = await group.chief()
+    follower = next(v for n, v in group.voters.items() if v is not chief)
+    follower.replica.compact()
+    kept = tmp_path / follower.replica.me / "raft.snapshot"
+    await poll(kept.exists, 10, "the follower to compact its log")
+
+    # another cluster's: a voter of it compacted its log (Raft bookkeeping and all)
+    foreign = Machine(tmp_path / "foreign" / "management.db", cluster=OTHER)
+    foreign.apply(2, encode_batch([Proposal(new_id(), KvPut("k1", "theirs"))]), 1)
+    raft_meta = snapshot.read_header(kept).raft
+    foreign.save(tmp_path / "foreign.snapshot", made_by="x1", voters=VOTERS, raft=raft_meta)
+    foreign.close()
+    data = kept.read_bytes()
+    truncated = data[: len(data) - 5000]
+    foreign_data = (tmp_path / "foreign.snapshot").read_bytes()
+
+    def refusals() -> list[str]:
+        return [r.reason for r in caplog.records if r.msg.startswith("refused a Raft snapshot")]
+
+    for bad, why in ((foreign_data, "from another cluster"), (truncated, "truncated")):
+        before = kept.read_bytes()
+        refused = len(refusals())
+        digest = await changelog.digest(follower.replica.machine.path)
+        install = {
+            "type": "append_entries",
+            "term": follower.replica.term,
+            "commit_index": follower.raft.raftCommitIndex,
+            "serialized": (bad, True, True),
+        }
+        follower.link._push("message", chief.replica.me, install)
+        await poll(lambda n=refused: len(refusals()) > n, 10, "the snapshot to be refused")
+        assert why in refusals()[-1]
+        assert kept.read_bytes() == before  # the follower's own snapshot file is back
+        assert await changelog.digest(follower.replica.machine.path) == digest
+        assert follower.replica.machine.read("k1") == ("v1", 1)
+        last = await group.write(10_000, 10)  # it goes on applying
+        await group.applied_everywhere(last)
+
+
+async def test_a_voter_refuses_to_open_another_clusters_database(group, tmp_path):
+    Machine(tmp_path / "v1" / "management.db", cluster=OTHER).close()
+    before = (tmp_path / "v1" / "management.db").read_bytes()
+    with pytest.raises(ForeignDatabase, match=f"cluster {OTHER}.*cluster {CLUSTER}"):
+        await group.start("v1")
+    assert (tmp_path / "v1" / "management.db").read_bytes() == before
+    assert not (tmp_path / "v1" / "raft.journal").exists()
