@@ -15,6 +15,14 @@ filling any gap a failed publish left), and deletes the forgeries it meets
 (in the gap before an acknowledgement it expected next, or at the tail). A
 reader with the secret checks signatures; `Change.index` says where each
 change belongs.
+
+A restore takes the database back in time: the stream may hold changes of a
+future that no longer happens (a lost future), whose indexes the new history
+will take again. A leader that finds the stream's last genuine change beyond
+its database's (and not merely not applied here yet) purges the stream, with a
+warning (made again: a purge would keep the message ids it drops duplicates
+by), and relays its database's changes afresh: else the new changes would go
+under the lost ones' indexes, dropped as their duplicates.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections.abc import Callable
 
 import aiosqlite
 
@@ -43,6 +53,9 @@ PAUSE_AFTER_BUG = 2.0
 """Seconds the relay waits after an unexpected error before it starts over."""
 KEPT = 7 * 24 * 3600.0
 """Seconds the stream keeps a change at most (also at most as many as its limits say)."""
+CATCH_UP = 10.0
+"""Seconds a new leader's database may take to apply the entry that made the stream's
+last change, before the change is taken for another history's (its log never reaches it)."""
 DUPLICATE_WINDOW = 30.0
 """Seconds the stream remembers a change's message id to drop a second copy: two voters
 that both lead for a moment, a round sent again after a pause (its acks wait ACK_WAIT).
@@ -62,8 +75,12 @@ class ChangeRelay:
         max_msgs: int = -1,
         max_bytes: int = -1,
         change_kinds: tuple[str, ...] = REGISTRY.change_kinds,
+        committed: Callable[[], int] = lambda: 0,
     ) -> None:
+        """`committed()`: the Raft commit index this voter knows (an entry up to it will be
+        applied here: a change the stream holds from it is not a lost future's)."""
         self.bus = bus
+        self.committed = committed
         self.change_kinds = frozenset(change_kinds)
         """What the stream captures (with the `skipped` marker): the registry's kinds."""
         self.max_msgs, self.max_bytes = max_msgs, max_bytes
@@ -125,13 +142,18 @@ class ChangeRelay:
         forgeries; resume after the last change that has every earlier one before it."""
         info = await self.bus.stream_state(subjects.CHANGES_STREAM)
         seen: set[int] = set()
-        seq, last_seq = info.last_seq, 0
+        seq, last_seq, newest = info.last_seq, 0, None
         while seq >= max(info.first_seq, 1) and len(seen) < BATCH:
             change = await self._read(seq)
             if change is not None:
                 seen.add(change.index)
                 last_seq = last_seq or seq
+                if newest is None or change.index > newest.index:
+                    newest = change
             seq -= 1
+        if newest is not None and await self._lost_future(newest):
+            await self._start_afresh(newest)
+            return
         if not seen:
             # Nothing genuine left (aged out on an idle cluster, or never relayed). A stream
             # sequence is no change index (forgeries and markers take sequences too): resume
@@ -145,6 +167,40 @@ class ChangeRelay:
         while complete + 1 in seen:
             complete += 1
         self.relayed, self._last_seq = complete, last_seq
+
+    async def _lost_future(self, newest: Change) -> bool:
+        """Whether the stream's newest genuine change is beyond this database's history:
+        the database lacks it though it applied past the entry that made it, or that entry
+        is neither applied nor committed here `CATCH_UP` seconds on."""
+        deadline = time.monotonic() + CATCH_UP
+        while self.is_leader():
+            applied, last = await changelog.positions(self.reader)
+            if newest.index <= last:
+                return False
+            if newest.log_index <= applied:
+                return True
+            if newest.log_index > self.committed() and time.monotonic() > deadline:
+                return True
+            await asyncio.sleep(IDLE * 5)  # a new leader still applying: wait for it
+        return False
+
+    async def _start_afresh(self, newest: Change) -> None:
+        """Empty the stream (a lost future's changes) and relay the database's anew."""
+        applied, last = await changelog.positions(self.reader)
+        log.warning(
+            "the change stream holds changes beyond this database's (a restore took it back "
+            "in time): emptying the stream; the changes from the database are relayed anew",
+            extra={
+                "stream_index": newest.index, "stream_log_index": newest.log_index,
+                "database_index": last, "applied": applied,
+            },
+        )  # fmt: skip
+        # Made again rather than purged: a purge keeps the message ids the stream drops as
+        # duplicates, and the new history's changes would be dropped under the lost ones'.
+        placement = await stream.placement_of(self.bus, subjects.CHANGES_STREAM)
+        await self.bus.recreate_stream(subjects.CHANGES_STREAM, placement)
+        self.relayed = await changelog.dropped(self.reader)
+        self._last_seq = (await self.bus.stream_state(subjects.CHANGES_STREAM)).last_seq
 
     async def _read(self, seq: int) -> Change | None:
         """The genuine change at stream sequence `seq`; a forgery there is deleted."""

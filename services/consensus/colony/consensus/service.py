@@ -253,7 +253,7 @@ class ConsensusService:
         relay = ChangeRelay(
             ctx.bus, self.reader, lambda: replica.is_leader, replicas, secret,
             settings.change_stream_max_msgs, settings.change_stream_max_bytes,
-            self.kinds.change_kinds,
+            self.kinds.change_kinds, lambda: _committed(replica),
         )  # fmt: skip
         placer = StreamKeeper(ctx.bus, self.me, lambda: replica.is_leader, lambda: replica.voters)
         reader = self.reader
@@ -507,6 +507,14 @@ class ConsensusService:
         if self.replica is None:
             raise Refused(NO_QUORUM, f"{self.me} is standing by, not a voter: ask a voter")
         return self.replica
+
+
+def _committed(replica: Replica) -> int:
+    """The commit index `replica` knows (0 if its status keeps changing under the read)."""
+    for _ in range(3):  # pysyncobj's thread may be mid-update of what status reads
+        with contextlib.suppress(RuntimeError):
+            return replica.status()["commit_index"]
+    return 0
 
 
 def _age(at: float | None, now: float) -> float | None:
