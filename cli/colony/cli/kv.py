@@ -16,7 +16,7 @@ import msgspec
 
 from colony.cli.local.write import voters_of
 from colony.cli.output import fail, out, print_json
-from colony.shared.bus import NotConnected, connect
+from colony.shared.bus import Bus, NotConnected, connect
 from colony.shared.cluster import Cluster
 from colony.shared.config import NatsSettings
 from colony.shared.management import Management, ManagementError
@@ -63,9 +63,9 @@ def not_utf8(text: str | None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def management(args: argparse.Namespace, name: str) -> AsyncIterator[Management]:
-    """A client of the management database of the cluster in args.state_dir (or through
-    args.server), retrying for args.timeout; `name` names the NATS connection."""
+async def cluster_bus(args: argparse.Namespace, name: str) -> AsyncIterator[Bus]:
+    """A NATS connection to the cluster in args.state_dir (or through args.server);
+    `name` names it."""
     state = StateDir(args.state_dir)
     servers = args.server or [url for n in state.nodes() if (url := n.nats_url())]
     if not servers:
@@ -77,12 +77,21 @@ async def management(args: argparse.Namespace, name: str) -> AsyncIterator[Manag
     except NotConnected:
         fail(f"no nats server answers at {', '.join(servers)}", "is the cluster running?")
     try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def management(args: argparse.Namespace, name: str) -> AsyncIterator[Management]:
+    """A client of the management database of the cluster in args.state_dir (or through
+    args.server), retrying for args.timeout; `name` names the NATS connection."""
+    async with cluster_bus(args, name) as bus:
+        state = StateDir(args.state_dir)
         voters = voters_of(state) if not args.server else await Cluster(bus).nodes()
         if not voters:
             fail("no Raft voters found", "is consensus running? see `colony status`")
         yield Management(bus, voters, timeout=args.timeout)
-    finally:
-        await bus.close()
 
 
 async def _run(args: argparse.Namespace):

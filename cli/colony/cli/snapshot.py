@@ -49,7 +49,7 @@ from rich.table import Table
 from rich.text import Text
 
 from colony.cli.args import add_management_options
-from colony.cli.kv import management
+from colony.cli.kv import cluster_bus, management
 from colony.cli.local import start, write
 from colony.cli.local.plan import ClusterError
 from colony.cli.output import err, fail, human_age, human_bytes, out, print_json
@@ -456,10 +456,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 async def _list(args: argparse.Namespace):
-    async with management(args, "colony-snapshot") as client:
+    async with cluster_bus(args, "colony-snapshot") as bus:
         try:
             async with asyncio.timeout(args.timeout):
-                return await manifest(client.bus), await saved_snapshots(client.bus)
+                return await manifest(bus), await saved_snapshots(bus)
         except TimeoutError:
             raise ClusterError(f"JetStream did not answer within {args.timeout:g} s") from None
 
