@@ -479,7 +479,7 @@ class ConsensusService:
         seconds = round(time.monotonic() - began, 3)
         self.log.info(
             "snapshot saved",
-            extra={"name": name, "index": header.index, "bytes": header.size, "seconds": seconds},
+            extra={"object": name, "index": header.index, "bytes": header.size, "seconds": seconds},
         )
         return SnapshotSaveReply(node=self.me, name=name, header=header, seconds=seconds)
 
