@@ -319,7 +319,8 @@ async def test_fetch_refuses_a_damaged_or_foreign_replica_and_delivers_nothing(
     assert not list(stopped.path.glob(f"nodes/*/consensus/{cli_snapshot.FETCHED}"))
 
 
-async def test_fetch_without_a_replica_fails_at_once_saying_why(bus, stopped):
+async def test_fetch_without_a_replica_fails_after_a_grace_saying_why(bus, stopped, monkeypatch):
+    monkeypatch.setattr(cli_snapshot, "MANIFEST_GRACE", 0.5)
     await fake_snapshotter(bus, stopped.node("node-1").node_id, None, code=404)
     began = time.monotonic()
     with pytest.raises(ClusterError, match="no replica in the manifest"):

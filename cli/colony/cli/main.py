@@ -267,8 +267,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     live = start.running(state)
     if live and args.restore:
-        names = ", ".join(n.name for n in live)
-        fail(f"{snapshot.REFUSED_RUNNING} ({names} of {state.path}/ run)")
+        snapshot.refuse_if_running(state)
     if live:
         state.create()  # a state dir made before files were private becomes private
         down = [n for n in state.nodes() if n.name not in {m.name for m in live}]

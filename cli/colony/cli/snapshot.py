@@ -50,7 +50,7 @@ from rich.text import Text
 
 from colony.cli.args import add_management_options
 from colony.cli.kv import cluster_bus, management
-from colony.cli.local import start, write
+from colony.cli.local import write
 from colony.cli.local.plan import ClusterError
 from colony.cli.output import err, fail, human_age, human_bytes, out, print_json
 from colony.shared import snapshot, subjects
@@ -80,6 +80,9 @@ REPLICA = "replica"
 REFUSED_RUNNING = "restore into a running cluster is refused: stop it with colony down first"
 SLOW = 0.5
 """Seconds a copy or check may take before a progress bar shows."""
+MANIFEST_GRACE = 15.0
+"""Seconds `colony up --restore replica` keeps asking while snapshotters answer that the
+manifest holds no usable replica (they report as they start)."""
 SAVED_INDEX = re.compile(r"(?:^|/)(\d+)-[^/]*$")
 """The Raft index in a saved snapshot's name (saved/<cluster>/<index>-<time>)."""
 
@@ -275,10 +278,9 @@ def unmark_pending(node_dirs: list[NodeDir]) -> None:
 
 def refuse_if_running(state: StateDir) -> None:
     """Exit with REFUSED_RUNNING if any process of the state dir's nodes runs."""
-    live = start.leftovers(state, instances=False)
+    live = [n.name for n in state.nodes() if any(r.group_alive() for r in n.records())]
     if live:
-        names = ", ".join(sorted({f"{r.name} (pid {r.pid})" for r in live})[:5])
-        fail(f"{REFUSED_RUNNING} ({state.path}/ runs {names})", "then run this again")
+        fail(f"{REFUSED_RUNNING} ({', '.join(live)} of {state.path}/ run)", "then run this again")
 
 
 # --- save ---------------------------------------------------------------------------
@@ -306,7 +308,8 @@ def cmd_save(args: argparse.Namespace) -> int:
             f"{time.monotonic() - began:.1f} s",
         )
     )
-    out.print(f"  made by {saved['node']} (the Raft leader); checksum verified")
+    leader = node_names(StateDir(args.state_dir)).get(saved["node"], saved["node"])
+    out.print(f"  made by {leader} (the Raft leader); checksum verified")
     out.print(f"  in the cluster's object store as {saved['name']} (`colony snapshot list`)")
     out.print(f"  objects: {counts_line(header)}")
     out.print(f"  inspect it: colony snapshot inspect {target}")
@@ -701,9 +704,10 @@ class UpRestore:
 
     @property
     def summary(self) -> str:
+        where = "the freshest replica" if self.source == REPLICA else self.source
         if self.header is None:
-            return "restored from the freshest replica"
-        return f"restored from {self.source} (index {self.header.index}, term {self.header.term})"
+            return f"restored from {where}"
+        return f"restored from {where}: index {self.header.index}, term {self.header.term}"
 
     def once_nats(self, state: StateDir, node_dirs: list[NodeDir]):
         """The step `colony up` runs once NATS answers (None: nothing to do then)."""
@@ -728,7 +732,7 @@ async def fetch_replica(
     replica into a snapshot file; check it and deliver it to every node."""
     cluster = write.cluster_id(state) or None
     progress("asking a snapshotter to restore the freshest replica")
-    last, turn = "", 0
+    last, turn, refused_since = "", 0, None
     while True:
         node_dir = node_dirs[turn % len(node_dirs)]
         path = consensus_dir(node_dir).resolve() / FETCHED
@@ -742,9 +746,13 @@ async def fetch_replica(
         except NoResponders:  # its snapshotter is not up yet
             last = f"no snapshotter answered (last asked: {node_dir.name}'s)"
         except RemoteError as e:
-            if e.code == 404:  # it read the manifest: there is nothing to restore
-                raise ClusterError(f"{node_dir.name}'s snapshotter: {e.description}") from None
             last = f"{node_dir.name}'s snapshotter: {e.description}"
+            # 404: the manifest holds no usable replica. It may be in flux while the
+            # snapshotters start; past a grace, there is nothing to restore.
+            if e.code == 404:
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since > MANIFEST_GRACE:
+                    raise ClusterError(last) from None
         except BusError as e:
             last = str(e)
         if time.monotonic() > deadline:
