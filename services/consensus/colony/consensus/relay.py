@@ -175,7 +175,8 @@ class ChangeRelay:
         deadline = time.monotonic() + CATCH_UP
         while self.is_leader():
             applied, last = await changelog.positions(self.reader)
-            if newest.index <= last:
+            # (changes dropped by retention were this history's too: all of them may be)
+            if newest.index <= max(last, await changelog.dropped(self.reader)):
                 return False
             if newest.log_index <= applied:
                 return True
