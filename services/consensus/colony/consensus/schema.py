@@ -27,7 +27,9 @@ meaning may have changed, and applying to it could corrupt it.
 
 Adding a version: append a `Migration` with the next number, here (the
 machine's own tables) or in the kind whose tables it changes
-(`Kind.migrations`); never edit one that shipped.
+(`Kind.migrations`); never edit one that shipped; and raise
+`colony.shared.snapshot.SCHEMA` to it (snapshot headers say it, and a snapshot
+of a higher one is refused: a test checks the two agree).
 """
 
 from __future__ import annotations
