@@ -102,8 +102,10 @@ def state(tmp_path, nats_server) -> StateDir:
     return state
 
 
-async def fake_leader(bus: Bus, tmp_path: Path, fail_with: tuple | None = None):
-    """A voter that leads, and saves snapshots as consensus does: into SNAPSHOT_BUCKET."""
+async def fake_leader(bus: Bus, tmp_path: Path, *refusals: tuple):
+    """A voter that leads, and saves snapshots as consensus does: into SNAPSHOT_BUCKET;
+    its first answers are `refusals` ((code, description) each), if any."""
+    refusals = list(refusals)
     status = ConsensusStatus(
         node=LEADER, role="leader", leader=LEADER, term=3, commit_index=42,
         applied_index=42, has_quorum=True, voters=[VoterView(LEADER, True)],
@@ -114,8 +116,8 @@ async def fake_leader(bus: Bus, tmp_path: Path, fail_with: tuple | None = None):
 
     async def save(_data: bytes):
         nonlocal saves
-        if fail_with:
-            return fail_with
+        if refusals:
+            return refusals.pop(0)
         saves += 1
         out = tmp_path / "made.snapshot"
         header = snapshot.make_from_file(db, out, made_by=LEADER, origin="save")
@@ -159,13 +161,23 @@ async def test_save_downloads_the_leader_s_snapshot_and_verifies_it(
 
 
 async def test_save_says_why_the_leader_could_not(capsys, bus, state, tmp_path):
-    await fake_leader(bus, tmp_path, fail_with=(500, "disk full"))
+    await fake_leader(bus, tmp_path, (500, "disk full"))
     target = tmp_path / "x.snapshot"
     code, _, err = await colony(
         capsys, "snapshot", "save", str(target), "--state-dir", str(state.path)
     )
     assert code == 1 and f"{LEADER} could not make the snapshot: disk full" in err
     assert not target.exists()
+
+
+async def test_save_asks_again_when_the_leader_moved_meanwhile(capsys, bus, state, tmp_path):
+    await fake_leader(bus, tmp_path, (409, f"not the leader: {LEADER} leads"))
+    target = tmp_path / "y.snapshot"
+    code, out, err = await colony(
+        capsys, "snapshot", "save", str(target), "--state-dir", str(state.path)
+    )
+    assert (code, err) == (0, "") and "saved index 42" in out
+    assert snapshot.verify(target).index == 42
 
 
 async def test_save_without_a_leader_says_so_in_time(capsys, bus, state, tmp_path):
