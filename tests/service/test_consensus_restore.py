@@ -6,6 +6,7 @@ snapshot stops its voter with the reason in status and its files as they were.""
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -78,8 +79,9 @@ async def relayed(bus) -> dict[str, Change]:
 
 
 async def test_only_the_leader_saves_and_its_snapshot_holds_every_acknowledged_write(
-    voters, bus, tmp_path
+    voters, bus, tmp_path, caplog
 ):
+    caplog.set_level(logging.INFO)
     leader = (await Cluster(bus, VOTERS).wait_leader(20)).node
     follower = next(n for n in VOTERS if n != leader)
     writes = [await put(bus, follower, f"k{i}", str(i)) for i in range(20)]
@@ -95,6 +97,8 @@ async def test_only_the_leader_saves_and_its_snapshot_holds_every_acknowledged_w
     assert reply.header.counts["kv"] == 20
     got = await download(bus, reply.name, tmp_path / "got.snapshot")
     assert snapshot.verify(got) == reply.header
+    [saved] = [r for r in caplog.records if r.getMessage() == "snapshot saved"]
+    assert (saved.object, saved.index) == (reply.name, reply.header.index)
 
 
 async def test_every_voter_restored_from_a_snapshot_starts_a_new_history_there(

@@ -253,7 +253,7 @@ class ConsensusService:
         relay = ChangeRelay(
             ctx.bus, self.reader, lambda: replica.is_leader, replicas, secret,
             settings.change_stream_max_msgs, settings.change_stream_max_bytes,
-            self.kinds.change_kinds, lambda: _committed(replica),
+            self.kinds.change_kinds, lambda: _raft_status(replica).get("commit_index", 0),
         )  # fmt: skip
         placer = StreamKeeper(ctx.bus, self.me, lambda: replica.is_leader, lambda: replica.voters)
         reader = self.reader
@@ -464,7 +464,7 @@ class ConsensusService:
         leader's read barrier) to the object store: only the leader does."""
         replica = self._replica
         if not replica.is_leader:
-            leader = replica.status()["leader"]
+            leader = _raft_status(replica).get("leader")
             known = f"ask {leader}" if leader else "no leader is known now"
             raise Refused(NOT_LEADER, f"{self.me} is not the Raft leader: {known}")
         began = time.monotonic()
@@ -509,12 +509,12 @@ class ConsensusService:
         return self.replica
 
 
-def _committed(replica: Replica) -> int:
-    """The commit index `replica` knows (0 if its status keeps changing under the read)."""
+def _raft_status(replica: Replica) -> dict:
+    """`replica`'s status ({} if it keeps changing under the read)."""
     for _ in range(3):  # pysyncobj's thread may be mid-update of what status reads
         with contextlib.suppress(RuntimeError):
-            return replica.status()["commit_index"]
-    return 0
+            return replica.status()
+    return {}
 
 
 def _age(at: float | None, now: float) -> float | None:
