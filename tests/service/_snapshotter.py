@@ -29,6 +29,8 @@ class VoterDb:
         self.conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value INTEGER)")
         self.term = term
         self.index = 0
+        self.keys: list[tuple[int, str]] = []
+        """(index, key) of every key written, to know the content at any index."""
         self.conn.execute(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
             (snapshot.CLUSTER, snapshot.cluster_number(CLUSTER)),
@@ -41,6 +43,7 @@ class VoterDb:
         self.conn.execute("BEGIN IMMEDIATE")
         if key is not None:
             self.conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, self.index))
+            self.keys.append((self.index, key))
         self.conn.execute(
             "INSERT OR REPLACE INTO meta VALUES (?, ?), (?, ?)",
             (snapshot.APPLIED, self.index, snapshot.APPLIED_TERM, self.term),
@@ -50,6 +53,10 @@ class VoterDb:
 
     def kv(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT key, value FROM kv").fetchall())
+
+    def kv_at(self, index: int) -> dict[str, int]:
+        """What `kv` held once entry `index` was applied."""
+        return {key: i for i, key in self.keys if i <= index}
 
     def close(self) -> None:
         self.conn.close()

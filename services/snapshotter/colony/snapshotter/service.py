@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -45,6 +46,7 @@ from colony.snapshotter import litestream
 from colony.snapshotter.fetching import choose, restore
 from colony.snapshotter.position import Tracker
 
+READY, MADE = "ready", "made"
 TICK = 0.1
 """Seconds between reads of the database's position (and checks of the role)."""
 BEHIND = 30.0
@@ -59,6 +61,7 @@ class Snapshotter:
     def __init__(self) -> None:
         self.me = ""
         self.sidecar: litestream.Sidecar | None = None
+        self.running: asyncio.Task[None] | None = None
         self.tracker = Tracker()
         self.voter = False
         self.url = ""
@@ -83,49 +86,56 @@ class Snapshotter:
             ctx.log.error("cannot replicate", extra={"reason": self.problem})
         await ctx.serve(subjects.replication_status(self.me), self._on_status)
         await ctx.serve(subjects.snapshot_fetch(self.me), self._on_fetch, concurrent=True)
-        running: asyncio.Task[None] | None = None
+        self.running: asyncio.Task[None] | None = None
         reader = _Reader(self.db)
-        reported, last_report = None, 0.0
+        self.reported: tuple[bool, str] | None = None
+        self.last_report = 0.0
         try:
             while True:
-                self.voter = self._is_voter()
-                held = await asyncio.to_thread(reader.read) if self.voter else None
-                if held is not None:
-                    self.tracker.read(time.time(), *held)
-                wanted = self.voter and held is not None and not self.problem
-                if running is not None and (not wanted or reader.replaced):
-                    why = "the database was replaced" if wanted else "no voter database"
-                    ctx.log.info("stopping litestream", extra={"reason": why})
-                    await self._stop(running)
-                    running = None
-                    reader.replaced = False
-                if wanted and running is None and await self._target_ready():
-                    running = await self._start()
-                now = time.time()
-                entry = self.position(now)
-                if entry is None and reported is not None:
-                    entry = self._retired()
-                health = (entry.healthy, entry.problem) if entry else None
-                if entry is not None and (
-                    health != reported or now - last_report >= self.settings.report_interval
-                ):
-                    if health != reported:
-                        ctx.log.log(
-                            20 if entry.healthy else 30,
-                            "replica healthy" if entry.healthy else "replica unhealthy",
-                            extra={"problem": entry.problem, "index": entry.index},
-                        )
-                    if await self._report(entry):
-                        reported, last_report = health, now
-                        if not self.voter:
-                            reported = None  # said once
-                    if not entry.healthy and self.settings.target == "nats":
-                        await self._target_ready()  # the bucket deleted: make it again
+                await self._step(reader)
                 await asyncio.sleep(TICK)
         finally:
-            if running is not None:
-                await self._stop(running)
+            await self._stop()
             reader.close()
+
+    async def _step(self, reader: _Reader) -> None:
+        """Look at the role and the database; start, stop or reset litestream; report."""
+        self.voter = self._is_voter()
+        held = await asyncio.to_thread(reader.read) if self.voter else None
+        if held is not None:
+            self.tracker.read(time.time(), *held)
+        wanted = self.voter and held is not None and not self.problem
+        if self.running is not None and (not wanted or reader.replaced):
+            why = "the database was replaced" if wanted else "no voter database"
+            self.ctx.log.info("stopping litestream", extra={"reason": why})
+            await self._stop()
+        if wanted and self.running is None and await self._target_ready():
+            reader.replaced = False
+            await self._start()
+        now = time.time()
+        entry = self.position(now)
+        if entry is None and self.reported is not None:
+            entry = self._retired()
+        if entry is None:
+            return
+        health = (entry.healthy, entry.problem)
+        if health != self.reported or now - self.last_report >= self.settings.report_interval:
+            if health != self.reported:
+                self.ctx.log.log(
+                    logging.INFO if entry.healthy else logging.WARNING,
+                    "replica healthy" if entry.healthy else "replica unhealthy",
+                    extra={"problem": entry.problem, "index": entry.index},
+                )
+            if await self._report(entry):
+                self.reported, self.last_report = (health if self.voter else None), now
+        # The bucket deleted? Made again, it is empty, and litestream's local history may
+        # no longer reach back to what it lacks: litestream starts it with a snapshot.
+        lost = not entry.healthy and self.running is not None and self.settings.target == "nats"
+        if lost and await self._target_ready() == MADE:
+            self.ctx.log.warning("the replica bucket was gone: replicating again from a snapshot")
+            await self._stop()
+            await self._reset()
+            await self._start()
 
     def _is_voter(self) -> bool:
         """consensus/role.json once the leader promoted or retired this node, else the
@@ -140,12 +150,10 @@ class Snapshotter:
 
     # --- litestream -----------------------------------------------------------------
 
-    async def _start(self) -> asyncio.Task[None]:
-        config = self.own / "litestream.yml"
-        litestream.write_config(config, litestream.render(self.db, self.url, self.settings))
+    async def _start(self) -> None:
         self.tracker = Tracker()
         self.sidecar = sidecar = litestream.Sidecar(
-            config,
+            self._config(),
             self.ctx.log,
             on_event=self.tracker.line,
             on_exit=self.tracker.failed,
@@ -155,18 +163,37 @@ class Snapshotter:
             "replicating the management database",
             extra={"target": litestream.shown(self.url), "db": str(self.db)},
         )
-        return asyncio.create_task(sidecar.run(), name="litestream")
+        self.running = asyncio.create_task(sidecar.run(), name="litestream")
 
-    async def _stop(self, running: asyncio.Task[None]) -> None:
+    def _config(self) -> Path:
+        config = self.own / "litestream.yml"
+        litestream.write_config(config, litestream.render(self.db, self.url, self.settings))
+        return config
+
+    async def _stop(self) -> None:
         if self.sidecar is not None:
             await self.sidecar.close()
-        await tasks.cancel(running)
-        self.sidecar = None
+        await tasks.cancel(self.running)
+        self.sidecar = self.running = None
 
-    async def _target_ready(self) -> bool:
-        """The object store bucket exists (made if not); other targets need nothing."""
+    async def _reset(self) -> None:
+        """Clear litestream's local state: it then starts the replica with a snapshot."""
+        process = await asyncio.create_subprocess_exec(
+            litestream.binary(), "reset", "-config", str(self._config()), str(self.db),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await process.communicate()
+        if process.returncode != 0:
+            self.ctx.log.warning(
+                "litestream reset failed", extra={"output": output.decode(errors="replace")}
+            )
+
+    async def _target_ready(self) -> str:
+        """READY: the target can be written (an object store bucket: it exists); MADE: the
+        bucket was missing and was made; '': it cannot be made now (said in the manifest)."""
         if self.settings.target != "nats":
-            return True
+            return READY
         js = self.ctx.bus.js
         try:
             try:
@@ -179,10 +206,11 @@ class Snapshotter:
                 self.ctx.log.info(
                     "made the replica bucket", extra={"bucket": self.bucket, "replicas": replicas}
                 )
+                return MADE
         except Exception as e:  # JetStream unavailable: said in the manifest, tried again
             self.tracker.failed(f"the object store bucket {self.bucket} is unavailable: {e!r}")
-            return False
-        return True
+            return ""
+        return READY
 
     def _replicas(self) -> int:
         """min(3, the NATS servers of the cluster): what the node's server advertises."""
@@ -198,7 +226,7 @@ class Snapshotter:
         held = self.tracker.position()
         lag = self.tracker.lag(now)
         problem = self.problem or self.tracker.problem
-        if not problem and self.sidecar is None:
+        if not problem and self.running is None:
             problem = "litestream is not running: no management database yet"
         behind = max(BEHIND, 10 * self.settings.sync_interval)
         if not problem and lag > behind:
@@ -236,12 +264,13 @@ class Snapshotter:
         try:
             kv = await self._manifest()
             await kv.put(self.me, encode(entry))
-            if self.settings.target == "nats":
-                store = await self.ctx.bus.js.object_store(self.bucket)
-                self._bucket_bytes = (await store.status()).size
         except Exception as e:
             self.ctx.log.warning("manifest not updated", extra={"reason": repr(e)})
             return False
+        if self.settings.target == "nats":
+            with contextlib.suppress(Exception):  # the bucket gone: said by litestream
+                store = await self.ctx.bus.js.object_store(self.bucket)
+                self._bucket_bytes = (await store.status()).size
         return True
 
     async def _manifest(self):
