@@ -15,10 +15,11 @@ from _voters import Voters, status
 from colony.consensus import snapshots
 from colony.harness.processes import poll
 from colony.shared import snapshot, subjects
-from colony.shared.bus import RemoteError
+from colony.shared.bus import BusError, RemoteError
 from colony.shared.cluster import Cluster
 from colony.shared.messages import (
     Change,
+    ConsensusStatusRequest,
     KvPut,
     Proposal,
     ProposeRequest,
@@ -161,3 +162,36 @@ async def test_a_bad_snapshot_to_restore_stops_its_voter_and_leaves_its_files(
 async def _stopped(bus, node: str) -> str:
     view = await status(bus, node)
     return view.stopped if view is not None else ""
+
+
+async def test_a_voter_told_a_restore_is_coming_waits_for_it_and_says_so(
+    nats_server, bus, tmp_path
+):
+    alone = Voters(nats_server, tmp_path, ["v1"])
+    alone.start("v1")
+    try:
+        await Cluster(bus, ["v1"]).wait_leader(20)
+        await put(bus, "v1", "k", "from the snapshot")
+        saved = await save(bus, "v1")
+        await put(bus, "v1", "k", "lost")
+        await alone.stop("v1")
+        (folder(alone, "v1") / snapshots.PENDING).touch()
+        alone.start("v1")
+
+        async def waiting() -> bool:
+            try:
+                await bus.request(subjects.consensus_status("v1"), ConsensusStatusRequest(), 1)
+            except RemoteError as refused:
+                return "waiting for a restore" in refused.description
+            except BusError:  # not serving yet
+                return False
+            return False
+
+        await poll(waiting, 20, "v1 to say it waits for a restore")
+        file = await download(bus, saved.name, tmp_path / "s.snapshot")
+        file.rename(folder(alone, "v1") / snapshots.RESTORE)  # the CLI delivers it
+        await Cluster(bus, ["v1"]).wait_leader(20)
+        assert (await get(bus, "v1", "k")).value == "from the snapshot"
+        assert not (folder(alone, "v1") / snapshots.PENDING).exists()
+    finally:
+        await alone.stop_all()

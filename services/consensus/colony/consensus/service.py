@@ -16,6 +16,11 @@ log). A voter that was removed (declared dead) and comes back is told to
 standby only once all of that is done, so the leader can add it back
 without its old replica (and its old, higher term) ever being heard.
 
+A promoted node whose `join` allows it starts from the freshest replica
+snapshot its node's snapshotter fetches, and replays the log after it. At
+start, a voter restores the snapshot `colony snapshot restore` left in its
+folder (snapshots.py), and the leader answers `snapshot_save`.
+
 `join` and `retire` change who votes: each must be signed with the cluster
 secret, recent, not seen before, and addressed to this node; anything else
 is refused (403) and logged.

@@ -97,6 +97,8 @@ async def save(
 
 def _make(db: Path, path: Path, me: str) -> SnapshotHeader:
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.iterdir():  # a crash's (the service saves one at a time)
+        stale.unlink()
     return snapshot.make_from_file(db, path, made_by=me, origin="save")
 
 
