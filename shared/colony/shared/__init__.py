@@ -24,6 +24,8 @@
 - `natsd`: the embedded nats-server: its binary, its config file, and readiness checks.
 - `clock`: the injectable clock, real or a fake that moves only when a test advances it.
 - `tasks`: stopping asyncio tasks for sure (Python 3.11 can lose a cancellation).
+- `snapshot`: the one snapshot format (the management database behind a header): made,
+  checked whole, extracted; the cluster id.
 - `statedir`: the on-disk layout of a state directory (node configs, process records, logs).
 """
 
