@@ -55,6 +55,8 @@ APPLIED_TERM = "applied_term"
 CLUSTER = "cluster"
 BOOKKEEPING = frozenset({"meta", "changes", "proposals"})
 """Tables that are no kind's objects (not counted in a header)."""
+FOREIGN_PREFIXES = ("sqlite_", "_litestream_")
+"""Tables SQLite and litestream keep in the file (neither counted nor Colony's)."""
 
 Progress = Callable[[int, int], None]
 """Told (bytes done, bytes in all) as a copy goes."""
@@ -94,9 +96,9 @@ def facts(db: sqlite3.Connection) -> dict:
         tables = [
             name
             for (name,) in db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
             )
+            if not name.startswith(FOREIGN_PREFIXES)
         ]
         counts = {
             t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
