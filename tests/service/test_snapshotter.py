@@ -191,3 +191,36 @@ def _zombie(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+async def test_a_replaced_database_is_replicated_from_a_snapshot_of_it(voter, bus, tmp_path):
+    """A restore renames another database in (here: an older copy, as from a snapshot):
+    the replica then holds that one, not a mix of both."""
+    config, db = voter
+    older = tmp_path / "older.db"
+    for i in range(10):
+        db.write(f"k{i}")
+    db.conn.execute(f"VACUUM INTO '{older}'")
+    older_kv, older_index = db.kv(), db.index
+    running = Running(config)
+    try:
+        for i in range(10, 40):
+            db.write(f"k{i}")
+        await until_replica_holds(bus, 40)
+        db.close()
+        for suffix in ("-wal", "-shm"):
+            (db.path.parent / f"management.db{suffix}").unlink(missing_ok=True)
+        os.replace(older, db.path)
+
+        async def back_to_older() -> ReplicaPosition | None:
+            entry = await manifest_entry(bus)
+            return entry if entry and entry.healthy and entry.index == older_index else None
+
+        await poll(back_to_older, 20, "the replica to hold the replaced database")
+        path = tmp_path / "after.snapshot"
+        await bus.request(
+            subjects.snapshot_fetch(NODE), SnapshotFetchRequest(path=str(path)), timeout=30
+        )
+        assert restored_kv(path) == (older_index, older_kv)
+    finally:
+        assert await running.stop() == 0

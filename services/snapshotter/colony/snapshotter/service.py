@@ -47,6 +47,8 @@ from colony.snapshotter.fetching import choose, restore
 from colony.snapshotter.position import Tracker
 
 READY, MADE = "ready", "made"
+LOOK_EVERY = 1.0
+"""Seconds between looks at the replica bucket (while it is missing or unhealthy)."""
 TICK = 0.1
 """Seconds between reads of the database's position (and checks of the role)."""
 BEHIND = 30.0
@@ -86,7 +88,6 @@ class Snapshotter:
             ctx.log.error("cannot replicate", extra={"reason": self.problem})
         await ctx.serve(subjects.replication_status(self.me), self._on_status)
         await ctx.serve(subjects.snapshot_fetch(self.me), self._on_fetch, concurrent=True)
-        self.running: asyncio.Task[None] | None = None
         reader = _Reader(self.db)
         self.reported: tuple[bool, str] | None = None
         self.last_report = 0.0
@@ -105,12 +106,17 @@ class Snapshotter:
         if held is not None:
             self.tracker.read(time.time(), *held)
         wanted = self.voter and held is not None and not self.problem
-        if self.running is not None and (not wanted or reader.replaced):
-            why = "the database was replaced" if wanted else "no voter database"
-            self.ctx.log.info("stopping litestream", extra={"reason": why})
+        if self.running is not None and not wanted:
+            self.ctx.log.info("stopping litestream", extra={"reason": "no voter database"})
             await self._stop()
+        if self.running is not None and reader.replaced:
+            # a restore or a seed renamed another database in: litestream's local state
+            # is the old one's, so it starts again from a snapshot of the new one
+            self.ctx.log.info("the database was replaced: replicating it from a snapshot")
+            await self._stop()
+            await self._reset()
+        reader.replaced = False
         if wanted and self.running is None and await self._target_ready():
-            reader.replaced = False
             await self._start()
         now = time.time()
         entry = self.position(now)
@@ -194,6 +200,15 @@ class Snapshotter:
         bucket was missing and was made; '': it cannot be made now (said in the manifest)."""
         if self.settings.target != "nats":
             return READY
+        now = time.monotonic()
+        if now - self._looked_at < LOOK_EVERY:
+            return READY if self._looked == MADE else self._looked  # made once, said once
+        self._looked_at, self._looked = now, await self._look_at_bucket()
+        return self._looked
+
+    _looked_at, _looked = -LOOK_EVERY, ""
+
+    async def _look_at_bucket(self) -> str:
         js = self.ctx.bus.js
         try:
             try:
