@@ -176,3 +176,17 @@ def test_seed_log_leaves_no_half_written_journal(tmp_path):
     names = sorted(p.name for p in Path(tmp_path).iterdir())
     assert names == ["management.db", "management.db-shm", "management.db-wal", "raft.journal",
                      "raft.journal.meta", "raft.snapshot", "raft.snapshot.kept"]  # fmt: skip
+
+
+async def test_the_digest_leaves_out_the_applied_term_and_litestreams_tables(tmp_path):
+    from colony.consensus import changelog
+
+    one, two = Machine(tmp_path / "one.db"), Machine(tmp_path / "two.db")
+    entry = put("a")
+    for machine in (one, two):
+        machine.apply(2, entry, 1)
+    # litestream keeps its own, different, sequence in each voter's file
+    one.db.execute("CREATE TABLE _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
+    one.db.execute("INSERT INTO _litestream_seq VALUES (1, 9)")
+    changelog.set_meta(two.db, snapshot.APPLIED_TERM, 5)  # a later term, no state changed
+    assert (await changelog.digest(one.path))[1] == (await changelog.digest(two.path))[1]

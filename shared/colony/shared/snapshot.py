@@ -139,6 +139,12 @@ def make(
         try:
             source.backup(copy)
             copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+            # litestream's bookkeeping belongs to the file it replicated, not to the state:
+            # a voter started from this copy runs a litestream of its own.
+            tables = copy.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            for (table,) in tables.fetchall():
+                if table.startswith("_litestream_"):
+                    copy.execute(f'DROP TABLE "{table}"')
             about = facts(copy)
         finally:
             copy.close()

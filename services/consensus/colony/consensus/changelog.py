@@ -261,13 +261,20 @@ async def positions(reader: aiosqlite.Connection) -> tuple[int, int]:
 
 # --- the whole database ----------------------------------------------------------
 
-_APPLIED_ROW = """INSERT INTO "meta" VALUES('last_applied',"""
+_NOT_DIGESTED = (
+    """INSERT INTO "meta" VALUES('last_applied',""",
+    """INSERT INTO "meta" VALUES('applied_term',""",
+    "CREATE TABLE _litestream_",
+    'INSERT INTO "_litestream_',
+)
+"""Dump lines left out of the digest: the applied index and its term (lease renewals move
+them without changing any state), and the tables litestream keeps in each voter's file
+(its own sequence, different on every voter)."""
 
 
 async def digest(path) -> tuple[int, str, int]:
     """(applied index, sha256 of the SQL dump, statements) of the database at `path`,
-    read in one transaction. The applied index's own row is left out of the digest:
-    lease renewals move it several times a second without changing any state."""
+    read in one transaction, without the lines `_NOT_DIGESTED` names."""
     sha, statements = hashlib.sha256(), 0
     # its own connection: its transaction must not make anyone else's reads stale
     async with aiosqlite.connect(path) as db:
@@ -275,7 +282,7 @@ async def digest(path) -> tuple[int, str, int]:
         async with db.execute(f"SELECT {APPLIED_INDEX}") as rows:
             (applied,) = await rows.fetchone()
         async for line in db.iterdump():
-            if line.startswith(_APPLIED_ROW):
+            if line.startswith(_NOT_DIGESTED):
                 continue
             sha.update(line.encode() + b"\n")
             statements += 1
