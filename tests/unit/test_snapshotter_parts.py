@@ -6,10 +6,17 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from colony.shared.config import SnapshotterSettings
+from colony.shared.config import NatsSettings, SnapshotterSettings
 from colony.shared.messages import ReplicaPosition
 from colony.snapshotter.fetching import choose
-from colony.snapshotter.litestream import TargetError, parse, render, replica_url, shown
+from colony.snapshotter.litestream import (
+    TargetError,
+    nats_options,
+    parse,
+    render,
+    replica_url,
+    shown,
+)
 from colony.snapshotter.position import Held, Tracker, log_time
 
 T0 = 1_800_000_000.0
@@ -136,3 +143,13 @@ def test_a_fetch_picks_the_freshest_healthy_replica_by_term_then_index():
     assert [e.node for e in choose(entries)] == ["d", "b", "a"]
     assert [e.node for e in choose(entries, min_index=45)] == ["a"]
     assert choose(entries, min_index=51) == []
+
+
+def test_the_node_nats_credentials_and_tls_go_to_a_nats_replica(tmp_path):
+    assert nats_options(NatsSettings()) == {}
+    nats = NatsSettings(creds="/c.creds", tls_ca="/ca.pem", tls_cert="/c.pem", tls_key="/k.pem")
+    options = nats_options(nats)
+    assert options == {"creds": "/c.creds", "root-cas": ["/ca.pem"], "client-cert": "/c.pem",
+                       "client-key": "/k.pem"}  # fmt: skip
+    text = render(tmp_path / "db", "nats://h:1/B", SnapshotterSettings(), replica=options)
+    assert yaml.safe_load(text)["dbs"][0]["replica"]["creds"] == "/c.creds"

@@ -30,14 +30,19 @@ def choose(entries: list[ReplicaPosition], min_index: int = 0) -> list[ReplicaPo
     return sorted(usable, key=lambda e: (e.term, e.index, e.synced_at), reverse=True)
 
 
-async def restore(url: str, out: Path, *, made_by: str, min_index: int = 0) -> SnapshotHeader:
-    """Restore the replica at `url` and write it as a snapshot file at `out`."""
+async def restore(
+    url: str, out: Path, *, made_by: str, min_index: int = 0, replica: dict | None = None
+) -> SnapshotHeader:
+    """Restore the replica at `url` and write it as a snapshot file at `out` (`replica`:
+    more replica settings for litestream, e.g. NATS credentials)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=out.parent) as work:
         folder = Path(work)
         config = folder / "litestream.yml"
+        settings = SnapshotterSettings()
         litestream.write_config(
-            config, litestream.render(folder / KEY, url, SnapshotterSettings(), log_level="warn")
+            config,
+            litestream.render(folder / KEY, url, settings, log_level="warn", replica=replica),
         )
         restored = folder / "restored.db"
         process = await asyncio.create_subprocess_exec(

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from colony.shared.config import SnapshotterSettings
+from colony.shared.config import NatsSettings, SnapshotterSettings
 
 BINARY = "litestream"
 STOP_GRACE = 2.0
@@ -99,8 +99,27 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-def render(db: Path, url: str, settings: SnapshotterSettings, log_level: str = "debug") -> str:
-    """Litestream's YAML config replicating `db` to `url`."""
+def nats_options(nats: NatsSettings) -> dict:
+    """The replica's settings for the node's NATS credentials and TLS (litestream's keys
+    for a nats:// replica), as the node's own services connect."""
+    options: dict = {}
+    if nats.creds:
+        options["creds"] = nats.creds
+    if nats.tls_ca:
+        options["root-cas"] = [nats.tls_ca]
+    if nats.tls_cert and nats.tls_key:
+        options["client-cert"], options["client-key"] = nats.tls_cert, nats.tls_key
+    return options
+
+
+def render(
+    db: Path,
+    url: str,
+    settings: SnapshotterSettings,
+    log_level: str = "debug",
+    replica: dict | None = None,
+) -> str:
+    """Litestream's YAML config replicating `db` to `url` (`replica`: more replica keys)."""
     config = {
         "logging": {"level": log_level, "type": "json", "stderr": True},
         "snapshot": {
@@ -113,7 +132,11 @@ def render(db: Path, url: str, settings: SnapshotterSettings, log_level: str = "
         "dbs": [
             {
                 "path": str(db),
-                "replica": {"url": url, "sync-interval": _duration(settings.sync_interval)},
+                "replica": {
+                    "url": url,
+                    "sync-interval": _duration(settings.sync_interval),
+                    **(replica or {}),
+                },
             }
         ],
     }

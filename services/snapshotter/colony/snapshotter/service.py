@@ -173,7 +173,10 @@ class Snapshotter:
 
     def _config(self) -> Path:
         config = self.own / "litestream.yml"
-        litestream.write_config(config, litestream.render(self.db, self.url, self.settings))
+        litestream.write_config(
+            config,
+            litestream.render(self.db, self.url, self.settings, replica=self._replica_options()),
+        )
         return config
 
     async def _stop(self) -> None:
@@ -226,6 +229,10 @@ class Snapshotter:
             self.tracker.failed(f"the object store bucket {self.bucket} is unavailable: {e!r}")
             return ""
         return READY
+
+    def _replica_options(self) -> dict:
+        nats_target = self.url.startswith("nats://")
+        return litestream.nats_options(self.ctx.config.nats) if nats_target else {}
 
     def _replicas(self) -> int:
         """min(3, the NATS servers of the cluster): what the node's server advertises."""
@@ -332,7 +339,15 @@ class Snapshotter:
         for entry in candidates:
             url = self._reachable(entry.target)
             try:
-                header = await restore(url, out, made_by=self.me, min_index=request.min_index)
+                header = await restore(
+                    url,
+                    out,
+                    made_by=self.me,
+                    min_index=request.min_index,
+                    replica=litestream.nats_options(self.ctx.config.nats)
+                    if url.startswith("nats://")
+                    else {},
+                )
             except Exception as e:
                 failures.append(f"{entry.node}: {e}")
                 self.ctx.log.warning(
