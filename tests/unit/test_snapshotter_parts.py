@@ -81,6 +81,7 @@ def test_the_replica_holds_only_what_was_uploaded():
     assert tracker.position() == Held(3, 1)
     tracker.line(uploaded(3.2, 2))
     assert tracker.position() == Held(7, 2)
+    assert [r.held for r in tracker.readings] == [Held(7, 2)]  # older ones date nothing now
 
 
 def test_litestream_lines_keep_their_severity_when_a_key_repeats():

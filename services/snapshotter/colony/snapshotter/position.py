@@ -127,6 +127,11 @@ class Tracker:
             del self.holds[old]
         for old in [t for t in self.attempts if t < txid - 8]:
             del self.attempts[old]
+        # Readings older than the newest one the replica holds date nothing any more
+        # (later syncs started after it): keep that one and what came after.
+        held = self.position()
+        kept = bisect.bisect_right(self.readings, held, key=lambda r: r.held)
+        del self.readings[: max(0, kept - 1)]
 
     def _holds(self, txid: int, held: Held) -> None:
         if txid > 0:

@@ -253,7 +253,6 @@ class Snapshotter:
         behind = max(BEHIND, 10 * self.settings.sync_interval)
         if not problem and lag > behind:
             problem = f"the replica is {lag:.0f} s behind the database (no sync since)"
-        size = litestream.replica_bytes(self.url) if self.url else None
         return ReplicaPosition(
             node=self.me,
             target=litestream.shown(self.url),
@@ -261,13 +260,14 @@ class Snapshotter:
             term=held.term,
             synced_at=self.tracker.synced_at,
             lag=round(lag, 3),
-            replica_bytes=size if size is not None else self._bucket_bytes,
+            replica_bytes=self._bytes,
             healthy=not problem,
             problem=problem,
             restarts=self.sidecar.restarts if self.sidecar else 0,
         )
 
-    _bucket_bytes = 0
+    _bytes = 0
+    """The replica's size, as last measured (at a report)."""
 
     def _retired(self) -> ReplicaPosition:
         """The last word of a node that is no voter any more: its replica is stale."""
@@ -289,11 +289,17 @@ class Snapshotter:
         except Exception as e:
             self.ctx.log.warning("manifest not updated", extra={"reason": repr(e)})
             return False
-        if self.settings.target == "nats":
-            with contextlib.suppress(Exception):  # the bucket gone: said by litestream
-                store = await self.ctx.bus.js.object_store(self.bucket)
-                self._bucket_bytes = (await store.status()).size
+        await self._measure()
         return True
+
+    async def _measure(self) -> None:
+        """The replica's bytes, for the next report: a folder's files, a bucket's size."""
+        if self.url.startswith("file://"):
+            self._bytes = await asyncio.to_thread(litestream.replica_bytes, self.url) or 0
+        elif self.settings.target == "nats":
+            with contextlib.suppress(Exception):  # the bucket gone: litestream says so
+                store = await self.ctx.bus.js.object_store(self.bucket)
+                self._bytes = (await store.status()).size
 
     async def _manifest(self):
         js = self.ctx.bus.js
