@@ -3,6 +3,8 @@ with a service.
 
 - `processes`: real nats-server processes and clusters on free ports, consensus voters
   as child processes, sample node metrics, and waiting on a condition with a timeout.
+- `replicas`: Raft voters in this process (real pysyncobj replicas over a real
+  nats-server), their databases and Raft state at hand.
 - `netns`: hosts in Linux network namespaces on two switches joined by a cable, to cut
   apart and heal (root only).
 - `netns_voters`: a nats-server and a consensus voter on each namespace host, asked from
