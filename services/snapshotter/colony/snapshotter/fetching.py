@@ -68,7 +68,6 @@ async def restore(
 
 
 def _snapshot(restored: Path, out: Path, made_by: str, min_index: int) -> SnapshotHeader:
-    _drop_litestream_tables(restored)
     facts = _facts(restored)
     if facts["index"] < min_index:
         raise RuntimeError(
@@ -81,24 +80,6 @@ def _facts(db: Path) -> dict:
     conn = sqlite3.connect(db, isolation_level=None)
     try:
         return snapshot.facts(conn)
-    finally:
-        conn.close()
-
-
-def _drop_litestream_tables(db: Path) -> None:
-    """Litestream's own bookkeeping tables are no part of the management database: a
-    snapshot holds what Raft applied, nothing else."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        names = [
-            name
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name LIKE '\\_litestream%' ESCAPE '\\'"
-            )
-        ]
-        for name in names:
-            conn.execute(f'DROP TABLE "{name}"')
     finally:
         conn.close()
 
