@@ -11,11 +11,14 @@ import sqlite3
 import psutil
 import pytest
 from _snapshotter import Running, VoterDb, keep_writing, snapshotter_config
+from _voters import running
 
 from colony.harness.processes import poll
 from colony.shared import snapshot, subjects, tasks
 from colony.shared.bus import RemoteError
+from colony.shared.management import Management
 from colony.shared.messages import (
+    KvPut,
     ReplicaPosition,
     ReplicationStatusRequest,
     SnapshotFetchRequest,
@@ -226,3 +229,39 @@ async def test_a_replaced_database_is_replicated_from_a_snapshot_of_it(voter, bu
         assert restored_kv(path) == (older_index, older_kv)
     finally:
         assert await running.stop() == 0
+
+
+async def test_a_real_voter_database_is_replicated_and_fetched_whole(nats_server, bus, tmp_path):
+    """The consensus service's own database (one voter): what a fetch brings back holds
+    every key written, at an index the voter applied, with its term and cluster."""
+    async with running(nats_server, tmp_path, ["v1"]):
+        client = Management(bus, ["v1"])
+        for i in range(25):
+            await client.propose(KvPut(f"key-{i}", str(i)))
+        live = sqlite3.connect(
+            f"file:{nats_server.workdir}/v1/consensus/management.db?mode=ro", uri=True
+        )
+        try:
+            meta = dict(live.execute("SELECT name, value FROM meta").fetchall())
+            kv = live.execute("SELECT key, value, version FROM kv ORDER BY key").fetchall()
+        finally:
+            live.close()
+        snapshotter = Running(snapshotter_config(nats_server, "v1"))
+        try:
+            entry = await until_replica_holds(bus, meta["last_applied"])
+            path = tmp_path / "v1.snapshot"
+            reply = await bus.request(
+                subjects.snapshot_fetch("v1"), SnapshotFetchRequest(path=str(path)), timeout=30
+            )
+        finally:
+            assert await snapshotter.stop() == 0
+    assert reply.header.index >= entry.index >= meta["last_applied"]
+    assert reply.header.term >= entry.term >= meta["applied_term"] >= 1
+    assert reply.header.cluster == snapshot.cluster_name(meta["cluster"])
+    db = tmp_path / "fetched.db"
+    snapshot.extract(path, db)
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT key, value, version FROM kv ORDER BY key").fetchall() == kv
+    finally:
+        conn.close()
