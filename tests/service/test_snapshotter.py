@@ -265,3 +265,35 @@ async def test_a_real_voter_database_is_replicated_and_fetched_whole(nats_server
         assert conn.execute("SELECT key, value, version FROM kv ORDER BY key").fetchall() == kv
     finally:
         conn.close()
+
+
+async def stream_replicas(bus, stream: str) -> int:
+    return (await bus.js.stream_info(stream)).config.num_replicas
+
+
+async def test_buckets_get_a_replica_per_voter_up_to_3_in_a_cluster(nats_cluster, cluster_bus):
+    config = snapshotter_config(nats_cluster.servers[0], NODE, voters=[NODE, "v2", "v3"])
+    db = VoterDb(config.node.dir)
+    db.write("a")
+    running = Running(config)
+    try:
+        await until_replica_holds(cluster_bus, 1, timeout=30)
+        assert await stream_replicas(cluster_bus, f"OBJ_{subjects.replica_bucket(NODE)}") == 3
+        assert await stream_replicas(cluster_bus, f"KV_{subjects.REPLICAS_BUCKET}") == 3
+    finally:
+        db.close()
+        assert await running.stop() == 0
+
+
+async def test_a_lone_server_gets_single_replica_buckets(nats_server, bus):
+    config = snapshotter_config(nats_server, NODE, voters=[NODE, "v2", "v3"])
+    db = VoterDb(config.node.dir)
+    db.write("a")
+    running = Running(config)
+    try:
+        await until_replica_holds(bus, 1)
+        assert await stream_replicas(bus, f"OBJ_{subjects.replica_bucket(NODE)}") == 1
+        assert await stream_replicas(bus, f"KV_{subjects.REPLICAS_BUCKET}") == 1
+    finally:
+        db.close()
+        assert await running.stop() == 0

@@ -217,12 +217,11 @@ class Snapshotter:
             try:
                 await js.object_store(self.bucket)
             except nats.js.errors.BucketNotFoundError:
-                replicas = self._replicas()
-                await js.create_object_store(
-                    self.bucket, ObjectStoreConfig(bucket=self.bucket, replicas=replicas)
-                )
-                self.ctx.log.info(
-                    "made the replica bucket", extra={"bucket": self.bucket, "replicas": replicas}
+                await self._made(
+                    lambda n: js.create_object_store(
+                        self.bucket, ObjectStoreConfig(bucket=self.bucket, replicas=n)
+                    ),
+                    f"the replica bucket {self.bucket}",
                 )
                 return MADE
         except Exception as e:  # JetStream unavailable: said in the manifest, tried again
@@ -234,10 +233,22 @@ class Snapshotter:
         nats_target = self.url.startswith("nats://")
         return litestream.nats_options(self.ctx.config.nats) if nats_target else {}
 
-    def _replicas(self) -> int:
-        """min(3, the NATS servers of the cluster): what the node's server advertises."""
-        info = getattr(self.ctx.bus.nc, "_server_info", None) or {}
-        return max(1, min(3, len(info.get("connect_urls") or [])))
+    async def _made(self, make, what: str):
+        """`make(replicas)` with as many replicas as voters, at most 3; fewer if JetStream
+        refuses (a lone server, servers down): a bucket with fewer copies beats none."""
+        want = min(3, max(1, len(self.ctx.config.consensus.voters)))
+        for replicas in range(want, 0, -1):
+            try:
+                made = await make(replicas)
+            except nats.js.errors.APIError as e:
+                if replicas == 1:
+                    raise
+                self.ctx.log.info(
+                    f"{what}: {replicas} replicas refused, trying fewer", extra={"reason": str(e)}
+                )
+                continue
+            self.ctx.log.info(f"made {what}", extra={"replicas": replicas})
+            return made
 
     # --- the manifest ---------------------------------------------------------------
 
@@ -306,10 +317,12 @@ class Snapshotter:
         try:
             return await js.key_value(subjects.REPLICAS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
-            config = KeyValueConfig(
-                bucket=subjects.REPLICAS_BUCKET, history=1, replicas=self._replicas()
+            return await self._made(
+                lambda n: js.create_key_value(
+                    KeyValueConfig(bucket=subjects.REPLICAS_BUCKET, history=1, replicas=n)
+                ),
+                f"the manifest {subjects.REPLICAS_BUCKET}",
             )
-            return await js.create_key_value(config)
 
     async def _entries(self) -> list[ReplicaPosition]:
         kv = await self._manifest()
