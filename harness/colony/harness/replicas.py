@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,13 +97,16 @@ class Group:
     async def chief(self, among: list[str] | None = None) -> Voter:
         return self.voters[await poll(lambda: self.leader(among), 20, "a leader")]
 
-    async def write(self, first: int, count: int, per_entry: int = 50) -> int:
-        """Put keys first..first+count-1, `per_entry` to a log entry; the last index."""
+    async def write(
+        self, first: int, count: int, per_entry: int = 50, value: Callable[[int], str] = str
+    ) -> int:
+        """Put keys k<first>..k<first+count-1>, `per_entry` to a log entry, key k's value
+        "v" + value(k); the last index."""
         chief = await self.chief()
         index = 0
         for start in range(first, first + count, per_entry):
             keys = range(start, min(start + per_entry, first + count))
-            entry = encode_batch([Proposal(new_id(), KvPut(f"k{k}", f"v{k}")) for k in keys])
+            entry = encode_batch([Proposal(new_id(), KvPut(f"k{k}", f"v{value(k)}")) for k in keys])
             index, _outcomes = await chief.replica.commit(entry, timeout=10)
         return index
 
