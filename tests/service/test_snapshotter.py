@@ -14,18 +14,21 @@ import psutil
 import pytest
 from _snapshotter import Running, VoterDb, keep_writing, snapshotter_config
 from _voters import running
+from nats.js.api import KeyValueConfig
 
 from colony.harness.processes import poll
 from colony.shared import snapshot, subjects, tasks
-from colony.shared.bus import RemoteError
+from colony.shared.bus import NoResponders, RemoteError
 from colony.shared.config import SnapshotterSettings
 from colony.shared.management import Management
 from colony.shared.messages import (
     KvPut,
     ReplicaPosition,
+    ReplicationStatus,
     ReplicationStatusRequest,
     SnapshotFetchRequest,
     decode,
+    encode,
 )
 from colony.snapshotter.service import Snapshotter
 
@@ -46,6 +49,16 @@ async def until_replica_holds(bus, index: int, timeout: float = 20) -> ReplicaPo
         return entry if entry and entry.healthy and entry.index >= index else None
 
     return await poll(holds, timeout, f"the manifest to say the replica holds index {index}")
+
+
+async def status_of(bus, node: str = NODE) -> ReplicationStatus | None:
+    """The snapshotter's status (None: not serving yet)."""
+    try:
+        return await bus.request(
+            subjects.replication_status(node), ReplicationStatusRequest(), timeout=2
+        )
+    except NoResponders:
+        return None
 
 
 def restored_kv(path) -> tuple[int, dict[str, int]]:
@@ -153,15 +166,7 @@ async def test_a_node_that_is_no_voter_runs_no_litestream(nats_server, bus, tmp_
     db.write("a")
     running = Running(config)
     try:
-        await poll(lambda: running.service.ctx if hasattr(running.service, "ctx") else None, 10,
-                   "the service to start")  # fmt: skip
-        status = await poll(
-            lambda: bus.request(
-                subjects.replication_status(NODE), ReplicationStatusRequest(), timeout=2
-            ),
-            10,
-            "a status",
-        )
+        status = await poll(lambda: status_of(bus), 10, "a status")
         assert not status.voter and status.replica is None and status.litestream_pid == 0
     finally:
         db.close()
@@ -323,3 +328,25 @@ async def test_delete_markers_are_swept_and_objects_put_again_are_kept(nats_serv
     names = {i.name: i.deleted for i in await store.list(ignore_deletes=False)}
     assert names == {"ltx/0/b": False, "ltx/0/c": False}
     assert (await store.get("ltx/0/b")).data == b"again"
+
+
+async def test_a_voter_without_its_database_yet_leaves_its_last_entry_alone(nats_server, bus):
+    """Started before consensus wrote (or restored) its database: the replica still holds
+    what the manifest says, and a fetch may want it."""
+    config = snapshotter_config(nats_server, NODE)
+    kv = await bus.js.create_key_value(KeyValueConfig(bucket=subjects.REPLICAS_BUCKET))
+    before = ReplicaPosition(node=NODE, target="nats://x/B", index=50, term=3)
+    await kv.put(NODE, encode(before))
+    running = Running(config)
+    try:
+
+        async def waiting():
+            status = await status_of(bus)
+            return status and status.replica and "database yet" in status.replica.problem
+
+        await poll(waiting, 10, "the snapshotter to wait for the database")
+        for _ in range(3):  # several reports' worth
+            await asyncio.sleep(config.snapshotter.report_interval)
+        assert await manifest_entry(bus) == before
+    finally:
+        assert await running.stop() == 0
