@@ -125,9 +125,11 @@ class Snapshotter:
         entry = self.position(now)
         if entry is None and self.reported is not None:
             entry = self._retired()
-        if entry is None or (self.sidecar is None and entry.index == 0 and not self.problem):
-            # nothing replicated yet in this run: an entry from before (a replica that
-            # still holds what it held) is worth more than an empty one
+        if entry is None or (
+            entry.index == 0 and not self.problem and (entry.healthy or self.sidecar is None)
+        ):
+            # nothing known to be replicated yet in this run: the entry from before (a
+            # replica still holds what it held) is worth more than an empty one
             return
         health = (entry.healthy, entry.problem)
         if health != self.reported or now - self.last_report >= self.settings.report_interval:
