@@ -64,7 +64,12 @@ from colony.shared import snapshot, subjects
 from colony.shared.bus import Bus, BusError, connect
 from colony.shared.config import NatsSettings, SnapshotterSettings
 from colony.shared.management import Management, ManagementError
-from colony.shared.messages import KvPut, ReplicationStatusRequest, SnapshotFetchRequest
+from colony.shared.messages import (
+    KvPut,
+    ReplicationStatusRequest,
+    SnapshotFetchRequest,
+    new_id,
+)
 from colony.snapshotter import fetching, litestream
 
 TITLE = "Snapshots"
@@ -72,9 +77,10 @@ OBJECTS = int(os.environ.get("COLONY_BENCH_SNAPSHOT_OBJECTS", "100000"))
 JOBS = int(os.environ.get("COLONY_BENCH_SNAPSHOT_JOBS", "10"))
 INSTANCES = 3
 """Instances of each job (a `/bin/sleep` each, 0.01 core)."""
-BATCH = 500
-"""kv writes to a proposal while the database is filled."""
-FILL_INFLIGHT = 4
+BATCH = 200
+"""kv writes to a proposal while the database is filled (each request must be answered
+within `Management`'s per-attempt timeout on a busy machine)."""
+FILL_INFLIGHT = 3
 IDLE = float(os.environ.get("COLONY_BENCH_SNAPSHOT_IDLE", "180"))
 """Seconds the idle cluster's replicas are watched (3600: the issue's hour)."""
 SAMPLE = 10.0
@@ -195,7 +201,16 @@ async def fill(bus: Bus, voters: list[str], count: int) -> int:
         nonlocal last, done
         for start in batches:
             keys = range(start, min(start + BATCH, count))
-            reply = await management.propose(*(KvPut(key(k), value()) for k in keys))
+            commands = [KvPut(key(k), value()) for k in keys]
+            ids = [new_id() for _ in keys]
+            for attempt in range(10):
+                try:  # the same ids again: applied once
+                    reply = await management.propose(*commands, ids=ids)
+                    break
+                except ManagementError as e:
+                    if not e.retryable or attempt == 9:
+                        raise
+                    say(f"  asking again: {e}")
             last, done = max(last, reply.index), done + len(keys)
             if done % 20_000 < BATCH:
                 say(f"  {done:,} keys written")
