@@ -142,8 +142,10 @@ class Figures:
     fetch_snapshotter: float = 0.0
     idle: list[tuple[float, int]] = field(default_factory=list)
     """(seconds since the start, bytes of every voter's replica bucket)."""
-    levels: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """Replica objects at the end of the idle time: their prefix -> (count, bytes)."""
+    objects_before: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """The replica buckets' objects as the idle time began: bucket/name -> (its prefix,
+    the level: ltx/0, ltx/1, ...; bytes)."""
+    objects_after: dict[str, tuple[str, int]] = field(default_factory=dict)
     writes: int = 0
     write_rate: float = 0.0
     write_errors: int = 0
@@ -248,19 +250,20 @@ async def replica_bytes(bus: Bus, voters: list[str]) -> int:
     return total
 
 
-async def replica_levels(bus: Bus, voters: list[str]) -> dict[str, tuple[int, int]]:
-    """What the replica buckets hold, by object name up to its last '/'."""
-    levels: dict[str, tuple[int, int]] = {}
+async def replica_objects(bus: Bus, voters: list[str]) -> dict[str, tuple[str, int]]:
+    """What the replica buckets hold: bucket/name -> (the name up to its last '/', bytes)."""
+    objects = {}
     for node in voters:
-        store = await bus.js.object_store(subjects.replica_bucket(node))
+        bucket = subjects.replica_bucket(node)
+        store = await bus.js.object_store(bucket)
         for info in await store.list(ignore_deletes=True):
             prefix = info.name.rsplit("/", 1)[0] if "/" in info.name else "(top)"
-            count, size = levels.get(prefix, (0, 0))
-            levels[prefix] = (count + 1, size + (info.size or 0))
-    return levels
+            objects[f"{bucket}/{info.name}"] = (prefix, info.size or 0)
+    return objects
 
 
 async def idle(bus: Bus, voters: list[str], seconds: float, figures: Figures) -> None:
+    figures.objects_before = await replica_objects(bus, voters)
     began = time.monotonic()
     while True:
         elapsed = time.monotonic() - began
@@ -269,7 +272,17 @@ async def idle(bus: Bus, voters: list[str], seconds: float, figures: Figures) ->
             break
         say(f"  idle {elapsed:.0f}/{seconds:.0f} s: replicas {figures.idle[-1][1] / 2**20:.2f} MiB")
         await asyncio.sleep(min(SAMPLE, seconds - elapsed))
-    figures.levels = await replica_levels(bus, voters)
+    figures.objects_after = await replica_objects(bus, voters)
+
+
+def by_level(objects: dict[str, tuple[str, int]], names) -> dict[str, tuple[int, int]]:
+    """The objects `names` of `objects`, per level: (count, bytes)."""
+    levels: dict[str, tuple[int, int]] = {}
+    for name in names:
+        level, size = objects[name]
+        count, total = levels.get(level, (0, 0))
+        levels[level] = (count + 1, total + size)
+    return levels
 
 
 async def load(bus: Bus, voters: list[str], figures: Figures) -> int:
@@ -670,18 +683,37 @@ def report(f: Figures, seeds: list[Seeding]) -> str:
     lag_rows = [lag_row(node, lags) for node, lags in sorted(f.lags.items())]
     lag_rows.append(lag_row("**every voter**", all_lags, bold=True))
     lag_rows.append(lag_row("reported by the snapshotters (`lag`)", f.reported))
-    (t0, b0), (t1, b1) = f.idle[0], f.idle[-1]
-    per_hour = (b1 - b0) / max(t1 - t0, 1e-9) * 3600
-    half = next(s for s in f.idle if s[0] >= t1 / 2)
-    late_per_hour = (b1 - half[1]) / max(t1 - half[0], 1e-9) * 3600
+    (_, b0), (t1, b1) = f.idle[0], f.idle[-1]
+    hours = max(t1, 1e-9) / 3600
+    before, after = f.objects_before, f.objects_after
+    at_start = by_level(before, before)
+    added = by_level(after, after.keys() - before.keys())
+    removed = by_level(before, before.keys() - after.keys())
+    at_end = by_level(after, after)
+
+    def cell(levels: dict[str, tuple[int, int]], level: str) -> str:
+        count, size = levels.get(level, (0, 0))
+        return f"{count} / {mib(size)}" if count else ""
+
     levels = table(
-        ["objects under", "count", "MiB"],
-        [[f"`{p}`", str(c), mib(b)] for p, (c, b) in sorted(f.levels.items())],
-    )
+        ["level (objects under)", "at the start", "added", "removed", "at the end",
+         "added MiB/h"],
+        [[f"`{level}`", cell(at_start, level), cell(added, level), cell(removed, level),
+          cell(at_end, level), mib(added.get(level, (0, 0))[1] / hours)]
+         for level in sorted({*at_start, *at_end})],
+    )  # fmt: skip
     settings = SnapshotterSettings()
     buckets = max(1, len(f.lags))
-    count9, bytes9 = f.levels.get("ltx/9", (0, 0))
-    snapshot_bytes = bytes9 / max(1, count9)
+    added_l0 = added.get("ltx/0", (0, 0))[1] / hours
+    added_all = sum(size for _, size in added.values()) / hours
+    added_compacted = added_all - added_l0 - added.get("ltx/9", (0, 0))[1] / hours
+    largest9 = max((size for level, size in after.values() if level == "ltx/9"), default=0)
+    snapshot_bytes = max(largest9, f.db_bytes)  # a full snapshot: at most the database
+    l0_retention = min(settings.retention, 300.0)
+    snapshots = (settings.retention / settings.snapshot_interval + 1) * snapshot_bytes
+    bound = (
+        added_l0 * l0_retention / 3600 + added_compacted * settings.retention / 3600
+    ) / buckets + snapshots
     return f"""A management database of **{objects:,} objects** at index {f.index:,}
 ({counts}): kv keys of 64 random characters written through the consensus service in
 proposals of {BATCH} ({f.fill:.0f} s to fill), {JOBS} jobs of {INSTANCES} `/bin/sleep`
@@ -755,22 +787,31 @@ seen held within 2 minutes of the end.
 ### Idle storage growth
 
 The cluster idle (lease renewals only) for {t1:.0f} s after the fill and save:
-every voter's replica bucket ({len(f.lags)} buckets, each counted once, not per
-JetStream copy), {len(f.idle)} samples: {mib(b0)} MiB to {mib(b1)} MiB,
-**{mib(per_hour)} MiB per hour** extrapolated ({mib(late_per_hour)} MiB/h over the
-last half).
+every voter's replica bucket ({buckets} buckets, each counted once, not per
+JetStream copy). In all {mib(b0)} MiB at the start, {mib(b1)} MiB at the end
+({len(f.idle)} samples); that total also falls as the fill's single syncs expire,
+so the growth is what litestream **added**: **{mib(added_all)} MiB per hour**
+({mib(added_all / buckets)} MiB per voter), extrapolated from {t1:.0f} s. Objects
+(count / MiB) per level:
 
 {levels}
 
-Bounds: litestream compacts single syncs into level 1 every 30 s and drops them
-after the `l0-retention` ({min(settings.retention, 300):g} s); compacted levels and
-full snapshots (level 9, every `snapshot_interval`, {settings.snapshot_interval:g} s) are
-kept for `retention` ({settings.retention:g} s), then removed. So retention bounds the
-replica: at the last half's rate, a retention's worth of changes is about
-{mib(late_per_hour / buckets * settings.retention / 3600)} MiB per voter's bucket, plus
-{settings.retention / settings.snapshot_interval:g} full snapshots (the level-9 objects
-here average {mib(snapshot_bytes)} MiB). A run shorter than the retention shows the
-growth, not the plateau
+Retention bounds it: litestream compacts single syncs (level 0) into level 1
+every 30 s and removes them after the `l0-retention` ({l0_retention:g} s);
+compacted levels and full snapshots (level 9, every `snapshot_interval`,
+{settings.snapshot_interval:g} s) are removed after the `retention`
+({settings.retention:g} s). At the rates added here a voter's replica would hold
+at most about **{mib(bound)} MiB** once the retention has turned over (the
+single syncs of {l0_retention:g} s, the compacted levels of {settings.retention / 3600:g} h,
+{settings.retention / settings.snapshot_interval + 1:g} full snapshots of at most the
+database's {mib(snapshot_bytes)} MiB each: litestream compresses them, the largest
+level-9 object here is {mib(largest9)} MiB), and no more however long it stays idle.
+{
+        "The full snapshots are most of that bound"
+        if snapshots > bound / 2
+        else "The compacted changes are most of that bound"
+    }: a shorter `retention` lowers
+it. A run shorter than the retention shows the rate, not the plateau
 (`COLONY_BENCH_SNAPSHOT_IDLE=3600` for the hour the issue asks)."""
 
 
