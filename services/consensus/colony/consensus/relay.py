@@ -18,11 +18,15 @@ change belongs.
 
 A restore takes the database back in time: the stream may hold changes of a
 future that no longer happens (a lost future), whose indexes the new history
-will take again. A leader that finds the stream's last genuine change beyond
-its database's (and not merely not applied here yet) purges the stream, with a
-warning (made again: a purge would keep the message ids it drops duplicates
-by), and relays its database's changes afresh: else the new changes would go
-under the lost ones' indexes, dropped as their duplicates.
+takes again. A leader that finds the stream's last genuine change not in its
+database's history purges the stream, with a warning (made again: a purge would
+keep the message ids it drops duplicates by), and relays its database's changes
+afresh: else the new changes would go under the lost ones' indexes, dropped as
+their duplicates. Judged by content, not by counts (the new history soon makes
+as many changes as the lost one did): the database's change at the stream's
+change's index differs from it; or the database has none there though it applied
+past the entry that made it, or that entry is not committed here. A leader
+merely behind holds a prefix of the same history: its changes are the stream's.
 """
 
 from __future__ import annotations
@@ -75,10 +79,11 @@ class ChangeRelay:
         max_msgs: int = -1,
         max_bytes: int = -1,
         change_kinds: tuple[str, ...] = REGISTRY.change_kinds,
-        committed: Callable[[], int] = lambda: 0,
+        committed: Callable[[], int | None] = lambda: 0,
     ) -> None:
         """`committed()`: the Raft commit index this voter knows (an entry up to it will be
-        applied here: a change the stream holds from it is not a lost future's)."""
+        applied here: a change the stream holds from it is not a lost future's); None when
+        Raft's status cannot be read now (nothing is decided on it)."""
         self.bus = bus
         self.committed = committed
         self.change_kinds = frozenset(change_kinds)
@@ -169,18 +174,25 @@ class ChangeRelay:
         self.relayed, self._last_seq = complete, last_seq
 
     async def _lost_future(self, newest: Change) -> bool:
-        """Whether the stream's newest genuine change is beyond this database's history:
-        the database lacks it though it applied past the entry that made it, or that entry
-        is neither applied nor committed here `CATCH_UP` seconds on."""
+        """Whether the stream's newest genuine change is not of this database's history:
+        the database holds another change at its index; or it holds none there though it
+        applied past the entry that made it, or that entry is neither applied nor
+        committed here `CATCH_UP` seconds on."""
         deadline = time.monotonic() + CATCH_UP
         while self.is_leader():
             applied, last = await changelog.positions(self.reader)
-            # (changes dropped by retention were this history's too: all of them may be)
-            if newest.index <= max(last, await changelog.dropped(self.reader)):
-                return False
+            if newest.index <= last:
+                # The one change at its index, or the next (the one was dropped by
+                # retention, after it was relayed: this history's).
+                ours = await changelog.after(self.reader, newest.index - 1, 1)
+                return bool(ours) and ours[0].index == newest.index and not _same(newest, ours[0])
+            if newest.index <= await changelog.dropped(self.reader):
+                return False  # every change dropped was this history's, and relayed
             if newest.log_index <= applied:
                 return True
-            if newest.log_index > self.committed() and time.monotonic() > deadline:
+            committed = self.committed()  # None: Raft's status unknown now, decide nothing
+            late = time.monotonic() > deadline
+            if committed is not None and newest.log_index > committed and late:
                 return True
             await asyncio.sleep(IDLE * 5)  # a new leader still applying: wait for it
         return False
@@ -189,8 +201,9 @@ class ChangeRelay:
         """Empty the stream (a lost future's changes) and relay the database's anew."""
         applied, last = await changelog.positions(self.reader)
         log.warning(
-            "the change stream holds changes beyond this database's (a restore took it back "
-            "in time): emptying the stream; the changes from the database are relayed anew",
+            "the change stream holds changes of another history than this database's (a "
+            "restore took it back in time): emptying the stream; the changes from the "
+            "database are relayed anew",
             extra={
                 "stream_index": newest.index, "stream_log_index": newest.log_index,
                 "database_index": last, "applied": applied,
@@ -305,6 +318,15 @@ def _event(row: changelog.Row, captured: frozenset[str]) -> tuple[subjects.Subje
         kind_token = row.kind if _is_token(row.kind) else "unknown"
         change = _change(row, subjects.SKIPPED, kind_token, marker)
         return subjects.change(subjects.SKIPPED, kind_token), change
+
+
+def _same(change: Change, row: changelog.Row) -> bool:
+    """Whether `change` is what the relay published for `row` (the same index): another
+    history's change there differs in its entry, time, object or version. A `skipped`
+    marker names the row's kind and id only in its detail (shortened): not compared."""
+    if (change.log_index, change.ts, change.version) != (row.log_index, row.ts, row.version):
+        return False
+    return change.kind == subjects.SKIPPED or (change.kind, change.id) == (row.kind, row.id)
 
 
 def _change(row: changelog.Row, kind: str, id: str, detail: dict) -> Change:
