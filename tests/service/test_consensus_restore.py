@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from _voters import Voters, status
 
-from colony.consensus import snapshots
 from colony.harness.processes import poll
 from colony.shared import snapshot, subjects
 from colony.shared.bus import BusError, RemoteError
@@ -28,6 +27,7 @@ from colony.shared.messages import (
     decode,
     new_id,
 )
+from colony.shared.statedir import RESTORE_PENDING, RESTORE_SNAPSHOT
 
 VOTERS = ["v1", "v2", "v3"]
 
@@ -116,13 +116,13 @@ async def test_every_voter_restored_from_a_snapshot_starts_a_new_history_there(
 
     file = await download(bus, saved.name, tmp_path / "before.snapshot")
     for node in VOTERS:
-        (folder(voters, node) / snapshots.RESTORE).write_bytes(file.read_bytes())
+        (folder(voters, node) / RESTORE_SNAPSHOT).write_bytes(file.read_bytes())
         voters.start(node)
     leader = (await Cluster(bus, VOTERS).wait_leader(30)).node
     restored = [r for r in caplog.records if r.getMessage() == "restored from snapshot"]
     assert len(restored) == 3 and {r.index for r in restored} == {saved.header.index}
     for node in VOTERS:
-        assert not (folder(voters, node) / snapshots.RESTORE).exists()
+        assert not (folder(voters, node) / RESTORE_SNAPSHOT).exists()
     assert (await get(bus, leader, "k9")).value == "kept"
     assert (await get(bus, leader, "k10")).value is None
     # The new history goes on: writes commit, and reach the change stream (the lost future's
@@ -149,7 +149,7 @@ async def test_a_bad_snapshot_to_restore_stops_its_voter_and_leaves_its_files(
     spoilt = next(n for n in VOTERS if n != leader)
     await voters.stop(spoilt)
     truncated = (await download(bus, saved.name, tmp_path / "s.snapshot")).read_bytes()[:-10]
-    (folder(voters, spoilt) / snapshots.RESTORE).write_bytes(truncated)
+    (folder(voters, spoilt) / RESTORE_SNAPSHOT).write_bytes(truncated)
     before = {p.name: p.read_bytes() for p in folder(voters, spoilt).iterdir() if p.is_file()}
     voters.start(spoilt)
     stopped = await poll(lambda: _stopped(bus, spoilt), 20, "its status to say why it stopped")
@@ -175,7 +175,7 @@ async def test_a_voter_told_a_restore_is_coming_waits_for_it_and_says_so(
         saved = await save(bus, "v1")
         await put(bus, "v1", "k", "lost")
         await alone.stop("v1")
-        (folder(alone, "v1") / snapshots.PENDING).touch()
+        (folder(alone, "v1") / RESTORE_PENDING).touch()
         alone.start("v1")
 
         async def waiting() -> bool:
@@ -189,9 +189,9 @@ async def test_a_voter_told_a_restore_is_coming_waits_for_it_and_says_so(
 
         await poll(waiting, 20, "v1 to say it waits for a restore")
         file = await download(bus, saved.name, tmp_path / "s.snapshot")
-        file.rename(folder(alone, "v1") / snapshots.RESTORE)  # the CLI delivers it
+        file.rename(folder(alone, "v1") / RESTORE_SNAPSHOT)  # the CLI delivers it
         await Cluster(bus, ["v1"]).wait_leader(20)
         assert (await get(bus, "v1", "k")).value == "from the snapshot"
-        assert not (folder(alone, "v1") / snapshots.PENDING).exists()
+        assert not (folder(alone, "v1") / RESTORE_PENDING).exists()
     finally:
         await alone.stop_all()

@@ -47,6 +47,12 @@ PRIVATE_UMASK = 0o077
 """What the CLI and the supervisor run under: files 0600, folders 0700, for every child too."""
 OWN_ENTRIES = {"cluster.toml", "cluster.secret", "nodes"}
 """What `colony up` puts in a state dir's root."""
+RESTORE_SNAPSHOT = "restore.snapshot"
+"""In a node's consensus folder: the snapshot its voter restores at its next start (the CLI
+puts it there: `colony snapshot restore`, `colony up --restore`)."""
+RESTORE_PENDING = "restore.pending"
+"""In a node's consensus folder: a restore is on its way (`colony up --restore replica`); its
+voter waits for `RESTORE_SNAPSHOT` before it starts."""
 
 
 class StateDirError(Exception):

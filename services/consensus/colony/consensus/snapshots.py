@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -32,12 +33,10 @@ from colony.shared import snapshot, subjects
 from colony.shared.bus import Bus, BusError
 from colony.shared.config import ConsensusSettings
 from colony.shared.messages import SnapshotFetchRequest, SnapshotHeader
+from colony.shared.statedir import RESTORE_PENDING as PENDING
+from colony.shared.statedir import RESTORE_SNAPSHOT as RESTORE
 
 DATABASE = "management.db"
-RESTORE = "restore.snapshot"
-"""In the consensus folder: the snapshot to restore at the next start (the CLI puts it)."""
-PENDING = "restore.pending"
-"""In the consensus folder: a restore is on its way; wait for `RESTORE` before starting."""
 RESTORING = "restoring.db"
 """The restore's database, checked whole, before it replaces the replica's files."""
 SEED = "seed.snapshot"
@@ -57,10 +56,16 @@ def cluster_of(settings: ConsensusSettings, secret: bytes) -> str:
 
 
 def drop_replica(state_dir: Path, keep: set[str]) -> None:
-    """Delete the replica's files (database, journal, raft snapshot): every file of the
-    consensus folder but those named in `keep`."""
+    """Delete the replica's files (database, journal, raft snapshot) and folders (what
+    litestream keeps beside the database, `.management.db-litestream/`, a save's leftovers):
+    everything in the consensus folder but what `keep` names. Litestream's folder holds its
+    position in the old database's WAL: left there, it would describe a database that is gone."""
     for path in state_dir.iterdir():
-        if path.name not in keep and path.is_file():
+        if path.name in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
             path.unlink()
 
 
@@ -147,7 +152,9 @@ async def restore_at_start(
         log.warning("waiting for a restore", extra={"file": str(restore)})
         if waiting is not None:
             waiting()
-        while not restore.exists():  # noqa: ASYNC110 (the CLI writes it: nothing to await)
+        # The CLI writes the snapshot; a join (this node promoted: it starts from the
+        # leader, never from a restore) deletes the marker. Nothing to await either by.
+        while pending.exists() and not restore.exists():  # noqa: ASYNC110
             await asyncio.sleep(WAIT_POLL)
     if not restore.exists():
         return None
@@ -167,14 +174,27 @@ def _restore(state_dir: Path, cluster: str, keep: set[str]) -> SnapshotHeader:
     source, restoring = state_dir / RESTORE, state_dir / RESTORING
     header = snapshot.read_header(source)
     snapshot.check_fits(header, str(source), cluster)
+    check_term(header, str(source))
     # Checked whole (checksum, SQLite's check) before anything of the replica goes.
     snapshot.extract(source, restoring)
     drop_replica(state_dir, keep | {RESTORE, PENDING, RESTORING})
     os.replace(restoring, state_dir / DATABASE)
     # The marker goes last: a crash before it does the restore again, from the start.
     (state_dir / PENDING).unlink(missing_ok=True)
-    source.unlink()
+    source.unlink(missing_ok=True)  # (a join may have deleted it: it never restores)
     return header
+
+
+def check_term(header: SnapshotHeader, where: str) -> None:
+    """Refuse a snapshot of applied entries that does not say their term: the Raft log a
+    replica starts from it would begin at index 1, not at the snapshot's index, and every
+    entry up to there would be taken for a replay."""
+    if header.index > 0 and header.term <= 0:
+        raise snapshot.BadSnapshot(
+            f"{where} holds entries up to index {header.index} but no term for them (term "
+            f"{header.term}): its database never recorded the term it applied (meta "
+            "applied_term), so a Raft log cannot start from it; use a snapshot that says it"
+        )
 
 
 # --- seed ----------------------------------------------------------------------------
@@ -215,7 +235,9 @@ async def seed_from_replica(
 
 def _seed(path: Path, db: Path, cluster: str) -> SnapshotHeader:
     header = snapshot.read_header(path)
-    snapshot.check_fits(header, f"the replica snapshot {path}", cluster)
+    where = f"the replica snapshot {path}"
+    snapshot.check_fits(header, where, cluster)
     if header.index <= 0:
-        raise snapshot.BadSnapshot(f"the replica snapshot {path} holds no applied entry")
+        raise snapshot.BadSnapshot(f"{where} holds no applied entry")
+    check_term(header, where)
     return snapshot.extract(path, db)
