@@ -88,6 +88,7 @@ from colony.shared.messages import (
 )
 from colony.shared.runner import Context, Refused
 from colony.shared.signing import FRESH_FOR, BadSignature, read_secret, verify
+from colony.shared.statedir import RESTORE_PENDING, RESTORE_SNAPSHOT
 
 NO_QUORUM = 503
 """The refusal code of a proposal or read that could not be committed (retry later)."""
@@ -147,6 +148,9 @@ class ConsensusService:
         self._settings = ConsensusSettings()
         self._waiting = ""
         """What this voter waits for before it starts its replica ('' : nothing)."""
+        self._first_term = 0
+        """The Raft term the next replica starts at, at least (0: its log's): set by a
+        restore, whose new history must have terms above every one the lost history had."""
         self.kinds = kinds
         """The object kinds this voter applies (tests leave one out: an older version)."""
         self.replica: Replica | None = None
@@ -241,6 +245,7 @@ class ConsensusService:
             await link.stop()
             await self._refuse_to_start(str(e), "its database is another cluster's")
             return
+        self._first_term = 0  # the restored log started there: a later replica is new
         self.reader = await aiosqlite.connect(replica.machine.path)
         lease = LeaseTimers(settings.lease_ttl, settings.lease_renew, settings.lease_margin)
         self.role = role = ManagerRole(replica, ctx.bus, lease)
@@ -258,7 +263,7 @@ class ConsensusService:
         relay = ChangeRelay(
             ctx.bus, self.reader, lambda: replica.is_leader, replicas, secret,
             settings.change_stream_max_msgs, settings.change_stream_max_bytes,
-            self.kinds.change_kinds, lambda: _raft_status(replica).get("commit_index", 0),
+            self.kinds.change_kinds, lambda: _raft_status(replica).get("commit_index"),
         )  # fmt: skip
         placer = StreamKeeper(ctx.bus, self.me, lambda: replica.is_leader, lambda: replica.voters)
         reader = self.reader
@@ -293,15 +298,21 @@ class ConsensusService:
             self._waiting = "waiting for a restore (colony up --restore delivers it)"
 
         try:
-            await restore_at_start(
+            header = await restore_at_start(
                 state_dir, self.cluster, voter_role.voters() is not None,
                 {voter_role.file.name}, waiting,
             )  # fmt: skip
         except (snapshot.BadSnapshot, OSError) as e:
-            what = f"not restoring {state_dir / 'restore.snapshot'}: {e}"
+            what = f"not restoring {state_dir / RESTORE_SNAPSHOT}: {e}"
             await self._refuse_to_start(what, "its replica is left as it was")
         finally:
             self._waiting = ""
+        if header is not None:
+            # A new history: its terms go above every term the lost one reached (the
+            # manifest and elections then prefer it), later restores' higher still. Seconds
+            # since the epoch pass any term elections made; the log's two seeded entries
+            # keep the snapshot's term, only the current term jumps.
+            self._first_term = max(header.term, int(time.time()))
 
     async def _refuse_to_start(
         self, reason: str, what: str = "upgrade Colony on this node"
@@ -323,6 +334,11 @@ class ConsensusService:
         if self.replica is not None:
             return JoinReply(node=self.me, started=False)
         assert self._voter_role is not None
+        # A node promoted starts from the leader (or a seed), never from a restore: one left
+        # here (a standby's copy of `colony up --restore replica`) would, after a restart,
+        # put an old snapshot over the log this voter acknowledged. A pending wait ends too.
+        for marker in (RESTORE_SNAPSHOT, RESTORE_PENDING):
+            (self.state_dir / marker).unlink(missing_ok=True)
         self._voter_role.save(request.voters)
         self._seed_next = request.seed
         self._joined.set()
@@ -515,7 +531,7 @@ class ConsensusService:
 
 
 def _raft_status(replica: Replica) -> dict:
-    """`replica`'s status ({} if it keeps changing under the read)."""
+    """`replica`'s status ({} if it keeps changing under the read: unknown, not zeros)."""
     for _ in range(3):  # pysyncobj's thread may be mid-update of what status reads
         with contextlib.suppress(RuntimeError):
             return replica.status()
