@@ -4,12 +4,16 @@ fetches, and who replicates."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sqlite3
+from pathlib import Path
 from types import SimpleNamespace
 
+import msgspec
 import psutil
 import pytest
 from _snapshotter import Running, VoterDb, keep_writing, snapshotter_config
@@ -22,14 +26,17 @@ from colony.shared.bus import NoResponders, RemoteError
 from colony.shared.config import SnapshotterSettings
 from colony.shared.management import Management
 from colony.shared.messages import (
+    ConsensusStatus,
     KvPut,
     ReplicaPosition,
     ReplicationStatus,
     ReplicationStatusRequest,
     SnapshotFetchRequest,
+    VoterView,
     decode,
     encode,
 )
+from colony.shared.statedir import ProcessRecord
 from colony.snapshotter.service import Snapshotter
 
 NODE = "v1"
@@ -101,7 +108,7 @@ async def test_a_voter_replicates_to_its_bucket_and_a_fetch_restores_it(voter, b
         assert status.voter and status.replica is not None and status.replica.index == final
         assert psutil.Process(status.litestream_pid).name() == "litestream"
 
-        path = tmp_path / "fetched" / "seed.snapshot"
+        path = Path(config.node.dir) / "fetched" / "seed.snapshot"
         reply = await bus.request(
             subjects.snapshot_fetch(NODE), SnapshotFetchRequest(path=str(path)), timeout=30
         )
@@ -128,7 +135,7 @@ async def test_a_fetch_asking_for_more_than_any_replica_holds_is_refused(voter, 
     running = Running(config)
     try:
         await until_replica_holds(bus, 1)
-        path = tmp_path / "seed.snapshot"
+        path = Path(config.node.dir) / "seed.snapshot"
         request = SnapshotFetchRequest(path=str(path), min_index=1000)
         with pytest.raises(RemoteError, match=r"no healthy replica .* index 1000 or more"):
             await bus.request(subjects.snapshot_fetch(NODE), request, timeout=30)
@@ -149,7 +156,7 @@ async def test_a_file_target_gets_a_folder_per_node(nats_server, bus, tmp_path):
         await tasks.cancel(writing)
         entry = await until_replica_holds(bus, db.index)
         assert entry.replica_bytes > 0
-        path = tmp_path / "seed.snapshot"
+        path = Path(config.node.dir) / "seed.snapshot"
         reply = await bus.request(
             subjects.snapshot_fetch(NODE), SnapshotFetchRequest(path=str(path)), timeout=30
         )
@@ -231,7 +238,7 @@ async def test_a_replaced_database_is_replicated_from_a_snapshot_of_it(voter, bu
             return entry if entry and entry.healthy and entry.index == older_index else None
 
         await poll(back_to_older, 20, "the replica to hold the replaced database")
-        path = tmp_path / "after.snapshot"
+        path = Path(config.node.dir) / "after.snapshot"
         await bus.request(
             subjects.snapshot_fetch(NODE), SnapshotFetchRequest(path=str(path)), timeout=30
         )
@@ -258,7 +265,7 @@ async def test_a_real_voter_database_is_replicated_and_fetched_whole(nats_server
         snapshotter = Running(snapshotter_config(nats_server, "v1"))
         try:
             entry = await until_replica_holds(bus, meta["last_applied"])
-            path = tmp_path / "v1.snapshot"
+            path = nats_server.workdir / "v1" / "v1.snapshot"
             reply = await bus.request(
                 subjects.snapshot_fetch("v1"), SnapshotFetchRequest(path=str(path)), timeout=30
             )
@@ -350,3 +357,94 @@ async def test_a_voter_without_its_database_yet_leaves_its_last_entry_alone(nats
         assert await manifest_entry(bus) == before
     finally:
         assert await running.stop() == 0
+
+
+async def test_a_fetch_writes_only_inside_its_node_state_folder(voter, bus, tmp_path):
+    config, db = voter
+    db.write("a")
+    running = Running(config)
+    try:
+        await poll(lambda: status_of(bus), 10, "the snapshotter to serve")
+        inside = Path(config.node.dir)
+        for path in (tmp_path / "elsewhere.snapshot", inside / ".." / "v2" / "x.snapshot"):
+            request = SnapshotFetchRequest(path=str(path))
+            with pytest.raises(RemoteError, match="only inside this node's state folder") as e:
+                await bus.request(subjects.snapshot_fetch(NODE), request, timeout=10)
+            assert e.value.code == 400
+            assert not path.exists()
+    finally:
+        assert await running.stop() == 0
+
+
+def raft_status(role: str, voters: list[str]) -> ConsensusStatus:
+    return ConsensusStatus(
+        node=NODE, role=role, leader=NODE if role == "leader" else "v2", term=3,
+        commit_index=1, applied_index=1, has_quorum=True,
+        voters=[VoterView(node=v, connected=True) for v in voters],
+    )  # fmt: skip
+
+
+async def test_replicas_of_nodes_that_are_no_voters_are_never_fetched_and_marked_stale(
+    voter, bus, tmp_path
+):
+    """A lost history's replica (a higher term, a node no longer a voter) is passed over
+    by a fetch, and the leader's snapshotter marks it stale in the manifest."""
+    config, db = voter
+    said = {"status": raft_status("follower", [NODE, "v2"])}
+
+    async def consensus(msg) -> None:
+        await msg.respond(encode(said["status"]))
+
+    sub = await bus.nc.subscribe(subjects.consensus_status(NODE).name, cb=consensus)
+    for i in range(10):
+        db.write(f"k{i}")
+    running = Running(config)
+    try:
+        entry = await until_replica_holds(bus, db.index)
+        kv = await bus.js.key_value(subjects.REPLICAS_BUCKET)
+        # the same replica under another name: a fetch that picked it would succeed
+        gone = msgspec.structs.replace(entry, node="gone", term=99)
+        await kv.put("gone", encode(gone))
+        path = Path(config.node.dir) / "seed.snapshot"
+        reply = await bus.request(
+            subjects.snapshot_fetch(NODE), SnapshotFetchRequest(path=str(path)), timeout=30
+        )
+        assert reply.replica == NODE
+        assert (await manifest_entry(bus, "gone")).healthy  # a follower marks nothing
+
+        said["status"] = raft_status("leader", [NODE, "v2"])
+
+        async def marked() -> ReplicaPosition | None:
+            found = await manifest_entry(bus, "gone")
+            return found if found and not found.healthy else None
+
+        found = await poll(marked, 10, "the leader's snapshotter to mark the entry stale")
+        assert "not a voter any more" in found.problem and found.term == 99
+        assert (await manifest_entry(bus)).healthy  # its own entry stays as it was
+    finally:
+        await sub.unsubscribe()
+        assert await running.stop() == 0
+
+
+async def test_a_litestream_left_running_by_a_killed_snapshotter_is_killed_at_start(
+    nats_server, bus, tmp_path
+):
+    config = snapshotter_config(nats_server, "standby", voters=["someone-else"])
+    # not this test's child (as a leftover is not the new snapshotter's): its own group
+    starter = await asyncio.create_subprocess_exec(
+        "setsid", "sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!", stdout=asyncio.subprocess.PIPE
+    )
+    pid = int((await starter.communicate())[0])
+    try:
+        record = Path(config.node.dir) / "snapshotter" / "litestream.json"
+        record.parent.mkdir(parents=True)
+        found = ProcessRecord.of("litestream", pid, ["litestream", "replicate"])
+        record.write_bytes(msgspec.json.encode(found))
+        running = Running(config)
+        try:
+            await poll(lambda: _zombie(pid) and not record.exists(), 10, "the leftover killed")
+        finally:
+            assert await running.stop() == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -10,7 +10,10 @@ import os
 import shutil
 import signal
 import sqlite3
+import sys
 
+import msgspec
+import psutil
 import pytest
 from _snapshotter import Running, VoterDb, keep_writing, snapshotter_config
 
@@ -80,7 +83,7 @@ async def test_litestream_killed_is_restarted_and_a_restore_is_consistent(busy, 
     assert running.service.sidecar.pid not in (0, pid)
     mark = db.index
     await until(bus, "the replica past the kill", lambda e: e.healthy and e.index > mark)
-    applied = await fetched_is_consistent(bus, db, tmp_path / "after-kill.snapshot")
+    applied = await fetched_is_consistent(bus, db, db.path.parent / "after-kill.snapshot")
     assert applied > mark and entry.restarts == 1
 
 
@@ -102,7 +105,7 @@ async def test_an_unwritable_folder_is_reported_and_replication_resumes(busy, bu
     mark = db.index
     entry = await until(bus, "the replica healthy again", lambda e: e.healthy and e.index > mark)
     assert entry.index > stuck
-    assert await fetched_is_consistent(bus, db, tmp_path / "after.snapshot") > mark
+    assert await fetched_is_consistent(bus, db, db.path.parent / "after.snapshot") > mark
 
 
 async def test_a_deleted_bucket_is_reported_made_again_and_replication_resumes(busy, bus, tmp_path):
@@ -113,4 +116,53 @@ async def test_a_deleted_bucket_is_reported_made_again_and_replication_resumes(b
     assert "litestream" in entry.problem or "object store" in entry.problem
     mark = db.index
     await until(bus, "the replica healthy again", lambda e: e.healthy and e.index > mark)
-    assert await fetched_is_consistent(bus, db, tmp_path / "after.snapshot") > mark
+    assert await fetched_is_consistent(bus, db, db.path.parent / "after.snapshot") > mark
+
+
+SIDECAR = """
+import asyncio, logging, sqlite3, sys
+from pathlib import Path
+from colony.shared.config import SnapshotterSettings
+from colony.snapshotter import litestream
+
+async def main(folder):
+    sqlite3.connect(folder / "db").execute("CREATE TABLE t (x)")
+    config = folder / "litestream.yml"
+    litestream.write_config(config, litestream.render(
+        folder / "db", f"file://{folder}/replica", SnapshotterSettings()))
+    nothing = lambda *args: None
+    sidecar = litestream.Sidecar(config, logging.getLogger(), nothing, nothing, nothing,
+                                 record=folder / "litestream.json")
+    running = asyncio.create_task(sidecar.run())
+    while not sidecar.pid:
+        await asyncio.sleep(0.02)
+    print(sidecar.pid, flush=True)
+    await running
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+async def test_litestream_dies_with_a_snapshotter_killed_9(tmp_path):
+    """The parent-death signal: no litestream outlives its snapshotter (two writers on one
+    replica would corrupt it); the record it leaves names it for the next one to check."""
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SIDECAR, str(tmp_path), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(await asyncio.wait_for(parent.stdout.readline(), 20))
+        assert psutil.Process(child).name() == "litestream"
+        record = msgspec.json.decode((tmp_path / "litestream.json").read_bytes())
+        assert record["pid"] == child and record["pgid"] == child
+    finally:
+        parent.kill()
+        await parent.wait()
+    await poll(lambda: _gone(child), 10, "litestream to die with its parent")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -18,6 +18,7 @@ from colony.snapshotter.litestream import (
     shown,
 )
 from colony.snapshotter.position import Held, Tracker, log_time
+from colony.snapshotter.service import stale
 
 T0 = 1_800_000_000.0
 
@@ -109,7 +110,16 @@ def test_errors_make_it_unhealthy_until_an_upload_or_recovery():
 def test_targets():
     assert replica_url("nats", "v1", "nats://127.0.0.1:4222", "B") == "nats://127.0.0.1:4222/B"
     assert replica_url("file:///srv/replicas/", "v1", "", "B") == "file:///srv/replicas/v1"
-    assert replica_url("s3://bucket/colony", "v1", "", "B") == "s3://bucket/colony"
+    # one writer per path: each voter writes under its own prefix, a folder's or a bucket's
+    assert replica_url("s3://bucket/colony", "v1", "", "B") == "s3://bucket/colony/v1"
+    assert replica_url("s3://bucket/colony/", "v2", "", "B") == "s3://bucket/colony/v2"
+    assert replica_url("s3://bucket", "v1", "", "B") == "s3://bucket/v1"
+    assert (
+        replica_url("s3://k:s@bucket/p?endpoint=http://minio:9000&region=x", "v1", "", "B")
+        == "s3://k:s@bucket/p/v1?endpoint=http://minio:9000&region=x"
+    )
+    with pytest.raises(TargetError, match="name the bucket"):
+        replica_url("s3:///path", "v1", "", "B")
     with pytest.raises(TargetError, match="expected 'nats', 'file:///DIR' or 's3://"):
         replica_url("ftp://x", "v1", "", "B")
     with pytest.raises(TargetError, match="absolute path"):
@@ -144,6 +154,16 @@ def test_a_fetch_picks_the_freshest_healthy_replica_by_term_then_index():
     assert [e.node for e in choose(entries)] == ["d", "b", "a"]
     assert [e.node for e in choose(entries, min_index=45)] == ["a"]
     assert choose(entries, min_index=51) == []
+
+
+def test_a_fetch_never_picks_a_replica_of_a_node_that_is_no_voter_or_marked_stale():
+    # the lost history of a restored cluster: higher terms, on nodes no longer voters
+    entries = [entry("old", 9, 900), entry("gone", 8, 800), entry("v1", 3, 40), entry("v2", 3, 41)]
+    assert [e.node for e in choose(entries, voters={"v1", "v2"})] == ["v2", "v1"]
+    assert [e.node for e in choose(entries)] == ["old", "gone", "v2", "v1"]
+    marked = [stale(e) if e.node in ("old", "gone") else e for e in entries]
+    assert [e.node for e in choose(marked)] == ["v2", "v1"]
+    assert stale(entries[0]).problem.startswith("not a voter any more")
 
 
 def test_the_node_nats_credentials_and_tls_go_to_a_nats_replica(tmp_path):

@@ -24,9 +24,20 @@ KEY = "replica.db"
 """The database path the restore config names: litestream's key for the replica."""
 
 
-def choose(entries: list[ReplicaPosition], min_index: int = 0) -> list[ReplicaPosition]:
-    """The healthy replicas holding `min_index` or more, freshest (term, index) first."""
-    usable = [e for e in entries if e.healthy and e.index >= min_index and e.index > 0]
+def choose(
+    entries: list[ReplicaPosition], min_index: int = 0, voters: set[str] | None = None
+) -> list[ReplicaPosition]:
+    """The healthy replicas holding `min_index` or more, freshest (term, index) first;
+    only the `voters`' when they are known (another node's replica is no longer updated,
+    and may hold a history a restore replaced: never the one to start from)."""
+    usable = [
+        e
+        for e in entries
+        if e.healthy
+        and e.index >= min_index
+        and e.index > 0
+        and (voters is None or e.node in voters)
+    ]
     return sorted(usable, key=lambda e: (e.term, e.index, e.synced_at), reverse=True)
 
 

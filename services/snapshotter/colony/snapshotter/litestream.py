@@ -23,24 +23,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 import yaml
 
 from colony.shared.config import NatsSettings, SnapshotterSettings
+from colony.shared.statedir import ProcessRecord
 
 BINARY = "litestream"
 STOP_GRACE = 2.0
 """Seconds litestream gets to exit after SIGTERM (its last sync) before SIGKILL: inside
 the runner's shutdown grace."""
 PR_SET_PDEATHSIG = 1
+KILL_WAIT = 5.0
+"""Seconds a leftover litestream gets to be gone after SIGKILL."""
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 STEADY = 60.0
 """Seconds of running after which an exit starts the backoff from the beginning again."""
@@ -68,7 +74,11 @@ def replica_url(target: str, node: str, nats_server: str, bucket: str) -> str:
             raise TargetError(f"snapshotter.target {target!r}: give an absolute path (file:///DIR)")
         return f"file://{folder.rstrip('/')}/{node}"
     if target.startswith("s3://"):
-        return target
+        # one writer per replica path, as for a folder: each voter its own prefix
+        parts = urlsplit(target)
+        if not parts.netloc:
+            raise TargetError(f"snapshotter.target {target!r}: name the bucket (s3://BUCKET/PATH)")
+        return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{node}"))
     raise TargetError(
         f"snapshotter.target {target!r}: expected 'nats', 'file:///DIR' or 's3://BUCKET/PATH'"
     )
@@ -193,8 +203,11 @@ class Sidecar:
         on_event: Callable[[dict], None],
         on_exit: Callable[[str], None],
         on_start: Callable[[], None],
+        record: Path | None = None,
     ) -> None:
         self.config = config
+        self.record = record
+        """Where the running litestream's ProcessRecord is kept (`kill_leftover`)."""
         self.log = log
         self.on_event = on_event
         self.on_exit = on_exit
@@ -239,14 +252,31 @@ class Sidecar:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopped whole
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
         self.log.info("litestream started", extra={"pid": self.process.pid})
+        self._write_record()
         self.on_start()
         assert self.process.stdout is not None
         async for raw in self.process.stdout:
             self._line(raw.decode(errors="replace").strip())
-        return await self.process.wait()
+        code = await self.process.wait()
+        self._remove_record()
+        return code
+
+    def _write_record(self) -> None:
+        assert self.process is not None
+        if self.record is None:
+            return
+        found = ProcessRecord.of("litestream", self.process.pid, [binary(), "replicate"])
+        if found is not None:
+            temporary = self.record.with_suffix(".tmp")
+            temporary.write_bytes(msgspec.json.encode(found))
+            temporary.replace(self.record)
+
+    def _remove_record(self) -> None:
+        if self.record is not None:
+            self.record.unlink(missing_ok=True)
 
     def _line(self, text: str) -> None:
         if not text:
@@ -280,10 +310,42 @@ class Sidecar:
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+            self._remove_record()
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM it when the snapshotter dies (even by SIGKILL), so no
-    litestream is left writing a replica that a new one will write too."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def kill_leftover(record: Path) -> ProcessRecord | None:
+    """SIGKILL the litestream an earlier snapshotter of this node left running (killed
+    -9 before its child got the parent-death signal, or before prctl took effect): two
+    writers on one replica would corrupt it. Returns what was killed (None: nothing)."""
+    try:
+        leftover = msgspec.json.decode(record.read_bytes(), type=ProcessRecord)
+    except FileNotFoundError:
+        return None
+    except (OSError, msgspec.DecodeError):
+        record.unlink(missing_ok=True)  # unreadable: nothing can be checked against it
+        return None
+    killed = None
+    if leftover.alive():  # this very process (its start time), not a reused pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(leftover.pgid, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_WAIT
+        while leftover.alive() and time.monotonic() < deadline:  # a zombie counts as gone
+            time.sleep(0.02)
+        killed = leftover
+    record.unlink(missing_ok=True)
+    return killed
+
+
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+"""Looked up here, in the parent: the child between fork and exec runs only the call."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, between fork and exec: SIGKILL it when the snapshotter dies (even by
+    SIGKILL). Not SIGTERM: litestream's last sync could hang, and meanwhile a new
+    snapshotter's litestream would write the same replica. Nothing but the prctl call
+    here (the snapshotter has threads: a lock held by one of them stays held in the
+    child)."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the prctl: no signal will come
+        os._exit(1)

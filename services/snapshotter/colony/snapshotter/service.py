@@ -29,11 +29,15 @@ import sqlite3
 import time
 from pathlib import Path
 
+import msgspec
 import nats.js.errors
 from nats.js.api import KeyValueConfig, ObjectStoreConfig
 
-from colony.shared import snapshot, subjects, tasks
+from colony.shared import snapshot, statedir, subjects, tasks
+from colony.shared.bus import BusError
 from colony.shared.messages import (
+    ConsensusStatus,
+    ConsensusStatusRequest,
     ReplicaPosition,
     ReplicationStatus,
     ReplicationStatusRequest,
@@ -54,6 +58,10 @@ LOOK_EVERY = 1.0
 """Seconds between looks at the replica bucket (while it is missing or unhealthy)."""
 TICK = 0.1
 """Seconds between reads of the database's position (and checks of the role)."""
+LITESTREAM_RECORD = "litestream.json"
+"""In the snapshotter's folder: the running litestream's process record (pid, start time)."""
+STATUS_TIMEOUT = 2.0
+"""Seconds this node's consensus gets to say who the voters are."""
 BEHIND = 30.0
 """Seconds changes may wait for the replica (beyond 10 sync intervals) before it is
 reported unhealthy even without an error from litestream."""
@@ -81,6 +89,13 @@ class Snapshotter:
         self.db = self.consensus / "management.db"
         self.own = Path(node.dir) / "snapshotter"
         self.own.mkdir(parents=True, exist_ok=True)
+        self.state = await asyncio.to_thread(Path(node.dir).resolve)
+        leftover = await asyncio.to_thread(litestream.kill_leftover, self.own / LITESTREAM_RECORD)
+        if leftover is not None:
+            ctx.log.warning(
+                "killed a litestream left running by an earlier snapshotter",
+                extra={"pid": leftover.pid},
+            )
         self.bucket = subjects.replica_bucket(self.me)
         try:
             self.url = litestream.replica_url(
@@ -100,6 +115,7 @@ class Snapshotter:
                 await asyncio.sleep(TICK)
         finally:
             await self._stop()
+            await tasks.cancel(self._marking)
             reader.close()
 
     async def _step(self, reader: _Reader) -> None:
@@ -141,6 +157,12 @@ class Snapshotter:
                 )
             if await self._report(entry):
                 self.reported, self.last_report = (health if self.voter else None), now
+        marking = self._marking is not None and not self._marking.done()
+        due = time.monotonic() - self._marked_at >= self.settings.report_interval
+        if self.voter and due and not marking:
+            # beside the loop: consensus may be slow to answer
+            self._marked_at = time.monotonic()
+            self._marking = asyncio.create_task(self._mark_stale(), name="mark-stale")
         if self.running is not None and time.monotonic() - self._swept_at >= SWEEP_EVERY:
             self._swept_at = time.monotonic()
             await self._sweep()
@@ -174,6 +196,7 @@ class Snapshotter:
             on_event=self.tracker.line,
             on_exit=self.tracker.failed,
             on_start=self.tracker.restarted,
+            record=self.own / LITESTREAM_RECORD,
         )
         self.ctx.log.info(
             "replicating the management database",
@@ -289,6 +312,60 @@ class Snapshotter:
             self.ctx.log.info(f"made {what}", extra={"replicas": replicas})
             return made
 
+    # --- the voters -----------------------------------------------------------------
+
+    async def _raft(self) -> ConsensusStatus | None:
+        """This node's consensus's view of the Raft group (None: it runs no replica now,
+        or does not answer)."""
+        try:
+            status = await self.ctx.bus.request(
+                subjects.consensus_status(self.me), ConsensusStatusRequest(), STATUS_TIMEOUT
+            )
+        except BusError:
+            return None
+        return status if status.role != "standby" and status.voters else None
+
+    async def _voters(self) -> set[str] | None:
+        """Whose replicas belong to the current history (None: not known here; the
+        manifest's health marks decide). The Raft group as this node's consensus sees it;
+        else a joining voter's role.json (the voters the leader named just now), unless a
+        restore is pending (the whole cluster comes back: role.json may be older than the
+        group was)."""
+        status = await self._raft()
+        if status is not None:
+            return {voter.node for voter in status.voters}
+        if (self.consensus / statedir.RESTORE_PENDING).exists():
+            return None
+        try:
+            role = json.loads((self.consensus / "role.json").read_text())
+        except (OSError, ValueError):
+            return None
+        voters = role.get("voters") if isinstance(role, dict) and role.get("voter") else None
+        return set(voters) if isinstance(voters, list) and voters else None
+
+    _marked_at = 0.0
+    _marking: asyncio.Task[None] | None = None
+
+    async def _mark_stale(self) -> None:
+        """On the Raft leader: mark the manifest entries of nodes that are no voters any
+        more (removed, retired, replaced after dying) unhealthy, so no fetch restores a
+        replica nobody updates (after a restore: one of a lost history)."""
+        status = await self._raft()
+        if status is None or status.role != "leader" or not status.has_quorum:
+            return
+        voters = {voter.node for voter in status.voters}
+        try:
+            entries = await self._entries()
+            kv = await self._manifest()
+            for entry in entries:
+                if entry.node in voters or not entry.healthy:
+                    continue
+                await kv.put(entry.node, encode(stale(entry)))
+                self.ctx.log.info("a replica of a node that is no voter marked stale",
+                                  extra={"replica": entry.node, "index": entry.index})  # fmt: skip
+        except Exception as e:  # the manifest unavailable: next time
+            self.ctx.log.debug("stale replicas not marked", extra={"reason": repr(e)})
+
     # --- the manifest ---------------------------------------------------------------
 
     def position(self, now: float) -> ReplicaPosition | None:
@@ -322,14 +399,14 @@ class Snapshotter:
     def _retired(self) -> ReplicaPosition:
         """The last word of a node that is no voter any more: its replica is stale."""
         held = self.tracker.position()
-        return ReplicaPosition(
-            node=self.me,
-            target=litestream.shown(self.url),
-            index=held.index,
-            term=held.term,
-            synced_at=self.tracker.synced_at,
-            healthy=False,
-            problem="not a voter any more: this replica is no longer updated",
+        return stale(
+            ReplicaPosition(
+                node=self.me,
+                target=litestream.shown(self.url),
+                index=held.index,
+                term=held.term,
+                synced_at=self.tracker.synced_at,
+            )
         )
 
     async def _report(self, entry: ReplicaPosition) -> bool:
@@ -389,9 +466,14 @@ class Snapshotter:
         out = Path(request.path)
         if not out.is_absolute():
             raise Refused(400, f"{request.path!r}: give an absolute path")
-        candidates = choose(await self._entries(), request.min_index)
+        if not await asyncio.to_thread(inside, out, self.state):
+            raise Refused(400, f"{request.path!r}: a fetch writes only inside this node's "
+                          f"state folder {self.state}")  # fmt: skip
+        voters = await self._voters()
+        candidates = choose(await self._entries(), request.min_index, voters)
         if not candidates:
-            raise Refused(404, "no healthy replica in the manifest holds index "
+            among = f" among the voters {sorted(voters)}" if voters is not None else ""
+            raise Refused(404, f"no healthy replica in the manifest{among} holds index "
                           f"{request.min_index} or more")  # fmt: skip
         failures = []
         for entry in candidates:
@@ -430,6 +512,18 @@ class Snapshotter:
             bucket = target.rsplit("/", 1)[-1]
             return litestream.replica_url("nats", self.me, self.ctx.config.nats.servers[0], bucket)
         return target
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` (symbolic links followed, '..' resolved) is inside `folder`."""
+    return path.resolve().is_relative_to(folder)
+
+
+def stale(entry: ReplicaPosition) -> ReplicaPosition:
+    """`entry` marked as the replica of a node that is no voter any more."""
+    return msgspec.structs.replace(
+        entry, healthy=False, problem="not a voter any more: this replica is no longer updated"
+    )
 
 
 class _Reader:
