@@ -140,3 +140,68 @@ async def test_a_voter_refuses_to_open_another_clusters_database(group, tmp_path
         await group.start("v1")
     assert (tmp_path / "v1" / "management.db").read_bytes() == before
     assert not (tmp_path / "v1" / "raft.journal").exists()
+
+
+async def test_voters_restored_with_a_first_term_start_their_history_above_it(group, tmp_path):
+    for node in VOTERS:
+        await group.start(node)
+    await group.applied_everywhere(await group.write(0, 500))
+    header = save(group.voters["v1"], tmp_path / "v1.snapshot")
+    await group.stop_all()
+    for node in VOTERS:
+        for path in (tmp_path / node).iterdir():
+            path.unlink()
+        snapshot.extract(tmp_path / "v1.snapshot", tmp_path / node / "management.db")
+
+    first_term = 1_700_000_000  # what a restore passes: above every earlier history's terms
+    for node in VOTERS:
+        assert (await group.start(node, first_term=first_term)).replica.seeded_at == header.index
+    chief = await group.chief()
+    assert chief.replica.term > first_term
+    last = await group.write(500, 300)
+    await group.applied_everywhere(last)
+    for voter in group.voters.values():
+        assert voter.replica.machine.applied_term > first_term  # the new history's entries
+        assert voter.replica.machine.read("k799") == ("v799", 1)
+    await poll(lambda: all(map(seeded_markers_gone, group.voters.values())), 10,
+               "every voter to compact its seed markers away")  # fmt: skip
+    digests = await group.digests()
+    assert len(set(digests.values())) == 1, digests
+
+
+async def test_a_seeded_leader_sends_its_seed_snapshot_to_a_follower_lacking_its_last_entry(
+    group, tmp_path
+):
+    for node in VOTERS:
+        await group.start(node)
+    await group.applied_everywhere(await group.write(0, 500))
+    chief = await group.chief()
+    behind = next(node for node, voter in group.voters.items() if voter is not chief)
+    up = [node for node in VOTERS if node != behind]
+    lacks = group.voters[behind].raft.journal[-1][1] + 1  # no write in flight: it holds all
+    await group.stop(behind)
+    seeded = await group.write(500, 50)  # one entry: the one `behind` lacks
+    assert seeded == lacks
+    assert save(chief, tmp_path / "seed.snapshot").index == seeded
+    snapshot.extract(tmp_path / "seed.snapshot", tmp_path / "v4" / "management.db")
+
+    new = await group.start("v4", [*VOTERS, "v4"])
+    assert new.replica.seeded_at == seeded
+    new.raft._seed_compaction = True  # it keeps its markers: it leads before it compacts
+    await chief.replica.add_voter("v4")
+    assert await chief.replica.transfer_leadership("v4", patience=5)
+    await poll(lambda: group.leader([*up, "v4"]) == "v4", 10, "v4 to lead")
+    term = new.replica.term
+    assert new.raft.journal[1] == (SEED_COMMAND, seeded, new.raft.journal[1][2])
+
+    back = await group.start(behind, [*VOTERS, "v4"])
+    last = await group.write(600, 100)  # every voter, `behind` too, names v4 leader
+    await group.applied_everywhere(last)
+    assert back.snapshots_received >= 1  # the seed snapshot: its log lacked entry N
+    assert back.replica.machine.read("k549") == ("v549", 1)
+    assert (new.replica.term, group.leader()) == (term, "v4")  # no election on the way
+    new.raft._seed_compaction = False
+    await poll(lambda: all(map(seeded_markers_gone, group.voters.values())), 10,
+               "every voter to compact its seed markers away")  # fmt: skip
+    digests = await group.digests()
+    assert len(set(digests.values())) == 1, digests

@@ -129,6 +129,25 @@ def test_a_folder_with_only_a_database_starts_its_log_at_the_applied_index(tmp_p
     assert seed_log(tmp_path, machine, ["v1"], "v1") == 0  # a journal: the log is as it is
 
 
+@pytest.mark.parametrize("first_term, current", [(1_000_000, 1_000_000), (2, 3)])
+def test_a_seeded_log_campaigns_from_at_least_the_first_term(tmp_path, first_term, current):
+    machine = Machine(tmp_path / "management.db", cluster=CLUSTER)
+    for index in range(2, 12):
+        machine.apply(index, put(f"k{index}"), 3)
+    assert seed_log(tmp_path, machine, ["v1"], "v1", first_term=first_term) == 11
+    journal = FileJournal(str(tmp_path / "raft.journal"))
+    try:
+        assert journal.getCurrentTerm() == current
+        assert [journal[i] for i in range(len(journal))] == [  # the entries' own term
+            (SEED_COMMAND, 10, 3),
+            (SEED_COMMAND, 11, 3),
+        ]
+    finally:
+        journal._destroy()
+    last, _previous, _voters = frames.loads(snapshot.read_header(tmp_path / "raft.snapshot").raft)
+    assert last == (SEED_COMMAND, 11, 3)
+
+
 def test_no_seed_without_a_database_or_its_term(tmp_path):
     empty = Machine(tmp_path / "a" / "management.db")
     assert seed_log(tmp_path / "a", empty, ["v1"], "v1") == 0
@@ -155,11 +174,34 @@ def frame(prev: int, prev_term: int, entries: list) -> dict:
     }
 
 
-@pytest.mark.parametrize("held", [9, 10], ids=["lacks the entry", "holds the real entry"])
-def test_a_frame_with_a_marker_is_dropped_by_a_follower_without_it(held):
-    log = REAL[:held]
+def test_a_frame_that_would_append_a_marker_is_dropped():
     message = frame(9, 2, [SEEDED[1], (b"c11", 11, 3)])
-    assert screen_append(log, held, 3, message) is None
+    assert screen_append(REAL[:9], 9, 3, message) is None  # it lacks entry 10
+    other_term = [*REAL[:9], (b"c10", 10, 1)]  # entry 10 in another (uncommitted) term
+    assert screen_append(other_term, 9, 3, message) is None
+
+
+def test_a_marker_for_an_entry_held_in_its_term_is_skipped_not_dropped():
+    message = frame(9, 2, [SEEDED[1], (b"c11", 11, 3)])
+    screened = screen_append(REAL, 10, 3, message)
+    assert screened is not None
+    assert (screened["prevLogIdx"], screened["prevLogTerm"]) == (10, 2)
+    assert screened["entries"] == [(b"c11", 11, 3)]
+
+
+def test_the_marker_before_the_first_does_not_count_as_a_conflict():
+    # entry 9 was committed in term 1; the leader's marker 9 carries entry 10's term (2)
+    log = [*REAL[:8], (b"c9", 9, 1), (b"c10", 10, 2)]
+    message = frame(9, 2, [SEEDED[1], (b"c11", 11, 3)])
+    screened = screen_append(log, 10, 3, message)  # no LogConflict: it matches at 10
+    assert screened is not None and screened["entries"] == [(b"c11", 11, 3)]
+
+
+def test_a_frame_with_a_marker_that_pysyncobj_refuses_is_passed_on():
+    # the log ends before the frame's previous entry: pysyncobj answers where it ends
+    # (nothing is appended), so the leader learns to send its seed snapshot
+    message = frame(9, 2, [SEEDED[1], (b"c11", 11, 3)])
+    assert screen_append(REAL[:5], 5, 3, message) is message
 
 
 def test_a_seeded_follower_takes_frames_after_the_markers_it_holds():

@@ -55,12 +55,13 @@ class Group:
         self.workdir = workdir
         self.voters: dict[str, Voter] = {}
 
-    async def start(self, node: str, voters: list[str] = VOTERS) -> Voter:
+    async def start(self, node: str, voters: list[str] = VOTERS, first_term: int = 0) -> Voter:
         bus = await connect(NatsSettings(servers=[self.url], ping_interval=1.0), node)
         link = Link(bus.nc, node, voters, SECRET)
         await link.start()
         try:
-            replica = Replica(node, voters, self.workdir / node, link, Timers(), cluster=CLUSTER)
+            replica = Replica(node, voters, self.workdir / node, link, Timers(), cluster=CLUSTER,
+                              first_term=first_term)  # fmt: skip
         except BaseException:
             await link.stop()
             await bus.close()

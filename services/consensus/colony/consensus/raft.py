@@ -56,6 +56,7 @@ from pysyncobj.journal import FileJournal
 from pysyncobj.node import Node
 
 from colony.consensus import frames
+from colony.consensus.keeper import membership_change
 from colony.consensus.kinds import REGISTRY
 from colony.consensus.kinds.kind import Registry
 from colony.consensus.machine import (
@@ -95,6 +96,9 @@ _LEADER = 2
 """pysyncobj's leader state."""
 NO_QUORUM_CHECK = 0.1
 """Seconds between checks, while an entry waits, that a majority is still reachable."""
+STATUS_TRIES = 5
+"""Reads of pysyncobj's status before giving up: its thread may change what it reads
+(a RuntimeError: a dict changed size), rarely twice in a row."""
 
 log = logging.getLogger("colony.consensus.raft")
 
@@ -154,14 +158,18 @@ replica never holds (its database has their effects). pysyncobj's no-op type byt
 were one ever applied, it would do nothing; but none is (`screen_append`)."""
 
 
-def seed_log(state_dir: Path, machine: Machine, voters: list[str], me: str) -> int:
+def seed_log(
+    state_dir: Path, machine: Machine, voters: list[str], me: str, first_term: int = 0
+) -> int:
     """Start the Raft log of a replica folder that holds only a database (restored or
     seeded from a snapshot: no journal) at the database's last applied index N: write a
     snapshot whose last entries are (SEED_COMMAND, N-1, T) and (SEED_COMMAND, N, T), T
     the term of entry N, with the cluster of `voters`, and a journal holding the same
-    two entries, committed, in term T (so a new leader's term is above T). Returns N,
-    or 0 if the log starts as it is (a journal exists, or nothing was applied, or the
-    database does not know its term: it then catches up from the leader)."""
+    two entries, committed, its current term max(T, `first_term`) (so a new leader's
+    term is above it: a restore passes a term above every earlier history's, and its
+    first new entry outranks any entry of that history). Returns N, or 0 if the log
+    starts as it is (a journal exists, or nothing was applied, or the database does not
+    know its term: it then catches up from the leader)."""
     journal_path = state_dir / JOURNAL
     index, term = machine.last_applied, machine.applied_term
     if journal_path.exists() or index < 2:
@@ -186,13 +194,19 @@ def seed_log(state_dir: Path, machine: Machine, voters: list[str], me: str) -> i
     journal.add(*previous)
     journal.add(*last)
     journal.setRaftCommitIndex(index)
-    journal.setCurrentTerm(term, None)  # stores the commit index too
+    # The entries keep their real term T; only the term to campaign from jumps.
+    journal.setCurrentTerm(max(term, first_term), None)  # stores the commit index too
     journal._destroy()  # flushed and closed
     os.replace(f"{seeding}.meta", f"{journal_path}.meta")
     os.replace(seeding, journal_path)
     log.info(
         "the Raft log starts at the database's applied index",
-        extra={"index": index, "term": term, "seconds": round(time.perf_counter() - began, 3)},
+        extra={
+            "index": index,
+            "term": term,
+            "current_term": max(term, first_term),
+            "seconds": round(time.perf_counter() - began, 3),
+        },
     )
     return index
 
@@ -243,15 +257,6 @@ def screen_append(
         return message  # pysyncobj ignores an earlier term's; a snapshot install cuts nothing
     first, last = journal[0][1], journal[-1][1]
     entries = message.get("entries") or []
-    for command, index, _term in entries:
-        if command == SEED_COMMAND and not (
-            first <= index <= last and journal[index - first][0] == SEED_COMMAND
-        ):
-            # A seeded leader's marker for an entry this log lacks or holds for real: it
-            # must not be applied, and its term stands for the entry's only, not the one
-            # before it (prevLogTerm). The leader steps back, and sends a snapshot once its
-            # log is compacted past the markers.
-            return None
     if "transmission" in message:
         # One entry too large for a frame, sent in pieces: Colony's entries never are
         # (machine.MAX_ENTRY_BYTES), so refuse any that would cut this log, unchecked.
@@ -262,7 +267,14 @@ def screen_append(
     def term_at(index: int) -> int:
         return journal[index - first][2]
 
-    if term_at(prev) != message["prevLogTerm"]:
+    if entries and entries[0][0] == SEED_COMMAND:
+        # A seeded leader's first marker (N) follows its other (N-1), whose term stands for
+        # entry N's, not N-1's: prevLogTerm cannot be compared. Entry N's term is its own:
+        # a log holding N in that term is the leader's up to N (log matching).
+        _command, index, term = entries[0]
+        if index > last or term_at(index) != term:
+            return None  # it would append the marker (see below)
+    elif term_at(prev) != message["prevLogTerm"]:
         if prev <= commit_index:
             raise LogConflict(_conflict(prev, term_at(prev), message["prevLogTerm"], message))
         return message  # pysyncobj refuses it; the leader steps back
@@ -273,10 +285,16 @@ def screen_append(
         held += 1
     verified = entries[held - 1][1] if held else prev  # this log is the leader's up to here
     new = entries[held:]
-    if new and new[0][1] <= last:  # a real conflict: pysyncobj cuts the log from there
-        if new[0][1] <= commit_index:
-            raise LogConflict(_conflict(new[0][1], term_at(new[0][1]), new[0][2], message))
-    elif verified < last:
+    if new and new[0][1] <= last and new[0][1] <= commit_index:  # a real conflict
+        raise LogConflict(_conflict(new[0][1], term_at(new[0][1]), new[0][2], message))
+    if any(command == SEED_COMMAND for command, _index, _term in new):
+        # A seeded leader's marker for an entry this log lacks: it would be applied here
+        # as if it were that entry. Dropped: the leader sends such a follower its seed
+        # snapshot instead (`_Replica._send_seed_snapshot`); a frame that only repeats a
+        # marker (same index and term) this log holds, as marker or real entry, passes.
+        return None
+    # (A real conflict with an uncommitted entry: pysyncobj cuts the log from there.)
+    if not new and verified < last:
         # Nothing new, and this log goes further than the frame knows (it is delayed, or
         # repeats what a later one sent): pysyncobj would cut entries already acknowledged.
         return None
@@ -306,7 +324,9 @@ class _Replica(SyncObj):
         link: Link,
         on_apply: OnApply,
         apply_budget: float,
+        owner: Replica,
     ) -> None:
+        owner._raft = self  # before pysyncobj starts: its thread may call the snapshot hooks
         self._machine = machine
         self._on_apply = on_apply  # set before pysyncobj starts: it may apply at once
         self._apply_budget = apply_budget
@@ -320,6 +340,18 @@ class _Replica(SyncObj):
         self._flushed_shape: tuple[int, int, int] | None = None
         self._seed_compaction = False
         """Whether the compaction that removes a seeded log's markers was asked for."""
+        self.saved_inode: int | None = None
+        """The inode of the compaction snapshot just written under a temporary name, until
+        pysyncobj renames it (`_keep_saved`)."""
+        self.removed_in_log: frozenset[str] = frozenset()
+        """The voters a removal ('rem') entry in the log removes, as of the end of the
+        last tick (`_track_log`): replaced whole, so any thread may read it."""
+        self.log_entries = 0
+        """Entries in the log as of the end of the last tick (read mid-compaction, the
+        journal's own length is not: it is rebuilt)."""
+        self._removals: dict[int, str] = {}
+        self._tracked: tuple[int, int] | None = None
+        """(index, term) of the last log entry `_track_log` read."""
         transport = functools.partial(
             NatsTransport, link=link, screen=self._screen, make_durable=self.flush_journal
         )
@@ -351,9 +383,65 @@ class _Replica(SyncObj):
         # tick: what it appended since the last flush must be on disk before that.
         self.flush_journal()
         self._compact_seed()
+        self._send_seed_snapshot()
         if self.raftLastApplied < self.raftCommitIndex:
             timeToWait = 0.0  # committed entries the last tick left: no idling
         super()._onTick(timeToWait)
+        self._keep_saved()
+        self._track_log()
+
+    def _send_seed_snapshot(self) -> None:
+        """While a seeded leader's log starts with its markers (N-1, N), a follower whose
+        next entry is N would be sent marker N, which it drops (`screen_append`): no
+        answer, and it campaigns. It is sent the seed snapshot instead (pysyncobj sends
+        the snapshot to a follower whose next entry is not after its log's first)."""
+        journal = self.journal
+        if len(journal) < 2 or journal[1][0] != SEED_COMMAND or not self._isLeader():
+            return
+        first, seeded = journal[0][1], journal[1][1]
+        next_index = self._SyncObj__raftNextIndex
+        for node, index in list(next_index.items()):
+            if first < index <= seeded:
+                next_index[node] = first
+
+    def _keep_saved(self) -> None:
+        """Give the compaction snapshot written this tick the second name KEPT, once
+        pysyncobj renamed it into place (not before: after a crash between the two, the
+        kept file would be ahead of the log)."""
+        inode, self.saved_inode = self.saved_inode, None
+        if inode is None:
+            return
+        path = Path(self._getConf().fullDumpFile)
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_ino == inode:  # else the rename failed: the old one stays
+                _keep(path)
+
+    def _track_log(self) -> None:
+        """Bring `removed_in_log` and `log_entries` up to date with the log: read the
+        entries appended since the last tick, forget the ones compacted away, and read it
+        all again after it was cut or replaced (a conflict, a snapshot installed)."""
+        journal = self.journal
+        self.log_entries = len(journal)
+        if not journal:
+            return
+        first, last = journal[0][1], journal[-1][1]
+        tracked = self._tracked
+        if tracked is not None and first <= tracked[0] <= last:
+            if journal[tracked[0] - first][2] != tracked[1]:
+                tracked = None  # cut and appended again since
+        else:
+            tracked = None
+        if tracked is None:
+            self._removals = {}
+        scan_from = first if tracked is None else tracked[0] + 1
+        removals = {i: node for i, node in self._removals.items() if first <= i <= last}
+        for command, index, _term in (journal[i - first] for i in range(scan_from, last + 1)):
+            change = membership_change(command)
+            if change is not None and change[0] == "rem":
+                removals[index] = change[1]
+        self._removals = removals
+        self._tracked = (last, journal[-1][2])
+        self.removed_in_log = frozenset(removals.values())
 
     def _compact_seed(self) -> None:
         """A seeded log (`seed_log`) is compacted once two entries past its markers are
@@ -457,13 +545,16 @@ class Replica:
         on_apply: OnApply = lambda _seconds: None,
         kinds: Registry = REGISTRY,
         cluster: str = "",
+        first_term: int = 0,
     ) -> None:
         """`cluster`: the cluster's id ('' : not checked); a database of another cluster
-        raises ForeignDatabase (machine.py), a newer Colony's schema.TooNew."""
+        raises ForeignDatabase (machine.py), a newer Colony's schema.TooNew. `first_term`:
+        the least Raft term a log started from the database (`seed_log`) campaigns from
+        (after a restore: above every term of the history it replaces)."""
         self.me = me
         self.machine = Machine(state_dir / "management.db", kinds, cluster)
         try:
-            self.seeded_at = seed_log(state_dir, self.machine, voters, me)
+            self.seeded_at = seed_log(state_dir, self.machine, voters, me, first_term)
             """The log index this replica's log was started at from its database (0: not)."""
         except BaseException:
             self.machine.close()
@@ -476,7 +567,8 @@ class Replica:
         )
         peers = [v for v in voters if v != me]
         self._initial = list(voters)
-        self._raft = _Replica(self.machine, me, peers, conf, link, on_apply, timers.apply_budget)
+        self._raft: _Replica
+        _Replica(self.machine, me, peers, conf, link, on_apply, timers.apply_budget, self)
 
     async def commit(self, entry: bytes, timeout: float) -> tuple[int, list[Outcome] | None]:
         """Append `entry` through the leader; return (log index, outcomes) once applied here."""
@@ -574,19 +666,38 @@ class Replica:
             self._stopped_leading_at = time.monotonic()
 
     def log_length(self) -> int:
-        """Entries in this replica's log (after its latest snapshot)."""
-        while True:
-            with contextlib.suppress(RuntimeError):  # its thread may be mid-update
-                return self._raft.getStatus()["log_len"]
+        """Entries in this replica's log (after its latest snapshot), as of its last tick."""
+        return self._raft.log_entries
+
+    def removed_in_log(self) -> frozenset[str]:
+        """The voters that removal entries in this replica's log remove (committed or not),
+        as of its last tick: a new voter replaying this log would pass through a set of
+        voters without them."""
+        return self._raft.removed_in_log
 
     def compact(self) -> None:
         """Ask pysyncobj to snapshot and cut its log now (done within a tick or two: it
         does not fork here)."""
         self._raft.forceLogCompaction()
 
+    def read_status(self) -> dict | None:
+        """`status()`, or None if pysyncobj's thread kept changing it under the read: no
+        decision can be taken on it (None is never an empty or zero status)."""
+        try:
+            return self.status()
+        except RuntimeError:
+            return None
+
     def status(self) -> dict:
-        """pysyncobj's status, with node objects turned into ids."""
-        raw = self._raft.getStatus()
+        """pysyncobj's status, with node objects turned into ids. Raises RuntimeError in
+        the rare case its thread changed it under each of STATUS_TRIES reads."""
+        for attempt in range(STATUS_TRIES):
+            try:
+                raw = self._raft.getStatus()
+                break
+            except RuntimeError:  # a dict changed size under the read: its thread's update
+                if attempt == STATUS_TRIES - 1:
+                    raise
         leader = raw.get("leader")
         return {
             "role": {0: "follower", 1: "candidate", 2: "leader"}.get(raw["state"], "follower"),
@@ -618,37 +729,62 @@ class Replica:
     def _save_snapshot(self, path: str, raft_state) -> None:
         """A snapshot of the database, with pysyncobj's own bookkeeping (its last two
         applied entries, the voters) in its header. pysyncobj renames `path` to SNAPSHOT
-        once it is written: the second name (KEPT) goes with it."""
+        once it is written, and then gives it the second name KEPT."""
         last_entry, previous_entry, cluster = raft_state
         voters = sorted(node.id for node in cluster)
         meta = frames.dumps((last_entry, previous_entry, voters))
         self.machine.save(Path(path), made_by=self.me, origin="compaction", voters=voters,
                           raft=meta)  # fmt: skip
-        _keep(Path(path))
+        self._raft.saved_inode = os.stat(path).st_ino  # kept once renamed: `_keep_saved`
 
     def _load_snapshot(self, path: str):
         """pysyncobj's bookkeeping from the snapshot file at `path` (at start, or one a
         leader sent), the database loaded from it if it is ahead of ours. A file that fails
         its checks is refused with nothing loaded (an exception: pysyncobj keeps its log as
-        it was), and the last good file is put back in its place."""
+        it was), and the last good file is put back in its place. At start nothing is
+        loaded yet, and the log cannot go on without it: the file put back is loaded
+        instead; if there is none, or it fails too, the replica stops, saying why."""
         path = Path(path)
+        at_start = self._raft._SyncObj__needLoadDumpFile  # cleared once this returns
         try:
-            meta, index = self._check_snapshot(path)
-            if index > self.machine.last_applied:  # else ours is newer: keep it
-                self.machine.load(path)
-            elif is_snapshot(path):
-                snapshot.verify(path)  # not loaded, but kept: it may be sent to a voter
+            return self._load_checked(path)
         except NeedsNewerVersion as e:  # a newer Colony's schema: stop, as for an entry
             _put_back(path)
             self._raft._stop(str(e), "a snapshot needs a newer version of Colony")
             raise
-        except (snapshot.BadSnapshot, ForeignDatabase, sqlite3.DatabaseError, frames.BadFrame,
-                OSError) as e:  # fmt: skip
-            log.error(
-                "refused a Raft snapshot: the database is left as it is",
-                extra={"reason": str(e), "snapshot_file": _put_back(path)},
-            )
+        except _REFUSED as e:
+            if not at_start:
+                log.error(
+                    "refused a Raft snapshot: the database is left as it is",
+                    extra={"reason": str(e), "snapshot_file": _put_back(path)},
+                )
+                raise
+            refused = e
+        kept = path.with_name(KEPT)
+        if not kept.exists() or os.path.samefile(kept, path):
+            self._stop_at_start(f"snapshot {path}: {refused}")
+            raise refused
+        log.error(
+            "refused the Raft snapshot at start: loading the one kept before it",
+            extra={"reason": str(refused), "snapshot_file": _put_back(path)},
+        )
+        try:
+            return self._load_checked(path)
+        except (NeedsNewerVersion, *_REFUSED) as e:
+            self._stop_at_start(f"snapshot {path}: {refused}; the one kept before it: {e}")
             raise
+
+    def _stop_at_start(self, reason: str) -> None:
+        self._raft._stop(reason, "the Raft snapshot could not be loaded at start")
+
+    def _load_checked(self, path: Path):
+        """`_load_snapshot`'s work, for a file that passes its checks (else it raises, and
+        nothing was loaded)."""
+        meta, index = self._check_snapshot(path)
+        if index > self.machine.last_applied:  # else ours is newer: keep it
+            self.machine.load(path)
+        elif is_snapshot(path):
+            snapshot.verify(path)  # not loaded, but kept: it may be sent to a voter
         _keep(path)
         last_entry, previous_entry, *rest = frames.loads(meta)
         cluster = rest[0] if rest else self._initial  # a snapshot from before dynamic voters
@@ -674,6 +810,10 @@ class Replica:
                 "by a voter's log compaction): it cannot stand in the Raft log"
             )
         return header.raft, header.index
+
+
+_REFUSED = (snapshot.BadSnapshot, ForeignDatabase, sqlite3.DatabaseError, frames.BadFrame, OSError)
+"""What a snapshot file that fails its checks raises (a newer schema aside)."""
 
 
 def _settle(future: asyncio.Future, result, error) -> None:
