@@ -5,6 +5,7 @@ Bad snapshots are refused with one clear line and nothing changed."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +20,13 @@ from colony.cli.main import main
 from colony.shared import snapshot
 from colony.shared.config import load
 from colony.shared.signing import read_secret
-from colony.shared.statedir import SUPERVISOR, ProcessRecord, StateDir
+from colony.shared.statedir import (
+    RESTORE_PENDING,
+    RESTORE_SNAPSHOT,
+    SUPERVISOR,
+    ProcessRecord,
+    StateDir,
+)
 
 OTHER = "fedcba987654321"
 
@@ -64,7 +71,7 @@ def state(tmp_path) -> StateDir:
 
 
 def restore_files(state: StateDir) -> list[Path]:
-    return sorted(state.path.glob(f"nodes/*/consensus/{cli_snapshot.RESTORE}"))
+    return sorted(state.path.glob(f"nodes/*/consensus/{RESTORE_SNAPSHOT}"))
 
 
 # --- the cluster id in every node.toml ----------------------------------------------------
@@ -108,6 +115,21 @@ def test_inspect_shows_the_header_and_objects_per_kind(capsys, tmp_path):
     shown = json.loads(out)
     assert shown["checksum"] == "ok" and shown["index"] == 1234 and shown["term"] == 7
     assert shown["counts"] == {"jobs": 2, "kv": 1} and shown["cluster"] == OTHER
+
+
+def test_inspect_of_a_newer_colony_s_snapshot_shows_it_with_a_warning(capsys, tmp_path):
+    path = snapshot_file(tmp_path, OTHER, index=5, schema=snapshot.SCHEMA + 1)
+    code, out, err = colony(capsys, "snapshot", "inspect", str(path))
+    assert (code, err) == (0, "")
+    assert "checksum verified" in out and "5 (term 3)" in out
+    (warning,) = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert "made by a newer version of Colony" in warning and "upgrade Colony" in warning
+    code, out, _ = colony(capsys, "snapshot", "inspect", str(path), "--json")
+    shown = json.loads(out)
+    assert "newer version" in shown["warning"] and shown["schema"] == snapshot.SCHEMA + 1
+    fits = snapshot_file(tmp_path, OTHER, name="fits.snapshot")
+    code, out, _ = colony(capsys, "snapshot", "inspect", str(fits))
+    assert "warning" not in out
 
 
 def damaged(path: Path, how: str) -> Path:
@@ -154,7 +176,8 @@ def test_restore_delivers_the_file_to_every_node_of_a_stopped_cluster(capsys, st
     delivered = restore_files(state)
     assert [p.parent.parent.name for p in delivered] == ["node-1", "node-2", "node-3"]
     assert all(p.read_bytes() == path.read_bytes() for p in delivered)
-    assert "index 99" in out and "next `colony up" in out
+    assert "index 99" in out and "delivered to 3 nodes" in out and "next `colony up" in out
+    assert "each voter replaces its database" in out and "standing by deletes it" in out
     assert not list(state.path.glob("nodes/*/consensus/.restore-*"))  # no leftovers
 
 
@@ -173,6 +196,25 @@ def test_restore_refuses_a_snapshot_that_does_not_fit_and_changes_nothing(
     code, _, err = colony(capsys, "snapshot", "restore", str(path), "--state-dir", str(state.path))
     assert code == 1 and said in err and "nothing was changed" in err
     assert restore_files(state) == []
+
+
+def test_restore_into_configs_naming_no_cluster_id_checks_the_one_the_secret_gives(
+    capsys, state, tmp_path
+):
+    """A state dir written before node.toml named cluster_id: its secret tells."""
+    own = cluster_id(state)
+    for node_dir in state.nodes():
+        text = node_dir.config_file.read_text()
+        node_dir.config_file.write_text(re.sub(r"(?m)^cluster_id = .*\n", "", text))
+        assert load(node_dir.config_file, env={}).consensus.cluster_id == ""
+    assert own == snapshot.cluster_id_of(read_secret(state.path / "cluster.secret"))
+    path = snapshot_file(tmp_path, OTHER, name="other.snapshot")
+    code, _, err = colony(capsys, "snapshot", "restore", str(path), "--state-dir", str(state.path))
+    assert code == 1 and f"is from another cluster ({OTHER}; this one is {own})" in err
+    assert restore_files(state) == []
+    path = snapshot_file(tmp_path, own, name="own.snapshot")
+    code, _, err = colony(capsys, "snapshot", "restore", str(path), "--state-dir", str(state.path))
+    assert (code, err) == (0, "") and len(restore_files(state)) == 3
 
 
 def test_restore_refuses_a_damaged_snapshot_and_changes_nothing(capsys, state, tmp_path):
@@ -250,7 +292,7 @@ def test_up_restore_refuses_another_cluster_s_snapshot_for_an_existing_state_dir
 def test_up_restore_replica_marks_every_node_pending_and_abandons_cleanly(state):
     restore = cli_snapshot.UpRestore.checked(state, cli_snapshot.REPLICA)
     restore.prepare(state.nodes())
-    pending = sorted(state.path.glob(f"nodes/*/consensus/{cli_snapshot.PENDING}"))
+    pending = sorted(state.path.glob(f"nodes/*/consensus/{RESTORE_PENDING}"))
     assert len(pending) == 3
     assert restore.once_nats(state, state.nodes()) is not None
     restore.abandon(state.nodes())

@@ -34,7 +34,7 @@ from colony.shared.messages import (
     decode,
     encode,
 )
-from colony.shared.statedir import StateDir
+from colony.shared.statedir import RESTORE_PENDING, RESTORE_SNAPSHOT, StateDir
 
 LEADER = "v1"
 CLUSTER = "0123456789abcde"
@@ -293,10 +293,16 @@ async def fake_snapshotter(bus: Bus, node: str, write: Callable[[Path], None] | 
 
 
 def restore_files(state: StateDir) -> list[Path]:
-    return sorted(state.path.glob(f"nodes/*/consensus/{cli_snapshot.RESTORE}"))
+    return sorted(state.path.glob(f"nodes/*/consensus/{RESTORE_SNAPSHOT}"))
 
 
-async def test_fetch_delivers_the_freshest_replica_to_every_node(bus, stopped, tmp_path):
+async def test_fetch_delivers_the_freshest_replica_to_the_nodes_still_waiting(
+    bus, stopped, tmp_path
+):
+    cli_snapshot.mark_pending(stopped.nodes())
+    # node-3 stands by: its consensus gave the marker up, and must never get the file (a
+    # later start as a voter would restore it over what it acknowledged meanwhile)
+    (cli_snapshot.consensus_dir(stopped.node("node-3")) / RESTORE_PENDING).unlink()
     made = tmp_path / "replica.snapshot"
     snapshot.make_from_file(
         database(tmp_path / "r.db", cluster_id(stopped), 77), made, made_by="v2", origin="replica"
@@ -310,9 +316,27 @@ async def test_fetch_delivers_the_freshest_replica_to_every_node(bus, stopped, t
     )
     assert header.index == 77
     delivered = restore_files(stopped)
-    assert len(delivered) == 3 and all(p.read_bytes() == made.read_bytes() for p in delivered)
+    assert [p.parent.parent.name for p in delivered] == ["node-1", "node-2"]
+    assert all(p.read_bytes() == made.read_bytes() for p in delivered)
     assert not list(stopped.path.glob(f"nodes/*/consensus/{cli_snapshot.FETCHED}"))
     assert any("index 77" in step for step in steps)
+
+
+async def test_fetch_when_no_node_waits_any_more_says_so_and_delivers_nothing(
+    bus, stopped, tmp_path
+):
+    made = tmp_path / "replica.snapshot"
+    snapshot.make_from_file(
+        database(tmp_path / "r.db", cluster_id(stopped), 5), made, made_by="v1", origin="replica"
+    )
+    node_1 = stopped.node("node-1").node_id
+    await fake_snapshotter(bus, node_1, lambda path: path.write_bytes(made.read_bytes()))
+    with pytest.raises(ClusterError, match="no node waits for the restore any more"):
+        await cli_snapshot.fetch_replica(
+            bus, stopped, stopped.nodes(), time.monotonic() + 10, lambda _: None
+        )
+    assert restore_files(stopped) == []
+    assert not list(stopped.path.glob(f"nodes/*/consensus/{cli_snapshot.FETCHED}"))
 
 
 async def test_fetch_refuses_a_damaged_or_foreign_replica_and_delivers_nothing(

@@ -43,6 +43,7 @@ from colony.shared.messages import to_builtins
 from colony.shared.statedir import (
     DEFAULT_STATE_DIR,
     PRIVATE_UMASK,
+    RESTORE_SNAPSHOT,
     SUPERVISOR,
     NodeDir,
     StateDir,
@@ -299,11 +300,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         restore.prepare(node_dirs)
         doing += " (restoring a snapshot)"
     elif delivered := [
-        n for n in node_dirs if (snapshot.consensus_dir(n) / snapshot.RESTORE).exists()
+        n for n in node_dirs if (snapshot.consensus_dir(n) / RESTORE_SNAPSHOT).exists()
     ]:
         out.print(
             f"The voters restore the snapshot `colony snapshot restore` left in "
-            f"{delivered[0].path}/consensus/{snapshot.RESTORE} (and on every node) as they start."
+            f"{delivered[0].path}/consensus/{RESTORE_SNAPSHOT} (and on every node) as they start."
         )
     _start_and_wait(
         state,

@@ -14,7 +14,8 @@ database as every voter held it at one Raft index. Where they come from and go:
 `colony up --restore FILE|replica` (`UpRestore`) does a restore for a new or stopped
 state dir as it starts the cluster; with `replica`, every node waits (a
 consensus/restore.pending marker) while a snapshotter restores the freshest
-replica, which is then delivered as above.
+replica, which is then delivered as above to the nodes still waiting (a node
+standing by gives its marker up).
 
 Nothing is replaced before a snapshot is checked whole (header, length, checksum,
 schema, cluster), and a file is delivered to every node or to none.
@@ -66,12 +67,14 @@ from colony.shared.messages import (
     to_builtins,
 )
 from colony.shared.snapshot import BadSnapshot
-from colony.shared.statedir import NodeDir, StateDir, make_private_dir
+from colony.shared.statedir import (
+    RESTORE_PENDING,
+    RESTORE_SNAPSHOT,
+    NodeDir,
+    StateDir,
+    make_private_dir,
+)
 
-RESTORE = "restore.snapshot"
-"""In a node's consensus folder: the snapshot its voter restores as it starts."""
-PENDING = "restore.pending"
-"""In a node's consensus folder: a restore is coming (the voter waits for RESTORE)."""
 FETCHED = "restore.fetched"
 """In a node's consensus folder: where its snapshotter writes the replica it restores
 for `colony up --restore replica`, before it is checked and delivered."""
@@ -244,7 +247,7 @@ def deliver(source: Path, node_dirs: list[NodeDir], show: bool = True) -> list[P
                 folder = consensus_dir(node_dir)
                 make_private_dir(folder)
                 fd, name = tempfile.mkstemp(prefix=".restore-", suffix=".snapshot", dir=folder)
-                staged.append((Path(name), folder / RESTORE))
+                staged.append((Path(name), folder / RESTORE_SNAPSHOT))
                 with os.fdopen(fd, "wb") as sink, open(source, "rb") as f:
                     for chunk in iter(lambda: f.read(snapshot.CHUNK), b""):
                         sink.write(chunk)
@@ -265,15 +268,22 @@ def mark_pending(node_dirs: list[NodeDir]) -> None:
     for node_dir in node_dirs:
         folder = consensus_dir(node_dir)
         make_private_dir(folder)
-        (folder / PENDING).write_text(
+        (folder / RESTORE_PENDING).write_text(
             f"colony up --restore replica, {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC: "
-            f"the voter waits for {RESTORE}\n"
+            f"the voter waits for {RESTORE_SNAPSHOT}\n"
         )
 
 
 def unmark_pending(node_dirs: list[NodeDir]) -> None:
     for node_dir in node_dirs:
-        (consensus_dir(node_dir) / PENDING).unlink(missing_ok=True)
+        (consensus_dir(node_dir) / RESTORE_PENDING).unlink(missing_ok=True)
+
+
+def still_pending(node_dirs: list[NodeDir]) -> list[NodeDir]:
+    """The nodes whose consensus still waits for the restore (its marker is there): a
+    node that gave the marker up (it stands by, or joined as a voter since) never gets
+    the file, which a later start as a voter would restore over what it holds."""
+    return [n for n in node_dirs if (consensus_dir(n) / RESTORE_PENDING).exists()]
 
 
 def refuse_if_running(state: StateDir) -> None:
@@ -576,14 +586,25 @@ def saved_table(saved: list[dict], now: float) -> Table:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     try:
-        header = checked(args.file, None)
+        with progress_bar(f"checking {args.file.name}") as bar:
+            header = snapshot.verify(args.file, bar)
     except BadSnapshot as e:
         fail(str(e), "this file cannot be restored; use another snapshot")
+    # a whole file this Colony cannot restore (a newer schema) is still shown: what it
+    # holds tells which version to upgrade to, or whether it is the one wanted at all
+    warning = ""
+    try:
+        snapshot.check_fits(header, str(args.file), None)
+    except BadSnapshot as e:
+        warning = str(e)
     if args.json:
-        print_json({"file": str(args.file), "checksum": "ok", **header_json(header)})
+        said = {"warning": warning} if warning else {}
+        print_json({"file": str(args.file), "checksum": "ok", **said, **header_json(header)})
         return 0
     made = datetime.fromtimestamp(header.made_at, UTC)
     out.print(Text.assemble(f"{args.file}: a Colony snapshot, ", ("checksum verified", "green")))
+    if warning:
+        out.print(Text(f"warning: {warning}", style="yellow"))
     rows = [
         ("cluster", header.cluster or "(none: made before clusters had ids)"),
         ("index", f"{header.index} (term {header.term})"),
@@ -644,15 +665,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     out.print(
         Text.assemble(
             ("✓", "green"),
-            f" {args.file} (index {header.index}, term {header.term}) is ready to restore "
-            f"on {len(delivered)} nodes",
+            f" {args.file} (index {header.index}, term {header.term}) delivered to "
+            f"{len(delivered)} nodes",
         )
     )
     out.print(
-        f"  at the next `colony up --state-dir {state.path}` every voter replaces its database\n"
-        f"  with it before it starts: what the cluster committed after index {header.index} "
-        "is gone.\n"
-        f"  changed your mind? delete {state.path}/nodes/*/consensus/{RESTORE}"
+        f"  at the next `colony up --state-dir {state.path}` each voter replaces its database\n"
+        "  with it before it starts (a node standing by deletes it): what the cluster\n"
+        f"  committed after index {header.index} is gone.\n"
+        f"  changed your mind? delete {state.path}/nodes/*/consensus/{RESTORE_SNAPSHOT}"
     )
     return 0
 
@@ -764,8 +785,14 @@ async def fetch_replica(
         progress(f"checking the replica of {reply.replica} (index {reply.header.index})")
         where = f"the replica of {reply.replica} restored by {node_dir.name}'s snapshotter"
         header = await asyncio.to_thread(checked, fetched, cluster, where, False)
-        progress(f"delivering index {header.index} to {len(node_dirs)} nodes")
-        await asyncio.to_thread(deliver, fetched, node_dirs, False)
+        waiting = still_pending(node_dirs)
+        if not waiting:
+            raise ClusterError(
+                f"no node waits for the restore any more (no consensus/{RESTORE_PENDING} "
+                "left): their consensus gave it up; see `colony logs consensus`"
+            )
+        progress(f"delivering index {header.index} to the {len(waiting)} nodes waiting for it")
+        await asyncio.to_thread(deliver, fetched, waiting, False)
     except BadSnapshot as e:
         raise ClusterError(str(e)) from None
     finally:
