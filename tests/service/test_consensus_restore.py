@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -115,10 +116,17 @@ async def test_every_voter_restored_from_a_snapshot_starts_a_new_history_there(
     await voters.stop_all()
 
     file = await download(bus, saved.name, tmp_path / "before.snapshot")
+    lost_term = saved.header.term  # (at least: the lost future went on in it)
+    restored_at = int(time.time())
     for node in VOTERS:
         (folder(voters, node) / RESTORE_SNAPSHOT).write_bytes(file.read_bytes())
         voters.start(node)
     leader = (await Cluster(bus, VOTERS).wait_leader(30)).node
+    # The new history's terms are above any the lost one reached (seconds since the epoch
+    # at the restore): its entries sort after the lost history's wherever (term, index) is
+    # compared (the replication manifest), and its leaders win over a lost history's voter.
+    term = (await status(bus, leader)).term
+    assert term >= restored_at > lost_term
     restored = [r for r in caplog.records if r.getMessage() == "restored from snapshot"]
     assert len(restored) == 3 and {r.index for r in restored} == {saved.header.index}
     for node in VOTERS:

@@ -189,15 +189,12 @@ def membership_change(command: bytes) -> tuple[str, str] | None:
         return None
 
 
-def may_seed(log: Iterable[bytes], voters: Collection[str]) -> bool:
+def may_seed(removed: Iterable[str], voters: Collection[str]) -> bool:
     """Whether a node about to join may start from a replica snapshot and replay this
-    leader's log (its entries' commands) after it: not if the log removes one of
-    today's `voters` (the replay would pass through a set of voters without it)."""
-    for command in log:
-        change = membership_change(command)
-        if change is not None and change[0] == "rem" and change[1] in voters:
-            return False
-    return True
+    leader's log after it: not if the log removes (`removed`: the voters its removal
+    entries name) one of today's `voters` (the replay would pass through a set of voters
+    without it)."""
+    return not any(node in voters for node in removed)
 
 
 def strays(voters: list[str], members: Mapping[str, MemberView]) -> list[str]:

@@ -58,7 +58,7 @@ from colony.consensus.snapshots import (
 from colony.consensus.snapshots import save as save_snapshot
 from colony.consensus.stream import StreamKeeper
 from colony.consensus.transport import Link
-from colony.consensus.voters import Preference, VoterKeeper, log_commands
+from colony.consensus.voters import Preference, VoterKeeper
 from colony.shared import snapshot, subjects
 from colony.shared.bus import BusError
 from colony.shared.config import ConsensusSettings
@@ -236,6 +236,7 @@ class ConsensusService:
                 self.metrics.apply_seconds.observe,
                 self.kinds,
                 self.cluster,
+                first_term=self._first_term,
             )
         except schema.TooNew as e:
             await link.stop()
@@ -257,13 +258,13 @@ class ConsensusService:
             preference=Preference(settings.transfer_margin, settings.transfer_hold),
             secret=secret,
             heard=link.heard,
-            log_commands=lambda: log_commands(replica),
+            removed_in_log=replica.removed_in_log,
         )
         replicas = self._replicas(replica)
         relay = ChangeRelay(
             ctx.bus, self.reader, lambda: replica.is_leader, replicas, secret,
             settings.change_stream_max_msgs, settings.change_stream_max_bytes,
-            self.kinds.change_kinds, lambda: _raft_status(replica).get("commit_index"),
+            self.kinds.change_kinds, lambda: _commit_index(replica),
         )  # fmt: skip
         placer = StreamKeeper(ctx.bus, self.me, lambda: replica.is_leader, lambda: replica.voters)
         reader = self.reader
@@ -447,11 +448,8 @@ class ConsensusService:
                 node=self.me, role="standby", leader=None, term=0, commit_index=0,
                 applied_index=0, has_quorum=False, voters=[],
             )  # fmt: skip
-        for _ in range(3):  # pysyncobj's thread may be mid-update of what status reads
-            with contextlib.suppress(RuntimeError):
-                raw = replica.status()
-                break
-        else:
+        raw = replica.read_status()
+        if raw is None:
             raise Refused(503, "status is changing too fast to read; try again")
         voters = [VoterView(replica.me, connected=True, match_index=raw["applied_index"])]
         for node, connected in sorted(raw["connected"].items()):
@@ -485,7 +483,7 @@ class ConsensusService:
         leader's read barrier) to the object store: only the leader does."""
         replica = self._replica
         if not replica.is_leader:
-            leader = _raft_status(replica).get("leader")
+            leader = (replica.read_status() or {}).get("leader")
             known = f"ask {leader}" if leader else "no leader is known now"
             raise Refused(NOT_LEADER, f"{self.me} is not the Raft leader: {known}")
         began = time.monotonic()
@@ -530,12 +528,11 @@ class ConsensusService:
         return self.replica
 
 
-def _raft_status(replica: Replica) -> dict:
-    """`replica`'s status ({} if it keeps changing under the read: unknown, not zeros)."""
-    for _ in range(3):  # pysyncobj's thread may be mid-update of what status reads
-        with contextlib.suppress(RuntimeError):
-            return replica.status()
-    return {}
+def _commit_index(replica: Replica) -> int | None:
+    """`replica`'s Raft commit index; None if its status cannot be read now (unknown: no
+    decision may be taken on it, it is not 0)."""
+    status = replica.read_status()
+    return None if status is None else status["commit_index"]
 
 
 def _age(at: float | None, now: float) -> float | None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 
 from colony.consensus.keeper import (
     NOT_READY_FOR,
@@ -88,12 +88,12 @@ class VoterKeeper:
         secret: bytes,
         heard: Mapping[str, float],
         clock: Clock | None = None,
-        log_commands: Callable[[], Sequence[bytes]] | None = None,
+        removed_in_log: Callable[[], Collection[str]] | None = None,
     ) -> None:
         """`secret` signs `join` and `retire`; `heard` is the Raft link's record of when
         each voter's last frame arrived (`Link.heard`, read only), on `clock` (the system's).
-        `log_commands` reads the commands of this leader's log (`log_commands`): whether
-        a joining node may seed from a snapshot (None: never, the log is compacted)."""
+        `removed_in_log()`: the voters this leader's log removes (`Replica.removed_in_log`):
+        whether a joining node may seed from a snapshot (None: never, the log is compacted)."""
         self.replica = replica
         self.bus = bus
         self.role = role
@@ -101,7 +101,7 @@ class VoterKeeper:
         self.secret = secret
         self.heard = heard
         self.clock = clock or SystemClock()
-        self.log_commands = log_commands
+        self.removed_in_log = removed_in_log
         self.keeping = Keeping(self.me, target, preference or Preference())
 
     async def run(self) -> None:
@@ -159,7 +159,7 @@ class VoterKeeper:
             return
         # The node itself counts: a replay of its own earlier removal would unsettle it.
         voting = [*voters, node]
-        seed = self.log_commands is not None and may_seed(self.log_commands(), voting)
+        seed = self.removed_in_log is not None and may_seed(self.removed_in_log(), voting)
         if not seed:
             await self._snapshot_log()
         adding = asyncio.create_task(self.replica.add_voter(node))
@@ -283,21 +283,3 @@ class VoterKeeper:
 
     async def _record(self, command) -> None:
         await self.replica.commit(encode_batch([Proposal(new_id(), command)]), 5.0)
-
-
-def log_commands(replica: Replica) -> list[bytes]:
-    """The commands of `replica`'s Raft log, as one consistent copy. Read here, off
-    pysyncobj's thread, which may be appending or compacting (a compaction rebuilds the
-    list): two copies in a row that agree are taken as one that was not caught midway."""
-    journal = replica._raft.journal  # raft.py has no reader of its log (yet)
-    previous: list | None = None
-    for _ in range(50):
-        copy = journal[:]  # a list slice: one copy under the GIL
-        if previous is not None and _shape(copy) == _shape(previous):
-            break
-        previous = copy
-    return [entry[0] for entry in copy]
-
-
-def _shape(entries: list) -> tuple:
-    return (len(entries), entries[0][1], entries[-1][1]) if entries else ()
