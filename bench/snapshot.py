@@ -1,10 +1,10 @@
 """Snapshots: save, inspect, restore, a new voter seeded from a replica vs fed from the
 log, replication lag under a steady write load, and an idle replica's growth.
 
-A management database of OBJECTS objects: mostly kv keys (64-byte values, committed
-through the real consensus service in batches of BATCH), plus JOBS jobs of `/bin/sleep`
-with INSTANCES instances each (through `colony job run`), and what the cluster keeps
-of itself (its nodes, leases). In turn:
+A management database of OBJECTS objects: mostly kv keys (values of 64 random
+characters, committed through the real consensus service in batches of BATCH), plus
+JOBS jobs of `/bin/sleep` with INSTANCES instances each (through `colony job run`),
+and what the cluster keeps of itself (its nodes, leases). In turn:
 
 1. on a `colony up --nodes 3` cluster (three voters, each with its snapshotter and
    litestream replicating to the cluster's own JetStream object store): the database
@@ -13,7 +13,8 @@ of itself (its nodes, leases). In turn:
    inspect FILE` timed, the file's size; a node's snapshotter asked for a snapshot
    of the freshest replica (`snapshot_fetch`: `litestream restore` + the file made);
 2. the idle cluster (lease renewals only) for IDLE seconds: the replica buckets'
-   bytes sampled, growth per hour extrapolated;
+   bytes sampled, what litestream added to them meanwhile extrapolated per hour, and
+   the bound its retention puts on it;
 3. RATE kv writes/s (one per proposal) for LOAD seconds: each write's lag, from its
    acknowledgement to every voter's replica holding its index (each snapshotter's
    `replication_status`, asked every POLL seconds), and the lag the snapshotters
