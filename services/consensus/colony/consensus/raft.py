@@ -17,7 +17,10 @@ last two entries are markers (`SEED_COMMAND`, N-1 and N) that stand for
 entries it never holds. It catches up from the leader's log from N+1, and
 once it has applied two entries past N it compacts its log, so the markers
 go. They are never applied anywhere: a follower drops a frame that would
-hand it one (`screen_append`).
+append one (`screen_append`), and a seeded leader sends a follower that lacks
+entry N its seed snapshot rather than such a frame. A restored log may start
+campaigning from a later term than its entries' (`first_term`): a restore
+starts a history whose terms are above every earlier one's.
 
 Two Raft rules pysyncobj does not keep are kept here, with hooks rather than
 changes to it:
