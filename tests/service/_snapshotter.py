@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import msgspec
+import psutil
 
 from colony.shared import runner, snapshot
 from colony.shared.config import Config, SnapshotterSettings
@@ -95,3 +96,11 @@ class Running:
     async def stop(self) -> int:
         self.stopping.set()
         return await asyncio.wait_for(self.task, runner.SHUTDOWN_GRACE)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie, not yet reaped, counts)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

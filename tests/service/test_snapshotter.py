@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import msgspec
 import psutil
 import pytest
-from _snapshotter import Running, VoterDb, keep_writing, snapshotter_config
+from _snapshotter import Running, VoterDb, gone, keep_writing, snapshotter_config
 from _voters import running
 from nats.js.api import KeyValueConfig
 
@@ -200,18 +200,11 @@ async def test_a_promoted_node_replicates_and_once_retired_stops_and_says_it_is_
 
         entry = await poll(retired, 10, "the manifest to mark the replica stale")
         assert "not a voter" in entry.problem
-        await poll(lambda: not psutil.pid_exists(pid) or _zombie(pid), 10, "litestream to stop")
+        await poll(lambda: not psutil.pid_exists(pid) or gone(pid), 10, "litestream to stop")
     finally:
         await tasks.cancel(writing)
         db.close()
         assert await running.stop() == 0
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 async def test_a_replaced_database_is_replicated_from_a_snapshot_of_it(voter, bus, tmp_path):
@@ -442,7 +435,7 @@ async def test_a_litestream_left_running_by_a_killed_snapshotter_is_killed_at_st
         record.write_bytes(msgspec.json.encode(found))
         running = Running(config)
         try:
-            await poll(lambda: _zombie(pid) and not record.exists(), 10, "the leftover killed")
+            await poll(lambda: gone(pid) and not record.exists(), 10, "the leftover killed")
         finally:
             assert await running.stop() == 0
     finally:

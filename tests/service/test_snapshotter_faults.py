@@ -15,7 +15,7 @@ import sys
 import msgspec
 import psutil
 import pytest
-from _snapshotter import Running, VoterDb, keep_writing, snapshotter_config
+from _snapshotter import Running, VoterDb, gone, keep_writing, snapshotter_config
 
 from colony.harness.processes import poll
 from colony.shared import snapshot, subjects, tasks
@@ -158,11 +158,4 @@ async def test_litestream_dies_with_a_snapshotter_killed_9(tmp_path):
     finally:
         parent.kill()
         await parent.wait()
-    await poll(lambda: _gone(child), 10, "litestream to die with its parent")
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    await poll(lambda: gone(child), 10, "litestream to die with its parent")
