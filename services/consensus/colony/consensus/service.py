@@ -52,7 +52,9 @@ from colony.consensus.snapshots import (
     SAVING,
     cluster_of,
     drop_replica,
+    log_started,
     restore_at_start,
+    restored_term,
     seed_from_replica,
 )
 from colony.consensus.snapshots import save as save_snapshot
@@ -148,9 +150,6 @@ class ConsensusService:
         self._settings = ConsensusSettings()
         self._waiting = ""
         """What this voter waits for before it starts its replica ('' : nothing)."""
-        self._first_term = 0
-        """The Raft term the next replica starts at, at least (0: its log's): set by a
-        restore, whose new history must have terms above every one the lost history had."""
         self.kinds = kinds
         """The object kinds this voter applies (tests leave one out: an older version)."""
         self.replica: Replica | None = None
@@ -236,7 +235,7 @@ class ConsensusService:
                 self.metrics.apply_seconds.observe,
                 self.kinds,
                 self.cluster,
-                first_term=self._first_term,
+                first_term=restored_term(state_dir),
             )
         except schema.TooNew as e:
             await link.stop()
@@ -246,7 +245,7 @@ class ConsensusService:
             await link.stop()
             await self._refuse_to_start(str(e), "its database is another cluster's")
             return
-        self._first_term = 0  # the restored log started there: a later replica is new
+        log_started(state_dir)
         self.reader = await aiosqlite.connect(replica.machine.path)
         lease = LeaseTimers(settings.lease_ttl, settings.lease_renew, settings.lease_margin)
         self.role = role = ManagerRole(replica, ctx.bus, lease)
@@ -299,7 +298,7 @@ class ConsensusService:
             self._waiting = "waiting for a restore (colony up --restore delivers it)"
 
         try:
-            header = await restore_at_start(
+            await restore_at_start(
                 state_dir, self.cluster, voter_role.voters() is not None,
                 {voter_role.file.name}, waiting,
             )  # fmt: skip
@@ -308,12 +307,6 @@ class ConsensusService:
             await self._refuse_to_start(what, "its replica is left as it was")
         finally:
             self._waiting = ""
-        if header is not None:
-            # A new history: its terms go above every term the lost one reached (the
-            # manifest and elections then prefer it), later restores' higher still. Seconds
-            # since the epoch pass any term elections made; the log's two seeded entries
-            # keep the snapshot's term, only the current term jumps.
-            self._first_term = max(header.term, int(time.time()))
 
     async def _refuse_to_start(
         self, reason: str, what: str = "upgrade Colony on this node"

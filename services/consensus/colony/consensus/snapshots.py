@@ -37,6 +37,9 @@ from colony.shared.statedir import RESTORE_PENDING as PENDING
 from colony.shared.statedir import RESTORE_SNAPSHOT as RESTORE
 
 DATABASE = "management.db"
+FIRST_TERM = "restored.term"
+"""In the consensus folder, from a restore until its replica's Raft log is written: the
+term that log starts at (`restored_term`). A file, so a crash in between keeps it."""
 RESTORING = "restoring.db"
 """The restore's database, checked whole, before it replaces the replica's files."""
 SEED = "seed.snapshot"
@@ -179,6 +182,12 @@ def _restore(state_dir: Path, cluster: str, keep: set[str]) -> SnapshotHeader:
     snapshot.extract(source, restoring)
     drop_replica(state_dir, keep | {RESTORE, PENDING, RESTORING})
     os.replace(restoring, state_dir / DATABASE)
+    # A new history: its terms go above every term the lost one reached (the manifest and
+    # elections then prefer it), a later restore's higher still. Seconds since the epoch
+    # pass any term elections made; the log's two seeded entries keep the snapshot's term.
+    term = state_dir / f"{FIRST_TERM}.tmp"
+    term.write_text(str(max(header.term, int(time.time()))))
+    os.replace(term, state_dir / FIRST_TERM)
     # The marker goes last: a crash before it does the restore again, from the start.
     (state_dir / PENDING).unlink(missing_ok=True)
     source.unlink(missing_ok=True)  # (a join may have deleted it: it never restores)
@@ -195,6 +204,19 @@ def check_term(header: SnapshotHeader, where: str) -> None:
             f"{header.term}): its database never recorded the term it applied (meta "
             "applied_term), so a Raft log cannot start from it; use a snapshot that says it"
         )
+
+
+def restored_term(state_dir: Path) -> int:
+    """The Raft term a restored replica's log starts at (0: not restored)."""
+    try:
+        return int((state_dir / FIRST_TERM).read_text())
+    except FileNotFoundError:
+        return 0
+
+
+def log_started(state_dir: Path) -> None:
+    """The replica's Raft log is written (from its term): the restore is complete."""
+    (state_dir / FIRST_TERM).unlink(missing_ok=True)
 
 
 # --- seed ----------------------------------------------------------------------------
