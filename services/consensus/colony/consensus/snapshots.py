@@ -6,9 +6,11 @@ start, and the seed a new replica starts from (colony.shared.snapshot is the for
 - **Restore** (`restore_at_start`): `colony snapshot restore` (or `colony up --restore`)
   leaves `restore.snapshot` in a stopped voter's consensus folder; at start the voter
   checks it whole, puts its database in place of the replica's files, and starts from it
-  (a folder holding only management.db starts its Raft log at the database's index).
-  `restore.pending` says a snapshot is on its way (`colony up --restore replica`): the
-  voter waits for it. A bad snapshot leaves everything as it was.
+  (a folder holding only management.db starts its Raft log at the database's index), in
+  a term above any the lost history reached (`FIRST_TERM`). `restore.pending` says a
+  snapshot is on its way (`colony up --restore replica`): the voter waits for it, until
+  it comes or a join (the node promoted: it never restores) deletes both. A bad snapshot
+  leaves everything as it was.
 - **Seed** (`seed_from_replica`): a newly promoted voter asks its own node's snapshotter
   for the freshest replica and starts from it, catching up from the leader's log after.
 """
