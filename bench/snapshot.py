@@ -451,13 +451,17 @@ def on_cluster(workdir: Path) -> Figures:
         figures.inspect, _ = timed(cli, "snapshot", "inspect", str(file))
         say(f"inspected in {figures.inspect:.2f} s")
 
+        # a snapshotter writes only inside its own node's folder
+        node_dir = next(n for n in cluster.state.nodes() if n.read_id() == voters[0])
+        fetched = node_dir.path / "snapshotter" / "bench-fetched.snapshot"
+
         async def after_save() -> int:
             bus = await bus_of(cluster, "bench-snapshot")
             try:
                 began = time.monotonic()
                 reply = await bus.request(
                     subjects.snapshot_fetch(voters[0]),
-                    SnapshotFetchRequest(path=str(workdir / "fetched.snapshot"), min_index=0),
+                    SnapshotFetchRequest(path=str(fetched), min_index=0),
                     timeout=LONG,
                 )
                 figures.fetch = time.monotonic() - began
