@@ -157,10 +157,13 @@ class SnapshotterSettings(_Section):
     S3-compatible 's3://BUCKET/PATH' (litestream's own settings and environment)."""
     sync_interval: Positive = 1.0
     """Seconds between litestream's syncs: at most this much is lost with every voter."""
-    snapshot_interval: Positive = 3600.0
-    """Seconds between full snapshots in the replica (a restore replays less after one)."""
-    retention: Positive = 24 * 3600.0
-    """Seconds of history the replica keeps (older snapshots and changes are removed)."""
+    snapshot_interval: Positive = 600.0
+    """Seconds between full snapshots in the replica: a restore (a new voter's seed, a
+    disaster recovery) replays at most this much of changes after the latest one."""
+    retention: Positive = 1800.0
+    """Seconds of history the replica keeps (older snapshots and the changes before the
+    oldest kept are removed): what bounds its storage. A replica is for the latest state;
+    keep history with `colony snapshot save`."""
     report_interval: Positive = 5.0
     """Seconds between updates of this voter's entry in the replica manifest."""
 
