@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from _cli import colony, status, up
 
+from colony.bootstrapper.supervisor import SERVICES
 from colony.cli.local.ports import free_base_port
 from colony.harness.processes import wait_for
 from colony.shared.statedir import NATS, SUPERVISOR, StateDir
@@ -171,8 +172,8 @@ def test_down_leaves_nothing_even_after_a_supervisor_kill_9(state):
     records = [r for n in StateDir(state).nodes() for r in n.records()]
     by_node = {n.name: sorted(r.name for r in n.records()) for n in StateDir(state).nodes()}
     assert by_node == {  # node-1 is the one voter of a 2-node cluster; node-2 stands by
-        "node-1": ["agent", "consensus", "curator", "membership", "monitor", "nats", "supervisor"],
-        "node-2": ["agent", "consensus", "curator", "membership", "monitor", "nats", "supervisor"],
+        "node-1": sorted([*SERVICES, "nats", "supervisor"]),
+        "node-2": sorted([*SERVICES, "nats", "supervisor"]),
     }
     os.kill(record(state, "node-1", SUPERVISOR).pid, signal.SIGKILL)  # orphans its children
     result = colony("down", state=state)
@@ -192,8 +193,8 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(state, tmp_path):
     try:
         wait_for(lambda: "Ctrl-C stops" in said.read_text(), 60, "colony up to say it runs")
         records = [r for n in StateDir(state).nodes() for r in n.records()]
-        # supervisor, nats, monitor, membership, consensus, curator, agent
-        assert len(records) == 7
+        # supervisor, nats and every service
+        assert len(records) == 2 + len(SERVICES)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
         assert [r for r in records if r.group_alive()] == []
