@@ -111,3 +111,18 @@ def test_the_cluster_id_fits_the_database_integer():
     assert len(cluster) == 15
     assert snapshot.cluster_name(snapshot.cluster_number(cluster)) == cluster
     assert snapshot.cluster_number(cluster) < 2**63
+
+
+def test_a_private_copy_is_sealed_where_it_is_and_packed(tmp_path):
+    db = database(tmp_path / "restored.db")
+    db.close()
+    header = snapshot.make_from_copy(
+        tmp_path / "restored.db", tmp_path / "r.snapshot", made_by="node-2", origin="replica"
+    )
+    assert (header.index, header.term, header.counts, header.origin) == (
+        42, 3, {"kv": 10}, "replica",
+    )  # fmt: skip
+    out = tmp_path / "out.db"
+    snapshot.extract(tmp_path / "r.snapshot", out)
+    tables = {name for (name,) in sqlite3.connect(out).execute("SELECT name FROM sqlite_master")}
+    assert "_litestream_seq" not in tables and "kv" in tables

@@ -138,28 +138,36 @@ def make(
         copy = sqlite3.connect(copy_path, isolation_level=None)
         try:
             source.backup(copy)
-            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-            # litestream's bookkeeping belongs to the file it replicated, not to the state:
-            # a voter started from this copy runs a litestream of its own.
-            tables = copy.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            for (table,) in tables.fetchall():
-                if table.startswith("_litestream_"):
-                    copy.execute(f'DROP TABLE "{table}"')
-            about = facts(copy)
+            about = _seal(copy)
         finally:
             copy.close()
         return pack(copy_path, out, made_by=made_by, origin=origin, voters=voters, raft=raft,
                     **about)  # fmt: skip
 
 
-def make_from_file(db_path: Path, out: Path, *, made_by: str, origin: str) -> SnapshotHeader:
-    """A snapshot of the database file `db_path` (a copy no one writes: a litestream
-    restore, a stopped voter's)."""
-    source = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+def make_from_copy(db_path: Path, out: Path, *, made_by: str, origin: str) -> SnapshotHeader:
+    """A snapshot of the database file `db_path`, a private copy nobody else opens (a
+    litestream restore): sealed where it is and packed, with no copy of it made first.
+    `db_path` is changed (and may be deleted afterwards)."""
+    db = sqlite3.connect(db_path, isolation_level=None)
     try:
-        return make(source, out, made_by=made_by, origin=origin)
+        about = _seal(db)
     finally:
-        source.close()
+        db.close()
+    return pack(db_path, out, made_by=made_by, origin=origin, **about)
+
+
+def _seal(copy: sqlite3.Connection) -> dict:
+    """Make the copy `copy` is open on one self-contained file holding Colony's state
+    alone; its facts."""
+    copy.execute("PRAGMA journal_mode=DELETE")
+    # litestream's bookkeeping belongs to the file it replicated, not to the state: a voter
+    # started from this copy runs a litestream of its own.
+    tables = copy.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    for (table,) in tables.fetchall():
+        if table.startswith("_litestream_"):
+            copy.execute(f'DROP TABLE "{table}"')
+    return facts(copy)
 
 
 def pack(

@@ -84,7 +84,7 @@ def _snapshot(restored: Path, out: Path, made_by: str, min_index: int) -> Snapsh
         raise RuntimeError(
             f"the replica holds index {facts['index']}, less than the {min_index} asked for"
         )
-    return snapshot.make_from_file(restored, out, made_by=made_by, origin="replica")
+    return snapshot.make_from_copy(restored, out, made_by=made_by, origin="replica")
 
 
 def _facts(db: Path) -> dict:
