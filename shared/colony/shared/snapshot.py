@@ -145,6 +145,16 @@ def make(
                     **about)  # fmt: skip
 
 
+def make_from_file(db_path: Path, out: Path, *, made_by: str, origin: str) -> SnapshotHeader:
+    """A snapshot of the database file `db_path`, read-only (a voter's live database: one
+    read transaction; a stopped voter's)."""
+    source = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        return make(source, out, made_by=made_by, origin=origin)
+    finally:
+        source.close()
+
+
 def make_from_copy(db_path: Path, out: Path, *, made_by: str, origin: str) -> SnapshotHeader:
     """A snapshot of the database file `db_path`, a private copy nobody else opens (a
     litestream restore): sealed where it is and packed, with no copy of it made first.
