@@ -46,3 +46,21 @@ def add_management_options(
         parser.add_argument(
             "--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
+
+
+def sub_verbs(verbs, examples: dict[str, str]):
+    """`sub(name, summary, func)`: adds verb `name` to the sub-parsers `verbs`, its help
+    and description `summary`, its epilog `examples[name]`, run by `func`."""
+
+    def sub(name: str, summary: str, func) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=examples[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.set_defaults(func=func)
+        return parser
+
+    return sub

@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from colony.cli import endpoints, records, rollout
-from colony.cli.args import add_management_options
+from colony.cli.args import add_management_options, sub_verbs
 from colony.cli.events import cluster_secret
 from colony.cli.kv import management
 from colony.cli.output import err, fail, human_age, human_bytes, out, print_json
@@ -122,16 +122,7 @@ def add_parser(verb) -> None:
         metavar="validate|plan|run|status|list|scale|stop|history|promote|rollback|endpoints",
     )
 
-    def sub(name: str, summary: str, func) -> argparse.ArgumentParser:
-        parser = verbs.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            epilog=EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        parser.set_defaults(func=func)
-        return parser
+    sub = sub_verbs(verbs, EXAMPLES)
 
     validate = sub(
         "validate", "Check a job file and say what it asks for, or what is wrong.", cmd_validate

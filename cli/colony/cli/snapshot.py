@@ -49,7 +49,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from colony.cli.args import add_management_options
+from colony.cli.args import add_management_options, sub_verbs
 from colony.cli.kv import cluster_bus, management
 from colony.cli.local import write
 from colony.cli.local.plan import ClusterError
@@ -137,16 +137,7 @@ Run `colony snapshot <verb> --help` for each verb's options."""
         dest="snapshot_verb", required=True, metavar="save|list|inspect|restore"
     )
 
-    def sub(name: str, summary: str, func) -> argparse.ArgumentParser:
-        parser = verbs.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            epilog=EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        parser.set_defaults(func=func)
-        return parser
+    sub = sub_verbs(verbs, EXAMPLES)
 
     save = sub(
         "save", "Save a snapshot of the live cluster, consistent at one Raft index.", cmd_save
