@@ -59,6 +59,27 @@ def test_higher_incarnation_wins_and_at_equal_incarnation_dead_beats_suspect_bea
     assert changes(a.gossip_received(2, "b", [MemberUpdate("b", ALIVE, 3)])) == [("b", ALIVE)]
 
 
+def test_a_death_declared_of_a_member_we_hold_alive_is_only_an_accusation_it_can_refute():
+    # As a partition test saw it: the cut-off member's suspicion of a majority member ran
+    # out just as the cable came back, and its "dead" reached the majority before any
+    # word of the suspicion had; the majority held the member dead (and the manager moved
+    # its instances) though it refuted 10 ms later.
+    a = member("a")
+    a.gossip_received(0, "b", [MemberUpdate("b", ALIVE, 0)])
+    out = a.gossip_received(1, "d", [MemberUpdate("b", DEAD, 0)])
+    assert changes(out) == [("b", SUSPECT)] and a.members["b"].suspicion.accusers == ["d"]
+    assert changes(a.gossip_received(1.01, "b", [MemberUpdate("b", ALIVE, 1)])) == [("b", ALIVE)]
+    # Not refuted: our own suspicion timeout makes it dead.
+    a.gossip_received(2, "d", [MemberUpdate("b", DEAD, 1)])
+    assert a.members["b"].status == SUSPECT
+    timeout = a.suspicion_timeout(a.members["b"].suspicion)
+    assert changes(a.tick(2 + timeout)) == [("b", DEAD)]
+    # A death of a member we suspect already is news: taken at once.
+    a.gossip_received(3, "c", [MemberUpdate("c", ALIVE, 0)])
+    a.gossip_received(3, "d", [MemberUpdate("c", SUSPECT, 0, by="d")])
+    assert changes(a.gossip_received(3, "d", [MemberUpdate("c", DEAD, 0)])) == [("c", DEAD)]
+
+
 def test_a_suspected_member_refutes_with_a_higher_incarnation():
     b = member("b")
     b.gossip_received(0, "c", [MemberUpdate("c", ALIVE, 0)])
@@ -131,6 +152,7 @@ def test_a_member_that_left_stays_left_and_peers_cannot_speak_for_it():
 def test_a_member_held_dead_that_pings_us_is_told_so_and_can_refute():
     a = member("a")
     a.gossip_received(0, "b", [MemberUpdate("b", ALIVE, 3)])
+    a.gossip_received(0, "c", [MemberUpdate("b", SUSPECT, 3, by="c")])
     a.gossip_received(0, "c", [MemberUpdate("b", DEAD, 3)])
     [reply] = [i for i in a.ping_received(1, "b", []) if isinstance(i, Reply)]
     assert MemberUpdate("b", DEAD, 3) in reply.updates
@@ -276,7 +298,8 @@ def test_a_member_whose_loop_stalled_accuses_nobody():
 def test_an_announcement_is_answered_with_who_we_are_and_what_we_know_of_it():
     a = member("a")
     a.gossip_received(0, "b", [MemberUpdate("b", ALIVE, 4)])
-    a.gossip_received(0, "b", [MemberUpdate("b", DEAD, 4)])
+    a.gossip_received(0, "c", [MemberUpdate("b", SUSPECT, 4, by="c")])
+    a.gossip_received(0, "c", [MemberUpdate("b", DEAD, 4)])
     [tell] = [
         i for i in a.announce_received(1, "b", [MemberUpdate("b", ALIVE, 0)]) if isinstance(i, Tell)
     ]

@@ -17,6 +17,9 @@ The rules, in short:
 - A suspect that does not refute within the suspicion timeout becomes
   *dead*. The timeout starts long and shrinks as other members accuse it
   independently (Lifeguard), so one slow prober does not kill a peer.
+- A death is taken as news only about a member already suspected: one declared
+  dead while we hold it alive is suspected instead (the declarer may have been
+  cut off from it, not it from everyone), so it can refute.
 - A member that hears itself suspected (or declared dead, or left by a past
   life of its own) refutes by bumping its incarnation. Higher incarnations
   win; at equal incarnation left > dead > suspect > alive.
@@ -632,6 +635,14 @@ class Membership:
                 s.accusers.append(update.by)  # an independent accusation: pass it on too
                 self._enqueue(update)
             return []
+        if update.status == DEAD and current.status == ALIVE:
+            # A death we never suspected: whoever declared it could not reach the member,
+            # but we had no word of that. Typically a cut-off member's verdict arriving as
+            # its partition heals, about a member that is fine: taken as it comes, every
+            # member would hold it dead (and its work be moved) before it can refute. So it
+            # counts as an accusation, which the member refutes at once if it lives, and
+            # which our own suspicion timeout turns into its death if it does not.
+            update = MemberUpdate(update.node, SUSPECT, update.incarnation, by=source)
         previous = current.status
         current.incarnation = update.incarnation
         current.status = update.status
