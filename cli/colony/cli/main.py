@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from colony.cli import capacity, events, job, logs, node, snapshot
+from colony.cli import capacity, console, events, job, logs, node, snapshot
 from colony.cli.args import add_management_options, nats_url, seconds
 from colony.cli.kv import cmd_kv
 from colony.cli.local import plan, ports, start, wait, write
@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_parser(verb)
     events.add_parser(verb)
     snapshot.add_parser(verb)
+    console.add_parser(verb)
 
     log = verb("logs", "Show (or follow) the logs of a cluster's processes, or an instance's.")
     log.add_argument(

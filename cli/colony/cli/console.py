@@ -1,0 +1,128 @@
+"""`colony console`: the operator console (`colony.console`), a terminal app that follows
+the cluster's change stream live and acts on its jobs and nodes.
+
+This module only finds the cluster, as the other verbs do: its NATS servers (the state
+dir's nodes, or --server), its voters (the state dir's configs, or asked of the cluster
+through --server) and its secret (to verify the changes); then it hands the console a
+feed that reads the cluster and the actions that write to it. The console package is
+imported only here, when the verb runs: it is an optional part (`colony-cli[console]`)
+and Textual is slow to import for the other verbs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+
+from colony.cli.args import nats_url, seconds
+from colony.cli.events import cluster_secret
+from colony.cli.local.write import voters_of
+from colony.cli.output import err, fail
+from colony.shared.bus import Bus, NotConnected, connect
+from colony.shared.cluster import Cluster
+from colony.shared.config import NatsSettings
+from colony.shared.management import Management
+from colony.shared.statedir import StateDir
+
+EXAMPLES = """examples:
+  colony console                     the local cluster of ./.colony
+  colony console --state-dir /tmp/c  the local cluster kept in /tmp/c
+  colony console --server nats://10.0.0.5:4222   any cluster, through one of its servers
+  colony console --history 5000      replay more of the change stream first
+
+Keys: 1 cluster, 2 jobs, 3 events, 4 logs, ? every key, ctrl+p the actions, q quits."""
+
+HISTORY = 1000
+"""Changes replayed from the stream before following it live (default of --history)."""
+
+
+def add_parser(verb) -> None:
+    console = verb(
+        "console", "Open the operator console: nodes, jobs, events and logs, live; act on them."
+    )
+    console.epilog = EXAMPLES
+    console.add_argument(
+        "--server",
+        action="append",
+        type=nats_url,
+        help="connect through this NATS URL instead of the state dir's nodes (repeatable)",
+    )
+    console.add_argument(
+        "--history",
+        type=_history,
+        default=HISTORY,
+        metavar="N",
+        help=f"how many past changes to replay before following live (default: {HISTORY})",
+    )
+    console.add_argument(
+        "--timeout",
+        type=seconds,
+        default=10.0,
+        help="seconds to wait for a server at the start, and for the voters to answer an "
+        "action (default: 10)",
+    )
+    console.set_defaults(func=cmd_console)
+
+
+def _history(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of changes (0 or more), not {text!r}")
+    return value
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("colony.console") is None:  # an optional part of the CLI
+        fail("the console is not installed", "install it: pip install 'colony-cli[console]'")
+    from colony.console.actions import ClusterActions
+    from colony.console.app import run_console
+    from colony.console.feed import BusFeed
+
+    state = StateDir(args.state_dir)
+    try:
+        secret = cluster_secret(state)
+    except ValueError as e:
+        fail(str(e))
+    servers = args.server or [url for n in state.nodes() if (url := n.nats_url())]
+    if not servers:
+        fail(f"no cluster in {state.path}/", "start one with `colony up`, or pass --server URL")
+    if secret is None:  # said before the console takes the screen
+        err.print(
+            f"warning: changes are not verified: no cluster secret in {state.path}/ "
+            "(a forged change would show as a real one)"
+        )
+
+    async def console() -> None:
+        bus = await _connect(servers, args.timeout)
+        try:
+            voters = voters_of(state) if not args.server else await Cluster(bus).nodes()
+            if not voters:
+                fail("no Raft voters found", "is consensus running? see `colony status`")
+            feed = BusFeed(servers, voters, secret, history=args.history)
+            actions = ClusterActions(Management(bus, voters, timeout=args.timeout))
+            await run_console(feed, actions)
+        finally:
+            await bus.close()
+
+    asyncio.run(console())
+    return 0
+
+
+async def _connect(servers: list[str], timeout: float) -> Bus:
+    """The actions' connection: it must answer now (else the command ends saying so),
+    then it reconnects by itself for as long as the console stays open."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await connect(
+                NatsSettings(servers=servers, connect_timeout=min(timeout, 2.0)),
+                "colony-console-actions",
+            )
+    except (TimeoutError, NotConnected):
+        fail(
+            f"no nats server answers at {', '.join(servers)} within {timeout:g} s",
+            "is the cluster running? start it with `colony up`",
+        )
