@@ -25,7 +25,7 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
-from colony.cli import endpoints, records, rollout
+from colony.cli import commands, endpoints, records, rollout
 from colony.cli.args import add_management_options, sub_verbs
 from colony.cli.events import cluster_secret
 from colony.cli.kv import management
@@ -39,12 +39,8 @@ from colony.shared.messages import (
     CheckStatesRequest,
     EndpointsReply,
     InstanceRecord,
-    JobPromote,
     JobRecord,
-    JobRollback,
     JobRun,
-    JobScale,
-    JobStop,
     NodeRecord,
     PlanReply,
     PlanRequest,
@@ -710,9 +706,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     async def work(client: Management) -> int:
         job = await _job(client, args.name)
         after = None if args.detach else await _last_index(client, _secret(args))
-        reply = await client.propose(
-            JobPromote(job=args.name, reason=rollout.cause("job", "promote", args.name))
-        )
+        reply = await client.propose(commands.job_promote(args.name))
         [outcome] = reply.outcomes
         if not outcome.ok:
             fail(
@@ -729,9 +723,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     async def work(client: Management) -> int:
         await _job(client, args.name)
         after = None if args.detach else await _last_index(client, _secret(args))
-        words = ["job", "rollback", args.name, *([str(args.version)] if args.version else [])]
-        command = JobRollback(job=args.name, version=args.version, cause=rollout.cause(*words))
-        reply = await client.propose(command)
+        reply = await client.propose(commands.job_rollback(args.name, args.version))
         [outcome] = reply.outcomes
         if not outcome.ok:
             fail(
@@ -867,14 +859,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    reply = _run(
-        args, "colony-job-scale", _propose(JobScale(job=args.name, replicas=args.replicas))
-    )
+    command = commands.job_scale(args.name, args.replicas)
+    reply = _run(args, "colony-job-scale", _propose(command))
     return _changed(args, reply, f"scaled to {args.replicas}")
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    command = JobStop(job=args.name, purge=args.purge)
+    command = commands.job_stop(args.name, args.purge)
     reply = _run(args, "colony-job-stop", _propose(command))
     [outcome] = reply.outcomes
     return _changed(args, reply, stopped_said(args.purge, outcome.value))

@@ -23,11 +23,10 @@ import time
 
 from rich.text import Text
 
-from colony.cli import records
+from colony.cli import commands, records
 from colony.cli.args import add_management_options
 from colony.cli.kv import management, not_utf8
 from colony.cli.output import err, fail, human_age, out, print_json
-from colony.cli.rollout import cause
 from colony.shared.jobspec import format_duration, parse_duration
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
@@ -36,7 +35,6 @@ from colony.shared.messages import (
     MAX_DRAIN_DEADLINE,
     MAX_NODE_LABELS,
     InstanceRecord,
-    NodeDrain,
     NodeLabel,
     NodeRecord,
     ObjectId,
@@ -103,7 +101,7 @@ def add_parser(verb) -> None:
     drain.add_argument(
         "--deadline",
         type=drain_deadline,
-        default=3600.0,
+        default=commands.DRAIN_DEADLINE,
         metavar="D",
         help="after this long (5m, 1h, 90s; 0: never) what still runs there stops at once "
         "(default: 1h)",
@@ -158,10 +156,7 @@ def drain_line(record: NodeRecord | None, left: int, now: float) -> str:
 
 def cmd_node_drain(args: argparse.Namespace) -> int:
     async def work(client: Management, node: str) -> int:
-        reason = cause("node", "drain", args.node)
-        reply = await client.propose(
-            NodeDrain(node=node, drain=True, deadline=args.deadline, reason=reason)
-        )
+        reply = await client.propose(commands.node_drain(node, args.node, args.deadline))
         [outcome] = reply.outcomes
         if not outcome.ok:
             fail(f"{args.node} not drained: {outcome.error}", "see the nodes with `colony status`")
@@ -189,8 +184,7 @@ def cmd_node_drain(args: argparse.Namespace) -> int:
 
 def cmd_node_undrain(args: argparse.Namespace) -> int:
     async def work(client: Management, node: str) -> int:
-        command = NodeDrain(node=node, drain=False, reason=cause("node", "undrain", args.node))
-        reply = await client.propose(command)
+        reply = await client.propose(commands.node_undrain(node, args.node))
         [outcome] = reply.outcomes
         if not outcome.ok:
             fail(
