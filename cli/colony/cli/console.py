@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from colony.cli.args import nats_url, seconds
 from colony.cli.events import cluster_secret
@@ -24,6 +27,10 @@ from colony.shared.cluster import Cluster
 from colony.shared.config import NatsSettings
 from colony.shared.management import Management
 from colony.shared.statedir import StateDir
+
+if TYPE_CHECKING:
+    from colony.console.actions import ClusterActions
+    from colony.console.feed import BusFeed
 
 EXAMPLES = """examples:
   colony console                     the local cluster of ./.colony
@@ -78,8 +85,21 @@ def _history(text: str) -> int:
 def cmd_console(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("colony.console") is None:  # an optional part of the CLI
         fail("the console is not installed", "install it: pip install 'colony-cli[console]'")
-    from colony.console.actions import ClusterActions
     from colony.console.app import run_console
+
+    async def console() -> None:
+        async with opened(args) as (feed, actions):
+            await run_console(feed, actions)
+
+    asyncio.run(console())
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def opened(args: argparse.Namespace) -> AsyncIterator[tuple[BusFeed, ClusterActions]]:
+    """The console's feed and actions on the cluster args name (state dir, --server,
+    --timeout, --history); the command ends saying why if there is none to open."""
+    from colony.console.actions import ClusterActions
     from colony.console.feed import BusFeed
 
     state = StateDir(args.state_dir)
@@ -95,21 +115,15 @@ def cmd_console(args: argparse.Namespace) -> int:
             f"warning: changes are not verified: no cluster secret in {state.path}/ "
             "(a forged change would show as a real one)"
         )
-
-    async def console() -> None:
-        bus = await _connect(servers, args.timeout)
-        try:
-            voters = voters_of(state) if not args.server else await Cluster(bus).nodes()
-            if not voters:
-                fail("no Raft voters found", "is consensus running? see `colony status`")
-            feed = BusFeed(servers, voters, secret, history=args.history)
-            actions = ClusterActions(Management(bus, voters, timeout=args.timeout))
-            await run_console(feed, actions)
-        finally:
-            await bus.close()
-
-    asyncio.run(console())
-    return 0
+    bus = await _connect(servers, args.timeout)
+    try:
+        voters = voters_of(state) if not args.server else await Cluster(bus).nodes()
+        if not voters:
+            fail("no Raft voters found", "is consensus running? see `colony status`")
+        feed = BusFeed(servers, voters, secret, history=args.history)
+        yield feed, ClusterActions(Management(bus, voters, timeout=args.timeout))
+    finally:
+        await bus.close()
 
 
 async def _connect(servers: list[str], timeout: float) -> Bus:
