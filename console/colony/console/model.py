@@ -453,7 +453,10 @@ class ConsoleModel:
             node=node,
             name=self.node_name(node),
             address=record.address if record else "",
-            status=record.status if record else self._member_status(node),
+            # (the record's status is the manager's word; until it says, membership's)
+            status=record.status
+            if record and record.status != "unknown"
+            else self._member_status(node),
             drain=record.drain if record else "",
             eligible=record.eligible if record else False,
             roles=self._roles(node),
