@@ -22,16 +22,14 @@ from colony.console.model import (
     RolesSeen,
     Sampled,
 )
-from colony.harness.processes import poll
+from colony.harness.processes import example_metrics, poll
 from colony.shared import changes, subjects
 from colony.shared.cluster import Cluster
 from colony.shared.jobspec import JobSpec, Task
 from colony.shared.management import Management
 from colony.shared.messages import (
-    HostMetrics,
     JobRun,
     JobScale,
-    NodeMetrics,
     NodeRegister,
     Resources,
 )
@@ -49,18 +47,6 @@ def register(node: str, name: str) -> NodeRegister:
 
 def web(replicas: int = 2, command: str = "sleep") -> JobRun:
     return JobRun(spec=JobSpec(name="web", task=Task(command=command), replicas=replicas))
-
-
-def sample(node: str, name: str, url: str, seq: int) -> NodeMetrics:
-    host = HostMetrics(
-        cpu_count=2, cpu_percent=5.0, load=(0.0, 0.0, 0.0), memory_total=2**31,
-        memory_available=2**30, disk_path="/", disk_total=1, disk_free=1, process_count=1,
-    )  # fmt: skip
-    capacity, used = Resources(cpu=2.0, memory=2**30), Resources(cpu=0.1 * seq, memory=2**20)
-    return NodeMetrics(
-        node=node, name=name, seq=seq, interval=1.0, node_started=0.0, nats_url=url,
-        host=host, processes=[], capacity=capacity, used=used, free=capacity - used,
-    )  # fmt: skip
 
 
 class Watched:
@@ -128,7 +114,10 @@ async def test_reads_replays_follows_and_reconnects(nats_server, voter, bus, tmp
 
         # metrics name the node connected through; roles and membership every roles_every
         await bus.publish(
-            subjects.node_metrics("n1-aaaa"), sample("n1-aaaa", "node-1", nats_server.url, 1)
+            subjects.node_metrics("n1-aaaa"),
+            example_metrics(
+                "n1-aaaa", name="node-1", nats_url=nats_server.url, used=Resources(0.1)
+            ),
         )
         await poll(lambda: watched.of(Sampled), 10, "a sample")
         await poll(lambda: model.connection.node == "node-1", 5, "the node connected through")

@@ -18,10 +18,10 @@ from colony.console.model import (
     RolesSeen,
     Sampled,
 )
+from colony.harness.processes import example_metrics
 from colony.shared.jobspec import JobSpec, Task
 from colony.shared.messages import (
     Change,
-    HostMetrics,
     InstanceRecord,
     JobRecord,
     MembersReply,
@@ -66,33 +66,8 @@ def change(index: int, kind: str, id: str, record=None, version: int = 1, ts=100
 
 
 def metrics(node_id=N1, name="node-1", cpu=0.25, memory=100 * MiB, seq=1) -> NodeMetrics:
-    host = HostMetrics(
-        cpu_count=4,
-        cpu_percent=10.0,
-        load=(0.0, 0.0, 0.0),
-        memory_total=8192 * MiB,
-        memory_available=4096 * MiB,
-        disk_path="/",
-        disk_total=1,
-        disk_free=1,
-        process_count=1,
-    )
-    capacity = Resources(cpu=4.0, memory=8192 * MiB)
-    used = Resources(cpu=cpu, memory=memory)
-    return NodeMetrics(
-        node=node_id,
-        name=name,
-        seq=seq,
-        interval=1.0,
-        node_started=0.0,
-        nats_url="nats://127.0.0.1:4222",
-        host=host,
-        processes=[],
-        capacity=capacity,
-        used=used,
-        free=capacity - used,
-        ts=50.0 + seq,
-    )
+    capacity, used = Resources(cpu=4.0, memory=8192 * MiB), Resources(cpu=cpu, memory=memory)
+    return example_metrics(node_id, seq, name=name, capacity=capacity, used=used, ts=50.0 + seq)
 
 
 def loaded_model(**kw) -> ConsoleModel:

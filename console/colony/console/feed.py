@@ -113,12 +113,13 @@ class BusFeed:
         self._nodes: dict[str, str] = {}
         """Node id -> its NATS URL (from its metrics), to name the node connected through."""
         self._names: dict[str, str] = {}
+        self._ever_connected = False
 
     async def run(self, emit: Emit) -> None:
         attempt = 0
         detail = ""
         while True:
-            state = "connecting" if self.seen == 0 and attempt == 0 else "reconnecting"
+            state = "reconnecting" if self._ever_connected else "connecting"
             emit(ConnectionChanged(Connection(state, ", ".join(self.servers), "", detail)))
             try:
                 bus = await connect(
@@ -131,7 +132,7 @@ class BusFeed:
                 await asyncio.sleep(RETRY[min(attempt, len(RETRY) - 1)])
                 attempt += 1
                 continue
-            attempt = 0
+            attempt, self._ever_connected = 0, True
             try:
                 detail = await self._session(bus, emit)
             except* Exception as group:  # whatever broke, the feed goes on: it says why

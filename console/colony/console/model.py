@@ -23,6 +23,7 @@ from typing import Any, Literal
 import msgspec
 
 from colony.cli.events import Summaries
+from colony.cli.rollout import waiting_canaries
 from colony.shared.messages import (
     Change,
     InstanceRecord,
@@ -568,14 +569,7 @@ def _read_whole(held: _Held | None, version: int) -> _Held:
 
 def waiting_promote(job: JobRecord) -> bool:
     """Whether the rollout's canaries are all healthy and wait for a promote."""
-    r = job.rollout
-    return (
-        r is not None
-        and r.status == "running"
-        and r.canaries > 0
-        and not r.promoted
-        and r.healthy >= r.canaries
-    )
+    return waiting_canaries(job.rollout)
 
 
 def rollout_said(job: JobRecord) -> str:
