@@ -155,3 +155,14 @@ async def _relayed(bus, secret: bytes, count: int) -> bool:
         return False
     finally:
         await feed.aclose()
+
+
+async def test_with_no_server_it_says_why_and_keeps_trying():
+    watched = Watched(BusFeed(["nats://127.0.0.1:1"], [VOTER], None, connect_timeout=0.2))
+    try:
+        await poll(lambda: len(watched.of(ConnectionChanged)) >= 3, 10, "attempts said")
+        shown = watched.model.connection
+        assert shown.state == "connecting" and "cannot reach any nats server" in shown.detail
+        assert shown.server == "nats://127.0.0.1:1" and not watched.task.done()
+    finally:
+        await watched.stop()

@@ -70,6 +70,8 @@ ROLES_EVERY = 2.0
 """Seconds between two looks at who leads, manages and votes, and at membership."""
 RETRY = (0.25, 0.5, 1.0, 2.0)
 """Seconds between two attempts to reconnect (the last one repeats)."""
+STEADY = 10.0
+"""Seconds a session must last for the next reconnect to start from the shortest wait."""
 CHECK_EVERY = 0.2
 """Seconds between two looks at whether the connection still holds."""
 ASK = 1.0
@@ -132,13 +134,18 @@ class BusFeed:
                 await asyncio.sleep(RETRY[min(attempt, len(RETRY) - 1)])
                 attempt += 1
                 continue
-            attempt, self._ever_connected = 0, True
+            self._ever_connected = True
+            began = asyncio.get_running_loop().time()
             try:
                 detail = await self._session(bus, emit)
             except* Exception as group:  # whatever broke, the feed goes on: it says why
                 detail = "; ".join(str(e) or type(e).__name__ for e in group.exceptions)
             finally:
                 await bus.close()
+            # a session that ends at once (no voter known yet...) is tried again, slower
+            lasted = asyncio.get_running_loop().time() - began
+            attempt = 0 if lasted > STEADY else attempt + 1
+            await asyncio.sleep(RETRY[min(attempt, len(RETRY) - 1)])
 
     async def _session(self, bus: Bus, emit: Emit) -> str:
         """Follow the cluster through `bus` until the connection drops (ConnectionLost)."""
