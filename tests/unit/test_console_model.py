@@ -105,7 +105,10 @@ def test_a_change_upserts_its_record_and_version_0_deletes_it():
     assert "web-1-bbbb" not in model.instances
     model.apply([change(13, "node", N2, node(N2, "node-2", status="dead"))])
     assert model.nodes[N2].status == "dead"
-    model.apply([change(14, "job", "web", job(), version=0)])
+    model.apply([Sampled(metrics(N2, "node-2"))])
+    model.apply([change(15, "node", N2, node(N2, "node-2"), version=0)])
+    assert N2 not in model.nodes and N2 not in model.metrics
+    model.apply([change(16, "job", "web", job(), version=0)])
     assert model.jobs == {} and model.job_rows() == []
 
 
@@ -134,7 +137,11 @@ def test_a_job_change_keeps_the_spec_held_and_a_read_brings_the_new_one():
     assert model.jobs["web"].spec.replicas == 4 and model.stale_specs() == set()
     model.apply([JobsRead([job(version=1)])])  # an older read never wins
     assert model.jobs["web"].version == 2
-    model.apply([change(12, "job", "api", job(name="api"))])  # first heard of by a change
+    model.apply([change(13, "job", "web", job(version=3, replicas=6))])
+    model.apply([JobsRead([JobRecord(name="web", version=3, spec=spec(replicas=9), replicas=3)])])
+    # a read of the version held brings its spec, not the fields a later change set
+    assert (model.jobs["web"].spec.replicas, model.jobs["web"].replicas) == (9, 6)
+    model.apply([change(14, "job", "api", job(name="api"))])  # first heard of by a change
     assert model.jobs["api"].spec.task.command == "?" and "api" in model.stale_specs()
 
 

@@ -301,12 +301,20 @@ class ConsoleModel:
                     changed.update(("roles", "nodes"))
             elif isinstance(item, JobsRead):
                 for job in item.jobs:
-                    held = self.jobs.get(job.name)
-                    if held is None or held.version <= job.version:
-                        self.jobs[job.name] = job
-                        self._jobs.setdefault(job.name, _Held()).spec_version = job.version
+                    self._read_job(job)
                 changed.add("jobs")
         return changed
+
+    def _read_job(self, job: JobRecord) -> None:
+        """Take a job read whole: its spec for the version held (the rest of the record
+        may be older than a change applied since the read), or all of it if newer."""
+        held = self.jobs.get(job.name)
+        if held is not None and held.version > job.version:
+            return
+        if held is not None and held.version == job.version:
+            job = msgspec.structs.replace(held, spec=job.spec, source=job.source)
+        self.jobs[job.name] = job
+        self._jobs.setdefault(job.name, _Held()).spec_version = job.version
 
     def _loaded(self, item: Loaded) -> None:
         self.nodes = {n.node: n for n in item.nodes}
@@ -344,8 +352,11 @@ class ConsoleModel:
         """Take the record a change carries; whether it is of a kind the model holds."""
         kind, id, detail = change.kind, change.id, change.detail
         if kind == "node":
-            if change.version == 0:
+            if change.version == 0:  # forgotten: its samples go too
                 self.nodes.pop(id, None)
+                self.metrics.pop(id, None)
+                self._cpu.pop(id, None)
+                self._memory.pop(id, None)
             else:
                 self.nodes[id] = msgspec.convert(detail, NodeRecord)
             return True
