@@ -1,0 +1,368 @@
+"""The console app: one worker runs the feed into a buffer; a timer applies the buffer to
+the model in batches and redraws only what the batch changed, on the screen in front.
+
+Batched rendering is what keeps it responsive under a burst: a thousand changes a second
+are twenty model updates and twenty redraws a second, whatever the rate. Tables are
+updated in place (cells that changed), the events table keeps its last rows only, and
+the model's history is bounded (colony.console.model).
+
+Actions (scale, roll back, promote, stop, drain, undrain) ask for a confirmation, then
+run in workers: the screen never waits for the cluster; what happened, or why not,
+shows as a notification.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from colony.console.actions import ActionError, Actions
+from colony.console.feed import Feed
+from colony.console.model import Connection, ConnectionChanged, ConsoleModel, FeedItem
+from colony.console.screens.base import ConsoleScreen
+from colony.console.screens.cluster import ClusterScreen
+from colony.console.screens.events import EventsScreen
+from colony.console.screens.jobs import JobScreen, JobsScreen
+from colony.console.screens.logs import LogsScreen
+from colony.console.screens.modals import ConfirmScreen, HelpScreen
+
+THEMES = ("textual-dark", "textual-light")
+
+
+class ConsoleApp(App):
+    """Colony's operator console."""
+
+    CSS_PATH = "console.tcss"
+    TITLE = "colony console"
+    MODES = {
+        "cluster": ClusterScreen,
+        "jobs": JobsScreen,
+        "events": EventsScreen,
+        "logs": LogsScreen,
+    }
+    DEFAULT_MODE = "cluster"
+    BINDINGS = [
+        Binding("1", "switch_mode('cluster')", "Cluster", show=False),
+        Binding("2", "switch_mode('jobs')", "Jobs", show=False),
+        Binding("3", "switch_mode('events')", "Events", show=False),
+        Binding("4", "switch_mode('logs')", "Logs", show=False),
+        Binding("question_mark", "help", "Help"),
+        Binding("t", "toggle_theme", "Light/dark", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        feed: Feed,
+        actions: Actions,
+        *,
+        clock: Callable[[], float] = time.time,
+        batch_interval: float = 0.05,
+        log_interval: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.feed = feed
+        self.cluster_actions = actions
+        self.clock = clock
+        """Wall clock for ages ('3m12s'): tests freeze it."""
+        self.batch_interval = batch_interval
+        self.log_interval = log_interval
+        """Seconds between two reads of the followed instance's output."""
+        self.model = ConsoleModel()
+        self.log_target = ""
+        """The instance the logs screen follows ('' : none picked yet)."""
+        self._buffer: list[FeedItem] = []
+        self.batches = 0
+        """Batches applied (for tests and the benchmark: how often the screen was redrawn)."""
+
+    def on_mount(self) -> None:
+        self.run_worker(self._run_feed(), name="feed", group="feed")
+        self.set_interval(self.batch_interval, self.apply_buffer)
+
+    async def _run_feed(self) -> None:
+        try:
+            await self.feed.run(self._buffer.append)
+        except Exception as e:  # the feed reconnects by itself: this is a bug, said plainly
+            self._buffer.append(
+                ConnectionChanged(Connection("disconnected", detail=f"the feed stopped: {e!r}"))
+            )
+            raise
+
+    def apply_buffer(self) -> None:
+        """Apply what the feed said since the last batch; redraw what it changed."""
+        if not self._buffer:
+            return
+        items = self._buffer[:]
+        self._buffer.clear()
+        changed = self.model.apply(items)
+        self.batches += 1
+        if changed:
+            screen = self.front_screen
+            if screen is not None:
+                screen.update_view(changed)
+
+    @property
+    def front_screen(self) -> ConsoleScreen | None:
+        """The console screen in front (under any dialog, which leaves it in sight)."""
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, ConsoleScreen):
+                return screen
+        return None
+
+    # --- navigation ------------------------------------------------------------------
+
+    def follow(self, instance: str) -> None:
+        """Show the logs screen following `instance`."""
+        self.log_target = instance
+        self.switch_mode("logs")
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(help_sections()))
+
+    def action_toggle_theme(self) -> None:
+        self.theme = THEMES[1] if self.theme == THEMES[0] else THEMES[0]
+
+    # --- actions ---------------------------------------------------------------------
+
+    def perform(self, what: str, call: Callable[[], Awaitable[str]]) -> None:
+        """Run an action in a worker; say what happened, or why not, in a notification."""
+
+        async def act() -> None:
+            try:
+                said = await call()
+            except ActionError as e:
+                self.notify(str(e), title=f"{what}: failed", severity="error", markup=False)
+            except Exception as e:  # an unforeseen failure still reads as one, not a crash
+                self.notify(
+                    f"{type(e).__name__}: {e}",
+                    title=f"{what}: failed",
+                    severity="error",
+                    markup=False,
+                )
+            else:
+                self.notify(said or "done", title=what, markup=False)
+
+        self.run_worker(act(), group="actions", exit_on_error=False)
+
+    def _job_row(self, job: str):
+        return next((r for r in self.model.job_rows() if r.name == job), None)
+
+    def ask_scale(self, job: str) -> None:
+        row = self._job_row(job)
+        current = row.desired if row else 0
+
+        def check(value: str) -> str:
+            if not value.isdigit():
+                return "a number of instances: 0 or more"
+            return ""
+
+        def then(value: str | None) -> None:
+            if value is not None:
+                n = int(value)
+                self.perform(f"scale {job} to {n}", lambda: self.cluster_actions.scale(job, n))
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Scale {job}",
+                f"How many instances of {job} should run? (now {current})",
+                verb="Scale",
+                ask="instances",
+                value=str(current),
+                check=check,
+            ),
+            then,
+        )
+
+    def ask_rollback(self, job: str) -> None:
+        record = self.model.jobs.get(job)
+        stable = record.stable if record else 0
+        to = f"the last good version (v{stable})" if stable else "the last good version"
+
+        def check(value: str) -> str:
+            if value and not value.lstrip("v").isdigit():
+                return "a version number (3 or v3), or nothing for the last good version"
+            return ""
+
+        def then(value: str | None) -> None:
+            if value is None:
+                return
+            version = int(value.lstrip("v")) if value else None
+            target = f"v{version}" if version else "the last good version"
+            self.perform(
+                f"roll {job} back to {target}", lambda: self.cluster_actions.rollback(job, version)
+            )
+
+        current = f" (now v{record.version})" if record else ""
+        self.push_screen(
+            ConfirmScreen(
+                f"Roll back {job}",
+                f"Roll {job}{current} back to {to}, or to the version typed below?",
+                verb="Roll back",
+                danger=True,
+                ask="version (empty: the last good one)",
+                check=check,
+            ),
+            then,
+        )
+
+    def ask_promote(self, job: str) -> None:
+        row = self._job_row(job)
+        said = row.rollout if row and row.rollout else "no rollout recorded"
+        self._confirm(
+            f"Promote {job}",
+            f"Promote the canaries of {job} and roll the new version out to every instance?\n"
+            f"({said})",
+            "Promote",
+            f"promote {job}",
+            lambda: self.cluster_actions.promote(job),
+        )
+
+    def ask_stop(self, job: str) -> None:
+        self._confirm(
+            f"Stop {job}",
+            f"Stop every instance of {job}? The job stays known (run it again to restart).",
+            "Stop",
+            f"stop {job}",
+            lambda: self.cluster_actions.stop(job),
+            danger=True,
+        )
+
+    def ask_drain(self, node: str) -> None:
+        name = self.model.node_name(node)
+        self._confirm(
+            f"Drain {name}",
+            f"Drain {name}: no new instances go there and its instances move to other "
+            "nodes (what has not moved in an hour is stopped).",
+            "Drain",
+            f"drain {name}",
+            lambda: self.cluster_actions.drain(node),
+            danger=True,
+        )
+
+    def ask_undrain(self, node: str) -> None:
+        name = self.model.node_name(node)
+        self._confirm(
+            f"Undrain {name}",
+            f"Let instances be placed on {name} again?",
+            "Undrain",
+            f"undrain {name}",
+            lambda: self.cluster_actions.undrain(node),
+        )
+
+    def _confirm(
+        self,
+        title: str,
+        message: str,
+        verb: str,
+        what: str,
+        call: Callable[[], Awaitable[str]],
+        danger: bool = False,
+    ) -> None:
+        def then(value: str | None) -> None:
+            if value is not None:
+                self.perform(what, call)
+
+        self.push_screen(ConfirmScreen(title, message, verb=verb, danger=danger), then)
+
+    # --- command palette -------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for key, (mode, title) in enumerate(
+            (("cluster", "Cluster"), ("jobs", "Jobs"), ("events", "Events"), ("logs", "Logs")),
+            start=1,
+        ):
+            yield SystemCommand(
+                f"Go to {title}", f"the {title} screen ({key})", lambda m=mode: self.switch_mode(m)
+            )
+        for row in self.model.job_rows():
+            job = row.name
+            yield SystemCommand(
+                f"Scale {job}", f"{row.desired} wanted now", lambda j=job: self.ask_scale(j)
+            )
+            yield SystemCommand(
+                f"Roll back {job}", f"now v{row.version}", lambda j=job: self.ask_rollback(j)
+            )
+            if row.waiting_promote:
+                yield SystemCommand(
+                    f"Promote {job}", row.rollout, lambda j=job: self.ask_promote(j)
+                )
+            if row.status == "running":
+                yield SystemCommand(
+                    f"Stop {job}", "stop every instance", lambda j=job: self.ask_stop(j)
+                )
+            yield SystemCommand(
+                f"Open {job}",
+                "its instances, versions and history",
+                lambda j=job: self._open_job(j),
+            )
+        for node in self.model.node_rows():
+            if node.drain:
+                yield SystemCommand(
+                    f"Undrain {node.name}",
+                    f"{node.drain} now",
+                    lambda n=node.node: self.ask_undrain(n),
+                )
+            else:
+                yield SystemCommand(
+                    f"Drain {node.name}",
+                    f"{node.instances} instances move away",
+                    lambda n=node.node: self.ask_drain(n),
+                )
+        for row in self.model.instances.values():
+            if row.desired == "run":
+                yield SystemCommand(
+                    f"Logs of {row.job}/{row.slot}",
+                    f"follow {row.id}",
+                    lambda i=row.id: self.follow(i),
+                )
+
+    def _open_job(self, job: str) -> None:
+        async def go() -> None:
+            await self.switch_mode("jobs")
+            self.push_screen(JobScreen(job))
+
+        self.run_worker(go(), group="navigation")
+
+
+def help_sections() -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every key, from the bindings themselves (so the help never lags behind them)."""
+
+    def keys(bindings) -> list[tuple[str, str]]:
+        found = []
+        for b in bindings:
+            if isinstance(b, Binding):
+                found.append((_key_name(b.key), b.description or b.action))
+            else:
+                found.append((_key_name(b[0]), b[2] if len(b) > 2 else b[1]))
+        return found
+
+    general = keys(ConsoleApp.BINDINGS)
+    general[:4] = [("1 2 3 4", "Cluster, Jobs, Events, Logs screens")]
+    general.append(("ctrl+p", "Command palette: every action, on any job or node"))
+    general.append(("↑ ↓ pgup pgdn", "Move in a table"))
+    return [
+        ("Everywhere", general),
+        ("Cluster (1)", keys(ClusterScreen.BINDINGS)),
+        ("Jobs (2)", keys(JobsScreen.BINDINGS)),
+        ("A job (enter on Jobs)", keys(JobScreen.BINDINGS)),
+        ("Events (3)", keys(EventsScreen.BINDINGS)),
+        ("Logs (4)", keys(LogsScreen.BINDINGS)),
+        ("Dialogs", [("enter / y", "Confirm"), ("escape", "Cancel")]),
+    ]
+
+
+def _key_name(key: str) -> str:
+    names = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc"}
+    return " ".join(names.get(k, k) for k in key.split(","))
+
+
+async def run_console(feed: Feed, actions: Actions) -> None:
+    """Run the console in this terminal until the operator quits (in the running event
+    loop: the one the feed's and the actions' connections live in)."""
+    await ConsoleApp(feed, actions).run_async()

@@ -1,0 +1,116 @@
+"""A DataTable kept in step with the model in place: cells updated where they changed,
+rows added and removed, the cursor staying on the same row (by key)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from rich.text import Text
+from textual.widgets import DataTable
+from textual.widgets.data_table import RowDoesNotExist
+
+Row = tuple[str, Sequence[Text]]
+"""A row's key (the object's id) and its cells, one per column."""
+
+
+class LiveTable(DataTable):
+    """A row-cursor table whose rows are keyed by the object they show."""
+
+    def __init__(self, columns: Sequence[tuple[str, str]], id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+        self._columns = list(columns)
+        self._cells: dict[str, tuple[Text, ...]] = {}
+
+    def on_mount(self) -> None:
+        self.set_columns(self._columns)
+
+    def set_columns(self, columns: Sequence[tuple[str, str]]) -> None:
+        """(key, label) per column; changing them empties the table (sync refills it)."""
+        self._columns = list(columns)
+        self.clear(columns=True)
+        self._cells.clear()
+        for key, label in self._columns:
+            self.add_column(Text(label, style="bold"), key=key)
+
+    @property
+    def column_keys(self) -> list[str]:
+        return [key for key, _ in self._columns]
+
+    @property
+    def selected(self) -> str | None:
+        """The key of the row under the cursor (None: the table is empty)."""
+        if not self.row_count:
+            return None
+        try:
+            key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
+        except Exception:  # a cursor past the rows just removed
+            return None
+        return key.value
+
+    def select(self, key: str) -> None:
+        with contextlib.suppress(RowDoesNotExist):
+            self.move_cursor(row=self.get_row_index(key))
+
+    def sync(self, rows: Sequence[Row]) -> None:
+        """Show exactly `rows`, in their order: only the cells that changed are touched;
+        the table is refilled only when rows appear out of order."""
+        keys = [key for key, _ in rows]
+        shown = list(self._cells)
+        wanted = set(keys)
+        kept = [key for key in shown if key in wanted]
+        if kept != keys[: len(kept)]:
+            self._refill(rows)
+            return
+        for key in shown:
+            if key not in wanted:
+                self.remove_row(key)
+                del self._cells[key]
+        columns = self.column_keys
+        for key, cells in rows:
+            cells = tuple(cells)
+            old = self._cells.get(key)
+            if old is None:
+                self.add_row(*cells, key=key)
+            elif not all(map(_same, old, cells)):
+                for column, before, after in zip(columns, old, cells, strict=True):
+                    if not _same(before, after):
+                        self.update_cell(key, column, after, update_width=True)
+            self._cells[key] = cells
+
+    def _refill(self, rows: Sequence[Row]) -> None:
+        selected = self.selected
+        self.clear()
+        self._cells.clear()
+        for key, cells in rows:
+            self._cells[key] = tuple(cells)
+            self.add_row(*cells, key=key)
+        if selected is not None:
+            self.select(selected)
+
+    def append(self, rows: Sequence[Row], limit: int) -> None:
+        """Add `rows` at the bottom and drop the oldest beyond `limit`; the cursor follows
+        the newest row when it was on the last one."""
+        following = self.row_count == 0 or self.cursor_row >= self.row_count - 1
+        for key, cells in rows:
+            if key in self._cells:
+                continue
+            self._cells[key] = tuple(cells)
+            self.add_row(*cells, key=key)
+        excess = len(self._cells) - limit
+        if excess > 0:
+            for key in list(self._cells)[:excess]:
+                self.remove_row(key)
+                del self._cells[key]
+        if following and self.row_count:
+            self.move_cursor(row=self.row_count - 1)
+
+    def empty(self) -> None:
+        self.clear()
+        self._cells.clear()
+
+
+def _same(a: Text, b: Text) -> bool:
+    # Text's own == leaves out the base style: a status turning from green to red would not
+    # count as a change
+    return a.plain == b.plain and a.style == b.style and a.spans == b.spans

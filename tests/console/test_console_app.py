@@ -1,0 +1,298 @@
+"""The console driven by keys: navigation, the live tables, filters and pause, each
+action's confirmation and call, errors as notifications (a scripted feed, a fake Actions)."""
+
+from __future__ import annotations
+
+from _console import FIXED, LAST_INDEX, FakeActions, change, instance, make_app, node, settle, until
+from textual.widgets import Input, Log
+
+from colony.console.model import Connection, ConnectionChanged
+from colony.console.screens.cluster import ClusterScreen
+from colony.console.screens.events import EventsScreen, parse_filter, said
+from colony.console.screens.jobs import JobScreen, JobsScreen
+from colony.console.screens.logs import LogsScreen
+from colony.console.screens.modals import ConfirmScreen, HelpScreen, PayloadScreen
+from colony.console.widgets.status import StatusBar
+from colony.console.widgets.table import LiveTable
+
+SIZE = (100, 30)
+
+
+def plain(table: LiveTable, row: str, column: str) -> str:
+    return table.get_cell(row, column).plain
+
+
+def rows(table: LiveTable) -> list[str]:
+    return [key.value for key in table.rows]
+
+
+def notes(app) -> list[tuple[str, str, str]]:
+    return [(n.title, n.message, n.severity) for n in app._notifications]
+
+
+async def test_number_keys_switch_screens_and_the_bar_says_where_it_is_connected():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, ClusterScreen)
+        bar = app.screen.query_one(StatusBar).render().plain
+        assert "connected via node-1" in bar and f"#{LAST_INDEX}" in bar
+        for key, screen in (("2", JobsScreen), ("3", EventsScreen), ("4", LogsScreen)):
+            await pilot.press(key)
+            assert isinstance(app.screen, screen)
+        await pilot.press("1")
+        assert isinstance(app.screen, ClusterScreen)
+
+        app.feed.push(ConnectionChanged(Connection("reconnecting", detail="connection lost")))
+        await until(pilot, lambda: app.model.connection.state == "reconnecting", "reconnecting")
+        await pilot.pause()
+        assert "reconnecting" in app.screen.query_one(StatusBar).render().plain
+
+
+async def test_the_nodes_table_shows_roles_and_updates_rows_in_place():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one("#nodes", LiveTable)
+        assert rows(table) == ["n1", "n2", "n3"]
+        assert plain(table, "n1", "roles") == "voter leader"
+        assert plain(table, "n2", "roles") == "voter mgr e7"  # (manager e7 when wider)
+        assert plain(table, "n3", "status") == "suspect draining"
+        assert plain(table, "n1", "inst") == "2"
+        first_row = table.rows["n1"]
+
+        app.feed.push(change(LAST_INDEX + 1, "node", "n3", 6, node("n3", status="dead")))
+        await settle(pilot, LAST_INDEX + 1)
+        assert plain(table, "n3", "status") == "dead"
+        assert table.rows["n1"] is first_row  # updated in place, not rebuilt
+
+        # the membership view of the selected node
+        members = app.screen.query_one("#members", LiveTable)
+        assert plain(members, "n3", "status") == "suspect"
+
+
+async def test_a_burst_of_changes_is_drawn_in_a_few_batches():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("3")
+        before = app.batches
+        record = instance("web-0-cccc", "web", 2, 0, "n1")
+        burst = [
+            change(LAST_INDEX + i, "instance", "web-0-cccc", 10 + i, record) for i in range(1, 1001)
+        ]
+        app.feed.push(*burst)
+        await settle(pilot, LAST_INDEX + 1000)
+        assert app.batches - before < 100, "each batch should absorb many changes"
+        table = app.screen.query_one("#events", LiveTable)
+        assert table.row_count == 500  # bounded
+        assert rows(table)[-1] == str(LAST_INDEX + 1000)
+
+
+def test_a_filter_reads_as_typed():
+    f = parse_filter("kind:job,instance job:web node:node-2 went down")
+    assert f.kinds == {"job", "instance"} and f.job == "web" and f.node == "node-2"
+    assert f.text == "went down"
+    assert said(f) == "kind:instance,job job:web node:node-2 went down"
+
+
+async def test_events_filter_on_slash_and_clear_on_escape():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("3")
+        table = app.screen.query_one("#events", LiveTable)
+        assert rows(table) == ["41", "42", "43", "44"]
+        await pilot.press("slash")
+        assert app.screen.query_one("#filter", Input).has_focus
+        await pilot.press(*"kind:instance", "enter")
+        assert rows(table) == ["43"]
+        await pilot.press("slash", "end", *" node-3", "enter")  # and a free text
+        assert app.screen.filter.text == "node-3" and rows(table) == ["43"]
+        await pilot.press("escape")
+        assert rows(table) == ["41", "42", "43", "44"]
+        await pilot.press("slash", *"node:node-3", "enter")
+        assert rows(table) == ["41", "43"]
+
+
+async def test_space_pauses_and_resumes_the_events():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("3", "space")
+        assert app.screen.paused
+        app.feed.push(change(LAST_INDEX + 1, "node", "n2", 9, node("n2")))
+        await settle(pilot, LAST_INDEX + 1)
+        table = app.screen.query_one("#events", LiveTable)
+        assert str(LAST_INDEX + 1) not in rows(table)
+        assert "1 new" in app.screen.query_one("#events-state").render().plain
+        await pilot.press("space")
+        assert rows(table)[-1] == str(LAST_INDEX + 1)
+
+
+async def test_enter_on_an_event_shows_its_whole_payload():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("3", "enter")
+        assert isinstance(app.screen, PayloadScreen)
+        assert app.screen.row.index == LAST_INDEX  # the cursor follows the newest
+        await pilot.press("escape")
+        assert isinstance(app.screen, EventsScreen)
+
+
+async def _on_job(pilot, job: str = "web") -> None:
+    await settle(pilot)
+    await pilot.press("2")
+    app = pilot.app
+    app.screen.query_one("#jobs", LiveTable).select(job)
+    await pilot.pause()
+
+
+async def test_scale_asks_the_count_then_scales():
+    actions = FakeActions()
+    app = make_app(actions=actions)
+    async with app.run_test(size=SIZE) as pilot:
+        await _on_job(pilot)
+        await pilot.press("s")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert app.screen.query_one("#dialog-input", Input).value == "3"  # what it wants now
+        await pilot.press("backspace", "x", "enter")
+        assert isinstance(app.screen, ConfirmScreen), "not a number: the dialog stays"
+        assert "a number" in app.screen.query_one("#dialog-error").render().plain
+        await pilot.press("backspace", "5", "enter")
+        await until(pilot, lambda: actions.calls[-1:] == [("scale", "web", 5)], "scale")
+        await until(pilot, lambda: any(t == "scale web to 5" for t, _, _ in notes(app)), "a note")
+        assert isinstance(app.screen, JobsScreen)
+
+
+async def test_a_cancelled_dialog_does_nothing():
+    actions = FakeActions()
+    app = make_app(actions=actions)
+    async with app.run_test(size=SIZE) as pilot:
+        await _on_job(pilot)
+        for key in "sxrp":
+            await pilot.press(key)
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("escape")
+            assert isinstance(app.screen, JobsScreen)
+        await pilot.pause()
+        assert [c for c in actions.calls if c[0] != "versions"] == []
+
+
+async def test_rollback_promote_and_stop_after_confirming():
+    actions = FakeActions()
+    app = make_app(actions=actions)
+    async with app.run_test(size=SIZE) as pilot:
+        await _on_job(pilot)
+        await pilot.press("r", "enter")  # nothing typed: the last good version
+        await pilot.press("r", "2", "enter")
+        await pilot.press("p", "enter")
+        await pilot.press("x", "enter")
+        want = [("rollback", "web", None), ("rollback", "web", 2)]
+        want += [("promote", "web"), ("stop", "web")]
+        await until(pilot, lambda: actions.calls == want, f"{want}, not {actions.calls}")
+
+
+async def test_drain_and_undrain_the_selected_node():
+    actions = FakeActions()
+    app = make_app(actions=actions)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one("#nodes", LiveTable)
+        table.select("n2")
+        await pilot.press("d")
+        assert "node-2" in app.screen.query_one("#dialog-message").render().plain
+        await pilot.press("enter")
+        table.select("n3")
+        await pilot.press("u", "y")
+        await until(pilot, lambda: actions.calls == [("drain", "n2"), ("undrain", "n3")], "calls")
+
+
+async def test_an_action_error_shows_as_an_error_notification():
+    actions = FakeActions()
+    actions.fail["promote"] = "web has no canaries waiting: its rollout is over"
+    app = make_app(actions=actions)
+    async with app.run_test(size=SIZE) as pilot:
+        await _on_job(pilot)
+        await pilot.press("p", "enter")
+        await until(pilot, lambda: any(s == "error" for _, _, s in notes(app)), "an error note")
+        assert ("promote web: failed", actions.fail["promote"], "error") in notes(app)
+        assert isinstance(app.screen, JobsScreen)  # and the console goes on
+
+
+async def test_a_job_page_shows_instances_versions_and_history_then_its_logs():
+    actions = FakeActions()
+    app = make_app(actions=actions)
+    async with app.run_test(size=SIZE) as pilot:
+        await _on_job(pilot)
+        await pilot.press("enter")
+        assert isinstance(app.screen, JobScreen) and app.screen.job == "web"
+        instances = app.screen.query_one("#instances", LiveTable)
+        assert rows(instances) == ["web-0-cccc", "web-1-dddd", "web-2-eeee"]
+        assert plain(instances, "web-1-dddd", "restarts") == "2"
+        assert plain(instances, "web-0-cccc", "age") == "2m05s"
+        assert plain(instances, "web-0-cccc", "address") == "10.0.0.1:8000"
+        versions = app.screen.query_one("#versions", LiveTable)
+        await until(pilot, lambda: versions.row_count == 3, "the versions read")
+        assert rows(app.screen.query_one("#history", LiveTable)) == ["42", "43"]
+
+        await pilot.press("s", "escape")  # the actions work from here too
+        assert isinstance(app.screen, JobScreen)
+        await pilot.press("l")
+        assert isinstance(app.screen, LogsScreen)
+        log = app.screen.query_one("#log", Log)
+        await until(pilot, lambda: "serving on :8000" in "\n".join(log.lines), "the output")
+        actions.output.append("GET / 200\n")
+        await until(pilot, lambda: "GET / 200" in log.lines, "the followed output")
+        assert log.lines.count("starting") == 1
+
+        await pilot.press("2")  # back on the jobs mode, the job page is where it was
+        assert isinstance(app.screen, JobScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, JobsScreen)
+
+
+async def test_a_log_read_failing_says_so_once():
+    actions = FakeActions()
+    actions.fail["logs"] = "node-1 does not answer: its agent may be down"
+    app = make_app(actions=actions)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.follow("web-0-cccc")
+        await until(pilot, lambda: len([c for c in actions.calls if c[0] == "logs"]) >= 3, "reads")
+        errors = [n for n in notes(app) if n[2] == "error"]
+        assert errors == [("logs of web-0-cccc", actions.fail["logs"], "error")]
+        assert actions.fail["logs"] in app.screen.query_one("#log-state").render().plain
+
+
+async def test_help_lists_every_key_and_the_palette_offers_the_actions():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        listed = {key for _, keys in app.screen.sections for key, _ in keys}
+        for key in ("1 2 3 4", "?", "ctrl+p", "d", "u", "s", "r", "p", "x", "l", "/", "space"):
+            assert key in listed, key
+        await pilot.press("escape")
+        assert isinstance(app.screen, ClusterScreen)
+
+        commands = {c.title: c for c in app.get_system_commands(app.screen)}
+        for title in ("Scale web", "Promote web", "Stop api", "Undrain node-3", "Drain node-1"):
+            assert title in commands, title
+        assert "Promote api" not in commands  # nothing waits for a promote
+        commands["Drain node-1"].callback()
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+
+
+async def test_light_theme_and_80x24():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("t")
+        assert app.theme == "textual-light"
+        for key in "12341":
+            await pilot.press(key)
+        assert app.clock() == FIXED
