@@ -20,8 +20,13 @@ Measured per rate, on each screen:
   than are pushed, and its backlog grows).
 
 Then a soak at 1,000 changes/s, and the process's RSS after it (the history held is
-bounded). `COLONY_BENCH_CONSOLE_SECONDS=3600 python -m bench console` makes the soak an
-hour; `COLONY_BENCH_CONSOLE_STEP` sets each rate's seconds.
+bounded). Last, the console as `colony console` opens it (BusFeed, ClusterActions) on a
+real 3-node `colony up` cluster, while a client commits 1,000 kv writes a second through
+Raft: commit -> drawn through the change stream and the feed.
+
+`COLONY_BENCH_CONSOLE_SECONDS=3600 python -m bench console` makes the soak an hour;
+`COLONY_BENCH_CONSOLE_STEP` sets each rate's seconds; `COLONY_BENCH_CONSOLE_CLUSTER` the
+real cluster's (0: skip it).
 """
 
 from __future__ import annotations
@@ -31,25 +36,34 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import psutil
 from textual.drivers.headless_driver import HeadlessDriver
+from textual.pilot import Pilot
 from textual.screen import Screen
 
+from bench._cluster import local_cluster
 from bench._report import say, table, verdict
+from colony.cli.console import opened
+from colony.cli.local.write import voters_of
+from colony.cli.main import build_parser
 from colony.console.app import ConsoleApp
 from colony.console.feed import ScriptedFeed
 from colony.console.model import Changed, Connection, ConnectionChanged, Loaded, Sampled
 from colony.harness.processes import example_metrics, poll
 from colony.shared import jobspec
+from colony.shared.bus import connect
+from colony.shared.config import NatsSettings
+from colony.shared.management import Management, ManagementError
 from colony.shared.messages import (
     Change,
     InstanceRecord,
     JobRecord,
+    KvPut,
     NodeRecord,
     Rollout,
     to_builtins,
@@ -64,6 +78,13 @@ STEP = float(os.environ.get("COLONY_BENCH_CONSOLE_STEP", "3"))
 SOAK = float(os.environ.get("COLONY_BENCH_CONSOLE_SECONDS", "10"))
 """Seconds of the soak at 1,000 changes/s, before the RSS is read."""
 SOAK_RATE = 1000
+CLUSTER_SECONDS = float(os.environ.get("COLONY_BENCH_CONSOLE_CLUSTER", "10"))
+"""Seconds of the real-cluster phase (0: skip it)."""
+CLUSTER_RATE = 1000
+"""kv writes a second committed through Raft in the real-cluster phase."""
+IN_FLIGHT = 20
+"""Entries the real-cluster writer awaits at once."""
+KEYS = {"cluster": "1", "jobs": "2", "events": "3"}
 NODES, JOBS, REPLICAS = 10, 40, 10
 TICK = 0.01
 """Seconds between two pushes of the stream (each pushes what is due)."""
@@ -113,12 +134,14 @@ class Phase:
     pushed: int = 0
     applied: int = 0
     frames: int = 0
-    backlog: int = 0
+    failed: int = 0
     rss: float = 0.0
     events_held: int = 0
     stall: Histogram = field(default_factory=Histogram)
     render: Histogram = field(default_factory=Histogram)
     latency: Histogram = field(default_factory=Histogram)
+    commit: Histogram = field(default_factory=Histogram)
+    """From a write asked to its commit (the real cluster's writer)."""
 
     @property
     def absorbed(self) -> float:
@@ -150,18 +173,17 @@ class Probe:
     def __init__(self, app: ConsoleApp) -> None:
         self.app = app
         self.phase = Phase("startup", 0, 1.0)
-        self.committed: dict[int, float] = {}
-        """Commit time of each change pushed and not yet drawn."""
-        self.applied: list[int] = []
-        """Indexes applied since the last frame."""
+        self.applied: list[float] = []
+        """Commit times of the live changes applied since the last frame."""
         model = app.model
         apply = model.apply
 
         def applying(items):
             items = list(items)
             areas = apply(items)
-            self.applied += [i.change.index for i in items if isinstance(i, Changed)]
-            self.phase.applied += sum(isinstance(i, Changed) for i in items)
+            live = [i.change.ts for i in items if isinstance(i, Changed) and i.live]
+            self.applied += live
+            self.phase.applied += len(live)
             return areas
 
         model.apply = applying
@@ -170,10 +192,8 @@ class Probe:
     def frame(self, data: str) -> None:
         now = time.time()
         self.phase.frames += 1
-        for index in self.applied:
-            committed = self.committed.pop(index, None)
-            if committed is not None:
-                self.phase.latency.add(now - committed)
+        for committed in self.applied:
+            self.phase.latency.add(now - committed)
         self.applied = []
 
     async def stalls(self) -> None:
@@ -304,10 +324,7 @@ async def push(feed: ScriptedFeed, probe: Probe, stream: Stream, rate: int, seco
     while (elapsed := time.monotonic() - started) < seconds:
         now = time.time()
         due = int(rate * elapsed) - pushed
-        changes = [stream.next(now) for _ in range(due)]
-        for change in changes:
-            probe.committed[change.index] = change.ts
-        items: list = [Changed(c) for c in changes]
+        items: list = [Changed(stream.next(now)) for _ in range(due)]
         if int(elapsed) >= sampled:
             sampled += 1
             items += [
@@ -320,47 +337,125 @@ async def push(feed: ScriptedFeed, probe: Probe, stream: Stream, rate: int, seco
         await asyncio.sleep(TICK)
 
 
-async def measure() -> list[Phase]:
-    now = time.time()
-    loaded, instances, jobs = cluster(now)
-    connected = ConnectionChanged(Connection("connected", "nats://127.0.0.1:4222", "node-1"))
-    feed = ScriptedFeed([connected, loaded])
-    app = ConsoleApp(feed, NoActions())
+@contextlib.asynccontextmanager
+async def probed(app: ConsoleApp) -> AsyncIterator[tuple[Pilot, Probe]]:
+    """`app` running at SIZE, every frame rendered, the probe hooked in."""
     app.driver_class = FrameDriver
-    stream = Stream(instances, jobs)
-    phases = []
     async with app.run_test(size=SIZE, headless=False) as pilot:
         probe = Probe(app)
         ticker = asyncio.create_task(probe.stalls())
-        with timed_updates(probe):
-            await pilot.pause()
-            plan = [("events", "3", rate, STEP) for rate in RATES]
-            plan += [("jobs", "2", 1000, STEP), ("cluster", "1", 1000, STEP)]
-            plan.append(("events (soak)", "3", SOAK_RATE, SOAK))
-            for screen, key, rate, seconds in plan:
-                await pilot.press(key)
-                await pilot.pause()
-                probe.phase = phase = Phase(screen, rate, seconds)
-                probe.committed.clear()
-                await push(feed, probe, stream, rate, seconds)
-                phase.backlog = stream.index - app.model.index
-                phase.rss = psutil.Process().memory_info().rss / MIB
-                phases.append(phase)
-                say(
-                    f"{screen} at {rate}/s: absorbed {phase.absorbed:.0f}/s, stall p99 "
-                    f"{phase.stall.quantile(0.99) * 1000:.1f} ms, commit->drawn p99 "
-                    f"{phase.latency.quantile(0.99) * 1000:.1f} ms, {phase.frames} frames, "
-                    f"backlog {phase.backlog}, RSS {phase.rss:.0f} MiB"
-                )
-                await drain(app, stream)
+        try:
+            with timed_updates(probe):
+                yield pilot, probe
+        finally:
             ticker.cancel()
+
+
+async def measured(
+    pilot: Pilot, probe: Probe, screen: str, rate: int, seconds: float, load: Awaitable[None]
+) -> Phase:
+    """A phase: `screen` in front, then `load` (changes at `rate` for `seconds`)."""
+    await pilot.press(KEYS[screen.split()[0]])
+    await pilot.pause()
+    probe.phase = phase = Phase(screen, rate, seconds)
+    await load
+    phase.rss = psutil.Process().memory_info().rss / MIB
+    say(
+        f"{screen} at {rate}/s: absorbed {phase.absorbed:.0f}/s, stall p99 "
+        f"{phase.stall.quantile(0.99) * 1000:.1f} ms, commit->drawn p99 "
+        f"{phase.latency.quantile(0.99) * 1000:.1f} ms, {phase.frames} frames, "
+        f"RSS {phase.rss:.0f} MiB"
+    )
+    return phase
+
+
+async def scripted() -> list[Phase]:
+    """Every rate on the Events screen, 1,000/s on the others, then the soak."""
+    loaded, instances, jobs = cluster(time.time())
+    connected = ConnectionChanged(Connection("connected", "nats://127.0.0.1:4222", "node-1"))
+    feed = ScriptedFeed([connected, loaded])
+    app = ConsoleApp(feed, NoActions())
+    stream = Stream(instances, jobs)
+    plan = [("events", rate, STEP) for rate in RATES]
+    plan += [("jobs", 1000, STEP), ("cluster", 1000, STEP), ("events (soak)", SOAK_RATE, SOAK)]
+    phases = []
+    async with probed(app) as (pilot, probe):
+        await poll(lambda: app.model.index >= stream.index, 30, "the cluster loaded")
+        for screen, rate, seconds in plan:
+            load = push(feed, probe, stream, rate, seconds)
+            phases.append(await measured(pilot, probe, screen, rate, seconds, load))
+            # the backlog applied before the next phase
+            await poll(lambda: app.model.index >= stream.index, 60, "the backlog applied", 0.05)
         phases[-1].events_held = len(app.model.events)
     return phases
 
 
-async def drain(app: ConsoleApp, stream: Stream, timeout: float = 60.0) -> None:
-    """Until the app has applied every change pushed (before the next phase starts)."""
-    await poll(lambda: app.model.index >= stream.index, timeout, "the backlog applied", 0.05)
+async def on_cluster() -> Phase:
+    """The console as `colony console` opens it (BusFeed, ClusterActions) on a real local
+    cluster, while a client commits `CLUSTER_RATE` kv writes a second through Raft."""
+    with local_cluster(3) as running:
+        args = build_parser().parse_args(["console", "--state-dir", str(running.state.path)])
+        async with opened(args) as (feed, actions):
+            app = ConsoleApp(feed, actions)
+            async with probed(app) as (pilot, probe):
+                await poll(
+                    lambda: app.model.connection.state == "connected" and app.model.index,
+                    60,
+                    "the console connected and the cluster read",
+                )
+                servers = [url for n in running.state.nodes() if (url := n.nats_url())]
+                bus = await connect(NatsSettings(servers=servers), "bench-console-writer")
+                try:
+                    writer = Management(bus, voters_of(running.state))
+                    rate, seconds = CLUSTER_RATE, CLUSTER_SECONDS
+                    load = write(writer, probe, rate, seconds)
+                    phase = await measured(pilot, probe, "events (cluster)", rate, seconds, load)
+                finally:
+                    await bus.close()
+                await quiet(app)
+    return phase
+
+
+async def write(client: Management, probe: Probe, rate: int, seconds: float) -> None:
+    """Commit `rate` kv writes a second for `seconds`: what is due every tick, in one
+    entry (at most IN_FLIGHT entries awaited at once; what is due waits for a slot)."""
+    started, sent = time.monotonic(), 0
+    flying: set[asyncio.Task] = set()
+
+    async def commit(count: int) -> None:
+        puts = [KvPut(f"console-bench-{(sent + k) % 1000}", str(sent + k)) for k in range(count)]
+        asked = time.time()
+        try:
+            await client.propose(*puts)
+            probe.phase.commit.add(time.time() - asked)
+        except ManagementError as e:
+            probe.phase.failed += count
+            say(f"a write failed: {e}")
+
+    while (elapsed := time.monotonic() - started) < seconds:
+        due = int(rate * elapsed) - sent
+        if due and len(flying) < IN_FLIGHT:
+            task = asyncio.create_task(commit(due))
+            flying.add(task)
+            task.add_done_callback(flying.discard)
+            sent += due
+            probe.phase.pushed += due
+        await asyncio.sleep(TICK)
+    if flying:
+        await asyncio.wait(flying)
+
+
+async def quiet(app: ConsoleApp, still: float = 1.0) -> None:
+    """Until the console has applied nothing new for `still` seconds (the stream drained)."""
+    seen = {"index": -1, "at": 0.0}
+
+    def settled() -> bool:
+        now = time.monotonic()
+        if app.model.index != seen["index"]:
+            seen.update(index=app.model.index, at=now)
+        return now - seen["at"] >= still
+
+    await poll(settled, 60, "the change stream drained", 0.1)
 
 
 def report(phases: list[Phase]) -> str:
@@ -383,38 +478,62 @@ def report(phases: list[Phase]) -> str:
         for p in phases
     ]
     columns = [
-        "screen", "pushed /s", "absorbed /s", "stall p50 ms", "stall p99 ms", "stall max ms",
+        "screen", "changes /s", "applied /s", "stall p50 ms", "stall p99 ms", "stall max ms",
         "frame render p99 ms", "commit→drawn p50 ms", "commit→drawn p99 ms", "frames /s",
         "RSS MiB", "stall p99 < 50 ms",
     ]  # fmt: skip
     events = [p for p in phases if p.screen == "events"]
     best = max((p.rate for p in events if p.ok), default=0)
     at_1000 = next(p for p in events if p.rate == 1000)
-    soak = phases[-1]
+    soak = next(p for p in phases if p.screen == "events (soak)")
     latency_ok = at_1000.latency.quantile(0.99) <= LATENCY_BAR
-    return "\n\n".join(
-        [
-            f"`ConsoleApp` at {SIZE[0]}x{SIZE[1]} fed by a `ScriptedFeed`: a synthetic cluster "
-            f"of {NODES} nodes and {JOBS} jobs of {REPLICAS} instances, then changes pushed "
-            f"at each rate for {STEP:g} s (instances turning unhealthy and back, restarting; "
-            "one change in 50 a job scaled), each stamped with its commit time when pushed, "
-            "plus a metrics sample per node per second. Every frame is rendered to escape "
-            "sequences as in a terminal (then discarded). *Stall*: how late a 5 ms ticker in "
-            "the app's loop wakes (what a key press waits: the frame time); *frame render*: "
-            "one screen update (layout, render, output); *commit→drawn*: from the change's "
-            "commit time to the first frame written after the batch holding it was applied.",
-            table(columns, rows),
-            f"Absorbed with the stall p99 under {FRAME_BAR * 1000:.0f} ms: "
-            f"**{best:,} changes/s** (the highest rate tried that kept it and applied at "
-            f"least 95% of what was pushed). Commit→drawn p99 at 1,000 changes/s: "
-            f"**{at_1000.latency.quantile(0.99) * 1000:.0f} ms** (bar ≤ "
-            f"{LATENCY_BAR * 1000:.0f} ms: {verdict(latency_ok)}). After the "
-            f"{soak.seconds:g} s soak at {SOAK_RATE:,} changes/s: RSS "
-            f"**{soak.rss:.0f} MiB**, {soak.events_held:,} events held (the "
-            "history is bounded). `COLONY_BENCH_CONSOLE_SECONDS=3600` makes the soak an hour.",
-        ]
-    )
+    said = [
+        f"`ConsoleApp` at {SIZE[0]}x{SIZE[1]} fed by a `ScriptedFeed`: a synthetic cluster "
+        f"of {NODES} nodes and {JOBS} jobs of {REPLICAS} instances, then changes pushed at "
+        f"each rate for {STEP:g} s (instances turning unhealthy and back, restarting; one "
+        "change in 50 a job scaled), each stamped with its commit time when pushed, plus a "
+        "metrics sample per node per second. Every frame is rendered to escape sequences as "
+        "in a terminal (then discarded). *Stall*: how late a 5 ms ticker in the app's loop "
+        "wakes (what a key press waits: the frame time); *frame render*: one screen update "
+        "(layout, render, output); *commit→drawn*: from the change's commit time to the "
+        "first frame written after the batch holding it was applied; *applied*: the "
+        "changes the console applied a second (fewer than pushed: it fell behind).",
+    ]
+    cluster = next((p for p in phases if p.screen == "events (cluster)"), None)
+    if cluster:
+        said.append(
+            f"*events (cluster)*: the console as `colony console` opens it (`BusFeed`, "
+            f"`ClusterActions`) on a real 3-node `colony up` cluster, while a client commits "
+            f"{CLUSTER_RATE:,} kv writes a second through Raft for {cluster.seconds:g} s "
+            f"(what is due every {TICK * 1000:.0f} ms in one entry; "
+            f"{cluster.pushed:,} written, {cluster.failed:,} failed; a write took "
+            f"{cluster.commit.quantile(0.5) * 1000:.0f} ms p50, "
+            f"{cluster.commit.quantile(0.99) * 1000:.0f} ms p99 from asked to committed): "
+            "commit→drawn is from the entry's time (the change's `ts`) through the change "
+            "stream, the feed and the batch to the frame."
+        )
+    said += [
+        table(columns, rows),
+        f"Absorbed with the stall p99 under {FRAME_BAR * 1000:.0f} ms: **{best:,} "
+        f"changes/s** (the highest rate tried that kept it and applied at least 95% of what "
+        f"was pushed). Commit→drawn p99 at 1,000 changes/s: "
+        f"**{at_1000.latency.quantile(0.99) * 1000:.0f} ms** (bar ≤ "
+        f"{LATENCY_BAR * 1000:.0f} ms: {verdict(latency_ok)})"
+        + (
+            f"; through a real cluster: **{cluster.latency.quantile(0.99) * 1000:.0f} ms**"
+            if cluster
+            else ""
+        )
+        + f". After the {soak.seconds:g} s soak at {SOAK_RATE:,} changes/s: RSS "
+        f"**{soak.rss:.0f} MiB**, {soak.events_held:,} events held (the history is bounded). "
+        "`COLONY_BENCH_CONSOLE_SECONDS=3600` makes the soak an hour; "
+        "`COLONY_BENCH_CONSOLE_CLUSTER=0` skips the real cluster.",
+    ]
+    return "\n\n".join(said)
 
 
 def run() -> str:
-    return report(asyncio.run(measure()))
+    phases = asyncio.run(scripted())
+    if CLUSTER_SECONDS:
+        phases.append(asyncio.run(on_cluster()))
+    return report(phases)
