@@ -31,6 +31,8 @@ from colony.console.screens.logs import LogsScreen
 from colony.console.screens.modals import ConfirmScreen, HelpScreen
 
 THEMES = ("textual-dark", "textual-light")
+AGES_EVERY = 2.0
+"""Seconds between two redraws of the ages shown (the cells that did not change stay)."""
 
 
 class ConsoleApp(App):
@@ -82,6 +84,7 @@ class ConsoleApp(App):
     def on_mount(self) -> None:
         self.run_worker(self._run_feed(), name="feed", group="feed")
         self.set_interval(self.batch_interval, self.apply_buffer)
+        self.set_interval(AGES_EVERY, self._ages)
 
     async def _run_feed(self) -> None:
         try:
@@ -104,6 +107,12 @@ class ConsoleApp(App):
             screen = self.front_screen
             if screen is not None:
                 screen.update_view(changed)
+
+    def _ages(self) -> None:
+        # ages ('3m12s') move with the clock, not with changes
+        screen = self.front_screen
+        if screen is not None:
+            screen.update_view({"clock"})
 
     @property
     def front_screen(self) -> ConsoleScreen | None:

@@ -131,9 +131,10 @@ class ClusterScreen(ConsoleScreen):
             cpu.data, mem.data = [], []
             members.sync([])
             return
-        text = Text.assemble((row.name, "bold"), "  ", (row.node, "dim"))
+        text = Text.assemble(("id ", "dim"), row.node)
         if row.address:
-            text.append("  " + row.address, style="dim")
+            text.append("  address ", style="dim")
+            text.append(row.address)
         text.append("\n")
         text.append_text(cells.node_status(row.status, row.drain, row.eligible))
         text.append(f"  {row.instances} instances", style="")

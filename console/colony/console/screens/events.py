@@ -6,18 +6,17 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Input, Static
+from textual.containers import Vertical
+from textual.widgets import Input, Static
 
-from colony.console.model import EventFilter, EventRow
+from colony.console.model import EventFilter
 from colony.console.screens.base import ConsoleScreen
 from colony.console.screens.modals import PayloadScreen
-from colony.console.widgets import cells
-from colony.console.widgets.table import LiveTable
+from colony.console.widgets.eventlist import EventList, header_line
 
-SHOWN = 500
-"""Rows the events table keeps (the model keeps its own, longer, history)."""
+SHOWN = 1000
+"""Rows the events list keeps (the model keeps its own, longer, history)."""
 FILTER_HELP = "kind:job,instance  job:NAME  node:NAME  free text   (enter applies, esc cancels)"
-KIND_STYLE = {"job": "cyan", "instance": "blue", "node": "magenta", "leader": "yellow"}
 
 
 def parse_filter(said: str) -> EventFilter:
@@ -53,18 +52,6 @@ def said(f: EventFilter) -> str:
     return " ".join(words)
 
 
-def event_cells(row: EventRow) -> list[Text]:
-    dim = "" if row.live else "dim"
-    return [
-        cells.cell(cells.clock_time(row.ts), "dim"),
-        cells.number(row.index, "dim"),
-        cells.cell(row.kind, KIND_STYLE.get(row.kind, "")),
-        cells.cell(cells.clip(row.id, 14), dim),
-        cells.number(row.version, "dim"),
-        cells.cell(row.summary, dim),
-    ]
-
-
 class EventsScreen(ConsoleScreen):
     MODE = "events"
     AUTO_FOCUS = "#events"
@@ -85,17 +72,9 @@ class EventsScreen(ConsoleScreen):
     def compose_body(self) -> ComposeResult:
         yield Input(placeholder=FILTER_HELP, id="filter")
         yield Static(id="events-state")
-        yield LiveTable(
-            [
-                ("time", "TIME"),
-                ("index", "#"),
-                ("kind", "KIND"),
-                ("id", "ID"),
-                ("version", "VER"),
-                ("summary", "SUMMARY"),
-            ],
-            id="events",
-        )
+        with Vertical(id="events-pane"):
+            yield Static(header_line(), id="events-header")
+            yield EventList(SHOWN, id="events")
 
     def update_view(self, changed) -> None:
         super().update_view(changed)
@@ -106,8 +85,7 @@ class EventsScreen(ConsoleScreen):
         rows = self.console.model.events_matching(self.filter, limit=SHOWN)
         new = [row for row in rows if row.index > self._last]
         if not self.paused and new:
-            table = self.query_one("#events", LiveTable)
-            table.append([(str(row.index), event_cells(row)) for row in new], limit=SHOWN)
+            self.query_one("#events", EventList).append(new)
             self._last = new[-1].index
             new = []
         self._draw_state(len(new))
@@ -119,7 +97,7 @@ class EventsScreen(ConsoleScreen):
             text.append(f" {waiting} new", style="yellow")
         else:
             text.append(" ▶ live ", style="bold reverse green")
-        shown = self.query_one("#events", LiveTable).row_count
+        shown = len(self.query_one("#events", EventList).rows)
         text.append(f"  {shown} shown", style="dim")
         if said(self.filter):
             text.append("  filter: ", style="dim")
@@ -131,7 +109,7 @@ class EventsScreen(ConsoleScreen):
     def set_filter(self, f: EventFilter) -> None:
         self.filter = f
         self._last = 0
-        self.query_one("#events", LiveTable).empty()
+        self.query_one("#events", EventList).clear()
         self._draw()
 
     def action_edit_filter(self) -> None:
@@ -142,14 +120,14 @@ class EventsScreen(ConsoleScreen):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.input.display = False
-        self.query_one("#events", LiveTable).focus()
+        self.query_one("#events", EventList).focus()
         self.set_filter(parse_filter(event.value))
 
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
         if box.display:  # esc while typing one: leave the filter as it was
             box.display = False
-            self.query_one("#events", LiveTable).focus()
+            self.query_one("#events", EventList).focus()
         elif said(self.filter):
             self.set_filter(EventFilter())
 
@@ -157,14 +135,8 @@ class EventsScreen(ConsoleScreen):
         self.paused = not self.paused
         self._draw()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        self.action_payload()
+    def on_event_list_selected(self, event: EventList.Selected) -> None:
+        self.app.push_screen(PayloadScreen(event.row))
 
     def action_payload(self) -> None:
-        key = self.query_one("#events", LiveTable).selected
-        if key is None:
-            return
-        index = int(key)
-        row = next((r for r in reversed(self.console.model.events) if r.index == index), None)
-        if row is not None:
-            self.app.push_screen(PayloadScreen(row))
+        self.query_one("#events", EventList).action_select()

@@ -30,17 +30,19 @@ BAR = 10
 """Width of the rollout bar in the jobs table."""
 
 
-def job_cells(row: JobRow, now: float) -> list[Text]:
+def job_cells(row: JobRow, now: float, said: int = 30, event: int = 60) -> list[Text]:
+    """The row's cells, the rollout's words cut at `said` characters, the last event's at
+    `event`."""
     short = row.healthy < row.desired
     name = cells.cell(row.name, "bold")
     if row.status == "stopped":
         name.append(" stopped", style="dim")
-    rollout = Text(cells.clip(row.rollout, 30), style="yellow" if row.waiting_promote else "")
+    rollout = Text(cells.clip(row.rollout, said), style="yellow" if row.waiting_promote else "")
     if row.blocked:
-        rollout = Text(cells.clip("blocked: " + row.blocked, 30), style="red")
-    event = Text(cells.clip(row.last_event, 60))
+        rollout = Text(cells.clip("blocked: " + row.blocked, said), style="red")
+    last = Text(cells.clip(row.last_event, event))
     if row.last_event_ts:
-        event = Text.assemble((cells.age(row.last_event_ts, now) + " ", "dim"), event)
+        last = Text.assemble((cells.age(row.last_event_ts, now) + " ", "dim"), last)
     return [
         name,
         Text(f"v{row.version}"),
@@ -52,7 +54,7 @@ def job_cells(row: JobRow, now: float) -> list[Text]:
         ),
         cells.bar(row.progress, BAR),
         rollout,
-        event,
+        last,
     ]
 
 
@@ -62,6 +64,36 @@ def selected_job(table: LiveTable) -> str | None:
 
 def progress(bar: ProgressBar, row: JobRow | None) -> None:
     bar.update(total=100, progress=round((row.progress if row else 0) * 100))
+
+
+INSTANCE_COLUMNS = [
+    ("slot", "SLOT"),
+    ("id", "INSTANCE"),
+    ("version", "VER"),
+    ("node", "NODE"),
+    ("state", "STATE"),
+    ("health", "HEALTH"),
+    ("restarts", "RST"),
+    ("age", "AGE"),
+    ("address", "ADDRESS"),
+]
+
+
+def instance_cells(row: InstanceRow, now: float) -> list[Text]:
+    slot = Text(str(row.slot), justify="right")
+    if row.canary:
+        slot.append(" c", style="yellow")
+    return [
+        slot,
+        cells.cell(row.id, "dim" if row.desired != "run" else ""),
+        Text(f"v{row.version}"),
+        cells.cell(row.node),
+        cells.state(row.state, row.desired),
+        cells.health(row.health),
+        cells.number(row.restarts, "yellow" if row.restarts else "dim"),
+        Text(cells.age(row.started_at, now)),
+        cells.cell(row.address or "—", "" if row.address else "dim"),
+    ]
 
 
 class JobActions:
@@ -103,20 +135,29 @@ class JobsScreen(JobActions, ConsoleScreen):
         with Vertical(id="job-summary"):
             yield Static(id="job-line")
             yield ProgressBar(total=100, show_eta=False, id="job-progress")
+        yield LiveTable(INSTANCE_COLUMNS, id="job-instances")
 
     def current_job(self) -> str | None:
         return self.query_one("#jobs", LiveTable).selected
 
     def update_view(self, changed) -> None:
         super().update_view(changed)
-        if changed & {"jobs", "instances", "events"}:
+        if changed & {"jobs", "instances", "events", "nodes", "clock"}:
             self._draw()
+
+    def on_resize(self) -> None:
+        self._draw()
 
     def _draw(self) -> None:
         now = self.console.clock()
         rows = self.console.model.job_rows()
         table = self.query_one("#jobs", LiveTable)
-        table.sync([(row.name, job_cells(row, now)) for row in rows])
+        # what is left of the width once the numbers are shown goes to the words
+        width = self.size.width
+        said = 30 if width >= 100 else 18
+        names = max((len(row.name) for row in rows), default=3)
+        event = max(12, width - 47 - said - names)
+        table.sync([(row.name, job_cells(row, now, said, event)) for row in rows])
         table.border_title = f"jobs ({len(rows)})"
         self._draw_summary()
 
@@ -141,40 +182,19 @@ class JobsScreen(JobActions, ConsoleScreen):
                 text.append("  (p promotes)", style="dim")
             line.update(text)
         progress(self.query_one("#job-progress", ProgressBar), row)
+        instances = self.query_one("#job-instances", LiveTable)
+        if row is None:
+            instances.sync([])
+            instances.border_title = ""
+            return
+        now = self.console.clock()
+        found = self.console.model.instance_rows(row.name)
+        instances.sync([(i.id, instance_cells(i, now)) for i in found])
+        instances.border_title = f"{row.name}: instances (enter opens the job)"
 
     def action_open(self) -> None:
         if job := self.current_job():
             self.app.push_screen(JobScreen(job))
-
-
-INSTANCE_COLUMNS = [
-    ("slot", "SLOT"),
-    ("id", "INSTANCE"),
-    ("version", "VER"),
-    ("node", "NODE"),
-    ("state", "STATE"),
-    ("health", "HEALTH"),
-    ("restarts", "RST"),
-    ("age", "AGE"),
-    ("address", "ADDRESS"),
-]
-
-
-def instance_cells(row: InstanceRow, now: float) -> list[Text]:
-    slot = Text(str(row.slot), justify="right")
-    if row.canary:
-        slot.append(" c", style="yellow")
-    return [
-        slot,
-        cells.cell(row.id, "dim" if row.desired != "run" else ""),
-        Text(f"v{row.version}"),
-        cells.cell(row.node),
-        cells.state(row.state, row.desired),
-        cells.health(row.health),
-        cells.number(row.restarts, "yellow" if row.restarts else "dim"),
-        Text(cells.age(row.started_at, now)),
-        cells.cell(row.address or "—", "" if row.address else "dim"),
-    ]
 
 
 class JobScreen(JobActions, ConsoleScreen):
@@ -213,7 +233,7 @@ class JobScreen(JobActions, ConsoleScreen):
         model = self.console.model
         now = self.console.clock()
         row = next((r for r in model.job_rows() if r.name == self.job), None)
-        if changed & {"jobs", "instances"}:
+        if changed & {"jobs", "instances", "nodes", "clock"}:
             self._draw_head(row)
             instances = model.instance_rows(self.job)
             table = self.query_one("#instances", LiveTable)

@@ -89,19 +89,18 @@ class LiveTable(DataTable):
             self.select(selected)
 
     def append(self, rows: Sequence[Row], limit: int) -> None:
-        """Add `rows` at the bottom and drop the oldest beyond `limit`; the cursor follows
-        the newest row when it was on the last one."""
+        """Add `rows` at the bottom, keeping about the last `limit` (between `limit` and
+        half as many again); the cursor follows the newest row when it was on the last."""
         following = self.row_count == 0 or self.cursor_row >= self.row_count - 1
         for key, cells in rows:
             if key in self._cells:
                 continue
             self._cells[key] = tuple(cells)
             self.add_row(*cells, key=key)
-        excess = len(self._cells) - limit
-        if excess > 0:
-            for key in list(self._cells)[:excess]:
-                self.remove_row(key)
-                del self._cells[key]
+        if len(self._cells) > limit + limit // 2:
+            # one refill of `limit` rows, not a removal per row: DataTable.remove_row
+            # re-indexes every row, so removing k of n rows costs k*n
+            self._refill(list(self._cells.items())[-limit:])
         if following and self.row_count:
             self.move_cursor(row=self.row_count - 1)
 
