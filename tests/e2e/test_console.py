@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _cli import colony, on_cluster
+from _colony import Colony
 
 from colony.cli.console import opened
 from colony.cli.main import build_parser
@@ -21,15 +21,12 @@ from colony.console.model import JobRow
 from colony.console.screens.jobs import JobsScreen
 from colony.console.screens.modals import ConfirmScreen
 from colony.console.widgets.table import LiveTable
-from colony.harness.jobs import LocalJobs
-from colony.harness.processes import poll, wait_for
+from colony.harness.processes import poll
 
 pytestmark = pytest.mark.e2e
 
 WEB = Path(__file__).parents[2] / "examples" / "web.yaml"
 JOB = "console-web"
-FORM = 90
-"""Seconds for a fresh cluster to appoint a manager and register every node."""
 SETTLE = 60
 """Seconds for a job's instances to be placed, running and healthy (generous: CI is busy)."""
 
@@ -47,28 +44,13 @@ def spec(replicas: int, version: str) -> dict:
     return job
 
 
-def run_outside(state: Path, tmp_path: Path, job: dict) -> None:
-    """`colony job run --detach`, as from another terminal."""
-    path = tmp_path / f"{JOB}.yaml"
-    path.write_text(yaml.safe_dump(job, sort_keys=False))
-    colony("job", "run", str(path), "--detach", state=state)
-
-
 @pytest.fixture(scope="module")
 def ready(cluster):
     """The cluster once a manager acts and every node's agent has registered it alive."""
     state, _ = cluster
-    on_cluster(state, lambda c: c.wait_manager(FORM))
-    jobs = LocalJobs(state)
-    wait_for(
-        lambda: (
-            len(nodes := jobs.nodes()) == 3
-            and all(n.status == "alive" and n.registered for n in nodes.values())
-        ),
-        FORM,
-        "3 nodes registered and alive",
-        every=0.5,
-    )
+    here = Colony(state)
+    here.manager()
+    here.nodes_alive()
     return state
 
 
@@ -116,6 +98,7 @@ async def confirm(pilot, value: str | None = None) -> None:
 
 async def test_a_job_run_outside_appears_turns_healthy_is_scaled_and_rolled_back(ready, tmp_path):
     state = ready
+    outside = Colony(state)  # the CLI, as from another terminal
     args = build_parser().parse_args(["console", "--state-dir", str(state)])
     async with opened(args) as (feed, actions):
         app = ConsoleApp(feed, actions)
@@ -134,7 +117,7 @@ async def test_a_job_run_outside_appears_turns_healthy_is_scaled_and_rolled_back
             await poll(lambda: isinstance(app.screen, JobsScreen), 10, "the Jobs screen")
 
             # from another terminal: it appears, then turns healthy
-            await asyncio.to_thread(run_outside, state, tmp_path, spec(2, "1"))
+            await asyncio.to_thread(outside.run, spec(2, "1"), tmp_path, "--detach")
             await poll(lambda: shown(app), SETTLE, f"{JOB} on the Jobs screen")
             await until(app, lambda: settled(app, 1, 2), f"{JOB} v1: 2 running and healthy")
             await poll(lambda: shown(app)[:5] == [JOB, "v1", "2", "2", "2"], 10, "drawn so")
@@ -147,7 +130,7 @@ async def test_a_job_run_outside_appears_turns_healthy_is_scaled_and_rolled_back
             await poll(lambda: shown(app)[:5] == [JOB, "v1", "3", "3", "3"], 10, "drawn so")
 
             # a second version from outside, rolled back from the console
-            await asyncio.to_thread(run_outside, state, tmp_path, spec(3, "2"))
+            await asyncio.to_thread(outside.run, spec(3, "2"), tmp_path, "--detach")
             await until(app, lambda: settled(app, 2), f"{JOB} v2: running and healthy")
             app.screen.query_one("#jobs", LiveTable).select(JOB)
             await pilot.press("r")
