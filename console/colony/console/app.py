@@ -352,9 +352,9 @@ def help_sections() -> list[tuple[str, list[tuple[str, str]]]]:
         return found
 
     general = keys(ConsoleApp.BINDINGS)
-    general[:4] = [("1 2 3 4", "Cluster, Jobs, Events, Logs screens")]
-    general.append(("ctrl+p", "Command palette: every action, on any job or node"))
-    general.append(("↑ ↓ pgup pgdn", "Move in a table"))
+    general[:4] = [("1 2 3 4", "the four screens")]
+    general.append(("ctrl+p", "every action, by name"))
+    general.append(("↑↓ pgup pgdn", "move in a table"))
     return [
         ("Everywhere", general),
         ("Cluster (1)", keys(ClusterScreen.BINDINGS)),
@@ -362,7 +362,7 @@ def help_sections() -> list[tuple[str, list[tuple[str, str]]]]:
         ("A job (enter on Jobs)", keys(JobScreen.BINDINGS)),
         ("Events (3)", keys(EventsScreen.BINDINGS)),
         ("Logs (4)", keys(LogsScreen.BINDINGS)),
-        ("Dialogs", [("enter / y", "Confirm"), ("escape", "Cancel")]),
+        ("Dialogs", [("enter / y", "Confirm"), ("esc", "Cancel")]),
     ]
 
 

@@ -228,6 +228,11 @@ class JobScreen(JobActions, ConsoleScreen):
             )
             yield LiveTable([("time", "TIME"), ("summary", "WHAT")], id="history")
 
+    def on_mount(self) -> None:
+        self.query_one("#versions").border_title = "versions"
+        self.query_one("#history").border_title = "history"
+        super().on_mount()
+
     def update_view(self, changed) -> None:
         super().update_view(changed)
         model = self.console.model
@@ -241,11 +246,16 @@ class JobScreen(JobActions, ConsoleScreen):
             table.border_title = f"instances ({sum(i.desired == 'run' for i in instances)} wanted)"
         if changed & {"events"}:
             history = model.events_matching(EventFilter(job=self.job), limit=50)
-            self.query_one("#history", LiveTable).append(
+            table = self.query_one("#history", LiveTable)
+            room = max(20, self.app.size.width // 2 - 18)
+            table.append(
                 [
                     (
                         str(e.index),
-                        [cells.cell(cells.clock_time(e.ts), "dim"), cells.cell(e.summary)],
+                        [
+                            cells.cell(cells.clock_time(e.ts), "dim"),
+                            cells.cell(cells.clip(e.summary, room)),
+                        ],
                     )
                     for e in history
                 ],
@@ -287,6 +297,7 @@ class JobScreen(JobActions, ConsoleScreen):
             self.notify(str(e), title=f"versions of {self.job}", severity="error", markup=False)
             return
         now = self.console.clock()
+        room = max(8, self.app.size.width // 2 - 32)
         table.sync(
             [
                 (
@@ -298,7 +309,7 @@ class JobScreen(JobActions, ConsoleScreen):
                             v.outcome or ("current" if v.current else "—"),
                             style=_outcome(v.outcome),
                         ),
-                        cells.cell(v.cause or v.reason, "dim"),
+                        cells.cell(cells.clip(v.cause or v.reason, room), "dim"),
                     ],
                 )
                 for v in versions

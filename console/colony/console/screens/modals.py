@@ -126,19 +126,25 @@ class HelpScreen(ModalScreen[None]):
         self.sections = sections
 
     def compose(self) -> ComposeResult:
-        text = Text()
-        for title, keys in self.sections:
-            if text:
-                text.append("\n")
-            text.append(title + "\n", style="bold underline")
-            for key, description in keys:
-                text.append(f"  {key:>12}  ", style="bold cyan")
-                text.append(description + "\n")
+        half = (len(self.sections) + 1) // 2
         with Vertical(id="help"):
             yield Static(Text("keys", style="bold"), id="help-title")
-            with VerticalScroll(id="help-body"):
-                yield Static(text)
+            with VerticalScroll(id="help-body"), Horizontal(id="help-columns"):
+                yield Static(_keys_text(self.sections[:half]), classes="help-column")
+                yield Static(_keys_text(self.sections[half:]), classes="help-column")
             yield Static(Text("esc closes · ctrl+p lists every command", style="dim"))
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def _keys_text(sections: list[tuple[str, list[tuple[str, str]]]]) -> Text:
+    text = Text()
+    for title, keys in sections:
+        if text:
+            text.append("\n")
+        text.append(title + "\n", style="bold underline")
+        for key, description in keys:
+            text.append(f"{key:>13}  ", style="bold cyan")
+            text.append(description + "\n")
+    return text
