@@ -8,6 +8,7 @@ the console."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,14 @@ from colony.console.screens.jobs import JobsScreen
 from colony.console.screens.modals import ConfirmScreen
 from colony.console.widgets.table import LiveTable
 from colony.harness.processes import poll
+from colony.harness.terminal import Terminal
 
 pytestmark = pytest.mark.e2e
 
 WEB = Path(__file__).parents[2] / "examples" / "web.yaml"
 JOB = "console-web"
+LEFT = "\x1b[?1049l"
+"""What a full-screen program writes as it leaves the terminal's alternate screen."""
 SETTLE = 60
 """Seconds for a job's instances to be placed, running and healthy (generous: CI is busy)."""
 
@@ -94,6 +98,17 @@ async def confirm(pilot, value: str | None = None) -> None:
         field.value = value
     await pilot.click("#yes")
     await poll(lambda: not isinstance(app.screen, ConfirmScreen), 10, "the confirmation closed")
+
+
+def test_colony_console_in_a_terminal_shows_the_cluster_and_quits_on_q(ready):
+    argv = [sys.executable, "-m", "colony.cli", "console", "--state-dir", str(ready)]
+    with Terminal(argv, size=(120, 40)) as terminal:
+        terminal.read_until("connected", "node-1", "node-2", "node-3", timeout=SETTLE)
+        terminal.press("q")
+        assert terminal.wait(10) == 0, terminal.text()[-2000:]
+        said = terminal.text()
+        assert "Traceback" not in said, said[-2000:]
+        assert LEFT in said[-400:], said[-400:]  # the terminal given back as it was
 
 
 async def test_a_job_run_outside_appears_turns_healthy_is_scaled_and_rolled_back(ready, tmp_path):
