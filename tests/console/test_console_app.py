@@ -3,9 +3,21 @@ action's confirmation and call, errors as notifications (a scripted feed, a fake
 
 from __future__ import annotations
 
-from _console import FIXED, LAST_INDEX, FakeActions, change, instance, make_app, node, settle, until
+from _console import (
+    FIXED,
+    LAST_INDEX,
+    FakeActions,
+    change,
+    cluster_items,
+    instance,
+    make_app,
+    node,
+    settle,
+    until,
+)
 from textual.widgets import Input, Log
 
+from colony.console.app import ConsoleApp
 from colony.console.model import Connection, ConnectionChanged
 from colony.console.screens.cluster import ClusterScreen
 from colony.console.screens.events import EventsScreen, parse_filter, said
@@ -128,6 +140,10 @@ async def test_space_pauses_and_resumes_the_events():
         await settle(pilot, LAST_INDEX + 1)
         assert LAST_INDEX + 1 not in events(app)
         assert "1 new" in app.screen.query_one("#events-state").render().plain
+        await pilot.press("slash", *"kind:node", "enter")  # a filter shows what was held
+        assert events(app) == [41]
+        await pilot.press("escape")
+        assert events(app) == [41, 42, 43, 44]
         await pilot.press("space")
         assert events(app)[-1] == LAST_INDEX + 1
 
@@ -303,3 +319,20 @@ async def test_light_theme_and_80x24():
         for key in "12341":
             await pilot.press(key)
         assert app.clock() == FIXED
+
+
+class BrokenFeed:
+    async def run(self, emit) -> None:
+        for item in cluster_items():
+            emit(item)
+        raise RuntimeError("decoder bug")
+
+
+async def test_a_feed_that_fails_leaves_the_console_up_and_says_so():
+    app = ConsoleApp(BrokenFeed(), FakeActions(), clock=lambda: FIXED, batch_interval=0.01)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model.connection.state == "disconnected", "disconnected")
+        await pilot.pause()
+        bar = app.screen.query_one(StatusBar).render().plain
+        assert "disconnected via node-1" in bar and "the console stopped" in bar
+        assert app.screen.query_one("#nodes", LiveTable).row_count == 3  # still readable

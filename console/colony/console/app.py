@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -22,7 +23,7 @@ from textual.screen import Screen
 
 from colony.console.actions import ActionError, Actions
 from colony.console.feed import Feed
-from colony.console.model import Connection, ConnectionChanged, ConsoleModel, FeedItem
+from colony.console.model import ConnectionChanged, ConsoleModel, FeedItem
 from colony.console.screens.base import ConsoleScreen
 from colony.console.screens.cluster import ClusterScreen
 from colony.console.screens.events import EventsScreen
@@ -82,18 +83,21 @@ class ConsoleApp(App):
         """Batches applied (for tests and the benchmark: how often the screen was redrawn)."""
 
     def on_mount(self) -> None:
-        self.run_worker(self._run_feed(), name="feed", group="feed")
+        self.run_worker(self._run_feed(), name="feed", group="feed", exit_on_error=False)
         self.set_interval(self.batch_interval, self.apply_buffer)
         self.set_interval(AGES_EVERY, self._ages)
 
     async def _run_feed(self) -> None:
         try:
             await self.feed.run(self._buffer.append)
-        except Exception as e:  # the feed reconnects by itself: this is a bug, said plainly
-            self._buffer.append(
-                ConnectionChanged(Connection("disconnected", detail=f"the feed stopped: {e!r}"))
-            )
-            raise
+        except Exception as e:
+            # the feed reconnects by itself: ending is a bug; what is on screen stays, marked
+            # as no longer live, and the operator can still read it and act
+            said = f"the console stopped following the cluster: {type(e).__name__}: {e}"
+            self.apply_buffer()  # (what it said before failing holds the connection's node)
+            lost = replace(self.model.connection, state="disconnected", detail=said)
+            self._buffer.append(ConnectionChanged(lost))
+            self.notify(said, title="feed", severity="error", timeout=30, markup=False)
 
     def apply_buffer(self) -> None:
         """Apply what the feed said since the last batch; redraw what it changed."""

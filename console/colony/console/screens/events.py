@@ -66,6 +66,8 @@ class EventsScreen(ConsoleScreen):
         super().__init__()
         self.filter = EventFilter()
         self.paused = False
+        self._paused_at = 0
+        """The change index the list stopped at (while paused)."""
         self._last = 0
         """The index of the newest event in the table."""
 
@@ -84,11 +86,12 @@ class EventsScreen(ConsoleScreen):
     def _draw(self) -> None:
         rows = self.console.model.events_matching(self.filter, limit=SHOWN)
         new = [row for row in rows if row.index > self._last]
-        if not self.paused and new:
-            self.query_one("#events", EventList).append(new)
-            self._last = new[-1].index
-            new = []
-        self._draw_state(len(new))
+        # paused, the list stays as it was (a new filter shows what it held then)
+        shown = [row for row in new if row.index <= self._paused_at] if self.paused else new
+        if shown:
+            self.query_one("#events", EventList).append(shown)
+            self._last = shown[-1].index
+        self._draw_state(len(new) - len(shown))
 
     def _draw_state(self, waiting: int) -> None:
         text = Text()
@@ -133,6 +136,7 @@ class EventsScreen(ConsoleScreen):
 
     def action_pause(self) -> None:
         self.paused = not self.paused
+        self._paused_at = self._last
         self._draw()
 
     def on_event_list_selected(self, event: EventList.Selected) -> None:

@@ -56,7 +56,9 @@ class StatusBar(Widget):
         room = width - left.cell_len - right.cell_len - 2
         kept: list[tuple[int, Text]] = []
         for order, piece in extra:
-            if piece.cell_len + 2 <= room:
+            if order == 0 and piece.cell_len + 2 > room:  # what went wrong: cut, not left out
+                piece.truncate(max(0, room - 2), overflow="ellipsis")
+            if piece.cell_len and piece.cell_len + 2 <= room:
                 kept.append((order, piece))
                 room -= piece.cell_len + 2
         for _, piece in sorted(kept, key=lambda k: k[0], reverse=True):
