@@ -509,8 +509,9 @@ def report(phases: list[Phase]) -> str:
             f"{cluster.pushed:,} written, {cluster.failed:,} failed; a write took "
             f"{cluster.commit.quantile(0.5) * 1000:.0f} ms p50, "
             f"{cluster.commit.quantile(0.99) * 1000:.0f} ms p99 from asked to committed): "
-            "commit→drawn is from the entry's time (the change's `ts`) through the change "
-            "stream, the feed and the batch to the frame."
+            "commit→drawn here is from the entry's time (the change's `ts`: when the Raft "
+            "leader made the entry, so the replication and commit count too) through the "
+            "change stream, the feed and the batch to the frame."
         )
     said += [
         table(columns, rows),
