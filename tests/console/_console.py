@@ -264,7 +264,7 @@ def make_app(items=None, actions: FakeActions | None = None) -> ConsoleApp:
     )
 
 
-async def settle(pilot, index: int = LAST_INDEX, timeout: float = 5.0) -> None:
+async def settle(pilot, index: int = LAST_INDEX, timeout: float = 20.0) -> None:
     """Wait until the app has applied every change up to `index` and redrawn."""
     app = pilot.app
     loop = asyncio.get_running_loop()
@@ -276,7 +276,7 @@ async def settle(pilot, index: int = LAST_INDEX, timeout: float = 5.0) -> None:
     await pilot.pause()
 
 
-async def until(pilot, condition, what: str, timeout: float = 5.0) -> None:
+async def until(pilot, condition, what: str, timeout: float = 20.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not condition():
