@@ -92,14 +92,16 @@ class EventsScreen(ConsoleScreen):
             self.query_one("#events", EventList).append(shown)
             self._last = shown[-1].index
         self._draw_state(len(new) - len(shown))
+        pane = self.query_one("#events-pane")
+        pane.border_title = f"events (the last {SHOWN})"
 
     def _draw_state(self, waiting: int) -> None:
         text = Text()
         if self.paused:
-            text.append(" ⏸ paused ", style="bold reverse yellow")
+            text.append(" PAUSED ", style="bold reverse yellow")
             text.append(f" {waiting} new", style="yellow")
         else:
-            text.append(" ▶ live ", style="bold reverse green")
+            text.append(" ▶ LIVE ", style="bold reverse green")
         shown = len(self.query_one("#events", EventList).rows)
         text.append(f"  {shown} shown", style="dim")
         if said(self.filter):
