@@ -544,7 +544,7 @@ def absorbed(events: list[Phase], best: int) -> str:
     renders = [p.render.quantile(0.99) * 1000 for p in events]
     return (
         f"No rate tried kept the stall p99 under {bar}: it was {min(stalls):.0f}-"
-        f"{max(stalls):.0f} ms, about one frame's render ({min(renders):.0f}-"
+        f"{max(stalls):.0f} ms (one frame's render alone: {min(renders):.0f}-"
         f"{max(renders):.0f} ms p99 at {SIZE[0]}x{SIZE[1]}); the console "
         f"applied what was pushed up to **{applied:,} changes/s**."
     )
