@@ -17,6 +17,7 @@ from colony.console.screens.base import ConsoleScreen
 
 class LogsScreen(ConsoleScreen):
     MODE = "logs"
+    AUTO_FOCUS = "#log"
     BINDINGS = [
         Binding("e", "stream", "stdout/stderr"),
         Binding("f", "follow", "Follow on/off"),
@@ -79,7 +80,9 @@ class LogsScreen(ConsoleScreen):
         if instance in self._choices and select.value != instance:
             with self.prevent(Select.Changed):
                 select.value = instance
-        self.query_one("#log", Log).clear()
+        log = self.query_one("#log", Log)
+        log.clear()
+        log.border_title = f"{self.stream} of {instance}"
         self._offset, self._read = -1, 0
         self.follow_output()
 
