@@ -336,3 +336,23 @@ async def test_a_feed_that_fails_leaves_the_console_up_and_says_so():
         bar = app.screen.query_one(StatusBar).render().plain
         assert "disconnected via node-1" in bar and "the console stopped" in bar
         assert app.screen.query_one("#nodes", LiveTable).row_count == 3  # still readable
+
+
+async def test_the_command_palette_finds_an_action_by_name():
+    actions = FakeActions()
+    app = make_app(actions=actions)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+p", *"scale web")
+
+        def first_hit() -> str:
+            hits = app.screen.query("OptionList")
+            if not hits or not hits.first().option_count:
+                return ""
+            return str(hits.first().get_option_at_index(0).prompt)
+
+        await until(pilot, lambda: "Scale web" in first_hit(), "the hit")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
+        await pilot.press("enter")
+        await until(pilot, lambda: actions.calls == [("scale", "web", 3)], "the scale")
