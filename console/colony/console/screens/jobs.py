@@ -130,6 +130,11 @@ class JobsScreen(JobActions, ConsoleScreen):
     MODE = "jobs"
     BINDINGS = [*JobActions.BINDINGS, Binding("enter", "open", "Open", show=False)]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: dict[str, JobRow] = {}
+        """The rows drawn last, by job."""
+
     def compose_body(self) -> ComposeResult:
         yield LiveTable(JOB_COLUMNS, id="jobs")
         with Vertical(id="job-summary"):
@@ -159,6 +164,7 @@ class JobsScreen(JobActions, ConsoleScreen):
         event = max(12, width - 47 - said - names)
         table.sync([(row.name, job_cells(row, now, said, event)) for row in rows])
         table.border_title = f"jobs ({len(rows)})"
+        self._rows = {row.name: row for row in rows}
         self._draw_summary()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -169,7 +175,7 @@ class JobsScreen(JobActions, ConsoleScreen):
 
     def _draw_summary(self) -> None:
         job = self.current_job()
-        row = next((r for r in self.console.model.job_rows() if r.name == job), None)
+        row = self._rows.get(job) if job else None
         line = self.query_one("#job-line", Static)
         if row is None:
             line.update(Text("no jobs yet: run one with `colony job run FILE`", style="dim"))
