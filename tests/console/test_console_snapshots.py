@@ -51,8 +51,13 @@ def test_job_page_at_80x24(snap_compare):
     assert snap(snap_compare, "2", "down", "enter", size=(80, 24), then=_versions_read)
 
 
+async def _filtered_and_paused(pilot) -> None:
+    pilot.app.screen.query_one("#filter").value = "kind:node,instance"
+    await pilot.press("enter", "space")
+
+
 def test_events_filtered_and_paused(snap_compare):
-    assert snap(snap_compare, "3", "slash", *"kind:node,instance", "enter", "space")
+    assert snap(snap_compare, "3", "slash", then=_filtered_and_paused)
 
 
 def test_event_payload(snap_compare):
