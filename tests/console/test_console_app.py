@@ -358,3 +358,16 @@ async def test_the_command_palette_finds_an_action_by_name():
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
         await pilot.press("enter")
         await until(pilot, lambda: actions.calls == [("scale", "web", 3)], "the scale")
+
+
+async def test_before_anything_is_heard_every_screen_and_key_is_harmless():
+    actions = FakeActions()
+    app = make_app(items=[], actions=actions)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert "connecting" in app.screen.query_one(StatusBar).render().plain
+        assert "no nodes" in app.screen.query_one("#node-summary").render().plain
+        await pilot.press("d", "u", "2", "s", "r", "p", "x", "enter")
+        assert "no jobs yet" in app.screen.query_one("#job-line").render().plain
+        await pilot.press("3", "enter", "space", "4")
+        assert isinstance(app.screen, LogsScreen) and actions.calls == []
