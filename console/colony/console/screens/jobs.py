@@ -58,10 +58,6 @@ def job_cells(row: JobRow, now: float, said: int = 30, event: int = 60) -> list[
     ]
 
 
-def selected_job(table: LiveTable) -> str | None:
-    return table.selected
-
-
 def progress(bar: ProgressBar, row: JobRow | None) -> None:
     bar.update(total=100, progress=round((row.progress if row else 0) * 100))
 

@@ -104,10 +104,6 @@ class LiveTable(DataTable):
         if following and self.row_count:
             self.move_cursor(row=self.row_count - 1)
 
-    def empty(self) -> None:
-        self.clear()
-        self._cells.clear()
-
 
 def _same(a: Text, b: Text) -> bool:
     # Text's own == leaves out the base style: a status turning from green to red would not
