@@ -7,11 +7,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Sparkline, Static
+from textual.widgets import DataTable, Sparkline
 
 from colony.console.model import NodeRow
 from colony.console.screens.base import ConsoleScreen
 from colony.console.widgets import cells
+from colony.console.widgets.line import Line
 from colony.console.widgets.table import LiveTable
 
 WIDE = 110
@@ -79,10 +80,10 @@ class ClusterScreen(ConsoleScreen):
         yield LiveTable(node_columns(False), id="nodes")
         with Horizontal(id="node-detail"):
             with Vertical(id="node-usage"):
-                yield Static(id="node-summary")
-                yield Static("cpu used", id="cpu-label", classes="spark-label")
+                yield Line(id="node-summary")
+                yield Line("cpu used", id="cpu-label", classes="spark-label")
                 yield Sparkline([], id="cpu-spark")
-                yield Static("memory used", id="mem-label", classes="spark-label")
+                yield Line("memory used", id="mem-label", classes="spark-label")
                 yield Sparkline([], id="mem-spark")
             yield LiveTable(
                 [("name", "MEMBER"), ("status", "STATUS"), ("inc", "INC"), ("since", "SINCE")],
@@ -122,12 +123,12 @@ class ClusterScreen(ConsoleScreen):
 
     def _draw_detail(self) -> None:
         row = self.selected
-        summary = self.query_one("#node-summary", Static)
+        summary = self.query_one("#node-summary", Line)
         cpu = self.query_one("#cpu-spark", Sparkline)
         mem = self.query_one("#mem-spark", Sparkline)
         members = self.query_one("#members", LiveTable)
         if row is None:
-            summary.update(Text("no nodes heard of yet", style="dim"))
+            summary.show(Text("no nodes heard of yet", style="dim"))
             cpu.data, mem.data = [], []
             members.sync([])
             return
@@ -141,12 +142,12 @@ class ClusterScreen(ConsoleScreen):
         if row.roles:
             text.append("  ")
             text.append_text(cells.roles(row.roles))
-        summary.update(text)
+        summary.show(text)
         self.query_one("#node-usage").border_title = row.name
-        self.query_one("#cpu-label", Static).update(
+        self.query_one("#cpu-label", Line).show(
             trend_label("cpu", row.cpu_history, row.cpu_capacity, cells.short_cores)
         )
-        self.query_one("#mem-label", Static).update(
+        self.query_one("#mem-label", Line).show(
             trend_label("memory", row.memory_history, row.memory_capacity, cells.short_bytes)
         )
         cpu.data = row.cpu_history or [0.0]

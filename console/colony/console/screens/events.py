@@ -13,6 +13,7 @@ from colony.console.model import EventFilter
 from colony.console.screens.base import ConsoleScreen
 from colony.console.screens.modals import PayloadScreen
 from colony.console.widgets.eventlist import EventList, header_line
+from colony.console.widgets.line import Line
 
 SHOWN = 1000
 """Rows the events list keeps (the model keeps its own, longer, history)."""
@@ -73,7 +74,7 @@ class EventsScreen(ConsoleScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Input(placeholder=FILTER_HELP, id="filter")
-        yield Static(id="events-state")
+        yield Line(id="events-state")
         with Vertical(id="events-pane"):
             yield Static(header_line(), id="events-header")
             yield EventList(SHOWN, id="events")
@@ -109,7 +110,7 @@ class EventsScreen(ConsoleScreen):
             text.append(said(self.filter), style="bold")
         else:
             text.append("  / filters, space pauses", style="dim")
-        self.query_one("#events-state", Static).update(text)
+        self.query_one("#events-state", Line).show(text)
 
     def set_filter(self, f: EventFilter) -> None:
         self.filter = f

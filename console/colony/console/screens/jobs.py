@@ -8,12 +8,13 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, ProgressBar, Static
+from textual.widgets import DataTable, ProgressBar
 
 from colony.console.actions import ActionError
 from colony.console.model import EventFilter, InstanceRow, JobRow
 from colony.console.screens.base import ConsoleScreen
 from colony.console.widgets import cells
+from colony.console.widgets.line import Line
 from colony.console.widgets.table import LiveTable
 
 JOB_COLUMNS = [
@@ -134,7 +135,7 @@ class JobsScreen(JobActions, ConsoleScreen):
     def compose_body(self) -> ComposeResult:
         yield LiveTable(JOB_COLUMNS, id="jobs")
         with Vertical(id="job-summary"):
-            yield Static(id="job-line")
+            yield Line(id="job-line")
             yield ProgressBar(total=100, show_eta=False, id="job-progress")
         yield LiveTable(INSTANCE_COLUMNS, id="job-instances")
 
@@ -172,9 +173,9 @@ class JobsScreen(JobActions, ConsoleScreen):
     def _draw_summary(self) -> None:
         job = self.current_job()
         row = self._rows.get(job) if job else None
-        line = self.query_one("#job-line", Static)
+        line = self.query_one("#job-line", Line)
         if row is None:
-            line.update(Text("no jobs yet: run one with `colony job run FILE`", style="dim"))
+            line.show(Text("no jobs yet: run one with `colony job run FILE`", style="dim"))
         else:
             text = Text.assemble((row.name, "bold"), f" v{row.version}  ")
             text.append(
@@ -182,7 +183,7 @@ class JobsScreen(JobActions, ConsoleScreen):
             )
             if row.waiting_promote:
                 text.append("  (p promotes)", style="dim")
-            line.update(text)
+            line.show(text)
         progress(self.query_one("#job-progress", ProgressBar), row)
         instances = self.query_one("#job-instances", LiveTable)
         if row is None:
@@ -220,7 +221,7 @@ class JobScreen(JobActions, ConsoleScreen):
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="job-head"):
-            yield Static(id="job-title")
+            yield Line(id="job-title")
             yield ProgressBar(total=100, show_eta=False, id="job-progress")
         yield LiveTable(INSTANCE_COLUMNS, id="instances")
         with Horizontal(id="job-lower"):
@@ -268,9 +269,9 @@ class JobScreen(JobActions, ConsoleScreen):
             self.read_versions()
 
     def _draw_head(self, row: JobRow | None) -> None:
-        title = self.query_one("#job-title", Static)
+        title = self.query_one("#job-title", Line)
         if row is None:
-            title.update(Text.assemble((self.job, "bold"), ("  gone (stopped and purged)", "dim")))
+            title.show(Text.assemble((self.job, "bold"), ("  gone (stopped and purged)", "dim")))
             progress(self.query_one("#job-progress", ProgressBar), None)
             return
         text = Text.assemble(
@@ -286,7 +287,7 @@ class JobScreen(JobActions, ConsoleScreen):
         )
         if row.blocked:
             text.append("  blocked: " + row.blocked, style="red")
-        title.update(text)
+        title.show(text)
         progress(self.query_one("#job-progress", ProgressBar), row)
 
     @work(exclusive=True, group="versions")

@@ -7,12 +7,15 @@ at a thousand changes a second costs more than the frame; this draws the visible
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Iterable
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -26,16 +29,22 @@ COLUMNS = (("TIME", 8), ("#", 7), ("KIND", 9), ("ID", 14), ("VER", 4))
 """The fixed columns (title, width); the summary takes the rest."""
 
 
-def event_line(row: EventRow) -> Text:
+def event_parts(row: EventRow) -> list[tuple[str, str]]:
+    """An event's line: (text, style) per column."""
     dim = "" if row.live else "dim"
-    text = Text(no_wrap=True, overflow="crop")
-    text.append(cells.clock_time(row.ts).ljust(8), style="dim")
-    text.append(" " + str(row.index).rjust(7), style="dim")
-    text.append(" " + row.kind.ljust(9)[:9], style=KIND_STYLE.get(row.kind, ""))
-    text.append(" " + cells.clip(row.id, 14).ljust(14), style=dim)
-    text.append(" " + str(row.version).rjust(4), style="dim")
-    text.append("  " + row.summary, style=dim)
-    return text
+    return [
+        (cells.clock_time(row.ts).ljust(8), "dim"),
+        (" " + str(row.index).rjust(7), "dim"),
+        (" " + row.kind.ljust(9)[:9], KIND_STYLE.get(row.kind, "")),
+        (" " + cells.clip(row.id, 14).ljust(14), dim),
+        (" " + str(row.version).rjust(4), "dim"),
+        ("  " + row.summary, dim),
+    ]
+
+
+@functools.cache
+def _style(name: str) -> Style:
+    return Style.parse(name)
 
 
 def header_line() -> Text:
@@ -80,6 +89,8 @@ class EventList(ScrollView, can_focus=True):
     def __init__(self, limit: int, id: str | None = None) -> None:
         super().__init__(id=id)
         self.rows: deque[EventRow] = deque(maxlen=limit)
+        self._base = Style()
+        self._cursor = Style()
 
     @property
     def selected(self) -> EventRow | None:
@@ -109,17 +120,27 @@ class EventList(ScrollView, can_focus=True):
         self.scroll_home(animate=False, immediate=True)
         self.refresh()
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # the styles every line shares, looked up once a frame, not once a line
+        self._base = self.rich_style
+        self._cursor = self.get_component_rich_style("eventlist--cursor")
+        return super().render_lines(crop)
+
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         index = self.scroll_offset.y + y
-        base = self.rich_style
+        base = self._base
         if index >= len(self.rows):
             return Strip.blank(width, base)
-        text = event_line(self.rows[index])
-        text.truncate(width, overflow="crop", pad=True)
-        if index == self.cursor:
-            text.stylize(self.get_component_rich_style("eventlist--cursor"))
-        return Strip(text.render(self.app.console)).apply_style(base).crop_extend(0, width, base)
+        cursor = self._cursor if index == self.cursor else None
+        # (segments made directly: a Rich Text rendered per line costs several times more,
+        # and at a thousand changes a second every line in sight is new each frame)
+        segments = []
+        for part, extra in event_parts(self.rows[index]):
+            style = base + _style(extra) if extra else base
+            segments.append(Segment(part, style + cursor if cursor else style))
+        pad = base + cursor if cursor else base
+        return Strip(segments).crop_extend(0, width, pad)
 
     def on_click(self, event) -> None:
         self._move_to(self.scroll_offset.y + event.y)

@@ -1,5 +1,6 @@
-"""A DataTable kept in step with the model in place: cells updated where they changed,
-rows added and removed, the cursor staying on the same row (by key)."""
+"""A DataTable kept in step with the model in place: cells updated where they changed
+(only their rows drawn again), rows added and removed, the cursor staying on the same
+row (by key)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 from textual.widgets import DataTable
-from textual.widgets.data_table import RowDoesNotExist
+from textual.widgets.data_table import ColumnKey, RowDoesNotExist, RowKey
 
 Row = tuple[str, Sequence[Text]]
 """A row's key (the object's id) and its cells, one per column."""
@@ -67,16 +68,55 @@ class LiveTable(DataTable):
                 self.remove_row(key)
                 del self._cells[key]
         columns = self.column_keys
+        updates: dict[str, list[tuple[str, Text]]] = {}
         for key, cells in rows:
             cells = tuple(cells)
             old = self._cells.get(key)
             if old is None:
                 self.add_row(*cells, key=key)
             elif not all(map(_same, old, cells)):
-                for column, before, after in zip(columns, old, cells, strict=True):
-                    if not _same(before, after):
-                        self.update_cell(key, column, after, update_width=True)
+                updates[key] = [
+                    (column, after)
+                    for column, before, after in zip(columns, old, cells, strict=True)
+                    if not _same(before, after)
+                ]
             self._cells[key] = cells
+        if updates:
+            self._update_rows(updates)
+
+    def _update_rows(self, updates: dict[str, list[tuple[str, Text]]]) -> None:
+        """Set the cells that changed, and redraw only their rows.
+
+        DataTable.update_cell makes every cached render of the table stale (its caches
+        are keyed by a count of updates) and redraws all of it: at a thousand changes a
+        second, every cell in sight was rendered again each frame. Here only the renders
+        of the rows that changed are dropped (Textual 8's caches: cells' and rows' keyed
+        by the row first), unless a cell no longer fits its column: then the column
+        widens and all is drawn again. (Columns widen, they do not narrow: a table whose
+        columns shrink and grow with each update would not sit still.)"""
+        widened = False
+        for key, changes in updates.items():
+            data = self._data[RowKey(key)]
+            for column, value in changes:
+                data[ColumnKey(column)] = value
+                found = self.columns[ColumnKey(column)]
+                if value.cell_len > found.content_width:
+                    found.content_width = value.cell_len
+                    widened = True
+        if widened:
+            self._update_count += 1
+            self._require_update_dimensions = True
+            self.refresh()
+            return
+        stale = {RowKey(key) for key in updates}
+        for cache in (self._cell_render_cache, self._row_render_cache):
+            for cached in [k for k in cache.keys() if k[0] in stale]:  # noqa: SIM118 (no iter)
+                cache.discard(cached)
+        self._line_cache.clear()
+        for row_key in stale:
+            index = self._row_locations.get(row_key)
+            self._row_renderable_cache.discard((self._update_count, index))
+            self.refresh_row(index)
 
     def _refill(self, rows: Sequence[Row]) -> None:
         selected = self.selected
