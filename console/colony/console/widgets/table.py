@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
+from rich.console import Console
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey, RowDoesNotExist, RowKey
@@ -143,6 +146,93 @@ class LiveTable(DataTable):
             self._refill(list(self._cells.items())[-limit:])
         if following and self.row_count:
             self.move_cursor(row=self.row_count - 1)
+
+    def _render_cell(
+        self,
+        row_index: int,
+        column_index: int,
+        base_style: Style,
+        width: int,
+        cursor: bool = False,
+        hover: bool = False,
+    ) -> list[list[Segment]]:
+        """A one-line Text cell made into segments directly: what DataTable does for any
+        renderable (Padding in Styled through the console) costs ~10 times more, and each
+        changed row's cells are rendered again. Same key, same cache, same result;
+        anything else (the header, a cell of several lines) goes DataTable's way."""
+        if row_index < 0 or column_index < 0:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        row_key = self._row_locations.get_key(row_index)
+        column_key = self._column_locations.get_key(column_index)
+        key = (
+            row_key,
+            column_key,
+            base_style,
+            cursor,
+            hover,
+            self._show_hover_cursor,
+            self._update_count,
+            self._pseudo_class_state,
+        )
+        cached = self._cell_render_cache.get(key)
+        if cached is not None:
+            return cached
+        cell = self._data[row_key].get(column_key)
+        if (
+            self.rows[row_key].height != 1
+            or not isinstance(cell, Text)
+            or cell.justify not in (None, "default", "left", "right")
+            or "\n" in cell.plain
+            or "\t" in cell.plain
+        ):
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        fixed = row_index < self.fixed_rows or column_index < self.fixed_columns
+        component, post = self._get_styles_to_render_cell(
+            False,
+            False,
+            fixed,
+            hover,
+            cursor,
+            self.show_cursor,
+            self._show_hover_cursor,
+            self.cursor_foreground_priority == "css",
+            self.cursor_background_priority == "css",
+        )
+        pre = base_style + Style.from_meta({"row": row_index, "column": column_index}) + component
+        line = _one_line(cell, width, self.cell_padding, self.app.console)
+        lines = [list(Segment.apply_style(line, pre, post))]
+        self._cell_render_cache[key] = lines
+        return lines
+
+
+def _one_line(cell: Text, width: int, padding: int, console: Console) -> list[Segment]:
+    """`cell` in `width` columns with `padding` each side, as Rich would render it without
+    wrapping (cut as its overflow says, justified as it says)."""
+    inner = max(0, width - 2 * padding)
+    overflow = cell.overflow or "fold"
+    line = cell
+    if cell.justify == "left":
+        line = cell.copy()
+        line.truncate(inner, overflow=overflow, pad=True)
+    elif cell.justify == "right":
+        line = cell.copy()
+        line.rstrip()
+        line.truncate(inner, overflow=overflow)
+        line.pad_left(inner - line.cell_len)
+    elif cell.cell_len > inner:
+        line = cell.copy()
+        line.truncate(inner, overflow=overflow)
+    blank = Style.null()
+    segments = [Segment(" " * padding, blank)] if padding else []
+    rendered = line.render(console, end="")
+    if line.style:  # (render leaves the text's own style out when it has no spans)
+        rendered = Segment.apply_style(rendered, console.get_style(line.style))
+    segments += rendered
+    if line.cell_len < inner:
+        segments.append(Segment(" " * (inner - line.cell_len), blank))
+    if padding:
+        segments.append(Segment(" " * padding, blank))
+    return segments
 
 
 def _same(a: Text, b: Text) -> bool:
