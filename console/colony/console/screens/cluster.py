@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Sparkline
 from colony.console.model import NodeRow
 from colony.console.screens.base import ConsoleScreen
 from colony.console.widgets import cells
-from colony.console.widgets.line import Line
+from colony.console.widgets.line import Line, retitle
 from colony.console.widgets.table import LiveTable
 
 WIDE = 110
@@ -113,8 +113,7 @@ class ClusterScreen(ConsoleScreen):
         self._rows = {row.node: row for row in rows}
         table.sync([(row.node, node_cells(row, wide)) for row in rows])
         alive = sum(row.status == "alive" for row in rows)
-        table.border_title = f"nodes ({alive}/{len(rows)} alive)"
-        table.border_subtitle = "cpu, memory: reserved/used/capacity"
+        retitle(table, f"nodes ({alive}/{len(rows)} alive)", "cpu, memory: reserved/used/capacity")
         self._draw_detail()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -143,7 +142,7 @@ class ClusterScreen(ConsoleScreen):
             text.append("  ")
             text.append_text(cells.roles(row.roles))
         summary.show(text)
-        self.query_one("#node-usage").border_title = row.name
+        retitle(self.query_one("#node-usage"), row.name)
         self.query_one("#cpu-label", Line).show(
             trend_label("cpu", row.cpu_history, row.cpu_capacity, cells.short_cores)
         )
@@ -174,7 +173,7 @@ class ClusterScreen(ConsoleScreen):
         table = self.query_one("#members", LiveTable)
         table.sync(rows)
         name = model.node_name(node)
-        table.border_title = f"members as {name} sees them" if reply else f"{name}: no view heard"
+        retitle(table, f"members as {name} sees them" if reply else f"{name}: no view heard")
 
     def action_drain(self) -> None:
         row = self.selected

@@ -13,7 +13,7 @@ from colony.console.model import EventFilter
 from colony.console.screens.base import ConsoleScreen
 from colony.console.screens.modals import PayloadScreen
 from colony.console.widgets.eventlist import EventList, header_line
-from colony.console.widgets.line import Line
+from colony.console.widgets.line import Line, retitle
 
 SHOWN = 1000
 """Rows the events list keeps (the model keeps its own, longer, history)."""
@@ -94,7 +94,7 @@ class EventsScreen(ConsoleScreen):
             self._last = shown[-1].index
         self._draw_state(len(new) - len(shown))
         pane = self.query_one("#events-pane")
-        pane.border_title = f"events (the last {SHOWN})"
+        retitle(pane, f"events (the last {SHOWN})")
 
     def _draw_state(self, waiting: int) -> None:
         text = Text()

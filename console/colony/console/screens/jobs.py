@@ -14,7 +14,7 @@ from colony.console.actions import ActionError
 from colony.console.model import EventFilter, InstanceRow, JobRow
 from colony.console.screens.base import ConsoleScreen
 from colony.console.widgets import cells
-from colony.console.widgets.line import Line
+from colony.console.widgets.line import Line, retitle
 from colony.console.widgets.table import LiveTable
 
 JOB_COLUMNS = [
@@ -160,7 +160,7 @@ class JobsScreen(JobActions, ConsoleScreen):
         names = max((len(row.name) for row in rows), default=3)
         event = max(12, width - 47 - said - names)
         table.sync([(row.name, job_cells(row, now, said, event)) for row in rows])
-        table.border_title = f"jobs ({len(rows)})"
+        retitle(table, f"jobs ({len(rows)})")
         self._rows = {row.name: row for row in rows}
         self._draw_summary()
 
@@ -188,12 +188,12 @@ class JobsScreen(JobActions, ConsoleScreen):
         instances = self.query_one("#job-instances", LiveTable)
         if row is None:
             instances.sync([])
-            instances.border_title = ""
+            retitle(instances, "")
             return
         now = self.console.clock()
         found = self.console.model.instance_rows(row.name)
         instances.sync([(i.id, instance_cells(i, now)) for i in found])
-        instances.border_title = f"{row.name}: instances (enter opens the job)"
+        retitle(instances, f"{row.name}: instances (enter opens the job)")
 
     def action_open(self) -> None:
         if job := self.current_job():
@@ -232,8 +232,8 @@ class JobScreen(JobActions, ConsoleScreen):
             yield LiveTable([("time", "TIME"), ("summary", "WHAT")], id="history")
 
     def on_mount(self) -> None:
-        self.query_one("#versions").border_title = "versions"
-        self.query_one("#history").border_title = "history"
+        retitle(self.query_one("#versions"), "versions")
+        retitle(self.query_one("#history"), "history")
         super().on_mount()
 
     def update_view(self, changed) -> None:
@@ -246,7 +246,7 @@ class JobScreen(JobActions, ConsoleScreen):
             instances = model.instance_rows(self.job)
             table = self.query_one("#instances", LiveTable)
             table.sync([(i.id, instance_cells(i, now)) for i in instances])
-            table.border_title = f"instances ({sum(i.desired == 'run' for i in instances)} wanted)"
+            retitle(table, f"instances ({sum(i.desired == 'run' for i in instances)} wanted)")
         if changed & {"events"}:
             history = model.events_matching(EventFilter(job=self.job), limit=50)
             table = self.query_one("#history", LiveTable)
@@ -296,7 +296,7 @@ class JobScreen(JobActions, ConsoleScreen):
         try:
             versions = await self.console.cluster_actions.versions(self.job)
         except ActionError as e:
-            table.border_title = "versions: not read"
+            retitle(table, "versions: not read")
             self.notify(str(e), title=f"versions of {self.job}", severity="error", markup=False)
             return
         now = self.console.clock()

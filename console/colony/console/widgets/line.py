@@ -9,6 +9,7 @@ repaints only its own region, and only when what it says changed.
 from __future__ import annotations
 
 from rich.text import Text
+from textual.widget import Widget
 from textual.widgets import Static
 
 
@@ -27,3 +28,12 @@ class Line(Static):
         if said != self._said:
             self._said = said
             self.update(text, layout=not self.fixed)
+
+
+def retitle(widget: Widget, title: str, subtitle: str | None = None) -> None:
+    """Set `widget`'s border title (and subtitle), if it is not that already: setting one
+    repaints the widget's whole region, children included, even when it does not change."""
+    if widget.border_title != title:
+        widget.border_title = title
+    if subtitle is not None and widget.border_subtitle != subtitle:
+        widget.border_subtitle = subtitle
