@@ -20,12 +20,8 @@ from typing import TYPE_CHECKING
 
 from colony.cli.args import nats_url, seconds
 from colony.cli.events import cluster_secret
-from colony.cli.local.write import voters_of
+from colony.cli.kv import management, servers_of
 from colony.cli.output import err, fail
-from colony.shared.bus import Bus, NotConnected, connect
-from colony.shared.cluster import Cluster
-from colony.shared.config import NatsSettings
-from colony.shared.management import Management
 from colony.shared.statedir import StateDir
 
 if TYPE_CHECKING:
@@ -107,36 +103,13 @@ async def opened(args: argparse.Namespace) -> AsyncIterator[tuple[BusFeed, Clust
         secret = cluster_secret(state)
     except ValueError as e:
         fail(str(e))
-    servers = args.server or [url for n in state.nodes() if (url := n.nats_url())]
-    if not servers:
-        fail(f"no cluster in {state.path}/", "start one with `colony up`, or pass --server URL")
+    servers = servers_of(args)
     if secret is None:  # said before the console takes the screen
         err.print(
             f"warning: changes are not verified: no cluster secret in {state.path}/ "
             "(a forged change would show as a real one)"
         )
-    bus = await _connect(servers, args.timeout)
-    try:
-        voters = voters_of(state) if not args.server else await Cluster(bus).nodes()
-        if not voters:
-            fail("no Raft voters found", "is consensus running? see `colony status`")
-        feed = BusFeed(servers, voters, secret, history=args.history)
-        yield feed, ClusterActions(Management(bus, voters, timeout=args.timeout))
-    finally:
-        await bus.close()
-
-
-async def _connect(servers: list[str], timeout: float) -> Bus:
-    """The actions' connection: it must answer now (else the command ends saying so),
-    then it reconnects by itself for as long as the console stays open."""
-    try:
-        async with asyncio.timeout(timeout):
-            return await connect(
-                NatsSettings(servers=servers, connect_timeout=min(timeout, 2.0)),
-                "colony-console-actions",
-            )
-    except (TimeoutError, NotConnected):
-        fail(
-            f"no nats server answers at {', '.join(servers)} within {timeout:g} s",
-            "is the cluster running? start it with `colony up`",
-        )
+    # the actions' connection must answer now, then reconnects by itself while the
+    # console stays open (the feed keeps a connection of its own)
+    async with management(args, "colony-console-actions", reconnect=True) as client:
+        yield BusFeed(servers, client.voters, secret, history=args.history), ClusterActions(client)

@@ -62,20 +62,36 @@ def not_utf8(text: str | None) -> str:
     return ""
 
 
-@contextlib.asynccontextmanager
-async def cluster_bus(args: argparse.Namespace, name: str) -> AsyncIterator[Bus]:
-    """A NATS connection to the cluster in args.state_dir (or through args.server);
-    `name` names it."""
+def servers_of(args: argparse.Namespace) -> list[str]:
+    """The NATS URLs of the cluster in args.state_dir (or args.server); the command ends
+    saying so if there are none."""
     state = StateDir(args.state_dir)
     servers = args.server or [url for n in state.nodes() if (url := n.nats_url())]
     if not servers:
         fail(f"no cluster in {state.path}/", "start one with `colony up`, or pass --server URL")
+    return servers
+
+
+@contextlib.asynccontextmanager
+async def cluster_bus(
+    args: argparse.Namespace, name: str, *, reconnect: bool = False, wait: float = 0.0
+) -> AsyncIterator[Bus]:
+    """A NATS connection to the cluster in args.state_dir (or through args.server);
+    `name` names it. With `reconnect` (a command that stays open) the first server must
+    answer within `wait` seconds, then the connection is retried by itself whenever
+    lost; without, a server must answer at once."""
+    servers = servers_of(args)
+    settings = NatsSettings(servers=servers, connect_timeout=2.0)
     try:
-        bus = await connect(
-            NatsSettings(servers=servers, connect_timeout=2.0), name, reconnect=False
+        # (reconnecting, connect() retries until a server answers: `wait` bounds it)
+        async with asyncio.timeout(wait if reconnect else None):
+            bus = await connect(settings, name, reconnect=reconnect)
+    except (TimeoutError, NotConnected):
+        within = f" within {wait:g} s" if reconnect else ""
+        fail(
+            f"no nats server answers at {', '.join(servers)}{within}",
+            "is the cluster running? start it with `colony up`",
         )
-    except NotConnected:
-        fail(f"no nats server answers at {', '.join(servers)}", "is the cluster running?")
     try:
         yield bus
     finally:
@@ -83,10 +99,13 @@ async def cluster_bus(args: argparse.Namespace, name: str) -> AsyncIterator[Bus]
 
 
 @contextlib.asynccontextmanager
-async def management(args: argparse.Namespace, name: str) -> AsyncIterator[Management]:
+async def management(
+    args: argparse.Namespace, name: str, *, reconnect: bool = False
+) -> AsyncIterator[Management]:
     """A client of the management database of the cluster in args.state_dir (or through
-    args.server), retrying for args.timeout; `name` names the NATS connection."""
-    async with cluster_bus(args, name) as bus:
+    args.server), retrying for args.timeout; `name` names the NATS connection, which
+    `reconnect` keeps retrying whenever lost (see `cluster_bus`)."""
+    async with cluster_bus(args, name, reconnect=reconnect, wait=args.timeout) as bus:
         state = StateDir(args.state_dir)
         voters = voters_of(state) if not args.server else await Cluster(bus).nodes()
         if not voters:
