@@ -1,5 +1,7 @@
-"""The console app: one worker runs the feed into a buffer; a timer applies the buffer to
-the model in batches and redraws only what the batch changed, on the screen in front.
+"""The console app: the feed runs into a buffer (a feed reading the bus in a thread of its
+own, so that it keeps up with the cluster whatever the frames cost); a timer applies the
+buffer to the model in batches and redraws only what the batch changed, on the screen in
+front.
 
 Batched rendering is what keeps it responsive under a burst: a thousand changes a second
 are twenty model updates and twenty redraws a second, whatever the rate. Tables are
@@ -13,8 +15,11 @@ shows as a notification.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
@@ -23,7 +28,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from colony.console.actions import ActionError, Actions
-from colony.console.feed import Feed
+from colony.console.feed import Feed, FeedThread
 from colony.console.model import ConnectionChanged, ConsoleModel, FeedItem, Loaded
 from colony.console.screens.base import ConsoleScreen
 from colony.console.screens.cluster import ClusterScreen
@@ -79,34 +84,53 @@ class ConsoleApp(App):
         self.model = ConsoleModel()
         self.log_target = ""
         """The instance the logs screen follows ('' : none picked yet)."""
-        self._buffer: list[FeedItem] = []
+        self._buffer: deque[FeedItem] = deque()
+        """What the feed said since the last batch (appended to from the feed's thread)."""
+        self._feed_thread: FeedThread | None = None
         self.batches = 0
         """Batches applied (for tests and the benchmark: how often the screen was redrawn)."""
 
     def on_mount(self) -> None:
         _settle_heap()
-        self.run_worker(self._run_feed(), name="feed", group="feed", exit_on_error=False)
+        if getattr(self.feed, "in_thread", False):  # (a feed reading the bus: BusFeed)
+            loop = asyncio.get_running_loop()
+
+            def failed(e: Exception) -> None:
+                with contextlib.suppress(RuntimeError):  # (the app already closed)
+                    loop.call_soon_threadsafe(self._feed_failed, e)
+
+            self._feed_thread = FeedThread(self.feed, self._buffer.append, failed, "console-feed")
+            self._feed_thread.start()
+        else:  # (a scripted feed: in this loop, as the tests that push to it are)
+            self.run_worker(self._run_feed(), name="feed", group="feed", exit_on_error=False)
         self.set_interval(self.batch_interval, self.apply_buffer)
         self.set_interval(AGES_EVERY, self._ages)
+
+    async def on_unmount(self) -> None:
+        if self._feed_thread is not None:
+            await asyncio.to_thread(self._feed_thread.stop)
 
     async def _run_feed(self) -> None:
         try:
             await self.feed.run(self._buffer.append)
         except Exception as e:
-            # the feed reconnects by itself: ending is a bug; what is on screen stays, marked
-            # as no longer live, and the operator can still read it and act
-            said = f"the console stopped following the cluster: {type(e).__name__}: {e}"
-            self.apply_buffer()  # (what it said before failing holds the connection's node)
-            lost = replace(self.model.connection, state="disconnected", detail=said)
-            self._buffer.append(ConnectionChanged(lost))
-            self.notify(said, title="feed", severity="error", timeout=30, markup=False)
+            self._feed_failed(e)
+
+    def _feed_failed(self, e: Exception) -> None:
+        # the feed reconnects by itself: ending is a bug; what is on screen stays, marked
+        # as no longer live, and the operator can still read it and act
+        said = f"the console stopped following the cluster: {type(e).__name__}: {e}"
+        self.apply_buffer()  # (what it said before failing holds the connection's node)
+        lost = replace(self.model.connection, state="disconnected", detail=said)
+        self._buffer.append(ConnectionChanged(lost))
+        self.notify(said, title="feed", severity="error", timeout=30, markup=False)
 
     def apply_buffer(self) -> None:
         """Apply what the feed said since the last batch; redraw what it changed."""
         if not self._buffer:
             return
-        items = self._buffer[:]
-        self._buffer.clear()
+        buffer = self._buffer
+        items = [buffer.popleft() for _ in range(len(buffer))]  # (the feed may add more)
         changed = self.model.apply(items)
         self.batches += 1
         if any(isinstance(item, Loaded) for item in items):
@@ -398,5 +422,6 @@ def _key_name(key: str) -> str:
 
 async def run_console(feed: Feed, actions: Actions) -> None:
     """Run the console in this terminal until the operator quits (in the running event
-    loop: the one the feed's and the actions' connections live in)."""
+    loop: the one the actions' connection lives in; a feed reading the bus runs in a
+    thread of its own, with its own connection)."""
     await ConsoleApp(feed, actions).run_async()
