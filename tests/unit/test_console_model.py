@@ -47,7 +47,8 @@ def spec(**fields) -> JobSpec:
 
 
 def job(name="web", version=1, replicas=2, **fields) -> JobRecord:
-    return JobRecord(name=name, version=version, spec=spec(), replicas=replicas, **fields)
+    fields = {"spec": spec(), **fields}
+    return JobRecord(name=name, version=version, replicas=replicas, **fields)
 
 
 def instance(id="web-0-aaaa", slot=0, node=N1, **fields) -> InstanceRecord:
@@ -180,6 +181,27 @@ def test_nodes_only_seen_in_metrics_or_membership_have_rows_too():
     assert model.members_of(N1) == view and model.members_of(N2) is None
 
 
+def test_a_forgotten_node_leaves_no_row_nor_membership_view():
+    model = loaded_model()
+    n3 = "node-3-cccccc"
+    member = MemberView(node=n3, status="alive", incarnation=1, meta=NodeMeta(), since=0)
+    view = MembersReply(observer=n3, members=[member])
+    model.apply(
+        [
+            change(11, "node", n3, node(n3, "node-3")),
+            Sampled(metrics(n3, "node-3")),
+            MembersSeen(view),
+        ]
+    )
+    assert n3 in {r.node for r in model.node_rows()}
+    model.apply([change(12, "node", n3, version=0)])
+    assert n3 not in {r.node for r in model.node_rows()}
+    assert model.members_of(n3) is None
+    # a view heard from a node the model does not know (forgotten while away) counts for none
+    model.apply([MembersSeen(view)])
+    assert n3 not in {r.node for r in model.node_rows()}
+
+
 def test_job_rows_count_running_and_healthy_and_say_the_rollout():
     model = loaded_model()
     rollout = Rollout(version=2, previous=1, canaries=1, healthy=1, placed=1)
@@ -198,17 +220,52 @@ def test_job_rows_count_running_and_healthy_and_say_the_rollout():
     [row] = model.job_rows()
     assert (row.version, row.desired, row.running, row.healthy) == (2, 2, 2, 2)
     assert row.progress == 0.5  # one healthy of the current version, of 2 desired
-    assert row.waiting_promote and row.rollout == "v2 canaries 1/1 healthy: waiting for promote"
+    assert row.waiting_promote
+    assert row.rollout == "version 2: 1 canary healthy; waiting for promote"
     assert row.last_event.startswith("instance web-9-cccc") and row.last_event_ts == 100.0
     done = Rollout(version=2, previous=1, status="succeeded", healthy=2)
     model.apply([change(14, "job", "web", job(version=2, rollout=done, status="stopped"))])
     [row] = model.job_rows()
     assert (row.rollout, row.waiting_promote, row.desired, row.progress) == (
-        "v2 succeeded",
+        "version 2: succeeded — 2 of 2 healthy",
         False,
         0,
         1.0,
     )
+
+
+def test_the_rollout_is_said_as_colony_job_status_says_it_and_auto_promote_waits_for_none():
+    model = loaded_model()
+    rollout = Rollout(version=2, previous=1, canaries=1, healthy=1, placed=1)
+    auto = msgspec.convert(
+        {"name": "web", "task": {"command": "python3"}, "update": {"auto_promote": True}}, JobSpec
+    )
+    model.apply([change(11, "job", "web", job(version=2, rollout=rollout))])
+    model.apply([JobsRead([job(version=2, rollout=rollout, spec=auto)])])
+    [row] = model.job_rows()
+    assert row.rollout == "version 2: 1 canary healthy; promoting"
+    assert not row.waiting_promote  # the manager promotes them by itself
+
+
+def test_a_rollback_to_an_earlier_spec_is_done_once_its_rollout_succeeded():
+    # version 3 runs version 1's spec: the instances of version 1 stay (same spec)
+    model = loaded_model()
+    healthy = {"state": "running", "health": "healthy"}
+    rolling = Rollout(version=3, previous=2, healthy=1, placed=2)
+    model.apply(
+        [
+            change(11, "instance", "web-0-aaaa", instance(**healthy)),
+            change(12, "instance", "web-1-bbbb", instance("web-1-bbbb", 1, N2, **healthy)),
+            change(13, "job", "web", job(version=3, rollout=rolling)),
+        ]
+    )
+    [row] = model.job_rows()
+    assert row.progress == 0.5  # the manager's count: one of the same spec is healthy
+    done = Rollout(version=3, previous=2, status="succeeded", healthy=2, placed=2)
+    model.apply([change(14, "job", "web", job(version=3, rollout=done))])
+    [row] = model.job_rows()
+    assert (row.healthy, row.desired, row.progress) == (2, 2, 1.0)
+    assert row.rollout == "version 3: succeeded — 2 of 2 healthy"
 
 
 def test_instance_rows_run_first_by_slot_with_node_names_and_addresses():

@@ -117,9 +117,10 @@ def waiting_canaries(rollout: Rollout | None) -> bool:
     )
 
 
-def rollout_line(job: JobRecord) -> str:
+def rollout_line(job: JobRecord, promote: str = "") -> str:
     """'version 2: batch 2 of 3 — 4 of 6 healthy', 'version 2: 1 canary healthy; promote
-    with `colony job promote web`', 'version 2: failed: ...' ('' : no rollout recorded)."""
+    with `colony job promote web`', 'version 2: failed: ...' ('' : no rollout recorded).
+    `promote`: how to promote waiting canaries, said instead of the CLI's command."""
     r = job.rollout
     if r is None:
         return ""
@@ -131,7 +132,7 @@ def rollout_line(job: JobRecord) -> str:
                 what = f"{plural(r.canaries, 'canary', 'canaries')} healthy"
                 if job.spec.update.auto_promote:
                     return f"{v}: {what}; promoting"
-                return f"{v}: {what}; promote with `colony job promote {job.name}`"
+                return f"{v}: {what}; {promote or f'promote with `colony job promote {job.name}`'}"
             return f"{v}: canaries — {r.healthy} of {r.canaries} healthy"
         if r.previous == 0 or not r.batch:
             return f"{v}: {r.placed} placed, {healthy}"

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import msgspec
 
 from colony.cli.events import Summaries
-from colony.cli.rollout import waiting_canaries
+from colony.cli.rollout import rollout_line, waiting_canaries
 from colony.shared.messages import (
     Change,
     InstanceRecord,
@@ -156,9 +156,13 @@ class JobRow:
     running: int
     healthy: int
     rollout: str
-    """One line: "v3 canaries 1/1 healthy: waiting for promote", "v2 succeeded", ..."""
+    """One line, in `colony job status`' words (colony.cli.rollout.rollout_line):
+    "version 3: 1 canary healthy; waiting for promote", "version 2: succeeded — 3 of 3
+    healthy", ... ('' : no rollout recorded)."""
     progress: float
-    """0..1: the current version's healthy instances / desired."""
+    """0..1: while the current version rolls out, its healthy instances / desired; once
+    settled, the healthy instances / desired (a rollback to an earlier spec keeps the
+    instances of that spec's version)."""
     waiting_promote: bool
     last_event: str
     """The summary of the latest change of the job or of one of its instances."""
@@ -352,9 +356,10 @@ class ConsoleModel:
         """Take the record a change carries; whether it is of a kind the model holds."""
         kind, id, detail = change.kind, change.id, change.detail
         if kind == "node":
-            if change.version == 0:  # forgotten: its samples go too
+            if change.version == 0:  # forgotten: its samples and membership view go too
                 self.nodes.pop(id, None)
                 self.metrics.pop(id, None)
+                self.members.pop(id, None)
                 self._cpu.pop(id, None)
                 self._memory.pop(id, None)
             else:
@@ -447,7 +452,7 @@ class ConsoleModel:
     def node_rows(self) -> list[NodeRow]:
         """Every node, by name."""
         ids = set(self.nodes) | set(self.metrics)
-        for reply in self.members.values():
+        for reply in self._views():
             ids.update(m.node for m in reply.members)
         held = reserved(self.instances.values())
         placed: dict[str, int] = {}
@@ -488,11 +493,17 @@ class ConsoleModel:
 
     def _member_status(self, node: str) -> str:
         """What a membership view says of a node that has no record ('unknown': none says)."""
-        for reply in self.members.values():
+        for reply in self._views():
             for member in reply.members:
                 if member.node == node:
                     return member.status
         return "unknown"
+
+    def _views(self) -> Iterable[MembersReply]:
+        """The membership views of the nodes known (by a record or a sample): a forgotten
+        node's last view, held from before, names nodes no longer there."""
+        known = self.nodes.keys() | self.metrics.keys()
+        return (reply for observer, reply in self.members.items() if observer in known)
 
     def _roles(self, node: str) -> list[str]:
         roles = ["voter"] if node in self.voters else []
@@ -515,7 +526,12 @@ class ConsoleModel:
         # (the monitor says a run without checks is healthy at once: no spec needed)
         healthy = [i for i in running if i.health == "healthy"]
         desired = job.replicas if job.status == "running" else 0
-        current = sum(i.version >= job.version for i in healthy)
+        r = job.rollout
+        if r is not None and r.version == job.version and r.status == "running":
+            # the manager's count also takes older instances whose spec is the same
+            current = max(r.healthy, sum(i.version >= job.version for i in healthy))
+        else:  # settled: what runs is the current version (a rollback's may be older)
+            current = len(healthy)
         held = self._jobs.get(job.name, _Held())
         return JobRow(
             name=job.name,
@@ -524,7 +540,7 @@ class ConsoleModel:
             desired=desired,
             running=len(running),
             healthy=len(healthy),
-            rollout=rollout_said(job),
+            rollout=rollout_line(job, promote="waiting for promote"),
             progress=min(1.0, current / desired) if desired else 1.0,
             waiting_promote=waiting_promote(job),
             last_event=held.last_event,
@@ -579,21 +595,6 @@ def _read_whole(held: _Held | None, version: int) -> _Held:
 
 
 def waiting_promote(job: JobRecord) -> bool:
-    """Whether the rollout's canaries are all healthy and wait for a promote."""
-    return waiting_canaries(job.rollout)
-
-
-def rollout_said(job: JobRecord) -> str:
-    """A rollout in one short line ('' : none recorded): 'v3 canaries 1/1 healthy: waiting
-    for promote', 'v2 batch 2: 4/6 healthy', 'v2 succeeded', 'v3 failed: ...'."""
-    r = job.rollout
-    if r is None:
-        return ""
-    v = f"v{r.version}"
-    if r.status == "running":
-        if r.canaries and not r.promoted:
-            said = f"{v} canaries {r.healthy}/{r.canaries} healthy"
-            return said + (": waiting for promote" if waiting_promote(job) else "")
-        batch = f" batch {r.batch}" if r.previous and r.batch else ""
-        return f"{v}{batch}: {min(r.healthy, job.replicas)}/{job.replicas} healthy"
-    return f"{v} {r.status}" + (f": {r.reason}" if r.reason and r.status != "succeeded" else "")
+    """Whether the rollout's canaries are all healthy and wait for someone to promote
+    them (with auto_promote, the manager does)."""
+    return waiting_canaries(job.rollout) and not job.spec.update.auto_promote
