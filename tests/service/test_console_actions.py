@@ -24,6 +24,9 @@ from colony.shared.messages import (
     NodeRecord,
     NodeRegister,
     Placement,
+    QueryReply,
+    QueryRequest,
+    Stored,
     decode,
     encode,
 )
@@ -95,13 +98,12 @@ async def test_versions_rollback_and_a_promote_with_nothing_to_promote(cluster):
 
 async def test_drain_and_undrain_a_node(cluster):
     client, actions = cluster
-    assert (
-        await actions.drain(NODE, deadline=60) == f"node {NODE}: draining (its instances move away)"
-    )
+    # said by the node's name, as people know it (and as its drain's reason says it)
+    assert await actions.drain(NODE, deadline=60) == "node-1: draining (its instances move away)"
     drained = await node(client)
     assert drained.drain in ("draining", "drained") and not drained.eligible
-    assert "colony console drain" in drained.drain_reason
-    assert await actions.undrain(NODE) == f"node {NODE}: eligible again"
+    assert "colony console drain node-1" in drained.drain_reason
+    assert await actions.undrain(NODE) == "node-1: eligible again"
     back = await node(client)
     assert (back.drain, back.eligible) == ("", True)
     with pytest.raises(ActionError, match=r"^node nowhere not drained: "):
@@ -140,3 +142,21 @@ async def test_no_voter_answering_is_said_plainly(bus):
     said = str(failed.value)
     assert said.startswith("web not scaled: no voter could answer")
     assert said.endswith("(is a majority of the voters up?)")
+
+
+async def test_an_answer_it_cannot_read_is_an_action_error_too(bus):
+    # a stand-in voter whose records are of a shape this console cannot read
+    async def voter(msg) -> None:
+        request = decode(msg.data, QueryRequest)
+        odd = Stored(id=request.key, version=1, value={"shape": "unknown"})
+        await msg.respond(
+            encode(QueryReply(key=request.key, value=None, version=1, index=1, objects=[odd]))
+        )
+
+    await bus.nc.subscribe(subjects.query("odd").name, cb=voter)
+    actions = ClusterActions(Management(bus, ["odd"], timeout=0.3))
+    with pytest.raises(ActionError, match=r"^cannot find instance web-0-aaaa: .*unreadable here"):
+        await actions.logs("web-0-aaaa")
+    # its name unreadable, the node is said by its id; nobody takes the proposal
+    with pytest.raises(ActionError, match=r"^node n1 not drained: no voter could answer"):
+        await actions.drain("n1")
