@@ -36,6 +36,7 @@ import contextlib
 import itertools
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,8 @@ NODES, JOBS, REPLICAS = 10, 40, 10
 TICK = 0.01
 """Seconds between two pushes of the stream (each pushes what is due)."""
 STALL_TICK = 0.005
+SETTLE = 0.5
+"""Seconds a screen is left to settle after it is brought to the front, before a phase."""
 FRAME_BAR = 0.050
 LATENCY_BAR = 0.100
 WEB = Path(__file__).parent.parent / "examples" / "web.yaml"
@@ -142,6 +145,8 @@ class Phase:
     latency: Histogram = field(default_factory=Histogram)
     commit: Histogram = field(default_factory=Histogram)
     """From a write asked to its commit (the real cluster's writer)."""
+    fed: Histogram = field(default_factory=Histogram)
+    """From a live change's commit time to the feed handing it to the app."""
 
     @property
     def absorbed(self) -> float:
@@ -188,6 +193,17 @@ class Probe:
 
         model.apply = applying
         FrameDriver.on_write = self.frame
+        probe = self
+
+        class Fed(deque):
+            """The app's buffer, noting when the feed hands it each live change."""
+
+            def append(self, item) -> None:
+                if isinstance(item, Changed) and item.live:
+                    probe.phase.fed.add(time.time() - item.change.ts)
+                super().append(item)
+
+        app._buffer = Fed()
 
     def frame(self, data: str) -> None:
         now = time.time()
@@ -341,8 +357,8 @@ async def push(feed: ScriptedFeed, probe: Probe, stream: Stream, rate: int, seco
 async def probed(app: ConsoleApp) -> AsyncIterator[tuple[Pilot, Probe]]:
     """`app` running at SIZE, every frame rendered, the probe hooked in."""
     app.driver_class = FrameDriver
+    probe = Probe(app)  # (before the app starts: the feed is handed its buffer then)
     async with app.run_test(size=SIZE, headless=False) as pilot:
-        probe = Probe(app)
         ticker = asyncio.create_task(probe.stalls())
         try:
             with timed_updates(probe):
@@ -357,6 +373,7 @@ async def measured(
     """A phase: `screen` in front, then `load` (changes at `rate` for `seconds`)."""
     await pilot.press(KEYS[screen.split()[0]])
     await pilot.pause()
+    await asyncio.sleep(SETTLE)  # (a screen's first draw, its layout, is not the steady state)
     probe.phase = phase = Phase(screen, rate, seconds)
     await load
     phase.rss = psutil.Process().memory_info().rss / MIB
