@@ -21,6 +21,7 @@ from colony.console.app import ConsoleApp
 from colony.console.model import JobRow
 from colony.console.screens.jobs import JobsScreen
 from colony.console.screens.modals import ConfirmScreen
+from colony.console.widgets.cells import CONNECTION_STYLE
 from colony.console.widgets.table import LiveTable
 from colony.harness.processes import poll
 from colony.harness.terminal import Terminal
@@ -31,6 +32,8 @@ WEB = Path(__file__).parents[2] / "examples" / "web.yaml"
 JOB = "console-web"
 LEFT = "\x1b[?1049l"
 """What a full-screen program writes as it leaves the terminal's alternate screen."""
+CONNECTED = CONNECTION_STYLE["connected"][0]
+"""The status bar's mark of a live connection, drawn for no other state."""
 SETTLE = 60
 """Seconds for a job's instances to be placed, running and healthy (generous: CI is busy)."""
 
@@ -103,7 +106,9 @@ async def confirm(pilot, value: str | None = None) -> None:
 def test_colony_console_in_a_terminal_shows_the_cluster_and_quits_on_q(ready):
     argv = [sys.executable, "-m", "colony.cli", "console", "--state-dir", str(ready)]
     with Terminal(argv, size=(120, 40)) as terminal:
-        terminal.read_until("connected", "node-1", "node-2", "node-3", timeout=SETTLE)
+        # the bar's mark of a live connection ("connected" alone is in "disconnected" too;
+        # "● " and "connected" are drawn as two pieces, each in its own escape sequence)
+        terminal.read_until(CONNECTED, "node-1", "node-2", "node-3", timeout=SETTLE)
         terminal.press("q")
         assert terminal.wait(10) == 0, terminal.text()[-2000:]
         said = terminal.text()
