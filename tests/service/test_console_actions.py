@@ -5,25 +5,15 @@ stand-in agent answering on the node's subject."""
 
 from __future__ import annotations
 
-import msgspec
 import pytest
-from _voters import running
+from _console_cluster import NODE, console_cluster, job, node
 
-from colony.cli import records
 from colony.console.actions import ActionError, ClusterActions, LogChunk
 from colony.shared import subjects
-from colony.shared.cluster import Cluster
-from colony.shared.jobspec import JobSpec, Task
 from colony.shared.management import Management
 from colony.shared.messages import (
-    InstancesPlace,
-    JobRecord,
-    JobRun,
     LogsReply,
     LogsRequest,
-    NodeRecord,
-    NodeRegister,
-    Placement,
     QueryReply,
     QueryRequest,
     Stored,
@@ -31,42 +21,12 @@ from colony.shared.messages import (
     encode,
 )
 
-VOTER = "v1"
-NODE = "n1-aaaa"
-
 
 @pytest.fixture
 async def cluster(nats_server, tmp_path, bus):
-    """A voter holding one node and job web (versions 1 and 2), and the actions."""
-    async with running(nats_server, tmp_path, [VOTER]):
-        manager = await Cluster(bus, [VOTER]).wait_manager(20)
-        client = Management(bus, [VOTER], timeout=5.0)
-        register = NodeRegister(
-            node=NODE, name="node-1", address="127.0.0.1", cpu=2.0, memory=2**30,
-            drivers=["process"], port_lo=21000, port_hi=21099,
-        )  # fmt: skip
-        await client.propose(register, run("sleep"), run("true"))
-        place = Placement(
-            id="web-0-aaaa", job="web", version=2, slot=0, node=NODE, cpu=0.1, memory=2**26
-        )
-        [placed] = (await client.propose(InstancesPlace([place]), epoch=manager.epoch)).outcomes
-        assert placed.ok, placed.error
+    """The voter (see _console_cluster) and the actions."""
+    async with console_cluster(nats_server, tmp_path, bus) as client:
         yield client, ClusterActions(client)
-
-
-def run(command: str) -> JobRun:
-    return JobRun(spec=JobSpec(name="web", task=Task(command=command), replicas=1))
-
-
-async def job(client: Management, name: str = "web") -> JobRecord | None:
-    found = await records.one_of(client, records.JOBS, name)
-    return msgspec.convert(found.value, JobRecord) if found else None
-
-
-async def node(client: Management) -> NodeRecord:
-    found = await records.one_of(client, records.NODES, NODE)
-    assert found is not None
-    return msgspec.convert(found.value, NodeRecord)
 
 
 async def test_scale_stop_and_their_failures(cluster):
