@@ -67,13 +67,15 @@ def job_row(app: ConsoleApp) -> JobRow | None:
 
 def settled(app: ConsoleApp, version: int, replicas: int | None = None) -> bool:
     """The job at `version`, every one of its instances (`replicas`, if given) running
-    and healthy, its rollout over (as the console's model has it from the change stream)."""
+    and healthy, its rollout over and its bar full (as the console's model has it from the
+    change stream)."""
     row = job_row(app)
     return (
         row is not None
         and row.version == version
         and row.desired == row.running == row.healthy == (replicas or row.desired) > 0
         and "succeeded" in row.rollout
+        and row.progress == 1.0
     )
 
 
