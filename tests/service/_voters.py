@@ -93,7 +93,8 @@ class Membership:
                 )
                 for n, s in self.status.items()
             ]  # fmt: skip
-            await msg.respond(encode(MembersReply(observer="test", members=members)))
+            observer = msg.subject.rsplit(".", 1)[1]  # the node asked: its own view
+            await msg.respond(encode(MembersReply(observer=observer, members=members)))
 
         any_node = subjects.members("any").name.rsplit(".", 1)[0] + ".*"
         await bus.nc.subscribe(any_node, cb=answer)

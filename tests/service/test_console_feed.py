@@ -123,7 +123,7 @@ async def test_reads_replays_follows_and_reconnects(nats_server, voter, bus, tmp
         await poll(lambda: model.connection.node == "node-1", 5, "the node connected through")
         await poll(lambda: watched.of(RolesSeen) and watched.of(MembersSeen), 10, "roles")
         assert (model.leader, model.manager, model.voters) == (VOTER, VOTER, [VOTER])
-        assert model.epoch >= 1 and model.members_of("test") is not None
+        assert model.epoch >= 1 and model.members_of("n1-aaaa") is not None
         [row] = model.node_rows()
         assert (row.name, row.status, row.cpu_history) == ("node-1", "alive", [0.1])
 
