@@ -168,14 +168,14 @@ class ClusterActions:
     async def _name_of(self, node: str) -> str:
         """The name (node-2) of node id `node`, as people know it, for what an action says
         ('' : its record cannot be read; the action then says why it fails)."""
-        with contextlib.suppress(ManagementError, msgspec.ValidationError):
+        with contextlib.suppress(ManagementError, BusError, msgspec.ValidationError):
             found = await records.one_of(self.management, records.NODES, node, stale=True)
             if found is not None:
                 return msgspec.convert(found.value, NodeRecord).name
         return ""
 
     async def _propose(self, command: Command) -> Outcome:
-        """Commit `command`: its outcome (a refusal raises ActionError saying why)."""
+        """Commit `command`: its outcome (a refusal raises Refused saying why)."""
         reply = await self.management.propose(command)
         [outcome] = reply.outcomes
         if not outcome.ok:
