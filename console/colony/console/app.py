@@ -137,15 +137,15 @@ class ConsoleApp(App):
         self.batches += 1
         if any(isinstance(item, Loaded) for item in items):
             _settle_heap()
-        if changed:
+        if changed and self.is_running:  # (not while closing: the screens go first)
             screen = self.front_screen
-            if screen is not None:
+            if screen is not None and screen.is_running:
                 screen.update_view(changed)
 
     def _ages(self) -> None:
         # ages ('3m12s') move with the clock, not with changes
         screen = self.front_screen
-        if screen is not None:
+        if self.is_running and screen is not None and screen.is_running:
             screen.update_view({"clock"})
 
     @property
