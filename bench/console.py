@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -50,13 +51,14 @@ from textual.screen import Screen
 from bench._cluster import local_cluster
 from bench._report import say, table, verdict
 from colony.cli.console import opened
+from colony.cli.events import cluster_secret
 from colony.cli.local.write import voters_of
 from colony.cli.main import build_parser
 from colony.console.app import ConsoleApp
 from colony.console.feed import ScriptedFeed
 from colony.console.model import Changed, Connection, ConnectionChanged, Loaded, Sampled
 from colony.harness.processes import example_metrics, poll
-from colony.shared import jobspec
+from colony.shared import changes, jobspec
 from colony.shared.bus import connect
 from colony.shared.config import NatsSettings
 from colony.shared.management import Management, ManagementError
@@ -69,6 +71,7 @@ from colony.shared.messages import (
     Rollout,
     to_builtins,
 )
+from colony.shared.statedir import StateDir
 
 TITLE = "Console"
 SIZE = (120, 40)
@@ -147,6 +150,9 @@ class Phase:
     """From a write asked to its commit (the real cluster's writer)."""
     fed: Histogram = field(default_factory=Histogram)
     """From a live change's commit time to the feed handing it to the app."""
+    alone: tuple[float, float, int] = (0.0, 0.0, 0)
+    """The real cluster's change stream as a bare follower in a process of its own saw
+    it: p50, p99 (seconds from commit) and changes seen."""
 
     @property
     def absorbed(self) -> float:
@@ -425,12 +431,82 @@ async def on_cluster() -> Phase:
                 try:
                     writer = Management(bus, voters_of(running.state))
                     rate, seconds = CLUSTER_RATE, CLUSTER_SECONDS
-                    load = write(writer, probe, rate, seconds)
-                    phase = await measured(pilot, probe, "events (cluster)", rate, seconds, load)
+                    async with following_alone(running.state.path) as alone:
+                        load = write(writer, probe, rate, seconds)
+                        phase = await measured(
+                            pilot, probe, "events (cluster)", rate, seconds, load
+                        )
+                        await quiet(app)
                 finally:
                     await bus.close()
-                await quiet(app)
+                phase.alone = alone.get()
     return phase
+
+
+@contextlib.asynccontextmanager
+async def following_alone(state: Path) -> AsyncIterator[Alone]:
+    """A bare follower of the change stream in a process of its own, for the block: how
+    late the stream itself brings each change (the console's feed can be no earlier)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import bench.console as b; b.follow_alone()", str(state),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert process.stdin is not None and process.stdout is not None
+    alone = Alone()
+    try:
+        ready = await asyncio.wait_for(process.stdout.readline(), 60)
+        if ready.strip() != b"ready":
+            raise RuntimeError("the bare follower did not start")
+        yield alone
+        process.stdin.write(b"stop\n")
+        await process.stdin.drain()
+        said = await asyncio.wait_for(process.stdout.readline(), 30)
+        p50, p99, n = said.split()
+        alone.quantiles = (float(p50), float(p99), int(n))
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+@dataclass
+class Alone:
+    quantiles: tuple[float, float, int] = (0.0, 0.0, 0)
+    """p50, p99 (seconds) and count of the bare follower's lags."""
+
+    def get(self) -> tuple[float, float, int]:
+        return self.quantiles
+
+
+def follow_alone() -> None:
+    """(In a process of its own: `following_alone`.) Follow the change stream of the
+    cluster whose state dir is argv[1] until told to stop (a line on stdin); say how late
+    each change came after its commit (p50, p99, count on stdout)."""
+
+    async def main() -> None:
+        found = StateDir(Path(sys.argv[1]))
+        servers = [url for n in found.nodes() if (url := n.nats_url())]
+        bus = await connect(NatsSettings(servers=servers), "bench-console-follower")
+        lags = Histogram()
+
+        async def read() -> None:
+            async for change in changes.follow(bus, after=None, secret=cluster_secret(found)):
+                lags.add(time.time() - change.ts)
+
+        reading = asyncio.create_task(read())
+        try:
+            await asyncio.sleep(0.5)  # (subscribed by then: its first read is asked)
+            print("ready", flush=True)
+            await asyncio.to_thread(sys.stdin.readline)  # "stop"
+        finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+            await bus.close()
+        print(lags.quantile(0.5), lags.quantile(0.99), lags.n, flush=True)
+
+    asyncio.run(main())
 
 
 async def write(client: Management, probe: Probe, rate: int, seconds: float) -> None:
@@ -528,7 +604,15 @@ def report(phases: list[Phase]) -> str:
             f"{cluster.commit.quantile(0.99) * 1000:.0f} ms p99 from asked to committed): "
             "commit→drawn here is from the entry's time (the change's `ts`: when the Raft "
             "leader made the entry, so the replication and commit count too) through the "
-            "change stream, the feed and the batch to the frame."
+            "change stream, the feed and the batch to the frame. Where that time goes: a bare "
+            "follower of the change stream, in a process of its own, got the changes "
+            f"{ms(cluster.alone[0])} ms p50, {ms(cluster.alone[1])} ms p99 after their commit "
+            f"({cluster.alone[2]:,} seen): the stream's own lag on this machine with the "
+            "cluster's three nodes on its two cores; the console's feed (its own thread and "
+            f"event loop) handed them to the app {ms(cluster.fed.quantile(0.5))} ms p50, "
+            f"{ms(cluster.fed.quantile(0.99))} ms p99 after their commit; the rest, from "
+            "handed to drawn, is the batch and the frame (the writer shares the console's "
+            "process, and its thread the interpreter's lock)."
         )
     said += [
         table(columns, rows),
