@@ -38,7 +38,7 @@ async def console(nats_server, tmp_path, bus):
                 await records.instances(client),
             ),
         ]
-        app = ConsoleApp(ScriptedFeed(items), ClusterActions(client), batch_interval=0.01)
+        app = ConsoleApp(ScriptedFeed(items), ClusterActions(client))
         yield client, app
 
 
