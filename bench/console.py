@@ -621,8 +621,10 @@ def report(phases: list[Phase]) -> str:
             "cluster's three nodes on its two cores; the console's feed (its own thread and "
             f"event loop) handed them to the app {ms(cluster.fed.quantile(0.5))} ms p50, "
             f"{ms(cluster.fed.quantile(0.99))} ms p99 after their commit; the rest, from "
-            "handed to drawn, is the batch and the frame (the writer shares the console's "
-            "process, and its thread the interpreter's lock)."
+            "handed to drawn, is the batch and the frame. The kv writer runs in the console's "
+            "process, and the feed's thread takes turns with the app's on the interpreter's "
+            f"lock: a frame took {ms(cluster.render_cpu.quantile(0.99))} ms p99 of the app "
+            f"thread's CPU but {ms(cluster.render.quantile(0.99))} ms p99 of wall time."
         )
     said += [
         table(columns, rows),
