@@ -31,7 +31,11 @@ from colony.shared.messages import (
     JobRun,
     JobScale,
     NodeRegister,
+    QueryReply,
+    QueryRequest,
     Resources,
+    decode,
+    encode,
 )
 from colony.shared.signing import read_secret
 
@@ -164,5 +168,32 @@ async def test_with_no_server_it_says_why_and_keeps_trying():
         shown = watched.model.connection
         assert shown.state == "connecting" and "cannot reach any nats server" in shown.detail
         assert shown.server == "nats://127.0.0.1:1" and not watched.task.done()
+    finally:
+        await watched.stop()
+
+
+async def test_a_lagging_voter_does_not_hide_what_changed(nats_server, voter, bus, tmp_path):
+    # a voter whose copy is behind (a follower): its stale reads hold nothing yet, and it
+    # leaves linearizable reads to the leader (here: it does not answer them)
+    async def lagging(msg) -> None:
+        request = decode(msg.data, QueryRequest)
+        if request.stale:
+            await msg.respond(encode(QueryReply(key=request.key, value=None, version=0, index=0)))
+
+    await bus.nc.subscribe(subjects.query("lag").name, cb=lagging)
+    await Cluster(bus, [VOTER]).wait_manager(20)
+    client = Management(bus, [VOTER])
+    replies = await client.propose(register("n1-aaaa", "node-1"), web())
+    assert all(o.ok for o in replies.outcomes)
+    secret = read_secret(tmp_path / "secret")
+    await poll(lambda: _relayed(bus, secret, 2), 10, "the node and job relayed")
+
+    watched = Watched(BusFeed([nats_server.url], ["lag", VOTER], secret, history=100))
+    try:
+        await poll(lambda: watched.of(Loaded), 15, "the state read whole")
+        await poll(lambda: len(watched.model.events) >= 2, 10, "the history replayed")
+        # the changes up to the read are events only: the read itself must hold them
+        assert list(watched.model.nodes) == ["n1-aaaa"]
+        assert list(watched.model.jobs) == ["web"]
     finally:
         await watched.stop()

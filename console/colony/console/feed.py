@@ -248,11 +248,14 @@ class BusFeed:
                 await asyncio.sleep(1.0)
 
     async def _read(self, client: Management, emit: Emit) -> int:
-        """One read (stale: any voter's copy), emitted as Loaded."""
+        """One read, emitted as Loaded with the index of the last change committed before
+        it. Linearizable reads (as the agent and curator do): a follower's stale copy may
+        be behind that index, and the model takes changes up to it as events only, so
+        what they changed would stay unseen until the object changed again."""
         last = await changes.last_index(client.bus, self.secret)
-        nodes = await records.nodes(client, stale=True)
-        jobs = await records.jobs(client, stale=True)
-        instances = await records.instances(client, stale=True)
+        nodes = await records.nodes(client)
+        jobs = await records.jobs(client)
+        instances = await records.instances(client)
         self._specs = {j.name: j.version for j in jobs}
         self._names.update({n.node: n.name for n in nodes if n.name})
         emit(Loaded(last, nodes, jobs, instances))
@@ -263,7 +266,9 @@ class BusFeed:
 
     async def _changes(self, bus: Bus, last: int, specs: asyncio.Queue[str], emit: Emit) -> None:
         """Replay the last `history` changes (or, after a reconnect, those since the last
-        one emitted), then follow live. No stream yet: wait for one."""
+        one emitted), then follow live. No stream yet: wait for one. (Those up to `last`
+        only add events: the read just loaded holds them, or newer; the model skips any
+        it has heard already.)"""
         after = self.seen or max(0, last - self.history)
         while True:
             try:
@@ -293,7 +298,7 @@ class BusFeed:
             read = []
             for name in sorted(names):
                 try:
-                    found = await records.one_of(client, records.JOBS, name, stale=True)
+                    found = await records.one_of(client, records.JOBS, name)
                 except ManagementError:
                     continue  # the job's next change asks again
                 if found is not None:
