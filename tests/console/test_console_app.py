@@ -10,6 +10,7 @@ from _console import (
     change,
     cluster_items,
     instance,
+    job,
     make_app,
     node,
     settle,
@@ -213,10 +214,27 @@ async def test_rollback_promote_and_stop_after_confirming():
         await pilot.press("r", "enter")  # nothing typed: the last good version
         await pilot.press("r", "2", "enter")
         await pilot.press("p", "enter")
-        await pilot.press("x", "enter")
+        await pilot.press("x")
+        assert app.screen.focused.id == "no", "a stray enter must not stop a job"
+        await pilot.press("enter")
+        await pilot.press("x", "y")
         want = [("rollback", "web", None), ("rollback", "web", 2)]
         want += [("promote", "web"), ("stop", "web")]
         await until(pilot, lambda: actions.calls == want, f"{want}, not {actions.calls}")
+
+
+async def test_the_cursor_stays_on_its_row_when_a_row_above_goes():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        app.feed.push(change(LAST_INDEX + 1, "job", "aaa", 1, job("aaa", 1, 1, None)))
+        table = app.screen.query_one("#jobs", LiveTable)
+        await until(pilot, lambda: rows(table) == ["aaa", "api", "web"], "job aaa shown")
+        table.select("api")
+        app.feed.push(change(LAST_INDEX + 2, "job", "aaa", 0, None))  # purged
+        await until(pilot, lambda: rows(table) == ["api", "web"], "job aaa gone")
+        assert table.selected == "api"
 
 
 async def test_drain_and_undrain_the_selected_node():
@@ -228,7 +246,8 @@ async def test_drain_and_undrain_the_selected_node():
         table.select("n2")
         await pilot.press("d")
         assert "node-2" in app.screen.query_one("#dialog-message").render().plain
-        await pilot.press("enter")
+        assert app.screen.focused.id == "no"
+        await pilot.press("y")
         table.select("n3")
         await pilot.press("u", "y")
         await until(pilot, lambda: actions.calls == [("drain", "n2"), ("undrain", "n3")], "calls")

@@ -58,8 +58,8 @@ class ConfirmScreen(ModalScreen[str | None]):
     def on_mount(self) -> None:
         if self.ask:
             self.query_one("#dialog-input", Input).focus()
-        else:
-            self.query_one("#yes", Button).focus()
+        else:  # (a stop or drain is not done by a stray enter: 'y' or a click does it)
+            self.query_one("#no" if self.danger else "#yes", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "yes":

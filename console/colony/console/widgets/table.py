@@ -66,10 +66,15 @@ class LiveTable(DataTable):
         if kept != keys[: len(kept)]:
             self._refill(rows)
             return
+        # a row removed above the cursor would leave it on the next row's place: keep it
+        # on the row it was on (an action key would act on another job or node)
+        selected = self.selected
+        removed = False
         for key in shown:
             if key not in wanted:
                 self.remove_row(key)
                 del self._cells[key]
+                removed = True
         columns = self.column_keys
         updates: dict[str, list[tuple[str, Text]]] = {}
         for key, cells in rows:
@@ -86,6 +91,8 @@ class LiveTable(DataTable):
             self._cells[key] = cells
         if updates:
             self._update_rows(updates)
+        if removed and selected in self._cells:
+            self.select(selected)
 
     def _update_rows(self, updates: dict[str, list[tuple[str, Text]]]) -> None:
         """Set the cells that changed, and redraw only their rows.
