@@ -196,6 +196,10 @@ class FakeActions:
         self.calls: list[tuple] = []
         self.fail: dict[str, str] = {}
         self.output = ["starting\n", "serving on :8000\n"]
+        self.crash: dict[str, Exception] = {}
+        """method -> an exception it raises that is no ActionError (a bug's)."""
+        self.chunk = 0
+        """Lines of output read at most at once (0: all there is)."""
 
     async def _call(self, name: str, *args) -> str:
         self.calls.append((name, *args))
@@ -223,6 +227,8 @@ class FakeActions:
 
     async def versions(self, job):
         self.calls.append(("versions", job))
+        if "versions" in self.crash:
+            raise self.crash["versions"]
         return [
             JobVersion(
                 job=job, version=3, submitted=FIXED - 200, cause="colony job run", current=True
@@ -247,10 +253,11 @@ class FakeActions:
         self.calls.append(("logs", instance, stream, offset))
         if "logs" in self.fail:
             raise ActionError(self.fail["logs"])
+        if "logs" in self.crash:
+            raise self.crash["logs"]
         start = max(offset, 0)
-        if start < len(self.output):
-            return LogChunk("".join(self.output[start:]), len(self.output))
-        return LogChunk("", len(self.output))
+        end = min(len(self.output), start + self.chunk) if self.chunk else len(self.output)
+        return LogChunk("".join(self.output[start:end]), end, more=end < len(self.output))
 
 
 def make_app(items=None, actions: FakeActions | None = None) -> ConsoleApp:

@@ -390,3 +390,45 @@ async def test_before_anything_is_heard_every_screen_and_key_is_harmless():
         assert "no jobs yet" in app.screen.query_one("#job-line").render().plain
         await pilot.press("3", "enter", "space", "4")
         assert isinstance(app.screen, LogsScreen) and actions.calls == []
+
+
+async def test_output_faster_than_a_read_a_pause_is_read_at_once():
+    actions = FakeActions()
+    actions.output = [f"line {n}\n" for n in range(50)]
+    actions.chunk = 5  # (a read is cut at its size limit: ten reads to catch up)
+    app = make_app(actions=actions)
+    app.log_interval = 60.0  # (a pause between reads would show as a timeout)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.follow("web-0-cccc")
+        await until(pilot, lambda: app.screen.query("#log"), "the logs screen")
+        log = app.screen.query_one("#log", Log)
+        await until(pilot, lambda: "line 49" in log.lines, "all the output", timeout=5)
+
+
+async def test_an_unforeseen_failure_in_a_worker_or_a_batch_is_said_not_fatal():
+    actions = FakeActions()
+    actions.crash["versions"] = RuntimeError("versions broke")
+    actions.crash["logs"] = KeyError("logs broke")
+    app = make_app(actions=actions)
+    async with app.run_test(size=SIZE) as pilot:
+        await _on_job(pilot)
+        await pilot.press("enter")
+        await until(pilot, lambda: any("versions broke" in m for _, m, _ in notes(app)), "said")
+        app.follow("web-0-cccc")
+        await until(pilot, lambda: any("logs broke" in m for _, m, _ in notes(app)), "said")
+
+        apply = app.model.apply
+
+        def broken(items):
+            raise ValueError("a bug in the model")
+
+        app.model.apply = broken
+        app.feed.push(ConnectionChanged(Connection("reconnecting")))
+        await until(pilot, lambda: any("a bug in the model" in m for _, m, _ in notes(app)), "said")
+        app.model.apply = apply
+        app.feed.push(ConnectionChanged(Connection("connected", detail="back")))
+        await until(pilot, lambda: app.model.connection.detail == "back", "batches go on")
+        assert app.is_running
+        errors = [n for n in notes(app) if "a bug in the model" in n[1]]
+        assert len(errors) == 1

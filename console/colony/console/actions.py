@@ -43,6 +43,8 @@ class LogChunk:
     """Where to read next."""
     running: bool = True
     """Whether the instance still runs (its output may grow)."""
+    more: bool = False
+    """The read was cut at its size limit: more output waits (read again at once)."""
 
 
 class Actions(Protocol):
@@ -154,7 +156,8 @@ class ClusterActions:
                 raise ActionError(
                     f"node {node}, which runs {instance}, does not answer: {e}"
                 ) from None
-        return LogChunk(reply.data, reply.next, reply.running)
+        more = reply.next - reply.offset >= LOG_BYTES
+        return LogChunk(reply.data, reply.next, reply.running, more)
 
     async def _node_of(self, instance: str) -> str:
         with failing(f"cannot find instance {instance}"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,6 +42,7 @@ from colony.console.screens.modals import ConfirmScreen, HelpScreen
 
 THEMES = ("textual-dark", "textual-light")
 AGES_EVERY = 2.0
+log = logging.getLogger("colony.console")
 """Seconds between two redraws of the ages shown (the cells that did not change stay)."""
 
 
@@ -88,6 +90,8 @@ class ConsoleApp(App):
         """The instance the logs screen follows ('' : none picked yet)."""
         self._buffer: deque[FeedItem] = deque()
         """What the feed said since the last batch (appended to from the feed's thread)."""
+        self._batch_failed = False
+        """A batch failed (said once: the next failures are only logged)."""
         self._feed_thread: FeedThread | None = None
         self.batches = 0
         """Batches applied (for tests and the benchmark: how often the screen was redrawn)."""
@@ -133,14 +137,27 @@ class ConsoleApp(App):
             return
         buffer = self._buffer
         items = [buffer.popleft() for _ in range(len(buffer))]  # (the feed may add more)
-        changed = self.model.apply(items)
-        self.batches += 1
-        if any(isinstance(item, Loaded) for item in items):
-            _settle_heap()
-        if changed and self.is_running:  # (not while closing: the screens go first)
-            screen = self.front_screen
-            if screen is not None and screen.is_running:
-                screen.update_view(changed)
+        try:
+            changed = self.model.apply(items)
+            self.batches += 1
+            if any(isinstance(item, Loaded) for item in items):
+                _settle_heap()
+            if changed and self.is_running:  # (not while closing: the screens go first)
+                screen = self.front_screen
+                if screen is not None and screen.is_running:
+                    screen.update_view(changed)
+        except Exception as e:  # a bug in one batch must not end the console: say it once
+            log.exception("console: a batch of %d feed items failed", len(items))
+            if not self._batch_failed:
+                self._batch_failed = True
+                self.notify(
+                    f"{type(e).__name__}: {e} (what shows may be incomplete; restart "
+                    "`colony console` to read the cluster afresh)",
+                    title="console: could not apply what the feed said",
+                    severity="error",
+                    timeout=30,
+                    markup=False,
+                )
 
     def _ages(self) -> None:
         # ages ('3m12s') move with the clock, not with changes

@@ -290,14 +290,15 @@ class JobScreen(JobActions, ConsoleScreen):
         title.show(text)
         progress(self.query_one("#job-progress", ProgressBar), row)
 
-    @work(exclusive=True, group="versions")
+    @work(exclusive=True, group="versions", exit_on_error=False)
     async def read_versions(self) -> None:
         table = self.query_one("#versions", LiveTable)
         try:
             versions = await self.console.cluster_actions.versions(self.job)
-        except ActionError as e:
+        except Exception as e:  # an unforeseen failure reads as one too, not a crash
+            said = str(e) if isinstance(e, ActionError) else f"{type(e).__name__}: {e}"
             retitle(table, "versions: not read")
-            self.notify(str(e), title=f"versions of {self.job}", severity="error", markup=False)
+            self.notify(said, title=f"versions of {self.job}", severity="error", markup=False)
             return
         now = self.console.clock()
         room = max(8, self.app.size.width // 2 - 32)

@@ -76,15 +76,21 @@ class LogsScreen(ConsoleScreen):
     def show(self, instance: str) -> None:
         """Follow `instance` from its output's tail."""
         self.instance = instance
-        select = self.query_one("#instance", Select)
-        if instance in self._choices and select.value != instance:
-            with self.prevent(Select.Changed):
-                select.value = instance
+        # (after a refresh: on the screen's first mount the Select's parts are not there
+        # yet, and setting its value then raised NoMatches, which ended the app)
+        self.call_after_refresh(self._mark, instance)
         log = self.query_one("#log", Log)
         log.clear()
         log.border_title = f"{self.stream} of {instance}"
         self._offset, self._read = -1, 0
         self.follow_output()
+
+    def _mark(self, instance: str) -> None:
+        """Show `instance` picked in the Select."""
+        select = self.query_one("#instance", Select)
+        if instance == self.instance and instance in self._choices and select.value != instance:
+            with self.prevent(Select.Changed):
+                select.value = instance
 
     def on_screen_suspend(self) -> None:
         self.workers.cancel_group(self, "logs")  # read only while it shows
@@ -94,15 +100,18 @@ class LogsScreen(ConsoleScreen):
         if self.instance:
             self.follow_output()
 
-    @work(exclusive=True, group="logs")
+    @work(exclusive=True, group="logs", exit_on_error=False)
     async def follow_output(self) -> None:
         instance, stream = self.instance, self.stream
         log = self.query_one("#log", Log)
         while True:
+            more = False
             try:
                 chunk = await self.console.cluster_actions.logs(instance, stream, self._offset)
             except ActionError as e:
                 self._state(instance, stream, problem=str(e))
+            except Exception as e:  # an unforeseen failure reads as one, not a crash
+                self._state(instance, stream, problem=f"{type(e).__name__}: {e}")
             else:
                 # (written and moved on in one step: a restarted worker reads on from here)
                 if chunk.text:
@@ -110,7 +119,8 @@ class LogsScreen(ConsoleScreen):
                     self._read += len(chunk.text)
                 self._offset = chunk.offset
                 self._state(instance, stream, running=chunk.running)
-            await asyncio.sleep(self.console.log_interval)
+                more = chunk.more  # (output faster than a read a pause: keep up, not lag)
+            await asyncio.sleep(0 if more else self.console.log_interval)
 
     def _state(self, instance: str, stream: str, running: bool = True, problem: str = "") -> None:
         model = self.console.model
