@@ -186,6 +186,8 @@ async def test_scale_asks_the_count_then_scales():
         await pilot.press("backspace", "x", "enter")
         assert isinstance(app.screen, ConfirmScreen), "not a number: the dialog stays"
         assert "a number" in app.screen.query_one("#dialog-error").render().plain
+        await pilot.press("backspace", "²", "enter")  # (a digit to str.isdigit; no count)
+        assert isinstance(app.screen, ConfirmScreen), "not a count: the dialog stays"
         await pilot.press("backspace", "5", "enter")
         await until(pilot, lambda: actions.calls[-1:] == [("scale", "web", 5)], "scale")
         await until(pilot, lambda: any(t == "scale web to 5" for t, _, _ in notes(app)), "a note")
@@ -212,7 +214,9 @@ async def test_rollback_promote_and_stop_after_confirming():
     async with app.run_test(size=SIZE) as pilot:
         await _on_job(pilot)
         await pilot.press("r", "enter")  # nothing typed: the last good version
-        await pilot.press("r", "2", "enter")
+        await pilot.press("r", "v", "²", "enter")  # not a version: the dialog stays
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("backspace", "backspace", "2", "enter")
         await pilot.press("p", "enter")
         await pilot.press("x")
         assert app.screen.focused.id == "no", "a stray enter must not stop a job"

@@ -217,7 +217,7 @@ class ConsoleApp(App):
         current = row.desired if row else 0
 
         def check(value: str) -> str:
-            if not value.isdigit():
+            if not _whole_number(value):
                 return "a number of instances: 0 or more"
             return ""
 
@@ -244,14 +244,14 @@ class ConsoleApp(App):
         to = f"the last good version (v{stable})" if stable else "the last good version"
 
         def check(value: str) -> str:
-            if value and not value.lstrip("v").isdigit():
+            if value and not _whole_number(value.removeprefix("v")):
                 return "a version number (3 or v3), or nothing for the last good version"
             return ""
 
         def then(value: str | None) -> None:
             if value is None:
                 return
-            version = int(value.lstrip("v")) if value else None
+            version = int(value.removeprefix("v")) if value else None
             target = f"v{version}" if version else "the last good version"
             self.perform(
                 f"roll {job} back to {target}", lambda: self.cluster_actions.rollback(job, version)
@@ -444,3 +444,9 @@ async def run_console(feed: Feed, actions: Actions) -> None:
     loop: the one the actions' connection lives in; a feed reading the bus runs in a
     thread of its own, with its own connection)."""
     await ConsoleApp(feed, actions).run_async()
+
+
+def _whole_number(value: str) -> bool:
+    """Digits 0-9 only: what int() takes as a count ('²' is a digit to str.isdigit, and
+    int() raised on it, ending the app)."""
+    return value.isascii() and value.isdecimal()
