@@ -66,6 +66,14 @@ async def test_number_keys_switch_screens_and_the_bar_says_where_it_is_connected
         await pilot.pause()
         assert "reconnecting" in app.screen.query_one(StatusBar).render().plain
 
+        # the server answers but no voter does: not shown as plainly connected
+        why = "cannot read the state: no voter could answer"
+        app.feed.push(ConnectionChanged(Connection("connected", node="node-1", detail=why)))
+        await until(pilot, lambda: app.model.connection.detail == why, "the detail")
+        await pilot.pause()
+        bar = app.screen.query_one(StatusBar).render().plain
+        assert "connected, no voter answers via node-1" in bar and "cannot" in bar  # (cut)
+
 
 async def test_the_nodes_table_shows_roles_and_updates_rows_in_place():
     app = make_app()

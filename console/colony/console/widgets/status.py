@@ -40,13 +40,17 @@ class StatusBar(Widget):
                 left.append(f" {key}", style="bold")
                 left.append(f" {label} ", style="dim")
         mark, style = CONNECTION_STYLE.get(conn.state, ("?", ""))
-        right = Text.assemble((mark + " ", style), (conn.state, style))
+        state = conn.state
+        if state == "connected" and conn.detail:  # the server answers, the voters do not
+            mark, style = "◐", "yellow"
+            state = "connected, no voter answers"
+        right = Text.assemble((mark + " ", style), (state, style))
         if conn.node:
             right.append(" via ")
             right.append(conn.node, style="bold")
         # (display order, priority: the most useful kept when there is no room)
         extra: list[tuple[int, Text]] = []
-        if conn.state != "connected" and conn.detail:
+        if conn.detail:  # (connected with a detail: the state cannot be read; say why)
             extra.append((0, Text(conn.detail, style="red")))
         extra.append((3, Text(f"#{model.index}", style="dim")))
         if model.leader:
