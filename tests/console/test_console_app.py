@@ -352,6 +352,29 @@ async def test_light_theme_and_80x24():
         for key in "12341":
             await pilot.press(key)
         assert app.clock() == FIXED
+        screen = app.screen.region
+        for mode, table, wanted in (
+            ("1", "#nodes", ["name", "status", "roles", "cpu", "mem", "inst"]),
+            ("2", "#jobs", ["name", "version", "desired", "running", "healthy"]),
+        ):
+            await pilot.press(mode)
+            await pilot.pause()
+            bar = app.screen.query_one(StatusBar)
+            assert screen.contains_region(bar.region) and bar.region.width == 80
+            assert "connected via node-1" in bar.render().plain
+            shown = app.screen.query_one(table, LiveTable)
+            assert screen.contains_region(shown.region) and shown.region.height >= 5
+            assert set(wanted) <= set(in_sight(shown)), f"{table}: {in_sight(shown)}"
+
+
+def in_sight(table: LiveTable) -> list[str]:
+    """The keys of the columns drawn whole within the table's width (not scrolled)."""
+    x, room, keys = 0, table.scrollable_content_region.width, []
+    for column in table.ordered_columns:
+        x += column.get_render_width(table)
+        if x <= room:
+            keys.append(column.key.value)
+    return keys
 
 
 class BrokenFeed:
