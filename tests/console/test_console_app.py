@@ -159,6 +159,20 @@ async def test_space_pauses_and_resumes_the_events():
         assert events(app)[-1] == LAST_INDEX + 1
 
 
+async def test_a_filter_while_paused_shows_what_was_held_however_much_came_since():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("3", "space")
+        many = range(LAST_INDEX + 1, LAST_INDEX + 1201)  # (more than the list shows)
+        app.feed.push(*(change(i, "node", "n2", i, node("n2")) for i in many))
+        await settle(pilot, many[-1])
+        assert "1200 new" in app.screen.query_one("#events-state").render().plain
+        await pilot.press("slash", *"kind:node", "enter")
+        assert events(app) == [41]
+        assert "1200 new" in app.screen.query_one("#events-state").render().plain
+
+
 async def test_enter_on_an_event_shows_its_whole_payload():
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:

@@ -575,10 +575,15 @@ class ConsoleModel:
             node_id=i.node,
         )
 
-    def events_matching(self, f: EventFilter, limit: int = 1000) -> list[EventRow]:
-        """The newest `limit` events `f` matches, newest last."""
+    def events_matching(
+        self, f: EventFilter, limit: int = 1000, upto: int | None = None
+    ) -> list[EventRow]:
+        """The newest `limit` events `f` matches (with `upto`: of those at or before that
+        change index), newest last."""
         found: list[EventRow] = []
         for row in reversed(self.events):
+            if upto is not None and row.index > upto:
+                continue
             if f.matches(row):
                 found.append(row)
                 if len(found) >= limit:

@@ -85,14 +85,22 @@ class EventsScreen(ConsoleScreen):
             self._draw()
 
     def _draw(self) -> None:
-        rows = self.console.model.events_matching(self.filter, limit=SHOWN)
-        new = [row for row in rows if row.index > self._last]
-        # paused, the list stays as it was (a new filter shows what it held then)
-        shown = [row for row in new if row.index <= self._paused_at] if self.paused else new
+        model = self.console.model
+        # paused, the list stays as it was (a new filter shows what it held then, however
+        # many events came since)
+        upto = self._paused_at if self.paused else None
+        rows = model.events_matching(self.filter, limit=SHOWN, upto=upto)
+        shown = [row for row in rows if row.index > self._last]
         if shown:
             self.query_one("#events", EventList).append(shown)
             self._last = shown[-1].index
-        self._draw_state(len(new) - len(shown))
+        waiting = 0
+        if self.paused:
+            for row in reversed(model.events):
+                if row.index <= self._paused_at:
+                    break
+                waiting += self.filter.matches(row)
+        self._draw_state(waiting)
         pane = self.query_one("#events-pane")
         retitle(pane, f"events (the last {SHOWN})")
 
