@@ -405,6 +405,8 @@ async def test_a_feed_that_fails_leaves_the_console_up_and_says_so():
         await pilot.pause()
         bar = app.screen.query_one(StatusBar).render().plain
         assert "disconnected via node-1" in bar and "the console stopped" in bar
+        [(_, said, severity)] = notes(app)
+        assert severity == "error" and "restart `colony console`" in said
         assert app.screen.query_one("#nodes", LiveTable).row_count == 3  # still readable
 
 

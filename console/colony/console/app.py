@@ -129,7 +129,14 @@ class ConsoleApp(App):
         self.apply_buffer()  # (what it said before failing holds the connection's node)
         lost = replace(self.model.connection, state="disconnected", detail=said)
         self._buffer.append(ConnectionChanged(lost))
-        self.notify(said, title="feed", severity="error", timeout=30, markup=False)
+        self.notify(
+            f"{said}\nWhat shows is no longer live: restart `colony console` to follow the "
+            "cluster again.",
+            title="feed",
+            severity="error",
+            timeout=30,
+            markup=False,
+        )
 
     def apply_buffer(self) -> None:
         """Apply what the feed said since the last batch; redraw what it changed."""
@@ -430,7 +437,14 @@ def help_sections() -> list[tuple[str, list[tuple[str, str]]]]:
         ("A job (enter on Jobs)", keys(JobScreen.BINDINGS)),
         ("Events (3)", keys(EventsScreen.BINDINGS)),
         ("Logs (4)", keys(LogsScreen.BINDINGS)),
-        ("Dialogs", [("enter / y", "Confirm"), ("esc", "Cancel")]),
+        (
+            "Dialogs",
+            [
+                ("enter", "press focused button"),
+                ("y", "yes (no value asked)"),
+                ("esc", "cancel"),
+            ],
+        ),
     ]
 
 
