@@ -483,3 +483,15 @@ async def test_an_unforeseen_failure_in_a_worker_or_a_batch_is_said_not_fatal():
         assert app.is_running
         errors = [n for n in notes(app) if "a bug in the model" in n[1]]
         assert len(errors) == 1
+
+
+async def test_the_sparklines_keep_a_modest_height_and_the_nodes_take_the_room():
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        for spark in ("#cpu-spark", "#mem-spark"):
+            assert app.screen.query_one(spark).region.height <= 4
+        nodes = app.screen.query_one("#nodes").region
+        assert nodes.height > app.screen.query_one("#node-detail").region.height
+        summary = app.screen.query_one("#node-summary").render().plain
+        assert "cpu reserved 0.50  of 4.0" in summary

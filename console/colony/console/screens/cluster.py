@@ -141,6 +141,15 @@ class ClusterScreen(ConsoleScreen):
         if row.roles:
             text.append("  ")
             text.append_text(cells.roles(row.roles))
+        # (what is used, and its peak, the sparklines' labels say)
+        for what, reserved, capacity, fmt in (
+            ("cpu", row.cpu_reserved, row.cpu_capacity, cells.short_cores),
+            ("memory", row.memory_reserved, row.memory_capacity, cells.short_bytes),
+        ):
+            text.append(f"\n{what} reserved ", style="dim")
+            text.append(fmt(reserved), style="bold")
+            if capacity:
+                text.append(f"  of {fmt(capacity)}", style="dim")
         summary.show(text)
         retitle(self.query_one("#node-usage"), row.name)
         self.query_one("#cpu-label", Line).show(
