@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from _console import FIXED, FakeActions, cluster_items, settle, until
+from _console import FIXED, LAST_INDEX, FakeActions, change, cluster_items, node, settle, until
 
 from colony.console.app import ConsoleApp
 from colony.console.widgets.status import StatusBar
@@ -58,3 +58,32 @@ async def test_a_threaded_feed_that_fails_says_so():
         await until(pilot, lambda: app.model.connection.state == "disconnected", "disconnected")
         await pilot.pause()
         assert "the console stopped" in app.screen.query_one(StatusBar).render().plain
+
+
+class BusyFeed:
+    """The cluster's items, then `count` changes as fast as the thread can emit them
+    (while the app drains the buffer in its own thread)."""
+
+    in_thread = True
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    async def run(self, emit) -> None:
+        for item in cluster_items():
+            emit(item)
+        for n in range(1, self.count + 1):
+            emit(change(LAST_INDEX + n, "node", "n2", 100 + n, node("n2")))
+            if n % 20 == 0:
+                await asyncio.sleep(0)  # (batches drained meanwhile)
+        await asyncio.Event().wait()
+
+
+async def test_no_item_is_lost_between_the_feed_thread_and_a_batch():
+    count = 4000
+    app = ConsoleApp(BusyFeed(count), FakeActions(), clock=lambda: FIXED, batch_interval=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, LAST_INDEX + count)
+        indexes = [row.index for row in app.model.events]
+        assert indexes[-count:] == list(range(LAST_INDEX + 1, LAST_INDEX + count + 1))
+        assert app.batches > 1

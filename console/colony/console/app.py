@@ -143,7 +143,11 @@ class ConsoleApp(App):
         if not self._buffer:
             return
         buffer = self._buffer
-        items = [buffer.popleft() for _ in range(len(buffer))]  # (the feed may add more)
+        # popleft, not a copy then clear: the feed's thread may append between the two
+        # (and what it appends now waits for the next batch). Not bounded: dropping items
+        # would leave the model wrong; a batch takes all there is, so the buffer only
+        # grows while applying cannot keep up at all.
+        items = [buffer.popleft() for _ in range(len(buffer))]
         try:
             changed = self.model.apply(items)
             self.batches += 1
