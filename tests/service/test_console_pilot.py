@@ -59,7 +59,8 @@ async def confirm(pilot, value: str | None = None) -> None:
     await poll(lambda: isinstance(app.screen, ConfirmScreen), WAIT, "the confirmation")
     if value is not None:
         app.screen.query_one("#dialog-input", Input).value = value
-    await pilot.press("enter")
+    # (enter takes a value typed; with none asked, y: a stop's or drain's has Cancel focused)
+    await pilot.press("enter" if value is not None else "y")
     await poll(lambda: not isinstance(app.screen, ConfirmScreen), WAIT, "the dialog closed")
 
 
