@@ -42,8 +42,8 @@ from colony.console.screens.modals import ConfirmScreen, HelpScreen
 
 THEMES = ("textual-dark", "textual-light")
 AGES_EVERY = 2.0
-log = logging.getLogger("colony.console")
 """Seconds between two redraws of the ages shown (the cells that did not change stay)."""
+log = logging.getLogger("colony.console")
 
 
 class ConsoleApp(App):
