@@ -61,13 +61,16 @@ async def test_a_threaded_feed_that_fails_says_so():
 
 
 class BusyFeed:
-    """The cluster's items, then `count` changes as fast as the thread can emit them
-    (while the app drains the buffer in its own thread)."""
+    """The cluster's items, then `count` changes as fast as the thread can emit them, a
+    short pause every 20 (while the app drains the buffer in its own thread); half way, it
+    waits for the app to drain the buffer, so that there are several however the threads are
+    scheduled."""
 
     in_thread = True
 
     def __init__(self, count: int) -> None:
         self.count = count
+        self.app: ConsoleApp | None = None
 
     async def run(self, emit) -> None:
         for item in cluster_items():
@@ -75,15 +78,21 @@ class BusyFeed:
         for n in range(1, self.count + 1):
             emit(change(LAST_INDEX + n, "node", "n2", 100 + n, node("n2")))
             if n % 20 == 0:
-                await asyncio.sleep(0)  # (batches drained meanwhile)
+                await asyncio.sleep(0.0002)  # (the app's thread takes the interpreter)
+            if n == self.count // 2 and self.app is not None:
+                # (emptied only by a batch: the rest make another; the app is in another
+                # thread and loop, so no asyncio.Event of this loop can say so)
+                while self.app._buffer:  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
         await asyncio.Event().wait()
 
 
 async def test_no_item_is_lost_between_the_feed_thread_and_a_batch():
     count = 4000
-    app = ConsoleApp(BusyFeed(count), FakeActions(), clock=lambda: FIXED, batch_interval=0.001)
+    feed = BusyFeed(count)
+    app = feed.app = ConsoleApp(feed, FakeActions(), clock=lambda: FIXED, batch_interval=0.001)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot, LAST_INDEX + count)
         indexes = [row.index for row in app.model.events]
         assert indexes[-count:] == list(range(LAST_INDEX + 1, LAST_INDEX + count + 1))
-        assert app.batches > 1
+        assert app.batches > 1  # (drained while it emitted)
