@@ -23,4 +23,6 @@ with a service.
 - `promlint`: a check of a Prometheus text exposition, as `promtool check metrics` and
   a little stricter.
 - `linearizability`: a Wing-Gong-Lowe checker for histories of register operations.
+- `terminal`: a program run in a pseudo-terminal of a fixed size, its screen read back
+  (the tests of `colony console`).
 """
