@@ -1,23 +1,33 @@
 """A client of the management database: proposals and reads through any voter, retried.
 
-Any voter takes a proposal (a follower hands it to the leader). While the
-group has no leader, or the voter asked is down, the client tries the next
-voter with a short backoff until its deadline; the proposals keep their ids,
-so a retry of a proposal that did commit is answered with its first outcome,
+Any voter takes a proposal (a follower hands it to the leader). While a request
+waits past `PROBE_EVERY`, the voter asked is probed (its status subject) every
+`PROBE_EVERY`: one killed mid-request has no subscriptions left (NATS drops them
+with its connection), so the probe is refused at once (no responders) and the
+request goes at once to the next voter, the one the voters last named leader if it
+still listens. A voter that answers probes is waited for however slow its commit
+(a retry elsewhere would only be handed back to it); one that answers neither the
+request nor a probe for `ATTEMPT` is given up (hung, or cut off from NATS). While
+the group has no leader the voters refuse at once (503), and the client tries
+again after a short backoff until its deadline. Every retry keeps the proposals'
+ids, so one of a proposal that did commit is answered with its first outcome,
 never applied twice. Bad input (400) is not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from colony.shared import subjects
-from colony.shared.bus import Bus, BusError, RemoteError
+from colony.shared.bus import Bus, BusError, NoResponders, RemoteError, RequestTimeout
 from colony.shared.messages import (
     Command,
+    ConsensusStatusRequest,
     Proposal,
     ProposeReply,
     ProposeRequest,
@@ -28,7 +38,17 @@ from colony.shared.messages import (
 )
 
 ATTEMPT = 2.0
-"""Seconds one voter may take to answer before the next is tried (commits take ms)."""
+"""Seconds a voter may answer neither a request nor any probe before the next is tried."""
+PROBE_EVERY = 0.1
+"""Seconds a request waits before its voter is probed, and between probes (commits take
+ms; an election 0.3-0.6 s, so a dead leader is found well before its successor leads)."""
+PROBE_WAIT = 0.5
+"""Seconds a probe waits for the voter's status (busy voters answer late, not never)."""
+GONE_FOR = 1.0
+"""Seconds a voter found not listening is tried after the others (it may restart)."""
+BACKOFF = (0.05, 0.25)
+"""Seconds between tries while no voter can answer: the first, doubling up to the last
+(an election takes 0.3-0.6 s: a short wait, never a hot loop)."""
 
 
 class ManagementError(Exception):
@@ -121,23 +141,143 @@ class Management:
 
     async def _ask(self, subject_of, request):
         deadline = time.monotonic() + self.timeout
-        delay = 0.05
+        delay = BACKOFF[0]
+        watch = _watch(self.bus)
         while True:
             voter = self.voters[self._next % len(self.voters)]
-            left = deadline - time.monotonic()
             try:
-                # A voter killed mid-request never answers: give each try a short
-                # time and retry elsewhere (with the same ids: safe) rather than wait.
-                timeout = min(max(left, 0.1), ATTEMPT)
-                return await self.bus.request(subject_of(voter), request, timeout=timeout)
+                return await self._attempt(watch, voter, subject_of(voter), request, deadline)
             except RemoteError as e:
                 if e.code in (400, 404):  # bad input, or no such object: asking again won't help
                     raise ManagementError(str(e), retryable=False) from None
-                last = e
-            except BusError as e:  # no responders, timeout: that voter is down
-                last = e
-            self._next += 1
+                last, gone = e, False
+            except NoResponders as e:  # nothing listens there (now): that voter is down
+                watch.lost(voter)
+                last, gone = e, True
+            except BusError as e:  # no answer in time, or no connection to NATS
+                last, gone = e, False
+            self._next = self._after(watch, voter)
+            if gone and not watch.is_gone(self.voters[self._next % len(self.voters)]):
+                continue  # a live voter is left to ask: at once, the same ids (safe)
             if time.monotonic() + delay >= deadline:
                 raise ManagementError(f"no voter could answer: {last}", retryable=True)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, BACKOFF[1])
+
+    async def _attempt(self, watch: _Watch, voter: str, subject, request, deadline: float):
+        """Ask `voter` and wait for its answer while it lives: a voter that stops listening
+        (killed: NATS drops its subscriptions with its connection) is given up within a
+        probe, one that answers probes is waited for however slow its commit, and one that
+        answers neither is given up after `ATTEMPT` (hung, or cut off from NATS)."""
+        left = max(deadline - time.monotonic(), 0.1)
+        asking = asyncio.ensure_future(self.bus.request(subject, request, timeout=left))
+        try:
+            heard = time.monotonic()
+            while True:
+                # Most answers come before the first probe is due: no probe is sent for them.
+                done, _ = await asyncio.wait({asking}, timeout=PROBE_EVERY)
+                if done:
+                    return asking.result()
+                probe = watch.probe(voter)
+                await asyncio.wait({asking, probe}, return_when=asyncio.FIRST_COMPLETED)
+                if asking.done():
+                    return asking.result()
+                look = probe.result()
+                if look is Look.GONE:
+                    raise NoResponders(f"{voter} stopped listening while asked on {subject}")
+                if look is Look.ALIVE:
+                    heard = time.monotonic()
+                elif time.monotonic() - heard > ATTEMPT:
+                    raise RequestTimeout(
+                        f"{voter} answered neither on {subject} nor to probes for {ATTEMPT:g} s"
+                    )
+        finally:
+            asking.cancel()  # given up (or done): nats-py forgets the reply inbox
+
+    def _after(self, watch: _Watch, failed: str) -> int:
+        """Which voter to try after `failed`: the one the voters last named leader if it
+        is another that still listens, else the next that does (else simply the next)."""
+        n = len(self.voters)
+        leader = watch.leader
+        if leader in self.voters and leader != failed and not watch.is_gone(leader):
+            return self.voters.index(leader)
+        start = self.voters.index(failed) if failed in self.voters else self._next
+        for step in range(1, n + 1):
+            if not watch.is_gone(self.voters[(start + step) % n]):
+                return start + step
+        return start + 1
+
+
+class Look(enum.Enum):
+    """What a probe of a voter found."""
+
+    ALIVE = "alive"
+    """It answered (its status, or a refusal): it still serves requests."""
+    GONE = "gone"
+    """Nothing listens on its subjects: its process died (or never started)."""
+    SILENT = "silent"
+    """No answer in time: it may be overloaded, hung, or cut off from NATS."""
+
+
+class _Watch:
+    """What the clients on one bus have learnt of the voters: which stopped listening
+    lately, and who their status says leads. Shared by every `Management` on the bus, so
+    that many requests waiting on one voter send it one probe at a time, not one each."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.leader: str | None = None
+        """The leader a probed voter named last (None: none known)."""
+        self._probes: dict[str, tuple[asyncio.Task[Look], float]] = {}
+        """Each voter's latest probe and when it was started."""
+        self._gone: dict[str, float] = {}
+        """Voters found not listening, and when."""
+
+    def probe(self, voter: str) -> asyncio.Task[Look]:
+        """The probe of `voter` in flight, or one started less than half a period ago,
+        else a new one."""
+        probe, began = self._probes.get(voter, (None, 0.0))
+        now = time.monotonic()
+        if probe is None or (probe.done() and now - began > PROBE_EVERY / 2):
+            probe = asyncio.ensure_future(self._probe(voter))
+            self._probes[voter] = (probe, now)
+        return probe
+
+    async def _probe(self, voter: str) -> Look:
+        try:
+            status = await self.bus.request(
+                subjects.consensus_status(voter), ConsensusStatusRequest(), timeout=PROBE_WAIT
+            )
+        except NoResponders:
+            self.lost(voter)
+            return Look.GONE
+        except RemoteError:  # it refused (starting, or its status changing): it is there
+            self._gone.pop(voter, None)
+            return Look.ALIVE
+        except BusError:
+            return Look.SILENT
+        self._gone.pop(voter, None)
+        self.leader = voter if status.role == "leader" else status.leader
+        return Look.ALIVE
+
+    def lost(self, voter: str) -> None:
+        """`voter` does not listen: try the others first for a while."""
+        self._gone[voter] = time.monotonic()
+        if self.leader == voter:
+            self.leader = None
+
+    def is_gone(self, voter: str) -> bool:
+        """`voter` was found not listening within the last `GONE_FOR` seconds."""
+        at = self._gone.get(voter)
+        return at is not None and time.monotonic() - at < GONE_FOR
+
+
+_watches: weakref.WeakKeyDictionary[Bus, _Watch] = weakref.WeakKeyDictionary()
+
+
+def _watch(bus: Bus) -> _Watch:
+    """The one `_Watch` of `bus` (made at its first request)."""
+    watch = _watches.get(bus)
+    if watch is None:
+        watch = _watches[bus] = _Watch(bus)
+    return watch
