@@ -23,10 +23,19 @@ on), three voters, the clients in this process.
    flush skipped, alternately, one entry in flight and many; the voters time
    each flush.
 
-They run in the order 2, 4, 3, 1: the raw groups before the service's voters
-exist, and failover on a small database, before the throughput runs fill it.
+5. etcd: when an `etcd` binary is on PATH (`apt-get install etcd-server`; never
+   required), a 3-member etcd on loopback (`bench._etcd`) gets the failover
+   trials of 3 and the loads of 1 that the side-by-side table shows, through a
+   client shaped like `Management`; then its idle cost. Without etcd the
+   table's etcd column is empty and says why.
+
+They run in the order 2, 4, 3, 1, 5: the raw groups before the service's voters
+exist, failover on a small database, before the throughput runs fill it, and
+etcd once Colony's processes are gone.
 
     python -m bench.consensus durability    only 4, printed
+    python -m bench.consensus versus        only the side-by-side table (3 and 1 with
+                                            its loads, then 5), printed
 
     COLONY_BENCH_TRIALS=20 COLONY_BENCH_WINDOW=10 python -m bench consensus
 """
@@ -46,9 +55,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from bench import _etcd
 from bench._report import ms, quantile, say, table, verdict
 from colony.harness.processes import NatsCluster, VoterProcesses, poll, wait_for
 from colony.shared import natsd, subjects
@@ -75,6 +86,14 @@ RAW_ROUNDS = 3
 DURABILITY_INFLIGHT = (1, RAW_INFLIGHT["sqlite"])
 DURABILITY_ROUNDS = 2
 """Alternating rounds with the journal flushed and not, at each DURABILITY_INFLIGHT."""
+VERSUS_LOADS = ((1, 1), (1, 64), (100, 8))
+"""(puts per request, requests in flight) of the side-by-side table: in both systems."""
+VERSUS_TRIALS = int(os.environ.get("COLONY_BENCH_TRIALS", "5"))
+"""Failover trials of `versus` alone (the full run takes TRIALS)."""
+IDLE_SETTLE = 5.0
+IDLE_SAMPLES = 10
+"""etcd at rest: seconds after start, then samples 1 s apart (as bench/footprint)."""
+MIB = 2**20
 BAR_BATCHED = 5_000
 BAR_FAILOVER = 1.0
 BRIEF_FAILOVER = 1.5
@@ -224,7 +243,8 @@ def raw_round(
     )
     say(
         f"raw {transport}/{apply}/{journal}, {inflight} in flight: {result['rate']:,.0f} "
-        f"commits/s, p50 {result['p50']:.3f} s, {result['cores']:.2f} cores, failed: {failed}, "
+        f"commits/s, p50 {result['p50'] or 0:.3f} s, {result['cores']:.2f} cores, "
+        f"failed: {failed}, "
         f"new terms: {result['term changes']}{flushed}"
     )
     return result
@@ -346,6 +366,132 @@ async def whole_group(bus, voters: Voters, timeout: float, what: str) -> str:
     return await Cluster(bus, voters.ids).until(whole, timeout, what)
 
 
+class Sender:
+    """One client of a system under test: `send` puts its pairs in one request."""
+
+    async def send(self, pairs: list[tuple[str, str]]) -> object: ...
+
+    def close(self) -> None: ...
+
+
+class Target:
+    """What the loads and the failover trials need of a system under test."""
+
+    label: str
+    names: list[str]
+    errors: tuple[type[Exception], ...]
+    """What a client raises when no member could answer in time."""
+
+    async def whole(self) -> str:
+        """The leader, once every member is up and agrees on it."""
+        raise NotImplementedError
+
+    def kill(self, name: str) -> None:
+        raise NotImplementedError
+
+    def restart(self, name: str) -> None:
+        raise NotImplementedError
+
+    def client(self, order: list[str], timeout: float) -> Sender:
+        raise NotImplementedError
+
+    async def elected(self, survivors: list[str]) -> str:
+        """The new leader, once `survivors` agree on one (within 10 s)."""
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        """The processes whose cpu counts with this process's during a load."""
+        raise NotImplementedError
+
+    async def relayed(self) -> int:
+        """Changes copied to the change stream so far (0 where there is none)."""
+        return 0
+
+    async def lag(self, leader: str) -> int:
+        """The most entries a follower is behind (-1: not known)."""
+        return -1
+
+
+class ColonyClient(Sender):
+    def __init__(self, management: Management) -> None:
+        self.management = management
+
+    async def send(self, pairs: list[tuple[str, str]]) -> object:
+        return await self.management.propose(*(KvPut(k, v) for k, v in pairs))
+
+    def close(self) -> None:
+        pass  # the bus is shared
+
+
+@dataclass
+class Colony(Target):
+    bus: Any
+    voters: Voters
+    label = "Colony"
+    errors = (ManagementError, TimeoutError)
+
+    @property
+    def names(self) -> list[str]:  # type: ignore[override]
+        return self.voters.ids
+
+    async def whole(self) -> str:
+        return await whole_group(self.bus, self.voters, 120, "whole group")
+
+    def kill(self, name: str) -> None:
+        self.voters.kill(name)
+
+    def restart(self, name: str) -> None:
+        self.voters.start(name)
+
+    def client(self, order: list[str], timeout: float) -> Sender:
+        return ColonyClient(Management(self.bus, order, timeout=timeout))
+
+    async def elected(self, survivors: list[str]) -> str:
+        return (await Cluster(self.bus, survivors).wait_leader(10)).node
+
+    def pids(self) -> list[int]:
+        return [*self.voters.pids(), *(s.process.pid for s in self.voters.server_of.values())]
+
+    async def relayed(self) -> int:
+        return await stream_last(self.bus) or 0
+
+    async def lag(self, leader: str) -> int:
+        top = await Cluster(self.bus).status(leader)
+        return max((v.lag or 0 for v in top.voters), default=0) if top else -1
+
+
+@dataclass
+class EtcdTarget(Target):
+    etcd: _etcd.Etcd
+    label = "etcd"
+    errors = (_etcd.EtcdError,)
+
+    @property
+    def names(self) -> list[str]:  # type: ignore[override]
+        return self.etcd.names
+
+    async def whole(self) -> str:
+        return await self.etcd.whole(60)
+
+    def kill(self, name: str) -> None:
+        self.etcd.kill(name)
+
+    def restart(self, name: str) -> None:
+        self.etcd.start(name)
+
+    def client(self, order: list[str], timeout: float) -> Sender:
+        return _etcd.EtcdClient(self.etcd.urls(order), timeout=timeout)
+
+    async def elected(self, survivors: list[str]) -> str:
+        async def new() -> str | None:
+            return await self.etcd.leader(survivors)
+
+        return await poll(new, 10, f"{' and '.join(survivors)} to agree on a new leader")
+
+    def pids(self) -> list[int]:
+        return self.etcd.pids()
+
+
 @dataclass
 class ApiResult:
     per_request: int
@@ -369,40 +515,42 @@ async def stream_last(bus) -> int | None:
         return None
 
 
-async def drive(bus, voters: Voters, leader: str, per_request: int, inflight: int) -> ApiResult:
-    """`inflight` clients sending requests of `per_request` proposals for WARMUP + WINDOW."""
-    order = [leader, *(n for n in voters.ids if n != leader)]
+async def drive(target: Target, leader: str, per_request: int, inflight: int) -> ApiResult:
+    """`inflight` clients sending requests of `per_request` puts for WARMUP + WINDOW."""
+    order = [leader, *(n for n in target.names if n != leader)]
     latencies: list[float] = []
     errors: list[str] = []
     start = time.perf_counter()
     window, end = start + WARMUP, start + WARMUP + WINDOW
     samples: dict[str, float] = {}
-    cpu = Cpu([*voters.pids(), *(s.process.pid for s in voters.server_of.values()), os.getpid()])
+    cpu = Cpu([*target.pids(), os.getpid()])
 
     async def client(n: int) -> None:
-        management = Management(bus, order, timeout=10)
-        for i in itertools.count():
-            if time.perf_counter() >= end:
-                return
-            keys = (f"c{n}-{(i * per_request + j) % 1000}" for j in range(per_request))
-            sent = time.perf_counter()
-            try:
-                await management.propose(*(KvPut(key, VALUE) for key in keys))
-            except ManagementError as e:
-                errors.append(str(e))
-                continue
-            if window <= (now := time.perf_counter()) <= end:
-                latencies.append(now - sent)
+        sender = target.client(order, 10)
+        try:
+            for i in itertools.count():
+                if time.perf_counter() >= end:
+                    return
+                keys = (f"c{n}-{(i * per_request + j) % 1000}" for j in range(per_request))
+                sent = time.perf_counter()
+                try:
+                    await sender.send([(key, VALUE) for key in keys])
+                except target.errors as e:
+                    errors.append(str(e))
+                    continue
+                if window <= (now := time.perf_counter()) <= end:
+                    latencies.append(now - sent)
+        finally:
+            sender.close()
 
     async def sampler() -> None:
         await asyncio.sleep(WARMUP)  # the measurement window's edges, not a wait for a state
         cpu.start()
-        samples["relayed"] = await stream_last(bus) or 0
+        samples["relayed"] = await target.relayed()
         await asyncio.sleep(WINDOW)
         samples["cores"], samples["others"] = cpu.stop(), cpu.others
-        samples["relayed"] = ((await stream_last(bus) or 0) - samples["relayed"]) / WINDOW
-        top = await Cluster(bus).status(leader)
-        samples["lag"] = max((v.lag or 0 for v in top.voters), default=0) if top else -1
+        samples["relayed"] = (await target.relayed() - samples["relayed"]) / WINDOW
+        samples["lag"] = await target.lag(leader)
 
     await asyncio.gather(sampler(), *(client(n) for n in range(inflight)))
     result = ApiResult(
@@ -416,10 +564,11 @@ async def drive(bus, voters: Voters, leader: str, per_request: int, inflight: in
         int(samples["lag"]),
     )
     say(
-        f"api {per_request} x {inflight} in flight: {result.rate:,.0f} commands/s, "
+        f"{target.label} {per_request} x {inflight} in flight: {result.rate:,.0f} commands/s, "
         f"p50 {quantile(latencies, 0.5) * 1000:.1f} ms, "
         f"p99 {quantile(latencies, 0.99) * 1000:.1f} ms, "
-        f"{result.cores:.2f} cores, stream {result.relayed:,.0f}/s, lag {result.lag}, "
+        f"{result.cores:.2f} cores (others {result.others:.2f}), "
+        f"stream {result.relayed:,.0f}/s, lag {result.lag}, "
         f"{len(errors)} errors"
     )
     return result
@@ -439,56 +588,63 @@ class Failover:
     new: str
 
 
-async def timed(since: float, write) -> float:
+async def timed(since: float, write, errors: tuple[type[Exception], ...]) -> float:
     try:
         await write
-    except (ManagementError, TimeoutError) as e:
+    except (*errors, TimeoutError) as e:
         say(f"failed: {e}")
         return float("inf")
     return time.monotonic() - since
 
 
-async def failover(bus, voters: Voters, trial: int) -> Failover:
-    leader = await whole_group(bus, voters, 60, "whole group")
-    survivors = [n for n in voters.ids if n != leader]
+async def failover(target: Target, trial: int, trials: int) -> Failover:
+    leader = await target.whole()
+    survivors = [n for n in target.names if n != leader]
     calls: list[tuple[float, float]] = []  # (sent, acknowledged) of the continuous writer
     stop = asyncio.Event()
 
     async def writer() -> None:
-        client = Management(bus, [leader, *survivors], timeout=30)
-        for i in itertools.count():
-            if stop.is_set():
-                return
-            sent = time.monotonic()
-            with contextlib.suppress(ManagementError):
-                await client.propose(KvPut(f"stream-{trial}", str(i)))
-                calls.append((sent, time.monotonic()))
+        client = target.client([leader, *survivors], timeout=30)
+        try:
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                sent = time.monotonic()
+                with contextlib.suppress(*target.errors):
+                    await client.send([(f"stream-{trial}", str(i))])
+                    calls.append((sent, time.monotonic()))
+        finally:
+            client.close()
+
+    async def one(order: list[str], key: str, since: float) -> float:
+        client = target.client(order, timeout=10)
+        try:
+            return await timed(since, client.send([(key, "b")]), target.errors)
+        finally:
+            client.close()
 
     writing = asyncio.create_task(writer())
     try:
         await poll(lambda: len(calls) >= 5, 10, "the continuous writer to get going")
         killed = time.monotonic()
-        voters.kill(leader)
-        writes = asyncio.gather(
-            timed(killed, Management(bus, survivors, timeout=10).propose(KvPut("a", "b"))),
-            timed(
-                killed, Management(bus, [leader, *survivors], timeout=10).propose(KvPut("c", "d"))
-            ),
-            timed(killed, Cluster(bus, survivors).wait_leader(10)),
+        target.kill(leader)
+        through, fresh, elected = await asyncio.gather(
+            one(survivors, "a", killed),
+            one([leader, *survivors], "c", killed),
+            timed(killed, target.elected(survivors), ()),
         )
-        through, fresh, elected = await writes
         await poll(lambda: calls[-1][0] > killed, 30, "the continuous writer to write again")
     finally:
         stop.set()
         await writing
     acks = [done for _, done in calls if done > killed - 1]
     outage = max(later - earlier for earlier, later in itertools.pairwise(acks))
-    new = getattr(await Cluster(bus, survivors).leader(), "node", "?")
-    voters.start(leader)
+    new = await target.elected(survivors)
+    target.restart(leader)
     say(
-        f"failover {trial + 1}/{TRIALS}: killed {leader}, {new} leads after {elected:.3f} s; "
-        f"first write: {through:.3f} s via the survivors, {fresh:.3f} s starting at the dead "
-        f"voter; continuous writer waited {outage:.3f} s"
+        f"{target.label} failover {trial + 1}/{trials}: killed {leader}, {new} leads after "
+        f"{elected:.3f} s; first write: {through:.3f} s via the survivors, {fresh:.3f} s "
+        f"starting at the dead voter; continuous writer waited {outage:.3f} s"
     )
     return Failover(through, fresh, outage, elected, leader, new)
 
@@ -511,9 +667,26 @@ async def backlog(bus, voters: Voters, leader: str) -> Backlog:
     return Backlog(await asyncio.to_thread(count), await stream_last(bus) or 0)
 
 
+@dataclass
+class Side:
+    """One system's figures: failover trials, then loads."""
+
+    trials: list[Failover]
+    api: list[ApiResult]
+
+
+async def loads(target: Target, plan: list[tuple[int, int]], trials: int) -> Side:
+    """Failover trials first (on a small database), then each (per request, in flight)."""
+    side = Side([await failover(target, trial, trials) for trial in range(trials)], [])
+    for per_request, inflight in plan:
+        leader = await target.whole()
+        side.api.append(await drive(target, leader, per_request, inflight))
+    return side
+
+
 async def service(
-    workdir: Path, cluster: NatsCluster
-) -> tuple[list[Failover], list[ApiResult], Backlog]:
+    workdir: Path, cluster: NatsCluster, plan: list[tuple[int, int]], trials: int
+) -> tuple[Side, Backlog]:
     voters = Voters(cluster, workdir)
     bus = await connect(NatsSettings(servers=cluster.urls), "bench-consensus")
     try:
@@ -522,23 +695,80 @@ async def service(
         started = time.monotonic()
         await whole_group(bus, voters, 60, "leader of the whole group")
         say(f"service voters: a leader after {time.monotonic() - started:.2f} s")
-        trials = [await failover(bus, voters, trial) for trial in range(TRIALS)]
-        results = []
-        for per_request, inflight in [(1, n) for n in UNBATCHED] + list(BATCHED):
-            leader = await whole_group(bus, voters, 120, "whole group")
-            results.append(await drive(bus, voters, leader, per_request, inflight))
-        behind = await backlog(bus, voters, leader)
+        colony = Colony(bus, voters)
+        side = await loads(colony, plan, trials)
+        behind = await backlog(bus, voters, await colony.whole())
         say(f"change log: {behind.changes:,} rows, {behind.relayed:,} in the stream")
-        return trials, results, behind
+        return side, behind
     finally:
         await bus.close()
         voters.stop_all()
 
 
+# --- 5. etcd, the same loads ----------------------------------------------------------
+
+
+@dataclass
+class Idle:
+    """Processes at rest: their summed RSS and PSS (MiB, mean of the samples), and the
+    cpu they used over the samples (% of one core)."""
+
+    processes: int
+    rss: float
+    pss: float
+    cpu: float
+
+
+def idle(pids: list[int]) -> Idle:
+    processes = [psutil.Process(pid) for pid in pids]
+
+    def cpu_seconds() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in processes)  # user + system
+
+    rss, pss = [], []
+    before, started = cpu_seconds(), time.monotonic()
+    for _ in range(IDLE_SAMPLES):
+        memory = [p.memory_full_info() for p in processes]
+        rss.append(sum(m.rss for m in memory) / MIB)
+        pss.append(sum(m.pss for m in memory) / MIB)
+        time.sleep(1.0)  # the sampling period, not a wait for a state
+    cpu = (cpu_seconds() - before) / (time.monotonic() - started) * 100
+    return Idle(len(processes), statistics.mean(rss), statistics.mean(pss), cpu)
+
+
+@dataclass
+class EtcdSide(Side):
+    version: str = ""
+    idle: Idle | None = None
+
+
+def etcd(workdir: Path, plan: list[tuple[int, int]], trials: int) -> EtcdSide | None:
+    """A fresh 3-member etcd: idle, then failover trials and loads; None without etcd."""
+    if _etcd.binary() is None:
+        say("etcd: no `etcd` on PATH, so no etcd column (apt-get install etcd-server)")
+        return None
+    with _etcd.Etcd(workdir) as members:
+
+        async def run() -> EtcdSide:
+            started = time.monotonic()
+            await members.start_all()
+            say(f"etcd: a leader after {time.monotonic() - started:.2f} s")
+            await asyncio.sleep(IDLE_SETTLE)  # as bench/footprint lets a cluster settle
+            still = await asyncio.to_thread(idle, members.pids())
+            say(
+                f"etcd idle: {still.rss:.0f} MiB RSS, {still.pss:.0f} MiB PSS, "
+                f"{still.cpu:.1f} % of a core ({still.processes} processes)"
+            )
+            side = await loads(EtcdTarget(members), plan, trials)
+            return EtcdSide(side.trials, side.api, _etcd.version(), still)
+
+        return asyncio.run(run())
+
+
 # --- the report -----------------------------------------------------------------------
 
 
-def measure() -> tuple[dict, dict, list[Failover], list[ApiResult], Backlog]:
+def measure() -> tuple[dict, dict, Side, Backlog, EtcdSide | None]:
     with tempfile.TemporaryDirectory(prefix="colony-bench-consensus-") as tmp:
         workdir = Path(tmp)
         cluster = NatsCluster(workdir / "nats").start()
@@ -546,10 +776,176 @@ def measure() -> tuple[dict, dict, list[Failover], list[ApiResult], Backlog]:
             (workdir / "raw").mkdir()
             raw = transports(workdir / "raw", cluster)
             durable = durability(workdir / "raw", cluster)
-            trials, api, behind = asyncio.run(service(workdir / "service", cluster))
+            plan = [(1, n) for n in UNBATCHED] + list(BATCHED)
+            colony, behind = asyncio.run(service(workdir / "service", cluster, plan, TRIALS))
         finally:
             cluster.stop()
-    return raw, durable, trials, api, behind
+        other = etcd(workdir / "etcd", list(VERSUS_LOADS), TRIALS)  # Colony stopped: alone
+    return raw, durable, colony, behind, other
+
+
+def measure_versus() -> tuple[Side, EtcdSide | None]:
+    """Only the loads of the side-by-side table, one system at a time."""
+    with tempfile.TemporaryDirectory(prefix="colony-bench-versus-") as tmp:
+        workdir = Path(tmp)
+        cluster = NatsCluster(workdir / "nats").start()
+        try:
+            plan = list(VERSUS_LOADS)
+            colony, _ = asyncio.run(service(workdir / "service", cluster, plan, VERSUS_TRIALS))
+        finally:
+            cluster.stop()
+        return colony, etcd(workdir / "etcd", list(VERSUS_LOADS), VERSUS_TRIALS)
+
+
+def footprint_idle() -> tuple[Idle, str] | None:
+    """The idle cluster row of bench/footprint's last results, and when it was measured."""
+    path = ROOT / "bench" / "results" / "footprint.md"
+    with contextlib.suppress(OSError, ValueError, StopIteration, KeyError, IndexError):
+        lines = path.read_text().splitlines()
+        when = next(line for line in lines if line.startswith("_Measured ")).split(" on ")[0]
+        header = next(line for line in lines if line.startswith("| process |"))
+        row = next(line for line in lines if line.startswith("| **") and "cluster**" in line)
+
+        def cells(line: str) -> list[str]:
+            return [c.strip() for c in line.strip("|").split("|")]
+
+        cell = dict(zip(cells(header), cells(row), strict=False))
+        figures = Idle(
+            int(cell["per cluster"].split()[0]),
+            float(cell["RSS mean"]),
+            float(cell["PSS mean"]),
+            float(cell["idle cpu % mean"]),
+        )
+        return figures, when.removeprefix("_Measured ")
+    return None
+
+
+def ratio(ours: float, theirs: float) -> str:
+    """Colony / etcd, to 3 figures ("-" where either is missing)."""
+    return f"{ours / theirs:.3g}" if theirs and ours != float("inf") else "-"
+
+
+def load_cell(side: Side, per_request: int, inflight: int) -> tuple[str, float]:
+    """One system's figures at one load (rate, and latency for single puts), and its rate."""
+    found = [r for r in side.api if (r.per_request, r.inflight) == (per_request, inflight)]
+    if not found:
+        return "-", 0.0
+    r = found[0]
+    q, name = (0.5, "p50") if inflight == 1 else (0.99, "p99")
+    latency = f", {name} {ms(quantile(r.latencies, q))} ms" if per_request == 1 else ""
+    errors = f" ({len(r.errors)} errors)" if r.errors else ""
+    return f"{r.rate:,.0f}/s{latency}{errors}", r.rate
+
+
+def idle_cell(figures: Idle) -> str:
+    return (
+        f"{figures.rss:.0f} MiB / {figures.pss:.0f} MiB / {figures.cpu:.1f} % "
+        f"({figures.processes} processes)"
+    )
+
+
+def versus_table(colony: Side, other: EtcdSide | None) -> str:
+    rows = []
+    for per_request, inflight in VERSUS_LOADS:
+        if per_request > 1:
+            what = f"{per_request} puts per request, {inflight} in flight"
+        else:
+            what = f"{inflight} put{'s' if inflight > 1 else ''} in flight"
+        (ours, rate), (theirs, etcd_rate) = (
+            load_cell(colony, per_request, inflight),
+            load_cell(other, per_request, inflight) if other else ("-", 0.0),
+        )
+        rows.append([what, ours, theirs, ratio(rate, etcd_rate) if rate else "-"])
+    failovers = [
+        ("kill -9 of the leader → the survivors agree on a new leader, p50", "elected", [0.5]),
+        ("kill -9 of the leader → first put accepted, p50", "survivors", [0.5]),
+        (
+            "client with a request in flight to the killed leader → its next acknowledged"
+            " write, p50 / p95",
+            "outage",
+            [0.5, 0.95],
+        ),
+    ]
+    for what, figure, qs in failovers:
+
+        def at(side: Side, figure: str = figure, qs: list[float] = qs) -> list[float]:
+            return [quantile([getattr(t, figure) for t in side.trials], q) for q in qs]
+
+        ours = at(colony)
+        theirs = at(other) if other and other.trials else []
+        rows.append(
+            [
+                what,
+                " / ".join(f"{x:.2f} s" for x in ours),
+                " / ".join(f"{x:.2f} s" for x in theirs) or "-",
+                " / ".join(map(ratio, ours, theirs)) or "-",
+            ]
+        )
+    ours_idle, theirs_idle = footprint_idle(), other.idle if other else None
+    both = (
+        f"{ratio(ours_idle[0].pss, theirs_idle.pss)} / {ratio(ours_idle[0].cpu, theirs_idle.cpu)}"
+        if ours_idle and theirs_idle
+        else "-"
+    )
+    rows.append(
+        [
+            "idle 3-node cluster: RSS / PSS / cpu % of one core",
+            f"{idle_cell(ours_idle[0])}, bench/footprint of {ours_idle[1]}"
+            if ours_idle
+            else "see footprint",
+            idle_cell(theirs_idle) if theirs_idle else "-",
+            f"{both} (PSS / cpu)" if both != "-" else "-",
+        ]
+    )
+    return table(["load", "Colony", "etcd", "Colony / etcd"], rows)
+
+
+def versus_report(colony: Side, other: EtcdSide | None) -> str:
+    trials = len(colony.trials)
+    if other is None:
+        baseline = (
+            "No `etcd` was on PATH, so the etcd column is empty (`apt-get install "
+            "etcd-server` gives one; nothing else needs it)."
+        )
+    else:
+        baseline = f"""etcd {other.version} (`{_etcd.binary()}`): three members on free
+loopback ports, each its own data dir, with Colony's raft timers: a heartbeat
+every {_etcd.HEARTBEAT_MS} ms and an election timeout of {_etcd.ELECTION_MS} ms, which etcd draws
+between one and two timeouts, as Colony's elections after 0.3-0.6 s (etcd's
+defaults are 100 ms and 1 s). etcd fsyncs its WAL before it acknowledges, as
+Colony flushes its journal. The client (`bench/_etcd.py`) has `Management`'s
+shape: one asyncio process, each client its own keep-alive HTTP/1.1 connection
+to etcd's JSON gateway (`/v3/kv/put`; `/v3/kv/txn` with the puts of a request
+in one transaction), the leader first, the next member after an error or
+{ATTEMPT:g} s without an answer, backing off 50 ms doubling to 0.5 s. Idle: a fresh
+cluster after {IDLE_SETTLE:g} s, sampled {IDLE_SAMPLES} times 1 s apart (RSS and PSS summed,
+cpu over the samples), as bench/footprint samples Colony's."""
+    return f"""The same loads through each system, one system at a time on this machine
+(Colony's voters and NATS stopped before etcd starts): {WINDOW:g} s windows after
+{WARMUP:g} s of warm-up, 16-byte values over 1,000 keys per client, and {trials} failover
+trials each (kill -9 of the leader while a client writes through it; the
+killed member restarted before the next trial). {baseline}
+
+{versus_table(colony, other)}
+
+Colony / etcd: for rates below 1 means Colony is slower; for times and idle
+cost above 1 means Colony is slower or heavier. The rest of the machine
+(anything not measured) kept {busy(colony)} cores busy during Colony's loads,
+{busy(other) if other else "-"} during etcd's.
+
+An etcd follower hands a put to the leader it knows without waiting for an
+answer: one sent to a survivor before the survivors have noticed the kill is
+lost with the dead leader and fails only after etcd's request timeout (5 s +
+two election timeouts: "request timed out, possibly due to previous leader
+failure"), so through this client the first put after a kill waits out its
+{ATTEMPT:g} s attempt, while a put sent once the new leader is elected is acknowledged in
+milliseconds."""
+
+
+def busy(side: Side) -> str:
+    """The others' cores over a side's loads: their range."""
+    others = [r.others for r in side.api]
+    return f"{min(others):.2f}-{max(others):.2f}" if others else "-"
 
 
 def api_table(api: list[ApiResult]) -> str:
@@ -602,7 +998,8 @@ def raw_table(raw: dict[tuple[str, str], list[dict]]) -> str:
 
 
 def run() -> str:
-    raw, durable, trials, api, behind = measure()
+    raw, durable, colony, behind, other = measure()
+    trials, api = colony.trials, colony.api
     cores = os.cpu_count()
     best_batched = max(r.rate for r in api if r.per_request > 1)
 
@@ -660,6 +1057,10 @@ and the clients. Default `Timers` (heartbeat 50 ms, elections after
 1,000 keys per client), each with its own id, so each is applied. "Others'
 cores" is what the rest of the machine (anything not measured, such as tests
 run meanwhile) kept busy during the window.
+
+### Side by side with etcd
+
+{versus_report(colony, other)}
 
 ### Committed commands through the service
 
@@ -765,3 +1166,7 @@ if __name__ == "__main__" and sys.argv[1:] == ["durability"]:
             print(durability_report(durability(Path(tmp) / "raw", nats)))
         finally:
             nats.stop()
+elif __name__ == "__main__" and sys.argv[1:] == ["versus"]:
+    print(versus_report(*measure_versus()))
+elif __name__ == "__main__":
+    sys.exit(f"usage: python -m bench.consensus durability|versus (not {sys.argv[1:]})")
