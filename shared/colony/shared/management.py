@@ -17,7 +17,6 @@ never applied twice. Bad input (400) is not retried.
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 import weakref
 from collections.abc import Iterator
@@ -42,8 +41,6 @@ ATTEMPT = 2.0
 PROBE_EVERY = 0.1
 """Seconds a request waits before its voter is probed, and between probes (commits take
 ms; an election 0.3-0.6 s, so a dead leader is found well before its successor leads)."""
-PROBE_WAIT = 0.5
-"""Seconds a probe waits for the voter's status (busy voters answer late, not never)."""
 GONE_FOR = 1.0
 """Seconds a voter found not listening is tried after the others (it may restart)."""
 BACKOFF = (0.05, 0.25)
@@ -148,7 +145,7 @@ class Management:
             try:
                 return await self._attempt(watch, voter, subject_of(voter), request, deadline)
             except RemoteError as e:
-                if e.code in (400, 404):  # bad input, or no such object: asking again won't help
+                if e.code in (400, 403, 404):  # bad input, not allowed, no such object: for good
                     raise ManagementError(str(e), retryable=False) from None
                 last, gone = e, False
             except NoResponders as e:  # nothing listens there (now): that voter is down
@@ -168,29 +165,30 @@ class Management:
         """Ask `voter` and wait for its answer while it lives: a voter that stops listening
         (killed: NATS drops its subscriptions with its connection) is given up within a
         probe, one that answers probes is waited for however slow its commit, and one that
-        answers neither is given up after `ATTEMPT` (hung, or cut off from NATS)."""
-        left = max(deadline - time.monotonic(), 0.1)
+        answers neither the request nor a probe for `ATTEMPT` is given up (hung, or cut
+        off from NATS)."""
+        began = time.monotonic()
+        left = max(deadline - began, 0.1)
         asking = asyncio.ensure_future(self.bus.request(subject, request, timeout=left))
+        probe: asyncio.Future | None = None
         try:
-            heard = time.monotonic()
             while True:
-                # Most answers come before the first probe is due: no probe is sent for them.
-                done, _ = await asyncio.wait({asking}, timeout=PROBE_EVERY)
-                if done:
-                    return asking.result()
-                probe = watch.probe(voter)
-                await asyncio.wait({asking, probe}, return_when=asyncio.FIRST_COMPLETED)
+                # Most answers come before the first probe is due: none is sent for them.
+                waits = {asking} if probe is None or probe.done() else {asking, probe}
+                await asyncio.wait(waits, timeout=PROBE_EVERY, return_when=asyncio.FIRST_COMPLETED)
                 if asking.done():
                     return asking.result()
-                look = probe.result()
-                if look is Look.GONE:
+                now = time.monotonic()
+                if watch.gone_since(voter, began):
                     raise NoResponders(f"{voter} stopped listening while asked on {subject}")
-                if look is Look.ALIVE:
-                    heard = time.monotonic()
-                elif time.monotonic() - heard > ATTEMPT:
+                if now - max(began, watch.heard.get(voter, 0.0)) > ATTEMPT:
                     raise RequestTimeout(
                         f"{voter} answered neither on {subject} nor to probes for {ATTEMPT:g} s"
                     )
+                # A new probe each period even while one is unanswered: a probe sent just
+                # before a kill is never answered, the next is refused at once.
+                if probe is None or probe.done() or now - watch.started(voter) >= PROBE_EVERY:
+                    probe = watch.probe(voter)
         finally:
             asking.cancel()  # given up (or done): nats-py forgets the reply inbox
 
@@ -208,57 +206,52 @@ class Management:
         return start + 1
 
 
-class Look(enum.Enum):
-    """What a probe of a voter found."""
-
-    ALIVE = "alive"
-    """It answered (its status, or a refusal): it still serves requests."""
-    GONE = "gone"
-    """Nothing listens on its subjects: its process died (or never started)."""
-    SILENT = "silent"
-    """No answer in time: it may be overloaded, hung, or cut off from NATS."""
-
-
 class _Watch:
-    """What the clients on one bus have learnt of the voters: which stopped listening
-    lately, and who their status says leads. Shared by every `Management` on the bus, so
-    that many requests waiting on one voter send it one probe at a time, not one each."""
+    """What the clients on one bus have learnt of the voters: when each last answered a
+    probe or was found not listening, and who their status says leads. Shared by every
+    `Management` on the bus, so that many requests waiting on one voter send it one probe
+    per period, not one each."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.leader: str | None = None
         """The leader a probed voter named last (None: none known)."""
-        self._probes: dict[str, tuple[asyncio.Task[Look], float]] = {}
-        """Each voter's latest probe and when it was started."""
+        self.heard: dict[str, float] = {}
+        """When each voter last answered a probe."""
         self._gone: dict[str, float] = {}
-        """Voters found not listening, and when."""
+        """When each voter was last found not listening (cleared when it answers)."""
+        self._probes: dict[str, tuple[asyncio.Task[None], float]] = {}
+        """Each voter's latest probe and when it was sent."""
 
-    def probe(self, voter: str) -> asyncio.Task[Look]:
-        """The probe of `voter` in flight, or one started less than half a period ago,
-        else a new one."""
-        probe, began = self._probes.get(voter, (None, 0.0))
+    def probe(self, voter: str) -> asyncio.Task[None]:
+        """The probe of `voter` sent less than half a period ago, else a new one."""
+        probe, sent = self._probes.get(voter, (None, 0.0))
         now = time.monotonic()
-        if probe is None or (probe.done() and now - began > PROBE_EVERY / 2):
+        if probe is None or now - sent >= PROBE_EVERY / 2:
             probe = asyncio.ensure_future(self._probe(voter))
             self._probes[voter] = (probe, now)
         return probe
 
-    async def _probe(self, voter: str) -> Look:
+    def started(self, voter: str) -> float:
+        """When the latest probe of `voter` was sent (0: never)."""
+        return self._probes.get(voter, (None, 0.0))[1]
+
+    async def _probe(self, voter: str) -> None:
         try:
             status = await self.bus.request(
-                subjects.consensus_status(voter), ConsensusStatusRequest(), timeout=PROBE_WAIT
+                subjects.consensus_status(voter), ConsensusStatusRequest(), timeout=ATTEMPT
             )
         except NoResponders:
             self.lost(voter)
-            return Look.GONE
+            return
         except RemoteError:  # it refused (starting, or its status changing): it is there
-            self._gone.pop(voter, None)
-            return Look.ALIVE
-        except BusError:
-            return Look.SILENT
+            status = None
+        except BusError:  # no answer in time, or no connection: nothing learnt
+            return
+        self.heard[voter] = time.monotonic()
         self._gone.pop(voter, None)
-        self.leader = voter if status.role == "leader" else status.leader
-        return Look.ALIVE
+        if status is not None:
+            self.leader = voter if status.role == "leader" else status.leader
 
     def lost(self, voter: str) -> None:
         """`voter` does not listen: try the others first for a while."""
@@ -266,10 +259,14 @@ class _Watch:
         if self.leader == voter:
             self.leader = None
 
+    def gone_since(self, voter: str, since: float) -> bool:
+        """`voter` was found not listening after `since`."""
+        at = self._gone.get(voter)
+        return at is not None and at >= since
+
     def is_gone(self, voter: str) -> bool:
         """`voter` was found not listening within the last `GONE_FOR` seconds."""
-        at = self._gone.get(voter)
-        return at is not None and time.monotonic() - at < GONE_FOR
+        return self.gone_since(voter, time.monotonic() - GONE_FOR)
 
 
 _watches: weakref.WeakKeyDictionary[Bus, _Watch] = weakref.WeakKeyDictionary()
