@@ -85,8 +85,9 @@ class Timers:
     """A follower that hears no leader for a random time in this range campaigns."""
     leader_fallback: float = 1.0
     """A leader cut off from its majority steps down after this (pysyncobj: 30 s)."""
-    tick: float = 0.01
-    """pysyncobj's timer resolution; frames wake it at once (the transport's pipe)."""
+    tick: float = 0.1
+    """The longest a voter's tick thread sleeps: it wakes at its next deadline (a heartbeat,
+    an election), and at once for frames and proposals (the transport's pipe)."""
     apply_budget: float = 0.02
     """Seconds one tick spends applying committed entries, about (at least one entry): the
     rest waits for the next tick, so heartbeats, acknowledgements and elections are never
@@ -355,6 +356,7 @@ class _Replica(SyncObj):
         self._removals: dict[int, str] = {}
         self._tracked: tuple[int, int] | None = None
         """(index, term) of the last log entry `_track_log` read."""
+        self._link = link
         transport = functools.partial(
             NatsTransport, link=link, screen=self._screen, make_durable=self.flush_journal
         )
@@ -387,11 +389,44 @@ class _Replica(SyncObj):
         self.flush_journal()
         self._compact_seed()
         self._send_seed_snapshot()
-        if self.raftLastApplied < self.raftCommitIndex:
-            timeToWait = 0.0  # committed entries the last tick left: no idling
-        super()._onTick(timeToWait)
+        super()._onTick(0.0)  # the tick's work, and the frames already there
         self._keep_saved()
         self._track_log()
+        self._poller.poll(self._idle_for(timeToWait))
+
+    def _idle_for(self, longest: float) -> float:
+        """How long to wait for frames or proposals (both wake the tick thread) before the
+        next tick: until its next deadline (a heartbeat to send, an election to call), at
+        most `longest`. pysyncobj waits its tick period whatever is due, so an idle voter
+        would wake 100 times a second for nothing."""
+        if self.raftLastApplied < self.raftCommitIndex:
+            return 0.0  # committed entries the last tick left: no idling
+        if self._isLeader():
+            due = self._SyncObj__newAppendEntriesTime
+        else:
+            due = self._SyncObj__raftElectionDeadline
+        wait = due - time.monotonic()
+        # Past, after the tick: it cannot act on it yet (a follower that hears no voter
+        # does not campaign), so it looks again at the period, not in a busy loop.
+        return min(wait, longest) if wait > 0 else longest
+
+    def _applyCommand(self, command, callback, commandType=None):
+        # On the caller's thread (the service's loop): wake the tick thread, so the entry
+        # is appended and sent now rather than at the next tick.
+        super()._applyCommand(command, callback, commandType)
+        self._link.wake()
+
+    def _checkCommandsToApply(self):
+        """pysyncobj's step that appends the queued proposals, then (the leader) sends them
+        to the followers at once, one frame each for all of them, and flushes them to its own
+        journal while the followers do the same: pysyncobj, batching, would wait for the next
+        heartbeat (50 ms) to send them."""
+        journal = self.journal
+        before = journal[-1][1]
+        super()._checkCommandsToApply()
+        if journal[-1][1] != before and self._isLeader():
+            self._SyncObj__sendAppendEntries()
+            self.flush_journal()
 
     def _send_seed_snapshot(self) -> None:
         """While a seeded leader's log starts with its markers (N-1, N), a follower whose

@@ -40,6 +40,7 @@ from typing import NoReturn
 import aiosqlite
 
 from colony.consensus import changelog, schema
+from colony.consensus.batching import Batcher
 from colony.consensus.kinds import REGISTRY, retention
 from colony.consensus.kinds.kind import Registry, Select
 from colony.consensus.machine import BadBatch, ForeignDatabase, encode_batch
@@ -170,6 +171,7 @@ class ConsensusService:
         """Signatures of the join and retire requests obeyed, and when (refusing replays)."""
         self.log = logging.getLogger("colony.consensus")
         self.metrics = ConsensusMetrics()
+        self._batcher = Batcher(self._commit)
 
     async def run(self, ctx: Context) -> None:
         settings, self.me = ctx.config.consensus, ctx.config.node.id
@@ -376,11 +378,10 @@ class ConsensusService:
                 raise Refused(400, f"proposal {proposal.id} refused: {refusal}")
         try:
             # made: the request's time, the same in each retry of it (kinds/retention.py)
-            entry = encode_batch(request.proposals, made=request.ts)
+            index, outcomes = await self._batcher.propose(request.proposals, request.ts)
         except BadBatch as e:
             raise Refused(400, str(e)) from None
-        index, outcomes = await self._commit(entry)
-        return ProposeReply(index=index, outcomes=outcomes or [])
+        return ProposeReply(index=index, outcomes=outcomes)
 
     async def _on_query(self, request: QueryRequest) -> QueryReply:
         if not request.stale:

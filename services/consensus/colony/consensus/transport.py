@@ -129,6 +129,11 @@ class Link:
             self.loop.call_soon_threadsafe(self._pending.set)
         return True
 
+    def wake(self) -> None:
+        """Wake the tick thread (any thread may: a proposal was queued)."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
     def drain(self) -> list[tuple[str, str, Any]]:
         with contextlib.suppress(OSError):
             os.read(self._wake_r, 4096)
@@ -178,6 +183,7 @@ class Link:
         if sender not in self._connected:
             self._connected.add(sender)
             self._push("connected", sender, None)
+
         if message != _BEAT:
             self._push("message", sender, message)
 
@@ -201,8 +207,7 @@ class Link:
         if not self.delivering:
             return
         self.inbox.append((kind, peer, message))
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        self.wake()
 
 
 def _keep(message: dict) -> dict | None:
