@@ -84,6 +84,8 @@ class Link:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)  # full: the tick thread has wakes pending anyway
+        self._woken = False
+        """A byte is in the pipe that the tick thread has not read yet."""
         self.delivering = True
         """False once pysyncobj stopped: nothing would drain the inbox any more, and no
         heartbeat should say this voter is alive."""
@@ -130,13 +132,21 @@ class Link:
         return True
 
     def wake(self) -> None:
-        """Wake the tick thread (any thread may: a proposal was queued)."""
+        """Wake the tick thread (any thread may: a proposal was queued), unless a wake is
+        pending already: one byte in the pipe, not one per frame or proposal."""
+        if self._woken:
+            return
+        self._woken = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
     def drain(self) -> list[tuple[str, str, Any]]:
         with contextlib.suppress(OSError):
             os.read(self._wake_r, 4096)
+        # After the read: a wake from now on writes again (one between the read and here
+        # was skipped, but what it woke for is in the inbox or pysyncobj's queue already,
+        # and this tick takes it).
+        self._woken = False
         events = []
         while self.inbox:
             events.append(self.inbox.popleft())
