@@ -207,3 +207,19 @@ def test_a_release_is_announced_once_not_again_by_the_watch():
     core.watch(10.0, mine)
     core.release(10.2, mine, "stopping", hold_off=0)
     assert core.watch(10.3, mine) == []
+
+
+def test_the_holder_renews_every_renew_period_while_looking_more_often():
+    timers = LeaseTimers(ttl=1.0, renew=0.5, margin=0.1, look=0.2)
+    core = ManagerLease("a", timers)
+    core.committed(core.look(10.0, leader(3)), [OK], 3)
+    core.committed(core.look(10.0, leader(3)), granted(1), 3)
+    mine = leader(3, held("a", 1, asked_term=3))
+    assert core.look(10.2, mine) is None  # renewed (granted) 0.2 s ago: nothing to do
+    assert core.look(10.35, mine) == WaitUntil(10.5)  # due before the next look
+    renew = core.look(10.5, mine)
+    assert renew == Renew(epoch=1, term=3, asked=10.5)
+    core.committed(renew, [OK], 3)
+    assert core.valid_until == 11.5
+    assert core.look(10.7, mine) is None
+    assert core.look(11.0, mine) == Renew(epoch=1, term=3, asked=11.0)

@@ -93,8 +93,9 @@ class ConsensusSettings(_Section):
     """Replicas of the change stream; 0: as many as voters, at most 3 (1 on a lone server)."""
     lease_ttl: Positive = 1.0
     """Seconds the manager lease lasts after its holder asked for it (grant or renewal)."""
-    lease_renew: Positive = 0.2
-    """Seconds between the holder's renewals: several per ttl, so load does not lose it."""
+    lease_renew: Positive = 0.4
+    """Seconds between the holder's renewals: two or more per ttl, so load does not lose it
+    (each is a Raft entry applied on every voter: what an idle cluster mostly does)."""
     lease_margin: Positive = 0.1
     """Seconds the leader waits beyond the ttl before expiring a lease: clock drift allowance."""
     transfer_margin: Annotated[float, msgspec.Meta(ge=0)] = 0.25

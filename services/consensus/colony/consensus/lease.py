@@ -48,8 +48,14 @@ ANNOUNCE_EVERY = 1.0
 @dataclass(frozen=True)
 class LeaseTimers:
     ttl: float = 1.0
-    renew: float = 0.2
+    renew: float = 0.4
+    """Seconds between the holder's renewals. Each is a Raft entry applied on every voter
+    (and shipped by each snapshotter): the most an idle cluster does. Two or more per ttl,
+    so one slow commit does not lose the lease."""
     margin: float = 0.1
+    look: float = 0.2
+    """Seconds between looks at the lease: how soon a new leader records its term, and
+    takes a lease that is free or ran out."""
 
 
 class AppliedClock:
@@ -201,6 +207,8 @@ class ManagerLease:
         """When (monotonic) its lease runs out by its own clock."""
         self._recorded_term = 0
         """The term whose `LeaderElected` this node committed (0: none since it led)."""
+        self._asked = 0.0
+        """When it asked for the grant or renewal its lease runs from."""
         self._hold_off_until = 0.0
         self._acting_seen = False
         self._announced_epoch = 0
@@ -219,7 +227,7 @@ class ManagerLease:
         return max(0.0, self.valid_until - now) if self.acting(now, seen) else 0.0
 
     def look(self, now: float, seen: Seen) -> Step:
-        """What to do about the lease now (done every `renew` seconds, and at once again
+        """What to do about the lease now (done every `look` seconds, and at once again
         after a `RecordLeader` or a `WaitUntil`)."""
         if not seen.leader:
             self._recorded_term = 0
@@ -230,12 +238,15 @@ class ManagerLease:
             return RecordLeader(seen.term)
         lease = seen.lease
         if lease.holder == self.me and lease.epoch == self.epoch and self.acting(now, seen):
-            return Renew(self.epoch, seen.term, now)
+            due = self._asked + self.timers.renew
+            if now >= due:
+                return Renew(self.epoch, seen.term, now)
+            return WaitUntil(due) if due - now <= self.timers.look else None
         if not lease.holder:
             return Take(lease.epoch, "the lease was free", seen.term, now)
         seen_at = countdown_from(lease, seen.renewed, seen.term, seen.arrived_by)
         expires = seen_at + lease.ttl + self.timers.margin
-        if expires - now > self.timers.renew:
+        if expires - now > self.timers.look:
             return None
         if now < expires:
             return WaitUntil(expires)
@@ -259,6 +270,7 @@ class ManagerLease:
                 counted, notes = self._same_term(step.term, term)
                 if counted:
                     self.valid_until = step.asked + self.timers.ttl
+                    self._asked = step.asked
                 return notes
             case Take():
                 if not outcomes[-1].ok:
@@ -266,6 +278,7 @@ class ManagerLease:
                 self.epoch = outcomes[-1].version
                 counted, notes = self._same_term(step.term, term)
                 self.valid_until = step.asked + self.timers.ttl if counted else 0.0
+                self._asked = step.asked
                 granted = {"epoch": self.epoch, "why": step.why}
                 return [*notes, Note(logging.INFO, "manager lease granted", granted)]
 

@@ -1,11 +1,11 @@
 """The manager role: the Raft leader holds the manager lease, renews it, and acts while it is valid.
 
 The decisions, and why they keep two managers from ever acting at once, are
-in `lease.py` (`ManagerLease`). This is its shell: every `renew` seconds it
+in `lease.py` (`ManagerLease`). This is its shell: every `look` seconds it
 tells the core what the replica says (`Seen`) and carries out what it
 decides (commit `LeaderElected`, a renewal, a grant, an expiry), reporting
-each outcome back; every `WATCH` seconds it publishes what the core
-announces (`manager.acting`); `release` commits the lease's end when the
+each outcome back; while acting, every `WATCH` seconds, it publishes what
+the core announces (`manager.acting`); `release` commits the lease's end when the
 holder hands over or stops; `propose` commits on the manager's behalf,
 fenced by its epoch. Time comes from an injected `Clock`.
 """
