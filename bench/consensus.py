@@ -923,7 +923,7 @@ cpu over the samples), as bench/footprint samples Colony's."""
     return f"""The same loads through each system, one system at a time on this machine
 (Colony's voters and NATS stopped before etcd starts): {WINDOW:g} s windows after
 {WARMUP:g} s of warm-up, 16-byte values over 1,000 keys per client, and {trials} failover
-trials each (kill -9 of the leader while a client writes through it; the
+trial{"s" if trials != 1 else ""} each (kill -9 of the leader while a client writes through it; the
 killed member restarted before the next trial). {baseline}
 
 {versus_table(colony, other)}
@@ -1167,6 +1167,8 @@ if __name__ == "__main__" and sys.argv[1:] == ["durability"]:
         finally:
             nats.stop()
 elif __name__ == "__main__" and sys.argv[1:] == ["versus"]:
-    print(versus_report(*measure_versus()))
+    from bench.__main__ import machine, stamp
+
+    print(f"_Measured {stamp(machine())}._\n\n{versus_report(*measure_versus())}")
 elif __name__ == "__main__":
     sys.exit(f"usage: python -m bench.consensus durability|versus (not {sys.argv[1:]})")
