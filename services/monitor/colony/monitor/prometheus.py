@@ -2,7 +2,8 @@
 metric families of the node's services (gathered at each scrape).
 
 A tiny HTTP server on the service's own event loop (no thread); it only
-ever answers GET /metrics, on loopback by default.
+ever answers GET /metrics, on loopback by default. prometheus_client is imported at the
+first scrape: a node nobody scrapes does without its 2 MiB.
 """
 
 from __future__ import annotations
@@ -10,24 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
-
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.utils import floatToGoString
+from typing import TYPE_CHECKING
 
 from colony.shared.messages import MetricFamily, NodeMetrics
+
+if TYPE_CHECKING:
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.metrics_core import Metric
 
 Gather = Callable[[], Awaitable[list[MetricFamily]]]
 """Fetches the families of the node's services, at scrape time."""
 
 
-class NodeCollector(Collector):
+class NodeCollector:
+    """The latest sample as Prometheus gauges (a collector: the registry calls `collect`)."""
+
     def __init__(self, latest: Callable[[], NodeMetrics | None]) -> None:
         self.latest = latest
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from prometheus_client.core import GaugeMetricFamily
+
         m = self.latest()
         if m is None:
             return
@@ -68,13 +72,17 @@ class NodeCollector(Collector):
         yield cpu
 
 
-class Families(Collector):
-    """Families handed over as messages (by the node's services), as Prometheus metrics."""
+class Families:
+    """Families handed over as messages (by the node's services), as Prometheus metrics
+    (a collector)."""
 
     def __init__(self, families: list[MetricFamily]) -> None:
         self.families = families
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import Metric
+        from prometheus_client.utils import floatToGoString
+
         for family in self.families:
             metric = Metric(family.name.removesuffix("_total"), family.help, family.type)
             for s in family.samples:
@@ -105,6 +113,9 @@ class MetricsServer:
 
     async def render(self) -> bytes:
         """One scrape's text (a registry per scrape: concurrent scrapes gather apart)."""
+        from prometheus_client import generate_latest
+        from prometheus_client.registry import CollectorRegistry
+
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.node)
         registry.register(Families(await self.gather()))
@@ -134,6 +145,8 @@ class MetricsServer:
             elif path.split("?")[0] != "/metrics":
                 status, body, kind = "404 Not Found", b"see /metrics\n", "text/plain"
             else:
+                from prometheus_client import CONTENT_TYPE_LATEST
+
                 status, body, kind = "200 OK", await self.render(), CONTENT_TYPE_LATEST
             head = f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
             head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
