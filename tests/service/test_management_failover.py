@@ -14,7 +14,9 @@ import pytest
 
 from colony.harness.processes import VoterProcesses, poll
 from colony.shared import subjects
+from colony.shared.bus import connect
 from colony.shared.cluster import Cluster
+from colony.shared.config import NatsSettings
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import KvPut, ProposeRequest, QueryRequest, decode
 
@@ -34,6 +36,13 @@ def voters(nats_cluster, tmp_path):
     group.kill_all()
 
 
+@pytest.fixture
+async def client_bus(nats_cluster):
+    bus = await connect(NatsSettings(servers=nats_cluster.urls), "client")
+    yield bus
+    await bus.close()
+
+
 async def seen(bus, *subjects_: str) -> list[bytes]:
     """Every message sent on these subjects from now on (a listener that never answers)."""
     heard: list[bytes] = []
@@ -48,13 +57,13 @@ async def seen(bus, *subjects_: str) -> list[bytes]:
 
 
 async def test_a_write_in_flight_to_a_leader_killed_9_is_answered_through_the_new_leader(
-    voters, cluster_bus
+    voters, client_bus
 ):
-    chief = (await Cluster(cluster_bus, voters.ids).wait_leader(30)).node
+    chief = (await Cluster(client_bus, voters.ids).wait_leader(30)).node
     survivors = [n for n in voters.ids if n != chief]
-    client = Management(cluster_bus, [chief, *survivors], timeout=20)
+    client = Management(client_bus, [chief, *survivors], timeout=20)
     await client.propose(KvPut("before", "x"))  # the client now asks the leader first
-    asked = await seen(cluster_bus, subjects.propose(chief).name)
+    asked = await seen(client_bus, subjects.propose(chief).name)
     # Frozen first, so that the write is surely in flight, never answered, when it dies.
     os.kill(voters.processes[chief].pid, signal.SIGSTOP)
     writing = asyncio.create_task(client.propose(KvPut("k", "v"), ids=["in-flight"]))
@@ -67,15 +76,15 @@ async def test_a_write_in_flight_to_a_leader_killed_9_is_answered_through_the_ne
     assert reply.outcomes[0].ok
     [sent] = [decode(data, ProposeRequest) for data in asked]
     assert sent.proposals[0].id == "in-flight"  # retried with its id: applied once
-    new = (await Cluster(cluster_bus, survivors).wait_leader(10)).node
-    read = await Management(cluster_bus, [new]).get("k")
+    new = (await Cluster(client_bus, survivors).wait_leader(10)).node
+    read = await Management(client_bus, [new]).get("k")
     assert (read.value, read.version) == ("v", 1)
 
 
-async def test_bad_input_is_refused_once_and_not_retried(voters, cluster_bus):
-    await Cluster(cluster_bus, voters.ids).wait_leader(30)
-    asked = await seen(cluster_bus, *(subjects.query(n).name for n in voters.ids))
-    client = Management(cluster_bus, voters.ids)
+async def test_bad_input_is_refused_once_and_not_retried(voters, client_bus):
+    await Cluster(client_bus, voters.ids).wait_leader(30)
+    asked = await seen(client_bus, *(subjects.query(n).name for n in voters.ids))
+    client = Management(client_bus, voters.ids)
     with pytest.raises(ManagementError, match="no kind 'no-such-kind'") as refused:
         await client.query(QueryRequest(key="", kind="no-such-kind", stale=True))
     assert not refused.value.retryable

@@ -162,35 +162,17 @@ class Management:
             delay = min(delay * 2, BACKOFF[1])
 
     async def _attempt(self, watch: _Watch, voter: str, subject, request, deadline: float):
-        """Ask `voter` and wait for its answer while it lives: a voter that stops listening
-        (killed: NATS drops its subscriptions with its connection) is given up within a
-        probe, one that answers probes is waited for however slow its commit, and one that
-        answers neither the request nor a probe for `ATTEMPT` is given up (hung, or cut
-        off from NATS)."""
-        began = time.monotonic()
-        left = max(deadline - began, 0.1)
-        asking = asyncio.ensure_future(self.bus.request(subject, request, timeout=left))
-        probe: asyncio.Future | None = None
+        """Ask `voter`, and wait for its answer while `watch` does not give it up."""
+        left = max(deadline - time.monotonic(), 0.1)
+        waiting = watch.enter(voter, subject.name)
         try:
-            while True:
-                # Most answers come before the first probe is due: none is sent for them.
-                waits = {asking} if probe is None or probe.done() else {asking, probe}
-                await asyncio.wait(waits, timeout=PROBE_EVERY, return_when=asyncio.FIRST_COMPLETED)
-                if asking.done():
-                    return asking.result()
-                now = time.monotonic()
-                if watch.gone_since(voter, began):
-                    raise NoResponders(f"{voter} stopped listening while asked on {subject}")
-                if now - max(began, watch.heard.get(voter, 0.0)) > ATTEMPT:
-                    raise RequestTimeout(
-                        f"{voter} answered neither on {subject} nor to probes for {ATTEMPT:g} s"
-                    )
-                # A new probe each period even while one is unanswered: a probe sent just
-                # before a kill is never answered, the next is refused at once.
-                if probe is None or probe.done() or now - watch.started(voter) >= PROBE_EVERY:
-                    probe = watch.probe(voter)
+            return await self.bus.request(subject, request, timeout=left)
+        except asyncio.CancelledError:
+            if waiting.why is None or waiting.task.uncancel() > 0:
+                raise  # cancelled by someone else (too)
+            raise waiting.why from None
         finally:
-            asking.cancel()  # given up (or done): nats-py forgets the reply inbox
+            watch.leave(waiting)
 
     def _after(self, watch: _Watch, failed: str) -> int:
         """Which voter to try after `failed`: the one the voters last named leader if it
@@ -206,11 +188,27 @@ class Management:
         return start + 1
 
 
+@dataclass(eq=False, slots=True)
+class _Waiting:
+    """A request waiting on `voter`'s answer, in `task`; `why`: the error it was given up
+    with (its task cancelled)."""
+
+    voter: str
+    subject: str
+    task: asyncio.Task
+    began: float
+    why: BusError | None = None
+
+
 class _Watch:
-    """What the clients on one bus have learnt of the voters: when each last answered a
-    probe or was found not listening, and who their status says leads. Shared by every
-    `Management` on the bus, so that many requests waiting on one voter send it one probe
-    per period, not one each."""
+    """Watches over the voters that requests on one bus wait on, for every `Management` on
+    the bus: once a request has waited `PROBE_EVERY`, its voter is probed (its status)
+    every period, one probe for all the requests waiting on it. A voter that stops
+    listening (killed: NATS drops its subscriptions with its connection) is refused at
+    once, and the requests waiting on it are given up; one that answers probes is waited
+    for however slow its commit; one that answers neither a request nor a probe for
+    `ATTEMPT` is given up (hung, or cut off from NATS). Probes also say who leads.
+    Requests answered within a period cost a set entry each: no timer, no probe."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
@@ -220,21 +218,54 @@ class _Watch:
         """When each voter last answered a probe."""
         self._gone: dict[str, float] = {}
         """When each voter was last found not listening (cleared when it answers)."""
-        self._probes: dict[str, tuple[asyncio.Task[None], float]] = {}
-        """Each voter's latest probe and when it was sent."""
+        self._waiting: set[_Waiting] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._probes: set[asyncio.Task[None]] = set()
 
-    def probe(self, voter: str) -> asyncio.Task[None]:
-        """The probe of `voter` sent less than half a period ago, else a new one."""
-        probe, sent = self._probes.get(voter, (None, 0.0))
+    def enter(self, voter: str, subject: str) -> _Waiting:
+        """The current task waits on `voter` from now on."""
+        task = asyncio.current_task()
+        assert task is not None  # requests are made from tasks
+        waiting = _Waiting(voter, subject, task, time.monotonic())
+        self._waiting.add(waiting)
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
+        return waiting
+
+    def leave(self, waiting: _Waiting) -> None:
+        self._waiting.discard(waiting)
+
+    async def _sweep(self) -> None:
+        """Each period while requests wait: probe the voters they waited on a period or
+        more (a new probe even while one is unanswered: one sent just before a kill never
+        is, the next is refused at once), and give up those to give up."""
+        try:
+            while self._waiting:
+                await asyncio.sleep(PROBE_EVERY)
+                now = time.monotonic()
+                for voter in {w.voter for w in self._waiting if now - w.began >= PROBE_EVERY}:
+                    probe = asyncio.ensure_future(self._probe(voter))
+                    self._probes.add(probe)
+                    probe.add_done_callback(self._probes.discard)
+                self._judge()
+        finally:
+            self._sweeper = None
+
+    def _judge(self) -> None:
         now = time.monotonic()
-        if probe is None or now - sent >= PROBE_EVERY / 2:
-            probe = asyncio.ensure_future(self._probe(voter))
-            self._probes[voter] = (probe, now)
-        return probe
-
-    def started(self, voter: str) -> float:
-        """When the latest probe of `voter` was sent (0: never)."""
-        return self._probes.get(voter, (None, 0.0))[1]
+        for waiting in self._waiting:
+            voter, subject = waiting.voter, waiting.subject
+            if waiting.why is not None:
+                continue
+            if self.gone_since(voter, waiting.began):
+                waiting.why = NoResponders(f"{voter} stopped listening while asked on {subject}")
+            elif now - max(waiting.began, self.heard.get(voter, 0.0)) > ATTEMPT:
+                waiting.why = RequestTimeout(
+                    f"{voter} answered neither on {subject} nor probes for {ATTEMPT:g} s"
+                )
+            else:
+                continue
+            waiting.task.cancel()
 
     async def _probe(self, voter: str) -> None:
         try:
@@ -243,6 +274,7 @@ class _Watch:
             )
         except NoResponders:
             self.lost(voter)
+            self._judge()  # at once, not at the next period
             return
         except RemoteError:  # it refused (starting, or its status changing): it is there
             status = None
