@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from colony.shared import subjects
+from colony.shared import management, subjects
 from colony.shared.bus import connect
 from colony.shared.config import NatsSettings
 from colony.shared.management import ATTEMPT, PROBE_EVERY, Management
@@ -88,7 +88,7 @@ def committed(index: int) -> ProposeReply:
     return ProposeReply(index=index, outcomes=[Outcome(ok=True, value="v", version=1)])
 
 
-async def answer_after(seconds: float, index: int):
+def answer_after(seconds: float, index: int):
     async def answer(_request, _me):
         await asyncio.sleep(seconds)  # the slow commit being modelled
         return committed(index)
@@ -122,7 +122,7 @@ async def never(_request, _me):
 
 
 async def test_a_slow_voter_that_answers_probes_is_waited_for_and_never_left(stand_ins, client_bus):
-    slow = await stand_ins("v1", "v1", await answer_after(8 * PROBE_EVERY, index=7))
+    slow = await stand_ins("v1", "v1", answer_after(8 * PROBE_EVERY, index=7))
     other = await stand_ins("v2", "v1", never)
     began = time.monotonic()
     reply = await Management(client_bus, ["v1", "v2"]).propose(KvPut("k", "v"))
@@ -141,7 +141,7 @@ async def test_a_voter_gone_mid_request_is_left_at_once_for_the_leader_it_named(
 
     gone = await stand_ins("v1", "v3", die_once_probed)  # a follower, v3 leads
     skipped = await stand_ins("v2", "v3", never)
-    chief = await stand_ins("v3", "v3", await answer_after(0, index=9))
+    chief = await stand_ins("v3", "v3", answer_after(0, index=9))
     ids = ["proposal-one"]
     began = time.monotonic()
     reply = await Management(client_bus, ["v1", "v2", "v3"]).propose(KvPut("k", "v"), ids=ids)
@@ -159,9 +159,23 @@ async def test_a_voter_answering_neither_request_nor_probes_is_left_after_attemp
 ):
     hung = await stand_ins("v1", "v1", never)
     hung.hung = True  # hung (or cut off): it still holds its subscriptions
-    live = await stand_ins("v2", "v2", await answer_after(0, index=3))
+    live = await stand_ins("v2", "v2", answer_after(0, index=3))
     began = time.monotonic()
     reply = await Management(client_bus, ["v1", "v2"]).propose(KvPut("k", "v"))
     took = time.monotonic() - began
     assert reply.index == 3 and len(hung.proposals) == 1 and len(live.proposals) == 1
     assert ATTEMPT <= took < ATTEMPT + 1, f"left after {took:.3f} s"
+
+
+async def test_a_live_voter_whose_answer_never_comes_is_asked_again_after_patience(
+    stand_ins, client_bus, monkeypatch
+):
+    monkeypatch.setattr(management, "PATIENCE", 5 * PROBE_EVERY)  # not 6 s in a test
+    lost = await stand_ins("v1", "v1", never)  # its answer lost (a reconnection of NATS)
+    live = await stand_ins("v2", "v1", answer_after(0, index=4))
+    began = time.monotonic()
+    reply = await Management(client_bus, ["v1", "v2"]).propose(KvPut("k", "v"))
+    took = time.monotonic() - began
+    assert reply.index == 4 and len(lost.proposals) == 1 and len(live.proposals) == 1
+    assert lost.probed >= 3  # it answered probes all along
+    assert 5 * PROBE_EVERY <= took < ATTEMPT, f"asked again after {took:.3f} s"

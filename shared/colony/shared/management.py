@@ -6,12 +6,12 @@ waits past `PROBE_EVERY`, the voter asked is probed (its status subject) every
 with its connection), so the probe is refused at once (no responders) and the
 request goes at once to the next voter, the one the voters last named leader if it
 still listens. A voter that answers probes is waited for however slow its commit
-(a retry elsewhere would only be handed back to it); one that answers neither the
+(a retry elsewhere would only be handed back to it), up to `PATIENCE`; one that answers neither the
 request nor a probe for `ATTEMPT` is given up (hung, or cut off from NATS). While
 the group has no leader the voters refuse at once (503), and the client tries
 again after a short backoff until its deadline. Every retry keeps the proposals'
 ids, so one of a proposal that did commit is answered with its first outcome,
-never applied twice. Bad input (400) is not retried.
+never applied twice. A refusal for good (400 bad input, 403, 404) is not retried.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ ATTEMPT = 2.0
 PROBE_EVERY = 0.1
 """Seconds a request waits before its voter is probed, and between probes (commits take
 ms; an election 0.3-0.6 s, so a dead leader is found well before its successor leads)."""
+PATIENCE = 6.0
+"""Seconds a voter that answers probes is waited for: past its own limit (consensus'
+propose_timeout, 5 s by default), after which it answers itself; no answer by then was
+lost (a reconnection of NATS), so the request is asked again."""
 GONE_FOR = 1.0
 """Seconds a voter found not listening is tried after the others (it may restart)."""
 BACKOFF = (0.05, 0.25)
@@ -181,7 +185,7 @@ class Management:
         leader = watch.leader
         if leader in self.voters and leader != failed and not watch.is_gone(leader):
             return self.voters.index(leader)
-        start = self.voters.index(failed) if failed in self.voters else self._next
+        start = self._next  # `failed`'s place
         for step in range(1, n + 1):
             if not watch.is_gone(self.voters[(start + step) % n]):
                 return start + step
@@ -211,7 +215,8 @@ class _Watch:
     Requests answered within a period cost a set entry each: no timer, no probe."""
 
     def __init__(self, bus: Bus) -> None:
-        self.bus = bus
+        self._bus = weakref.ref(bus)
+        """Weak: `_watches` keeps a watch as long as its bus, no longer."""
         self.leader: str | None = None
         """The leader a probed voter named last (None: none known)."""
         self.heard: dict[str, float] = {}
@@ -263,13 +268,20 @@ class _Watch:
                 waiting.why = RequestTimeout(
                     f"{voter} answered neither on {subject} nor probes for {ATTEMPT:g} s"
                 )
+            elif now - waiting.began > PATIENCE:
+                waiting.why = RequestTimeout(
+                    f"{voter} answers probes but not on {subject} within {PATIENCE:g} s"
+                )
             else:
                 continue
             waiting.task.cancel()
 
     async def _probe(self, voter: str) -> None:
+        bus = self._bus()
+        if bus is None:  # nobody can be waiting on it any more
+            return
         try:
-            status = await self.bus.request(
+            status = await bus.request(
                 subjects.consensus_status(voter), ConsensusStatusRequest(), timeout=ATTEMPT
             )
         except NoResponders:
