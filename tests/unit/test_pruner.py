@@ -83,3 +83,22 @@ def test_a_follower_proposes_nothing_and_starts_afresh_when_it_leads():
     assert look(pruner) is None  # it has led for less than a window: it knows no old index
     leader.now += 10
     assert look(pruner).proposals_upto == 60
+
+
+def test_records_are_forgotten_in_steps_a_tenth_of_a_window_apart():
+    leader = Leader()
+    pruner = leader.pruner(window=100.0)
+    for second in range(100):  # an idle cluster: an entry (a lease renewal) or two a second
+        leader.index, leader.now = 2 * second, 1000.0 + second
+        look(pruner)
+    leader.index, leader.now = 202, 1101.0
+    assert look(pruner) == Prune(proposals_upto=2, refuse_before=1051.0, changes_upto=0)
+    for second in range(2, 11):  # what a window ago is moves each second: no entry for it
+        leader.index, leader.now = 200 + 2 * second, 1100.0 + second
+        assert look(pruner) is None, second
+    leader.index, leader.now = 222, 1111.0  # a tenth of a window on: the next step
+    assert look(pruner) == Prune(proposals_upto=22, refuse_before=1061.0, changes_upto=0)
+    leader.last, leader.relayed = 20, 20  # changes to drop go at once, with the records
+    leader.index, leader.now = 224, 1112.0
+    assert look(pruner) == Prune(proposals_upto=24, refuse_before=1062.0, changes_upto=15)
+    assert len(leader.proposed) == 3

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,10 @@ from colony.shared.messages import Prune
 
 PERIOD = 1.0
 """Seconds between the leader's looks (and at most one Prune entry each)."""
+STEPS = 10
+"""Records are forgotten in steps of at least a window / STEPS apart: every entry applied
+moves what a window ago is (an idle cluster's lease renewals too), and a Prune each second
+for that alone would be most of an idle cluster's entries."""
 
 log = logging.getLogger("colony.consensus.pruner")
 
@@ -49,6 +54,8 @@ class Pruner:
         self.notes: deque[tuple[float, int]] = deque()
         """(wall clock, applied index) of this leadership, oldest first."""
         self._proposed = Prune(proposals_upto=0, refuse_before=0.0, changes_upto=0)
+        self._records_moved_at = -math.inf
+        """When (the pruner's clock) the last Prune moved the records' limits."""
 
     async def run(self) -> None:
         while True:
@@ -80,6 +87,13 @@ class Pruner:
         )
         if command == self._proposed:
             return None
+        moves_records = command.proposals_upto != self._proposed.proposals_upto
+        if command.changes_upto == self._proposed.changes_upto and (
+            now - self._records_moved_at < self.window / STEPS
+        ):
+            return None  # only the records' limits would move, and they did a moment ago
         await self.propose(command)
         self._proposed = command
+        if moves_records:
+            self._records_moved_at = now
         return command
