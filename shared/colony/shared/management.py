@@ -169,14 +169,21 @@ class Management:
         """Ask `voter`, and wait for its answer while `watch` does not give it up."""
         left = max(deadline - time.monotonic(), 0.1)
         waiting = watch.enter(voter, subject.name)
+        cancelled = False
         try:
             return await self.bus.request(subject, request, timeout=left)
         except asyncio.CancelledError:
+            cancelled = True
             if waiting.why is None or waiting.task.uncancel() > 0:
                 raise  # cancelled by someone else (too)
             raise waiting.why from None
         finally:
             watch.leave(waiting)
+            if waiting.why is not None and not cancelled:
+                # Given up as the answer came: nats-py's wait_for (Python 3.11) kept the
+                # answer and dropped the cancellation. Take it back, or the task would
+                # count one pending (and a later asyncio.timeout in it would misread it).
+                waiting.task.uncancel()
 
     def _after(self, watch: _Watch, failed: str) -> int:
         """Which voter to try after `failed`: the one the voters last named leader if it
