@@ -177,3 +177,29 @@ async def test_stream_calls_are_typed_and_fail_with_the_bus_own_errors(bus):
         await bus.ensure_stream("TEST_OVERLAP", [metrics.name])
     assert refused.value.code == 400 and "TEST_OVERLAP" in str(refused.value)
     assert isinstance(refused.value, BusError)
+
+
+async def test_a_stream_publisher_cancelled_while_acks_arrive_stops(bus):
+    """A task publishing into a stream ends when cancelled, even when the cancellation
+    comes as an ack does (asyncio.wait_for on Python 3.11 drops such a cancellation: a
+    voter's change relay then went on publishing, and the voter could not stop)."""
+    metrics = subjects.node_metrics("n9")
+    await bus.ensure_stream("TEST_CANCEL", [metrics.name])
+    acked = asyncio.Event()
+
+    async def publish_forever() -> None:
+        while True:
+            batch = [Publication(metrics, sample("n9", seq=n)) for n in range(50)]
+            async for _ack in bus.stream_publish_all(batch):
+                acked.set()
+
+    for round in range(40):
+        task = asyncio.create_task(publish_forever())
+        acked.clear()
+        await asyncio.wait_for(acked.wait(), 10)
+        for _ in range(round % 5):  # land the cancellation at different points of the acks
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, f"round {round}: the publisher went on after it was cancelled"
+        assert task.cancelled()

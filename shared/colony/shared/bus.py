@@ -454,7 +454,10 @@ class Bus:
                     sent += 1
                 for _ in range(sent):
                     try:
-                        reply = await asyncio.wait_for(acks.get(), timeout)
+                        # Not wait_for: on Python 3.11 it loses a cancellation that comes as
+                        # the ack does, and a relay told to stop would go on publishing.
+                        async with asyncio.timeout(timeout):
+                            reply = await acks.get()
                     except TimeoutError:
                         raise RequestTimeout(
                             f"the stream did not acknowledge within {timeout:g} s"

@@ -357,6 +357,8 @@ class _Replica(SyncObj):
         self._tracked: tuple[int, int] | None = None
         """(index, term) of the last log entry `_track_log` read."""
         self._link = link
+        self._commit_sent = 0
+        """The commit index the followers were last sent (the leader)."""
         transport = functools.partial(
             NatsTransport, link=link, screen=self._screen, make_durable=self.flush_journal
         )
@@ -417,16 +419,24 @@ class _Replica(SyncObj):
         self._link.wake()
 
     def _checkCommandsToApply(self):
-        """pysyncobj's step that appends the queued proposals, then (the leader) sends them
-        to the followers at once, one frame each for all of them, and flushes them to its own
-        journal while the followers do the same: pysyncobj, batching, would wait for the next
-        heartbeat (50 ms) to send them."""
+        """pysyncobj's step that appends the queued proposals; then the leader sends them to
+        the followers at once, one frame each for all of them, with the commit index if it
+        moved (as etcd's leader does once an entry commits), and flushes them to its own
+        journal while the followers do the same. pysyncobj, batching, would wait for the
+        next heartbeat (50 ms) to send either: a proposal would wait for it, and a follower
+        would apply an entry (and answer a client that asked it) that much later."""
         journal = self.journal
         before = journal[-1][1]
         super()._checkCommandsToApply()
-        if journal[-1][1] != before and self._isLeader():
+        grew = journal[-1][1] != before
+        if self._isLeader() and (grew or self.raftCommitIndex > self._commit_sent):
             self._SyncObj__sendAppendEntries()
-            self.flush_journal()
+            if grew:
+                self.flush_journal()
+
+    def _SyncObj__sendAppendEntries(self):
+        self._commit_sent = self.raftCommitIndex  # what the followers are told (pysyncobj's)
+        SyncObj._SyncObj__sendAppendEntries(self)
 
     def _send_seed_snapshot(self) -> None:
         """While a seeded leader's log starts with its markers (N-1, N), a follower whose

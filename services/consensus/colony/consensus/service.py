@@ -282,15 +282,20 @@ class ConsensusService:
         try:
             await self._retired.wait()
         finally:
-            with contextlib.suppress(Exception):  # so the next manager need not wait a ttl
-                await asyncio.wait_for(role.release("stopping"), RELEASE_GRACE)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            reader, self.replica, self.role, self.reader = self.reader, None, None, None
-            await reader.close()
-            await asyncio.to_thread(replica.destroy)
-            await link.stop()
+            try:
+                with contextlib.suppress(Exception):  # so the next manager need not wait a ttl
+                    await asyncio.wait_for(role.release("stopping"), RELEASE_GRACE)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:  # even if the runner's grace ran out meanwhile (this task is cancelled)
+                reader, self.replica, self.role, self.reader = self.reader, None, None, None
+                # Not awaited: its thread ends once the reads queued before are done. A
+                # close cut short by a cancellation would leave it waiting for work, and
+                # the process unable to exit.
+                reader.stop()
+                await asyncio.to_thread(replica.destroy)
+                await link.stop()
 
     async def _restore(self, state_dir: Path, voter_role: VoterRole) -> None:
         """Restore the snapshot the CLI left for this voter (snapshots.restore_at_start);
