@@ -48,7 +48,10 @@ from colony.shared.messages import (
 )
 
 WATCH = 0.02
-"""Seconds between looks at the clock for the moment acting must stop."""
+"""Seconds between looks at the clock for the moment acting must stop, while acting."""
+NOT_ACTING_WATCH = 1.0
+"""Seconds between those looks while not acting: acting starts only with a grant or a
+renewal this role commits, and it wakes the watch then (the slow look is a safety net)."""
 
 log = logging.getLogger("colony.consensus.manager")
 
@@ -70,6 +73,8 @@ class ManagerRole:
         self.applied = AppliedClock(self.clock.monotonic)
         replica.machine.watch(self.applied)
         self.lease = ManagerLease(self.me, timers)
+        self._committed = asyncio.Event()
+        """Set when a lease step committed: acting may have started."""
 
     @property
     def epoch(self) -> int:
@@ -120,7 +125,7 @@ class ManagerRole:
                     log.info("lease step not committed in time")
                 except Exception:  # a bug must not end the role: it stops acting by the clock
                     log.exception("lease step failed; trying again")
-                await self.clock.sleep(self.timers.renew)
+                await self.clock.sleep(min(self.timers.look, self.timers.renew))
         finally:
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -144,6 +149,7 @@ class ManagerRole:
                     proposals = self._take(step)
             outcomes = await self._commit(proposals)
             _log(self.lease.committed(step, outcomes, self.replica.term))
+            self._committed.set()
             if not isinstance(step, RecordLeader):
                 return
 
@@ -190,12 +196,17 @@ class ManagerRole:
     async def _watch(self) -> None:
         """Announce when acting starts and stops, and keep announcing while it lasts."""
         while True:
+            self._committed.clear()  # before the look: a commit after it wakes the next
             for decision in self.lease.watch(self.clock.monotonic(), self._seen()):
                 if isinstance(decision, Note):
                     _log([decision])
                 else:
                     await self._announce(decision)
-            await self.clock.sleep(WATCH)
+            if self.acting():
+                await self.clock.sleep(WATCH)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._committed.wait(), NOT_ACTING_WATCH)
 
     async def _announce(self, announce: Announce) -> None:
         event = ManagerActing(
