@@ -146,7 +146,7 @@ async def test_a_voter_acknowledges_and_applies_only_entries_its_journal_flushed
     for node, voter in group.voters.items():
         journal = voter.journal
 
-        def flush(node=node, journal=journal, real=journal.flush) -> None:
+        def flush(node=node, journal=journal, real=voter.raft.sync_journal) -> None:
             real()
             flushed[node] = journal[-1][1]
             flushes[node] += 1
@@ -166,7 +166,7 @@ async def test_a_voter_acknowledges_and_applies_only_entries_its_journal_flushed
                 problems.append(f"{node} applied {index}: flushed up to {flushed[node]}")
             return real(index, entry, entry_term)
 
-        journal.flush = flush  # all three run on pysyncobj's thread, as flushed does
+        voter.raft.sync_journal = flush  # all three run on pysyncobj's thread, as flushed does
         flushed[node] = getattr(voter.raft, "durable_index", 0)
         voter.link.send = send
         voter.replica.machine.apply = apply

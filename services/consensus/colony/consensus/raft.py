@@ -392,11 +392,15 @@ class _Replica(SyncObj):
         if shape == self._flushed_shape:
             return
         began = time.perf_counter()
-        _sync(journal)
+        self.sync_journal()
         self.flush_seconds += time.perf_counter() - began
         self.flushes += 1
         self._flushed_shape = shape
         self.durable_index = shape[1]
+
+    def sync_journal(self) -> None:
+        """Put the journal on stable storage (`flush_journal` calls it when it changed)."""
+        _sync(self.journal)
 
     def _onTick(self, timeToWait=0.0):
         # pysyncobj counts the leader's own log toward the commit index first thing in a
