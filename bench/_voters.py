@@ -196,7 +196,7 @@ async def run_nats(
     await link.start()
     replica = Replica(me, voters, state_dir, link, Timers())
     if apply == "none":
-        replica.machine.apply = lambda _index, _entry: None
+        replica.machine.apply = lambda *_entry: None
     if journal == "noflush":  # this process only: entries count toward commits unflushed
         replica._raft.sync_journal = lambda: None
     try:
