@@ -5,42 +5,25 @@ voter used to be given, and bad input is still not retried."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 import time
 
 import pytest
+import test_consensus_faults as faults
 
-from colony.harness.processes import VoterProcesses, poll
+from colony.harness.processes import poll
 from colony.shared import subjects
-from colony.shared.bus import connect
 from colony.shared.cluster import Cluster
-from colony.shared.config import NatsSettings
 from colony.shared.management import Management, ManagementError
 from colony.shared.messages import KvPut, ProposeRequest, QueryRequest, decode
 
-_runs = itertools.count()
+voters, client_bus = faults.voters, faults.client_bus
+"""The fault suite's fixtures: its real voter processes (fresh names each test), a client."""
 
 ANSWERED_WITHIN = 1.8
 """Seconds from the kill to the answer: generous (about 0.5-0.7 s is usual: the election),
 yet below the 2 s a voter that never answered used to be given before the next was asked."""
-
-
-@pytest.fixture
-def voters(nats_cluster, tmp_path):
-    group = VoterProcesses(nats_cluster, tmp_path, prefix=f"m{next(_runs)}")
-    for node in group.ids:
-        group.start(node)
-    yield group
-    group.kill_all()
-
-
-@pytest.fixture
-async def client_bus(nats_cluster):
-    bus = await connect(NatsSettings(servers=nats_cluster.urls), "client")
-    yield bus
-    await bus.close()
 
 
 async def seen(bus, *subjects_: str) -> list[bytes]:
