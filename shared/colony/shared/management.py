@@ -1,17 +1,17 @@
 """A client of the management database: proposals and reads through any voter, retried.
 
-Any voter takes a proposal (a follower hands it to the leader). While a request
-waits past `PROBE_EVERY`, the voter asked is probed (its status subject) every
-`PROBE_EVERY`: one killed mid-request has no subscriptions left (NATS drops them
-with its connection), so the probe is refused at once (no responders) and the
-request goes at once to the next voter, the one the voters last named leader if it
-still listens. A voter that answers probes is waited for however slow its commit
-(a retry elsewhere would only be handed back to it), up to `PATIENCE`; one that answers neither the
-request nor a probe for `ATTEMPT` is given up (hung, or cut off from NATS). While
-the group has no leader the voters refuse at once (503), and the client tries
-again after a short backoff until its deadline. Every retry keeps the proposals'
-ids, so one of a proposal that did commit is answered with its first outcome,
-never applied twice. A refusal for good (400 bad input, 403, 404) is not retried.
+Any voter takes a proposal (a follower hands it to the leader). Once a request has
+waited `PROBE_EVERY`, the voter asked is probed (its status subject) every period:
+one killed mid-request has no subscriptions left (NATS drops them with its
+connection), so a probe is refused at once (no responders) and the request goes at
+once to the next voter, the one the voters last named leader if it still listens. A
+voter that answers probes is waited for however slow its commit (a retry elsewhere
+would only be handed back to it), up to `PATIENCE`; one that answers neither the
+request nor a probe for `ATTEMPT` is given up (hung, or cut off from NATS). While the
+group has no leader the voters refuse at once (503), and the client tries again after
+a short backoff until its deadline. Every retry keeps the proposals' ids, so one of a
+proposal that did commit is answered with its first outcome, never applied twice. A
+refusal for good (400 bad input, 403, 404) is not retried.
 """
 
 from __future__ import annotations
@@ -213,13 +213,9 @@ class _Waiting:
 
 class _Watch:
     """Watches over the voters that requests on one bus wait on, for every `Management` on
-    the bus: once a request has waited `PROBE_EVERY`, its voter is probed (its status)
-    every period, one probe for all the requests waiting on it. A voter that stops
-    listening (killed: NATS drops its subscriptions with its connection) is refused at
-    once, and the requests waiting on it are given up; one that answers probes is waited
-    for however slow its commit; one that answers neither a request nor a probe for
-    `ATTEMPT` is given up (hung, or cut off from NATS). Probes also say who leads.
-    Requests answered within a period cost a set entry each: no timer, no probe."""
+    the bus (one probe a period for all the requests waiting on a voter, not one each),
+    and gives up a request (cancels its task, `why` set) as the module says. A request
+    answered within a period costs a set entry: no timer, no probe."""
 
     def __init__(self, bus: Bus) -> None:
         self._bus = weakref.ref(bus)
