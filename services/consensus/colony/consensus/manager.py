@@ -205,8 +205,9 @@ class ManagerRole:
             if self.acting():
                 await self.clock.sleep(WATCH)
             else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._committed.wait(), NOT_ACTING_WATCH)
+                with contextlib.suppress(TimeoutError):  # asyncio.timeout: see relay.py
+                    async with asyncio.timeout(NOT_ACTING_WATCH):
+                        await self._committed.wait()
 
     async def _announce(self, announce: Announce) -> None:
         event = ManagerActing(

@@ -126,8 +126,11 @@ class ChangeRelay:
 
     async def _nothing_new(self) -> None:
         """Wait until woken, or the next look by the clock."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can drop a cancellation that
+        # comes as the wait ends, and the relay would outlive its voter.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._new.wait(), self._idle)
+            async with asyncio.timeout(self._idle):
+                await self._new.wait()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
