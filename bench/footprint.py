@@ -8,6 +8,7 @@ and checks that nothing recorded is left running.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -121,7 +122,9 @@ COLUMNS += ["idle cpu % mean", "cpu % max", f"≤ {BAR_MIB} MiB RSS"]
 
 
 def run() -> str:
+    load_before = os.getloadavg()[0]
     ups, trials, lefts = zip(*(trial(n + 1) for n in range(TRIALS)), strict=True)
+    load_after = os.getloadavg()[0]
     left = [process for processes in lefts for process in processes]
     fresh, again = zip(*ups, strict=True)
     kinds: dict[str, list[Usage]] = defaultdict(list)
@@ -174,4 +177,8 @@ RSS counts shared pages (the interpreter and libraries that the Python
 processes map alike) in full in every process; USS is what a process alone
 uses (freed when it exits); PSS splits shared pages among the processes that
 share them, so the cluster's PSS is the memory it really takes.
+
+The machine's 1-minute load average was {load_before:.1f} when the run began and
+{load_after:.1f} when it ended ({os.cpu_count()} cores): idle cpu reads higher on a busy
+machine than on a quiet one.
 """
