@@ -87,7 +87,8 @@ class Pruner:
         )
         if command == self._proposed:
             return None
-        moves_records = command.proposals_upto != self._proposed.proposals_upto
+        records = (command.proposals_upto, command.refuse_before)
+        moves_records = records != (self._proposed.proposals_upto, self._proposed.refuse_before)
         if command.changes_upto == self._proposed.changes_upto and (
             now - self._records_moved_at < self.window / STEPS
         ):
