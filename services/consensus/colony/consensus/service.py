@@ -226,6 +226,13 @@ class ConsensusService:
         """Run the replica and everything a voter does, until told to retire."""
         link = Link(ctx.bus.nc, self.me, voters, secret)
         await link.start()
+        relay: ChangeRelay | None = None
+
+        def applied(seconds: float) -> None:  # on pysyncobj's thread, after each entry
+            self.metrics.apply_seconds.observe(seconds)
+            if relay is not None:
+                relay.wake()  # it may have changes to publish: no need to poll for them
+
         # Made on the loop's thread: pysyncobj's tick thread lives as long as its maker.
         try:
             self.replica = replica = Replica(
@@ -234,7 +241,7 @@ class ConsensusService:
                 state_dir,
                 link,
                 self.timers,
-                self.metrics.apply_seconds.observe,
+                applied,
                 self.kinds,
                 self.cluster,
                 first_term=restored_term(state_dir),
