@@ -13,7 +13,8 @@ that started the process, not the process.
 keep-alive HTTP/1.1 connection of its own on asyncio streams (no grpcio, no new
 dependency), with `Management`'s retries: the members in order (the leader first),
 each try at most `ATTEMPT` seconds, the next member after an error or a timeout,
-backing off 50 ms doubling to 0.5 s, until the client's deadline. Unlike Colony's
+backing off 50 ms doubling to 0.5 s, until the client's deadline (`Management`'s
+retries before it learnt to probe the voter a request waits on). Unlike Colony's
 proposals, an etcd put carries no id, so a retried put that did commit is applied
 twice (harmless for these puts: the same value again).
 """
