@@ -92,6 +92,11 @@ class Timers:
     """Seconds one tick spends applying committed entries, about (at least one entry): the
     rest waits for the next tick, so heartbeats, acknowledgements and elections are never
     held up for longer by a burst of large entries."""
+    commit_notice: float = 0.005
+    """Seconds the leader waits, once an entry commits, before it tells the followers in a
+    frame of its own: the next frame with new entries carries the commit index anyway, so
+    a client that sends again at once (or many in flight) costs no extra frame, and a
+    follower still learns it long before the next heartbeat."""
     compaction_entries: int = 20_000
     compaction_seconds: float = 300
 
@@ -341,6 +346,7 @@ class _Replica(SyncObj):
         link: Link,
         on_apply: OnApply,
         apply_budget: float,
+        commit_notice: float,
         owner: Replica,
     ) -> None:
         owner._raft = self  # before pysyncobj starts: its thread may call the snapshot hooks
@@ -372,6 +378,9 @@ class _Replica(SyncObj):
         self._link = link
         self._commit_sent = 0
         """The commit index the followers were last sent (the leader)."""
+        self._commit_notice = commit_notice
+        self._commit_moved_at: float | None = None
+        """When the commit index moved past `_commit_sent` (None: it has not)."""
         transport = functools.partial(
             NatsTransport, link=link, screen=self._screen, make_durable=self.flush_journal
         )
@@ -422,6 +431,8 @@ class _Replica(SyncObj):
             return 0.0  # committed entries the last tick left: no idling
         if self._isLeader():
             due = self._SyncObj__newAppendEntriesTime
+            if self._commit_moved_at is not None:
+                due = min(due, self._commit_moved_at + self._commit_notice)
         else:
             due = self._SyncObj__raftElectionDeadline
         wait = due - time.monotonic()
@@ -437,22 +448,31 @@ class _Replica(SyncObj):
 
     def _checkCommandsToApply(self):
         """pysyncobj's step that appends the queued proposals; then the leader sends them to
-        the followers at once, one frame each for all of them, with the commit index if it
-        moved (as etcd's leader does once an entry commits), and flushes them to its own
-        journal while the followers do the same. pysyncobj, batching, would wait for the
-        next heartbeat (50 ms) to send either: a proposal would wait for it, and a follower
-        would apply an entry (and answer a client that asked it) that much later."""
+        the followers at once, one frame each for all of them, and flushes them to its own
+        journal while the followers do the same. A commit index that moved goes with them,
+        or in a frame of its own once `commit_notice` has passed without new entries.
+        pysyncobj, batching, would wait for the next heartbeat (50 ms) to send either: a
+        proposal would wait for it, and a follower would apply an entry (and answer a
+        client that asked it) that much later."""
         journal = self.journal
         before = journal[-1][1]
         super()._checkCommandsToApply()
+        if not self._isLeader():
+            return
         grew = journal[-1][1] != before
-        if self._isLeader() and (grew or self.raftCommitIndex > self._commit_sent):
+        now = time.monotonic()
+        if self._commit_moved_at is None and self.raftCommitIndex > self._commit_sent:
+            self._commit_moved_at = now
+        moved = self._commit_moved_at
+        if grew or (moved is not None and now >= moved + self._commit_notice):
             self._SyncObj__sendAppendEntries()
             if grew:
                 self.flush_journal()
 
     def _SyncObj__sendAppendEntries(self):
-        self._commit_sent = self.raftCommitIndex  # what the followers are told (pysyncobj's)
+        # what the followers are told of the commit index (pysyncobj's step, which also
+        # sends the heartbeats)
+        self._commit_sent, self._commit_moved_at = self.raftCommitIndex, None
         SyncObj._SyncObj__sendAppendEntries(self)
 
     def _send_seed_snapshot(self) -> None:
@@ -633,7 +653,17 @@ class Replica:
         peers = [v for v in voters if v != me]
         self._initial = list(voters)
         self._raft: _Replica
-        _Replica(self.machine, me, peers, conf, link, on_apply, timers.apply_budget, self)
+        _Replica(
+            self.machine,
+            me,
+            peers,
+            conf,
+            link,
+            on_apply,
+            timers.apply_budget,
+            timers.commit_notice,
+            self,
+        )
 
     async def commit(self, entry: bytes, timeout: float) -> tuple[int, list[Outcome] | None]:
         """Append `entry` through the leader; return (log index, outcomes) once applied here."""
