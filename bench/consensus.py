@@ -1101,8 +1101,8 @@ appended it (pysyncobj alone would wait for the next 50 ms heartbeat), and
 requests in flight together are batched into one entry, so many small
 requests pay for one round trip and one transaction per voter. What is left
 per proposal (applying it on every voter, relaying its change, the request
-and reply in Python on both sides) is what bounds these rates; see the
-profile in docs/benchmarks.md. The change relay publishes
+and reply in Python on both sides) is what bounds these rates: see
+[Where a commit's time goes](consensus-profile.md). The change relay publishes
 a round of up to 256 changes before it awaits their acknowledgements: at the end
 of these runs the leader's change log held {behind.changes:,} changes and
 `COLONY_CHANGES` {behind.relayed:,} ({behind.changes - behind.relayed:,} still to relay).
