@@ -171,6 +171,7 @@ async def test_stream_calls_are_typed_and_fail_with_the_bus_own_errors(bus):
     assert await bus.stored("TEST_METRICS", 3) is None
     assert not await bus.delete_stored("TEST_METRICS", 3)
     assert await bus.stored("TEST_METRICS", 99) is None
+    assert await bus.stored("TEST_METRICS", 0) is None  # an empty stream's first_seq
     assert not await bus.delete_stored("TEST_METRICS", 99)
     assert (await bus.last_message("TEST_METRICS", metrics)).seq == 5
     with pytest.raises(StreamError) as refused:  # another stream cannot take the same subjects

@@ -401,6 +401,8 @@ class Bus:
 
     async def stored(self, stream: str, seq: int) -> Stored | None:
         """The message `stream` holds at `seq`, or None (deleted, aged out, not yet)."""
+        if seq < 1:  # JetStream numbers from 1, and refuses 0 as a bad request; an empty
+            return None  # stream says first_seq 0, so a walk over its range may ask for it
         try:
             with _translated(f"reading message {seq} of stream {stream}"):
                 raw = await self.js.get_msg(stream, seq)
