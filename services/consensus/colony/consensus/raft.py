@@ -392,7 +392,7 @@ class _Replica(SyncObj):
         return self._SyncObj__raftLog
 
     def flush_journal(self) -> None:
-        """Put the journal on stable storage (msync), unless nothing changed since the
+        """Put the journal on stable storage (`sync_journal`), unless nothing changed since the
         last flush. On pysyncobj's thread."""
         journal = self.journal
         # (first, last index, last term) names the log: two logs with the same last entry
